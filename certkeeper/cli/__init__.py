@@ -1,0 +1,90 @@
+"""The command line.  Errors become exit codes here, and only here.
+
+Each command lives in a module of this package exposing ``ORDER`` (its place in ``--help``) and
+``register(subparsers, common)``, which adds its parser (with ``parents=[common]``, so ``-c`` and ``-v`` work
+after the command name too) and sets ``handler``.  Modules are found by listing the package,
+and they import heavy libraries (acme, the probe, the daemon) inside their handlers, so ``certkeeper renew`` with
+nothing due starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import pkgutil
+import sys
+from collections.abc import Sequence
+
+from certkeeper import __version__
+from certkeeper.cli.context import Context
+from certkeeper.errors import EX_SOFTWARE, CertkeeperError
+
+DESCRIPTION = """\
+certkeeper keeps the TLS certificates of mail servers valid, installed and served.
+
+It watches what SMTP, submission, IMAP, POP3 and ManageSieve endpoints really serve, renews through ACME or its
+own internal CA, installs each new key pair atomically, reloads Postfix and Dovecot, verifies from the outside
+that the new certificate is served (rolling back if not), and alerts by email before anything expires.
+"""
+
+EPILOG = """\
+configuration: -c PATH, else $CERTKEEPER_CONFIG, else /etc/certkeeper/certkeeper.toml
+exit status: 0 ok; 1 a renewal, hook or verification failed; 64 usage; 65 bad input file;
+             69 CA unavailable; 74 state store error; 75 lock busy; 78 configuration error
+             (check: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN, as monitoring plugins do)
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="certkeeper", description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"certkeeper {__version__}")
+    parser.add_argument("-c", "--config", metavar="PATH", help="configuration file (TOML)")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-c", "--config", metavar="PATH", default=argparse.SUPPRESS,
+                        help="configuration file (TOML)")
+    common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                        help="more log output (-vv for debug)")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    modules = []
+    for info in pkgutil.iter_modules(__path__):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        if hasattr(module, "register"):
+            modules.append(module)
+    for module in sorted(modules, key=lambda m: (getattr(m, "ORDER", 100), m.__name__)):
+        module.register(subparsers, common)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 0
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(args.verbose, 2),
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    context = Context(config_path=args.config)
+    try:
+        status: int = args.handler(args, context)
+        return status
+    except CertkeeperError as exc:
+        print(f"certkeeper: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("certkeeper: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception:  # an internal failure: say so plainly, with the traceback for a bug report
+        logging.getLogger("certkeeper").exception("internal error (please report it with this traceback)")
+        return EX_SOFTWARE
+    finally:
+        context.close()

@@ -1,0 +1,757 @@
+"""The configuration file: TOML in, frozen types out, every mistake located.
+
+Parsed once (:func:`load_config`) into :class:`Config`; nothing else in certkeeper reads TOML.  Every error
+names the file, the key path (``certificates.mail.issuer``), what was found and what was expected, with a
+"did you mean" for near-miss keys.  Errors are collected, not raised one at a time, so an administrator sees
+all of them in one ``certkeeper config check``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, fields, is_dataclass
+from datetime import timedelta
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from certkeeper.errors import ConfigError, ConfigErrors
+from certkeeper.model import KeyType, RenewBefore, format_duration, is_safe_name, parse_duration
+from certkeeper.targets import Target, parse_target
+
+DEFAULT_CONFIG_PATH = Path("/etc/certkeeper/certkeeper.toml")
+CONFIG_ENV = "CERTKEEPER_CONFIG"
+
+SmtpSecurity = Literal["none", "starttls", "tls"]
+Challenge = Literal["http-01", "dns-01"]
+CopyTarget = Literal["fullchain", "privkey", "combined", "cert", "chain"]
+COPY_TARGETS: tuple[CopyTarget, ...] = ("fullchain", "privkey", "combined", "cert", "chain")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """``[certkeeper]``: where state lives and how often things are looked at."""
+
+    state_dir: Path = Path("/var/lib/certkeeper")
+    check_interval: timedelta = timedelta(hours=12)
+    renew_before: RenewBefore = RenewBefore(fraction=Fraction(1, 3))
+    keep_versions: int = 5
+    verify_timeout: timedelta = timedelta(seconds=30)
+    hook_timeout: timedelta = timedelta(seconds=120)
+    lock_timeout: timedelta = timedelta(seconds=60)
+    concurrency: int = 4
+    hooks_dir: Path | None = None
+    metrics_listen: str | None = None
+    database: str | None = None
+    database_password_file: Path | None = None
+    node: str = ""
+    fleet_key_file: Path | None = None
+    fleet_grace: timedelta = timedelta(days=3)
+
+
+@dataclass(frozen=True)
+class AlertsConfig:
+    """``[alerts]``: who is told, through which relay."""
+
+    to: tuple[str, ...]
+    sender: str
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 25
+    smtp_security: SmtpSecurity = "starttls"
+    smtp_username: str | None = None
+    smtp_password_file: Path | None = None
+    smtp_ca_bundle: Path | None = None
+    smtp_timeout: timedelta = timedelta(seconds=30)
+    fallback_smtp_host: str | None = None
+    fallback_smtp_port: int = 25
+    warn_days: tuple[int, ...] = (21, 14, 7, 3, 1)
+    notify_success: bool = False
+    digest: Literal["immediate", "daily"] = "immediate"
+
+
+@dataclass(frozen=True)
+class AcmeIssuerConfig:
+    """``[issuers.NAME]`` with ``type = "acme"``: an RFC 8555 CA."""
+
+    name: str
+    directory: str
+    contact: tuple[str, ...] = ()
+    staging_directory: str | None = None
+    ca_bundle: Path | None = None
+    challenge: Challenge = "http-01"
+    http_port: int = 80
+    http_address: str = ""
+    webroot: Path | None = None
+    dns_server: str | None = None
+    tsig_key_file: Path | None = None
+    dns_zone: str | None = None
+    dns_hook: Path | None = None
+    dns_timeout: timedelta = timedelta(seconds=120)
+    profile: str | None = None
+    eab_kid: str | None = None
+    eab_hmac_key_file: Path | None = None
+    timeout: timedelta = timedelta(seconds=300)
+    type: Literal["acme"] = "acme"
+
+
+@dataclass(frozen=True)
+class CaIssuerConfig:
+    """``[issuers.NAME]`` with ``type = "ca"``: certkeeper's own certificate authority."""
+
+    name: str
+    ca_dir: Path
+    lifetime: timedelta = timedelta(days=30)
+    ca_key_type: Literal["ecdsa", "rsa"] = "ecdsa"
+    root_lifetime: timedelta = timedelta(days=3650)
+    intermediate_lifetime: timedelta = timedelta(days=1095)
+    permitted_domains: tuple[str, ...] = ()
+    passphrase_file: Path | None = None
+    passphrase_env: str | None = None
+    crl_url: str | None = None
+    crl_next_update: timedelta = timedelta(days=7)
+    client_auth: bool = False
+    organization: str = "certkeeper internal CA"
+    type: Literal["ca"] = "ca"
+
+
+IssuerConfig = AcmeIssuerConfig | CaIssuerConfig
+
+
+@dataclass(frozen=True)
+class DaneConfig:
+    """``dane = {...}`` on a certificate: TLSA records kept in step with the key (RFC 7672)."""
+
+    tlsa: tuple[str, ...] = ("3 1 1",)
+    ports: tuple[int, ...] = (25,)
+    hosts: tuple[str, ...] = ()
+    zone: str | None = None
+    dns_server: str | None = None
+    tsig_key_file: Path | None = None
+    ttl: int = 3600
+    unsafe_rollover_days: int = 3
+
+
+@dataclass(frozen=True)
+class CertificateConfig:
+    """``[certificates.NAME]``: one managed certificate (one per key type)."""
+
+    name: str
+    issuer: str
+    domains: tuple[str, ...]
+    key_types: tuple[KeyType, ...] = (KeyType.ECDSA_P256,)
+    reload: tuple[str, ...] = ()
+    endpoints: tuple[Target, ...] = ()
+    group: str | None = None
+    copy_to: Mapping[CopyTarget, Path] = field(default_factory=dict)
+    reuse_key: bool = False
+    renew_before: RenewBefore | None = None
+    verify_timeout: timedelta | None = None
+    dane: DaneConfig | None = None
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    """``[[watch]]``: endpoints certkeeper only watches and alerts on (partners' MX, the relay)."""
+
+    name: str
+    endpoints: tuple[Target, ...]
+    servername: str | None = None
+    ca_file: Path | None = None
+    warn_days: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    settings: Settings
+    alerts: AlertsConfig | None
+    issuers: Mapping[str, IssuerConfig]
+    certificates: Mapping[str, CertificateConfig]
+    watch: tuple[WatchConfig, ...] = ()
+
+
+def config_path(explicit: str | Path | None = None) -> Path:
+    """``-c PATH`` wins, then ``$CERTKEEPER_CONFIG``, then ``/etc/certkeeper/certkeeper.toml``."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get(CONFIG_ENV)
+    return Path(env) if env else DEFAULT_CONFIG_PATH
+
+
+def load_config(path: Path) -> Config:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(path, "", "no such file", "a certkeeper configuration file",
+                          f"pass -c PATH or set {CONFIG_ENV}") from None
+    except OSError as exc:
+        raise ConfigError(path, "", f"a file that cannot be read ({exc.strerror})",
+                          "a readable configuration file") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(path, "", "bytes that are not UTF-8", "a UTF-8 TOML file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, "", f"invalid TOML ({exc})", "valid TOML") from None
+    return parse_config(data, path)
+
+
+def parse_config(data: Mapping[str, Any], path: Path) -> Config:
+    errors: list[ConfigError] = []
+    root = _Table(data, "", path, errors)
+    settings = _parse_settings(root.table("certkeeper"))
+    alerts_table = root.optional_table("alerts")
+    alerts = _parse_alerts(alerts_table) if alerts_table else None
+    issuers = {name: _parse_issuer(name, table) for name, table in root.named_tables("issuers")}
+    certificates = {
+        name: _parse_certificate(name, table, issuers) for name, table in root.named_tables("certificates")
+    }
+    watch = tuple(_parse_watch(i, table) for i, table in enumerate(root.array_of_tables("watch")))
+    root.finish()
+    if not certificates and not watch:
+        errors.append(ConfigError(path, "certificates", "no certificates and no [[watch]] entries",
+                                  "at least one [certificates.NAME] table or [[watch]] entry"))
+    if errors:
+        raise ConfigErrors(errors) if len(errors) > 1 else errors[0]
+    return Config(path=path, settings=settings, alerts=alerts, issuers=issuers,
+                  certificates=certificates, watch=watch)
+
+
+def _parse_settings(t: _Table) -> Settings:
+    d = Settings()
+    settings = Settings(
+        state_dir=t.path("state_dir", None) or d.state_dir,
+        check_interval=t.duration("check_interval", d.check_interval, minimum=timedelta(minutes=1)),
+        renew_before=t.parsed("renew_before", RenewBefore.parse, d.renew_before,
+                              'a fraction of the lifetime such as "1/3", or a duration such as "30d"'),
+        keep_versions=t.integer("keep_versions", d.keep_versions, minimum=1),
+        verify_timeout=t.duration("verify_timeout", d.verify_timeout, minimum=timedelta(seconds=1)),
+        hook_timeout=t.duration("hook_timeout", d.hook_timeout, minimum=timedelta(seconds=1)),
+        lock_timeout=t.duration("lock_timeout", d.lock_timeout),
+        concurrency=t.integer("concurrency", d.concurrency, minimum=1),
+        hooks_dir=t.path("hooks_dir", None),
+        metrics_listen=t.string("metrics_listen", None),
+        database=t.string("database", None),
+        database_password_file=t.path("database_password_file", None),
+        node=t.string("node", "") or "",
+        fleet_key_file=t.path("fleet_key_file", None),
+        fleet_grace=t.duration("fleet_grace", d.fleet_grace),
+    )
+    if settings.database and not settings.database.startswith(("postgresql://", "postgres://")):
+        t.error("database", repr(settings.database), 'a PostgreSQL URL such as "postgresql://user@host/db"')
+    if settings.database and not settings.fleet_key_file:
+        t.error("fleet_key_file", "nothing", "a key file shared by the fleet's nodes when database is set",
+                "private keys are stored encrypted with it; PostgreSQL never sees them in plain text")
+    t.finish()
+    return settings
+
+
+def _parse_alerts(t: _Table) -> AlertsConfig:
+    to = t.string_list("to", None)
+    sender = t.string("from", None)
+    if not to:
+        t.error("to", "nothing", 'a list of recipients such as ["postmaster@example.org"]')
+    if not sender:
+        t.error("from", "nothing", 'the sender address, such as "certkeeper@mail.example.org"')
+    for i, address in enumerate(to or ()):
+        if "@" not in address:
+            t.error(f"to[{i}]", repr(address), "an email address")
+    security = t.choice("smtp_security", ("none", "starttls", "tls"), "starttls")
+    default_port = {"none": 25, "starttls": 587, "tls": 465}[security]
+    warn = t.int_list("warn_days", (21, 14, 7, 3, 1))
+    alerts = AlertsConfig(
+        to=tuple(to or ()),
+        sender=sender or "",
+        smtp_host=t.string("smtp_host", "127.0.0.1") or "127.0.0.1",
+        smtp_port=t.port("smtp_port", default_port),
+        smtp_security=security,
+        smtp_username=t.string("smtp_username", None),
+        smtp_password_file=t.path("smtp_password_file", None),
+        smtp_ca_bundle=t.path("smtp_ca_bundle", None),
+        smtp_timeout=t.duration("smtp_timeout", timedelta(seconds=30)),
+        fallback_smtp_host=t.string("fallback_smtp_host", None),
+        fallback_smtp_port=t.port("fallback_smtp_port", 25),
+        warn_days=tuple(sorted(set(warn), reverse=True)),
+        notify_success=t.boolean("notify_success", False),
+        digest=t.choice("digest", ("immediate", "daily"), "immediate"),
+    )
+    if alerts.smtp_username and not alerts.smtp_password_file:
+        t.error("smtp_password_file", "nothing", "a file holding the SMTP password when smtp_username is set",
+                "secrets live in files, never in this file")
+    if "smtp_password" in t.data:
+        t.error("smtp_password", "a password in the configuration file",
+                "smtp_password_file, a file only root can read", "secrets live in files, never in this file")
+        t.seen.add("smtp_password")
+    t.finish()
+    return alerts
+
+
+def _parse_issuer(name: str, t: _Table) -> IssuerConfig:
+    kind = t.choice("type", ("acme", "ca"), None)
+    if kind == "ca":
+        return _parse_ca_issuer(name, t)
+    if kind is None:
+        t.finish(ignore_unknown=True)
+        return AcmeIssuerConfig(name=name, directory="")
+    return _parse_acme_issuer(name, t)
+
+
+def _parse_acme_issuer(name: str, t: _Table) -> AcmeIssuerConfig:
+    d = AcmeIssuerConfig(name=name, directory="")
+    directory = t.url("directory", None, required=True) or ""
+    contact = t.string_or_list("contact", ())
+    for i, item in enumerate(contact):
+        if not item.startswith("mailto:"):
+            t.error(f"contact[{i}]" if len(contact) > 1 else "contact", repr(item),
+                    'a "mailto:" URL such as "mailto:hostmaster@example.org"')
+    challenge = t.choice("challenge", ("http-01", "dns-01"), "http-01")
+    issuer = AcmeIssuerConfig(
+        name=name,
+        directory=directory,
+        contact=contact,
+        staging_directory=t.url("staging_directory", None),
+        ca_bundle=t.existing_file("ca_bundle", None),
+        challenge=challenge,
+        http_port=t.port("http_port", d.http_port),
+        http_address=t.string("http_address", "") or "",
+        webroot=t.path("webroot", None),
+        dns_server=t.string("dns_server", None),
+        tsig_key_file=t.path("tsig_key_file", None),
+        dns_zone=t.string("dns_zone", None),
+        dns_hook=t.path("dns_hook", None),
+        dns_timeout=t.duration("dns_timeout", d.dns_timeout),
+        profile=t.string("profile", None),
+        eab_kid=t.string("eab_kid", None),
+        eab_hmac_key_file=t.path("eab_hmac_key_file", None),
+        timeout=t.duration("timeout", d.timeout, minimum=timedelta(seconds=10)),
+    )
+    if challenge == "dns-01" and not (issuer.dns_hook or (issuer.dns_server and issuer.tsig_key_file)):
+        t.error("challenge", '"dns-01" without a way to publish records',
+                "dns_server and tsig_key_file (RFC 2136), or dns_hook (an external program)")
+    if issuer.dns_hook and issuer.dns_server:
+        t.error("dns_hook", "both dns_hook and dns_server", "one way to publish DNS-01 records")
+    if bool(issuer.eab_kid) != bool(issuer.eab_hmac_key_file):
+        t.error("eab_kid" if not issuer.eab_kid else "eab_hmac_key_file", "only half of external account binding",
+                "both eab_kid and eab_hmac_key_file")
+    if "eab_hmac_key" in t.data:
+        t.error("eab_hmac_key", "a secret in the configuration file", "eab_hmac_key_file",
+                "secrets live in files, never in this file")
+        t.seen.add("eab_hmac_key")
+    t.finish()
+    return issuer
+
+
+def _parse_ca_issuer(name: str, t: _Table) -> CaIssuerConfig:
+    d = CaIssuerConfig(name=name, ca_dir=Path())
+    ca_dir = t.path("ca_dir", None)
+    if ca_dir is None:
+        t.error("ca_dir", "nothing", 'the directory of the CA, such as "/var/lib/certkeeper/ca"')
+    passphrase_file = t.path("passphrase_file", None)
+    passphrase_env = t.string("passphrase_env", None)
+    if passphrase_file and passphrase_env:
+        t.error("passphrase_env", "both passphrase_file and passphrase_env", "one source of the CA passphrase")
+    domains = t.string_list("permitted_domains", ())
+    issuer = CaIssuerConfig(
+        name=name,
+        ca_dir=ca_dir or Path(),
+        lifetime=t.duration("lifetime", d.lifetime, minimum=timedelta(minutes=5)),
+        ca_key_type=t.choice("ca_key_type", ("ecdsa", "rsa"), "ecdsa"),
+        root_lifetime=t.duration("root_lifetime", d.root_lifetime, minimum=timedelta(days=1)),
+        intermediate_lifetime=t.duration("intermediate_lifetime", d.intermediate_lifetime,
+                                         minimum=timedelta(days=1)),
+        permitted_domains=tuple(x.lower().lstrip(".") for x in domains or ()),
+        passphrase_file=passphrase_file,
+        passphrase_env=passphrase_env,
+        crl_url=t.url("crl_url", None),
+        crl_next_update=t.duration("crl_next_update", d.crl_next_update, minimum=timedelta(hours=1)),
+        client_auth=t.boolean("client_auth", False),
+        organization=t.string("organization", d.organization) or d.organization,
+    )
+    if issuer.lifetime >= issuer.intermediate_lifetime:
+        t.error("lifetime", format_duration(issuer.lifetime),
+                f"less than intermediate_lifetime ({format_duration(issuer.intermediate_lifetime)})")
+    t.finish()
+    return issuer
+
+
+def _parse_certificate(name: str, t: _Table, issuers: Mapping[str, IssuerConfig]) -> CertificateConfig:
+    issuer = t.string("issuer", None)
+    if issuer is None:
+        t.error("issuer", "nothing", "the name of an issuer defined under [issuers]")
+    elif issuer not in issuers:
+        known = ", ".join(sorted(issuers)) or "none are defined"
+        t.error("issuer", repr(issuer), f"the name of an issuer defined under [issuers] ({known})",
+                _did_you_mean(issuer, issuers))
+    domains = tuple(d.lower().rstrip(".") for d in t.string_list("domains", None) or ())
+    if not domains:
+        t.error("domains", "nothing", 'a list of host names such as ["mail.example.org"]')
+    for i, domain in enumerate(domains):
+        if not _is_hostname(domain):
+            t.error(f"domains[{i}]", repr(domain), "a DNS host name (a wildcard only as the first label)")
+    if len(set(domains)) != len(domains):
+        t.error("domains", "a host name listed twice", "each host name once")
+    key_types = t.parsed_list("key_types", KeyType, (KeyType.ECDSA_P256,),
+                              "one or two of " + " ".join(k.value for k in KeyType))
+    families = [k.family for k in key_types]
+    if len(key_types) > 2 or len(set(families)) != len(families):
+        t.error("key_types", repr([k.value for k in key_types]),
+                "one key type, or two of different families (one ECDSA and one RSA) for dual certificates")
+    copy_table = t.optional_table("copy_to")
+    copy_to: dict[CopyTarget, Path] = {}
+    if copy_table:
+        for target in COPY_TARGETS:
+            path = copy_table.path(target, None)
+            if path is not None:
+                if not path.is_absolute():
+                    copy_table.error(target, repr(str(path)), "an absolute path")
+                copy_to[target] = path
+        copy_table.finish()
+        if copy_to and len(key_types) > 1:
+            t.error("copy_to", "copy_to with two key types", "copy_to only for single-key-type certificates",
+                    "point the daemon at the per-key-type files under current/ instead")
+    issuer_config = issuers.get(issuer or "")
+    if isinstance(issuer_config, AcmeIssuerConfig) and issuer_config.challenge == "http-01":
+        for i, domain in enumerate(domains):
+            if domain.startswith("*."):
+                t.error(f"domains[{i}]", repr(domain), "a wildcard only with an issuer whose challenge is dns-01")
+    dane_table = t.optional_table("dane")
+    certificate = CertificateConfig(
+        name=name,
+        issuer=issuer or "",
+        domains=domains,
+        key_types=tuple(key_types),
+        reload=t.hook_list("reload"),
+        endpoints=t.target_list("endpoints"),
+        group=t.string("group", None),
+        copy_to=copy_to,
+        reuse_key=t.boolean("reuse_key", False),
+        renew_before=t.parsed("renew_before", RenewBefore.parse, None,
+                              'a fraction of the lifetime such as "1/3", or a duration such as "30d"'),
+        verify_timeout=t.duration("verify_timeout", None, minimum=timedelta(seconds=1)),
+        dane=_parse_dane(dane_table) if dane_table else None,
+    )
+    t.finish()
+    return certificate
+
+
+def _parse_dane(t: _Table) -> DaneConfig:
+    d = DaneConfig()
+    tlsa = tuple(t.string_list("tlsa", list(d.tlsa)) or ())
+    for i, record in enumerate(tlsa):
+        if record not in ("3 1 1", "2 1 1", "3 0 1", "2 0 1"):
+            t.error(f"tlsa[{i}]", repr(record), 'a TLSA usage/selector/matching triple: "3 1 1" or "2 1 1"')
+    dane = DaneConfig(
+        tlsa=tlsa,
+        ports=tuple(t.int_list("ports", list(d.ports))),
+        hosts=tuple(t.string_list("hosts", ()) or ()),
+        zone=t.string("zone", None),
+        dns_server=t.string("dns_server", None),
+        tsig_key_file=t.path("tsig_key_file", None),
+        ttl=t.integer("ttl", d.ttl, minimum=1),
+        unsafe_rollover_days=t.integer("unsafe_rollover_days", d.unsafe_rollover_days, minimum=0),
+    )
+    t.finish()
+    return dane
+
+
+def _parse_watch(index: int, t: _Table) -> WatchConfig:
+    endpoints = t.target_list("endpoints")
+    if not endpoints:
+        t.error("endpoints", "nothing", 'a list of endpoints such as ["smtp://mx.partner.example:25"]')
+    name = t.string("name", None) or (endpoints[0].address if endpoints else f"watch{index}")
+    warn = t.int_list("warn_days", None)
+    watch = WatchConfig(
+        name=name,
+        endpoints=endpoints,
+        servername=t.string("servername", None),
+        ca_file=t.existing_file("ca_file", None),
+        warn_days=tuple(sorted(set(warn), reverse=True)) if warn else None,
+    )
+    t.finish()
+    return watch
+
+
+def _did_you_mean(word: str, candidates: Iterator[str] | Mapping[str, Any] | tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f'did you mean "{close[0]}"?' if close else ""
+
+
+def _is_hostname(name: str) -> bool:
+    labels = name.split(".")
+    if labels[0] == "*":
+        labels = labels[1:]
+    if len(labels) < 1 or len(name) > 253:
+        return False
+    return all(
+        0 < len(label) <= 63 and label[0] != "-" and label[-1] != "-"
+        and all(c.isalnum() or c == "-" for c in label) and label.isascii()
+        for label in labels
+    )
+
+
+T = TypeVar("T")
+_REQUIRED: Any = object()
+
+
+class _Table:
+    """One TOML table being read: typed getters that record located errors, and unknown-key detection."""
+
+    def __init__(self, data: Mapping[str, Any], key_path: str, file: Path, errors: list[ConfigError]) -> None:
+        self.data = data
+        self.key_path = key_path
+        self.file = file
+        self.errors = errors
+        self.seen: set[str] = set()
+
+    def where(self, key: str) -> str:
+        return f"{self.key_path}.{key}" if self.key_path else key
+
+    def error(self, key: str, found: str, expected: str, hint: str = "") -> None:
+        self.errors.append(ConfigError(self.file, self.where(key), found, expected, hint))
+
+    def _get(self, key: str) -> Any:
+        self.seen.add(key)
+        return self.data.get(key)
+
+    def _typed(self, key: str, kind: type | tuple[type, ...], expected: str, default: Any) -> Any:
+        value = self._get(key)
+        if value is None:
+            return default
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            self.error(key, _describe(value), expected)
+            return default
+        return value
+
+    def string(self, key: str, default: str | None) -> str | None:
+        value: str | None = self._typed(key, str, "a string", default)
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value: bool = self._typed(key, bool, "true or false", default)
+        return value
+
+    def integer(self, key: str, default: int, *, minimum: int | None = None) -> int:
+        value: int = self._typed(key, int, "a whole number", default)
+        if minimum is not None and value < minimum:
+            self.error(key, str(value), f"a whole number of at least {minimum}")
+            return default
+        return value
+
+    def port(self, key: str, default: int) -> int:
+        value = self.integer(key, default)
+        if not 0 < value < 65536:
+            self.error(key, str(value), "a TCP port from 1 to 65535")
+            return default
+        return value
+
+    def path(self, key: str, default: Path | None) -> Path | None:
+        value = self.string(key, None)
+        return Path(value) if value else default
+
+    def existing_file(self, key: str, default: Path | None) -> Path | None:
+        path = self.path(key, default)
+        if path is not None and path != default and not path.is_file():
+            self.error(key, f'"{path}", which does not exist or is not a file', "an existing file")
+        return path
+
+    def url(self, key: str, default: str | None, *, required: bool = False) -> str | None:
+        value = self.string(key, default)
+        if value is None:
+            if required:
+                self.error(key, "nothing", "an https:// URL")
+            return None
+        if not value.startswith(("https://", "http://")):
+            self.error(key, repr(value), "an https:// URL")
+        return value
+
+    def duration(self, key: str, default: Any, *, minimum: timedelta | None = None) -> Any:
+        value = self.parsed(key, parse_duration, default, 'a duration such as "90s", "15m", "12h" or "30d"')
+        if minimum is not None and value is not None and value < minimum:
+            self.error(key, format_duration(value), f"at least {format_duration(minimum)}")
+            return default
+        return value
+
+    def choice(self, key: str, choices: tuple[str, ...], default: str | None) -> Any:
+        value = self._get(key)
+        if value is None:
+            if default is None:
+                self.error(key, "nothing", "one of " + ", ".join(f'"{c}"' for c in choices))
+            return default
+        if value not in choices:
+            self.error(key, _describe(value), "one of " + ", ".join(f'"{c}"' for c in choices),
+                       _did_you_mean(str(value), choices))
+            return default
+        return value
+
+    def parsed(self, key: str, parse: Callable[[str], T], default: Any, expected: str) -> Any:
+        value = self._get(key)
+        if value is None:
+            return default
+        if not isinstance(value, str):
+            self.error(key, _describe(value), expected)
+            return default
+        try:
+            return parse(value)
+        except ValueError:
+            self.error(key, repr(value), expected)
+            return default
+
+    def string_list(self, key: str, default: Any) -> list[str] | None:
+        value = self._get(key)
+        if value is None:
+            return list(default) if default is not None else None
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self.error(key, _describe(value), "a list of strings")
+            return list(default) if default is not None else None
+        return value
+
+    def string_or_list(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = self.data.get(key)
+        if isinstance(value, str):
+            self.seen.add(key)
+            return (value,)
+        return tuple(self.string_list(key, default) or ())
+
+    def int_list(self, key: str, default: Any) -> list[int]:
+        value = self._get(key)
+        if value is None:
+            return list(default) if default is not None else []
+        if (not isinstance(value, list) or not value
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
+            self.error(key, _describe(value), "a list of positive whole numbers")
+            return list(default) if default is not None else []
+        return value
+
+    def parsed_list(self, key: str, parse: Callable[[str], T], default: tuple[T, ...], expected: str) -> list[T]:
+        items = self.string_list(key, None)
+        if items is None:
+            return list(default)
+        if not items:
+            self.error(key, "an empty list", expected)
+            return list(default)
+        result: list[T] = []
+        for i, item in enumerate(items):
+            try:
+                result.append(parse(item))
+            except ValueError:
+                self.error(f"{key}[{i}]", repr(item), expected)
+        return result or list(default)
+
+    def hook_list(self, key: str) -> tuple[str, ...]:
+        hooks = self.string_list(key, ()) or []
+        for i, hook in enumerate(hooks):
+            if "/" in hook and not hook.startswith("/"):
+                self.error(f"{key}[{i}]", repr(hook), "a hook name from hooks/ (postfix, dovecot, ...) or an "
+                           "absolute path")
+            elif "/" not in hook and not is_safe_name(hook):
+                self.error(f"{key}[{i}]", repr(hook), "a hook name made of letters, digits, '.', '_' and '-'")
+        return tuple(hooks)
+
+    def target_list(self, key: str) -> tuple[Target, ...]:
+        targets: list[Target] = []
+        for i, text in enumerate(self.string_list(key, ()) or []):
+            try:
+                targets.append(parse_target(text))
+            except ValueError as exc:
+                self.error(f"{key}[{i}]", repr(text), "an endpoint such as smtps://mail.example.org:465", str(exc))
+        return tuple(targets)
+
+    def table(self, key: str) -> _Table:
+        """A table that may be empty: ``[certkeeper]`` with every key defaulted is fine."""
+        return self.optional_table(key) or _Table({}, self.where(key), self.file, self.errors)
+
+    def optional_table(self, key: str) -> _Table | None:
+        value = self._get(key)
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            self.error(key, _describe(value), "a table")
+            return None
+        return _Table(value, self.where(key), self.file, self.errors)
+
+    def named_tables(self, key: str) -> Iterator[tuple[str, _Table]]:
+        group = self.optional_table(key)
+        if group is None:
+            return
+        for name, value in group.data.items():
+            group.seen.add(name)
+            if not is_safe_name(name):
+                group.error(name, repr(name), "a name made of letters, digits, '.', '_' and '-' (not . or ..)",
+                            "names become directory names")
+                continue
+            if not isinstance(value, dict):
+                group.error(name, _describe(value), "a table")
+                continue
+            yield name, _Table(value, group.where(name), self.file, self.errors)
+
+    def array_of_tables(self, key: str) -> Iterator[_Table]:
+        value = self._get(key)
+        if value is None:
+            return
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            self.error(key, _describe(value), f"[[{key}]] tables")
+            return
+        for i, item in enumerate(value):
+            yield _Table(item, f"{self.where(key)}[{i}]", self.file, self.errors)
+
+    def finish(self, *, ignore_unknown: bool = False) -> None:
+        if ignore_unknown:
+            return
+        for key in self.data:
+            if key not in self.seen:
+                self.error(key, "an unknown key", "one of " + ", ".join(sorted(self.seen)) if self.seen
+                           else "no keys here", _did_you_mean(key, tuple(self.seen)))
+
+
+
+def _describe(value: Any) -> str:
+    kind = {str: "string", int: "number", float: "number", bool: "boolean", list: "list", dict: "table"}
+    return f"{kind.get(type(value), type(value).__name__)} {value!r}" if not isinstance(value, dict) else "a table"
+
+
+def describe_config(config: Config) -> dict[str, Any]:
+    """The resolved settings as plain data for ``config check``, with secrets and key material masked."""
+    return {
+        "file": str(config.path),
+        "certkeeper": _plain(config.settings),
+        "alerts": _plain(config.alerts) if config.alerts else None,
+        "issuers": {name: _plain(issuer) for name, issuer in config.issuers.items()},
+        "certificates": {name: _plain(cert) for name, cert in config.certificates.items()},
+        "watch": [_plain(w) for w in config.watch],
+    }
+
+
+_MASKED = {"database"}
+
+
+def _plain(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        out = {}
+        for f in fields(value):
+            key = "from" if f.name == "sender" else f.name
+            item = getattr(value, f.name)
+            out[key] = _mask_url(item) if f.name in _MASKED and isinstance(item, str) else _plain(item)
+        return out
+    if isinstance(value, timedelta):
+        return format_duration(value)
+    if isinstance(value, Target):
+        return value.text
+    if isinstance(value, Path | RenewBefore | KeyType):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _mask_url(url: str) -> str:
+    """``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db``."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if at and ":" in userinfo:
+        userinfo = userinfo.split(":", 1)[0] + ":***"
+    return f"{scheme}{sep}{userinfo}{at}{host}"

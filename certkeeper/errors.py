@@ -1,0 +1,198 @@
+"""Every error certkeeper raises on purpose, and the exit code each maps to.
+
+The tree::
+
+    CertkeeperError                 exit 1   something failed; the message says what and where
+    ├── UsageError                  exit 64  the command line is wrong (EX_USAGE)
+    ├── ConfigError                 exit 78  the configuration is wrong (EX_CONFIG): file, key path, found, expected
+    ├── InputError                  exit 65  a file certkeeper was given is unreadable or malformed (EX_DATAERR)
+    ├── StoreError                  exit 74  the state store failed (EX_IOERR)
+    │   └── SchemaTooNew            exit 74  the store was written by a newer certkeeper
+    ├── LockBusy                    exit 75  another certkeeper holds the certificate's lock (EX_TEMPFAIL)
+    ├── IssuanceError               exit 1   the CA did not issue: issuer, certificate, what the CA said
+    │   └── CaUnavailable           exit 69  the CA could not be reached or is rate limiting (EX_UNAVAILABLE)
+    ├── InstallRefused              exit 1   a new key pair failed a pre-install check; nothing was installed
+    ├── HookFailed                  exit 1   a reload hook exited non-zero or timed out
+    └── VerificationFailed          exit 1   an endpoint does not serve what was installed (rolled back)
+
+Findings about certificates served by other people's servers are not errors: the probe returns them as data.
+Only failing to do the work raises.  The CLI maps an error to its exit code in one place
+(:func:`certkeeper.cli.main`), through :attr:`CertkeeperError.exit_code`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+EX_USAGE = 64
+EX_DATAERR = 65
+EX_UNAVAILABLE = 69
+EX_SOFTWARE = 70
+EX_IOERR = 74
+EX_TEMPFAIL = 75
+EX_CONFIG = 78
+
+
+class CertkeeperError(Exception):
+    """The root: an expected failure with a message a mail administrator can act on."""
+
+    exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(CertkeeperError):
+    exit_code = EX_USAGE
+
+
+class ConfigError(CertkeeperError):
+    """A configuration mistake, located: which file, which key path, what was found, what was expected."""
+
+    exit_code = EX_CONFIG
+
+    def __init__(
+        self,
+        file: Path | str,
+        key_path: str,
+        found: str,
+        expected: str,
+        hint: str = "",
+    ) -> None:
+        self.file = Path(file)
+        self.key_path = key_path
+        self.found = found
+        self.expected = expected
+        self.hint = hint
+        where = f"{self.file}: {key_path}" if key_path else str(self.file)
+        message = f"{where}: found {found}, expected {expected}"
+        if hint:
+            message += f"; {hint}"
+        super().__init__(message)
+
+
+class ConfigErrors(ConfigError):
+    """Several configuration mistakes at once, so an administrator fixes them in one go."""
+
+    def __init__(self, errors: Sequence[ConfigError]) -> None:
+        first = errors[0]
+        super().__init__(first.file, first.key_path, first.found, first.expected, first.hint)
+        self.errors = tuple(errors)
+        self.message = "\n".join(error.message for error in self.errors)
+
+
+class InputError(CertkeeperError):
+    """A file or value handed to certkeeper is malformed: names the path and what is wrong with it."""
+
+    exit_code = EX_DATAERR
+
+    def __init__(self, where: str, problem: str) -> None:
+        self.where = where
+        self.problem = problem
+        super().__init__(f"{where}: {problem}")
+
+
+class StoreError(CertkeeperError):
+    exit_code = EX_IOERR
+
+
+class SchemaTooNew(StoreError):
+    def __init__(self, location: str, found: int, supported: int) -> None:
+        self.location = location
+        self.found = found
+        self.supported = supported
+        super().__init__(
+            f"{location}: the state store has schema version {found}, this certkeeper understands up to "
+            f"{supported}; upgrade certkeeper on this host (other nodes already run a newer one)"
+        )
+
+
+class LockBusy(CertkeeperError):
+    exit_code = EX_TEMPFAIL
+
+    def __init__(self, name: str, waited: float, holder: str = "") -> None:
+        self.name = name
+        self.waited = waited
+        self.holder = holder
+        held_by = f" (held by {holder})" if holder else ""
+        super().__init__(
+            f"certificate {name!r}: another certkeeper is working on it{held_by}; "
+            f"gave up after {waited:.0f} s, it will be looked at again on the next run"
+        )
+
+
+class IssuanceError(CertkeeperError):
+    """The issuer did not produce a certificate.  ``retry_after`` is a hint in seconds, when the CA gave one."""
+
+    def __init__(
+        self,
+        issuer: str,
+        certificate: str,
+        detail: str,
+        *,
+        retry_after: float | None = None,
+        problem_type: str = "",
+        identifier: str = "",
+    ) -> None:
+        self.issuer = issuer
+        self.certificate = certificate
+        self.detail = detail
+        self.retry_after = retry_after
+        self.problem_type = problem_type
+        self.identifier = identifier
+        about = f" for {identifier}" if identifier else ""
+        super().__init__(f"certificate {certificate!r}, issuer {issuer!r}{about}: {detail}")
+
+
+class CaUnavailable(IssuanceError):
+    exit_code = EX_UNAVAILABLE
+
+
+class InstallRefused(CertkeeperError):
+    """A freshly issued pair failed a check before install; the current pair is untouched."""
+
+    def __init__(self, certificate: str, reason: str) -> None:
+        self.certificate = certificate
+        self.reason = reason
+        super().__init__(f"certificate {certificate!r}: not installed: {reason}")
+
+
+class HookFailed(CertkeeperError):
+    def __init__(
+        self,
+        hook: str,
+        *,
+        exit_status: int | None,
+        output: str,
+        timed_out: bool = False,
+        timeout: float | None = None,
+    ) -> None:
+        self.hook = hook
+        self.exit_status = exit_status
+        self.output = output
+        self.timed_out = timed_out
+        if timed_out:
+            what = f"did not finish within {timeout:g} s and was killed"
+        elif exit_status is None:
+            what = "could not be started"
+        else:
+            what = f"exited with status {exit_status}"
+        tail = output.strip().splitlines()[-5:]
+        said = (": " + " | ".join(tail)) if tail else ""
+        super().__init__(f"reload hook {hook} {what}{said}")
+
+
+class VerificationFailed(CertkeeperError):
+    def __init__(self, certificate: str, endpoint: str, expected: str, seen: str) -> None:
+        self.certificate = certificate
+        self.endpoint = endpoint
+        self.expected = expected
+        self.seen = seen
+        super().__init__(
+            f"certificate {certificate!r}: {endpoint} serves {seen}, expected {expected}"
+        )

@@ -1,0 +1,119 @@
+"""Typed events, named in the past tense.  The lifecycle publishes; logging, alerts and metrics subscribe."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from datetime import datetime
+
+
+@dataclass(frozen=True)
+class Event:
+    at: datetime
+
+    def describe(self) -> str:
+        """One log line: the event's name and its fields, never key material (events carry none)."""
+        parts = [f"{f.name}={getattr(self, f.name)}" for f in fields(self) if f.name != "at"]
+        return f"{type(self).__name__} " + " ".join(parts)
+
+
+@dataclass(frozen=True)
+class CertificateIssued(Event):
+    name: str
+    key_type: str
+    issuer: str
+    serial: str
+    not_after: datetime
+
+
+@dataclass(frozen=True)
+class CertificateInstalled(Event):
+    name: str
+    version: str
+
+
+@dataclass(frozen=True)
+class RenewalFailed(Event):
+    name: str
+    error: str
+    next_attempt: datetime | None
+
+
+@dataclass(frozen=True)
+class ReloadHookFailed(Event):
+    name: str
+    hook: str
+    error: str
+
+
+@dataclass(frozen=True)
+class CertificateVerified(Event):
+    name: str
+    version: str
+    endpoints: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RolledBack(Event):
+    name: str
+    from_version: str
+    to_version: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ServedCertificateStale(Event):
+    name: str
+    endpoint: str
+    served_fingerprint: str
+    expected_fingerprint: str
+
+
+@dataclass(frozen=True)
+class EndpointFailed(Event):
+    owner: str
+    endpoint: str
+    status: str
+    message: str
+
+
+@dataclass(frozen=True)
+class EndpointRecovered(Event):
+    owner: str
+    endpoint: str
+    message: str
+
+
+@dataclass(frozen=True)
+class ConfigReloadRejected(Event):
+    path: str
+    error: str
+
+
+Subscriber = Callable[[Event], None]
+
+
+class EventBus:
+    """Synchronous fan-out.  A subscriber that raises is logged and does not stop the others."""
+
+    def __init__(self) -> None:
+        self._subscribers: list[Subscriber] = []
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        self._subscribers.append(subscriber)
+
+    def publish(self, event: Event) -> None:
+        for subscriber in self._subscribers:
+            try:
+                subscriber(event)
+            except Exception:
+                logging.getLogger("certkeeper.events").exception("subscriber failed on %s", type(event).__name__)
+
+
+def log_event(event: Event) -> None:
+    """The journald-friendly subscriber: one line per event."""
+    level = logging.WARNING if isinstance(event, RenewalFailed | ReloadHookFailed | RolledBack |
+                                          ServedCertificateStale | EndpointFailed | ConfigReloadRejected) \
+        else logging.INFO
+    logging.getLogger("certkeeper").log(level, "%s", event.describe())

@@ -1,0 +1,73 @@
+"""The ``Issuer`` protocol, and the small optional abilities some issuers have.
+
+Both the ACME issuer and the internal CA implement :class:`Issuer`; everything downstream (install, reload,
+verify, alerts, scheduling) sees only this.  Abilities not every CA has (revocation, renewal information) are
+separate protocols checked with ``isinstance``, as certmagic does with ``Revoker``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+from cryptography import x509
+
+from certkeeper.model import KeyType
+from certkeeper.pki import PrivateKey
+
+
+@dataclass(frozen=True)
+class IssueRequest:
+    """Certify ``key`` for ``domains``.  The key is made (or reused) by the caller, never by the issuer."""
+
+    certificate: str
+    domains: tuple[str, ...]
+    key: PrivateKey
+    key_type: KeyType
+    replaces: x509.Certificate | None = None
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class IssuedCertificate:
+    """A leaf and the intermediates that lead to a trust anchor, leaf excluded, in order."""
+
+    certificate: x509.Certificate
+    chain: tuple[x509.Certificate, ...]
+
+
+@dataclass(frozen=True)
+class RenewalWindow:
+    """The CA's suggested renewal window (RFC 9773 ARI), and when to ask again."""
+
+    start: datetime
+    end: datetime
+    retry_after: datetime
+    explanation_url: str | None = None
+
+
+@runtime_checkable
+class Issuer(Protocol):
+    name: str
+
+    def issue(self, request: IssueRequest) -> IssuedCertificate:
+        """Obtain a certificate; raise :class:`certkeeper.errors.IssuanceError` when the CA will not."""
+        ...
+
+    def trust_anchors(self) -> Sequence[x509.Certificate]:
+        """Roots a freshly issued chain must verify against before install; empty means the system store."""
+        ...
+
+
+@runtime_checkable
+class Revoker(Protocol):
+    def revoke(self, certificate: x509.Certificate, reason: str) -> None: ...
+
+
+@runtime_checkable
+class RenewalInfoSource(Protocol):
+    def renewal_window(self, certificate: x509.Certificate, now: datetime) -> RenewalWindow | None:
+        """The CA's window for ``certificate``, or None when the CA does not offer renewal information."""
+        ...

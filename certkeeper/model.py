@@ -1,0 +1,90 @@
+"""Value types shared by every layer: key types, durations, renewal thresholds."""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+from fractions import Fraction
+
+
+class KeyType(enum.StrEnum):
+    """The key algorithms certkeeper issues for, spelled as in the configuration and the JSON output."""
+
+    ECDSA_P256 = "ecdsa-p256"
+    ECDSA_P384 = "ecdsa-p384"
+    RSA_2048 = "rsa-2048"
+    RSA_3072 = "rsa-3072"
+    RSA_4096 = "rsa-4096"
+
+    @property
+    def family(self) -> str:
+        """``"ecdsa"`` or ``"rsa"``: what a mail daemon's dual-certificate setting distinguishes."""
+        return self.value.split("-", 1)[0]
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    """``"90s"``, ``"15m"``, ``"12h"``, ``"30d"`` (one number, one unit) -> timedelta; ValueError otherwise."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"not a duration: {text!r}")
+    return timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+
+
+def format_duration(value: timedelta) -> str:
+    """The shortest exact spelling in the configuration's units: 43200 s -> ``"12h"``."""
+    seconds = value.total_seconds()
+    for unit in ("d", "h", "m"):
+        size = _UNIT_SECONDS[unit]
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+@dataclass(frozen=True)
+class RenewBefore:
+    """When to renew: a fraction of the lifetime left (``"1/3"``) or a fixed time before expiry (``"30d"``).
+
+    A fraction scales with the certificate: 30 days of a 90-day certificate, 2 days of a 6-day one.  A fixed
+    duration longer than the lifetime would renew every time; :meth:`before_expiry` caps it at half the lifetime
+    so a short-lived certificate is not renewed in a loop.
+    """
+
+    fraction: Fraction | None = None
+    duration: timedelta | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> RenewBefore:
+        text = text.strip()
+        if "/" in text or text.startswith("0."):
+            fraction = Fraction(text)
+            if not 0 < fraction < 1:
+                raise ValueError(f"fraction must be between 0 and 1: {text!r}")
+            return cls(fraction=fraction)
+        return cls(duration=parse_duration(text))
+
+    def before_expiry(self, lifetime: timedelta) -> timedelta:
+        """How long before ``not_after`` renewal becomes due, for a certificate of ``lifetime``."""
+        if self.fraction is not None:
+            return lifetime * float(self.fraction)
+        assert self.duration is not None
+        return min(self.duration, lifetime / 2)
+
+    def __str__(self) -> str:
+        if self.fraction is not None:
+            return f"{self.fraction.numerator}/{self.fraction.denominator}"
+        assert self.duration is not None
+        return format_duration(self.duration)
+
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+def is_safe_name(name: str) -> bool:
+    """Names of certificates and issuers become directory names: only ``[A-Za-z0-9._-]``, never . or .."""
+    return bool(NAME_PATTERN.match(name)) and name not in {".", ".."}

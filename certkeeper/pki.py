@@ -1,0 +1,226 @@
+"""Keys, CSRs, certificates and chains: the cryptography library's home for everything but the CA itself.
+
+Pure functions over bytes and objects; the only IO is none.  Callers that read files wrap ValueError from
+here into :class:`certkeeper.errors.InputError` naming the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature as InvalidSignatureError
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.x509.oid import NameOID
+from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
+
+from certkeeper.model import KeyType
+
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey | ed448.Ed448PublicKey
+
+_CURVES: dict[KeyType, ec.EllipticCurve] = {KeyType.ECDSA_P256: ec.SECP256R1(), KeyType.ECDSA_P384: ec.SECP384R1()}
+_RSA_BITS = {KeyType.RSA_2048: 2048, KeyType.RSA_3072: 3072, KeyType.RSA_4096: 4096}
+
+
+def generate_key(key_type: KeyType) -> PrivateKey:
+    if key_type in _CURVES:
+        return ec.generate_private_key(_CURVES[key_type])
+    return rsa.generate_private_key(public_exponent=65537, key_size=_RSA_BITS[key_type])
+
+
+def key_to_pem(key: PrivateKey, passphrase: bytes | None = None) -> bytes:
+    encryption: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
+    )
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+
+
+def load_key(pem: bytes, passphrase: bytes | None = None) -> PrivateKey:
+    """ValueError (never the key's bytes in the message) when it is not an ECDSA or RSA private key."""
+    try:
+        key = serialization.load_pem_private_key(pem, passphrase)
+    except TypeError as exc:
+        raise ValueError("the private key is encrypted and no passphrase was given" if passphrase is None
+                         else "the private key is not encrypted but a passphrase was given") from exc
+    except ValueError:
+        raise ValueError("not a PEM private key, or a wrong passphrase") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        raise ValueError(f"unsupported private key type {type(key).__name__}")
+    return key
+
+
+def cert_to_pem(certificate: x509.Certificate) -> bytes:
+    return certificate.public_bytes(serialization.Encoding.PEM)
+
+
+def load_certificates(pem: bytes) -> list[x509.Certificate]:
+    """Every certificate in a PEM bundle, in order; ValueError if there is none or one is malformed."""
+    if b"-----BEGIN CERTIFICATE-----" not in pem:
+        raise ValueError("no PEM certificate found")
+    try:
+        return x509.load_pem_x509_certificates(pem)
+    except ValueError as exc:
+        raise ValueError(f"malformed PEM certificate ({exc})") from None
+
+
+def key_type_of(key: PublicKey | PrivateKey) -> str:
+    """``"ecdsa-p256"``, ``"rsa-2048"``, ... as in the configuration; other keys by their algorithm name."""
+    if isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
+        return {"secp256r1": "ecdsa-p256", "secp384r1": "ecdsa-p384", "secp521r1": "ecdsa-p521"}.get(
+            key.curve.name, f"ecdsa-{key.curve.name}")
+    if isinstance(key, rsa.RSAPrivateKey | rsa.RSAPublicKey):
+        return f"rsa-{key.key_size}"
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return "ed25519"
+    if isinstance(key, ed448.Ed448PublicKey):
+        return "ed448"
+    return type(key).__name__.lower()
+
+
+def public_key_der(key: PrivateKey | PublicKey) -> bytes:
+    public = key.public_key() if isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) else key
+    return public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def key_matches(key: PrivateKey, certificate: x509.Certificate) -> bool:
+    return public_key_der(key) == public_key_der(certificate.public_key())  # type: ignore[arg-type]
+
+
+def fingerprint(certificate: x509.Certificate) -> str:
+    """SHA-256 of the DER encoding, lowercase hex: how every output and the store name a certificate."""
+    return certificate.fingerprint(hashes.SHA256()).hex()
+
+
+def spki_sha256(certificate: x509.Certificate) -> str:
+    """SHA-256 of the SubjectPublicKeyInfo, lowercase hex: the TLSA ``3 1 1`` / ``2 1 1`` association data."""
+    return hashlib.sha256(public_key_der(certificate.public_key())).hexdigest()  # type: ignore[arg-type]
+
+
+def serial_hex(certificate: x509.Certificate) -> str:
+    return format(certificate.serial_number, "x")
+
+
+def subject_alternative_names(certificate: x509.Certificate) -> list[str]:
+    """DNS names, then IP addresses, as strings; empty when there is no SAN extension."""
+    try:
+        extension = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    names: list[str] = list(extension.get_values_for_type(x509.DNSName))
+    names += [str(ip) for ip in extension.get_values_for_type(x509.IPAddress)]
+    return names
+
+
+def common_name(name: x509.Name) -> str:
+    attributes = name.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if attributes:
+        value = attributes[0].value
+        return value if isinstance(value, str) else value.decode(errors="replace")
+    return name.rfc4514_string()
+
+
+def not_before(certificate: x509.Certificate) -> datetime:
+    return certificate.not_valid_before_utc
+
+
+def not_after(certificate: x509.Certificate) -> datetime:
+    return certificate.not_valid_after_utc
+
+
+def is_self_signed(certificate: x509.Certificate) -> bool:
+    if certificate.issuer != certificate.subject:
+        return False
+    try:
+        certificate.verify_directly_issued_by(certificate)
+    except (ValueError, TypeError, InvalidSignatureError):
+        return False
+    return True
+
+
+def is_ca(certificate: x509.Certificate) -> bool:
+    try:
+        return certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        return False
+
+
+def make_csr(key: PrivateKey, domains: Sequence[str]) -> x509.CertificateSigningRequest:
+    """A CSR for ``domains`` (the first becomes the CN when it fits, as most CAs still like)."""
+    builder = x509.CertificateSigningRequestBuilder()
+    if len(domains[0]) <= 64:
+        builder = builder.subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, domains[0])]))
+    builder = builder.add_extension(
+        x509.SubjectAlternativeName([x509.DNSName(d) for d in domains]), critical=False
+    )
+    return builder.sign(key, hashes.SHA256())
+
+
+def split_fullchain(pem: bytes) -> tuple[x509.Certificate, list[x509.Certificate]]:
+    certificates = load_certificates(pem)
+    return certificates[0], certificates[1:]
+
+
+@dataclass(frozen=True)
+class ChainCheck:
+    """Outcome of verifying a leaf and its intermediates against trust anchors at a moment."""
+
+    valid: bool
+    error: str = ""
+
+
+def verify_chain(
+    leaf: x509.Certificate,
+    intermediates: Sequence[x509.Certificate],
+    roots: Sequence[x509.Certificate],
+    *,
+    at: datetime,
+    hostname: str | None = None,
+) -> ChainCheck:
+    """Path validation (RFC 5280, with the CA/B Forum server profile cryptography implements).
+
+    With ``hostname=None`` only the chain is judged (the leaf is checked against its own first SAN), so that a
+    probe can report "chain valid" and "host name valid" as two separate findings.
+    """
+    if not roots:
+        return ChainCheck(False, "no trust anchors to verify against")
+    name = hostname if hostname is not None else next(iter(subject_alternative_names(leaf)), "")
+    if not name:
+        return ChainCheck(False, "the certificate has no subject alternative name")
+    subject: x509.verification.Subject
+    try:
+        subject = x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        # A wildcard SAN is checked through a name it covers: the verifier takes host names, not patterns.
+        subject = x509.DNSName("wildcard-check." + name[2:] if name.startswith("*.") else name)
+    builder = PolicyBuilder().store(Store(list(roots))).time(at.astimezone(UTC).replace(tzinfo=None))
+    try:
+        builder.build_server_verifier(subject).verify(leaf, list(intermediates))
+    except VerificationError as exc:
+        return ChainCheck(False, str(exc))
+    return ChainCheck(True)
+
+
+def names_cover(names: Sequence[str], domains: Sequence[str]) -> list[str]:
+    """Which of ``domains`` the certificate names do NOT cover (wildcards match one label, RFC 6125)."""
+    lowered = [n.lower() for n in names]
+    missing = []
+    for domain in domains:
+        d = domain.lower()
+        if d in lowered:
+            continue
+        parent = d.split(".", 1)[1] if "." in d else ""
+        if not d.startswith("*.") and parent and f"*.{parent}" in lowered:
+            continue
+        missing.append(domain)
+    return missing
+
+
+def now_utc() -> datetime:
+    """The shell's clock.  Decision code never calls it: it is handed ``now``."""
+    return datetime.now(UTC)

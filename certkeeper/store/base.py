@@ -1,0 +1,125 @@
+"""The store contract and the records it keeps."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class CertState:
+    """What certkeeper decided and observed about one managed certificate."""
+
+    name: str
+    last_attempt_at: datetime | None = None
+    last_success_at: datetime | None = None
+    failures: int = 0
+    last_error: str = ""
+    next_check_at: datetime | None = None
+    next_reason: str = ""
+    ari_start: datetime | None = None
+    ari_end: datetime | None = None
+    ari_retry_after: datetime | None = None
+    ari_chosen_at: datetime | None = None
+    reload_pending: bool = False
+
+
+@dataclass(frozen=True)
+class RenewalRecord:
+    """One renewal attempt's outcome: ``result`` is ``success``, ``failure``, ``rollback`` or ``dry-run``."""
+
+    name: str
+    at: datetime
+    result: str
+    version: str = ""
+    serial: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class EndpointRecord:
+    """The last probe of an endpoint, for status, metrics and recovery alerts."""
+
+    owner: str
+    endpoint: str
+    at: datetime
+    status: str
+    message: str = ""
+    fingerprint: str = ""
+    not_after: datetime | None = None
+    stale: bool = False
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AlertRecord:
+    """An alert owed to people: stays ``pending`` until a relay accepted it."""
+
+    id: int
+    key: str
+    created_at: datetime
+    severity: str
+    subject: str
+    body: str
+    attempts: int = 0
+    last_error: str = ""
+    sent_at: datetime | None = None
+
+
+class Store(Protocol):
+    """The state store contract, shared by SQLite and PostgreSQL."""
+
+    location: str
+
+    def get_state(self, name: str) -> CertState | None: ...
+
+    def put_state(self, state: CertState) -> None: ...
+
+    def states(self) -> Sequence[CertState]: ...
+
+    def add_renewal(self, record: RenewalRecord) -> None: ...
+
+    def renewals(self, name: str | None = None, limit: int = 100) -> Sequence[RenewalRecord]:
+        """Newest first."""
+        ...
+
+    def renewal_counts(self) -> dict[tuple[str, str], int]:
+        """``{(name, result): count}`` over all history: the ``certkeeper_renewals_total`` counter."""
+        ...
+
+    def put_endpoint(self, record: EndpointRecord) -> None: ...
+
+    def endpoints(self) -> Sequence[EndpointRecord]: ...
+
+    def alert_seen(self, key: str) -> bool:
+        """True when an alert with this de-duplication key was already raised (pending or sent)."""
+        ...
+
+    def forget_alerts(self, prefix: str) -> int:
+        """Forget the de-duplication keys starting with ``prefix`` (a recovery re-arms the thresholds)."""
+        ...
+
+    def enqueue_alert(self, key: str, severity: str, subject: str, body: str, at: datetime) -> AlertRecord | None:
+        """Queue an alert unless its key was seen already; returns the new record or None."""
+        ...
+
+    def pending_alerts(self) -> Sequence[AlertRecord]: ...
+
+    def mark_alert_attempt(self, ids: Sequence[int], at: datetime, error: str | None) -> None:
+        """Record a delivery attempt: ``error=None`` means the relay accepted it."""
+        ...
+
+    def lock(self, name: str, wait: float) -> AbstractContextManager[None]:
+        """Exclusive per-certificate lock shared by every certkeeper process on this store.
+
+        Waits up to ``wait`` seconds, then raises :class:`certkeeper.errors.LockBusy`.  A holder that dies
+        releases it (the kernel drops its file lock; PostgreSQL its session lock).
+        """
+        ...
+
+    def close(self) -> None: ...
+
+

@@ -1,0 +1,278 @@
+"""The embedded store: one SQLite file under ``state_dir``, and file locks beside it.
+
+WAL mode so a ``certkeeper status`` never blocks the daemon; every write is its own short transaction.  Locks are
+``flock`` on ``state_dir/locks/<name>.lock``: the kernel releases them when a holder dies, so a crashed
+certkeeper never blocks the next one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from certkeeper.errors import LockBusy, SchemaTooNew, StoreError
+from certkeeper.store.base import AlertRecord, CertState, EndpointRecord, RenewalRecord
+
+SCHEMA_VERSION = 1
+
+_MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE cert_state (
+        name TEXT PRIMARY KEY,
+        last_attempt_at TEXT, last_success_at TEXT,
+        failures INTEGER NOT NULL DEFAULT 0, last_error TEXT NOT NULL DEFAULT '',
+        next_check_at TEXT, next_reason TEXT NOT NULL DEFAULT '',
+        ari_start TEXT, ari_end TEXT, ari_retry_after TEXT, ari_chosen_at TEXT,
+        reload_pending INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE renewals (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL, at TEXT NOT NULL, result TEXT NOT NULL,
+        version TEXT NOT NULL DEFAULT '', serial TEXT NOT NULL DEFAULT '', detail TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX renewals_by_name ON renewals (name, id);
+    CREATE TABLE endpoints (
+        owner TEXT NOT NULL, endpoint TEXT NOT NULL, at TEXT NOT NULL, status TEXT NOT NULL,
+        message TEXT NOT NULL DEFAULT '', fingerprint TEXT NOT NULL DEFAULT '', not_after TEXT,
+        stale INTEGER NOT NULL DEFAULT 0, details TEXT NOT NULL DEFAULT '{}',
+        PRIMARY KEY (owner, endpoint)
+    );
+    CREATE TABLE alert_keys (key TEXT PRIMARY KEY, first_at TEXT NOT NULL);
+    CREATE TABLE alerts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        key TEXT NOT NULL, created_at TEXT NOT NULL, severity TEXT NOT NULL,
+        subject TEXT NOT NULL, body TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT NOT NULL DEFAULT '', sent_at TEXT
+    );
+    CREATE INDEX alerts_pending ON alerts (sent_at, id);
+    """,
+}
+
+
+def _ts(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).isoformat() if value is not None else None
+
+
+def _dt(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+class SqliteStore:
+    """The default store.  Safe to share between threads of one process and between processes."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.path = state_dir / "state.db"
+        self.location = str(self.path)
+        self._lock_dir = state_dir / "locks"
+        self._mutex = threading.Lock()
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+            self._lock_dir.mkdir(exist_ok=True, mode=0o750)
+            self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA busy_timeout=30000")
+            self._migrate()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot open the state store: {exc}") from None
+        except OSError as exc:
+            raise StoreError(f"{state_dir}: cannot create the state directory: {exc.strerror}") from None
+
+    def _migrate(self) -> None:
+        with self._transaction() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            current = int(row[0]) if row else 0
+            if current > SCHEMA_VERSION:
+                raise SchemaTooNew(self.location, current, SCHEMA_VERSION)
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                db.executescript_safe(_MIGRATIONS[version])
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[_Cursor]:
+        with self._mutex:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield _Cursor(self._db)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._mutex:
+            try:
+                return self._db.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: {exc}") from None
+
+    # -- certificate state -------------------------------------------------------------------------------------
+
+    def get_state(self, name: str) -> CertState | None:
+        rows = self._query("SELECT * FROM cert_state WHERE name = ?", (name,))
+        return _state(rows[0]) if rows else None
+
+    def states(self) -> list[CertState]:
+        return [_state(row) for row in self._query("SELECT * FROM cert_state ORDER BY name")]
+
+    def put_state(self, state: CertState) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO cert_state VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (state.name, _ts(state.last_attempt_at), _ts(state.last_success_at), state.failures,
+                 state.last_error, _ts(state.next_check_at), state.next_reason, _ts(state.ari_start),
+                 _ts(state.ari_end), _ts(state.ari_retry_after), _ts(state.ari_chosen_at),
+                 int(state.reload_pending)),
+            )
+
+    # -- history -----------------------------------------------------------------------------------------------
+
+    def add_renewal(self, record: RenewalRecord) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO renewals (name, at, result, version, serial, detail) VALUES (?,?,?,?,?,?)",
+                (record.name, _ts(record.at), record.result, record.version, record.serial, record.detail),
+            )
+
+    def renewals(self, name: str | None = None, limit: int = 100) -> list[RenewalRecord]:
+        where, params = ("WHERE name = ?", [name]) if name else ("", [])
+        rows = self._query(
+            f"SELECT name, at, result, version, serial, detail FROM renewals {where} ORDER BY id DESC LIMIT ?",
+            [*params, limit],
+        )
+        return [RenewalRecord(r[0], _dt(r[1]) or datetime.min, r[2], r[3], r[4], r[5]) for r in rows]
+
+    def renewal_counts(self) -> dict[tuple[str, str], int]:
+        rows = self._query("SELECT name, result, COUNT(*) FROM renewals GROUP BY name, result")
+        return {(r[0], r[1]): int(r[2]) for r in rows}
+
+    # -- endpoints ---------------------------------------------------------------------------------------------
+
+    def put_endpoint(self, record: EndpointRecord) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO endpoints VALUES (?,?,?,?,?,?,?,?,?)",
+                (record.owner, record.endpoint, _ts(record.at), record.status, record.message,
+                 record.fingerprint, _ts(record.not_after), int(record.stale), json.dumps(record.details)),
+            )
+
+    def endpoints(self) -> list[EndpointRecord]:
+        rows = self._query("SELECT * FROM endpoints ORDER BY owner, endpoint")
+        return [
+            EndpointRecord(r[0], r[1], _dt(r[2]) or datetime.min, r[3], r[4], r[5], _dt(r[6]), bool(r[7]),
+                           json.loads(r[8]))
+            for r in rows
+        ]
+
+    # -- alerts ------------------------------------------------------------------------------------------------
+
+    def alert_seen(self, key: str) -> bool:
+        return bool(self._query("SELECT 1 FROM alert_keys WHERE key = ?", (key,)))
+
+    def forget_alerts(self, prefix: str) -> int:
+        with self._transaction() as db:
+            escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            return db.execute("DELETE FROM alert_keys WHERE key LIKE ? ESCAPE '\\'", (escaped + "%",)).rowcount
+
+    def enqueue_alert(self, key: str, severity: str, subject: str, body: str, at: datetime) -> AlertRecord | None:
+        with self._transaction() as db:
+            if db.execute("SELECT 1 FROM alert_keys WHERE key = ?", (key,)).fetchone():
+                return None
+            db.execute("INSERT INTO alert_keys VALUES (?, ?)", (key, _ts(at)))
+            cursor = db.execute(
+                "INSERT INTO alerts (key, created_at, severity, subject, body) VALUES (?,?,?,?,?)",
+                (key, _ts(at), severity, subject, body),
+            )
+            return AlertRecord(int(cursor.lastrowid or 0), key, at, severity, subject, body)
+
+    def pending_alerts(self) -> list[AlertRecord]:
+        rows = self._query(
+            "SELECT id, key, created_at, severity, subject, body, attempts, last_error, sent_at "
+            "FROM alerts WHERE sent_at IS NULL ORDER BY id"
+        )
+        return [AlertRecord(r[0], r[1], _dt(r[2]) or datetime.min, r[3], r[4], r[5], r[6], r[7], _dt(r[8]))
+                for r in rows]
+
+    def mark_alert_attempt(self, ids: Sequence[int], at: datetime, error: str | None) -> None:
+        with self._transaction() as db:
+            for alert_id in ids:
+                if error is None:
+                    db.execute("UPDATE alerts SET attempts = attempts + 1, last_error = '', sent_at = ? "
+                               "WHERE id = ?", (_ts(at), alert_id))
+                else:
+                    db.execute("UPDATE alerts SET attempts = attempts + 1, last_error = ? WHERE id = ?",
+                               (error, alert_id))
+
+    # -- locks -------------------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self, name: str, wait: float) -> Iterator[None]:
+        path = self._lock_dir / f"{name}.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            deadline = time.monotonic() + wait
+            delay = 0.01
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise LockBusy(name, wait, _read_holder(fd)) from None
+                    time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+                    delay = min(delay * 2, 0.5)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
+            try:
+                yield
+            finally:
+                os.ftruncate(fd, 0)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        with self._mutex:
+            self._db.close()
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        return os.pread(fd, 64, 0).decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+class _Cursor:
+    """The connection inside a transaction; ``executescript`` would COMMIT, so statements go one by one."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        return self._db.execute(sql, params)
+
+    def executescript_safe(self, script: str) -> None:
+        for statement in script.split(";"):
+            if statement.strip():
+                self._db.execute(statement)
+
+
+def _state(row: tuple[Any, ...]) -> CertState:
+    return CertState(
+        name=row[0], last_attempt_at=_dt(row[1]), last_success_at=_dt(row[2]), failures=row[3],
+        last_error=row[4], next_check_at=_dt(row[5]), next_reason=row[6], ari_start=_dt(row[7]),
+        ari_end=_dt(row[8]), ari_retry_after=_dt(row[9]), ari_chosen_at=_dt(row[10]),
+        reload_pending=bool(row[11]),
+    )

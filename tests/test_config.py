@@ -1,0 +1,185 @@
+"""The configuration: the example parses, and every kind of mistake is reported with file and key path."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from certkeeper.config import AcmeIssuerConfig, CaIssuerConfig, load_config, parse_config
+from certkeeper.errors import ConfigError
+from certkeeper.model import KeyType, RenewBefore
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "config" / "certkeeper.toml"
+
+MINIMAL = """
+[certkeeper]
+state_dir = "/tmp/ck"
+
+[issuers.internal]
+type = "ca"
+ca_dir = "/tmp/ck/ca"
+
+[certificates.mail]
+issuer = "internal"
+domains = ["mail.example.org"]
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "certkeeper.toml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_example_config_parses_with_every_section() -> None:
+    config = load_config(EXAMPLE)
+    assert config.settings.check_interval == timedelta(hours=12)
+    assert str(config.settings.renew_before) == "1/3"
+    assert isinstance(config.issuers["letsencrypt"], AcmeIssuerConfig)
+    assert isinstance(config.issuers["internal"], CaIssuerConfig)
+    mail = config.certificates["mail"]
+    assert mail.key_types == (KeyType.ECDSA_P256, KeyType.RSA_2048)
+    assert [t.protocol for t in mail.endpoints] == ["smtps", "smtp", "imaps"]
+    assert config.alerts is not None and config.alerts.sender == "certkeeper@mail.example.org"
+    assert config.watch[0].name == "partner-mx"
+
+
+def test_defaults_fill_a_minimal_config(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, MINIMAL))
+    mail = config.certificates["mail"]
+    assert mail.key_types == (KeyType.ECDSA_P256,)
+    assert config.settings.keep_versions == 5
+    assert config.alerts is None
+
+
+# Each case: a change to the minimal config, the key path the error must name, and words it must say.
+MISTAKES = [
+    ("unknown issuer", 'issuer = "internal"', 'issuer = "internl"',
+     "certificates.mail.issuer", 'found \'internl\'.*did you mean "internal"'),
+    ("misspelled key", 'domains = ["mail.example.org"]', 'domain = ["mail.example.org"]',
+     "certificates.mail.domain", 'unknown key.*did you mean "domains"'),
+    ("bad duration", '', 'check_interval = "12 hours"',
+     "certkeeper.check_interval", "expected a duration"),
+    ("bad renew_before", '', 'renew_before = "3/2"',
+     "certkeeper.renew_before", "fraction of the lifetime"),
+    ("unknown key type", 'domains = ["mail.example.org"]', 'domains = ["mail.example.org"]\nkey_types = ["ed25519"]',
+     r"certificates.mail.key_types\[0\]", "one or two of ecdsa-p256"),
+    ("unsafe certificate name", "[certificates.mail]", '[certificates."../etc"]',
+     "certificates.../etc", "names become directory names"),
+    ("wrong type", '', 'concurrency = "four"',
+     "certkeeper.concurrency", "found string 'four', expected a whole number"),
+    ("bad endpoint", 'domains = ["mail.example.org"]', 'domains = ["mail.example.org"]\nendpoints = ["smtpx://m:25"]',
+     r"certificates.mail.endpoints\[0\]", "unknown scheme"),
+    ("bad domain", '"mail.example.org"]', '"mail..example.org"]',
+     r"certificates.mail.domains\[0\]", "a DNS host name"),
+    ("password in the file", "", "",
+     "alerts.smtp_password", "secrets live in files"),
+    ("wildcard with http-01", "", "",
+     r"certificates.web.domains\[0\]", "only with an issuer whose challenge is dns-01"),
+    ("issuer type", 'type = "ca"', 'type = "acme2"',
+     "issuers.internal.type", 'one of "acme", "ca"'),
+    ("two ecdsa key types", 'domains = ["mail.example.org"]',
+     'domains = ["mail.example.org"]\nkey_types = ["ecdsa-p256", "ecdsa-p384"]',
+     "certificates.mail.key_types", "two of different families"),
+    ("dns-01 without a way to publish", "", "",
+     "issuers.le.challenge", "dns_server and tsig_key_file"),
+    ("bad smtp_security", "", "",
+     "alerts.smtp_security", 'one of "none", "starttls", "tls"'),
+]
+
+EXTRA = {
+    "password in the file": '\n[alerts]\nto = ["a@example.org"]\nfrom = "b@example.org"\nsmtp_password = "x"\n',
+    "wildcard with http-01": '\n[issuers.le]\ntype = "acme"\ndirectory = "https://acme.example/dir"\n'
+                             '[certificates.web]\nissuer = "le"\ndomains = ["*.example.org"]\n',
+    "dns-01 without a way to publish": '\n[issuers.le]\ntype = "acme"\ndirectory = "https://acme.example/dir"\n'
+                                       'challenge = "dns-01"\n',
+    "bad smtp_security": '\n[alerts]\nto = ["a@example.org"]\nfrom = "b@example.org"\nsmtp_security = "ssl"\n',
+}
+
+
+@pytest.mark.parametrize(("case", "old", "new", "key_path", "words"), MISTAKES, ids=[m[0] for m in MISTAKES])
+def test_each_mistake_is_located_and_explained(
+    tmp_path: Path, case: str, old: str, new: str, key_path: str, words: str
+) -> None:
+    text = MINIMAL
+    if old:
+        assert old in text
+        text = text.replace(old, new, 1)
+    elif new:
+        text = text.replace('state_dir = "/tmp/ck"', 'state_dir = "/tmp/ck"\n' + new)
+    text += EXTRA.get(case, "")
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=rf"{path}: {key_path}: .*{words}"):
+        load_config(path)
+
+
+def test_several_mistakes_are_reported_together(tmp_path: Path) -> None:
+    text = MINIMAL.replace('issuer = "internal"', 'issuer = "nope"').replace("[certkeeper]", "[certkeeper]\nfoo = 1")
+    with pytest.raises(ConfigError) as raised:
+        load_config(write(tmp_path, text))
+    assert "certificates.mail.issuer" in str(raised.value)
+    assert "certkeeper.foo" in str(raised.value)
+
+
+def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "[certkeeper\n")
+    with pytest.raises(ConfigError, match=rf"{path}: found invalid TOML"):
+        load_config(path)
+
+
+def test_renew_before_caps_fixed_durations_at_half_the_lifetime() -> None:
+    assert RenewBefore.parse("30d").before_expiry(timedelta(days=90)) == timedelta(days=30)
+    assert RenewBefore.parse("30d").before_expiry(timedelta(days=6)) == timedelta(days=3)
+    assert RenewBefore.parse("1/3").before_expiry(timedelta(days=6)) == timedelta(days=2)
+
+
+def test_parse_config_takes_plain_data() -> None:
+    config = parse_config(
+        {"issuers": {"x": {"type": "ca", "ca_dir": "/ca"}},
+         "certificates": {"m": {"issuer": "x", "domains": ["m.example.org"]}}},
+        Path("inline.toml"),
+    )
+    assert config.certificates["m"].issuer == "x"
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "certkeeper", *args], capture_output=True, text=True,
+                          env=env, timeout=60)
+
+
+def test_config_check_exits_78_with_the_located_error(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL.replace('"internal"\ndomains', '"internl"\ndomains'))
+    result = run_cli("config", "check", "-c", str(path))
+    assert result.returncode == 78
+    assert f"{path}: certificates.mail.issuer" in result.stderr
+
+
+def test_config_check_prints_resolved_settings_with_secrets_masked(tmp_path: Path) -> None:
+    text = MINIMAL.replace('state_dir = "/tmp/ck"',
+                           'state_dir = "/tmp/ck"\ndatabase = "postgresql://ck:hunter2@db/ck"\n'
+                           'fleet_key_file = "/etc/certkeeper/fleet.key"')
+    result = run_cli("-c", str(write(tmp_path, text)), "config", "check")
+    assert result.returncode == 0, result.stderr
+    assert "hunter2" not in result.stdout
+    assert "postgresql://ck:***@db/ck" in result.stdout
+    assert "keep_versions = 5" in result.stdout
+
+
+def test_config_path_comes_from_the_environment(tmp_path: Path) -> None:
+    import os
+
+    env = dict(os.environ, CERTKEEPER_CONFIG=str(write(tmp_path, MINIMAL)))
+    assert run_cli("config", "check", env=env).returncode == 0
+
+
+def test_version_matches_package_metadata() -> None:
+    from importlib.metadata import version
+
+    result = run_cli("--version")
+    assert result.stdout.strip() == f"certkeeper {version('certkeeper')}"

@@ -1,0 +1,116 @@
+"""The state store contract: every store implementation must pass these (SQLite here; PostgreSQL joins)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from certkeeper.errors import LockBusy, SchemaTooNew
+from certkeeper.store import CertState, EndpointRecord, RenewalRecord, Store
+from certkeeper.store.sqlite import SqliteStore
+
+NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+
+
+def make_sqlite(tmp_path: Path) -> Store:
+    return SqliteStore(tmp_path / "state")
+
+
+STORES = {"sqlite": make_sqlite}
+
+
+@pytest.fixture(params=sorted(STORES))
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    instance = STORES[request.param](tmp_path)
+    yield instance
+    instance.close()
+
+
+def test_state_round_trips_every_field(store: Store) -> None:
+    state = CertState(
+        name="mail", last_attempt_at=NOW, last_success_at=NOW - timedelta(days=1), failures=2,
+        last_error="CA said no", next_check_at=NOW + timedelta(hours=1), next_reason="backoff",
+        ari_start=NOW + timedelta(days=50), ari_end=NOW + timedelta(days=52),
+        ari_retry_after=NOW + timedelta(hours=6), ari_chosen_at=NOW + timedelta(days=51), reload_pending=True,
+    )
+    store.put_state(state)
+    assert store.get_state("mail") == state
+    assert store.get_state("other") is None
+    store.put_state(CertState(name="mail"))
+    assert store.get_state("mail") == CertState(name="mail")
+    assert [s.name for s in store.states()] == ["mail"]
+
+
+def test_renewal_history_is_newest_first_and_counted(store: Store) -> None:
+    for i, result in enumerate(["success", "failure", "success"]):
+        store.add_renewal(RenewalRecord("mail", NOW + timedelta(minutes=i), result, version=str(i)))
+    store.add_renewal(RenewalRecord("relay", NOW, "rollback"))
+    assert [r.version for r in store.renewals("mail")] == ["2", "1", "0"]
+    assert store.renewals("mail", limit=1)[0].at == NOW + timedelta(minutes=2)
+    assert store.renewal_counts() == {("mail", "success"): 2, ("mail", "failure"): 1, ("relay", "rollback"): 1}
+
+
+def test_endpoint_record_is_replaced_per_owner_and_endpoint(store: Store) -> None:
+    first = EndpointRecord("mail", "smtps://m:465", NOW, "OK", fingerprint="aa", not_after=NOW, details={"a": 1})
+    store.put_endpoint(first)
+    second = EndpointRecord("mail", "smtps://m:465", NOW + timedelta(hours=1), "CRITICAL", stale=True)
+    store.put_endpoint(second)
+    assert store.endpoints() == [second]
+
+
+def test_alerts_are_deduplicated_and_stay_pending_until_sent(store: Store) -> None:
+    first = store.enqueue_alert("mail/expiring/14", "WARNING", "subject", "body", NOW)
+    assert first is not None
+    assert store.enqueue_alert("mail/expiring/14", "WARNING", "subject", "body", NOW) is None
+    assert store.alert_seen("mail/expiring/14")
+    store.mark_alert_attempt([first.id], NOW, "connection refused")
+    pending = store.pending_alerts()
+    assert [(a.id, a.attempts, a.last_error) for a in pending] == [(first.id, 1, "connection refused")]
+    store.mark_alert_attempt([first.id], NOW, None)
+    assert store.pending_alerts() == []
+    assert store.forget_alerts("mail/expiring/") == 1
+    assert not store.alert_seen("mail/expiring/14")
+    assert store.forget_alerts("mail_") == 0  # '_' is not a wildcard
+
+
+def _hold_lock(state_dir: str, ready: multiprocessing.synchronize.Event, seconds: float) -> None:
+    with SqliteStore(Path(state_dir)).lock("mail", wait=5):
+        ready.set()
+        time.sleep(seconds)
+
+
+def test_lock_excludes_other_processes_and_dies_with_its_holder(tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    store = SqliteStore(state_dir)
+    ready = multiprocessing.get_context("fork").Event()
+    holder = multiprocessing.get_context("fork").Process(target=_hold_lock, args=(str(state_dir), ready, 60))
+    holder.start()
+    assert ready.wait(10)
+    with pytest.raises(LockBusy, match=r"certificate 'mail': another certkeeper is working on it \(held by pid"):
+        with store.lock("mail", wait=0.2):
+            pass
+    holder.kill()  # a crashed holder must not block forever
+    holder.join()
+    with store.lock("mail", wait=5):
+        pass
+
+
+def test_lock_is_exclusive_between_two_handles_of_one_process(store: Store) -> None:
+    with store.lock("mail", wait=1), pytest.raises(LockBusy):
+        with store.lock("mail", wait=0.05):
+            pass
+    with store.lock("mail", wait=0):
+        pass
+
+
+def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "state")
+    store._db.execute("UPDATE meta SET value = '999' WHERE key = 'schema_version'")
+    store.close()
+    with pytest.raises(SchemaTooNew, match="schema version 999, this certkeeper understands up to 1"):
+        SqliteStore(tmp_path / "state")
