@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from certkeeper.config import Config
+from certkeeper.config import CaIssuerConfig, Config, IssuerConfig, Settings
+from certkeeper.issuers.base import Issuer
 from certkeeper.store import Store
 
 
@@ -16,3 +17,14 @@ def open_store(config: Config) -> Store:
     from certkeeper.store.sqlite import SqliteStore
 
     return SqliteStore(config.settings.state_dir)
+
+
+def build_issuer(config: IssuerConfig, settings: Settings) -> Issuer:
+    """The one place that knows which class implements which ``type`` of issuer."""
+    if isinstance(config, CaIssuerConfig):
+        from certkeeper.issuers.internal_ca import InternalCaIssuer
+
+        return InternalCaIssuer(config)
+    from certkeeper.issuers.acme import AcmeIssuer
+
+    return AcmeIssuer(config, settings.state_dir)
