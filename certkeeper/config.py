@@ -143,6 +143,7 @@ class CertificateConfig:
     domains: tuple[str, ...]
     key_types: tuple[KeyType, ...] = (KeyType.ECDSA_P256,)
     reload: tuple[str, ...] = ()
+    hook_env: Mapping[str, str] = field(default_factory=dict)
     endpoints: tuple[Target, ...] = ()
     group: str | None = None
     copy_to: Mapping[CopyTarget, Path] = field(default_factory=dict)
@@ -424,6 +425,7 @@ def _parse_certificate(name: str, t: _Table, issuers: Mapping[str, IssuerConfig]
         domains=domains,
         key_types=tuple(key_types),
         reload=t.hook_list("reload"),
+        hook_env=t.string_table("hook_env"),
         endpoints=t.target_list("endpoints"),
         group=t.string("group", None),
         copy_to=copy_to,
@@ -614,6 +616,22 @@ class _Table:
             self.seen.add(key)
             return (value,)
         return tuple(self.string_list(key, default) or ())
+
+    def string_table(self, key: str) -> dict[str, str]:
+        """A table of string values, such as ``hook_env = { POSTFIX_CONFIG_DIR = "/etc/postfix-out" }``."""
+        table = self.optional_table(key)
+        if table is None:
+            return {}
+        result = {}
+        for name, value in table.data.items():
+            table.seen.add(name)
+            if not isinstance(value, str):
+                table.error(name, _describe(value), "a string")
+            elif not name.replace("_", "").isalnum() or not name.isascii():
+                table.error(name, repr(name), "an environment variable name (letters, digits, _)")
+            else:
+                result[name] = value
+        return result
 
     def int_list(self, key: str, default: Any) -> list[int]:
         value = self._get(key)

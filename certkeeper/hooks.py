@@ -1,0 +1,125 @@
+"""Reload hooks: programs run after an install so the mail daemons read the new files.
+
+The contract (``hooks/README.md``): no shell, a timeout, a clean environment describing the certificate, output
+captured and logged, a non-zero exit or a timeout is a failure.  The only module that runs subprocesses for
+certkeeper's own work.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from certkeeper.errors import ConfigError, HookFailed
+
+log = logging.getLogger("certkeeper.hooks")
+
+# What a hook may rely on finding; nothing else of certkeeper's own environment leaks into it.
+_SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_MAX_OUTPUT = 64 * 1024
+
+
+def default_hook_dirs() -> list[Path]:
+    """Where hook names are looked up when ``hooks_dir`` is not set: local overrides first, then shipped."""
+    return [
+        Path("/etc/certkeeper/hooks"),
+        Path(sys.prefix) / "share" / "certkeeper" / "hooks",
+        Path(__file__).resolve().parent.parent / "hooks",  # a source checkout
+    ]
+
+
+def resolve_hook(reference: str, hooks_dir: Path | None, config_file: Path) -> Path:
+    """A hook name (``postfix``) or an absolute path -> the executable to run."""
+    if reference.startswith("/"):
+        path = Path(reference)
+        candidates = [path]
+    else:
+        candidates = [d / reference for d in ([hooks_dir] if hooks_dir else default_hook_dirs())]
+        path = next((c for c in candidates if c.is_file()), candidates[0])
+    if not path.is_file():
+        where = ", ".join(str(c.parent) for c in candidates)
+        raise ConfigError(config_file, "reload", f'hook "{reference}", which is not in {where}',
+                          "a hook name from hooks/ or an absolute path to an executable")
+    if not os.access(path, os.X_OK):
+        raise ConfigError(config_file, "reload", f'hook "{path}", which is not executable',
+                          "an executable file", f"chmod 755 {path}")
+    return path
+
+
+@dataclass(frozen=True)
+class HookContext:
+    """The certificate a hook runs for; becomes the hook's environment."""
+
+    name: str
+    domains: tuple[str, ...]
+    version: str
+    cert_dir: Path
+    names: tuple[str, ...] = ()
+    extra_env: Mapping[str, str] | None = None
+
+    def environment(self) -> dict[str, str]:
+        env = {
+            "PATH": _SAFE_PATH,
+            "LANG": "C.UTF-8",
+            "CERTKEEPER_NAME": self.name,
+            "CERTKEEPER_NAMES": " ".join(self.names or (self.name,)),
+            "CERTKEEPER_DOMAINS": " ".join(self.domains),
+            "CERTKEEPER_VERSION": self.version,
+            "CERTKEEPER_CERT_DIR": str(self.cert_dir),
+            "CERTKEEPER_FULLCHAIN": str(self.cert_dir / "fullchain.pem"),
+            "CERTKEEPER_PRIVKEY": str(self.cert_dir / "privkey.pem"),
+            "CERTKEEPER_COMBINED": str(self.cert_dir / "combined.pem"),
+            # certbot's names, so existing deploy hooks work unchanged.
+            "RENEWED_LINEAGE": str(self.cert_dir),
+            "RENEWED_DOMAINS": " ".join(self.domains),
+        }
+        env.update(self.extra_env or {})
+        return env
+
+
+@dataclass(frozen=True)
+class HookRun:
+    hook: Path
+    output: str
+
+
+def run_hook(hook: Path, context: HookContext, *, timeout: float, args: Sequence[str] = ()) -> HookRun:
+    """Run one hook; :class:`HookFailed` on a non-zero exit, a timeout, or a hook that cannot start."""
+    command = [str(hook), *args]
+    log.info("running hook %s for %s (version %s)", hook, context.name, context.version)
+    try:
+        process = subprocess.Popen(
+            command, env=context.environment(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, cwd="/", start_new_session=True,
+        )
+    except OSError as exc:
+        raise HookFailed(str(hook), exit_status=None, output=str(exc)) from None
+    try:
+        stdout, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        # The hook runs in its own session: kill the whole group, so a stuck `systemctl` child goes too.
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, _ = process.communicate()
+        output = _text(stdout)
+        log.warning("hook %s timed out after %g s: %s", hook, timeout, output.strip()[-500:])
+        raise HookFailed(str(hook), exit_status=None, output=output, timed_out=True, timeout=timeout) from None
+    completed = subprocess.CompletedProcess(command, process.returncode, stdout)
+    output = _text(completed.stdout)
+    for line in output.splitlines()[-20:]:
+        log.info("hook %s: %s", hook.name, line)
+    if completed.returncode != 0:
+        raise HookFailed(str(hook), exit_status=completed.returncode, output=output)
+    return HookRun(hook, output)
+
+
+def _text(data: bytes | str | None) -> str:
+    if data is None:
+        return ""
+    raw = data if isinstance(data, bytes) else data.encode()
+    return raw[-_MAX_OUTPUT:].decode("utf-8", errors="replace")

@@ -1,0 +1,358 @@
+"""Installing key pairs: one version folder per issuance, one ``current`` symlink flipped atomically.
+
+Layout under ``state_dir/certs/<name>/``::
+
+    versions/<version>/              one issuance; never modified after it is complete
+        version.json                 what is in it (serials, fingerprints, expiry per key type)
+        privkey.pem cert.pem chain.pem fullchain.pem combined.pem      (one key type)
+        ecdsa/… rsa/…                the same five files per key family (two key types)
+    current -> versions/<version>    the one symlink daemons read through
+
+A version is written into ``versions/.incoming-<version>``, every file fsynced, the folder renamed into place,
+and only then is ``current`` replaced by ``rename(2)`` of a fresh symlink: a reader sees the whole old pair
+or the whole new pair, never a mix.  A crash leaves at worst an ``.incoming-*`` folder, removed by
+:func:`recover`.  certbot flips four symlinks one at a time; lego and acme.sh overwrite files in place; both
+have produced key/certificate mismatches in the field.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from cryptography import x509
+
+from certkeeper import pki
+from certkeeper.errors import CertkeeperError, InputError, InstallRefused
+from certkeeper.model import KeyType
+
+FILES = ("privkey.pem", "cert.pem", "chain.pem", "fullchain.pem", "combined.pem")
+_SECRET_FILES = {"privkey.pem", "combined.pem"}
+_INCOMING = ".incoming-"
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    """One key type's issued material, ready to install."""
+
+    key_type: KeyType
+    key: pki.PrivateKey
+    certificate: x509.Certificate
+    chain: tuple[x509.Certificate, ...]
+
+
+@dataclass(frozen=True)
+class InstalledPair:
+    """What ``version.json`` says about one key type of an installed version."""
+
+    key_type: str
+    serial: str
+    fingerprint: str
+    not_before: datetime
+    not_after: datetime
+    directory: Path
+
+    @property
+    def fullchain(self) -> Path:
+        return self.directory / "fullchain.pem"
+
+    @property
+    def privkey(self) -> Path:
+        return self.directory / "privkey.pem"
+
+
+@dataclass(frozen=True)
+class Version:
+    name: str
+    id: str
+    path: Path
+    created_at: datetime
+    issuer: str
+    domains: tuple[str, ...]
+    pairs: tuple[InstalledPair, ...]
+
+    @property
+    def fingerprints(self) -> frozenset[str]:
+        return frozenset(p.fingerprint for p in self.pairs)
+
+    @property
+    def not_after(self) -> datetime:
+        return min(p.not_after for p in self.pairs)
+
+    @property
+    def not_before(self) -> datetime:
+        return max(p.not_before for p in self.pairs)
+
+
+@dataclass(frozen=True)
+class Ownership:
+    """Who may read the key: root only (0600), or root and ``group`` (0640)."""
+
+    group: str | None = None
+
+    @property
+    def gid(self) -> int:
+        if self.group is None:
+            return -1
+        try:
+            return grp.getgrnam(self.group).gr_gid
+        except KeyError:
+            raise CertkeeperError(f"group {self.group!r} does not exist on this host "
+                                  f"(configured as the certificate's group)") from None
+
+    @property
+    def key_mode(self) -> int:
+        # 0640 root:<group>: the mail daemon's group reads it, nobody else can.
+        return 0o640 if self.group else 0o600
+
+    @property
+    def dir_mode(self) -> int:
+        return 0o750 if self.group else 0o700
+
+
+def check_pairs(name: str, pairs: Sequence[KeyPair], domains: Sequence[str],
+                roots: Sequence[x509.Certificate], *, now: datetime) -> None:
+    """The gate before install: key matches, chain verifies, names cover the configuration.
+
+    Raises :class:`InstallRefused`; nothing has been written when it does.
+    """
+    for pair in pairs:
+        label = f"{pair.key_type.value} certificate (serial {pki.serial_hex(pair.certificate)})"
+        if not pki.key_matches(pair.key, pair.certificate):
+            raise InstallRefused(name, f"the {label} does not match its private key")
+        missing = pki.names_cover(pki.subject_alternative_names(pair.certificate), domains)
+        if missing:
+            raise InstallRefused(name, f"the {label} does not cover {', '.join(missing)}")
+        check = pki.verify_chain(pair.certificate, pair.chain, roots, at=now)
+        if not check.valid:
+            raise InstallRefused(name, f"the chain of the {label} does not verify: {check.error}")
+
+
+class CertificateHome:
+    """The folder of one managed certificate: its versions and its ``current`` link."""
+
+    def __init__(self, state_dir: Path, name: str, ownership: Ownership = Ownership()) -> None:
+        self.name = name
+        self.root = state_dir / "certs" / name
+        self.versions_dir = self.root / "versions"
+        self.current_link = self.root / "current"
+        self.ownership = ownership
+
+    # -- reading -----------------------------------------------------------------------------------------------
+
+    def current(self) -> Version | None:
+        """The installed version, or None before the first install."""
+        try:
+            target = os.readlink(self.current_link)
+        except FileNotFoundError:
+            return None
+        return self._load(self.root / target)
+
+    def versions(self) -> list[Version]:
+        """Complete versions, oldest first."""
+        if not self.versions_dir.is_dir():
+            return []
+        found = []
+        for entry in sorted(self.versions_dir.iterdir()):
+            if not entry.name.startswith(".") and (entry / "version.json").is_file():
+                found.append(self._load(entry))
+        return found
+
+    def version(self, version_id: str) -> Version:
+        path = self.versions_dir / version_id
+        if version_id.startswith(".") or "/" in version_id or not (path / "version.json").is_file():
+            known = ", ".join(v.id for v in self.versions()) or "none"
+            raise CertkeeperError(f"certificate {self.name!r} has no version {version_id!r} (versions: {known})")
+        return self._load(path)
+
+    def load_pair_key(self, pair: InstalledPair) -> pki.PrivateKey:
+        try:
+            return pki.load_key(pair.privkey.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise InputError(str(pair.privkey), str(exc)) from None
+
+    def load_pair_certificate(self, pair: InstalledPair) -> x509.Certificate:
+        try:
+            return pki.load_certificates(pair.fullchain.read_bytes())[0]
+        except (OSError, ValueError) as exc:
+            raise InputError(str(pair.fullchain), str(exc)) from None
+
+    def _load(self, path: Path) -> Version:
+        meta_path = path / "version.json"
+        try:
+            meta = json.loads(meta_path.read_text())
+            pairs = tuple(
+                InstalledPair(
+                    key_type=p["key_type"], serial=p["serial"], fingerprint=p["fingerprint"],
+                    not_before=datetime.fromisoformat(p["not_before"]),
+                    not_after=datetime.fromisoformat(p["not_after"]),
+                    directory=path / p["subdir"] if p["subdir"] else path,
+                )
+                for p in meta["pairs"]
+            )
+            return Version(self.name, path.name, path, datetime.fromisoformat(meta["created_at"]),
+                           meta["issuer"], tuple(meta["domains"]), pairs)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise InputError(str(meta_path), f"unreadable version metadata ({exc})") from None
+
+    # -- writing -----------------------------------------------------------------------------------------------
+
+    def write_version(self, pairs: Sequence[KeyPair], *, issuer: str, domains: Sequence[str],
+                      now: datetime) -> Version:
+        """Write a complete version folder (not yet current) and return it."""
+        self._ensure_dirs()
+        version_id = self._new_version_id(now)
+        incoming = self.versions_dir / f"{_INCOMING}{version_id}"
+        incoming.mkdir(mode=self.ownership.dir_mode)
+        self._chown(incoming)
+        dual = len(pairs) > 1
+        meta_pairs = []
+        for pair in pairs:
+            subdir = pair.key_type.family if dual else ""
+            folder = incoming / subdir if subdir else incoming
+            if subdir:
+                folder.mkdir(mode=self.ownership.dir_mode)
+                self._chown(folder)
+            self._write_pair_files(folder, pair)
+            meta_pairs.append({
+                "key_type": pair.key_type.value, "subdir": subdir,
+                "serial": pki.serial_hex(pair.certificate), "fingerprint": pki.fingerprint(pair.certificate),
+                "not_before": pki.not_before(pair.certificate).isoformat(),
+                "not_after": pki.not_after(pair.certificate).isoformat(),
+            })
+        meta = {"created_at": now.isoformat(), "issuer": issuer, "domains": list(domains), "pairs": meta_pairs}
+        _write_file(incoming / "version.json", json.dumps(meta, indent=2).encode(), 0o644, -1)
+        _fsync_dir(incoming)
+        final = self.versions_dir / version_id
+        os.rename(incoming, final)
+        _fsync_dir(self.versions_dir)
+        return self._load(final)
+
+    def activate(self, version: Version) -> None:
+        """Point ``current`` at ``version`` with one atomic rename."""
+        relative = os.path.relpath(version.path, self.root)
+        temporary = self.root / f".current-{os.getpid()}-{version.id}"
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+        os.symlink(relative, temporary)
+        os.replace(temporary, self.current_link)
+        _fsync_dir(self.root)
+
+    def prune(self, keep: int) -> list[str]:
+        """Remove all but the newest ``keep`` versions; never the current one."""
+        current = self.current()
+        versions = self.versions()
+        removable = [v for v in versions[:-keep] if current is None or v.id != current.id] if keep else []
+        for version in removable:
+            shutil.rmtree(version.path)
+        return [v.id for v in removable]
+
+    def recover(self) -> list[str]:
+        """Remove folders left by an interrupted install and a dangling temporary link; report what went."""
+        removed = []
+        if self.versions_dir.is_dir():
+            for entry in self.versions_dir.iterdir():
+                if entry.name.startswith(_INCOMING):
+                    shutil.rmtree(entry, ignore_errors=True)
+                    removed.append(entry.name)
+        if self.root.is_dir():
+            for entry in self.root.iterdir():
+                if entry.name.startswith(".current-"):
+                    entry.unlink()
+                    removed.append(entry.name)
+        return removed
+
+    def copy_to(self, version: Version, targets: Mapping[str, Path]) -> None:
+        """Replace each fixed-path copy by an atomic rename in its own directory (single key type only).
+
+        Each file on its own is always whole; between two renames a reader may see a new certificate with an
+        old key, so ``combined`` (key and chain in one file) is the copy to prefer.
+        """
+        pair = version.pairs[0]
+        for kind, destination in targets.items():
+            source = pair.directory / f"{kind}.pem"
+            secret = f"{kind}.pem" in _SECRET_FILES
+            _write_file(destination, source.read_bytes(), self.ownership.key_mode if secret else 0o644,
+                        self.ownership.gid if secret else -1)
+
+    def _write_pair_files(self, folder: Path, pair: KeyPair) -> None:
+        key_pem = pki.key_to_pem(pair.key)
+        cert_pem = pki.cert_to_pem(pair.certificate)
+        chain_pem = b"".join(pki.cert_to_pem(c) for c in pair.chain)
+        contents = {
+            "privkey.pem": key_pem,
+            "cert.pem": cert_pem,
+            "chain.pem": chain_pem,
+            "fullchain.pem": cert_pem + chain_pem,
+            # Key first, then leaf and chain: the order Postfix's smtpd_tls_chain_files and HAProxy read.
+            "combined.pem": key_pem + cert_pem + chain_pem,
+        }
+        gid = self.ownership.gid
+        for filename in FILES:
+            secret = filename in _SECRET_FILES
+            _write_file(folder / filename, contents[filename], self.ownership.key_mode if secret else 0o644,
+                        gid if secret else -1)
+
+    def _ensure_dirs(self) -> None:
+        # certs/ itself only lists names; each certificate's folder carries the restrictive mode.
+        self.root.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        for folder in (self.root, self.versions_dir):
+            folder.mkdir(mode=self.ownership.dir_mode, exist_ok=True)
+        for folder in (self.root, self.versions_dir):
+            os.chmod(folder, self.ownership.dir_mode)
+            self._chown(folder)
+
+    def _chown(self, path: Path) -> None:
+        if self.ownership.group:
+            os.chown(path, -1, self.ownership.gid)
+
+    def _new_version_id(self, now: datetime) -> str:
+        """Sortable by time; a counter breaks ties within one second."""
+        stamp = now.strftime("%Y%m%dT%H%M%SZ")
+        existing = {p.name.removeprefix(_INCOMING) for p in self.versions_dir.iterdir()}
+        for counter in range(1000):
+            candidate = stamp if counter == 0 else f"{stamp}-{counter}"
+            if candidate not in existing:
+                return candidate
+        raise CertkeeperError(f"{self.versions_dir}: too many versions created in one second")
+
+
+def _write_file(path: Path, data: bytes, mode: int, gid: int) -> None:
+    """Write ``data`` to a temporary file beside ``path`` with its final mode, fsync, rename into place.
+
+    The mode is set at creation (``O_CREAT`` with ``mode``, umask cleared by fchmod), so a key is never
+    readable by others even for an instant.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".certkeeper-tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
+        if gid >= 0:
+            os.fchown(fd, -1, gid)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+

@@ -1,0 +1,148 @@
+"""When is a certificate due: pure decisions over plain values and ``now``.
+
+Nothing here reads a clock, a file or the network, and randomness is derived from the certificate itself (a
+hash of its name and fingerprint), so a decision is the same every time it is asked: a certificate that is due
+stays due, and a thousand certificates issued in the same second still spread their renewals.
+
+The order of the rules (the first that applies wins):
+
+1. nothing installed, expired, not yet valid, key not matching, or domains / key types differing from the
+   configuration: due now;
+2. the CA's ARI window (RFC 9773): due at a moment inside the window picked from the certificate's hash; a
+   window in the past means now; a window that would leave less than a tenth of the lifetime is ignored
+   (a backstop against a CA answering nonsense);
+3. ``renew_before`` reached, less a spread of up to 2 % of the lifetime (at most 12 h);
+4. after failures: exponential backoff with jitter from 10 minutes, never later than the critical point
+   (a tenth of the lifetime before expiry) and never more often than every 10 minutes (CA rate limits).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from certkeeper.model import RenewBefore
+
+MIN_RETRY = timedelta(minutes=10)
+MAX_RETRY = timedelta(hours=12)
+MAX_SPREAD = timedelta(hours=12)
+SPREAD_FRACTION = 0.02
+ARI_BACKSTOP_FRACTION = 0.1
+CRITICAL_FRACTION = 0.1
+
+
+@dataclass(frozen=True)
+class Installed:
+    """What is installed now, as plain values (the first key type's certificate when there are two)."""
+
+    fingerprint: str
+    not_before: datetime
+    not_after: datetime
+    domains: tuple[str, ...]
+    key_types: tuple[str, ...]
+    key_matches: bool = True
+
+    @property
+    def lifetime(self) -> timedelta:
+        return max(self.not_after - self.not_before, timedelta(seconds=1))
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """What the configuration asks for."""
+
+    name: str
+    domains: tuple[str, ...]
+    key_types: tuple[str, ...]
+    renew_before: RenewBefore
+
+
+@dataclass(frozen=True)
+class History:
+    """What happened before: failures in a row and the CA's renewal window, if it gave one."""
+
+    failures: int = 0
+    last_attempt_at: datetime | None = None
+    ari_start: datetime | None = None
+    ari_end: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    due: bool
+    reason: str
+    renew_at: datetime
+    next_check: datetime
+
+
+def decide_renewal(installed: Installed | None, wanted: Wanted, history: History, *, now: datetime,
+                   check_interval: timedelta) -> Decision:
+    """Is ``wanted`` due for renewal at ``now``, why, and when to look again (always after ``now``)."""
+    renew_at, reason = _renewal_point(installed, wanted, history, now)
+    retry_at = _retry_point(installed, wanted, history)
+    if retry_at is not None and retry_at > renew_at:
+        renew_at = retry_at
+        reason = f"{reason}; retrying after {history.failures} failure{'s' if history.failures > 1 else ''}"
+    if now >= renew_at:
+        return Decision(True, reason, renew_at, now + MIN_RETRY)
+    next_check = min(renew_at, now + check_interval)
+    return Decision(False, reason, renew_at, max(next_check, now + timedelta(seconds=1)))
+
+
+def _renewal_point(installed: Installed | None, wanted: Wanted, history: History,
+                   now: datetime) -> tuple[datetime, str]:
+    if installed is None:
+        return now, "no certificate installed yet"
+    if now >= installed.not_after:
+        return installed.not_after, "expired"
+    if now < installed.not_before:
+        return now, "not valid yet (clock or issuer problem)"
+    if not installed.key_matches:
+        return now, "the installed key does not match the certificate"
+    if tuple(sorted(installed.domains)) != tuple(sorted(wanted.domains)):
+        return now, "the configured domains changed"
+    if tuple(sorted(installed.key_types)) != tuple(sorted(wanted.key_types)):
+        return now, "the configured key types changed"
+    lifetime = installed.lifetime
+    spread = min(lifetime * SPREAD_FRACTION, MAX_SPREAD) * _unit_hash(wanted.name, installed.fingerprint, "spread")
+    threshold = installed.not_after - wanted.renew_before.before_expiry(lifetime) - spread
+    threshold_reason = f"renew_before ({wanted.renew_before} of the lifetime left)" \
+        if wanted.renew_before.fraction is not None else f"renew_before ({wanted.renew_before} before expiry)"
+    ari = _ari_moment(installed, wanted, history)
+    if ari is not None and ari < threshold:
+        return ari, "the CA's renewal window (ARI)"
+    return threshold, threshold_reason
+
+
+def _ari_moment(installed: Installed, wanted: Wanted, history: History) -> datetime | None:
+    start, end = history.ari_start, history.ari_end
+    if start is None or end is None or end < start:
+        return None
+    if installed.not_after - start < installed.lifetime * ARI_BACKSTOP_FRACTION:
+        return None
+    return start + (end - start) * _unit_hash(wanted.name, installed.fingerprint, "ari")
+
+
+def _retry_point(installed: Installed | None, wanted: Wanted, history: History) -> datetime | None:
+    if history.failures <= 0 or history.last_attempt_at is None:
+        return None
+    delay = backoff_delay(history.failures, wanted.name)
+    retry_at = history.last_attempt_at + delay
+    if installed is not None:
+        critical = installed.not_after - installed.lifetime * CRITICAL_FRACTION
+        retry_at = min(retry_at, max(critical, history.last_attempt_at + MIN_RETRY))
+    return retry_at
+
+
+def backoff_delay(failures: int, name: str) -> timedelta:
+    """10 min, 20 min, 40 min, ... up to 12 h, each scaled by a jitter in [0.75, 1) but never under 10 min."""
+    base = MIN_RETRY * (2 ** min(failures - 1, 16))
+    jitter = 0.75 + 0.25 * _unit_hash(name, str(failures), "backoff")
+    return max(MIN_RETRY, min(base, MAX_RETRY) * jitter)
+
+
+def _unit_hash(*parts: str) -> float:
+    """A number in [0, 1) fixed by ``parts``: randomness that is the same on every call and every host."""
+    digest = hashlib.sha256("\0".join(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
