@@ -137,7 +137,7 @@ def _retry_point(installed: Installed | None, wanted: Wanted, history: History) 
 
 def backoff_delay(failures: int, name: str) -> timedelta:
     """10 min, 20 min, 40 min, ... up to 12 h, each scaled by a jitter in [0.75, 1) but never under 10 min."""
-    base = MIN_RETRY * (2 ** min(failures - 1, 16))
+    base = MIN_RETRY * (1 << min(failures - 1, 16))
     jitter = 0.75 + 0.25 * _unit_hash(name, str(failures), "backoff")
     return max(MIN_RETRY, min(base, MAX_RETRY) * jitter)
 

@@ -13,7 +13,7 @@ import pytest
 from cryptography import x509
 
 from certkeeper import pki
-from certkeeper.issuers.base import IssueRequest, Issuer
+from certkeeper.issuers.base import Issuer, IssueRequest
 from certkeeper.model import KeyType
 
 Factory = Callable[[pytest.FixtureRequest, Path], tuple[Issuer, Sequence[x509.Certificate]]]
