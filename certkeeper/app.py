@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from certkeeper import pki
 from certkeeper.config import CaIssuerConfig, Config, IssuerConfig, Settings
+from certkeeper.errors import ConfigError
+from certkeeper.events import EventBus, log_event
 from certkeeper.issuers.base import Issuer
+from certkeeper.lifecycle import Renewer
 from certkeeper.store import Store
 
 
@@ -28,3 +37,44 @@ def build_issuer(config: IssuerConfig, settings: Settings) -> Issuer:
     from certkeeper.issuers.acme import AcmeIssuer
 
     return AcmeIssuer(config, settings.state_dir)
+
+
+class Issuers:
+    """Issuers built on first use (so a pass with nothing due never imports acme), once per process."""
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._built: dict[str, Issuer] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, name: str) -> Issuer:
+        with self._lock:
+            if name not in self._built:
+                issuer_config = self._config.issuers.get(name)
+                if issuer_config is None:
+                    raise ConfigError(self._config.path, "issuers", f"no issuer named {name!r}",
+                                      "an issuer defined under [issuers]")
+                self._built[name] = build_issuer(issuer_config, self._config.settings)
+            return self._built[name]
+
+
+@dataclass
+class App:
+    config: Config
+    store: Store
+    bus: EventBus
+    issuers: Issuers
+    renewer: Renewer
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def build_app(config: Config, *, store: Store | None = None,
+              clock: Callable[[], datetime] = pki.now_utc) -> App:
+    store = store or open_store(config)
+    bus = EventBus()
+    bus.subscribe(log_event)
+    issuers = Issuers(config)
+    renewer = Renewer(config, store, issuers, bus, clock)
+    return App(config, store, bus, issuers, renewer)

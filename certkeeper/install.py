@@ -31,6 +31,7 @@ from pathlib import Path
 from cryptography import x509
 
 from certkeeper import pki
+from certkeeper.config import CopyTarget
 from certkeeper.errors import CertkeeperError, InputError, InstallRefused
 from certkeeper.model import KeyType
 
@@ -270,7 +271,7 @@ class CertificateHome:
                     removed.append(entry.name)
         return removed
 
-    def copy_to(self, version: Version, targets: Mapping[str, Path]) -> None:
+    def copy_to(self, version: Version, targets: Mapping[CopyTarget, Path]) -> None:
         """Replace each fixed-path copy by an atomic rename in its own directory (single key type only).
 
         Each file on its own is always whole; between two renames a reader may see a new certificate with an

@@ -1,0 +1,440 @@
+"""One pass over the managed certificates: observe, decide, lock, re-check, issue, install, reload, verify,
+roll back.  The daemon and ``certkeeper renew`` both run :meth:`Renewer.run`.
+
+A pass goes in phases, so that a daemon serving five renewed certificates is reloaded once:
+
+1. observe: what is installed (version folders) and what endpoints serve (stale detection);
+2. decide (:func:`certkeeper.policy.decide_renewal`), then take each due certificate's lock and decide again;
+3. issue concurrently, gate each pair (:func:`certkeeper.install.check_pairs`), write version folders;
+4. flip ``current`` for every staged certificate, then run each distinct reload hook once;
+5. verify every endpoint; reload once more where the old certificate is still served; roll back what still
+   fails, reload, and verify that the previous certificate is served again;
+6. record the outcome (state, history, events) and prune old versions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+
+from cryptography import x509
+
+from certkeeper import pki
+from certkeeper.config import CertificateConfig, Config
+from certkeeper.errors import CertkeeperError, HookFailed, LockBusy, UsageError
+from certkeeper.events import (
+    CertificateInstalled,
+    CertificateIssued,
+    CertificateVerified,
+    EventBus,
+    ReloadHookFailed,
+    RenewalFailed,
+    RolledBack,
+    ServedCertificateStale,
+)
+from certkeeper.hooks import HookContext, resolve_hook, run_hook
+from certkeeper.install import CertificateHome, KeyPair, Ownership, Version, check_pairs
+from certkeeper.issuers.base import Issuer, IssueRequest, RenewalInfoSource
+from certkeeper.model import KeyType
+from certkeeper.policy import Decision, History, Installed, Wanted, decide_renewal
+from certkeeper.store import CertState, RenewalRecord, Store
+from certkeeper.verify import Verification, probe_points, wait_until_served
+
+log = logging.getLogger("certkeeper.lifecycle")
+
+IssuerSource = Callable[[str], Issuer]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a pass did with one certificate.  ``failed`` outcomes make ``certkeeper renew`` exit non-zero."""
+
+    name: str
+    result: str  # renewed | not-due | failed | rolled-back | reloaded | dry-run | busy | verified
+    detail: str = ""
+    version: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.result in {"failed", "rolled-back", "busy"}
+
+
+@dataclass
+class _Work:
+    """A certificate going through the pass."""
+
+    config: CertificateConfig
+    home: CertificateHome
+    previous: Version | None
+    new: Version | None = None
+    hook_error: str = ""
+    outcome: Outcome | None = None
+    reload_only: bool = False
+    events: list[object] = field(default_factory=list)
+
+
+class Renewer:
+    def __init__(self, config: Config, store: Store, issuer_for: IssuerSource, bus: EventBus,
+                 clock: Callable[[], datetime] = pki.now_utc) -> None:
+        self.config = config
+        self.store = store
+        self.issuer_for = issuer_for
+        self.bus = bus
+        self.clock = clock
+        self.settings = config.settings
+
+    # -- public ------------------------------------------------------------------------------------------------
+
+    def home(self, certificate: CertificateConfig) -> CertificateHome:
+        return CertificateHome(self.settings.state_dir, certificate.name, Ownership(certificate.group))
+
+    def select(self, names: Sequence[str] | None) -> list[CertificateConfig]:
+        if not names:
+            return list(self.config.certificates.values())
+        unknown = [n for n in names if n not in self.config.certificates]
+        if unknown:
+            known = ", ".join(self.config.certificates) or "none"
+            raise UsageError(f"no certificate named {', '.join(unknown)} in {self.config.path} (known: {known})")
+        return [self.config.certificates[n] for n in names]
+
+    def decide(self, certificate: CertificateConfig, now: datetime) -> Decision:
+        installed = self.installed_facts(certificate)
+        state = self.store.get_state(certificate.name) or CertState(certificate.name)
+        history = History(state.failures, state.last_attempt_at, state.ari_start, state.ari_end)
+        wanted = Wanted(certificate.name, certificate.domains, tuple(k.value for k in certificate.key_types),
+                        certificate.renew_before or self.settings.renew_before)
+        return decide_renewal(installed, wanted, history, now=now, check_interval=self.settings.check_interval)
+
+    def installed_facts(self, certificate: CertificateConfig) -> Installed | None:
+        home = self.home(certificate)
+        try:
+            version = home.current()
+            if version is None:
+                return None
+            matches = all(pki.key_matches(home.load_pair_key(p), home.load_pair_certificate(p))
+                          for p in version.pairs)
+        except CertkeeperError as exc:
+            log.warning("%s: the installed version cannot be read (%s); treating it as missing",
+                        certificate.name, exc)
+            return None
+        first = version.pairs[0]
+        return Installed(first.fingerprint, version.not_before, version.not_after, version.domains,
+                         tuple(p.key_type for p in version.pairs), matches)
+
+    def run(self, names: Sequence[str] | None = None, *, force: bool = False, dry_run: bool = False,
+            check_endpoints: bool = True) -> list[Outcome]:
+        certificates = self.select(names)
+        now = self.clock()
+        works: dict[str, _Work] = {}
+        outcomes: dict[str, Outcome] = {}
+        with contextlib.ExitStack() as locks:
+            for certificate in certificates:
+                home = self.home(certificate)
+                for leftover in home.recover():
+                    log.warning("%s: removed %s left by an interrupted install", certificate.name, leftover)
+                state = self.store.get_state(certificate.name) or CertState(certificate.name)
+                self._refresh_renewal_info(certificate, home, state, now)
+                decision = self.decide(certificate, now)
+                stale = (check_endpoints and not dry_run and not decision.due
+                         and self._served_stale(certificate, home, now))
+                if not (force or decision.due or state.reload_pending or stale):
+                    self._remember_decision(certificate.name, decision)
+                    outcomes[certificate.name] = Outcome(certificate.name, "not-due", decision.reason)
+                    continue
+                try:
+                    locks.enter_context(self.store.lock(certificate.name, self.settings.lock_timeout.total_seconds()))
+                except LockBusy as exc:
+                    outcomes[certificate.name] = Outcome(certificate.name, "busy", str(exc))
+                    continue
+                # Lock, then decide again: another certkeeper may have renewed it while we waited.
+                decision = self.decide(certificate, self.clock())
+                work = _Work(certificate, home, home.current())
+                if force or decision.due:
+                    works[certificate.name] = work
+                elif state.reload_pending or stale:
+                    work.reload_only = True
+                    work.new = work.previous
+                    works[certificate.name] = work
+                else:
+                    outcomes[certificate.name] = Outcome(certificate.name, "not-due", decision.reason)
+            to_issue = [w for w in works.values() if not w.reload_only]
+            self._issue_all(to_issue, dry_run=dry_run)
+            if not dry_run:
+                self._install_reload_verify([w for w in works.values() if w.outcome is None])
+        for work in works.values():
+            assert work.outcome is not None
+            outcomes[work.config.name] = work.outcome
+        return [outcomes[c.name] for c in certificates]
+
+    def rollback(self, name: str, to: str | None = None) -> Outcome:
+        """Flip ``current`` back (to the previous version, or ``to``), reload and verify."""
+        certificate = self.select([name])[0]
+        home = self.home(certificate)
+        with self.store.lock(name, self.settings.lock_timeout.total_seconds()):
+            current = home.current()
+            versions = home.versions()
+            if to is not None:
+                target = home.version(to)
+            else:
+                older = [v for v in versions if current is not None and v.id < current.id]
+                if not older:
+                    raise CertkeeperError(f"certificate {name!r} has no version older than the current one "
+                                          f"({current.id if current else 'none installed'}) to roll back to")
+                target = older[-1]
+            work = _Work(certificate, home, current, target)
+            home.activate(target)
+            self._reload([work])
+            result = self._verify([work])[name]
+            if not result.ok:
+                detail = "; ".join(s.describe() for s in result.wrong(target.fingerprints))
+                raise CertkeeperError(f"certificate {name!r}: rolled back to {target.id}, but not served: {detail}")
+            self.bus.publish(RolledBack(self.clock(), name, current.id if current else "", target.id, "by request"))
+            self.store.add_renewal(RenewalRecord(name, self.clock(), "rollback", target.id, "", "by request"))
+            return Outcome(name, "rolled-back", f"now serving {target.id}", target.id)
+
+    def test_hooks(self, name: str) -> Outcome:
+        """Run the reload hooks against the current certificate and verify every endpoint, renewing nothing."""
+        certificate = self.select([name])[0]
+        home = self.home(certificate)
+        current = home.current()
+        if current is None:
+            raise CertkeeperError(f"certificate {name!r} has never been installed; run `certkeeper renew {name}`")
+        with self.store.lock(name, self.settings.lock_timeout.total_seconds()):
+            work = _Work(certificate, home, current, current)
+            self._reload([work])
+            if work.hook_error:
+                raise CertkeeperError(f"certificate {name!r}: {work.hook_error}")
+            result = self._verify([work])[name]
+        if not result.ok:
+            detail = "; ".join(s.describe() for s in result.wrong(current.fingerprints))
+            raise CertkeeperError(f"certificate {name!r}: hooks ran, but {detail}")
+        return Outcome(name, "verified", f"{len(result.seen)} probe points serve {current.id}", current.id)
+
+    # -- phases ------------------------------------------------------------------------------------------------
+
+    def _issue_all(self, works: Sequence[_Work], *, dry_run: bool) -> None:
+        if not works:
+            return
+        with ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="issue") as pool:
+            list(pool.map(lambda w: self._issue(w, dry_run=dry_run), works))
+
+    def _issue(self, work: _Work, *, dry_run: bool) -> None:
+        certificate = work.config
+        now = self.clock()
+        try:
+            issuer = self.issuer_for(certificate.issuer)
+            pairs = []
+            for key_type in certificate.key_types:
+                key, replaces = self._key_for(work, key_type.value)
+                issued = issuer.issue(IssueRequest(certificate.name, certificate.domains, key, key_type,
+                                                   replaces=replaces, dry_run=dry_run))
+                pairs.append(KeyPair(key_type, key, issued.certificate, issued.chain))
+                self.bus.publish(CertificateIssued(self.clock(), certificate.name, key_type.value, issuer.name,
+                                                   pki.serial_hex(issued.certificate),
+                                                   pki.not_after(issued.certificate)))
+            roots = list(issuer.trust_anchors()) or _system_roots()
+            check_pairs(certificate.name, pairs, certificate.domains, roots, now=self.clock())
+            if dry_run:
+                serials = ", ".join(pki.serial_hex(p.certificate) for p in pairs)
+                work.outcome = Outcome(certificate.name, "dry-run", f"issued and checked {serials}; not installed")
+                self.store.add_renewal(RenewalRecord(certificate.name, now, "dry-run", "", serials))
+                return
+            work.new = work.home.write_version(pairs, issuer=issuer.name, domains=certificate.domains, now=now)
+        except CertkeeperError as exc:
+            self._fail(work, str(exc), now)
+        except Exception as exc:  # a bug or an unexpected library error: fail this certificate, not the pass
+            log.exception("%s: unexpected error while issuing", certificate.name)
+            self._fail(work, f"unexpected error: {exc!r}", now)
+
+    def _key_for(self, work: _Work, key_type: str) -> tuple[pki.PrivateKey, x509.Certificate | None]:
+        """A fresh key, or the installed one with ``reuse_key``; and the certificate being replaced (ARI)."""
+        previous = work.previous
+        pair = next((p for p in previous.pairs if p.key_type == key_type), None) if previous else None
+        replaces = work.home.load_pair_certificate(pair) if pair else None
+        if work.config.reuse_key and pair is not None:
+            return work.home.load_pair_key(pair), replaces
+        return pki.generate_key(KeyType(key_type)), replaces
+
+    def _install_reload_verify(self, works: list[_Work]) -> None:
+        for work in works:
+            if not work.reload_only and work.new is not None:
+                work.home.activate(work.new)
+                if work.config.copy_to:
+                    work.home.copy_to(work.new, work.config.copy_to)
+                self.bus.publish(CertificateInstalled(self.clock(), work.config.name, work.new.id))
+        self._reload(works)
+        results = self._verify(works)
+        wrong = [w for w in works if not results[w.config.name].ok]
+        if wrong:
+            log.warning("not served yet after reload: %s; reloading once more",
+                        ", ".join(w.config.name for w in wrong))
+            self._reload(wrong)
+            results.update(self._verify(wrong))
+        for work in works:
+            self._conclude(work, results[work.config.name])
+
+    def _conclude(self, work: _Work, result: Verification) -> None:
+        name, now = work.config.name, self.clock()
+        assert work.new is not None
+        if result.ok:
+            self.bus.publish(CertificateVerified(now, name, work.new.id,
+                                                 tuple(s.point.describe() for s in result.seen)))
+            if work.hook_error:
+                self._fail(work, work.hook_error, now, reload_pending=True)
+                return
+            if work.reload_only:
+                work.outcome = Outcome(name, "reloaded", f"endpoints now serve {work.new.id}", work.new.id)
+                self._update_state(name, reload_pending=False)
+                return
+            work.outcome = Outcome(name, "renewed", f"installed and verified {work.new.id}", work.new.id)
+            self.store.add_renewal(RenewalRecord(name, now, "success", work.new.id,
+                                                 ",".join(p.serial for p in work.new.pairs)))
+            self._update_state(name, last_attempt_at=now, last_success_at=now, failures=0, last_error="",
+                               reload_pending=False, ari_start=None, ari_end=None, ari_retry_after=None)
+            for removed in work.home.prune(self.settings.keep_versions):
+                log.info("%s: removed old version %s", name, removed)
+            return
+        seen = "; ".join(s.describe() for s in result.wrong(work.new.fingerprints))
+        if work.reload_only or work.previous is None or work.previous.id == work.new.id:
+            self._fail(work, f"{work.new.id} is not served: {seen}", now, reload_pending=True)
+            return
+        self._roll_back(work, seen)
+
+    def _roll_back(self, work: _Work, seen: str) -> None:
+        name = work.config.name
+        assert work.new is not None and work.previous is not None
+        failed_version = work.new
+        work.home.activate(work.previous)
+        work.new = work.previous
+        self._reload([work])
+        restored = self._verify([work])[name]
+        now = self.clock()
+        after = "the previous certificate is served again" if restored.ok else \
+            "and the previous certificate is NOT served either: " + \
+            "; ".join(s.describe() for s in restored.wrong(work.previous.fingerprints))
+        reason = f"{failed_version.id} was not served after two reloads ({seen}); rolled back to " \
+                 f"{work.previous.id}, {after}"
+        self.bus.publish(RolledBack(now, name, failed_version.id, work.previous.id, reason))
+        self.store.add_renewal(RenewalRecord(name, now, "rollback", failed_version.id, "", reason))
+        state = self._bump_failures(name, reason, now)
+        work.outcome = Outcome(name, "rolled-back", reason, work.previous.id)
+        self.bus.publish(RenewalFailed(now, name, reason, state.next_check_at))
+
+    def _reload(self, works: Iterable[_Work]) -> None:
+        """Run each distinct hook (program + environment) once for all the certificates it serves."""
+        groups: dict[tuple[Path, tuple[tuple[str, str], ...]], list[_Work]] = defaultdict(list)
+        for work in works:
+            for reference in work.config.reload:
+                path = resolve_hook(reference, self.settings.hooks_dir, self.config.path)
+                groups[(path, tuple(sorted(work.config.hook_env.items())))].append(work)
+        for (hook, env), members in groups.items():
+            first = members[0]
+            assert first.new is not None
+            context = HookContext(
+                name=first.config.name, domains=first.config.domains, version=first.new.id,
+                cert_dir=first.home.current_link / _subdir(first.new), names=tuple(m.config.name for m in members),
+                extra_env=dict(env),
+            )
+            try:
+                run_hook(hook, context, timeout=self.settings.hook_timeout.total_seconds())
+            except HookFailed as exc:
+                for member in members:
+                    member.hook_error = str(exc)
+                    self.bus.publish(ReloadHookFailed(self.clock(), member.config.name, str(hook), str(exc)))
+
+    def _verify(self, works: Sequence[_Work]) -> dict[str, Verification]:
+        async def all_of() -> list[Verification]:
+            return list(await asyncio.gather(*(
+                wait_until_served(
+                    probe_points(w.config.endpoints), w.new.fingerprints if w.new else frozenset(),
+                    dual=len(w.config.key_types) > 1,
+                    deadline=(w.config.verify_timeout or self.settings.verify_timeout).total_seconds(),
+                    clock=self.clock,
+                )
+                for w in works
+            )))
+
+        return {w.config.name: v for w, v in zip(works, asyncio.run(all_of()), strict=True)}
+
+    # -- observation and bookkeeping ---------------------------------------------------------------------------
+
+    def _served_stale(self, certificate: CertificateConfig, home: CertificateHome, now: datetime) -> bool:
+        """Is any endpoint serving something other than ``current``?  (Someone forgot to reload.)"""
+        current = home.current()
+        if current is None or not certificate.endpoints:
+            return False
+        from certkeeper.verify import look
+
+        seen = asyncio.run(look(probe_points(certificate.endpoints), dual=len(certificate.key_types) > 1,
+                                timeout=10.0, now=now))
+        stale = [s for s in seen if s.fingerprints and not current.fingerprints <= s.fingerprints]
+        for item in stale:
+            served = ",".join(sorted(item.fingerprints))
+            self.bus.publish(ServedCertificateStale(now, certificate.name, item.point.describe(), served,
+                                                    ",".join(sorted(current.fingerprints))))
+        return bool(stale)
+
+    def _refresh_renewal_info(self, certificate: CertificateConfig, home: CertificateHome, state: CertState,
+                              now: datetime) -> None:
+        """Ask the CA for its renewal window (ARI) when the last answer's Retry-After has passed."""
+        if state.ari_retry_after is not None and now < state.ari_retry_after:
+            return
+        current = home.current()
+        if current is None:
+            return
+        try:
+            issuer = self.issuer_for(certificate.issuer)
+            if not isinstance(issuer, RenewalInfoSource):
+                return
+            window = issuer.renewal_window(home.load_pair_certificate(current.pairs[0]), now)
+        except CertkeeperError as exc:
+            log.warning("%s: no renewal information from the CA: %s", certificate.name, exc)
+            return
+        if window is not None:
+            self._update_state(certificate.name, ari_start=window.start, ari_end=window.end,
+                               ari_retry_after=window.retry_after)
+
+    def _fail(self, work: _Work, error: str, now: datetime, *, reload_pending: bool = False) -> None:
+        name = work.config.name
+        state = self._bump_failures(name, error, now, reload_pending=reload_pending)
+        self.store.add_renewal(RenewalRecord(name, now, "failure", work.new.id if work.new else "", "", error))
+        work.outcome = Outcome(name, "failed", error)
+        self.bus.publish(RenewalFailed(now, name, error, state.next_check_at))
+
+    def _bump_failures(self, name: str, error: str, now: datetime, *, reload_pending: bool = False) -> CertState:
+        state = self.store.get_state(name) or CertState(name)
+        state = replace(state, failures=state.failures + 1, last_attempt_at=now, last_error=error,
+                        reload_pending=reload_pending or state.reload_pending)
+        self.store.put_state(state)
+        certificate = self.config.certificates[name]
+        decision = self.decide(certificate, now)
+        self._remember_decision(name, decision)
+        return replace(state, next_check_at=decision.renew_at)
+
+    def _remember_decision(self, name: str, decision: Decision) -> None:
+        self._update_state(name, next_check_at=decision.renew_at, next_reason=decision.reason)
+
+    def _update_state(self, name: str, **changes: object) -> None:
+        state = self.store.get_state(name) or CertState(name)
+        self.store.put_state(replace(state, **changes))  # type: ignore[arg-type]
+
+
+def _subdir(version: Version) -> str:
+    first = version.pairs[0].directory
+    return "" if first == version.path else first.name
+
+
+@functools.cache
+def _system_roots() -> list[x509.Certificate]:
+    """The system trust store, for issuers whose roots are public (loaded once per process)."""
+    from certkeeper.probe import load_trust_anchors
+
+    return load_trust_anchors(None)[0]
