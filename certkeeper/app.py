@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from certkeeper import pki
 from certkeeper.config import CaIssuerConfig, Config, IssuerConfig, Settings
 from certkeeper.errors import ConfigError
 from certkeeper.events import EventBus, log_event
 from certkeeper.issuers.base import Issuer
-from certkeeper.lifecycle import Renewer
+from certkeeper.lifecycle import Outcome, Renewer
 from certkeeper.store import Store
+
+if TYPE_CHECKING:
+    from certkeeper.observe import Observation
 
 
 def open_store(config: Config) -> Store:
@@ -65,6 +69,31 @@ class App:
     bus: EventBus
     issuers: Issuers
     renewer: Renewer
+    clock: Callable[[], datetime]
+
+    def observe_endpoints(self, names: Sequence[str] | None = None) -> list[Observation]:
+        """Probe the managed endpoints (and, for a full pass, the ``[[watch]]`` ones); record and publish."""
+        from certkeeper.observe import Watched, observe, record
+
+        items = self.renewer.watched(self.renewer.select(names))
+        if not names:
+            items += [Watched(w.name, target, ca_file=w.ca_file, servername=w.servername)
+                      for w in self.config.watch for target in w.endpoints]
+        if not items:
+            return []
+        now = self.clock()
+        observations = observe(items, now=now, concurrency=50)
+        for event in record(self.store, observations, now=now):
+            self.bus.publish(event)
+        return observations
+
+    def run_pass(self, names: Sequence[str] | None = None, *, force: bool = False,
+                 dry_run: bool = False) -> list[Outcome]:
+        """What ``renew`` and each daemon wake-up do: observe, renew what is due, reload what is stale."""
+        stale: frozenset[str] = frozenset()
+        if not dry_run:
+            stale = frozenset(o.watched.owner for o in self.observe_endpoints(names) if o.stale)
+        return self.renewer.run(names, force=force, dry_run=dry_run, stale=stale)
 
     def close(self) -> None:
         self.store.close()
@@ -77,4 +106,4 @@ def build_app(config: Config, *, store: Store | None = None,
     bus.subscribe(log_event)
     issuers = Issuers(config)
     renewer = Renewer(config, store, issuers, bus, clock)
-    return App(config, store, bus, issuers, renewer)
+    return App(config, store, bus, issuers, renewer, clock)

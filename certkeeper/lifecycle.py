@@ -38,12 +38,12 @@ from certkeeper.events import (
     ReloadHookFailed,
     RenewalFailed,
     RolledBack,
-    ServedCertificateStale,
 )
 from certkeeper.hooks import HookContext, resolve_hook, run_hook
 from certkeeper.install import CertificateHome, KeyPair, Ownership, Version, check_pairs
 from certkeeper.issuers.base import Issuer, IssueRequest, RenewalInfoSource
 from certkeeper.model import KeyType
+from certkeeper.observe import Watched
 from certkeeper.policy import Decision, History, Installed, Wanted, decide_renewal
 from certkeeper.store import CertState, RenewalRecord, Store
 from certkeeper.verify import Verification, probe_points, wait_until_served
@@ -129,8 +129,19 @@ class Renewer:
         return Installed(first.fingerprint, version.not_before, version.not_after, version.domains,
                          tuple(p.key_type for p in version.pairs), matches)
 
+    def watched(self, certificates: Sequence[CertificateConfig]) -> list[Watched]:
+        """Every managed endpoint, with the fingerprints ``current`` says it should serve."""
+        items = []
+        for certificate in certificates:
+            current = self.home(certificate).current()
+            for target in certificate.endpoints:
+                items.append(Watched(certificate.name, target, current.fingerprints if current else None,
+                                     dual=len(certificate.key_types) > 1))
+        return items
+
     def run(self, names: Sequence[str] | None = None, *, force: bool = False, dry_run: bool = False,
-            check_endpoints: bool = True) -> list[Outcome]:
+            stale: frozenset[str] = frozenset()) -> list[Outcome]:
+        """One pass.  ``stale`` names certificates an observation found served stale: they get a reload."""
         certificates = self.select(names)
         now = self.clock()
         works: dict[str, _Work] = {}
@@ -143,9 +154,8 @@ class Renewer:
                 state = self.store.get_state(certificate.name) or CertState(certificate.name)
                 self._refresh_renewal_info(certificate, home, state, now)
                 decision = self.decide(certificate, now)
-                stale = (check_endpoints and not dry_run and not decision.due
-                         and self._served_stale(certificate, home, now))
-                if not (force or decision.due or state.reload_pending or stale):
+                needs_reload = state.reload_pending or (certificate.name in stale and not dry_run)
+                if not (force or decision.due or needs_reload):
                     self._remember_decision(certificate.name, decision)
                     outcomes[certificate.name] = Outcome(certificate.name, "not-due", decision.reason)
                     continue
@@ -159,7 +169,7 @@ class Renewer:
                 work = _Work(certificate, home, home.current())
                 if force or decision.due:
                     works[certificate.name] = work
-                elif state.reload_pending or stale:
+                elif needs_reload:
                     work.reload_only = True
                     work.new = work.previous
                     works[certificate.name] = work
@@ -365,22 +375,6 @@ class Renewer:
         return {w.config.name: v for w, v in zip(works, asyncio.run(all_of()), strict=True)}
 
     # -- observation and bookkeeping ---------------------------------------------------------------------------
-
-    def _served_stale(self, certificate: CertificateConfig, home: CertificateHome, now: datetime) -> bool:
-        """Is any endpoint serving something other than ``current``?  (Someone forgot to reload.)"""
-        current = home.current()
-        if current is None or not certificate.endpoints:
-            return False
-        from certkeeper.verify import look
-
-        seen = asyncio.run(look(probe_points(certificate.endpoints), dual=len(certificate.key_types) > 1,
-                                timeout=10.0, now=now))
-        stale = [s for s in seen if s.fingerprints and not current.fingerprints <= s.fingerprints]
-        for item in stale:
-            served = ",".join(sorted(item.fingerprints))
-            self.bus.publish(ServedCertificateStale(now, certificate.name, item.point.describe(), served,
-                                                    ",".join(sorted(current.fingerprints))))
-        return bool(stale)
 
     def _refresh_renewal_info(self, certificate: CertificateConfig, home: CertificateHome, state: CertState,
                               now: datetime) -> None:

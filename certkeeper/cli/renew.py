@@ -38,7 +38,7 @@ def run(args: argparse.Namespace, context: Context) -> int:
     from certkeeper.app import build_app
 
     app = build_app(context.config, store=context.store)
-    outcomes = app.renewer.run(args.names, force=args.force, dry_run=args.dry_run)
+    outcomes = app.run_pass(args.names, force=args.force, dry_run=args.dry_run)
     if args.json:
         print(json.dumps([{"name": o.name, "result": o.result, "detail": o.detail, "version": o.version}
                           for o in outcomes], indent=2))

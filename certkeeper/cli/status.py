@@ -1,0 +1,94 @@
+"""``certkeeper status``: every certificate at a glance: expiry, what endpoints serve, what happens next."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import datetime
+from typing import Any
+
+from certkeeper.cli.context import Context
+
+ORDER = 30
+
+
+def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    parser = subparsers.add_parser(
+        "status", help="show each certificate, its endpoints and the next planned action", parents=[common],
+        description="A table a person reads at a glance: each certificate, its domains, issuer, key types, "
+                    "expiry and days left, what each endpoint served when last probed (current, stale, "
+                    "unreachable), the next planned action and why, and the last renewal result. "
+                    "Reads the state store and the installed files; contacts nothing.")
+    parser.add_argument("--json", action="store_true", help="print the same as JSON, for scripts")
+    parser.set_defaults(handler=run)
+
+
+def collect(context: Context, now: datetime) -> list[dict[str, Any]]:
+    from certkeeper.app import build_app
+
+    app = build_app(context.config, store=context.store)
+    endpoints: dict[str, list[Any]] = {}
+    for record in context.store.endpoints():
+        endpoints.setdefault(record.owner, []).append(record)
+    rows = []
+    for certificate in context.config.certificates.values():
+        home = app.renewer.home(certificate)
+        current = home.current()
+        decision = app.renewer.decide(certificate, now)
+        state = context.store.get_state(certificate.name)
+        last = context.store.renewals(certificate.name, limit=1)
+        served = []
+        for record in endpoints.get(certificate.name, []):
+            if record.status != "OK" and not record.fingerprint:
+                seen = "unreachable"
+            elif current is not None and record.fingerprint in current.fingerprints and not record.stale:
+                seen = "current"
+            else:
+                seen = "stale"
+            served.append({"endpoint": record.endpoint, "served": seen, "status": record.status,
+                           "message": record.message, "probed_at": record.at.isoformat()})
+        rows.append({
+            "name": certificate.name,
+            "domains": list(certificate.domains),
+            "issuer": certificate.issuer,
+            "key_types": [k.value for k in certificate.key_types],
+            "version": current.id if current else None,
+            "versions": [v.id for v in home.versions()],
+            "not_after": current.not_after.isoformat() if current else None,
+            "days_left": round((current.not_after - now).total_seconds() / 86400, 2) if current else None,
+            "serials": [p.serial for p in current.pairs] if current else [],
+            "endpoints": served,
+            "next_action": "renew now" if decision.due else f"renew at {decision.renew_at:%Y-%m-%d %H:%M} UTC",
+            "next_reason": decision.reason,
+            "next_renewal": decision.renew_at.isoformat(),
+            "failures": state.failures if state else 0,
+            "last_error": state.last_error if state else "",
+            "reload_pending": state.reload_pending if state else False,
+            "last_result": ({"result": last[0].result, "at": last[0].at.isoformat(), "detail": last[0].detail}
+                            if last else None),
+        })
+    return rows
+
+
+def run(args: argparse.Namespace, context: Context) -> int:
+    from certkeeper.pki import now_utc
+
+    rows = collect(context, now_utc())
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        expiry = (f"expires {row['not_after'][:10]} ({row['days_left']:.0f} days)" if row["not_after"]
+                  else "not installed")
+        print(f"{row['name']}  [{', '.join(row['key_types'])}]  {' '.join(row['domains'])}")
+        print(f"  issuer {row['issuer']}, {expiry}, version {row['version'] or '-'}")
+        for endpoint in row["endpoints"]:
+            print(f"  {endpoint['endpoint']}: {endpoint['served']} ({endpoint['status']})")
+        print(f"  next: {row['next_action']} ({row['next_reason']})")
+        if row["last_result"]:
+            last = row["last_result"]
+            detail = f": {last['detail']}" if last["detail"] and last["result"] != "success" else ""
+            print(f"  last renewal: {last['result']} at {last['at'][:16]}{detail}")
+        if row["reload_pending"]:
+            print(f"  reload pending: {row['last_error']}")
+    return 0

@@ -1,0 +1,88 @@
+"""Looking at endpoints: probe what managed and watched endpoints serve, remember it, say what changed.
+
+Used by every pass (``renew`` and the daemon's periodic probes).  A managed endpoint serving something other
+than ``current`` is stale; an endpoint that stops answering TLS or starts serving an invalid certificate is
+failed; one that comes back is recovered.  Each of those becomes a typed event; the store keeps the last
+observation of every endpoint for ``status``, metrics and the next comparison.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from certkeeper.events import EndpointFailed, EndpointRecovered, Event, ServedCertificateStale
+from certkeeper.probe import ProbeOptions, ProbeResult, probe_sync, result_to_json
+from certkeeper.store import EndpointRecord, Store
+from certkeeper.targets import Target
+
+
+@dataclass(frozen=True)
+class Watched:
+    """One endpoint to look at, and what it should serve when certkeeper manages its certificate."""
+
+    owner: str
+    target: Target
+    expected: frozenset[str] | None = None
+    dual: bool = False
+    ca_file: Path | None = None
+    servername: str | None = None
+
+
+@dataclass(frozen=True)
+class Observation:
+    watched: Watched
+    result: ProbeResult
+    stale: bool
+
+
+def observe(items: Sequence[Watched], *, now: datetime, timeout: float = 10.0,
+            concurrency: int = 50) -> list[Observation]:
+    """Probe every item, grouped by the options they share, so contexts and trust are built once a group."""
+    groups: dict[tuple[bool, Path | None, str | None, frozenset[str] | None], list[Watched]] = {}
+    for item in items:
+        groups.setdefault((item.dual, item.ca_file, item.servername, item.expected), []).append(item)
+    observations: dict[int, Observation] = {}
+    for (dual, ca_file, servername, expected), members in groups.items():
+        options = ProbeOptions(timeout=timeout, ca_file=ca_file, servername=servername,
+                               key_type="all" if dual else None, expected_fingerprints=expected)
+        results = probe_sync([m.target for m in members], options, now=now, concurrency=concurrency)
+        for member, result in zip(members, results, strict=True):
+            observations[id(member)] = Observation(member, result, _is_stale(member, result))
+    return [observations[id(item)] for item in items]
+
+
+def _is_stale(item: Watched, result: ProbeResult) -> bool:
+    if item.expected is None:
+        return False
+    served = {s.fingerprint_sha256 for s in result.served or ((result.certificate,) if result.certificate else ())}
+    return bool(served) and not item.expected <= served
+
+
+def record(store: Store, observations: Sequence[Observation], *, now: datetime) -> list[Event]:
+    """Remember each observation and return the events its change from the previous one means."""
+    previous = {(r.owner, r.endpoint): r for r in store.endpoints()}
+    events: list[Event] = []
+    for observation in observations:
+        item, result = observation.watched, observation.result
+        before = previous.get((item.owner, item.target.text))
+        leaf = result.certificate
+        store.put_endpoint(EndpointRecord(
+            owner=item.owner, endpoint=item.target.text, at=now, status=result.status, message=result.message,
+            fingerprint=leaf.fingerprint_sha256 if leaf else "", not_after=leaf.not_after if leaf else None,
+            stale=observation.stale, details=result_to_json(result),
+        ))
+        if observation.stale:
+            served = ",".join(sorted({s.fingerprint_sha256 for s in result.served} or
+                                     ({leaf.fingerprint_sha256} if leaf else set())))
+            events.append(ServedCertificateStale(now, item.owner, item.target.text, served,
+                                                 ",".join(sorted(item.expected or ()))))
+        failing = result.status in ("CRITICAL", "UNKNOWN") and not observation.stale
+        was_failing = before is not None and before.status in ("CRITICAL", "UNKNOWN") and not before.stale
+        if failing and not was_failing:
+            events.append(EndpointFailed(now, item.owner, item.target.text, result.status, result.message))
+        elif was_failing and not failing:
+            events.append(EndpointRecovered(now, item.owner, item.target.text, result.message))
+    return events
