@@ -1,0 +1,46 @@
+"""``certkeeper metrics``: the Prometheus text, for node_exporter's textfile collector (cron users)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from certkeeper.cli.context import Context
+from certkeeper.errors import InputError
+
+ORDER = 70
+
+
+def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    parser = subparsers.add_parser(
+        "metrics", help="print Prometheus metrics (for node_exporter's textfile collector)", parents=[common],
+        description="Print the metrics the daemon serves on metrics_listen, from the state store and the "
+                    "installed certificates.  With --output, write them to a file atomically (node_exporter "
+                    "must never read a half-written file): e.g. "
+                    "--output /var/lib/prometheus/node-exporter/certkeeper.prom",
+    )
+    parser.add_argument("-o", "--output", metavar="FILE", help="write to FILE (atomically) instead of stdout")
+    parser.set_defaults(handler=run_metrics)
+
+
+def run_metrics(args: argparse.Namespace, context: Context) -> int:
+    from certkeeper.metrics import installed_certificates, render_store_metrics
+
+    text = render_store_metrics(context.store, installed_certificates(context.config))
+    if not args.output:
+        sys.stdout.write(text)
+        return 0
+    target = Path(args.output)
+    try:
+        fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        with os.fdopen(fd, "w") as stream:
+            stream.write(text)
+        os.chmod(temporary, 0o644)  # metrics hold no secrets; node_exporter runs as its own user
+        os.replace(temporary, target)
+    except OSError as exc:
+        raise InputError(str(target), f"cannot write the metrics file: {exc.strerror}") from None
+    return 0

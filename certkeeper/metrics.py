@@ -1,0 +1,265 @@
+"""Prometheus metrics: the text exposition format, and a small HTTP server for ``metrics_listen``.
+
+The names are the ones dashboards and alert rules already use: blackbox_exporter's ``probe_*`` per endpoint,
+x509-certificate-exporter's ``ssl_cert_not_after`` per installed certificate, and certkeeper's own
+``certkeeper_*``.  Every endpoint series carries ``name`` (the certificate or ``[[watch]]`` entry) and
+``endpoint`` labels.  Expiry is reported whenever a certificate was received, expired or untrusted too: monitoring
+that goes silent exactly when a certificate is bad is no monitoring.
+
+``probe_success`` is 1 when the last probe's status was OK or WARNING (a handshake happened and the chain and
+name verified; WARNING is "expiring soon" or a weak key), 0 for CRITICAL and UNKNOWN.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from certkeeper.config import Config
+from certkeeper.errors import CertkeeperError
+from certkeeper.store import CertState, EndpointRecord, Store
+
+log = logging.getLogger("certkeeper.metrics")
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_SUCCESS_STATUSES = frozenset({"OK", "WARNING"})
+
+
+@dataclass(frozen=True)
+class InstalledCertificate:
+    """The facts of one installed certificate (one per key type), as the lifecycle read them from disk."""
+
+    name: str
+    cn: str
+    issuer_cn: str
+    serial: str
+    dnsnames: tuple[str, ...]
+    not_after: datetime
+
+
+class _Family:
+    def __init__(self, name: str, kind: str, help_text: str) -> None:
+        self.name = name
+        self.kind = kind
+        self.help_text = help_text
+        self.samples: list[str] = []
+
+    def add(self, labels: Mapping[str, str], value: float, suffix: str = "") -> None:
+        rendered = ",".join(f'{key}="{escape_label_value(str(val))}"' for key, val in labels.items())
+        self.samples.append(f"{self.name}{suffix}{{{rendered}}} {_number(value)}")
+
+    def render(self) -> str:
+        return "".join([f"# HELP {self.name} {self.help_text}\n", f"# TYPE {self.name} {self.kind}\n",
+                        *(sample + "\n" for sample in self.samples)])
+
+
+def escape_label_value(value: str) -> str:
+    """The exposition format's escaping of label values: backslash, double quote and line feed."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def render_metrics(
+    endpoints: Sequence[EndpointRecord],
+    installed: Sequence[InstalledCertificate],
+    states: Sequence[CertState],
+    renewal_counts: Mapping[tuple[str, str], int],
+) -> str:
+    """The whole exposition text from plain values (pure: the same input gives the same text)."""
+    earliest = _Family("probe_ssl_earliest_cert_expiry", "gauge",
+                       "Earliest not_after (Unix time) in the chain the endpoint served.")
+    chain_info = _Family("probe_ssl_last_chain_info", "gauge", "The leaf certificate the endpoint served.")
+    tls_version = _Family("probe_tls_version_info", "gauge", "The TLS version negotiated with the endpoint.")
+    success = _Family("probe_success", "gauge", "1 when the last probe verified the endpoint (OK or WARNING).")
+    endpoint_info = _Family("certkeeper_endpoint_info", "gauge", "The last probe of each endpoint certkeeper "
+                            "watches or manages.")
+    stale = _Family("certkeeper_served_stale", "gauge", "1 when the endpoint serves another certificate than the "
+                    "one installed.")
+    probed_at = _Family("certkeeper_endpoint_last_probe_timestamp_seconds", "gauge",
+                        "When the endpoint was last probed (Unix time).")
+    for record in sorted(endpoints, key=lambda r: (r.owner, r.endpoint)):
+        base = {"name": record.owner, "endpoint": record.endpoint}
+        details = record.details if isinstance(record.details, dict) else {}
+        certificate = details.get("certificate") if isinstance(details.get("certificate"), dict) else None
+        expiry = _earliest_expiry(record, certificate, details.get("chain"))
+        if expiry is not None:
+            earliest.add(base, expiry)
+        if certificate is not None:
+            chain_info.add({**base,
+                            "fingerprint_sha256": str(certificate.get("fingerprint_sha256") or record.fingerprint),
+                            "subject": str(certificate.get("subject", "")),
+                            "issuer": str(certificate.get("issuer", "")),
+                            "subjectalternative": ",".join(map(str, certificate.get("subject_alternative_names")
+                                                               or ())),
+                            "serialnumber": str(certificate.get("serial", ""))}, 1)
+        if details.get("tls_version"):
+            tls_version.add({**base, "version": str(details["tls_version"])}, 1)
+        success.add(base, 1 if record.status.upper() in _SUCCESS_STATUSES else 0)
+        endpoint_info.add({**base, "status": record.status, "fingerprint_sha256": record.fingerprint,
+                           "message": record.message}, 1)
+        stale.add(base, 1 if record.stale else 0)
+        probed_at.add(base, _epoch(record.at))
+
+    not_after = _Family("ssl_cert_not_after", "gauge", "not_after (Unix time) of each installed certificate.")
+    for cert in sorted(installed, key=lambda c: (c.name, c.serial)):
+        not_after.add({"name": cert.name, "cn": cert.cn, "issuer_cn": cert.issuer_cn, "serial_no": cert.serial,
+                       "dnsnames": ",".join(cert.dnsnames)}, _epoch(cert.not_after))
+
+    renewals = _Family("certkeeper_renewals", "counter", "Renewal attempts by outcome.")
+    for (name, result), count in sorted(renewal_counts.items()):
+        renewals.add({"name": name, "result": result}, count, suffix="_total")
+    last_success = _Family("certkeeper_last_renewal_success_timestamp_seconds", "gauge",
+                           "When the certificate was last renewed successfully (Unix time).")
+    next_check = _Family("certkeeper_next_renewal_timestamp_seconds", "gauge",
+                         "When certkeeper will next look at renewing the certificate (Unix time).")
+    for state in sorted(states, key=lambda s: s.name):
+        if state.last_success_at is not None:
+            last_success.add({"name": state.name}, _epoch(state.last_success_at))
+        if state.next_check_at is not None:
+            next_check.add({"name": state.name}, _epoch(state.next_check_at))
+
+    families = (earliest, chain_info, tls_version, success, endpoint_info, stale, probed_at, not_after,
+                renewals, last_success, next_check)
+    return "".join(family.render() for family in families)
+
+
+def installed_certificates(config: Config) -> list[InstalledCertificate]:
+    """The facts of every installed certificate (each key type of each ``current`` version).
+
+    A certificate not installed yet, or whose files cannot be read, is left out and logged: metrics are for
+    seeing problems, and one unreadable folder must not hide the others.
+    """
+    from certkeeper import pki
+    from certkeeper.install import CertificateHome
+
+    found: list[InstalledCertificate] = []
+    for name in sorted(config.certificates):
+        home = CertificateHome(config.settings.state_dir, name)
+        try:
+            version = home.current()
+            for pair in version.pairs if version else ():
+                certificate = home.load_pair_certificate(pair)
+                found.append(InstalledCertificate(
+                    name=name, cn=pki.common_name(certificate.subject),
+                    issuer_cn=pki.common_name(certificate.issuer), serial=pki.serial_hex(certificate),
+                    dnsnames=tuple(pki.subject_alternative_names(certificate)), not_after=pki.not_after(certificate)))
+        except (CertkeeperError, OSError) as exc:
+            log.warning("metrics: certificate %r left out: %s", name, exc)
+    return found
+
+
+def render_store_metrics(store: Store, installed: Sequence[InstalledCertificate] = ()) -> str:
+    """:func:`render_metrics` over what the store holds: the daemon's ``render`` callable."""
+    return render_metrics(store.endpoints(), installed, store.states(), store.renewal_counts())
+
+
+def _earliest_expiry(record: EndpointRecord, certificate: Mapping[str, Any] | None, chain: Any) -> float | None:
+    candidates: list[float] = []
+    if record.not_after is not None:
+        candidates.append(_epoch(record.not_after))
+    if certificate is not None:
+        candidates += _times([certificate.get("not_after")])
+    if isinstance(chain, list):
+        candidates += _times(item.get("not_after") for item in chain if isinstance(item, dict))
+    return min(candidates) if candidates else None
+
+
+def _times(values: Iterable[Any]) -> list[float]:
+    found: list[float] = []
+    for value in values:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            found.append(float(value))
+        elif isinstance(value, str) and value:
+            try:
+                parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                continue
+            found.append(_epoch(parsed))
+        elif isinstance(value, datetime):
+            found.append(_epoch(value))
+    return found
+
+
+def _epoch(value: datetime) -> float:
+    if value.tzinfo is None:  # the store writes UTC; a naive value here is UTC too
+        value = value.replace(tzinfo=UTC)
+    return value.timestamp()
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+# -- the HTTP endpoint ------------------------------------------------------------------------------------------
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``127.0.0.1:9466``, ``[::1]:9466``, ``localhost:9466``, ``:9466`` (every address) -> (host, port)."""
+    host, sep, port_text = listen.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"metrics_listen {listen!r}: expected host:port such as 127.0.0.1:9466")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port_text)
+
+
+class MetricsServer:
+    """A running metrics endpoint; :meth:`stop` shuts it down and joins its thread."""
+
+    def __init__(self, server: ThreadingHTTPServer, thread: threading.Thread) -> None:
+        self._server = server
+        self._thread = thread
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)
+
+
+def start_metrics_server(listen: str, render: Callable[[], str]) -> MetricsServer:
+    """Serve ``render()`` at ``/metrics`` on ``listen`` from a daemon thread; port 0 picks a free port."""
+    host, port = parse_listen(listen)
+
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "certkeeper"
+
+        def do_GET(self) -> None:
+            if self.path.split("?", 1)[0] == "/metrics":
+                try:
+                    body, status, kind = render().encode(), 200, CONTENT_TYPE
+                except Exception:
+                    log.exception("rendering metrics failed")
+                    body, status, kind = b"rendering metrics failed; see the certkeeper log\n", 500, "text/plain"
+            elif self.path == "/":
+                body, status, kind = b'<a href="/metrics">metrics</a>\n', 200, "text/html"
+            else:
+                body, status, kind = b"not found; try /metrics\n", 404, "text/plain"
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            log.debug("%s " + format, self.address_string(), *args)
+
+    server_class = _IPv6Server if ":" in host else ThreadingHTTPServer
+    server = server_class((host, port), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="certkeeper-metrics", daemon=True)
+    thread.start()
+    log.info("serving metrics on http://%s/metrics", listen)
+    return MetricsServer(server, thread)
+
+
+class _IPv6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
