@@ -22,7 +22,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
@@ -44,7 +44,7 @@ from certkeeper.install import CertificateHome, KeyPair, Ownership, Version, che
 from certkeeper.issuers.base import Issuer, IssueRequest, RenewalInfoSource
 from certkeeper.model import KeyType
 from certkeeper.observe import Watched
-from certkeeper.policy import Decision, History, Installed, Wanted, decide_renewal
+from certkeeper.policy import Decision, History, Installed, Wanted, backoff_delay, decide_renewal
 from certkeeper.store import CertState, RenewalRecord, Store
 from certkeeper.verify import Verification, probe_points, wait_until_served
 
@@ -112,6 +112,15 @@ class Renewer:
         wanted = Wanted(certificate.name, certificate.domains, tuple(k.value for k in certificate.key_types),
                         certificate.renew_before or self.settings.renew_before)
         return decide_renewal(installed, wanted, history, now=now, check_interval=self.settings.check_interval)
+
+    def next_check(self, certificate: CertificateConfig, now: datetime) -> datetime:
+        """When to look at ``certificate`` again: its decision, sooner when a reload is still owed."""
+        decision = self.decide(certificate, now)
+        state = self.store.get_state(certificate.name)
+        if state is None or not state.reload_pending:
+            return decision.next_check
+        retry = (state.last_attempt_at or now) + backoff_delay(max(state.failures, 1), certificate.name)
+        return min(decision.next_check, max(retry, now + timedelta(seconds=1)))
 
     def installed_facts(self, certificate: CertificateConfig) -> Installed | None:
         home = self.home(certificate)

@@ -1,0 +1,207 @@
+"""``certkeeper daemon``: the long-running form.  The only module that imports APScheduler.
+
+One job does the work: a pass (:meth:`certkeeper.app.App.run_pass`) that observes every endpoint, renews what
+is due and reloads what is stale.  After each pass the job is scheduled again for the earliest moment any
+certificate's decision asks to be looked at (at the latest ``check_interval`` from now), so a daemon with
+nothing due sleeps until then: idle means idle, no polling.  Pending alert mail is retried on its own timer.
+
+Signals: SIGHUP re-reads the configuration (an invalid one is rejected, the old one kept, and an alert
+raised); SIGTERM and SIGINT let a pass in flight finish (every step of a pass leaves a consistent install:
+see :mod:`certkeeper.install`) and then exit.  Under systemd ``Type=notify`` the daemon reports READY,
+RELOADING and STOPPING through ``$NOTIFY_SOCKET``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from types import FrameType
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.date import DateTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from certkeeper import pki
+from certkeeper.app import App, build_app
+from certkeeper.config import Config, load_config
+from certkeeper.errors import CertkeeperError
+from certkeeper.events import ConfigReloadRejected
+
+log = logging.getLogger("certkeeper.daemon")
+
+PASS_JOB = "pass"
+ALERTS_JOB = "alerts"
+ALERT_RETRY = timedelta(minutes=5)
+
+
+def notify_systemd(message: str) -> None:
+    """sd_notify(3) without libsystemd: one datagram to ``$NOTIFY_SOCKET``, silently nothing elsewhere."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]  # an abstract socket
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(message.encode())
+    except OSError as exc:
+        log.warning("cannot notify systemd (%s): %s", address, exc)
+
+
+class Daemon:
+    def __init__(self, config_path: Path, config: Config, *,
+                 clock: Callable[[], datetime] = pki.now_utc) -> None:
+        self.config_path = config_path
+        self.clock = clock
+        self.app: App = build_app(config, clock=clock)
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._wake = threading.Event()
+        self._metrics_stop: Callable[[], None] | None = None
+        self.passes = 0
+        self.scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(max_workers=1)},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+            timezone="UTC",
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until SIGTERM/SIGINT; returns the exit status."""
+        for signum, handler in ((signal.SIGHUP, self._on_hup), (signal.SIGTERM, self._on_term),
+                                (signal.SIGINT, self._on_term)):
+            signal.signal(signum, handler)
+        self.start()
+        notify_systemd("READY=1\nSTATUS=watching " + self._summary())
+        log.info("certkeeper daemon started: %s", self._summary())
+        while not self._stop.is_set():
+            self._wake.wait()
+            self._wake.clear()
+            if self._reload.is_set():
+                self._reload.clear()
+                self.reload_config()
+        notify_systemd("STOPPING=1")
+        log.info("stopping: letting a pass in flight finish")
+        self.stop()
+        log.info("certkeeper daemon stopped")
+        return 0
+
+    def start(self) -> None:
+        self.scheduler.start()
+        self.scheduler.add_job(self._pass, DateTrigger(self.clock()), id=PASS_JOB, name="renewal pass")
+        self.scheduler.add_job(self._deliver_alerts, IntervalTrigger(seconds=ALERT_RETRY.total_seconds()),
+                               id=ALERTS_JOB, name="alert delivery")
+        self._start_metrics()
+
+    def stop(self) -> None:
+        if self._metrics_stop is not None:
+            self._metrics_stop()
+            self._metrics_stop = None
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=True)
+        self.app.close()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def _on_term(self, signum: int, frame: FrameType | None) -> None:
+        self.request_stop()
+
+    def _on_hup(self, signum: int, frame: FrameType | None) -> None:
+        self._reload.set()
+        self._wake.set()
+
+    # -- configuration -----------------------------------------------------------------------------------------
+
+    def reload_config(self) -> bool:
+        """Re-read the configuration; keep the old one (and say so loudly) when the new one is invalid."""
+        notify_systemd("RELOADING=1")
+        try:
+            config = load_config(self.config_path)
+        except CertkeeperError as exc:
+            log.error("configuration reload rejected, keeping the running configuration: %s", exc)
+            self.app.bus.publish(ConfigReloadRejected(self.clock(), str(self.config_path), str(exc)))
+            notify_systemd("READY=1")
+            return False
+        # Let a pass in flight finish with the old configuration before swapping.
+        self.scheduler.pause()
+        try:
+            old = self.app
+            self.app = build_app(config, clock=self.clock)
+            old.close()
+            self._restart_metrics()
+        finally:
+            self.scheduler.resume()
+        self._schedule_pass(self.clock())
+        log.info("configuration reloaded: %s", self._summary())
+        notify_systemd("READY=1\nSTATUS=watching " + self._summary())
+        return True
+
+    # -- jobs --------------------------------------------------------------------------------------------------
+
+    def _pass(self) -> None:
+        app = self.app
+        try:
+            outcomes = app.run_pass()
+            for outcome in outcomes:
+                if outcome.result != "not-due":
+                    log.info("%s: %s: %s", outcome.name, outcome.result, outcome.detail)
+        except CertkeeperError as exc:
+            log.error("renewal pass failed: %s", exc)
+        except Exception:
+            log.exception("renewal pass failed unexpectedly")
+        finally:
+            self.passes += 1
+            self._deliver_alerts()
+            if not self._stop.is_set():
+                self._schedule_pass(self._next_wake(app))
+
+    def _deliver_alerts(self) -> None:
+        notifier = getattr(self.app, "notifier", None)
+        if notifier is not None:
+            notifier.deliver(self.clock())
+
+    def _next_wake(self, app: App) -> datetime:
+        now = self.clock()
+        ceiling = now + app.config.settings.check_interval
+        moments = [app.renewer.next_check(c, now) for c in app.config.certificates.values()]
+        return min([*moments, ceiling])
+
+    def _schedule_pass(self, when: datetime) -> None:
+        self.scheduler.add_job(self._pass, DateTrigger(when), id=PASS_JOB, name="renewal pass",
+                               replace_existing=True)
+        log.debug("next pass at %s", when.isoformat())
+
+    def next_pass_at(self) -> datetime | None:
+        job = self.scheduler.get_job(PASS_JOB)
+        return job.next_run_time if job else None
+
+    # -- metrics -----------------------------------------------------------------------------------------------
+
+    def _start_metrics(self) -> None:
+        listen = self.app.config.settings.metrics_listen
+        if not listen:
+            return
+        from certkeeper.metrics import start_metrics_server
+
+        self._metrics_stop = start_metrics_server(listen, lambda: self.app.render_metrics())
+
+    def _restart_metrics(self) -> None:
+        if self._metrics_stop is not None:
+            self._metrics_stop()
+            self._metrics_stop = None
+        self._start_metrics()
+
+    def _summary(self) -> str:
+        config = self.app.config
+        return f"{len(config.certificates)} certificates, {len(config.watch)} watch entries"
