@@ -33,7 +33,7 @@ from pathlib import Path
 from certkeeper import alert_rules
 from certkeeper.alert_rules import Severity
 from certkeeper.config import AlertsConfig, Config
-from certkeeper.errors import EX_UNAVAILABLE, CertkeeperError
+from certkeeper.errors import AlertDeliveryFailed
 from certkeeper.events import (
     CertificateInstalled,
     CertificateIssued,
@@ -53,16 +53,6 @@ from certkeeper.store import AlertRecord, EndpointRecord, Store
 log = logging.getLogger("certkeeper.alerts")
 
 SUBJECT_PREFIX = "[certkeeper]"
-
-
-class AlertDeliveryFailed(CertkeeperError):
-    """No relay accepted the mail: every route tried, and what each said."""
-
-    exit_code = EX_UNAVAILABLE
-
-    def __init__(self, attempts: Sequence[str]) -> None:
-        self.attempts = tuple(attempts)
-        super().__init__("alert mail not sent: " + "; ".join(self.attempts))
 
 
 @dataclass(frozen=True)

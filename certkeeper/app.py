@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from certkeeper import pki
+from certkeeper.alerts import Notifier, subscribe_notifier
 from certkeeper.config import CaIssuerConfig, Config, IssuerConfig, Settings
 from certkeeper.errors import ConfigError
 from certkeeper.events import EventBus, log_event
@@ -70,6 +71,7 @@ class App:
     issuers: Issuers
     renewer: Renewer
     clock: Callable[[], datetime]
+    notifier: Notifier | None = None
 
     def observe_endpoints(self, names: Sequence[str] | None = None) -> list[Observation]:
         """Probe the managed endpoints (and, for a full pass, the ``[[watch]]`` ones); record and publish."""
@@ -93,7 +95,30 @@ class App:
         stale: frozenset[str] = frozenset()
         if not dry_run:
             stale = frozenset(o.watched.owner for o in self.observe_endpoints(names) if o.stale)
-        return self.renewer.run(names, force=force, dry_run=dry_run, stale=stale)
+        outcomes = self.renewer.run(names, force=force, dry_run=dry_run, stale=stale)
+        if self.notifier is not None and not dry_run:
+            self.raise_expiry_alerts()
+            self.notifier.deliver(self.clock())
+        return outcomes
+
+    def raise_expiry_alerts(self) -> None:
+        """Expiry thresholds crossed by installed certificates and by what ``[[watch]]`` endpoints serve."""
+        assert self.notifier is not None
+        now = self.clock()
+        for certificate in self.config.certificates.values():
+            current = self.renewer.home(certificate).current()
+            for pair in current.pairs if current else ():
+                self.notifier.observe_certificate(certificate.name, certificate.domains[0], pair.not_before,
+                                                  pair.not_after, now, names=certificate.domains)
+        watch = {w.name: w for w in self.config.watch}
+        for record in self.store.endpoints():
+            if record.owner in watch:
+                self.notifier.observe_endpoint(record, now, warn_days=watch[record.owner].warn_days)
+
+    def render_metrics(self) -> str:
+        from certkeeper.metrics import installed_certificates, render_store_metrics
+
+        return render_store_metrics(self.store, installed_certificates(self.config))
 
     def close(self) -> None:
         self.store.close()
@@ -106,4 +131,5 @@ def build_app(config: Config, *, store: Store | None = None,
     bus.subscribe(log_event)
     issuers = Issuers(config)
     renewer = Renewer(config, store, issuers, bus, clock)
-    return App(config, store, bus, issuers, renewer, clock)
+    notifier = subscribe_notifier(config, store, bus)
+    return App(config, store, bus, issuers, renewer, clock, notifier)

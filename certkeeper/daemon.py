@@ -162,14 +162,12 @@ class Daemon:
             log.exception("renewal pass failed unexpectedly")
         finally:
             self.passes += 1
-            self._deliver_alerts()
             if not self._stop.is_set():
                 self._schedule_pass(self._next_wake(app))
 
     def _deliver_alerts(self) -> None:
-        notifier = getattr(self.app, "notifier", None)
-        if notifier is not None:
-            notifier.deliver(self.clock())
+        if self.app.notifier is not None:
+            self.app.notifier.deliver(self.clock())
 
     def _next_wake(self, app: App) -> datetime:
         now = self.clock()
@@ -194,7 +192,8 @@ class Daemon:
             return
         from certkeeper.metrics import start_metrics_server
 
-        self._metrics_stop = start_metrics_server(listen, lambda: self.app.render_metrics())
+        server = start_metrics_server(listen, lambda: self.app.render_metrics())
+        self._metrics_stop = server.stop
 
     def _restart_metrics(self) -> None:
         if self._metrics_stop is not None:

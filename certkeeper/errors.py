@@ -13,6 +13,7 @@ The tree::
     │   └── CaUnavailable           exit 69  the CA could not be reached or is rate limiting (EX_UNAVAILABLE)
     ├── InstallRefused              exit 1   a new key pair failed a pre-install check; nothing was installed
     ├── HookFailed                  exit 1   a reload hook exited non-zero or timed out
+    ├── AlertDeliveryFailed         exit 69  no relay accepted the alert mail; it stays queued
     └── VerificationFailed          exit 1   an endpoint does not serve what was installed (rolled back)
 
 Findings about certificates served by other people's servers are not errors: the probe returns them as data.
@@ -196,3 +197,13 @@ class VerificationFailed(CertkeeperError):
         super().__init__(
             f"certificate {certificate!r}: {endpoint} serves {seen}, expected {expected}"
         )
+
+
+class AlertDeliveryFailed(CertkeeperError):
+    """No relay accepted the mail: every route tried, and what each said.  The alert stays queued."""
+
+    exit_code = EX_UNAVAILABLE
+
+    def __init__(self, attempts: Sequence[str]) -> None:
+        self.attempts = tuple(attempts)
+        super().__init__("alert mail not sent: " + "; ".join(self.attempts))

@@ -55,7 +55,8 @@ def run_test(args: argparse.Namespace, context: Context) -> int:
 
 
 def run_flush(args: argparse.Namespace, context: Context) -> int:
-    from certkeeper.alerts import AlertDeliveryFailed, Notifier
+    from certkeeper.alerts import Notifier
+    from certkeeper.errors import AlertDeliveryFailed
     from certkeeper.pki import now_utc
 
     report = Notifier(_alerts_config(context), context.store).deliver(now_utc(), force=True)
