@@ -1,0 +1,159 @@
+"""``certkeeper check``: probe mail TLS endpoints and judge their certificates, as a Nagios plugin would."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from certkeeper.cli.context import Context
+from certkeeper.targets import STARTTLS_CHOICES, Target, parse_target
+
+if TYPE_CHECKING:
+    from certkeeper.probe import ProbeOptions
+
+ORDER = 20
+
+# Monitoring-plugins guidelines: invalid arguments are UNKNOWN (3), never CRITICAL (2, argparse's default).
+EXIT_UNKNOWN = 3
+
+DESCRIPTION = """\
+Connect to each endpoint, upgrade to TLS (implicit, or STARTTLS per RFC 3207 / RFC 2595 / RFC 5804), and judge
+the certificate chain it serves: days left on the leaf and on every served certificate, not-yet-valid, chain
+verification against the system store or --ca-file, host name (SAN) against the target host or --servername,
+missing intermediate, self-signed, weak key or signature.
+
+TARGET is host:port or a URL: smtps://host:465, smtp://host:587 or :25 (STARTTLS), imaps://, imap://, pop3s://,
+pop3://, sieve://host:4190.  A bare host:port takes the protocol of its well-known port; --starttls overrides
+it for other ports.  IPv6 literals go in brackets: smtp://[2001:db8::25]:25.
+
+Thresholds: a certificate is WARNING with --warning days left and CRITICAL with --critical days left.  A
+short-lived certificate (lifetime under 3 x --warning, 63 days by default) gets thresholds scaled by
+lifetime / (3 x --warning): with the defaults it warns when a third of its lifetime is left and is critical
+when a ninth is left (a 6-day certificate: 2 days and 16 hours).
+
+Output: one Nagios plugin line per target with perfdata days_chain_elemN=days;warn;crit;; (or --json).  The
+exit status is the worst over all targets: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.  An endpoint that cannot
+be reached, times out, lacks or refuses STARTTLS, or fails the TLS handshake is CRITICAL; UNKNOWN means
+invalid arguments or an internal error.  -v adds the protocol dialogue and the chain after each line.
+"""
+
+
+def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    parser = subparsers.add_parser(
+        "check", help="probe mail TLS endpoints (Nagios plugin output)", parents=[common],
+        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("targets", nargs="*", metavar="TARGET", help="host:port or URL (smtps://host, ...)")
+    parser.add_argument("--file", metavar="LIST", action="append", default=[],
+                        help="read targets from LIST, one per line, '#' starts a comment; '-' is stdin")
+    parser.add_argument("--starttls", choices=STARTTLS_CHOICES, default="auto",
+                        help="protocol for bare host:port targets on non-standard ports (none = implicit TLS)")
+    names = parser.add_mutually_exclusive_group()
+    names.add_argument("--servername", metavar="NAME", help="name to send as SNI and to verify (default: the host)")
+    names.add_argument("--no-sni", action="store_true",
+                       help="send no SNI, as many sending MTAs on port 25 do (the host name is still verified)")
+    parser.add_argument("--ca-file", metavar="PEM", type=Path, help="trust anchors (default: the system store)")
+    parser.add_argument("--warning", metavar="DAYS", type=float, default=21.0, help="WARNING threshold (21)")
+    parser.add_argument("--critical", metavar="DAYS", type=float, default=7.0, help="CRITICAL threshold (7)")
+    parser.add_argument("--key-type", choices=("rsa", "ecdsa", "all"),
+                        help="fetch the RSA or the ECDSA certificate of a dual-certificate server (offering only "
+                             "that authentication in TLS 1.2), or both and judge both (default: what the "
+                             "server picks)")
+    parser.add_argument("--timeout", metavar="SECONDS", type=float, default=10.0,
+                        help="deadline for each whole target: connect, dialogue and handshakes (10)")
+    parser.add_argument("--concurrency", metavar="N", type=int, default=50, help="targets probed at once (50)")
+    parser.add_argument("--json", action="store_true", help="print a JSON array, one object per target")
+    parser.set_defaults(handler=run_check)
+    parser.error = _unknown_on_usage_error
+
+
+def _unknown_on_usage_error(message: str) -> NoReturn:
+    print(f"certkeeper check: {message}", file=sys.stderr)
+    raise SystemExit(EXIT_UNKNOWN)
+
+
+class _BadArguments(Exception):
+    pass
+
+
+def run_check(args: argparse.Namespace, context: Context) -> int:
+    try:
+        targets = _targets(args)
+        options = _options(args)
+    except _BadArguments as exc:
+        print(f"certkeeper check: {exc}", file=sys.stderr)
+        return EXIT_UNKNOWN
+
+    from certkeeper.errors import InputError
+    from certkeeper.pki import now_utc
+    from certkeeper.probe import nagios_line, probe_sync, result_to_json
+
+    try:
+        results = probe_sync(targets, options, now=now_utc(), concurrency=args.concurrency)
+    except InputError as exc:  # an unreadable --ca-file is a bad argument: UNKNOWN
+        print(f"certkeeper check: {exc}", file=sys.stderr)
+        return EXIT_UNKNOWN
+    if args.json:
+        json.dump([result_to_json(result) for result in results], sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        lines = []
+        for result in results:
+            lines.append(nagios_line(result))
+            if args.verbose:
+                lines += [f"  {f.severity} {f.code}: {f.message}" for f in result.findings]
+                lines += [f"  {line}" for line in result.transcript]
+        sys.stdout.write("\n".join(lines) + "\n")
+    return max(result.exit_code for result in results)
+
+
+def _targets(args: argparse.Namespace) -> list[Target]:
+    texts = [(text, "command line") for text in args.targets]
+    for name in args.file:
+        texts += _read_list(name)
+    if not texts:
+        raise _BadArguments("no targets: give TARGET arguments or --file LIST")
+    targets = []
+    for text, where in texts:
+        try:
+            targets.append(parse_target(text, args.starttls))
+        except ValueError as exc:
+            raise _BadArguments(f"{where}: {exc}") from None
+    return targets
+
+
+def _read_list(name: str) -> list[tuple[str, str]]:
+    try:
+        content = sys.stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _BadArguments(f"--file {name}: cannot read it ({exc})") from None
+    entries = []
+    for number, line in enumerate(content.splitlines(), 1):
+        text = line.split("#", 1)[0].strip()
+        if text:
+            entries.append((text, f"{name}:{number}"))
+    return entries
+
+
+def _options(args: argparse.Namespace) -> ProbeOptions:
+    from certkeeper.probe import ProbeOptions
+
+    if args.warning < 0 or args.critical < 0 or args.critical > args.warning:
+        raise _BadArguments(f"--critical ({args.critical:g}) must be between 0 and --warning ({args.warning:g})")
+    if not args.timeout > 0:
+        raise _BadArguments("--timeout must be more than 0 seconds")
+    if args.concurrency < 1:
+        raise _BadArguments("--concurrency must be at least 1")
+    return ProbeOptions(
+        timeout=args.timeout,
+        servername=args.servername,
+        sni=not args.no_sni,
+        ca_file=args.ca_file,
+        warning_days=args.warning,
+        critical_days=args.critical,
+        key_type=args.key_type,
+        verbose=bool(args.verbose),
+    )

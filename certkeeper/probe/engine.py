@@ -1,0 +1,438 @@
+"""The probe's IO: asyncio connections, the STARTTLS dialogue over them, and the TLS handshake.
+
+This is the only module of certkeeper that opens sockets or touches a TLS library (``ssl`` for the default
+trust-store location, pyOpenSSL for the handshake).
+
+Why pyOpenSSL, driven through memory BIOs
+    Judging a server means seeing the chain *it sent*, including broken ones: Python 3.11's ``ssl`` hands out
+    only the leaf (``get_unverified_chain()`` arrives in 3.13).  ``OpenSSL.SSL.Connection`` created without a
+    socket works on two memory BIOs; the engine pumps bytes between them and an asyncio stream.  So the
+    plaintext dialogue and the handshake share one non-blocking connection, no thread is needed per
+    handshake, and ``get_peer_cert_chain()`` gives the whole served chain.  Verification is deliberately off in
+    OpenSSL (``VERIFY_NONE``) so broken chains still complete the handshake; the chain is then judged with
+    ``cryptography`` (:mod:`certkeeper.probe.judge`), once per distinct chain.
+
+Limits against hostile servers
+    One deadline per target (``asyncio.timeout``) covers connect, dialogue and every handshake; lines are at
+    most :data:`MAX_LINE` bytes, the dialogue at most :data:`MAX_DIALOGUE_BYTES`, the handshake at most
+    :data:`MAX_HANDSHAKE_BYTES` (OpenSSL itself refuses a certificate list over 100 KiB).  Every failure
+    becomes a finding; only a bug in certkeeper yields UNKNOWN.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import socket
+import ssl
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from cryptography import x509
+from OpenSSL import SSL, crypto
+
+from certkeeper.errors import InputError
+from certkeeper.probe.dialects import DialogueError, negotiate_starttls
+from certkeeper.probe.judge import ChainJudgement, judge_chain, problem_message, stale_finding
+from certkeeper.probe.result import (
+    CONNECTION_FAILED,
+    INTERNAL_ERROR,
+    PROTOCOL_ERROR,
+    TIMEOUT,
+    TLS_HANDSHAKE_FAILED,
+    Finding,
+    ProbeOptions,
+    ProbeResult,
+    worst_status,
+)
+from certkeeper.targets import Target
+
+log = logging.getLogger("certkeeper.probe")
+
+MAX_LINE = 8192  # RFC 5321 §4.5.3.1.5 allows 512 per reply line; IMAP lines are longer, junk is longer still
+MAX_DIALOGUE_BYTES = 64 * 1024
+MAX_HANDSHAKE_BYTES = 1024 * 1024
+MAX_TRANSCRIPT_LINES = 200
+SYSTEM_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+
+# Cipher strings for --key-type: in TLS 1.2 the cipher suite names the server's authentication, so offering
+# only aRSA (or aECDSA) suites makes a dual-certificate server present that certificate.  SECLEVEL=0 lets the
+# probe see (and report) weak servers instead of failing to talk to them; nothing secret is ever sent.
+_CIPHERS: dict[str | None, bytes] = {
+    None: b"ALL:!aNULL:!eNULL:@SECLEVEL=0",
+    "rsa": b"aRSA:!aNULL:!eNULL:@SECLEVEL=0",
+    "ecdsa": b"aECDSA:!aNULL:!eNULL:@SECLEVEL=0",
+}
+
+
+class _ProbeFailure(Exception):
+    """The probe could not get a certificate; becomes a CRITICAL finding with ``code``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class _Progress:
+    """Where a target's probe is, so a timeout can say what the server failed to do."""
+
+    stage: str = "connecting"
+    received: int = 0
+    transcript: list[str] | None = None
+
+    def record(self, line: str) -> None:
+        if self.transcript is not None and len(self.transcript) < MAX_TRANSCRIPT_LINES:
+            self.transcript.append(line if len(line) <= 300 else line[:300] + "...")
+
+
+@dataclass(frozen=True)
+class _Fetch:
+    key_type: str | None
+    tls_version: str
+    cipher: str
+    judgement: ChainJudgement
+
+
+@dataclass
+class _StreamConversation:
+    """:class:`certkeeper.probe.dialects.Conversation` over an asyncio stream, with the byte limits."""
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    progress: _Progress
+    dialect: str
+    last_sent: str = field(default="")
+
+    async def read_line(self) -> str:
+        self.progress.stage = f"waiting for the {self.dialect} server's " + (
+            f"reply to {self.last_sent}" if self.last_sent else "greeting")
+        try:
+            data = await self.reader.readuntil(b"\n")
+        except asyncio.IncompleteReadError as exc:
+            said = f" after {exc.partial[:80]!r}" if exc.partial else ""
+            raise DialogueError(CONNECTION_FAILED, f"the server closed the connection while {self.progress.stage}"
+                                                   f"{said}") from None
+        except asyncio.LimitOverrunError:
+            raise DialogueError(PROTOCOL_ERROR, f"the server sent a line longer than {MAX_LINE} bytes while "
+                                                f"{self.progress.stage}; this is not a {self.dialect} server") from None
+        self.progress.received += len(data)
+        if self.progress.received > MAX_DIALOGUE_BYTES:
+            raise DialogueError(PROTOCOL_ERROR, f"the server sent more than {MAX_DIALOGUE_BYTES // 1024} KiB before "
+                                                f"TLS; this is not a {self.dialect} server")
+        line = data.rstrip(b"\r\n").decode("utf-8", "replace")
+        self.progress.record(f"S: {line}")
+        return line
+
+    async def send_line(self, line: str) -> None:
+        self.last_sent = line[:60]
+        self.progress.record(f"C: {line}")
+        self.writer.write(line.encode("ascii") + b"\r\n")
+        await self.writer.drain()
+
+
+def load_trust_anchors(ca_file: Path | None) -> tuple[list[x509.Certificate], str]:
+    """The roots to verify against and how to name them in messages; InputError for an unreadable ``--ca-file``."""
+    if ca_file is not None:
+        try:
+            return _load_pem_bundle(ca_file), str(ca_file)
+        except OSError as exc:
+            raise InputError(str(ca_file), f"cannot read the CA file: {_os_reason(exc)}") from None
+        except ValueError as exc:
+            raise InputError(str(ca_file), f"not a PEM certificate bundle ({exc})") from None
+    paths = ssl.get_default_verify_paths()
+    bundle = Path(paths.cafile) if paths.cafile else SYSTEM_BUNDLE
+    try:
+        return _load_pem_bundle(bundle), "the system trust store"
+    except (OSError, ValueError):
+        log.warning("no system trust store at %s: every chain will be reported as not trusted", bundle)
+        return [], "the system trust store (none found)"
+
+
+def _load_pem_bundle(path: Path) -> list[x509.Certificate]:
+    with warnings.catch_warnings():
+        # Distribution bundles still hold a few old roots with non-positive serial numbers; cryptography warns
+        # about each, which would drown the output (and fail tests run with warnings as errors).
+        warnings.simplefilter("ignore")
+        return x509.load_pem_x509_certificates(path.read_bytes())
+
+
+def _os_reason(exc: OSError) -> str:
+    """``Connection refused`` rather than asyncio's ``Connect call failed ('127.0.0.1', 1)``."""
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the name ({exc.strerror})"
+    if exc.errno and exc.errno > 0:
+        return os.strerror(exc.errno)
+    return str(exc) or type(exc).__name__
+
+
+def _tls_context(key_type: str | None) -> SSL.Context:
+    context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    context.set_verify(SSL.VERIFY_NONE)  # judged afterwards with cryptography, so broken chains are still seen
+    context.set_min_proto_version(SSL.TLS1_VERSION)
+    if key_type is not None:
+        context.set_max_proto_version(SSL.TLS1_2_VERSION)  # TLS 1.3 suites do not name the key type
+    context.set_cipher_list(_CIPHERS[key_type])
+    return context
+
+
+class Prober:
+    """One probing run: the TLS contexts, the trust anchors and the per-chain judgement cache, shared by all
+    targets.  ``now`` is fixed for the run, which is what makes a judgement cacheable."""
+
+    def __init__(self, options: ProbeOptions, *, now: datetime) -> None:
+        self.options = options
+        self.now = now
+        self.roots, self.trust_source = load_trust_anchors(options.ca_file)
+        key_types: list[str | None] = (
+            ["rsa", "ecdsa"] if options.key_type == "all" else [options.key_type]
+        )
+        self.key_types = key_types
+        self.contexts = {key_type: _tls_context(key_type) for key_type in key_types}
+        self._judgements: dict[tuple[tuple[bytes, ...], str], ChainJudgement] = {}
+
+    async def probe(self, target: Target, *, address: str | None = None) -> ProbeResult:
+        started = time.perf_counter()
+        progress = _Progress(transcript=[] if self.options.verbose else None)
+        fetches: list[_Fetch] = []
+        failures: list[Finding] = []
+        try:
+            async with asyncio.timeout(self.options.timeout):
+                for key_type in self.key_types:
+                    try:
+                        fetches.append(await self._fetch(target, address, key_type, progress))
+                    except _ProbeFailure as failure:
+                        if len(self.key_types) > 1 and failure.code == TLS_HANDSHAKE_FAILED:
+                            # With --key-type all a server without one of the two certificates is normal.
+                            failures.append(Finding(TLS_HANDSHAKE_FAILED, "INFO",
+                                                    f"no {key_type} certificate offered: {failure.message}"))
+                            continue
+                        raise
+        except TimeoutError:
+            hint = ""
+            if progress.received == 0 and target.tls == "starttls" and "greeting" in progress.stage:
+                hint = "; the server never spoke: is this an implicit-TLS port (try smtps://, imaps://, pop3s://)?"
+            failures.append(Finding(TIMEOUT, "CRITICAL", f"no answer within {self.options.timeout:g} s while "
+                                                         f"{progress.stage}{hint}"))
+        except _ProbeFailure as failure:
+            failures.append(Finding(failure.code, "CRITICAL", failure.message))
+        except Exception as exc:  # a bug in certkeeper, not a server problem: UNKNOWN, as plugins do
+            log.error("internal error probing %s: %r", target.text, exc, exc_info=log.isEnabledFor(logging.DEBUG))
+            failures.append(Finding(INTERNAL_ERROR, "UNKNOWN", f"internal error: {exc!r}"))
+        if not fetches and failures and all(f.severity == "INFO" for f in failures):
+            failures = [Finding(TLS_HANDSHAKE_FAILED, "CRITICAL", "; ".join(f.message for f in failures))]
+        return self._result(target, address, fetches, failures, progress, time.perf_counter() - started)
+
+    async def _fetch(self, target: Target, address: str | None, key_type: str | None,
+                     progress: _Progress) -> _Fetch:
+        host = address or target.host
+        progress.stage = f"connecting to {target.address}" + (f" ({address})" if address else "")
+        try:
+            reader, writer = await asyncio.open_connection(host, target.port, limit=MAX_LINE)
+        except OSError as exc:
+            raise _ProbeFailure(CONNECTION_FAILED, f"cannot connect to {target.address}"
+                                f"{f' ({address})' if address else ''}: {_os_reason(exc)}") from None
+        try:
+            if target.tls == "starttls" and target.dialect is not None:
+                conversation = _StreamConversation(reader, writer, progress, target.dialect)
+                try:
+                    await negotiate_starttls(target.dialect, conversation, ehlo_name=_ehlo_name(writer))
+                except DialogueError as exc:
+                    raise _ProbeFailure(exc.code, exc.message) from None
+                except OSError as exc:
+                    raise _ProbeFailure(CONNECTION_FAILED, f"the connection failed while {progress.stage}: "
+                                                           f"{_os_reason(exc)}") from None
+            progress.stage = "in the TLS handshake" + (f" (offering only {key_type} certificates)" if key_type else "")
+            server_name = self.options.servername or target.host
+            send_sni = self.options.sni and not _is_ip(server_name)
+            ders, version, cipher = await self._handshake(reader, writer, self.contexts[key_type],
+                                                          server_name if send_sni else None, progress)
+        finally:
+            writer.close()
+        return _Fetch(key_type, version, cipher, self._judge(ders, self.options.servername or target.host))
+
+    async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, context: SSL.Context,
+                         server_name: str | None, progress: _Progress) -> tuple[tuple[bytes, ...], str, str]:
+        connection = SSL.Connection(context, None)
+        connection.set_connect_state()
+        if server_name:
+            connection.set_tlsext_host_name(server_name.encode("idna"))  # RFC 6066 §3: never for IP literals
+        received = 0
+        first = b""
+        while True:
+            try:
+                connection.do_handshake()
+                done = True
+            except SSL.WantReadError:
+                done = False
+            except SSL.Error as exc:
+                raise _ProbeFailure(TLS_HANDSHAKE_FAILED, f"the TLS handshake failed: {_openssl_reason(exc)}"
+                                                          f"{_plaintext_hint(first)}") from None
+            outgoing = _drain(connection)
+            try:
+                if outgoing:
+                    writer.write(outgoing)
+                    await writer.drain()
+                if done:
+                    break
+                data = await reader.read(65536)
+            except OSError as exc:
+                raise _ProbeFailure(TLS_HANDSHAKE_FAILED, f"the connection failed in the TLS handshake: "
+                                                          f"{_os_reason(exc)}{_plaintext_hint(first)}") from None
+            if not data:
+                raise _ProbeFailure(TLS_HANDSHAKE_FAILED, "the server closed the connection in the TLS handshake"
+                                                          f"{_plaintext_hint(first)}")
+            first = first or data[:64]
+            received += len(data)
+            if received > MAX_HANDSHAKE_BYTES:
+                raise _ProbeFailure(TLS_HANDSHAKE_FAILED, f"the server sent more than {MAX_HANDSHAKE_BYTES // 1024} "
+                                                          "KiB without completing the TLS handshake")
+            connection.bio_write(data)
+        chain = connection.get_peer_cert_chain() or []
+        ders = tuple(crypto.dump_certificate(crypto.FILETYPE_ASN1, certificate) for certificate in chain)
+        version = connection.get_protocol_version_name()
+        cipher = connection.get_cipher_name() or ""
+        progress.record(f"TLS: {version} {cipher}, {len(ders)} certificate(s)")
+        try:
+            connection.shutdown()  # close_notify (RFC 8446 §6.1), so the server logs a clean end
+            writer.write(_drain(connection))
+        except (SSL.Error, OSError):
+            pass
+        if not ders:
+            raise _ProbeFailure(PROTOCOL_ERROR, "the server completed the handshake without a certificate")
+        return ders, version, cipher
+
+    def _judge(self, ders: tuple[bytes, ...], hostname: str) -> ChainJudgement:
+        key = (ders, hostname.lower())
+        judgement = self._judgements.get(key)
+        if judgement is None:
+            try:
+                certificates = [x509.load_der_x509_certificate(der) for der in ders]
+            except ValueError as exc:
+                raise _ProbeFailure(PROTOCOL_ERROR, f"the server sent a malformed certificate ({exc})") from None
+            judgement = judge_chain(certificates, hostname=hostname, roots=self.roots,
+                                    trust_source=self.trust_source, now=self.now,
+                                    warning_days=self.options.warning_days, critical_days=self.options.critical_days)
+            self._judgements[key] = judgement
+        return judgement
+
+    def _result(self, target: Target, address: str | None, fetches: list[_Fetch], failures: list[Finding],
+                progress: _Progress, elapsed: float) -> ProbeResult:
+        findings: list[Finding] = []
+        for fetch in fetches:
+            prefix = f"[{fetch.key_type}] " if len(self.key_types) > 1 else ""
+            own = list(fetch.judgement.findings)
+            stale = stale_finding(fetch.judgement.chain[0], self.options.expected_fingerprints)
+            if stale is not None:
+                own.append(stale)
+            findings += [Finding(f.code, f.severity, prefix + f.message) for f in own]
+        findings += failures
+        first = fetches[0] if fetches else None
+        leaf = first.judgement.chain[0] if first else None
+        if progress.transcript is not None and first is not None:
+            for index, summary in enumerate(first.judgement.chain, 1):
+                progress.record(f"chain #{index}: '{summary.subject}' from '{summary.issuer}' until "
+                                f"{summary.not_after:%Y-%m-%d %H:%M} UTC, {summary.key_type}, "
+                                f"sha256 {summary.fingerprint_sha256}")
+        return ProbeResult(
+            target=target,
+            status=worst_status([f.severity for f in findings]),
+            message=problem_message(findings, leaf),
+            tls_version=first.tls_version if first else None,
+            cipher=first.cipher if first else None,
+            chain_valid=all(f.judgement.chain_valid for f in fetches) if fetches else None,
+            hostname_valid=all(f.judgement.hostname_valid for f in fetches) if fetches else None,
+            certificate=leaf,
+            chain=first.judgement.chain if first else (),
+            findings=tuple(findings),
+            elapsed_ms=round(elapsed * 1000, 1),
+            transcript=tuple(progress.transcript or ()),
+            served=tuple(f.judgement.chain[0] for f in fetches),
+            address=address,
+        )
+
+
+def _drain(connection: SSL.Connection) -> bytes:
+    chunks = []
+    while True:
+        try:
+            chunk = connection.bio_read(65536)
+        except SSL.WantReadError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _openssl_reason(exc: SSL.Error) -> str:
+    """OpenSSL's error queue as words: ``[('SSL routines', '', 'wrong version number')]`` -> the reasons."""
+    if isinstance(exc, SSL.SysCallError):
+        return "the connection was reset" if exc.args and exc.args[0] != -1 else "unexpected end of the connection"
+    if exc.args and isinstance(exc.args[0], list):
+        reasons = [str(entry[-1]) for entry in exc.args[0] if isinstance(entry, tuple) and entry]
+        if reasons:
+            return "; ".join(dict.fromkeys(reasons))
+    return str(exc) or type(exc).__name__
+
+
+def _plaintext_hint(first: bytes) -> str:
+    """When the 'TLS' server answered in plain text, say which protocol it speaks and what to do."""
+    if not first or first[:1] in {b"\x15", b"\x16"}:
+        return ""
+    line = first.split(b"\n", 1)[0].decode("ascii", "replace").strip()
+    if first.startswith(b"HTTP/"):
+        return f" (the server speaks HTTP: {line!r})"
+    if first.startswith((b"220", b"* OK", b"+OK", b'"IMPLEMENTATION"')):
+        return (f" (the server answered in plain text, {line!r}: this port uses STARTTLS; "
+                "try smtp://, imap://, pop3://, sieve:// or --starttls)")
+    return f" (the server answered with non-TLS data {first[:16]!r})"
+
+
+def _ehlo_name(writer: asyncio.StreamWriter) -> str:
+    """Our own address as an RFC 5321 §4.1.3 address literal: always valid, reveals nothing new."""
+    sockname = writer.get_extra_info("sockname")
+    if not sockname:
+        return "[127.0.0.1]"
+    host = str(sockname[0])
+    return f"[IPv6:{host}]" if ":" in host else f"[{host}]"
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+async def probe_target(target: Target, options: ProbeOptions, *, now: datetime,
+                       address: str | None = None) -> ProbeResult:
+    """Probe one endpoint (at ``address`` instead of resolving its host, when given)."""
+    return await Prober(options, now=now).probe(target, address=address)
+
+
+async def probe_many(targets: Sequence[Target], options: ProbeOptions, *, now: datetime,
+                     concurrency: int = 50) -> list[ProbeResult]:
+    """Probe concurrently, at most ``concurrency`` at a time; results in input order."""
+    prober = Prober(options, now=now)
+    semaphore = asyncio.Semaphore(max(1, concurrency))
+
+    async def one(target: Target) -> ProbeResult:
+        async with semaphore:
+            return await prober.probe(target)
+
+    return list(await asyncio.gather(*(one(target) for target in targets)))
+
+
+def probe_sync(targets: Sequence[Target], options: ProbeOptions, *, now: datetime,
+               concurrency: int = 50) -> list[ProbeResult]:
+    """:func:`probe_many` for callers without an event loop (the CLI, the verifier after a reload)."""
+    return asyncio.run(probe_many(targets, options, now=now, concurrency=concurrency))

@@ -1,0 +1,249 @@
+"""What a served chain means, given ``now``: pure functions from certificates to findings.
+
+No IO and no clock: the engine hands in the DER chain the server sent, the trust anchors and ``now``, and
+gets back summaries and findings.  That keeps every judgement testable with hand-made certificates and lets
+the engine cache the result per distinct chain (the expensive part: parsing and path validation).
+
+Thresholds for short-lived certificates
+    A fixed "warn at 21 days, critical at 7" makes no sense for a 6-day certificate (it would be WARNING from
+    birth).  When a certificate's lifetime is shorter than three times the warning threshold, both thresholds
+    are scaled by ``lifetime / (3 * warning_days)``: with the defaults, a certificate of lifetime L < 63 days
+    warns when L/3 is left and is critical when L/9 is left (a 6-day certificate: 2 days and 16 hours; a
+    45-day one: 15 and 5 days).  Longer-lived certificates use the thresholds as given.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
+
+from certkeeper import pki
+from certkeeper.probe.result import (
+    CERTIFICATE_EXPIRED,
+    CERTIFICATE_EXPIRING,
+    CERTIFICATE_HOST_MISMATCH,
+    CERTIFICATE_NOT_TRUSTED,
+    CERTIFICATE_NOT_YET_VALID,
+    CHAIN_INCOMPLETE,
+    SELF_SIGNED,
+    SERVED_CERTIFICATE_STALE,
+    WEAK_KEY,
+    CertificateSummary,
+    Finding,
+    Severity,
+)
+
+_DAY = 86400.0
+# Below three times the warning threshold, thresholds scale with the lifetime (see the module docstring).
+SHORT_LIVED_FACTOR = 3.0
+
+
+@dataclass(frozen=True)
+class ChainJudgement:
+    """Everything that depends on the served certificates only; cached per distinct chain and name."""
+
+    chain: tuple[CertificateSummary, ...]
+    findings: tuple[Finding, ...]
+    chain_valid: bool
+    hostname_valid: bool
+
+
+def thresholds_for(lifetime_days: float, warning_days: float, critical_days: float) -> tuple[float, float]:
+    """(warning, critical) days for a certificate of this lifetime; scaled down for short-lived ones."""
+    if warning_days > 0 and 0 < lifetime_days < SHORT_LIVED_FACTOR * warning_days:
+        scale = lifetime_days / (SHORT_LIVED_FACTOR * warning_days)
+        return warning_days * scale, critical_days * scale
+    return warning_days, critical_days
+
+
+def summarize(certificate: x509.Certificate, *, now: datetime, warning_days: float,
+              critical_days: float) -> CertificateSummary:
+    not_before, not_after = pki.not_before(certificate), pki.not_after(certificate)
+    warning, critical = thresholds_for((not_after - not_before).total_seconds() / _DAY, warning_days, critical_days)
+    return CertificateSummary(
+        subject=pki.common_name(certificate.subject),
+        issuer=pki.common_name(certificate.issuer),
+        serial=pki.serial_hex(certificate),
+        not_before=not_before,
+        not_after=not_after,
+        days_left=round((not_after - now).total_seconds() / _DAY, 3),
+        fingerprint_sha256=pki.fingerprint(certificate),
+        subject_alternative_names=tuple(pki.subject_alternative_names(certificate)),
+        key_type=pki.key_type_of(certificate.public_key()),  # type: ignore[arg-type]
+        warning_days=round(warning, 3),
+        critical_days=round(critical, 3),
+    )
+
+
+def describe(summary: CertificateSummary) -> str:
+    """``'mail.example.org' from 'R11' valid until 2027-02-01 (expires in 64 days)``, as the Nagios line says it."""
+    until = summary.not_after.strftime("%Y-%m-%d %H:%M UTC")
+    return f"'{summary.subject}' from '{summary.issuer}' valid until {until} (expires in {_days(summary.days_left)})"
+
+
+def _days(days: float) -> str:
+    if abs(days) >= 2:
+        return f"{int(days)} days"
+    hours = days * 24
+    return f"{hours:.0f} hours" if abs(hours) >= 1 else f"{days * 1440:.0f} minutes"
+
+
+def hostname_matches(names: Sequence[str], hostname: str) -> bool:
+    """RFC 6125 §6.4: exact DNS name or a left-most ``*`` label; IP addresses compare as addresses."""
+    try:
+        address = ipaddress.ip_address(hostname.strip("[]"))
+    except ValueError:
+        return not pki.names_cover(list(names), [hostname.rstrip(".")])
+    for name in names:
+        try:
+            if ipaddress.ip_address(name) == address:
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+def judge_chain(
+    certificates: Sequence[x509.Certificate],
+    *,
+    hostname: str,
+    roots: Sequence[x509.Certificate],
+    trust_source: str,
+    now: datetime,
+    warning_days: float,
+    critical_days: float,
+) -> ChainJudgement:
+    """Judge the chain a server sent (leaf first): dates, key strength, name, trust and completeness."""
+    summaries = tuple(
+        summarize(c, now=now, warning_days=warning_days, critical_days=critical_days) for c in certificates
+    )
+    leaf, rest = certificates[0], list(certificates[1:])
+    findings: list[Finding] = []
+    dated = False
+    for index, (certificate, summary) in enumerate(zip(certificates, summaries, strict=True)):
+        if index > 0 and pki.is_self_signed(certificate):
+            continue  # a root sent along is ignored by clients: they use their own copy of the anchor
+        finding = _date_finding(summary, index, now)
+        if finding is not None:
+            findings.append(finding)
+            dated = dated or finding.code != CERTIFICATE_EXPIRING
+        findings.extend(_strength_findings(certificate, summary, index))
+
+    hostname_valid = hostname_matches(summaries[0].subject_alternative_names, hostname)
+    if not hostname_valid:
+        names = ", ".join(summaries[0].subject_alternative_names) or "no subject alternative names"
+        findings.append(Finding(CERTIFICATE_HOST_MISMATCH, "CRITICAL",
+                                f"the certificate names {names}, not {hostname!r}"))
+
+    check = pki.verify_chain(leaf, rest, roots, at=now)
+    if not check.valid:
+        trust = _trust_finding(certificates, summaries, roots, trust_source, check.error, now, dated)
+        if trust is not None:
+            findings.append(trust)
+    return ChainJudgement(summaries, tuple(findings), check.valid, hostname_valid)
+
+
+def _date_finding(summary: CertificateSummary, index: int, now: datetime) -> Finding | None:
+    what = "the certificate" if index == 0 else f"chain certificate #{index + 1}"
+    who = f"{what} '{summary.subject}' from '{summary.issuer}'"
+    if now < summary.not_before:
+        return Finding(CERTIFICATE_NOT_YET_VALID, "CRITICAL",
+                       f"{who} is not valid before {summary.not_before:%Y-%m-%d %H:%M} UTC")
+    if now >= summary.not_after:
+        return Finding(CERTIFICATE_EXPIRED, "CRITICAL",
+                       f"{who} expired on {summary.not_after:%Y-%m-%d %H:%M} UTC ({_days(-summary.days_left)} ago)")
+    if summary.days_left <= summary.critical_days or summary.days_left <= summary.warning_days:
+        severity: Severity = "CRITICAL" if summary.days_left <= summary.critical_days else "WARNING"
+        return Finding(CERTIFICATE_EXPIRING, severity,
+                       f"{who} expires in {_days(summary.days_left)} ({summary.not_after:%Y-%m-%d %H:%M} UTC)")
+    return None
+
+
+_WEAK_HASHES: dict[str, Severity] = {"md5": "CRITICAL", "sha1": "WARNING"}
+
+
+def _strength_findings(certificate: x509.Certificate, summary: CertificateSummary, index: int) -> list[Finding]:
+    what = "the certificate" if index == 0 else f"chain certificate #{index + 1} '{summary.subject}'"
+    findings = []
+    key = certificate.public_key()
+    if isinstance(key, rsa.RSAPublicKey | dsa.DSAPublicKey) and key.key_size < 2048:
+        findings.append(Finding(WEAK_KEY, "CRITICAL", f"{what} has a {key.key_size}-bit key (at least 2048 needed)"))
+    elif isinstance(key, ec.EllipticCurvePublicKey) and key.curve.key_size < 256:
+        findings.append(Finding(WEAK_KEY, "CRITICAL", f"{what} uses the weak curve {key.curve.name}"))
+    algorithm = certificate.signature_hash_algorithm
+    if isinstance(algorithm, hashes.HashAlgorithm) and algorithm.name in _WEAK_HASHES:
+        findings.append(Finding(WEAK_KEY, _WEAK_HASHES[algorithm.name],
+                                f"{what} is signed with {algorithm.name.upper()}, which clients reject"))
+    return findings
+
+
+def _trust_finding(
+    certificates: Sequence[x509.Certificate],
+    summaries: Sequence[CertificateSummary],
+    roots: Sequence[x509.Certificate],
+    trust_source: str,
+    error: str,
+    now: datetime,
+    dated: bool,
+) -> Finding | None:
+    """Why the chain does not verify, as one finding; None when the dates alone explain it."""
+    leaf = certificates[0]
+    if dated:
+        # Dates already have their finding; ask whether the chain would verify when every certificate is
+        # valid, so an expired certificate from a trusted CA is not also called "not trusted".
+        moment = max(s.not_before for s in summaries) + timedelta(seconds=1)
+        if moment < min(s.not_after for s in summaries) and pki.verify_chain(
+            leaf, list(certificates[1:]), roots, at=moment
+        ).valid:
+            return None
+    root_fingerprints = {pki.fingerprint(root) for root in roots}
+    if pki.is_self_signed(leaf) and summaries[0].fingerprint_sha256 not in root_fingerprints:
+        return Finding(SELF_SIGNED, "CRITICAL",
+                       f"the certificate '{summaries[0].subject}' is self-signed and not in {trust_source}")
+    # Incomplete: the leaf's issuer is neither served nor a trust anchor.  When intermediates are served but
+    # lead to an unknown root, the CA is what is not trusted (a missing root is never the server's job).
+    root_subjects = {root.subject for root in roots}
+    if _last_served_issuer(certificates) is leaf and leaf.issuer not in root_subjects:
+        missing = pki.common_name(leaf.issuer)
+        return Finding(CHAIN_INCOMPLETE, "CRITICAL",
+                       f"the server does not send the intermediate certificate '{missing}' that issued "
+                       f"'{summaries[0].subject}' (or that CA is not in {trust_source}); clients that do not fetch "
+                       f"missing intermediates cannot verify it: serve the full chain (fullchain.pem)")
+    return Finding(CERTIFICATE_NOT_TRUSTED, "CRITICAL", f"the chain does not verify against {trust_source}: {error}")
+
+
+def _last_served_issuer(certificates: Sequence[x509.Certificate]) -> x509.Certificate:
+    """Follow issuer names from the leaf through the served certificates; the last one reached."""
+    by_subject = {c.subject: c for c in certificates[1:]}
+    current = certificates[0]
+    seen = {id(current)}
+    while current.issuer in by_subject and id(by_subject[current.issuer]) not in seen:
+        current = by_subject[current.issuer]
+        seen.add(id(current))
+    return current
+
+
+def stale_finding(leaf: CertificateSummary, expected: frozenset[str] | None) -> Finding | None:
+    """A managed endpoint that serves something other than what certkeeper installed."""
+    if expected is None or leaf.fingerprint_sha256 in expected:
+        return None
+    return Finding(SERVED_CERTIFICATE_STALE, "CRITICAL",
+                   f"the server still serves {leaf.fingerprint_sha256[:16]}... ('{leaf.subject}', serial "
+                   f"{leaf.serial}), not the installed certificate: reload the service")
+
+
+def problem_message(findings: Sequence[Finding], leaf: CertificateSummary | None) -> str:
+    """The message part of the status line: the problems, worst first, else the certificate's description."""
+    order = {"UNKNOWN": 0, "CRITICAL": 1, "WARNING": 2, "INFO": 3}
+    problems = [f for f in findings if f.severity != "INFO"]
+    if problems:
+        return "; ".join(f"{f.code}: {f.message}" for f in sorted(problems, key=lambda f: order[f.severity]))
+    if leaf is not None:
+        return describe(leaf)
+    return "no certificate received"

@@ -1,0 +1,107 @@
+"""What a probe hands back: plain frozen values that the CLI, the daemon and the verifier all read.
+
+A probe that reached the server and saw a bad certificate still returns a :class:`ProbeResult` (findings are
+data); the result carries the certificate whenever one was received, because monitoring that goes silent
+exactly when a certificate is invalid is the failure operators complain about most.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+from certkeeper.targets import Target
+
+Status = Literal["OK", "WARNING", "CRITICAL", "UNKNOWN"]
+Severity = Literal["INFO", "WARNING", "CRITICAL", "UNKNOWN"]
+KeyTypeChoice = Literal["rsa", "ecdsa", "all"]
+
+# Nagios plugin exit codes (monitoring-plugins development guidelines, "Plugin Return Codes").
+EXIT_CODES: dict[str, int] = {"OK": 0, "WARNING": 1, "CRITICAL": 2, "UNKNOWN": 3}
+_RANK: dict[str, int] = {"INFO": 0, "OK": 0, "WARNING": 1, "CRITICAL": 2, "UNKNOWN": 3}
+
+# The finding codes.  RFC 8460 (SMTP TLS Reporting) result types where one fits, so that an administrator
+# reads the same words here as in the TLS reports other mail systems send them.
+CERTIFICATE_EXPIRED = "certificate-expired"
+CERTIFICATE_EXPIRING = "certificate-expiring"
+CERTIFICATE_NOT_YET_VALID = "certificate-not-yet-valid"
+CERTIFICATE_HOST_MISMATCH = "certificate-host-mismatch"
+CERTIFICATE_NOT_TRUSTED = "certificate-not-trusted"
+CHAIN_INCOMPLETE = "chain-incomplete"
+SELF_SIGNED = "self-signed"
+WEAK_KEY = "weak-key"
+STARTTLS_NOT_SUPPORTED = "starttls-not-supported"
+CONNECTION_FAILED = "connection-failed"
+TIMEOUT = "timeout"
+PROTOCOL_ERROR = "protocol-error"
+TLS_HANDSHAKE_FAILED = "tls-handshake-failed"
+SERVED_CERTIFICATE_STALE = "served-certificate-stale"
+INTERNAL_ERROR = "internal-error"
+
+
+@dataclass(frozen=True)
+class ProbeOptions:
+    """How to probe; one value for a whole run, so TLS contexts and trust anchors are built once."""
+
+    timeout: float = 10.0  # deadline for the whole target (connect, dialogue, every handshake), not per read
+    servername: str | None = None  # SNI and the name to verify; None -> the target's host
+    sni: bool = True  # False: send no SNI, as sending MTAs on port 25 may
+    ca_file: Path | None = None  # trust anchors; None -> the system store
+    warning_days: float = 21
+    critical_days: float = 7
+    key_type: KeyTypeChoice | None = None  # None: whatever the server picks
+    expected_fingerprints: frozenset[str] | None = None  # managed certificates: what should be served
+    verbose: bool = False  # record the protocol transcript
+
+
+@dataclass(frozen=True)
+class Finding:
+    code: str
+    severity: Severity
+    message: str
+
+
+@dataclass(frozen=True)
+class CertificateSummary:
+    subject: str
+    issuer: str
+    serial: str  # lowercase hex
+    not_before: datetime
+    not_after: datetime
+    days_left: float
+    fingerprint_sha256: str  # lowercase hex
+    subject_alternative_names: tuple[str, ...]
+    key_type: str  # "ecdsa-p256", "rsa-2048", ...
+    warning_days: float  # the thresholds that applied to this certificate (scaled when short-lived)
+    critical_days: float
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    target: Target
+    status: Status
+    message: str
+    tls_version: str | None = None
+    cipher: str | None = None
+    chain_valid: bool | None = None
+    hostname_valid: bool | None = None
+    certificate: CertificateSummary | None = None
+    chain: tuple[CertificateSummary, ...] = ()
+    findings: tuple[Finding, ...] = ()
+    elapsed_ms: float = 0.0
+    transcript: tuple[str, ...] = ()
+    served: tuple[CertificateSummary, ...] = ()  # one leaf per key type fetched (two with --key-type all)
+    address: str | None = None  # the IP connected to, when the caller chose it
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.status]
+
+
+def worst_status(severities: list[str] | tuple[str, ...]) -> Status:
+    """The Nagios status a set of findings adds up to: the most severe one; INFO counts as OK."""
+    rank = max((_RANK[s] for s in severities), default=0)
+    statuses: tuple[Status, ...] = ("OK", "WARNING", "CRITICAL", "UNKNOWN")
+    return statuses[rank]
