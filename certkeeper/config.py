@@ -358,7 +358,7 @@ def _parse_ca_issuer(name: str, t: _Table) -> CaIssuerConfig:
     issuer = CaIssuerConfig(
         name=name,
         ca_dir=ca_dir or Path(),
-        lifetime=t.duration("lifetime", d.lifetime, minimum=timedelta(minutes=5)),
+        lifetime=t.duration("lifetime", d.lifetime, minimum=timedelta(seconds=30)),
         ca_key_type=t.choice("ca_key_type", ("ecdsa", "rsa"), "ecdsa"),
         root_lifetime=t.duration("root_lifetime", d.root_lifetime, minimum=timedelta(days=1)),
         intermediate_lifetime=t.duration("intermediate_lifetime", d.intermediate_lifetime,
