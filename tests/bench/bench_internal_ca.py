@@ -1,0 +1,100 @@
+"""Benchmark: InternalCaIssuer.issue against a bare cryptography loop doing the same work.
+
+Run on demand (pytest does not collect it)::
+
+    python tests/bench/bench_internal_ca.py [COUNT]
+
+Both sides generate an ECDSA P-256 key per certificate and sign the same TLS server profile with the same
+ECDSA P-256 intermediate key.  The issuer additionally checks the names against the name constraints, looks
+for a rollover (one stat), and appends the serial to the CA's index.  The goal is at least 0.8x the bare rate:
+the CA's bookkeeping must stay small next to the cryptography.  The two loops alternate certificate by
+certificate, so that CPU frequency changes and noisy neighbours (a shared CI machine) hit both alike.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from certkeeper import pki
+from certkeeper.config import CaIssuerConfig
+from certkeeper.issuers.base import IssueRequest
+from certkeeper.issuers.internal_ca import InternalCaIssuer, init_ca
+from certkeeper.model import KeyType
+
+DOMAINS = ("mail.example.test", "smtp.example.test")
+
+
+def bare_issue(intermediate: x509.Certificate, intermediate_key: pki.PrivateKey, lifetime: timedelta) -> None:
+    """What any script would do with cryptography alone: a key, a certificate, a signature."""
+    key = pki.generate_key(KeyType.ECDSA_P256)
+    now = pki.now_utc()
+    ski = intermediate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, DOMAINS[0])]))
+        .issuer_name(intermediate.subject).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + lifetime)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                                     crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(d) for d in DOMAINS]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
+        .sign(intermediate_key, hashes.SHA256())
+    )
+
+
+def main(count: int = 1000) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        passphrase = Path(tmp) / "ca.pass"
+        passphrase.write_text("benchmark passphrase\n")
+        config = CaIssuerConfig(name="bench", ca_dir=Path(tmp) / "ca", passphrase_file=passphrase,
+                                permitted_domains=("example.test",))
+        init_ca(config, now=pki.now_utc())
+        intermediate = pki.load_certificates((config.ca_dir / "intermediate.pem").read_bytes())[0]
+        intermediate_key = pki.load_key((config.ca_dir / "intermediate.key").read_bytes(), b"benchmark passphrase")
+        issuer = InternalCaIssuer(config)
+        # Warm-up, and the one-time decryption of the intermediate key, outside the timed part.
+        issuer.issue(IssueRequest("bench", DOMAINS, pki.generate_key(KeyType.ECDSA_P256), KeyType.ECDSA_P256))
+        bare_issue(intermediate, intermediate_key, config.lifetime)
+
+        bare_times: list[float] = []
+        issuer_times: list[float] = []
+        for i in range(count):
+            start = time.perf_counter()
+            bare_issue(intermediate, intermediate_key, config.lifetime)
+            middle = time.perf_counter()
+            key = pki.generate_key(KeyType.ECDSA_P256)
+            issuer.issue(IssueRequest(f"bench-{i % 50}", DOMAINS, key, KeyType.ECDSA_P256))
+            issuer_times.append(time.perf_counter() - middle)
+            bare_times.append(middle - start)
+        bare_seconds, issuer_seconds = sum(bare_times), sum(issuer_times)
+        done = count
+        index_lines = (config.ca_dir / "index.jsonl").read_text().count("\n")
+    bare_rate, issuer_rate = done / bare_seconds, done / issuer_seconds
+    ratio = issuer_rate / bare_rate
+    print(f"certificates per loop: {done} (ECDSA P-256 leaf key generated each time, P-256 intermediate signs)")
+    print(f"bare cryptography loop:  {bare_rate:8.0f} certificates/s  ({bare_seconds / done * 1e6:6.0f} us each)")
+    print(f"InternalCaIssuer.issue:  {issuer_rate:8.0f} certificates/s  ({issuer_seconds / done * 1e6:6.0f} us each)")
+    print(f"ratio issuer/bare:       {ratio:8.2f}x  (goal >= 0.80x)  index lines written: {index_lines}")
+    # Medians shrug off the odd descheduling that a total can pick up on a busy machine.
+    bare_median, issuer_median = statistics.median(bare_times), statistics.median(issuer_times)
+    print(f"medians: bare {bare_median * 1e6:.0f} us, issuer {issuer_median * 1e6:.0f} us, "
+          f"ratio {bare_median / issuer_median:.2f}x")
+    return ratio
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main(int(sys.argv[1]) if len(sys.argv) > 1 else 1000) >= 0.8 else 1)
