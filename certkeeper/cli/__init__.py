@@ -15,10 +15,11 @@ import logging
 import pkgutil
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from certkeeper import __version__
 from certkeeper.cli.context import Context
-from certkeeper.errors import EX_SOFTWARE, CertkeeperError
+from certkeeper.errors import EX_SOFTWARE, EX_USAGE, CertkeeperError
 
 DESCRIPTION = """\
 certkeeper keeps the TLS certificates of mail servers valid, installed and served.
@@ -36,8 +37,22 @@ exit status: 0 ok; 1 a renewal, hook or verification failed; 64 usage; 65 bad in
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+class Parser(argparse.ArgumentParser):
+    """argparse, with usage errors exiting 64 (EX_USAGE) instead of 2, or a command's own ``usage_status``.
+
+    ``certkeeper check`` sets 3: monitoring plugins report invalid arguments as UNKNOWN, and 2 means CRITICAL.
+    """
+
+    usage_status = EX_USAGE
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(self.usage_status)
+
+
+def build_parser() -> Parser:
+    parser = Parser(
         prog="certkeeper", description=DESCRIPTION, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -62,7 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        print(f"certkeeper: error: unrecognized arguments: {' '.join(extras)}", file=sys.stderr)
+        status: int = getattr(args, "usage_status", EX_USAGE)  # check's own, set with its defaults
+        return status
     if not getattr(args, "handler", None):
         parser.print_help()
         return 0
@@ -73,8 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     context = Context(config_path=args.config)
     try:
-        status: int = args.handler(args, context)
-        return status
+        result: int = args.handler(args, context)
+        return result
     except CertkeeperError as exc:
         print(f"certkeeper: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 from certkeeper.cli.context import Context
 from certkeeper.targets import STARTTLS_CHOICES, Target, parse_target
@@ -66,13 +66,8 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                         help="deadline for each whole target: connect, dialogue and handshakes (10)")
     parser.add_argument("--concurrency", metavar="N", type=int, default=50, help="targets probed at once (50)")
     parser.add_argument("--json", action="store_true", help="print a JSON array, one object per target")
-    parser.set_defaults(handler=run_check)
-    parser.error = _unknown_on_usage_error
-
-
-def _unknown_on_usage_error(message: str) -> NoReturn:
-    print(f"certkeeper check: {message}", file=sys.stderr)
-    raise SystemExit(EXIT_UNKNOWN)
+    parser.set_defaults(handler=run_check, usage_status=EXIT_UNKNOWN)
+    parser.usage_status = EXIT_UNKNOWN
 
 
 class _BadArguments(Exception):
