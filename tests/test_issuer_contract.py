@@ -31,8 +31,30 @@ def internal_ca(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Issuer,
     return issuer, issuer.trust_anchors()
 
 
-# The ACME issuer's factory (against the test bed's Pebble) is added by the ACME work.
-FACTORIES: dict[str, Factory] = {"internal-ca": internal_ca}
+def acme(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Issuer, Sequence[x509.Certificate]]:
+    """The ACME issuer against the test bed's Pebble (the suite's ``pebble`` fixture, or one started here)."""
+    from datetime import timedelta
+
+    from certkeeper.config import AcmeIssuerConfig
+    from certkeeper.issuers.acme import AcmeIssuer
+    from certkeeper.testbed.bind import Bind
+    from certkeeper.testbed.pebble import Pebble
+
+    try:
+        pebble: Pebble = request.getfixturevalue("pebble")
+    except pytest.FixtureLookupError:
+        bind = Bind(tmp_path / "bind").start()
+        request.addfinalizer(bind.stop)
+        pebble = Pebble(tmp_path / "pebble", bind=bind).start()
+        request.addfinalizer(pebble.stop)
+    config = AcmeIssuerConfig(name="pebble", directory=pebble.directory_url, ca_bundle=pebble.ca_file,
+                              http_address="127.0.0.1", http_port=pebble.http_port, timeout=timedelta(seconds=60))
+    # Pebble's issuing root comes from its management API (it makes a new one at every start).
+    roots = pki.load_certificates(pebble.fetch_issuer_chain())[-1:]
+    return AcmeIssuer(config, tmp_path / "state"), roots
+
+
+FACTORIES: dict[str, Factory] = {"internal-ca": internal_ca, "acme": acme}
 
 DOMAINS = ("mail.example.test", "smtp.example.test")
 

@@ -1,0 +1,663 @@
+"""The ACME issuer (RFC 8555), with renewal information (ARI, RFC 9773): the only importer of acme and josepy.
+
+What the ``acme`` library does not do, this module adds around it, and nowhere else:
+
+- ``replaces`` on newOrder (RFC 9773 section 5): :class:`_NewOrder` extends the library's message with the field,
+  and the order is posted through the client's own ``_post`` (nonce, JWS and ``kid`` stay the library's job).
+  ``profile`` is already a field of the library's ``NewOrder``; it is checked against ``meta.profiles`` first.
+- Resilience (:class:`_ResilientNetwork`): ``badNonce`` retried up to :attr:`RetryPolicy.bad_nonce_retries` times
+  (RFC 8555 section 6.5 says clients should retry; the library retries once), 429/5xx and network errors retried
+  with exponential backoff and jitter or the server's ``Retry-After``, bounded in attempts and in time.
+- Adaptive polling of authorizations and orders: first look after 50 ms, then growing, never earlier than a
+  ``Retry-After`` says (RFC 8555 section 7.5.1); the library sleeps whole seconds.
+
+The retry and polling decisions are pure functions of their inputs (:func:`retry_delay`,
+:func:`next_poll_delay`, :func:`parse_retry_after`, :func:`ari_certificate_id`) and are tested without a server.
+Challenge responders live in :mod:`certkeeper.issuers.challenges`, which knows nothing of ACME.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import random
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import josepy as jose
+import requests
+from acme import client as acme_client
+from acme import errors as acme_errors
+from acme import messages
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from certkeeper import __version__, pki
+from certkeeper.config import AcmeIssuerConfig
+from certkeeper.errors import CaUnavailable, IssuanceError, UsageError
+from certkeeper.issuers.base import IssuedCertificate, IssueRequest, RenewalWindow
+from certkeeper.issuers.challenges import (
+    ChallengeAnswer,
+    ChallengeFailed,
+    HookDns01,
+    Responder,
+    Rfc2136Dns01,
+    StandaloneHttp01,
+    WebrootHttp01,
+    parse_tsig_key,
+    read_secret_file,
+)
+
+log = logging.getLogger("certkeeper.issuers.acme")
+T = TypeVar("T")
+
+# RFC 5280 section 5.3.1 CRLReason codes that ACME CAs accept (Let's Encrypt refuses the others).
+REVOCATION_REASONS = {"unspecified": 0, "keyCompromise": 1, "affiliationChanged": 3, "superseded": 4,
+                      "cessationOfOperation": 5}
+_TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
+_ARI_DEFAULT_RETRY = timedelta(hours=6)  # RFC 9773 section 4.3.3, when the server sends no Retry-After
+
+
+# -- pure decisions -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounds of the retries of one request: attempts, backoff, and total seconds (``budget``)."""
+
+    attempts: int = 6
+    base: float = 0.2
+    cap: float = 10.0
+    budget: float = 60.0
+    bad_nonce_retries: int = 20  # at a 50 % rejection rate, 21 failures in a row: one in two million
+
+
+def parse_retry_after(value: str | None, now: datetime) -> float | None:
+    """Seconds from ``now`` named by a Retry-After header (delay-seconds or HTTP-date, RFC 9110 10.2.3)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - now).total_seconds())
+
+
+def retry_delay(policy: RetryPolicy, attempt: int, elapsed: float, retry_after: float | None,
+                jitter: float) -> float | None:
+    """Seconds to wait before retry number ``attempt`` (1-based), or None to give up.
+
+    The server's ``Retry-After`` wins over the backoff; ``jitter`` in [0, 1) spreads the backoff over its upper
+    half so that many clients failing together do not come back together.
+    """
+    if attempt >= policy.attempts:
+        return None
+    if retry_after is not None:
+        delay = retry_after
+    else:
+        delay = min(policy.cap, policy.base * 2 ** (attempt - 1)) * (0.5 + jitter / 2)
+    if elapsed + delay > policy.budget:
+        return None
+    return delay
+
+
+def next_poll_delay(previous: float, retry_after: float | None) -> float:
+    """The wait before the next look at a pending authorization or order.
+
+    CAs often finish in milliseconds, so polling starts at 50 ms and grows by half each time up to 3 s; a
+    ``Retry-After`` from the server is honoured (RFC 8555 section 7.5.1: it says when to look again).
+    """
+    grown = min(previous * 1.5, 3.0)
+    return retry_after if retry_after is not None else grown
+
+
+def ari_certificate_id(certificate: x509.Certificate) -> str:
+    """RFC 9773 section 4.1: base64url(AKI keyIdentifier) "." base64url(serial number's DER content octets)."""
+    try:
+        aki = certificate.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
+    except x509.ExtensionNotFound:
+        aki = None
+    if not aki:
+        raise ValueError("the certificate has no authority key identifier; the CA cannot be asked about it")
+    serial = certificate.serial_number
+    serial_der = serial.to_bytes(serial.bit_length() // 8 + 1, "big")  # two's complement: a leading 0 if needed
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    return f"{b64(aki)}.{b64(serial_der)}"
+
+
+_PROBLEM_WORDS = {
+    "connection": "the CA could not connect to the server to fetch the answer",
+    "unauthorized": "the CA did not get the expected answer",
+    "incorrectResponse": "the CA got a wrong answer",
+    "dns": "the CA's DNS lookup failed",
+    "caa": "a CAA record of the domain does not allow this CA to issue",
+    "rejectedIdentifier": "the CA will not issue for this name",
+    "tls": "the TLS connection of the validation failed",
+}
+
+
+def describe_validation_failure(problem_type: str, detail: str, challenge_type: str, identifier: str,
+                                http_port: int) -> str:
+    """A failed validation in a mail administrator's words: what the CA saw, and where to look."""
+    short = problem_type.rsplit(":", 1)[-1]
+    if challenge_type == "http-01":
+        advice = (f"check that http://{identifier.removeprefix('*.')}:{http_port}/.well-known/acme-challenge/ "
+                  f"reaches this host from the internet (firewall, NAT, another web server on the port)")
+    else:
+        advice = (f"check that the TXT record _acme-challenge.{identifier.removeprefix('*.')} is published on "
+                  f"every authoritative server of the zone")
+    words = _PROBLEM_WORDS.get(short, "validation failed")
+    return f"{challenge_type} validation failed: {words}: {detail} [{short}]; {advice}"
+
+
+# -- the network: retries around the library's ClientNetwork ---------------------------------------------------
+
+
+class _Transient(Exception):
+    def __init__(self, reason: str, retry_after: float | None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class _Unreachable(Exception):
+    """Retries exhausted; becomes :class:`CaUnavailable` once the issuer and certificate are known."""
+
+    def __init__(self, url: str, reason: str, retry_after: float | None) -> None:
+        super().__init__(f"{url}: {reason}")
+        self.url = url
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class _ResilientNetwork(acme_client.ClientNetwork):
+    """The library's JWS/nonce handling, with bounded retries and a thread-safe nonce pool.
+
+    ``verify`` is the configured CA bundle as a path: requests then ignores ``REQUESTS_CA_BUNDLE`` from the
+    environment, which must not decide whom certkeeper trusts.
+    """
+
+    def __init__(self, key: jose.jwk.JWK, *, ca_bundle: Path | None, timeout: float, policy: RetryPolicy,
+                 sleep: Callable[[float], None] = time.sleep, rng: Callable[[], float] = random.random) -> None:
+        # verify_ssl is passed to requests as ``verify``, which takes a CA bundle path as well as a bool.
+        super().__init__(key, alg=jose.jwa.ES256, verify_ssl=str(ca_bundle) if ca_bundle else True,  # type: ignore[arg-type]
+                         user_agent=f"certkeeper/{__version__}", timeout=int(min(timeout, 60)))
+        self.policy = policy
+        self._sleep = sleep
+        self._rng = rng
+        self._nonce_lock = threading.RLock()
+        self._seen_nonces: dict[str, None] = {}
+
+    def _send_request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:
+        try:
+            response: requests.Response = super()._send_request(method, url, *args, **kwargs)
+        except requests.exceptions.SSLError as exc:
+            # Not transient: the CA's certificate is not trusted; retrying changes nothing.
+            raise _Unreachable(url, f"its TLS certificate was not accepted ({exc.__context__ or exc}); check "
+                                    f"ca_bundle", None) from None
+        except requests.RequestException as exc:
+            raise _Transient(f"{type(exc).__name__}: {exc}", None) from None
+        if self.REPLAY_NONCE_HEADER in response.headers:
+            # Every response carries a fresh nonce, errors too (RFC 8555 section 6.5): keep it.
+            with contextlib.suppress(acme_errors.BadNonce):
+                self._add_nonce(response)
+        if response.status_code in _TRANSIENT_STATUSES:
+            reason = f"HTTP {response.status_code}"
+            with contextlib.suppress(ValueError):
+                problem = response.json()
+                reason += f" {problem.get('type', '')}: {problem.get('detail', '')}"
+            raise _Transient(reason, parse_retry_after(response.headers.get("Retry-After"), pki.now_utc()))
+        return response
+
+    @classmethod
+    def _check_response(cls, response: requests.Response, content_type: str | None = None) -> requests.Response:
+        # The library turns every 409 into a bare ConflictError and drops the problem document; RFC 8555 CAs
+        # answer 409 with a problem (e.g. a certificate that already has a replacement, RFC 9773 section 5).
+        if response.status_code == 409:
+            with contextlib.suppress(ValueError, jose.errors.DeserializationError):
+                raise messages.Error.from_json(response.json())
+        checked: requests.Response = super()._check_response(response, content_type=content_type)
+        return checked
+
+    def _with_retries(self, url: str, call: Callable[[], T]) -> T:
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            try:
+                return call()
+            except _Transient as transient:
+                attempt += 1
+                delay = retry_delay(self.policy, attempt, time.monotonic() - started, transient.retry_after,
+                                    self._rng())
+                if delay is None:
+                    raise _Unreachable(url, transient.reason, transient.retry_after) from None
+                log.info("ACME request to %s failed (%s); retry %d in %.2f s", url, transient.reason, attempt, delay)
+                self._sleep(delay)
+
+    def get(self, url: str, *args: Any, **kwargs: Any) -> requests.Response:
+        return self._with_retries(url, lambda: super(_ResilientNetwork, self).get(url, *args, **kwargs))
+
+    def head(self, url: str, *args: Any, **kwargs: Any) -> requests.Response:
+        return self._with_retries(url, lambda: super(_ResilientNetwork, self).head(url, *args, **kwargs))
+
+    def post(self, url: str, obj: Any, **kwargs: Any) -> requests.Response:
+        def signed_once() -> requests.Response:
+            for retry in range(self.policy.bad_nonce_retries + 1):
+                try:
+                    response: requests.Response = self._post_once(url, obj, **kwargs)
+                    return response
+                except messages.Error as error:
+                    if error.code != "badNonce" or retry == self.policy.bad_nonce_retries:
+                        raise
+                    log.debug("badNonce from %s, signing again with a fresh nonce", url)
+            raise AssertionError("unreachable")
+
+        return self._with_retries(url, signed_once)
+
+    def _add_nonce(self, response: requests.Response) -> None:
+        nonce = response.headers.get(self.REPLAY_NONCE_HEADER)
+        if nonce is None:
+            raise acme_errors.MissingNonce(response)
+        with self._nonce_lock:
+            # Seen before (kept from an error answer, then offered again by the library): using it twice
+            # would only earn a badNonce.
+            if nonce in self._seen_nonces:
+                return
+            self._seen_nonces[nonce] = None
+            if len(self._seen_nonces) > 1000:
+                del self._seen_nonces[next(iter(self._seen_nonces))]
+            super()._add_nonce(response)
+
+    def _get_nonce(self, url: str, new_nonce_url: str | None) -> str:
+        # The library checks for an empty pool, then pops: two threads can both pass the check.
+        while True:
+            with self._nonce_lock:
+                if self._nonces:
+                    nonce: str = self._nonces.pop()
+                    return nonce
+            response = self.head(new_nonce_url or url)
+            self._check_response(response, content_type=None)
+            if self.REPLAY_NONCE_HEADER not in response.headers:
+                raise acme_errors.MissingNonce(response)
+
+
+# -- account and order ----------------------------------------------------------------------------------------
+
+
+class _NewOrder(messages.NewOrder):
+    """newOrder with ARI's ``replaces`` (RFC 9773 section 5), which the acme library does not know."""
+
+    replaces: str | None = jose.json_util.field("replaces", omitempty=True)
+
+
+class _Directory:
+    """One ACME server as this issuer talks to it: network, directory, account (stored under ``home``)."""
+
+    def __init__(self, url: str, config: AcmeIssuerConfig, home: Path) -> None:
+        self.url = url
+        self.config = config
+        self.home = home
+        self.policy = RetryPolicy(budget=config.timeout.total_seconds())
+        self.key = jose.jwk.JWKEC(key=_load_or_create_account_key(home / "account.key"))
+        self.net = self._network()
+        try:
+            self.raw = self.net.get(url).json()
+        except ValueError:
+            raise _Unreachable(url, "the answer is not an ACME directory (not JSON)", None) from None
+        self.client = acme_client.ClientV2(messages.Directory.from_json(self.raw), self.net)
+        self._lock = threading.Lock()
+
+    def _network(self) -> _ResilientNetwork:
+        return _ResilientNetwork(self.key, ca_bundle=self.config.ca_bundle,
+                                 timeout=self.config.timeout.total_seconds(), policy=self.policy)
+
+    @property
+    def profiles(self) -> dict[str, str]:
+        profiles = self.raw.get("meta", {}).get("profiles") or {}
+        return dict(profiles) if isinstance(profiles, dict) else {}
+
+    def ensure_account(self) -> None:
+        with self._lock:
+            if self.net.account is not None:
+                return
+            stored = self.home / "account.json"
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                uri = json.loads(stored.read_text())["uri"]
+                self.net.account = messages.RegistrationResource(uri=uri, body=messages.Registration())
+                return
+            self._register()
+
+    def with_account(self, call: Callable[[], T]) -> T:
+        """Run ``call``; if the CA forgot the account (``accountDoesNotExist``), register again, once."""
+        self.ensure_account()
+        used = self.net.account.uri if self.net.account is not None else None
+        try:
+            return call()
+        except messages.Error as error:
+            if error.code != "accountDoesNotExist":
+                raise
+        with self._lock:
+            if self.net.account is not None and self.net.account.uri == used:
+                log.warning("the ACME account %s no longer exists at %s (the CA was reset, or the account was "
+                            "deleted); registering a new account", used, self.url)
+                self._register()
+        return call()
+
+    def _register(self) -> None:
+        meta = self.client.directory.meta
+        binding = None
+        if self.config.eab_kid and self.config.eab_hmac_key_file:
+            hmac_key = read_secret_file(self.config.eab_hmac_key_file, "the external account binding HMAC key")
+            binding = messages.ExternalAccountBinding.from_data(
+                account_public_key=self.key.public_key(), kid=self.config.eab_kid, hmac_key=hmac_key,
+                directory=self.client.directory)
+        elif meta.external_account_required:
+            raise ChallengeFailed("the CA requires external account binding: set eab_kid and eab_hmac_key_file "
+                                  "to the key ID and HMAC key the CA gave you")
+        registration = messages.NewRegistration(
+            contact=tuple(self.config.contact), terms_of_service_agreed=True, external_account_binding=binding)
+        # A network without an account: newAccount must carry the key, not a kid (RFC 8555 section 6.2), and
+        # other threads keep signing with the old kid meanwhile.
+        registrar = acme_client.ClientV2(self.client.directory, self._network())
+        try:
+            account = registrar.new_account(registration)
+            uri = account.uri
+        except acme_errors.ConflictError as existing:  # the key is registered already (RFC 8555 7.3.1)
+            uri = existing.location
+        self.net.account = messages.RegistrationResource(uri=uri, body=messages.Registration())
+        _write_private(self.home / "account.json", json.dumps({"directory": self.url, "uri": uri}).encode())
+        log.info("registered ACME account %s at %s", uri, self.url)
+
+
+def _load_or_create_account_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    """The account key, created on first use: P-256, PEM, mode 0600, never replaced once written."""
+    with contextlib.suppress(FileNotFoundError):
+        key = serialization.load_pem_private_key(path.read_bytes(), None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ChallengeFailed(f"{path}: the ACME account key is not an ECDSA key")
+        return key
+    key = ec.generate_private_key(ec.SECP256R1())
+    _write_private(path, pki.key_to_pem(key), exclusive=True)
+    loaded = serialization.load_pem_private_key(path.read_bytes(), None)  # a concurrent first use may have won
+    assert isinstance(loaded, ec.EllipticCurvePrivateKey)
+    return loaded
+
+
+def _write_private(path: Path, data: bytes, *, exclusive: bool = False) -> None:
+    """Write via a 0600 temporary file; ``exclusive`` keeps an existing file (link fails instead of replacing)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")  # mkstemp creates it 0600
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if exclusive:
+            with contextlib.suppress(FileExistsError):
+                os.link(temporary, path)
+        else:
+            os.replace(temporary, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+
+
+# -- the issuer -----------------------------------------------------------------------------------------------
+
+
+class AcmeIssuer:
+    """Certificates from an RFC 8555 CA; renewal windows from its ARI; revocation."""
+
+    def __init__(self, config: AcmeIssuerConfig, state_dir: Path,
+                 clock: Callable[[], datetime] = pki.now_utc) -> None:
+        self.name = config.name
+        self.config = config
+        self.state_dir = state_dir
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._directories: dict[str, _Directory] = {}
+
+    # -- Issuer ------------------------------------------------------------------------------------------------
+
+    def issue(self, request: IssueRequest) -> IssuedCertificate:
+        url = self._directory_url(request)
+        csr = pki.make_csr(request.key, request.domains).public_bytes(serialization.Encoding.PEM)
+        deadline = time.monotonic() + self.config.timeout.total_seconds()
+        replaces = self._certificate_id(request.replaces, request.certificate) if request.replaces else None
+        with self._translated(request.certificate, url):
+            directory = self._directory(url)
+            order = directory.with_account(lambda: self._new_order(directory, request, csr, replaces))
+            log.info("certificate %r: order %s for %s%s", request.certificate, order.uri, ", ".join(request.domains),
+                     f" replacing {replaces}" if replaces else "")
+            self._authorize(directory, order, request.certificate, deadline)
+            fullchain = self._finalize(directory, order, request.certificate, deadline)
+        leaf, chain = pki.split_fullchain(fullchain.encode())
+        return IssuedCertificate(certificate=leaf, chain=tuple(chain))
+
+    def trust_anchors(self) -> Sequence[x509.Certificate]:
+        """Empty: the system store.  ``ca_bundle`` trusts the CA's HTTPS, not what it issues."""
+        return ()
+
+    # -- RenewalInfoSource -------------------------------------------------------------------------------------
+
+    def renewal_window(self, certificate: x509.Certificate, now: datetime) -> RenewalWindow | None:
+        """The CA's suggested window (RFC 9773 section 4.2), or None when the directory has no renewalInfo.
+
+        An expired certificate is not asked about (RFC 9773 section 4.2): its window is its expiry, due now.
+        """
+        label = f"serial {pki.serial_hex(certificate)}"
+        certificate_id = self._certificate_id(certificate, label)
+        with self._translated(label, self.config.directory):
+            directory = self._directory(self.config.directory)
+            base = directory.raw.get("renewalInfo")
+            if not base:
+                return None
+            if pki.not_after(certificate) <= now:
+                return RenewalWindow(start=pki.not_after(certificate), end=pki.not_after(certificate),
+                                     retry_after=now + _ARI_DEFAULT_RETRY)
+            response = directory.net.get(f"{base.rstrip('/')}/{certificate_id}")
+            info = response.json()
+            window = info["suggestedWindow"]
+            retry = parse_retry_after(response.headers.get("Retry-After"), now)
+            # RFC 9773 section 4.3: honour Retry-After, within sane bounds (a minute, a day).
+            retry_after = now + (timedelta(seconds=min(max(retry, 60.0), 86400.0)) if retry is not None
+                                 else _ARI_DEFAULT_RETRY)
+            return RenewalWindow(start=datetime.fromisoformat(window["start"].replace("Z", "+00:00")),
+                                 end=datetime.fromisoformat(window["end"].replace("Z", "+00:00")),
+                                 retry_after=retry_after, explanation_url=info.get("explanationURL"))
+
+    # -- Revoker -----------------------------------------------------------------------------------------------
+
+    def revoke(self, certificate: x509.Certificate, reason: str) -> None:
+        """Revoke with the account that ordered it (RFC 8555 section 7.6); ``reason`` is a CRLReason name."""
+        if reason not in REVOCATION_REASONS:
+            raise UsageError(f"unknown revocation reason {reason!r}; use one of {', '.join(REVOCATION_REASONS)}")
+        label = f"serial {pki.serial_hex(certificate)}"
+        with self._translated(label, self.config.directory):
+            directory = self._directory(self.config.directory)
+            directory.with_account(lambda: directory.client.revoke(certificate, REVOCATION_REASONS[reason]))
+
+    # -- the order, step by step -------------------------------------------------------------------------------
+
+    def _directory_url(self, request: IssueRequest) -> str:
+        if not request.dry_run:
+            return self.config.directory
+        if not self.config.staging_directory:
+            raise IssuanceError(self.name, request.certificate,
+                                "a dry run needs staging_directory in the issuer's configuration")
+        return self.config.staging_directory
+
+    def _directory(self, url: str) -> _Directory:
+        with self._lock:
+            found = self._directories.get(url)
+            if found is None:
+                host = urlsplit(url).hostname or "ca"
+                digest = hashlib.sha256(url.encode()).hexdigest()[:12]
+                # One folder per directory URL: a staging account must never be used against production.
+                home = self.state_dir / "accounts" / self.name / f"{host}-{digest}"
+                found = self._directories[url] = _Directory(url, self.config, home)
+            return found
+
+    def _certificate_id(self, certificate: x509.Certificate, label: str) -> str:
+        try:
+            return ari_certificate_id(certificate)
+        except ValueError as exc:
+            raise IssuanceError(self.name, label, str(exc)) from None
+
+    def _new_order(self, directory: _Directory, request: IssueRequest, csr: bytes,
+                   replaces: str | None) -> messages.OrderResource:
+        profile = self.config.profile
+        if profile and profile not in directory.profiles:
+            offered = ", ".join(sorted(directory.profiles)) or "none"
+            raise IssuanceError(self.name, request.certificate,
+                                f"the CA at {directory.url} does not offer the profile {profile!r} "
+                                f"(it offers: {offered}); change or remove profile in the issuer's configuration")
+        order = _NewOrder(
+            identifiers=[messages.Identifier(typ=messages.IDENTIFIER_FQDN, value=d) for d in request.domains],
+            profile=profile or None,
+            replaces=replaces,
+        )
+        client = directory.client
+        response = client._post(client.directory["newOrder"], order)
+        body = messages.Order.from_json(response.json())
+        authorizations = [client._authzr_from_response(client._post_as_get(url), uri=url)
+                          for url in body.authorizations]
+        return messages.OrderResource(body=body, uri=response.headers.get("Location"),
+                                      authorizations=authorizations, csr_pem=csr)
+
+    def _responder(self) -> Responder:
+        c = self.config
+        if c.challenge == "http-01":
+            return WebrootHttp01(c.webroot) if c.webroot else StandaloneHttp01(c.http_address, c.http_port)
+        if c.dns_hook:
+            return HookDns01(c.dns_hook, c.dns_timeout.total_seconds())
+        if not (c.dns_server and c.tsig_key_file):
+            raise ChallengeFailed("dns-01 needs dns_server and tsig_key_file, or dns_hook")
+        key = parse_tsig_key(read_secret_file(c.tsig_key_file, "the TSIG key"), str(c.tsig_key_file))
+        return Rfc2136Dns01(c.dns_server, key, zone=c.dns_zone, timeout=c.dns_timeout.total_seconds())
+
+    def _authorize(self, directory: _Directory, order: messages.OrderResource, certificate: str,
+                   deadline: float) -> None:
+        responder = self._responder()
+        pending: list[tuple[messages.AuthorizationResource, messages.ChallengeBody, ChallengeAnswer]] = []
+        for authorization in order.authorizations:
+            body = authorization.body
+            if body.status == messages.STATUS_VALID:
+                continue  # reused from an earlier order (RFC 8555 section 7.1.4)
+            name = ("*." if body.wildcard else "") + body.identifier.value
+            offered = [c for c in body.challenges if c.chall.typ == responder.challenge_type]
+            if not offered:
+                kinds = ", ".join(c.chall.typ for c in body.challenges) or "none"
+                why = "; wildcard names need dns-01" if body.wildcard else ""
+                raise IssuanceError(self.name, certificate, f"the CA offers no {responder.challenge_type} "
+                                    f"challenge (only {kinds}){why}", identifier=name)
+            challenge = offered[0]
+            answer = ChallengeAnswer(identifier=name, token=challenge.chall.encode("token"),
+                                     key_authorization=challenge.chall.key_authorization(directory.key))
+            pending.append((authorization, challenge, answer))
+        if not pending:
+            return
+        with responder.published([answer for _, _, answer in pending]):
+            for _, challenge, _ in pending:
+                directory.client.answer_challenge(challenge, challenge.chall.response(directory.key))
+            # Validation is under way: a first look after 50 ms usually finds it done, where an immediate
+            # one would find it pending and be told to come back in a second.
+            first_delay = 0.05
+            for authorization, challenge, answer in pending:
+                final = self._poll(directory, authorization.uri, certificate, deadline,
+                                   lambda body: body.get("status") not in ("pending", "processing"),
+                                   first_delay=first_delay)
+                first_delay = 0.0
+                if final.get("status") != "valid":
+                    self._raise_validation_failure(final, challenge, answer, certificate)
+
+    def _raise_validation_failure(self, authorization: dict[str, Any], challenge: messages.ChallengeBody,
+                                  answer: ChallengeAnswer, certificate: str) -> None:
+        problem: dict[str, Any] = {}
+        for item in authorization.get("challenges", []):
+            if item.get("type") == challenge.chall.typ and item.get("error"):
+                problem = item["error"]
+        problem_type = str(problem.get("type", "urn:ietf:params:acme:error:unauthorized"))
+        detail = str(problem.get("detail", f"the authorization became {authorization.get('status')}"))
+        raise IssuanceError(
+            self.name, certificate,
+            describe_validation_failure(problem_type, detail, challenge.chall.typ, answer.identifier,
+                                        self.config.http_port),
+            problem_type=problem_type, identifier=answer.identifier)
+
+    def _finalize(self, directory: _Directory, order: messages.OrderResource, certificate: str,
+                  deadline: float) -> str:
+        client = directory.client
+        # The order may still be "pending" for a moment after the last authorization turned valid.
+        body = self._poll(directory, order.uri, certificate, deadline, lambda b: b.get("status") != "pending")
+        if body.get("status") == "ready":
+            request = messages.CertificateRequest(csr=x509.load_pem_x509_csr(order.csr_pem))
+            body = client._post(order.body.finalize, request).json()
+            if body.get("status") == "processing":  # RFC 8555 section 7.4: poll the order until it settles
+                body = self._poll(directory, order.uri, certificate, deadline,
+                                  lambda b: b.get("status") != "processing", first_delay=0.02)
+        if body.get("status") != "valid" or not body.get("certificate"):
+            error = body.get("error") or {}
+            raise IssuanceError(self.name, certificate,
+                                f"the order ended {body.get('status')}: {error.get('detail', 'no detail given')}",
+                                problem_type=str(error.get("type", "")))
+        response = client._post_as_get(body["certificate"])
+        text: str = response.text
+        return text
+
+    def _poll(self, directory: _Directory, url: str, certificate: str, deadline: float,
+              done: Callable[[dict[str, Any]], bool], *, first_delay: float = 0.0) -> dict[str, Any]:
+        """POST-as-GET ``url`` until ``done``; the first look after ``first_delay`` (the CA is usually quick)."""
+        time.sleep(first_delay)
+        delay = max(first_delay, 0.05)
+        while True:
+            response = directory.client._post_as_get(url)
+            body: dict[str, Any] = response.json()
+            if done(body):
+                return body
+            retry_after = parse_retry_after(response.headers.get("Retry-After"), self.clock())
+            delay = next_poll_delay(delay, retry_after)
+            log.debug("%s is %s; looking again in %.2f s", url, body.get("status"), delay)
+            if time.monotonic() + delay > deadline:
+                raise IssuanceError(self.name, certificate,
+                                    f"the CA did not finish {url} within {self.config.timeout.total_seconds():g} s "
+                                    f"(status {body.get('status')}); raise timeout or try again later")
+            time.sleep(delay)
+
+    @contextlib.contextmanager
+    def _translated(self, certificate: str, url: str) -> Iterator[None]:
+        """Library and transport failures -> certkeeper's error tree, with the issuer, certificate and URL."""
+        try:
+            yield
+        except _Unreachable as exc:
+            raise CaUnavailable(self.name, certificate, f"the CA at {url} could not be reached: {exc.reason}",
+                                retry_after=exc.retry_after) from None
+        except messages.Error as error:
+            kind = CaUnavailable if error.code in ("rateLimited", "serverInternal") else IssuanceError
+            identifier = str(error.identifier.value) if error.identifier is not None else ""
+            raise kind(self.name, certificate, f"the CA at {url} refused: {error.detail or error.description} "
+                       f"[{error.code or error.typ}]", problem_type=str(error.typ or ""),
+                       identifier=identifier) from None
+        except ChallengeFailed as exc:
+            raise IssuanceError(self.name, certificate, str(exc)) from None
+        except (acme_errors.Error, ValueError, KeyError) as exc:
+            raise IssuanceError(self.name, certificate, f"unexpected answer from the CA at {url}: {exc}") from None

@@ -1,0 +1,488 @@
+"""Challenge responders: how certkeeper proves control of a name to an ACME CA (RFC 8555 section 8).
+
+Four ways, one shape: :meth:`Responder.published` is a context manager that makes the answers visible to the
+CA and, on leaving, takes them down again, also when the order failed.  Nothing here speaks ACME: the issuer
+(:mod:`certkeeper.issuers.acme`, the only importer of ``acme``/``josepy``) hands over plain key
+authorizations, so this module stays testable with a socket and a DNS server.
+
+- :class:`StandaloneHttp01`: certkeeper's own listener (mail hosts often run no web server).  One listener per
+  (address, port) in the process, shared by every order in flight: the daemon renews concurrently in threads,
+  and a port can only be bound once.
+- :class:`WebrootHttp01`: files under ``<webroot>/.well-known/acme-challenge/`` for a web server already there.
+- :class:`Rfc2136Dns01`: TXT records published with TSIG-signed dynamic updates (RFC 2136, RFC 8945), then
+  waited for on every authoritative server of the zone before the CA is told to look.
+- :class:`HookDns01`: an external program, ``prog present|cleanup FQDN VALUE``, for any DNS provider.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import http.server
+import logging
+import re
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.query
+import dns.rcode
+import dns.rdatatype
+import dns.tsig
+import dns.tsigkeyring
+import dns.update
+
+from certkeeper.errors import InputError
+
+log = logging.getLogger("certkeeper.issuers.challenges")
+
+WELL_KNOWN = "/.well-known/acme-challenge/"
+
+
+class ChallengeFailed(Exception):
+    """A responder could not publish its answer; the message says what to fix.  The issuer wraps it."""
+
+
+@dataclass(frozen=True)
+class ChallengeAnswer:
+    """What the CA will look for about one identifier: the token and the key authorization (RFC 8555 8.1)."""
+
+    identifier: str
+    token: str
+    key_authorization: str
+
+    @property
+    def dns_value(self) -> str:
+        """The TXT record value: base64url(SHA-256(key authorization)), unpadded (RFC 8555 section 8.4)."""
+        digest = hashlib.sha256(self.key_authorization.encode()).digest()
+        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+    @property
+    def dns_name(self) -> str:
+        """``_acme-challenge.<name>.``; a wildcard is validated at its base name (RFC 8555 section 8.4)."""
+        return "_acme-challenge." + self.identifier.removeprefix("*.").rstrip(".") + "."
+
+
+class Responder(Protocol):
+    @property
+    def challenge_type(self) -> str: ...
+
+    def published(self, answers: Sequence[ChallengeAnswer]) -> contextlib.AbstractContextManager[None]:
+        """Publish ``answers`` on entry (ready for the CA), remove them on exit, whatever happened."""
+        ...
+
+
+# -- http-01, standalone --------------------------------------------------------------------------------------
+
+
+class _ChallengeServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True  # a listener stopped a moment ago leaves TIME_WAIT sockets behind
+    tokens: dict[str, str]
+
+    def server_bind(self) -> None:
+        if self.address_family == socket.AF_INET6:
+            # "" means every address: one dual-stack socket answers IPv4 and IPv6 validators alike.
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+
+class _ChallengeServer6(_ChallengeServer):
+    address_family = socket.AF_INET6
+
+
+class _ChallengeHandler(http.server.BaseHTTPRequestHandler):
+    server: _ChallengeServer
+    server_version = "certkeeper"
+    sys_version = ""
+
+    def do_GET(self) -> None:
+        token = self.path.split("?", 1)[0].removeprefix(WELL_KNOWN) if self.path.startswith(WELL_KNOWN) else ""
+        body = self.server.tokens.get(token) if token else None
+        if body is None:
+            self.send_error(404)
+            return
+        data = body.encode()
+        self.send_response(200)
+        # RFC 8555 section 8.3: the body is the key authorization, served as application/octet-stream.
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("http-01 listener %s: " + format, self.client_address[0], *args)
+
+
+class _SharedListener:
+    """One bound socket and the tokens of every order using it; counted so the last user stops it."""
+
+    def __init__(self, address: str, port: int) -> None:
+        family = socket.AF_INET6 if address == "" and socket.has_dualstack_ipv6() else socket.AF_INET
+        if ":" in address:
+            family = socket.AF_INET6
+        host = address or ("::" if family == socket.AF_INET6 else "0.0.0.0")
+        server_class = _ChallengeServer6 if family == socket.AF_INET6 else _ChallengeServer
+        try:
+            self.server = server_class((host, port), _ChallengeHandler)
+        except OSError as exc:
+            where = f"{address or '*'}:{port}"
+            raise ChallengeFailed(
+                f"cannot listen on {where} for http-01 ({exc.strerror}); another web server may hold the port: "
+                f"stop it, or use webroot, or set http_port to a port it forwards") from None
+        self.server.tokens = {}
+        self.users = 0
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02},
+                                       name=f"http-01 {address or '*'}:{port}", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+class Http01Listeners:
+    """The process's http-01 listeners, keyed by (address, port), started on demand, stopped when unused.
+
+    Process-wide on purpose: a port can be bound once per host, and every issuer and every concurrent order
+    that validates on it must share that one socket.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._listeners: dict[tuple[str, int], _SharedListener] = {}
+
+    @contextlib.contextmanager
+    def serving(self, address: str, port: int, answers: Sequence[ChallengeAnswer]) -> Iterator[None]:
+        key = (address, port)
+        with self._lock:
+            listener = self._listeners.get(key)
+            if listener is None:
+                listener = _SharedListener(address, port)
+                self._listeners[key] = listener
+            listener.users += 1
+            for answer in answers:
+                listener.server.tokens[answer.token] = answer.key_authorization
+        try:
+            yield
+        finally:
+            with self._lock:
+                for answer in answers:
+                    listener.server.tokens.pop(answer.token, None)
+                listener.users -= 1
+                if listener.users == 0:
+                    del self._listeners[key]
+                    listener.stop()
+
+    def active(self) -> list[tuple[str, int]]:
+        """The (address, port) pairs listened on right now."""
+        with self._lock:
+            return list(self._listeners)
+
+
+PROCESS_LISTENERS = Http01Listeners()
+
+
+@dataclass(frozen=True)
+class StandaloneHttp01:
+    address: str
+    port: int
+    listeners: Http01Listeners = PROCESS_LISTENERS
+    challenge_type: ClassVar[str] = "http-01"
+
+    def published(self, answers: Sequence[ChallengeAnswer]) -> contextlib.AbstractContextManager[None]:
+        return self.listeners.serving(self.address, self.port, answers)
+
+
+# -- http-01, webroot -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WebrootHttp01:
+    root: Path
+    challenge_type: ClassVar[str] = "http-01"
+
+    @contextlib.contextmanager
+    def published(self, answers: Sequence[ChallengeAnswer]) -> Iterator[None]:
+        folder = self.root / WELL_KNOWN.strip("/")
+        written: list[Path] = []
+        try:
+            try:
+                folder.mkdir(parents=True, exist_ok=True, mode=0o755)
+                for answer in answers:
+                    path = folder / answer.token
+                    path.write_text(answer.key_authorization)
+                    written.append(path)
+                    # 0644: the web server, running as another user, must read it; it holds nothing secret.
+                    path.chmod(0o644)
+            except OSError as exc:
+                raise ChallengeFailed(f"cannot write the http-01 answer under {folder} ({exc.strerror}); "
+                                      f"check webroot and its permissions") from None
+            yield
+        finally:
+            for path in written:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+
+
+# -- dns-01 ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TsigKey:
+    name: str
+    algorithm: str
+    secret: bytes
+
+    def keyring(self) -> dict[dns.name.Name, dns.tsig.Key]:
+        name = dns.name.from_text(self.name)
+        return {name: dns.tsig.Key(name, self.secret, self.algorithm)}
+
+
+_KEY_CLAUSE = re.compile(r'key\s+"?([^"\s{]+)"?\s*\{(.*?)\}\s*;', re.S)
+_KEY_ALGORITHM = re.compile(r"algorithm\s+\"?([A-Za-z0-9.-]+)\"?\s*;")
+_KEY_SECRET = re.compile(r'secret\s+"([^"]+)"\s*;')
+_SUPPORTED_TSIG = ("hmac-sha256", "hmac-sha384", "hmac-sha512", "hmac-sha224", "hmac-sha1", "hmac-md5")
+
+
+def parse_tsig_key(text: str, where: str) -> TsigKey:
+    """The first ``key "name" { algorithm ...; secret "..."; };`` of a BIND key file (``tsig-keygen`` output).
+
+    Raises :class:`InputError` naming the file; the secret never appears in a message.
+    """
+    # Comments go, quoted strings stay: a base64 secret may well contain "//".
+    text = re.sub(r'("[^"]*")|(?:#|//)[^\n]*', lambda m: m.group(1) or "", text)
+    match = _KEY_CLAUSE.search(text)
+    if not match:
+        raise InputError(where, 'no key clause; expected BIND key-file format: key "name" { algorithm '
+                                'hmac-sha256; secret "..."; }; (as written by tsig-keygen)')
+    name, body = match.group(1), match.group(2)
+    algorithm = _KEY_ALGORITHM.search(body)
+    secret = _KEY_SECRET.search(body)
+    if not algorithm or not secret:
+        raise InputError(where, f"key {name!r} lacks an algorithm or a secret statement")
+    alg = algorithm.group(1).lower()
+    if alg not in _SUPPORTED_TSIG:
+        raise InputError(where, f"key {name!r} uses algorithm {alg!r}; supported: {', '.join(_SUPPORTED_TSIG)}")
+    try:
+        decoded = base64.b64decode(secret.group(1), validate=True)
+    except ValueError:
+        raise InputError(where, f"the secret of key {name!r} is not base64") from None
+    return TsigKey(name=name if name.endswith(".") else name + ".", algorithm=alg, secret=decoded)
+
+
+def parse_server(text: str) -> tuple[str, int]:
+    """``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 address -> (host, port); port 53 by default."""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") else 53
+    if text.count(":") == 1:
+        host, port = text.split(":")
+        return host, int(port)
+    return text, 53
+
+
+def _resolve_address(host: str) -> str:
+    try:
+        return str(socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)[0][4][0])
+    except OSError:
+        raise ChallengeFailed(f"cannot resolve the DNS server name {host!r}") from None
+
+
+class Rfc2136Dns01:
+    """TXT records through RFC 2136 dynamic updates, signed with TSIG, checked on every authoritative server.
+
+    The authoritative servers are the zone's NS records and their addresses, asked of ``server``.  They are
+    queried on port 53, except when ``server`` itself listens elsewhere: then that port is used for all of them
+    (a test bed or a hidden primary on a high port answers for every name there).
+    """
+
+    challenge_type: ClassVar[str] = "dns-01"
+
+    def __init__(self, server: str, key: TsigKey, *, zone: str | None, timeout: float, ttl: int = 60,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
+        host, self.port = parse_server(server)
+        self.host = host
+        self.key = key
+        self.zone = dns.name.from_text(zone) if zone else None
+        self.timeout = timeout
+        self.ttl = ttl
+        self._clock = clock
+        self._sleep = sleep
+
+    @contextlib.contextmanager
+    def published(self, answers: Sequence[ChallengeAnswer]) -> Iterator[None]:
+        address = _resolve_address(self.host)
+        zones = {answer: self.zone or self.find_zone(address, answer.dns_name) for answer in answers}
+        added: list[ChallengeAnswer] = []
+        try:
+            for zone in dict.fromkeys(zones.values()):
+                batch = [a for a in answers if zones[a] == zone]
+                self._update(address, zone, batch, add=True)
+                added += batch
+            for zone in dict.fromkeys(zones.values()):
+                self._wait_for_authoritatives(address, zone, [a for a in answers if zones[a] == zone])
+            yield
+        finally:
+            for zone in dict.fromkeys(zones[a] for a in added):
+                try:
+                    self._update(address, zone, [a for a in added if zones[a] == zone], add=False)
+                except ChallengeFailed as exc:
+                    log.warning("dns-01: could not remove TXT records from %s: %s", zone, exc)
+
+    def find_zone(self, address: str, name: str) -> dns.name.Name:
+        """The zone holding ``name``: the owner of the SOA in the answer or authority section (RFC 1034 4.3.2)."""
+        candidate = dns.name.from_text(name)
+        while True:
+            reply = self._query(address, self.port, candidate, dns.rdatatype.SOA)
+            for section in (reply.answer, reply.authority):
+                for rrset in section:
+                    if rrset.rdtype == dns.rdatatype.SOA:
+                        zone: dns.name.Name = rrset.name
+                        return zone
+            if candidate == dns.name.root:
+                raise ChallengeFailed(f"the DNS server {self.host}:{self.port} knows no zone holding {name}; "
+                                      f"set dns_zone")
+            candidate = candidate.parent()
+
+    def _update(self, address: str, zone: dns.name.Name, answers: Sequence[ChallengeAnswer], *, add: bool) -> None:
+        keyname = dns.name.from_text(self.key.name)
+        update = dns.update.UpdateMessage(zone, keyring=self.key.keyring(), keyname=keyname,
+                                          keyalgorithm=self.key.algorithm)
+        for answer in answers:
+            name = dns.name.from_text(answer.dns_name)
+            value = f'"{answer.dns_value}"'
+            if add:
+                update.add(name, self.ttl, dns.rdatatype.TXT, value)
+            else:
+                # Only this value: a wildcard and its base name share one owner name (RFC 8555 8.4).
+                update.delete(name, dns.rdatatype.TXT, value)
+        try:
+            reply = dns.query.tcp(update, address, port=self.port, timeout=10)
+        except (dns.exception.DNSException, OSError) as exc:
+            raise ChallengeFailed(f"the dynamic update to {self.host}:{self.port} failed: {exc}") from None
+        if reply.rcode() != dns.rcode.NOERROR:
+            code = dns.rcode.to_text(reply.rcode())
+            hint = {"REFUSED": "check allow-update for the TSIG key in the zone's configuration",
+                    "NOTAUTH": "the TSIG key was not accepted (name, algorithm or secret) or the server is not "
+                               "the zone's primary",
+                    "NOTZONE": "the record is not inside the zone; check dns_zone"}.get(code, "see the server's log")
+            raise ChallengeFailed(f"{self.host}:{self.port} answered {code} to the update of zone {zone}: {hint}")
+
+    def _authoritative_addresses(self, address: str, zone: dns.name.Name) -> list[str]:
+        addresses: list[str] = []
+        reply = self._query(address, self.port, zone, dns.rdatatype.NS)
+        hosts = [rdata.target for rrset in reply.answer if rrset.rdtype == dns.rdatatype.NS for rdata in rrset]
+        for host in hosts:
+            for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+                found = self._query(address, self.port, host, rdtype)
+                addresses += [rdata.address for rrset in found.answer if rrset.rdtype == rdtype for rdata in rrset]
+        return list(dict.fromkeys(addresses)) or [address]
+
+    def _wait_for_authoritatives(self, address: str, zone: dns.name.Name, answers: Sequence[ChallengeAnswer]) -> None:
+        port = self.port  # see the class docstring: a non-standard port of dns_server applies to all of them
+        servers = self._authoritative_addresses(address, zone)
+        deadline = self._clock() + self.timeout
+        delay = 0.05
+        waiting = set(servers)
+        while True:
+            for server in sorted(waiting):
+                if all(self._has_value(server, port, a) for a in answers):
+                    waiting.discard(server)
+            if not waiting:
+                return
+            if self._clock() + delay > deadline:
+                raise ChallengeFailed(
+                    f"after {self.timeout:g} s the TXT records for {', '.join(a.dns_name for a in answers)} are "
+                    f"still missing on {', '.join(sorted(waiting))} (authoritative for {zone}); check zone "
+                    f"transfers to the secondaries, or raise dns_timeout")
+            self._sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    def _has_value(self, server: str, port: int, answer: ChallengeAnswer) -> bool:
+        try:
+            reply = self._query(server, port, dns.name.from_text(answer.dns_name), dns.rdatatype.TXT)
+        except ChallengeFailed:
+            return False
+        values = {b"".join(rdata.strings).decode() for rrset in reply.answer for rdata in rrset
+                  if rrset.rdtype == dns.rdatatype.TXT}
+        return answer.dns_value in values
+
+    def _query(self, address: str, port: int, name: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> Any:
+        query = dns.message.make_query(name, rdtype)
+        query.flags &= ~dns.flags.RD  # ask the server itself, not what it may have cached from elsewhere
+        try:
+            reply, _ = dns.query.udp_with_fallback(query, address, port=port, timeout=3)
+        except (dns.exception.DNSException, OSError) as exc:
+            raise ChallengeFailed(f"DNS query {name} {dns.rdatatype.to_text(rdtype)} to {address}:{port} "
+                                  f"failed: {exc}") from None
+        return reply
+
+
+# -- dns-01 through a program ---------------------------------------------------------------------------------
+
+# A hook gets no inherited secrets (no REQUESTS_CA_BUNDLE, no proxy passwords): only a sane PATH and locale.
+_HOOK_ENVIRONMENT = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8"}
+
+
+@dataclass(frozen=True)
+class HookDns01:
+    """``program present FQDN VALUE`` before validation, ``program cleanup FQDN VALUE`` after (no shell).
+
+    FQDN is absolute, with the trailing dot (``_acme-challenge.example.org.``).  The program must return once
+    the record is published on the zone's authoritative servers; it is killed after ``timeout`` seconds.
+    """
+
+    program: Path
+    timeout: float
+    challenge_type: ClassVar[str] = "dns-01"
+
+    @contextlib.contextmanager
+    def published(self, answers: Sequence[ChallengeAnswer]) -> Iterator[None]:
+        presented: list[ChallengeAnswer] = []
+        try:
+            for answer in answers:
+                presented.append(answer)  # a hook that failed half-way may still have published something
+                self._run("present", answer)
+            yield
+        finally:
+            for answer in presented:
+                try:
+                    self._run("cleanup", answer)
+                except ChallengeFailed as exc:
+                    log.warning("dns-01: %s", exc)
+
+    def _run(self, action: str, answer: ChallengeAnswer) -> None:
+        command = [str(self.program), action, answer.dns_name, answer.dns_value]
+        try:
+            result = subprocess.run(command, env=dict(_HOOK_ENVIRONMENT), stdin=subprocess.DEVNULL,
+                                    capture_output=True, text=True, timeout=self.timeout, check=False)
+        except subprocess.TimeoutExpired:
+            raise ChallengeFailed(f"dns_hook {self.program} {action} {answer.dns_name} did not finish within "
+                                  f"{self.timeout:g} s and was killed") from None
+        except OSError as exc:
+            raise ChallengeFailed(f"dns_hook {self.program} could not be started ({exc.strerror})") from None
+        if result.returncode != 0:
+            tail = " | ".join((result.stdout + result.stderr).strip().splitlines()[-5:])
+            raise ChallengeFailed(f"dns_hook {self.program} {action} {answer.dns_name} exited with status "
+                                  f"{result.returncode}" + (f": {tail}" if tail else ""))
+
+
+def read_secret_file(path: Path, what: str) -> str:
+    """A secret from a file, stripped; :class:`InputError` naming the file (never the content) otherwise."""
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise InputError(str(path), f"cannot read {what} ({exc.strerror})") from None
+

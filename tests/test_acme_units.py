@@ -1,0 +1,218 @@
+"""The ACME issuer's pure decisions and its challenge responders, on loopback, without a CA."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import socket
+import threading
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from certkeeper.errors import InputError
+from certkeeper.issuers.acme import (
+    RetryPolicy,
+    ari_certificate_id,
+    describe_validation_failure,
+    next_poll_delay,
+    parse_retry_after,
+    retry_delay,
+)
+from certkeeper.issuers.challenges import (
+    ChallengeAnswer,
+    ChallengeFailed,
+    HookDns01,
+    Http01Listeners,
+    StandaloneHttp01,
+    WebrootHttp01,
+    parse_server,
+    parse_tsig_key,
+)
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def fetch(port: int, token: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/.well-known/acme-challenge/{token}", timeout=2) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as error:
+        status = error.code
+        error.close()
+        return status, b""
+
+
+def test_retry_after_takes_seconds_and_http_dates() -> None:
+    assert parse_retry_after("7", NOW) == 7
+    assert parse_retry_after("Thu, 01 Jan 2026 00:00:30 GMT", NOW) == 30
+    assert parse_retry_after("Wed, 31 Dec 2025 00:00:00 GMT", NOW) == 0
+    assert parse_retry_after("soon", NOW) is None
+    assert parse_retry_after(None, NOW) is None
+
+
+def test_backoff_grows_with_jitter_and_stops_at_the_attempt_and_time_bounds() -> None:
+    policy = RetryPolicy(attempts=5, base=0.2, cap=1.0, budget=10.0)
+    assert retry_delay(policy, 1, 0.0, None, jitter=0.0) == pytest.approx(0.1)
+    assert retry_delay(policy, 1, 0.0, None, jitter=0.999) == pytest.approx(0.2, abs=1e-3)
+    assert retry_delay(policy, 4, 0.0, None, jitter=0.999) == pytest.approx(1.0, abs=1e-2)  # capped
+    assert retry_delay(policy, 5, 0.0, None, jitter=0.5) is None
+    assert retry_delay(policy, 1, 9.95, None, jitter=0.5) is None
+
+
+def test_retry_after_from_the_server_wins_unless_it_exceeds_the_budget() -> None:
+    policy = RetryPolicy(attempts=5, budget=10.0)
+    assert retry_delay(policy, 1, 0.0, 3.0, jitter=0.0) == 3.0
+    assert retry_delay(policy, 1, 0.0, 3600.0, jitter=0.0) is None
+
+
+def test_polling_grows_from_milliseconds_and_honours_retry_after() -> None:
+    assert next_poll_delay(0.05, None) == pytest.approx(0.075)
+    assert next_poll_delay(2.5, None) == 3.0
+    assert next_poll_delay(0.05, 1.0) == 1.0
+
+
+def test_ari_certificate_id_is_aki_and_serial_der_base64url() -> None:
+    # RFC 9773 section 4.1 example: keyIdentifier 69:88:5B:6B:87:46:40:41:E1:B3:7B:84:7B:A0:AE:2C:DE:01:C8:D4,
+    # serial 00:87:65:43:21 -> "aYhba4dGQEHhs3uEe6CuLN4ByNQ.AIdlQyE"
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ari.example")])
+    aki = bytes.fromhex("69885B6B87464041E1B37B847BA0AE2CDE01C8D4")
+    certificate = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(0x87654321).not_valid_before(NOW).not_valid_after(NOW + timedelta(days=1))
+        .add_extension(x509.AuthorityKeyIdentifier(aki, None, None), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    assert ari_certificate_id(certificate) == "aYhba4dGQEHhs3uEe6CuLN4ByNQ.AIdlQyE"
+
+
+def test_validation_failure_reads_as_advice_for_a_mail_admin() -> None:
+    text = describe_validation_failure("urn:ietf:params:acme:error:connection", "Connection refused",
+                                       "http-01", "mail.example.org", 80)
+    assert "could not connect" in text and "Connection refused" in text and "mail.example.org:80" in text
+
+
+def test_dns_value_and_name_follow_rfc8555_section_8_4() -> None:
+    answer = ChallengeAnswer("*.example.org", "tok", "tok.thumb")
+    expected = base64.urlsafe_b64encode(hashlib.sha256(b"tok.thumb").digest()).rstrip(b"=").decode()
+    assert answer.dns_value == expected
+    assert answer.dns_name == "_acme-challenge.example.org."
+
+
+def test_tsig_key_file_in_bind_format_parses_and_errors_name_the_file() -> None:
+    text = ('# made by tsig-keygen\nkey "certkeeper." {'
+            '\n\talgorithm hmac-sha256;\n\tsecret "Pz8//z8/";  // a comment\n};\n')
+    key = parse_tsig_key(text, "/etc/certkeeper/tsig.key")
+    assert (key.name, key.algorithm, key.secret) == ("certkeeper.", "hmac-sha256", base64.b64decode("Pz8//z8/"))
+    with pytest.raises(InputError, match=r"/k: no key clause"):
+        parse_tsig_key("nothing here", "/k")
+    with pytest.raises(InputError, match="not base64"):
+        parse_tsig_key('key k { algorithm hmac-sha256; secret "@@@"; };', "/k")
+
+
+def test_dns_server_spellings() -> None:
+    assert parse_server("ns1.example.org") == ("ns1.example.org", 53)
+    assert parse_server("127.0.0.1:5353") == ("127.0.0.1", 5353)
+    assert parse_server("[::1]:5353") == ("::1", 5353)
+    assert parse_server("::1") == ("::1", 53)
+
+
+def test_one_standalone_listener_serves_concurrent_orders_and_stops_after_the_last() -> None:
+    listeners = Http01Listeners()
+    port = free_port()
+    first = StandaloneHttp01("127.0.0.1", port, listeners)
+    second = StandaloneHttp01("127.0.0.1", port, listeners)
+    with first.published([ChallengeAnswer("a.example", "tokA", "tokA.x")]):
+        with second.published([ChallengeAnswer("b.example", "tokB", "tokB.x")]):
+            assert listeners.active() == [("127.0.0.1", port)]
+            assert fetch(port, "tokA") == (200, b"tokA.x")
+            assert fetch(port, "tokB") == (200, b"tokB.x")
+        assert fetch(port, "tokB")[0] == 404
+        assert fetch(port, "tokA") == (200, b"tokA.x")
+    assert listeners.active() == []
+    with pytest.raises(urllib.error.URLError):
+        fetch(port, "tokA")
+
+
+def test_standalone_listener_survives_many_threads() -> None:
+    listeners = Http01Listeners()
+    port = free_port()
+    failures: list[str] = []
+
+    def order(i: int) -> None:
+        with StandaloneHttp01("127.0.0.1", port, listeners).published([ChallengeAnswer("x", f"t{i}", f"t{i}.k")]):
+            if fetch(port, f"t{i}") != (200, f"t{i}.k".encode()):
+                failures.append(str(i))
+
+    threads = [threading.Thread(target=order, args=(i,)) for i in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == [] and listeners.active() == []
+
+
+def test_a_taken_port_is_reported_clearly() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ChallengeFailed, match=rf"cannot listen on 127.0.0.1:{port}"):
+            with StandaloneHttp01("127.0.0.1", port, Http01Listeners()).published([ChallengeAnswer("x", "t", "k")]):
+                pass
+
+
+def test_webroot_files_are_written_and_removed_also_on_failure(tmp_path: Path) -> None:
+    answer = ChallengeAnswer("mail.example", "tok", "tok.thumb")
+    path = tmp_path / ".well-known" / "acme-challenge" / "tok"
+    with pytest.raises(RuntimeError):
+        with WebrootHttp01(tmp_path).published([answer]):
+            assert path.read_text() == "tok.thumb"
+            assert path.stat().st_mode & 0o777 == 0o644
+            raise RuntimeError("the CA said no")
+    assert not path.exists()
+
+
+def test_dns_hook_runs_without_shell_in_a_clean_environment_and_cleans_up(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/leak")
+    log = tmp_path / "calls"
+    hook = tmp_path / "hook"
+    hook.write_text(f'#!/bin/sh\necho "$1 $2 $3 ${{REQUESTS_CA_BUNDLE:-clean}}" >> {log}\n')
+    hook.chmod(0o755)
+    answer = ChallengeAnswer("*.example.org", "tok", "tok.thumb")
+    with HookDns01(hook, timeout=5).published([answer]):
+        pass
+    lines = log.read_text().splitlines()
+    assert lines == [f"present _acme-challenge.example.org. {answer.dns_value} clean",
+                     f"cleanup _acme-challenge.example.org. {answer.dns_value} clean"]
+
+
+def test_dns_hook_failure_and_timeout_are_reported(tmp_path: Path) -> None:
+    failing = tmp_path / "failing"
+    failing.write_text("#!/bin/sh\necho 'no API token' >&2\nexit 3\n")
+    failing.chmod(0o755)
+    with pytest.raises(ChallengeFailed, match="exited with status 3: no API token"):
+        with HookDns01(failing, timeout=5).published([ChallengeAnswer("a.example", "t", "k")]):
+            pass
+    slow = tmp_path / "slow"
+    slow.write_text("#!/bin/sh\nexec sleep 10\n")
+    slow.chmod(0o755)
+    with pytest.raises(ChallengeFailed, match=r"did not finish within 0.3 s"):
+        with HookDns01(slow, timeout=0.3).published([ChallengeAnswer("a.example", "t", "k")]):
+            pass
