@@ -81,6 +81,7 @@ class AcmeIssuerConfig:
     contact: tuple[str, ...] = ()
     staging_directory: str | None = None
     ca_bundle: Path | None = None
+    trust_roots: Path | None = None
     challenge: Challenge = "http-01"
     http_port: int = 80
     http_address: str = ""
@@ -315,6 +316,7 @@ def _parse_acme_issuer(name: str, t: _Table) -> AcmeIssuerConfig:
         contact=contact,
         staging_directory=t.url("staging_directory", None),
         ca_bundle=t.existing_file("ca_bundle", None),
+        trust_roots=t.existing_file("trust_roots", None),
         challenge=challenge,
         http_port=t.port("http_port", d.http_port),
         http_address=t.string("http_address", "") or "",

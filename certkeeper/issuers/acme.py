@@ -47,7 +47,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from certkeeper import __version__, pki
 from certkeeper.config import AcmeIssuerConfig
-from certkeeper.errors import CaUnavailable, IssuanceError, UsageError
+from certkeeper.errors import CaUnavailable, InputError, IssuanceError, UsageError
 from certkeeper.issuers.base import IssuedCertificate, IssueRequest, RenewalWindow
 from certkeeper.issuers.challenges import (
     ChallengeAnswer,
@@ -454,8 +454,16 @@ class AcmeIssuer:
         return IssuedCertificate(certificate=leaf, chain=tuple(chain))
 
     def trust_anchors(self) -> Sequence[x509.Certificate]:
-        """Empty: the system store.  ``ca_bundle`` trusts the CA's HTTPS, not what it issues."""
-        return ()
+        """``trust_roots`` when set (a private or test CA), else empty: the system store.
+
+        ``ca_bundle`` trusts the CA's HTTPS endpoint, not what it issues, so it is not used here.
+        """
+        if self.config.trust_roots is None:
+            return ()
+        try:
+            return pki.load_certificates(self.config.trust_roots.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise InputError(str(self.config.trust_roots), f"cannot read trust_roots: {exc}") from None
 
     # -- RenewalInfoSource -------------------------------------------------------------------------------------
 
