@@ -1,0 +1,119 @@
+"""Install, reload, verify and roll back against the test bed's real Postfix and Dovecot."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from certkeeper import pki
+from certkeeper.app import build_app
+from certkeeper.config import Config
+from certkeeper.install import CertificateHome
+from certkeeper.probe import ProbeOptions, probe_sync
+from certkeeper.targets import parse_target
+from certkeeper.testbed.postfix import Postfix
+from tests.lifecycle_helpers import run_cli, write_config
+
+pytestmark = pytest.mark.testbed
+
+
+@pytest.fixture
+def postfix(tmp_path: Path) -> Iterator[Postfix]:
+    with Postfix(tmp_path / "postfix") as instance:
+        yield instance
+
+
+def postfix_endpoints(postfix: Postfix) -> list[str]:
+    return [f"smtp://127.0.0.1:{postfix.ports['smtp']}", f"smtp://127.0.0.1:{postfix.ports['submission']}",
+            f"smtps://127.0.0.1:{postfix.ports['submissions']}"]
+
+
+def served(endpoints: list[str]) -> set[str]:
+    results = probe_sync([parse_target(e) for e in endpoints], ProbeOptions(timeout=10), now=pki.now_utc())
+    for result in results:
+        assert result.certificate is not None, (result.target.text, result.message)
+    return {r.certificate.fingerprint_sha256 for r in results if r.certificate}
+
+
+def certificate_table(name: str, domains: str, *, endpoints: list[str], hooks: list[str],
+                      hook_env: dict[str, str]) -> str:
+    env = ", ".join(f'{k} = "{v}"' for k, v in hook_env.items())
+    return textwrap.dedent(f"""
+        [certificates.{name}]
+        issuer = "internal"
+        domains = [{domains}]
+        reload = {json.dumps(hooks)}
+        hook_env = {{ {env} }}
+        endpoints = {json.dumps(endpoints)}
+        """)
+
+
+def install_first_version(tmp_path: Path, name: str = "mail") -> Config:
+    """What an administrator does first: issue once, before any daemon reads certkeeper's files."""
+    config = write_config(tmp_path, f'[certificates.{name}]\nissuer = "internal"\ndomains = ["mail.example.test"]\n')
+    [outcome] = build_app(config).run_pass()
+    assert outcome.result == "renewed", outcome.detail
+    return config
+
+
+def test_a_renewal_is_installed_reloaded_and_verified_on_every_postfix_listener(
+        tmp_path: Path, postfix: Postfix) -> None:
+    install_first_version(tmp_path)
+    current = tmp_path / "state" / "certs" / "mail" / "current"
+    postfix.use_certificate(current / "privkey.pem", current / "fullchain.pem")
+    postfix.reload()
+    endpoints = postfix_endpoints(postfix)
+    home = CertificateHome(tmp_path / "state", "mail")
+    first = home.current()
+    assert first is not None and served(endpoints) == first.fingerprints
+    config = write_config(tmp_path, certificate_table(
+        "mail", '"mail.example.test"', endpoints=endpoints, hooks=["postfix"],
+        hook_env={"POSTFIX_CONFIG_DIR": str(postfix.config_dir)}))
+    result = run_cli(config, "renew", "--force", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    [outcome] = json.loads(result.stdout)
+    assert outcome["result"] == "renewed"
+    second = home.current()
+    assert second is not None and second.id == outcome["version"] != first.id
+    assert served(endpoints) == second.fingerprints
+
+
+def test_five_certificates_served_by_one_postfix_reload_it_once(tmp_path: Path, postfix: Postfix) -> None:
+    install_first_version(tmp_path)
+    current = tmp_path / "state" / "certs" / "mail" / "current"
+    postfix.use_certificate(current / "privkey.pem", current / "fullchain.pem")
+    postfix.reload()
+    env = {"POSTFIX_CONFIG_DIR": str(postfix.config_dir)}
+    tables = certificate_table("mail", '"mail.example.test"', endpoints=postfix_endpoints(postfix),
+                               hooks=["postfix"], hook_env=env)
+    tables += "".join(certificate_table(f"extra{i}", f'"extra{i}.example.test"', endpoints=[], hooks=["postfix"],
+                                        hook_env=env) for i in range(4))
+    config = write_config(tmp_path, tables)
+    reloads_before = postfix.log_path.read_text().count("refreshing the Postfix mail system")
+    result = run_cli(config, "renew", "--force", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [o["result"] for o in json.loads(result.stdout)] == ["renewed"] * 5
+    reloads = postfix.log_path.read_text().count("refreshing the Postfix mail system") - reloads_before
+    assert reloads == 1
+
+
+def test_rollback_serves_the_previous_version_on_postfix(tmp_path: Path, postfix: Postfix) -> None:
+    install_first_version(tmp_path)
+    home = CertificateHome(tmp_path / "state", "mail")
+    current = home.current_link
+    postfix.use_certificate(current / "privkey.pem", current / "fullchain.pem")
+    postfix.reload()
+    endpoints = postfix_endpoints(postfix)
+    config = write_config(tmp_path, certificate_table(
+        "mail", '"mail.example.test"', endpoints=endpoints, hooks=["postfix"],
+        hook_env={"POSTFIX_CONFIG_DIR": str(postfix.config_dir)}))
+    first = home.current()
+    assert run_cli(config, "renew", "--force").returncode == 0
+    result = run_cli(config, "rollback", "mail")
+    assert result.returncode == 0, result.stderr
+    assert first is not None and served(endpoints) == first.fingerprints
+    assert home.current() == first
