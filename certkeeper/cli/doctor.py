@@ -1,0 +1,157 @@
+"""``certkeeper doctor``: why can a client not connect?  The daemons' configuration, files and wire, joined.
+
+The shell around :mod:`certkeeper.doctor`: read the daemons' effective configuration, the files they name and
+certkeeper's installed versions, probe every listener, then hand it all to the pure judgement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from certkeeper.cli.context import Context
+
+if TYPE_CHECKING:
+    from certkeeper.doctor import Inputs, ManagedCertificate
+    from certkeeper.probe import ProbeResult
+
+ORDER = 25
+
+DESCRIPTION = """\
+Read the local mail daemons' effective configuration (Postfix: postconf -n/-x/-M/-P; Dovecot: doveconf -a;
+Exim: exim -bP), check every certificate and key file they name (exists, parses, key matches, chain complete
+and in order, names cover myhostname and the banner, expiry, modes, managed by certkeeper or a stale copy),
+check the TLS settings (submissions on 465 with implicit TLS, 587 requiring STARTTLS before AUTH, TLS 1.2
+floor, obsolete settings, SNI maps needing postmap -F), then probe every listener and compare what it serves
+with the files on disk.  Every problem comes with the exact command or snippet that fixes it.
+
+Without --postfix-config/--dovecot-config, the default instances are read when installed; with either, only
+the ones given.  Exit status: 0 healthy, 1 warnings only, 2 problems.
+"""
+
+
+def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    parser = subparsers.add_parser(
+        "doctor", help="diagnose the mail daemons' TLS configuration, files and served certificates",
+        parents=[common], description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--postfix-config", metavar="DIR", type=Path, help="a Postfix instance (postconf -c DIR)")
+    parser.add_argument("--dovecot-config", metavar="FILE", type=Path, help="a Dovecot configuration (doveconf -c)")
+    parser.add_argument("--ca-file", metavar="PEM", type=Path,
+                        help="trust anchors for chain checks (default: the system store)")
+    parser.add_argument("--no-probe", action="store_true", help="judge the configuration and files only")
+    parser.add_argument("--timeout", metavar="SECONDS", type=float, default=10.0, help="per listener probe (10)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.set_defaults(handler=run_doctor)
+
+
+def run_doctor(args: argparse.Namespace, context: Context) -> int:
+    from certkeeper import doctor
+    from certkeeper.pki import now_utc
+    from certkeeper.probe import load_trust_anchors
+    from certkeeper.tlsfiles import read_file
+
+    now = now_utc()
+    roots, _ = load_trust_anchors(args.ca_file)
+    inputs = _read_configs(args)
+    inputs = doctor.Inputs(inputs.postfix, inputs.dovecot, inputs.exim, inputs.failures,
+                           managed=_managed(context))
+    files: dict[Path, Any] = {}
+    for _ in range(3):  # SNI map sources name more files: read until nothing new is needed
+        missing = doctor.files_needed(_with(inputs, files=files)) - set(files)
+        if not missing:
+            break
+        files.update({path: read_file(path) for path in missing})
+    inputs = _with(inputs, files=files)
+    if not args.no_probe:
+        inputs = _with(inputs, served=_probe(inputs, args, now), probed=True)
+    report = doctor.diagnose(inputs, roots=roots, now=now)
+    if args.json:
+        json.dump(doctor.report_to_json(report), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(doctor.render_text(report))
+    return report.exit_code
+
+
+def _with(inputs: Inputs, **changes: Any) -> Inputs:
+    from dataclasses import replace
+
+    return replace(inputs, **changes)
+
+
+def _read_configs(args: argparse.Namespace) -> Inputs:
+    from certkeeper import mailconf
+    from certkeeper.doctor import Inputs
+
+    explicit = args.postfix_config is not None or args.dovecot_config is not None
+    failures: list[tuple[str, str]] = []
+    postfix = dovecot = exim = None
+    if args.postfix_config is not None or (not explicit and (mailconf.DEFAULT_POSTFIX_DIR / "main.cf").is_file()
+                                            and shutil.which(mailconf.POSTCONF)):
+        try:
+            postfix = mailconf.read_postfix(args.postfix_config)
+        except mailconf.MailToolFailed as exc:
+            failures.append(("postfix", str(exc)))
+    if args.dovecot_config is not None or (not explicit and mailconf.DEFAULT_DOVECOT_CONFIG.is_file()
+                                            and shutil.which(mailconf.DOVECONF)):
+        try:
+            dovecot = mailconf.read_dovecot(args.dovecot_config)
+        except mailconf.MailToolFailed as exc:
+            failures.append(("dovecot", str(exc)))
+    if not explicit and shutil.which(mailconf.EXIM):
+        try:
+            exim = mailconf.read_exim()
+        except mailconf.MailToolFailed as exc:
+            failures.append(("exim", str(exc)))
+    if postfix is None and dovecot is None and exim is None and not failures:
+        failures.append(("mail daemons", "no Postfix, Dovecot or Exim configuration found: give --postfix-config "
+                                         "DIR or --dovecot-config FILE"))
+    return Inputs(postfix, dovecot, exim, tuple(failures))
+
+
+def _managed(context: Context) -> tuple[ManagedCertificate, ...]:
+    """certkeeper's installed certificates, when a configuration is there; doctor works without one."""
+    from certkeeper.doctor import ManagedCertificate
+    from certkeeper.errors import CertkeeperError
+    from certkeeper.install import CertificateHome
+
+    if not context.config_path.is_file():
+        return ()
+    try:
+        config = context.config
+        found = []
+        for certificate in config.certificates.values():
+            home = CertificateHome(config.settings.state_dir, certificate.name)
+            current = home.current()
+            versions = {pair.fingerprint: version.id for version in home.versions() for pair in version.pairs}
+            found.append(ManagedCertificate(
+                certificate.name, certificate.domains, home.current_link, current.id if current else None,
+                current.fingerprints if current else frozenset(), versions, certificate.reload,
+                len(current.pairs) if current else len(certificate.key_types)))
+        return tuple(found)
+    except CertkeeperError as exc:
+        print(f"certkeeper doctor: not comparing with certkeeper's certificates: {exc}", file=sys.stderr)
+        return ()
+
+
+def _probe(inputs: Inputs, args: argparse.Namespace, now: Any) -> dict[str, ProbeResult]:
+    """Probe every listener, grouped by the options they need (SNI name, both key types of a dual setup)."""
+    from certkeeper.doctor import listener_key, listeners, pair_count
+    from certkeeper.mailrules import hostnames_for
+    from certkeeper.probe import ProbeOptions, probe_sync
+
+    groups: dict[tuple[str | None, bool], list[Any]] = {}
+    for listener in listeners(inputs):
+        names = hostnames_for(listener)
+        groups.setdefault((names[0] if names else None, pair_count(listener, inputs) > 1), []).append(listener)
+    served: dict[str, ProbeResult] = {}
+    for (servername, dual), members in groups.items():
+        options = ProbeOptions(timeout=args.timeout, servername=servername, ca_file=args.ca_file,
+                               key_type="all" if dual else None)
+        results = probe_sync([member.target for member in members], options, now=now)
+        served.update({listener_key(member): result for member, result in zip(members, results, strict=True)})
+    return served
