@@ -1,0 +1,118 @@
+"""Put the test bed's programs in place on Debian 12: ``python3 -m certkeeper.testbed.install``.
+
+Standard library only, because it runs on the system Python before any virtualenv exists.
+Idempotent and quick on a machine that has everything: ``dpkg-query`` first, ``apt-get`` only
+for what is missing.
+
+Pebble comes from Debian trixie, not bookworm: trixie's 2.6.0 serves ACME Renewal Information
+(``renewalInfo`` in the directory, ``replaces`` in orders); bookworm's 2.4.0 does not. Only that
+one ``.deb`` is fetched, through a trixie source list given to that one ``apt-get`` command, and
+unpacked with ``dpkg -x`` into a cache folder: the system's sources and packages stay bookworm.
+The binary is statically linked Go, so it runs on bookworm.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+DEBIAN_PACKAGES = (
+    "postfix",
+    "dovecot-imapd",
+    "dovecot-pop3d",
+    "dovecot-managesieved",
+    "bind9",
+    "bind9-utils",
+    "bind9-dnsutils",
+    "postgresql",
+    "openssl",
+)
+DEFAULT_CACHE = Path("/var/cache/certkeeper-testbed")
+CACHE_ENV = "CERTKEEPER_TESTBED_CACHE"
+# The bookworm archive keyring also holds the trixie signing keys (checked when this was
+# written), so the trixie Release file is verified like any other: no trusted=yes.
+TRIXIE_SOURCE = (
+    "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie main\n"
+)
+
+
+def cache_dir() -> Path:
+    """The folder holding the unpacked Pebble (``$CERTKEEPER_TESTBED_CACHE`` overrides it)."""
+    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE)
+
+
+def pebble_binary() -> Path:
+    """Where the unpacked Pebble binary lives (it exists once :func:`install_pebble` ran)."""
+    return cache_dir() / "pebble" / "usr" / "bin" / "pebble"
+
+
+def missing_packages(packages: tuple[str, ...] = DEBIAN_PACKAGES) -> list[str]:
+    """Return the packages dpkg does not report as installed."""
+    result = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Package} ${db:Status-Status}\n", *packages],
+        capture_output=True,
+        text=True,
+        check=False,  # dpkg-query exits 1 when a package was never known; the output still counts
+    )
+    installed = {line.split()[0] for line in result.stdout.splitlines() if line.endswith(" installed")}
+    return [package for package in packages if package not in installed]
+
+
+def install_packages() -> None:
+    """``apt-get install`` whatever is missing, after one ``apt-get update``."""
+    missing = missing_packages()
+    if not missing:
+        return
+    print(f"installing Debian packages: {' '.join(missing)}", file=sys.stderr)
+    environment = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-q"], check=True, env=environment)
+    subprocess.run(["apt-get", "install", "-y", "-q", *missing], check=True, env=environment)
+
+
+def install_pebble() -> Path:
+    """Fetch and unpack trixie's Pebble into the cache unless it is there; return the binary."""
+    binary = pebble_binary()
+    if binary.is_file():
+        return binary
+    cache = cache_dir()
+    apt_cache = cache / "apt"
+    (apt_cache / "lists" / "partial").mkdir(parents=True, exist_ok=True)
+    (apt_cache / "archives" / "partial").mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        source_list = Path(scratch) / "trixie.list"
+        source_list.write_text(TRIXIE_SOURCE)
+        # Lists and package cache go to our folder: the system's apt state never sees trixie.
+        apt_options = [
+            "-q",
+            "-o", f"Dir::Etc::SourceList={source_list}",
+            "-o", "Dir::Etc::SourceParts=/dev/null",
+            "-o", f"Dir::State::Lists={apt_cache / 'lists'}",
+            "-o", f"Dir::Cache={apt_cache}",
+            # apt drops to the _apt user for downloads; it cannot write into our private folder.
+            "-o", "APT::Sandbox::User=root",
+        ]  # fmt: skip
+        subprocess.run(["apt-get", *apt_options, "update"], check=True)
+        subprocess.run(["apt-get", *apt_options, "download", "pebble"], check=True, cwd=scratch)
+        (deb,) = Path(scratch).glob("pebble_*.deb")
+        unpacked = cache / "pebble.partial"
+        shutil.rmtree(unpacked, ignore_errors=True)
+        subprocess.run(["dpkg", "-x", str(deb), str(unpacked)], check=True)
+        # Rename last, so a half-unpacked folder never passes for a finished one.
+        shutil.rmtree(cache / "pebble", ignore_errors=True)
+        unpacked.rename(cache / "pebble")
+    return binary
+
+
+def main() -> int:
+    """Install everything the test bed needs; print the Pebble binary's path."""
+    install_packages()
+    print(install_pebble())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

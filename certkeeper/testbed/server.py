@@ -1,0 +1,204 @@
+"""What every test bed server shares: free ports, readiness polling, logs in failures.
+
+Ports are never fixed: each start asks the kernel for free loopback ports, so test runs of
+several engineers on one machine do not collide. Between asking and the daemon binding, another
+process may take the port; :meth:`Server.start` therefore retries with fresh ports when the log
+says the address was in use.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+LOOPBACK = "127.0.0.1"
+_START_ATTEMPTS = 3
+_STOP_TIMEOUT = 10.0
+_ADDRESS_IN_USE_MARKERS = ("address already in use", "address in use", "addrinuse")
+
+
+class ServerStartError(RuntimeError):
+    """A test bed server did not come up; the message carries the tail of its log."""
+
+    def __init__(self, name: str, reason: str, log_path: Path | None) -> None:
+        self.name = name
+        self.reason = reason
+        self.log_path = log_path
+        self.log_tail = read_log_tail(log_path) if log_path is not None else ""
+        where = f"\n--- last lines of {log_path} ---\n{self.log_tail}" if log_path is not None else ""
+        super().__init__(f"{name} did not start: {reason}{where}")
+
+
+def read_log_tail(path: Path, lines: int = 40) -> str:
+    """Return the last ``lines`` lines of a log file, or a note that there is none yet."""
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return f"(no log at {path})"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def allocate_port(*, udp_too: bool = False) -> int:
+    """Ask the kernel for a free TCP port on 127.0.0.1 (also free for UDP when ``udp_too``)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            tcp.bind((LOOPBACK, 0))
+            port: int = tcp.getsockname()[1]
+            if not udp_too:
+                return port
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                try:
+                    udp.bind((LOOPBACK, port))
+                except OSError:
+                    continue
+                return port
+
+
+def accepts_tcp(port: int) -> bool:
+    """Tell whether something listens on 127.0.0.1:``port``."""
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def wait_until(ready: Callable[[], bool], *, timeout: float, alive: Callable[[], bool]) -> bool:
+    """Poll ``ready`` until it holds, the process dies (``alive`` false) or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ready():
+            return True
+        if not alive():
+            return ready()
+        time.sleep(0.05)
+    return False
+
+
+def make_traversable(directory: Path) -> None:
+    """Let unprivileged daemon users reach ``directory`` by adding search (x) permission up the path.
+
+    Postfix and Dovecot drop to their own users, who cannot enter pytest's 0700 temporary
+    folders otherwise. Only search is added, never read: names inside stay unlisted.
+    """
+    for folder in (directory, *directory.parents):
+        mode = folder.stat().st_mode
+        if mode & 0o001 == 0:
+            folder.chmod(mode | 0o011)
+
+
+def spawn(
+    command: Sequence[str], log_path: Path, *, cwd: Path | None = None, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start a foreground daemon with stdout and stderr appended to ``log_path``."""
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            list(command),
+            cwd=cwd,
+            env=dict(env) if env is not None else None,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+
+def terminate(process: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM a daemon started by :func:`spawn` and wait for it; SIGKILL if it lingers."""
+    if process is None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=_STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def run_checked(command: Sequence[str], what: str) -> str:
+    """Run a control command (``postfix reload``, ``doveadm reload``); raise with its output on failure."""
+    result = subprocess.run(list(command), capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"{what} failed (exit {result.returncode}): {result.stdout}{result.stderr}")
+    return result.stdout + result.stderr
+
+
+class Server(ABC):
+    """A daemon under test: ``start``/``stop``, a context manager, logs in :attr:`directory`."""
+
+    name = "server"
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory.resolve()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.running = False
+        self._ports_allocated = False
+
+    @property
+    @abstractmethod
+    def log_path(self) -> Path:
+        """The file the daemon logs to; its tail goes into start failures."""
+
+    @abstractmethod
+    def _allocate_ports(self) -> None:
+        """Pick fresh ports for the next start attempt."""
+
+    @abstractmethod
+    def _launch(self) -> None:
+        """Write the configuration, start the daemon and wait until it answers, or raise."""
+
+    @abstractmethod
+    def _terminate(self) -> None:
+        """Stop the daemon and wait until its ports are free."""
+
+    def start(self) -> Self:
+        """Start the daemon; retry with new ports if another process took one meanwhile.
+
+        A restart keeps the ports of the previous start, so URLs handed out stay valid.
+        """
+        for attempt in range(1, _START_ATTEMPTS + 1):
+            if attempt > 1 or not self._ports_allocated:
+                self._allocate_ports()
+                self._ports_allocated = True
+            try:
+                self._launch()
+            except ServerStartError as error:
+                self._terminate()
+                in_use = any(marker in error.log_tail.lower() for marker in _ADDRESS_IN_USE_MARKERS)
+                if not in_use or attempt == _START_ATTEMPTS:
+                    raise
+                continue
+            self.running = True
+            return self
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def stop(self) -> None:
+        """Stop the daemon; safe to call twice."""
+        if self.running:
+            self._terminate()
+            self.running = False
+
+    def restart(self) -> Self:
+        """Stop and start again on the same ports."""
+        self.stop()
+        return self.start()
+
+    def fail(self, reason: str) -> ServerStartError:
+        """Build the start error for this server, with its log tail."""
+        return ServerStartError(self.name, reason, self.log_path)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
