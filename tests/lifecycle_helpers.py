@@ -31,13 +31,14 @@ def write_config(tmp_path: Path, certificates: str, *, settings: str = "") -> Co
     passphrase = tmp_path / "ca.pass"
     passphrase.write_text("lifecycle tests\n")
     path = tmp_path / "certkeeper.toml"
+    defaults = {"hook_timeout": '"20s"', "verify_timeout": '"15s"', "lock_timeout": '"1s"'}
+    for line in settings.splitlines():
+        defaults.pop(line.split("=", 1)[0].strip(), None)
+    lines = "\n        ".join([*(f"{key} = {value}" for key, value in defaults.items()), *settings.splitlines()])
     path.write_text(textwrap.dedent(f"""\
         [certkeeper]
         state_dir = "{tmp_path / "state"}"
-        hook_timeout = "20s"
-        verify_timeout = "15s"
-        lock_timeout = "1s"
-        {settings}
+        {lines}
 
         [issuers.internal]
         type = "ca"

@@ -15,6 +15,7 @@ from certkeeper.config import Config
 from certkeeper.install import CertificateHome
 from certkeeper.probe import ProbeOptions, probe_sync
 from certkeeper.targets import parse_target
+from certkeeper.testbed.dovecot import Dovecot
 from certkeeper.testbed.postfix import Postfix
 from tests.lifecycle_helpers import run_cli, write_config
 
@@ -117,3 +118,111 @@ def test_rollback_serves_the_previous_version_on_postfix(tmp_path: Path, postfix
     assert result.returncode == 0, result.stderr
     assert first is not None and served(endpoints) == first.fingerprints
     assert home.current() == first
+
+
+@pytest.fixture
+def dovecot(tmp_path: Path) -> Iterator[Dovecot]:
+    with Dovecot(tmp_path / "dovecot") as instance:
+        yield instance
+
+
+def dovecot_endpoints(dovecot: Dovecot) -> list[str]:
+    return [
+        f"imap://127.0.0.1:{dovecot.ports['imap']}",
+        f"imaps://127.0.0.1:{dovecot.ports['imaps']}",
+        f"pop3://127.0.0.1:{dovecot.ports['pop3']}",
+        f"pop3s://127.0.0.1:{dovecot.ports['pop3s']}",
+        f"sieve://127.0.0.1:{dovecot.ports['sieve']}",
+    ]
+
+
+def point_dovecot_at_certkeeper(tmp_path: Path, dovecot: Dovecot) -> CertificateHome:
+    home = CertificateHome(tmp_path / "state", "mail")
+    dovecot.use_certificate(home.current_link / "fullchain.pem", home.current_link / "privkey.pem")
+    dovecot.reload()
+    return home
+
+
+def test_a_renewal_is_verified_on_every_dovecot_listener(tmp_path: Path, dovecot: Dovecot) -> None:
+    install_first_version(tmp_path)
+    home = point_dovecot_at_certkeeper(tmp_path, dovecot)
+    endpoints = dovecot_endpoints(dovecot)
+    config = write_config(
+        tmp_path,
+        certificate_table(
+            "mail",
+            '"mail.example.test"',
+            endpoints=endpoints,
+            hooks=["dovecot"],
+            hook_env={"DOVECOT_CONFIG": str(dovecot.config_file)},
+        ),
+    )
+    result = run_cli(config, "renew", "--force")
+    assert result.returncode == 0, result.stdout + result.stderr
+    current = home.current()
+    assert current is not None and served(endpoints) == current.fingerprints
+
+
+def test_a_hook_that_does_not_reload_leads_to_a_rollback_and_the_old_certificate_served(
+    tmp_path: Path, dovecot: Dovecot
+) -> None:
+    install_first_version(tmp_path)
+    home = point_dovecot_at_certkeeper(tmp_path, dovecot)
+    endpoints = dovecot_endpoints(dovecot)
+    before = home.current()
+    assert before is not None and served(endpoints) == before.fingerprints
+    # The shipped exim hook reloads nothing: Dovecot keeps serving the old certificate.
+    config = write_config(
+        tmp_path,
+        certificate_table("mail", '"mail.example.test"', endpoints=endpoints, hooks=["exim"], hook_env={}),
+        settings='verify_timeout = "3s"',
+    )
+    result = run_cli(config, "renew", "--force", "--json")
+    assert result.returncode == 1, result.stdout + result.stderr
+    [outcome] = json.loads(result.stdout)
+    assert outcome["result"] == "rolled-back"
+    assert "was not served after two reloads" in outcome["detail"]
+    assert "the previous certificate is served again" in outcome["detail"]
+    assert home.current() == before
+    assert served(endpoints) == before.fingerprints
+    assert len(home.versions()) == 2  # the refused version is kept for inspection, not current
+    assert build_app(config).store.renewals("mail", limit=1)[0].result == "rollback"
+
+
+def test_an_endpoint_serving_a_stale_certificate_is_reloaded_without_renewing(tmp_path: Path, dovecot: Dovecot) -> None:
+    install_first_version(tmp_path)
+    home = point_dovecot_at_certkeeper(tmp_path, dovecot)
+    endpoints = dovecot_endpoints(dovecot)
+    before = home.current()
+    # A running Dovecot has served connections: its config process holds the certificate it read then.
+    assert before is not None and served(endpoints) == before.fingerprints
+    # Someone installs a new version and forgets to reload: no hooks configured.
+    forgetful = write_config(
+        tmp_path, certificate_table("mail", '"mail.example.test"', endpoints=[], hooks=[], hook_env={})
+    )
+    assert build_app(forgetful).run_pass(force=True)[0].result == "renewed"
+    current = home.current()
+    assert current is not None and served(endpoints) != current.fingerprints
+    config = write_config(
+        tmp_path,
+        certificate_table(
+            "mail",
+            '"mail.example.test"',
+            endpoints=endpoints,
+            hooks=["dovecot"],
+            hook_env={"DOVECOT_CONFIG": str(dovecot.config_file)},
+        ),
+    )
+    result = run_cli(config, "renew", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    [outcome] = json.loads(result.stdout)
+    assert outcome == {
+        "name": "mail",
+        "result": "reloaded",
+        "detail": f"endpoints now serve {current.id}",
+        "version": current.id,
+    }
+    assert home.current() == current
+    assert served(endpoints) == current.fingerprints
+    stale = [r for r in build_app(config).store.endpoints() if r.stale]
+    assert {r.endpoint for r in stale} == set(endpoints)
