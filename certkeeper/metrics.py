@@ -110,9 +110,10 @@ def render_metrics(
         not_after.add({"name": cert.name, "cn": cert.cn, "issuer_cn": cert.issuer_cn, "serial_no": cert.serial,
                        "dnsnames": ",".join(cert.dnsnames)}, _epoch(cert.not_after))
 
-    renewals = _Family("certkeeper_renewals", "counter", "Renewal attempts by outcome.")
+    # Text format 0.0.4 names a counter's family with its _total suffix, as client_python does.
+    renewals = _Family("certkeeper_renewals_total", "counter", "Renewal attempts by outcome.")
     for (name, result), count in sorted(renewal_counts.items()):
-        renewals.add({"name": name, "result": result}, count, suffix="_total")
+        renewals.add({"name": name, "result": result}, count)
     last_success = _Family("certkeeper_last_renewal_success_timestamp_seconds", "gauge",
                            "When the certificate was last renewed successfully (Unix time).")
     next_check = _Family("certkeeper_next_renewal_timestamp_seconds", "gauge",

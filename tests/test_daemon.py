@@ -132,3 +132,34 @@ def test_cron_renew_racing_the_daemon_issues_once(tmp_path: Path) -> None:
         assert wait_for(lambda: successes(config) >= 1, 60), daemon_log(config)
         time.sleep(2)
     assert successes(config) == 1
+
+
+def test_the_daemon_serves_metrics_a_prometheus_parser_reads(tmp_path: Path) -> None:
+    from urllib.request import urlopen
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from certkeeper.testbed.server import allocate_port
+
+    port = allocate_port()
+    config = write_config(tmp_path, """
+        [certificates.mail]
+        issuer = "internal"
+        domains = ["mail.example.test"]
+        """, settings=f'metrics_listen = "127.0.0.1:{port}"')
+    with daemon(config):
+        assert wait_for(lambda: successes(config) >= 1, 60), daemon_log(config)
+
+        def scrape() -> str:
+            with urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+                return str(response.read().decode())
+
+        assert wait_for(lambda: "certkeeper_renewals_total{" in scrape(), 20), scrape()
+        families = {f.name: f for f in text_string_to_metric_families(scrape())}
+    # The parser names a counter's family without its _total suffix; the sample keeps it.
+    assert families["certkeeper_renewals"].type == "counter"
+    [renewals] = families["certkeeper_renewals"].samples
+    assert renewals.name == "certkeeper_renewals_total"
+    assert renewals.labels == {"name": "mail", "result": "success"} and renewals.value == 1
+    [not_after] = families["ssl_cert_not_after"].samples
+    assert not_after.labels["dnsnames"] == "mail.example.test"

@@ -178,3 +178,27 @@ def test_status_shows_expiry_and_the_next_action(tmp_path: Path) -> None:
     text = run_cli(config, "status").stdout
     assert "mail  [ecdsa-p256]  mail.example.test" in text and "next: renew at" in text
     assert os.path.exists(config.settings.state_dir / "state.db")
+
+
+def test_hooks_test_runs_the_hooks_against_current_without_renewing(tmp_path: Path) -> None:
+    flag = tmp_path / "broken"
+    hook = hook_script(tmp_path, "reload", body=f'[ -e {flag} ] && {{ echo "cannot reload" >&2; exit 2; }}\nexit 0')
+    config = write_config(tmp_path, f"""
+        [certificates.mail]
+        issuer = "internal"
+        domains = ["mail.example.test"]
+        reload = ["{hook}"]
+        """)
+    never = run_cli(config, "hooks", "test", "mail")
+    assert never.returncode == 1 and "has never been installed; run `certkeeper renew mail`" in never.stderr
+    assert run_cli(config, "renew").returncode == 0
+    version = CertificateHome(config.settings.state_dir, "mail").current()
+    assert version is not None
+    result = run_cli(config, "hooks", "test", "mail")
+    assert result.returncode == 0, result.stderr
+    assert f"serve {version.id}" in result.stdout
+    assert hook_runs(tmp_path) == [f"reload mail {version.id}"] * 2
+    flag.touch()
+    broken = run_cli(config, "hooks", "test", "mail")
+    assert broken.returncode == 1 and "exited with status 2: cannot reload" in broken.stderr
+    assert CertificateHome(config.settings.state_dir, "mail").current() == version

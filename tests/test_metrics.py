@@ -106,7 +106,7 @@ def test_certificate_and_renewal_metrics() -> None:
                  dnsnames="mail.example.org,smtp.example.org") == LEAF_NOT_AFTER.timestamp()
     assert value(found, "certkeeper_renewals_total", name="mail", result="success") == 3
     assert value(found, "certkeeper_renewals_total", name="web", result="rollback") == 2
-    assert "# TYPE certkeeper_renewals counter" in text
+    assert "# TYPE certkeeper_renewals_total counter" in text
     assert value(found, "certkeeper_last_renewal_success_timestamp_seconds", name="mail") == (
         NOW - timedelta(days=30)).timestamp()
     assert value(found, "certkeeper_next_renewal_timestamp_seconds", name="mail") == (
