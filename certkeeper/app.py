@@ -18,19 +18,29 @@ from certkeeper.lifecycle import Outcome, Renewer
 from certkeeper.store import Store
 
 if TYPE_CHECKING:
+    from certkeeper.fleet import Fleet
     from certkeeper.observe import Observation
 
 
 def open_store(config: Config) -> Store:
-    """SQLite under ``state_dir``, or PostgreSQL when ``database`` is set."""
-    if config.settings.database:
-        from certkeeper.store.postgres import PostgresStore  # type: ignore[import-not-found,unused-ignore]
+    """This node's own store: SQLite under ``state_dir``.
 
-        store: Store = PostgresStore(config.settings.database, config.settings.database_password_file)
-        return store
+    With ``database`` set (a fleet), PostgreSQL holds what the nodes share (:func:`open_fleet`), while each node's
+    decisions, history and alert queue stay local: a node must keep serving, verifying and alerting while the
+    database is unreachable.  :class:`~certkeeper.store.postgres.PostgresStore` passes the same contract.
+    """
     from certkeeper.store.sqlite import SqliteStore
 
     return SqliteStore(config.settings.state_dir)
+
+
+def open_fleet(config: Config, store: Store, clock: Callable[[], datetime]) -> Fleet | None:
+    """The fleet coordination when ``database`` is set; it connects on first use, so a node starts without it."""
+    if not config.settings.database:
+        return None
+    from certkeeper.fleet import open_fleet as open_configured_fleet
+
+    return open_configured_fleet(config, store, clock)
 
 
 def build_issuer(config: IssuerConfig, settings: Settings) -> Issuer:
@@ -72,6 +82,7 @@ class App:
     renewer: Renewer
     clock: Callable[[], datetime]
     notifier: Notifier | None = None
+    fleet: Fleet | None = None
 
     def observe_endpoints(self, names: Sequence[str] | None = None) -> list[Observation]:
         """Probe the managed endpoints (and, for a full pass, the ``[[watch]]`` ones); record and publish."""
@@ -121,6 +132,8 @@ class App:
         return render_store_metrics(self.store, installed_certificates(self.config))
 
     def close(self) -> None:
+        if self.fleet is not None:
+            self.fleet.close()
         self.store.close()
 
 
@@ -130,6 +143,7 @@ def build_app(config: Config, *, store: Store | None = None,
     bus = EventBus()
     bus.subscribe(log_event)
     issuers = Issuers(config)
-    renewer = Renewer(config, store, issuers, bus, clock)
+    fleet = open_fleet(config, store, clock)
+    renewer = Renewer(config, store, issuers, bus, clock, fleet=fleet)
     notifier = subscribe_notifier(config, store, bus)
-    return App(config, store, bus, issuers, renewer, clock, notifier)
+    return App(config, store, bus, issuers, renewer, clock, notifier, fleet)

@@ -50,6 +50,7 @@ class Settings:
     node: str = ""
     fleet_key_file: Path | None = None
     fleet_grace: timedelta = timedelta(days=3)
+    fleet_lease: timedelta = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -241,6 +242,7 @@ def _parse_settings(t: _Table) -> Settings:
         node=t.string("node", "") or "",
         fleet_key_file=t.path("fleet_key_file", None),
         fleet_grace=t.duration("fleet_grace", d.fleet_grace),
+        fleet_lease=t.duration("fleet_lease", d.fleet_lease, minimum=timedelta(seconds=1)),
     )
     if settings.database and not settings.database.startswith(("postgresql://", "postgres://")):
         t.error("database", repr(settings.database), 'a PostgreSQL URL such as "postgresql://user@host/db"')

@@ -39,12 +39,13 @@ from certkeeper.events import (
     RenewalFailed,
     RolledBack,
 )
+from certkeeper.fleet import Fleet, FleetStoreDown, PassResult
 from certkeeper.hooks import HookContext, resolve_hook, run_hook
 from certkeeper.install import CertificateHome, KeyPair, Ownership, Version, check_pairs
 from certkeeper.issuers.base import Issuer, IssueRequest, RenewalInfoSource
 from certkeeper.model import KeyType
 from certkeeper.observe import Watched
-from certkeeper.policy import Decision, History, Installed, Wanted, backoff_delay, decide_renewal
+from certkeeper.policy import MIN_RETRY, Decision, History, Installed, Wanted, backoff_delay, decide_renewal
 from certkeeper.store import CertState, RenewalRecord, Store
 from certkeeper.verify import Verification, probe_points, wait_until_served
 
@@ -83,13 +84,14 @@ class _Work:
 
 class Renewer:
     def __init__(self, config: Config, store: Store, issuer_for: IssuerSource, bus: EventBus,
-                 clock: Callable[[], datetime] = pki.now_utc) -> None:
+                 clock: Callable[[], datetime] = pki.now_utc, fleet: Fleet | None = None) -> None:
         self.config = config
         self.store = store
         self.issuer_for = issuer_for
         self.bus = bus
         self.clock = clock
         self.settings = config.settings
+        self.fleet = fleet  # fleet integration: shared certificates through PostgreSQL (certkeeper.fleet)
 
     # -- public ------------------------------------------------------------------------------------------------
 
@@ -111,7 +113,18 @@ class Renewer:
         history = History(state.failures, state.last_attempt_at, state.ari_start, state.ari_end)
         wanted = Wanted(certificate.name, certificate.domains, tuple(k.value for k in certificate.key_types),
                         certificate.renew_before or self.settings.renew_before)
-        return decide_renewal(installed, wanted, history, now=now, check_interval=self.settings.check_interval)
+        decision = decide_renewal(installed, wanted, history, now=now, check_interval=self.settings.check_interval)
+        # Fleet integration: another node stored a newer certificate; install it (nothing is ordered), but not
+        # sooner than the failure backoff allows.
+        if self.fleet is not None and not decision.due and (
+                state.failures == 0 or state.last_attempt_at is None
+                or now >= state.last_attempt_at + backoff_delay(state.failures, certificate.name)):
+            newer = self.fleet.catch_up(certificate, self.home(certificate), now)
+            if newer is not None:
+                return replace(decision, due=True, next_check=now + MIN_RETRY,
+                               reason=f"fleet has a newer certificate (version {newer.version}, "
+                                      f"ordered by {newer.ordered_by})")
+        return decision
 
     def next_check(self, certificate: CertificateConfig, now: datetime) -> datetime:
         """When to look at ``certificate`` again: its decision, sooner when a reload is still owed."""
@@ -191,6 +204,9 @@ class Renewer:
         for work in works.values():
             assert work.outcome is not None
             outcomes[work.config.name] = work.outcome
+        if self.fleet is not None and not dry_run:  # fleet integration: every node's state per certificate
+            self.fleet.record_pass([PassResult(c.name, self.home(c).current(), outcomes[c.name].result,
+                                               outcomes[c.name].detail) for c in certificates])
         return [outcomes[c.name] for c in certificates]
 
     def rollback(self, name: str, to: str | None = None) -> Outcome:
@@ -250,23 +266,34 @@ class Renewer:
         now = self.clock()
         try:
             issuer = self.issuer_for(certificate.issuer)
-            pairs = []
-            for key_type in certificate.key_types:
-                key, replaces = self._key_for(work, key_type.value)
-                issued = issuer.issue(IssueRequest(certificate.name, certificate.domains, key, key_type,
-                                                   replaces=replaces, dry_run=dry_run))
-                pairs.append(KeyPair(key_type, key, issued.certificate, issued.chain))
-                self.bus.publish(CertificateIssued(self.clock(), certificate.name, key_type.value, issuer.name,
-                                                   pki.serial_hex(issued.certificate),
-                                                   pki.not_after(issued.certificate)))
             roots = list(issuer.trust_anchors()) or _system_roots()
-            check_pairs(certificate.name, pairs, certificate.domains, roots, now=self.clock())
+
+            def order() -> list[KeyPair]:
+                pairs = []
+                for key_type in certificate.key_types:
+                    key, replaces = self._key_for(work, key_type.value)
+                    issued = issuer.issue(IssueRequest(certificate.name, certificate.domains, key, key_type,
+                                                       replaces=replaces, dry_run=dry_run))
+                    pairs.append(KeyPair(key_type, key, issued.certificate, issued.chain))
+                    self.bus.publish(CertificateIssued(self.clock(), certificate.name, key_type.value, issuer.name,
+                                                       pki.serial_hex(issued.certificate),
+                                                       pki.not_after(issued.certificate)))
+                check_pairs(certificate.name, pairs, certificate.domains, roots, now=self.clock())
+                return pairs
+
+            if self.fleet is not None and not dry_run:  # fleet integration: one node orders, the others install
+                pairs = self.fleet.obtain(certificate, work.previous, order)
+                check_pairs(certificate.name, pairs, certificate.domains, roots, now=self.clock())
+            else:
+                pairs = order()
             if dry_run:
                 serials = ", ".join(pki.serial_hex(p.certificate) for p in pairs)
                 work.outcome = Outcome(certificate.name, "dry-run", f"issued and checked {serials}; not installed")
                 self.store.add_renewal(RenewalRecord(certificate.name, now, "dry-run", "", serials))
                 return
             work.new = work.home.write_version(pairs, issuer=issuer.name, domains=certificate.domains, now=now)
+        except (LockBusy, FleetStoreDown) as exc:  # fleet integration: another node orders, or the fleet store
+            work.outcome = Outcome(certificate.name, "busy", str(exc))  # is down: not a failure; look again
         except CertkeeperError as exc:
             self._fail(work, str(exc), now)
         except Exception as exc:  # a bug or an unexpected library error: fail this certificate, not the pass

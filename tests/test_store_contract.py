@@ -1,10 +1,10 @@
-"""The state store contract: every store implementation must pass these (SQLite here; PostgreSQL joins)."""
+"""The state store contract: every store implementation must pass these (SQLite, and PostgreSQL for real)."""
 
 from __future__ import annotations
 
 import multiprocessing
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,20 +13,38 @@ import pytest
 from certkeeper.errors import LockBusy, SchemaTooNew
 from certkeeper.store import CertState, EndpointRecord, RenewalRecord, Store
 from certkeeper.store.sqlite import SqliteStore
+from tests.fleet_fixtures import Database, postgres_cluster, postgres_db
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+__all__ = ["postgres_cluster", "postgres_db"]  # fixtures used by name
+
+StoreFactory = Callable[[], Store]
 
 
-def make_sqlite(tmp_path: Path) -> Store:
-    return SqliteStore(tmp_path / "state")
+def make_sqlite(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
+    return lambda: SqliteStore(tmp_path / "state")
 
 
-STORES = {"sqlite": make_sqlite}
+def make_postgres(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
+    from certkeeper.store.postgres import PostgresStore
+
+    database: Database = request.getfixturevalue("postgres_db")
+    return lambda: PostgresStore(database.url, database.password_file, node="contract")
+
+
+STORES = {"sqlite": make_sqlite, "postgres": make_postgres}
 
 
 @pytest.fixture(params=sorted(STORES))
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    instance = STORES[request.param](tmp_path)
+def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
+    """Opens another handle on one fresh store (each call: a new connection, as another process would)."""
+    factory: StoreFactory = STORES[request.param](request, tmp_path)
+    return factory
+
+
+@pytest.fixture
+def store(open_store: StoreFactory) -> Iterator[Store]:
+    instance = open_store()
     yield instance
     instance.close()
 
@@ -78,17 +96,15 @@ def test_alerts_are_deduplicated_and_stay_pending_until_sent(store: Store) -> No
     assert store.forget_alerts("mail_") == 0  # '_' is not a wildcard
 
 
-def _hold_lock(state_dir: str, ready: multiprocessing.synchronize.Event, seconds: float) -> None:
-    with SqliteStore(Path(state_dir)).lock("mail", wait=5):
+def _hold_lock(open_store: StoreFactory, ready: multiprocessing.synchronize.Event, seconds: float) -> None:
+    with open_store().lock("mail", wait=5):
         ready.set()
         time.sleep(seconds)
 
 
-def test_lock_excludes_other_processes_and_dies_with_its_holder(tmp_path: Path) -> None:
-    state_dir = tmp_path / "state"
-    store = SqliteStore(state_dir)
+def test_lock_excludes_other_processes_and_dies_with_its_holder(open_store: StoreFactory, store: Store) -> None:
     ready = multiprocessing.get_context("fork").Event()
-    holder = multiprocessing.get_context("fork").Process(target=_hold_lock, args=(str(state_dir), ready, 60))
+    holder = multiprocessing.get_context("fork").Process(target=_hold_lock, args=(open_store, ready, 60))
     holder.start()
     assert ready.wait(10)
     with pytest.raises(LockBusy, match=r"certificate 'mail': another certkeeper is working on it \(held by pid"):
@@ -114,3 +130,30 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     store.close()
     with pytest.raises(SchemaTooNew, match="schema version 999, this certkeeper understands up to 1"):
         SqliteStore(tmp_path / "state")
+
+
+def test_a_newer_postgres_schema_is_refused(postgres_db: Database) -> None:
+    from certkeeper.store.postgres import SCHEMA_VERSION, PostgresStore
+
+    store = PostgresStore(postgres_db.url, postgres_db.password_file)
+    assert store.schema_version() == SCHEMA_VERSION
+    store._execute("UPDATE certkeeper_meta SET value = '999' WHERE key = 'schema_version'")
+    store.close()
+    with pytest.raises(
+        SchemaTooNew,
+        match=rf"{postgres_db.url}: the state store has schema version 999, "
+        rf"this certkeeper understands up to {SCHEMA_VERSION}",
+    ):
+        PostgresStore(postgres_db.url, postgres_db.password_file)
+
+
+def test_postgres_schema_is_migrated_once_by_nodes_starting_together(postgres_db: Database) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from certkeeper.store.postgres import PostgresStore
+
+    with ThreadPoolExecutor(8) as pool:
+        stores = list(pool.map(lambda _: PostgresStore(postgres_db.url, postgres_db.password_file), range(8)))
+    assert {s.schema_version() for s in stores} == {1}
+    for opened in stores:
+        opened.close()

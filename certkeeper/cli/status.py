@@ -27,6 +27,10 @@ def collect(context: Context, now: datetime) -> list[dict[str, Any]]:
     from certkeeper.app import build_app
 
     app = build_app(context.config, store=context.store)
+    nodes: dict[str, list[Any]] = {}
+    if app.fleet is not None:  # a fleet: every node's state for every certificate, from the shared database
+        for result in app.fleet.node_results(list(context.config.certificates)):
+            nodes.setdefault(result.name, []).append(result)
     endpoints: dict[str, list[Any]] = {}
     for record in context.store.endpoints():
         endpoints.setdefault(record.owner, []).append(record)
@@ -67,6 +71,15 @@ def collect(context: Context, now: datetime) -> list[dict[str, Any]]:
             "last_result": ({"result": last[0].result, "at": last[0].at.isoformat(), "detail": last[0].detail}
                             if last else None),
         })
+        if app.fleet is not None:
+            rows[-1]["nodes"] = [{"node": r.node, "version": r.version, "serials": r.serials, "result": r.result,
+                                  "at": r.at.isoformat(), "detail": r.detail}
+                                 for r in nodes.get(certificate.name, [])]
+    if app.fleet is not None:
+        if app.fleet.down_since() is not None:
+            for row in rows:
+                row["fleet_store"] = f"unreachable since {app.fleet.down_since():%Y-%m-%d %H:%M} UTC"
+        app.fleet.close()
     return rows
 
 
@@ -91,4 +104,9 @@ def run(args: argparse.Namespace, context: Context) -> int:
             print(f"  last renewal: {last['result']} at {last['at'][:16]}{detail}")
         if row["reload_pending"]:
             print(f"  reload pending: {row['last_error']}")
+        if "fleet_store" in row:
+            print(f"  fleet store {row['fleet_store']}")
+        for node in row.get("nodes", []):
+            print(f"  node {node['node']}: version {node['version']} ({node['serials'] or 'nothing installed'}), "
+                  f"{node['result']} at {node['at'][:19]}")
     return 0
