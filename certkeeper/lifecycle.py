@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 
@@ -48,6 +49,9 @@ from certkeeper.observe import Watched
 from certkeeper.policy import MIN_RETRY, Decision, History, Installed, Wanted, backoff_delay, decide_renewal
 from certkeeper.store import CertState, RenewalRecord, Store
 from certkeeper.verify import Verification, probe_points, wait_until_served
+
+if TYPE_CHECKING:
+    from certkeeper.dane_rollover import DaneRollover
 
 log = logging.getLogger("certkeeper.lifecycle")
 
@@ -80,6 +84,8 @@ class _Work:
     outcome: Outcome | None = None
     reload_only: bool = False
     events: list[object] = field(default_factory=list)
+    dane: DaneRollover | None = None  # DANE (RFC 7672): the key comes from the TLSA rollover
+    next_keys: dict[str, pki.PrivateKey] = field(default_factory=dict)
 
 
 class Renewer:
@@ -157,8 +163,12 @@ class Renewer:
         for certificate in certificates:
             current = self.home(certificate).current()
             for target in certificate.endpoints:
+                # An endpoint written as an address (smtp://192.0.2.1:25) says where to connect; clients ask for
+                # the certificate's name there, so judge (SNI and name check) against that, not the address.
+                names = [d for d in certificate.domains if not d.startswith("*.")]
+                servername = names[0] if target.is_ip_literal and names else None
                 items.append(Watched(certificate.name, target, current.fingerprints if current else None,
-                                     dual=len(certificate.key_types) > 1))
+                                     dual=len(certificate.key_types) > 1, servername=servername))
         return items
 
     def run(self, names: Sequence[str] | None = None, *, force: bool = False, dry_run: bool = False,
@@ -171,8 +181,6 @@ class Renewer:
         with contextlib.ExitStack() as locks:
             for certificate in certificates:
                 home = self.home(certificate)
-                for leftover in home.recover():
-                    log.warning("%s: removed %s left by an interrupted install", certificate.name, leftover)
                 state = self.store.get_state(certificate.name) or CertState(certificate.name)
                 self._refresh_renewal_info(certificate, home, state, now)
                 decision = self.decide(certificate, now)
@@ -180,16 +188,24 @@ class Renewer:
                 if not (force or decision.due or needs_reload):
                     self._remember_decision(certificate.name, decision)
                     outcomes[certificate.name] = Outcome(certificate.name, "not-due", decision.reason)
+                    self._keep_tlsa_in_step(certificate, dry_run=dry_run)
                     continue
                 try:
                     locks.enter_context(self.store.lock(certificate.name, self.settings.lock_timeout.total_seconds()))
                 except LockBusy as exc:
                     outcomes[certificate.name] = Outcome(certificate.name, "busy", str(exc))
                     continue
+                # Only the lock holder may clean up: an .incoming folder may be another process's work.
+                for leftover in home.recover():
+                    log.warning("%s: removed %s left by an interrupted install", certificate.name, leftover)
                 # Lock, then decide again: another certkeeper may have renewed it while we waited.
                 decision = self.decide(certificate, self.clock())
                 work = _Work(certificate, home, home.current())
                 if force or decision.due:
+                    waiting = self._dane_gate(work, dry_run=dry_run)
+                    if waiting is not None:
+                        outcomes[certificate.name] = waiting
+                        continue
                     works[certificate.name] = work
                 elif needs_reload:
                     work.reload_only = True
@@ -305,6 +321,8 @@ class Renewer:
         previous = work.previous
         pair = next((p for p in previous.pairs if p.key_type == key_type), None) if previous else None
         replaces = work.home.load_pair_certificate(pair) if pair else None
+        if key_type in work.next_keys:  # DANE: the key whose TLSA records have been visible for two TTLs
+            return work.next_keys[key_type], replaces
         if work.config.reuse_key and pair is not None:
             return work.home.load_pair_key(pair), replaces
         return pki.generate_key(KeyType(key_type)), replaces
@@ -341,6 +359,8 @@ class Renewer:
                 self._update_state(name, reload_pending=False)
                 return
             work.outcome = Outcome(name, "renewed", f"installed and verified {work.new.id}", work.new.id)
+            if work.dane is not None:  # served now: a new next key; current + next in DNS, the old key's removed
+                work.dane.after_install(now)
             self.store.add_renewal(RenewalRecord(name, now, "success", work.new.id,
                                                  ",".join(p.serial for p in work.new.pairs)))
             self._update_state(name, last_attempt_at=now, last_success_at=now, failures=0, last_error="",
@@ -409,6 +429,40 @@ class Renewer:
             )))
 
         return {w.config.name: v for w, v in zip(works, asyncio.run(all_of()), strict=True)}
+
+    # -- DANE (RFC 7672): certkeeper.dane_rollover ---------------------------------------------------------------
+
+    def _dane_for(self, certificate: CertificateConfig, home: CertificateHome) -> DaneRollover | None:
+        if certificate.dane is None:
+            return None
+        from certkeeper.dane_rollover import DaneRollover
+
+        return DaneRollover(certificate, home, self.config.issuers.get(certificate.issuer), self.bus.publish,
+                            self.clock)
+
+    def _dane_gate(self, work: _Work, *, dry_run: bool) -> Outcome | None:
+        """A "waiting" outcome while the next key's TLSA records are not ready and the served certificate is
+        safe; otherwise None, with the key to certify in ``work.next_keys``."""
+        work.dane = None if dry_run else self._dane_for(work.config, work.home)
+        if work.dane is None:
+            return None
+        gate = work.dane.gate(work.previous, self.clock())
+        if not gate.proceed:
+            self._update_state(work.config.name, next_check_at=gate.retry_at, next_reason=gate.reason)
+            return Outcome(work.config.name, "waiting", f"waiting for TLSA records to be visible: {gate.reason}")
+        work.next_keys = work.dane.keys_for_renewal()
+        return None
+
+    def _keep_tlsa_in_step(self, certificate: CertificateConfig, *, dry_run: bool) -> None:
+        """Retry a TLSA publication or cleanup that failed, without waiting for the next renewal."""
+        rollover = None if dry_run else self._dane_for(certificate, self.home(certificate))
+        if rollover is None or not rollover.out_of_step():
+            return
+        try:
+            with self.store.lock(certificate.name, self.settings.lock_timeout.total_seconds()):
+                rollover.synchronise(self.clock())
+        except LockBusy:
+            log.info("%s: TLSA records left for the next pass: another certkeeper holds the lock", certificate.name)
 
     # -- observation and bookkeeping ---------------------------------------------------------------------------
 

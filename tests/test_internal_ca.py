@@ -421,7 +421,7 @@ domains = ["mail.example.test"]
     revoked = run_cli(config_file, "revoke", "mail", "--reason", "keyCompromise")
     assert revoked.returncode == 0, revoked.stderr
     assert f"revoked serial {pki.serial_hex(leaf)} (certificate mail): keyCompromise" in revoked.stdout
-    assert run_cli(config_file, "revoke", "mail", "--reason", "bogus").returncode == 2  # argparse's own usage code
+    assert run_cli(config_file, "revoke", "mail", "--reason", "bogus").returncode == 64  # EX_USAGE
 
     crl = run_cli(config_file, "crl", "--out", str(tmp_path / "published.crl"))
     assert crl.returncode == 0, crl.stderr

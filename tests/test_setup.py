@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 import socket
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from certkeeper.probe import ProbeOptions, probe_sync
 from certkeeper.setup_mail import CertificateFiles, plan_dovecot, plan_postfix
 from certkeeper.targets import parse_target
 from certkeeper.testbed.certs import TestCA
+from certkeeper.testbed.dovecot import Dovecot
 from certkeeper.testbed.server import allocate_port
 
 HOSTNAME = "mail.example.test"
@@ -176,15 +177,12 @@ def test_a_pair_that_fails_after_reload_is_rolled_back(
 
 
 @pytest.mark.testbed
-def test_apply_dovecot_serves_imaps(request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str],
+def test_apply_dovecot_serves_imaps(dovecot_factory: Callable[..., Dovecot], capsys: pytest.CaptureFixture[str],
                                     managed: tuple[Path, TestCA, str]) -> None:
-    """With the test bed's Dovecot: --apply adds IMAPS on the given port, serving the current certificate."""
-    try:
-        dovecot = request.getfixturevalue("dovecot")
-    except pytest.FixtureLookupError:
-        pytest.skip("the test bed's dovecot fixture is not available yet")
+    """With a Dovecot of its own (setup rewrites its configuration): --apply adds IMAPS on the given port."""
+    dovecot = dovecot_factory()
     config, _, fingerprint = managed
-    config_file = getattr(dovecot, "config_file", None) or dovecot.config_path
+    config_file = dovecot.config_file
     imaps = allocate_port()
     status = main(["-c", str(config), "setup", "dovecot", "--certificate", "mail", "--dovecot-config",
                    str(config_file), "--imaps-port", str(imaps), "--apply", "--verify-timeout", "20"])
