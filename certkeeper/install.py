@@ -22,7 +22,6 @@ import grp
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,6 +32,7 @@ from cryptography import x509
 from certkeeper import pki
 from certkeeper.config import CopyTarget
 from certkeeper.errors import CertkeeperError, InputError, InstallRefused
+from certkeeper.files import fsync_dir, write_atomic
 from certkeeper.model import KeyType
 
 FILES = ("privkey.pem", "cert.pem", "chain.pem", "fullchain.pem", "combined.pem")
@@ -230,11 +230,11 @@ class CertificateHome:
                 "not_after": pki.not_after(pair.certificate).isoformat(),
             })
         meta = {"created_at": now.isoformat(), "issuer": issuer, "domains": list(domains), "pairs": meta_pairs}
-        _write_file(incoming / "version.json", json.dumps(meta, indent=2).encode(), 0o644, -1)
-        _fsync_dir(incoming)
+        write_atomic(incoming / "version.json", json.dumps(meta, indent=2).encode(), mode=0o644)
+        fsync_dir(incoming)
         final = self.versions_dir / version_id
         os.rename(incoming, final)
-        _fsync_dir(self.versions_dir)
+        fsync_dir(self.versions_dir)
         return self._load(final)
 
     def activate(self, version: Version) -> None:
@@ -245,7 +245,7 @@ class CertificateHome:
             temporary.unlink()
         os.symlink(relative, temporary)
         os.replace(temporary, self.current_link)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
     def prune(self, keep: int) -> list[str]:
         """Remove all but the newest ``keep`` versions; never the current one."""
@@ -281,8 +281,8 @@ class CertificateHome:
         for kind, destination in targets.items():
             source = pair.directory / f"{kind}.pem"
             secret = f"{kind}.pem" in _SECRET_FILES
-            _write_file(destination, source.read_bytes(), self.ownership.key_mode if secret else 0o644,
-                        self.ownership.gid if secret else -1)
+            write_atomic(destination, source.read_bytes(), mode=self.ownership.key_mode if secret else 0o644,
+                         gid=self.ownership.gid if secret else -1)
 
     def _write_pair_files(self, folder: Path, pair: KeyPair) -> None:
         key_pem = pki.key_to_pem(pair.key)
@@ -299,8 +299,8 @@ class CertificateHome:
         gid = self.ownership.gid
         for filename in FILES:
             secret = filename in _SECRET_FILES
-            _write_file(folder / filename, contents[filename], self.ownership.key_mode if secret else 0o644,
-                        gid if secret else -1)
+            write_atomic(folder / filename, contents[filename], mode=self.ownership.key_mode if secret else 0o644,
+                         gid=gid if secret else -1)
 
     def _ensure_dirs(self) -> None:
         # certs/ itself only lists names; each certificate's folder carries the restrictive mode.
@@ -324,36 +324,3 @@ class CertificateHome:
             if candidate not in existing:
                 return candidate
         raise CertkeeperError(f"{self.versions_dir}: too many versions created in one second")
-
-
-def _write_file(path: Path, data: bytes, mode: int, gid: int) -> None:
-    """Write ``data`` to a temporary file beside ``path`` with its final mode, fsync, rename into place.
-
-    The mode is set at creation (``O_CREAT`` with ``mode``, umask cleared by fchmod), so a key is never
-    readable by others even for an instant.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".certkeeper-tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        if gid >= 0:
-            os.fchown(fd, -1, gid)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-

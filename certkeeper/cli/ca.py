@@ -190,10 +190,10 @@ def run_status(args: argparse.Namespace, context: Context) -> int:
 
 def _write_output(path: Path, data: bytes) -> None:
     from certkeeper.errors import InputError
-    from certkeeper.issuers.ca_store import write_atomic
+    from certkeeper.files import write_atomic
 
     try:
         # Public material (certificates, CRLs): world-readable is what clients need.
-        write_atomic(path, data, 0o644)
+        write_atomic(path, data, mode=0o644)
     except OSError as exc:
         raise InputError(str(path), f"cannot write it ({exc.strerror})") from None

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from certkeeper.cli.context import Context
 from certkeeper.errors import InputError
+from certkeeper.files import write_atomic
 
 ORDER = 70
 
@@ -36,11 +35,8 @@ def run_metrics(args: argparse.Namespace, context: Context) -> int:
         return 0
     target = Path(args.output)
     try:
-        fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        with os.fdopen(fd, "w") as stream:
-            stream.write(text)
-        os.chmod(temporary, 0o644)  # metrics hold no secrets; node_exporter runs as its own user
-        os.replace(temporary, target)
+        # Metrics hold no secrets; node_exporter runs as its own user.
+        write_atomic(target, text.encode(), mode=0o644)
     except OSError as exc:
         raise InputError(str(target), f"cannot write the metrics file: {exc.strerror}") from None
     return 0

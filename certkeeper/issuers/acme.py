@@ -23,9 +23,7 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import random
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -48,6 +46,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from certkeeper import __version__, pki
 from certkeeper.config import AcmeIssuerConfig
 from certkeeper.errors import CaUnavailable, InputError, IssuanceError, UsageError
+from certkeeper.files import write_atomic
 from certkeeper.issuers.base import IssuedCertificate, IssueRequest, RenewalWindow
 from certkeeper.issuers.challenges import (
     ChallengeAnswer,
@@ -384,7 +383,8 @@ class _Directory:
         except acme_errors.ConflictError as existing:  # the key is registered already (RFC 8555 7.3.1)
             uri = existing.location
         self.net.account = messages.RegistrationResource(uri=uri, body=messages.Registration())
-        _write_private(self.home / "account.json", json.dumps({"directory": self.url, "uri": uri}).encode())
+        write_atomic(self.home / "account.json", json.dumps({"directory": self.url, "uri": uri}).encode(),
+                     mode=0o600)
         log.info("registered ACME account %s at %s", uri, self.url)
 
 
@@ -396,29 +396,11 @@ def _load_or_create_account_key(path: Path) -> ec.EllipticCurvePrivateKey:
             raise ChallengeFailed(f"{path}: the ACME account key is not an ECDSA key")
         return key
     key = ec.generate_private_key(ec.SECP256R1())
-    _write_private(path, pki.key_to_pem(key), exclusive=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_atomic(path, pki.key_to_pem(key), mode=0o600, exclusive=True)
     loaded = serialization.load_pem_private_key(path.read_bytes(), None)  # a concurrent first use may have won
     assert isinstance(loaded, ec.EllipticCurvePrivateKey)
     return loaded
-
-
-def _write_private(path: Path, data: bytes, *, exclusive: bool = False) -> None:
-    """Write via a 0600 temporary file; ``exclusive`` keeps an existing file (link fails instead of replacing)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")  # mkstemp creates it 0600
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if exclusive:
-            with contextlib.suppress(FileExistsError):
-                os.link(temporary, path)
-        else:
-            os.replace(temporary, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
 
 
 # -- the issuer -----------------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from cryptography import x509
 from certkeeper import pki
 from certkeeper.config import CaIssuerConfig
 from certkeeper.errors import IssuanceError
+from certkeeper.files import fsync_dir, write_atomic
 
 _json_string = json.encoder.encode_basestring_ascii
 
@@ -99,23 +100,6 @@ def read_passphrase(config: CaIssuerConfig) -> bytes:
     return passphrase
 
 
-def write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Temporary file beside ``path`` created with ``mode`` (never wider, even for a moment), fsync, rename."""
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-    fsync_dir(path.parent)
-
-
 def create_ca_dir(ca_dir: Path, files: dict[str, tuple[bytes, int]], *, replace_suffix: str | None) -> Path | None:
     """Write ``files`` (name -> content, mode) into a fresh sibling directory, then rename it to ``ca_dir``.
 
@@ -127,7 +111,7 @@ def create_ca_dir(ca_dir: Path, files: dict[str, tuple[bytes, int]], *, replace_
     replaced = None
     try:
         for name, (data, mode) in files.items():
-            write_atomic(staging / name, data, mode)
+            write_atomic(staging / name, data, mode=mode)
         if replace_suffix is not None:
             replaced = ca_dir.with_name(f"{ca_dir.name}.{replace_suffix}")
             os.rename(ca_dir, replaced)
@@ -148,14 +132,6 @@ def file_stamp(path: Path) -> tuple[int, int]:
     except OSError:
         return (0, 0)
     return (st.st_ino, st.st_mtime_ns)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @contextlib.contextmanager

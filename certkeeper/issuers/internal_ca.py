@@ -43,6 +43,7 @@ from cryptography.hazmat.primitives import serialization
 from certkeeper import pki
 from certkeeper.config import CaIssuerConfig
 from certkeeper.errors import IssuanceError
+from certkeeper.files import write_atomic
 from certkeeper.issuers import ca_store as store
 from certkeeper.issuers.base import IssuedCertificate, IssueRequest
 from certkeeper.issuers.ca_profile import (
@@ -123,7 +124,7 @@ def init_ca(config: CaIssuerConfig, *, now: datetime, force: bool = False,
              store.INTERMEDIATE_KEY: (pki.key_to_pem(intermediate_key, passphrase), 0o600)}
     root_key_pem = pki.key_to_pem(root_key, passphrase)
     if export_root_key is not None:
-        store.write_atomic(export_root_key, root_key_pem, 0o600)
+        write_atomic(export_root_key, root_key_pem, mode=0o600)
     else:
         files[store.ROOT_KEY] = (root_key_pem, 0o600)
     replaced = store.create_ca_dir(ca_dir, files, replace_suffix=f"replaced-{now:%Y%m%dT%H%M%SZ}" if present else None)
@@ -153,12 +154,12 @@ def init_intermediate(config: CaIssuerConfig, *, now: datetime, root_key: Path |
         archive = ca_dir / store.ARCHIVE
         archive.mkdir(mode=0o700, exist_ok=True)
         stem = f"intermediate-{pki.serial_hex(old)}"
-        store.write_atomic(archive / f"{stem}.pem", pki.cert_to_pem(old), 0o644)
+        write_atomic(archive / f"{stem}.pem", pki.cert_to_pem(old), mode=0o644)
         old_key = store.read_file(config.name, ca_dir / store.INTERMEDIATE_KEY, "intermediate key")
-        store.write_atomic(archive / f"{stem}.key", old_key, 0o600)
+        write_atomic(archive / f"{stem}.key", old_key, mode=0o600)
         # Key first, then certificate: a loader in between sees a mismatch, says so, and the next issue retries.
-        store.write_atomic(ca_dir / store.INTERMEDIATE_KEY, pki.key_to_pem(key, passphrase), 0o600)
-        store.write_atomic(ca_dir / store.INTERMEDIATE_CERT, pki.cert_to_pem(intermediate), 0o644)
+        write_atomic(ca_dir / store.INTERMEDIATE_KEY, pki.key_to_pem(key, passphrase), mode=0o600)
+        write_atomic(ca_dir / store.INTERMEDIATE_CERT, pki.cert_to_pem(intermediate), mode=0o644)
     return CaInitResult(ca_dir, root, intermediate, root_key_path)
 
 
@@ -326,9 +327,9 @@ def write_crl(config: CaIssuerConfig, now: datetime) -> Path:
         number = store.read_crl_number(config.name, config.ca_dir / store.CRL_NUMBER) + 1
         crl = build_crl(signer.intermediate, signer.key, revocations, number=number, now=now,
                         next_update=config.crl_next_update)
-        store.write_atomic(config.ca_dir / store.CRL_DER, crl.public_bytes(serialization.Encoding.DER), 0o644)
-        store.write_atomic(config.ca_dir / store.CRL_PEM, crl.public_bytes(serialization.Encoding.PEM), 0o644)
-        store.write_atomic(config.ca_dir / store.CRL_NUMBER, f"{number}\n".encode(), 0o644)
+        write_atomic(config.ca_dir / store.CRL_DER, crl.public_bytes(serialization.Encoding.DER), mode=0o644)
+        write_atomic(config.ca_dir / store.CRL_PEM, crl.public_bytes(serialization.Encoding.PEM), mode=0o644)
+        write_atomic(config.ca_dir / store.CRL_NUMBER, f"{number}\n".encode(), mode=0o644)
     return config.ca_dir / store.CRL_PEM
 
 
