@@ -47,6 +47,9 @@ from certkeeper.events import (
     RenewalFailed,
     RolledBack,
     ServedCertificateStale,
+    TlsaRecordsPublished,
+    TlsaUpdateFailed,
+    UnsafeKeyRollover,
 )
 from certkeeper.store import AlertRecord, EndpointRecord, Store
 
@@ -248,6 +251,25 @@ class Notifier:
         elif isinstance(event, CertificateVerified):
             self.store.forget_alerts(alert_rules.stale_prefix(event.name))
             self.store.forget_alerts(alert_rules.hook_prefix(event.name))
+        elif isinstance(event, TlsaUpdateFailed):
+            self.raise_alert(
+                f"tlsa:{event.name}:{_short(event.error)}", Severity.WARNING,
+                f"TLSA records of {event.name} not published", now,
+                summary=f"The DANE key rollover of {event.name} is blocked: {event.error}",
+                facts=[("certificate", event.name), ("error", event.error)],
+                tried="published the TLSA records with an RFC 2136 update and asked every authoritative server; "
+                      "the key is not changed until they are visible, while the served certificate is safe",
+                next_step=f"certkeeper dane show {event.name}")
+        elif isinstance(event, TlsaRecordsPublished):
+            self.store.forget_alerts(f"tlsa:{event.name}:")
+        elif isinstance(event, UnsafeKeyRollover):
+            self.raise_alert(
+                f"tlsa-unsafe:{event.name}:{_short(event.reason)}", Severity.CRITICAL,
+                f"{event.name} changed its key before its TLSA records were ready", now,
+                summary=f"{event.name}: {event.reason}",
+                facts=[("certificate", event.name), ("reason", event.reason)],
+                tried="waited for the TLSA records of the next key until expiry came within unsafe_rollover_days",
+                next_step=f"certkeeper dane show {event.name}; publish those records now")
         elif isinstance(event, ConfigReloadRejected):
             self.raise_alert(
                 f"config:{event.path}:{_short(event.error)}", Severity.WARNING,

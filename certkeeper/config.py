@@ -447,7 +447,10 @@ def _parse_dane(t: _Table) -> DaneConfig:
     d = DaneConfig()
     tlsa = tuple(t.string_list("tlsa", list(d.tlsa)) or ())
     for i, record in enumerate(tlsa):
-        if record not in ("3 1 1", "2 1 1", "3 0 1", "2 0 1"):
+        if record == "3 0 1":
+            t.error(f"tlsa[{i}]", '"3 0 1", which names one certificate and so cannot be published before it is '
+                    'served', '"3 1 1" (the key, which certkeeper publishes ahead of a rollover; RFC 7671 5.1)')
+        elif record not in ("3 1 1", "2 1 1", "2 0 1"):
             t.error(f"tlsa[{i}]", repr(record), 'a TLSA usage/selector/matching triple: "3 1 1" or "2 1 1"')
     dane = DaneConfig(
         tlsa=tlsa,

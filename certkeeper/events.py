@@ -91,6 +91,41 @@ class ConfigReloadRejected(Event):
     error: str
 
 
+@dataclass(frozen=True)
+class TlsaRecordsPublished(Event):
+    """DANE (RFC 7672): TLSA records of a certificate were added or removed on the primary."""
+
+    name: str
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TlsaUpdateFailed(Event):
+    """DANE: TLSA records could not be published, or are not answered by every authoritative server."""
+
+    name: str
+    error: str
+
+
+@dataclass(frozen=True)
+class RenewalWaitingForTlsa(Event):
+    """DANE: a due renewal waits until the next key's TLSA records have been visible for two TTLs."""
+
+    name: str
+    phase: str
+    reason: str
+    until: datetime | None
+
+
+@dataclass(frozen=True)
+class UnsafeKeyRollover(Event):
+    """DANE: the key changed before its TLSA records were ready, because expiry came too close."""
+
+    name: str
+    reason: str
+
+
 Subscriber = Callable[[Event], None]
 
 
@@ -114,6 +149,7 @@ class EventBus:
 def log_event(event: Event) -> None:
     """The journald-friendly subscriber: one line per event."""
     level = logging.WARNING if isinstance(event, RenewalFailed | ReloadHookFailed | RolledBack |
-                                          ServedCertificateStale | EndpointFailed | ConfigReloadRejected) \
+                                          ServedCertificateStale | EndpointFailed | ConfigReloadRejected |
+                                          TlsaUpdateFailed | UnsafeKeyRollover) \
         else logging.INFO
     logging.getLogger("certkeeper").log(level, "%s", event.describe())

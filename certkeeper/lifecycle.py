@@ -446,11 +446,15 @@ class Renewer:
         work.dane = None if dry_run else self._dane_for(work.config, work.home)
         if work.dane is None:
             return None
-        gate = work.dane.gate(work.previous, self.clock())
-        if not gate.proceed:
-            self._update_state(work.config.name, next_check_at=gate.retry_at, next_reason=gate.reason)
-            return Outcome(work.config.name, "waiting", f"waiting for TLSA records to be visible: {gate.reason}")
-        work.next_keys = work.dane.keys_for_renewal()
+        try:
+            gate = work.dane.gate(work.previous, self.clock())
+            if not gate.proceed:
+                self._update_state(work.config.name, next_check_at=gate.retry_at, next_reason=gate.reason)
+                return Outcome(work.config.name, "waiting", f"waiting for TLSA records to be visible: {gate.reason}")
+            work.next_keys = work.dane.keys_for_renewal()
+        except (CertkeeperError, OSError) as exc:  # an unreadable next key: fail this certificate, not the pass
+            self._fail(work, f"DANE key rollover: {exc}", self.clock())
+            return work.outcome
         return None
 
     def _keep_tlsa_in_step(self, certificate: CertificateConfig, *, dry_run: bool) -> None:

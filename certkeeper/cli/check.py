@@ -66,6 +66,12 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                         help="deadline for each whole target: connect, dialogue and handshakes (10)")
     parser.add_argument("--concurrency", metavar="N", type=int, default=50, help="targets probed at once (50)")
     parser.add_argument("--json", action="store_true", help="print a JSON array, one object per target")
+    parser.add_argument("--dane", action="store_true",
+                        help="look up the TLSA records of _PORT._tcp.HOST (RFC 7672) and report whether the served "
+                             "certificate matches them (tlsa-invalid otherwise) and whether the answer was "
+                             "DNSSEC-validated (the AD bit); SMTP targets are probed without SNI as well")
+    parser.add_argument("--resolver", metavar="HOST[:PORT]",
+                        help="the DNS resolver for --dane (default: the first nameserver in /etc/resolv.conf)")
     parser.set_defaults(handler=run_check, usage_status=EXIT_UNKNOWN)
     parser.usage_status = EXIT_UNKNOWN
 
@@ -87,7 +93,12 @@ def run_check(args: argparse.Namespace, context: Context) -> int:
     from certkeeper.probe import nagios_line, probe_sync, result_to_json
 
     try:
-        results = probe_sync(targets, options, now=now_utc(), concurrency=args.concurrency)
+        now = now_utc()
+        results = probe_sync(targets, options, now=now, concurrency=args.concurrency)
+        if args.dane:
+            from certkeeper.probe.tlsa import check_dane
+
+            results = check_dane(results, options, now=now, resolver=args.resolver, concurrency=args.concurrency)
     except InputError as exc:  # an unreadable --ca-file is a bad argument: UNKNOWN
         print(f"certkeeper check: {exc}", file=sys.stderr)
         return EXIT_UNKNOWN

@@ -300,6 +300,10 @@ def _resolve_address(host: str) -> str:
         raise ChallengeFailed(f"cannot resolve the DNS server name {host!r}") from None
 
 
+# (owner name, record type, RDATA in master-file syntax), as RFC 2136 updates add and delete them.
+RecordText = tuple[str, dns.rdatatype.RdataType, str]
+
+
 class Rfc2136Dns01:
     """TXT records through RFC 2136 dynamic updates, signed with TSIG, checked on every authoritative server.
 
@@ -345,7 +349,7 @@ class Rfc2136Dns01:
         """The zone holding ``name``: the owner of the SOA in the answer or authority section (RFC 1034 4.3.2)."""
         candidate = dns.name.from_text(name)
         while True:
-            reply = self._query(address, self.port, candidate, dns.rdatatype.SOA)
+            reply = self.query(address, self.port, candidate, dns.rdatatype.SOA)
             for section in (reply.answer, reply.authority):
                 for rrset in section:
                     if rrset.rdtype == dns.rdatatype.SOA:
@@ -357,17 +361,24 @@ class Rfc2136Dns01:
             candidate = candidate.parent()
 
     def _update(self, address: str, zone: dns.name.Name, answers: Sequence[ChallengeAnswer], *, add: bool) -> None:
+        # Only these values on removal: a wildcard and its base name share one owner name (RFC 8555 8.4).
+        records = [(answer.dns_name, dns.rdatatype.TXT, f'"{answer.dns_value}"') for answer in answers]
+        self.send_update(address, zone, add=records if add else (), delete=() if add else records)
+
+    def send_update(self, address: str, zone: dns.name.Name, *, add: Sequence[RecordText] = (),
+                    delete: Sequence[RecordText] = ()) -> None:
+        """One TSIG-signed update of ``zone``: delete these values, add those (any record type, ``self.ttl``).
+
+        One message, so the primary applies all of it or none (RFC 2136 section 3.7); DANE's TLSA rollover
+        (:mod:`certkeeper.dane_dns`) relies on that as much as dns-01 does.
+        """
         keyname = dns.name.from_text(self.key.name)
         update = dns.update.UpdateMessage(zone, keyring=self.key.keyring(), keyname=keyname,
                                           keyalgorithm=self.key.algorithm)
-        for answer in answers:
-            name = dns.name.from_text(answer.dns_name)
-            value = f'"{answer.dns_value}"'
-            if add:
-                update.add(name, self.ttl, dns.rdatatype.TXT, value)
-            else:
-                # Only this value: a wildcard and its base name share one owner name (RFC 8555 8.4).
-                update.delete(name, dns.rdatatype.TXT, value)
+        for name, rdtype, value in delete:
+            update.delete(dns.name.from_text(name), rdtype, value)
+        for name, rdtype, value in add:
+            update.add(dns.name.from_text(name), self.ttl, rdtype, value)
         try:
             reply = dns.query.tcp(update, address, port=self.port, timeout=10)
         except (dns.exception.DNSException, OSError) as exc:
@@ -380,19 +391,19 @@ class Rfc2136Dns01:
                     "NOTZONE": "the record is not inside the zone; check dns_zone"}.get(code, "see the server's log")
             raise ChallengeFailed(f"{self.host}:{self.port} answered {code} to the update of zone {zone}: {hint}")
 
-    def _authoritative_addresses(self, address: str, zone: dns.name.Name) -> list[str]:
+    def authoritative_addresses(self, address: str, zone: dns.name.Name) -> list[str]:
         addresses: list[str] = []
-        reply = self._query(address, self.port, zone, dns.rdatatype.NS)
+        reply = self.query(address, self.port, zone, dns.rdatatype.NS)
         hosts = [rdata.target for rrset in reply.answer if rrset.rdtype == dns.rdatatype.NS for rdata in rrset]
         for host in hosts:
             for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
-                found = self._query(address, self.port, host, rdtype)
+                found = self.query(address, self.port, host, rdtype)
                 addresses += [rdata.address for rrset in found.answer if rrset.rdtype == rdtype for rdata in rrset]
         return list(dict.fromkeys(addresses)) or [address]
 
     def _wait_for_authoritatives(self, address: str, zone: dns.name.Name, answers: Sequence[ChallengeAnswer]) -> None:
         port = self.port  # see the class docstring: a non-standard port of dns_server applies to all of them
-        servers = self._authoritative_addresses(address, zone)
+        servers = self.authoritative_addresses(address, zone)
         deadline = self._clock() + self.timeout
         delay = 0.05
         waiting = set(servers)
@@ -412,14 +423,14 @@ class Rfc2136Dns01:
 
     def _has_value(self, server: str, port: int, answer: ChallengeAnswer) -> bool:
         try:
-            reply = self._query(server, port, dns.name.from_text(answer.dns_name), dns.rdatatype.TXT)
+            reply = self.query(server, port, dns.name.from_text(answer.dns_name), dns.rdatatype.TXT)
         except ChallengeFailed:
             return False
         values = {b"".join(rdata.strings).decode() for rrset in reply.answer for rdata in rrset
                   if rrset.rdtype == dns.rdatatype.TXT}
         return answer.dns_value in values
 
-    def _query(self, address: str, port: int, name: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> Any:
+    def query(self, address: str, port: int, name: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> Any:
         query = dns.message.make_query(name, rdtype)
         query.flags &= ~dns.flags.RD  # ask the server itself, not what it may have cached from elsewhere
         try:

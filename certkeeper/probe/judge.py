@@ -78,6 +78,7 @@ def summarize(certificate: x509.Certificate, *, now: datetime, warning_days: flo
         key_type=pki.key_type_of(certificate.public_key()),  # type: ignore[arg-type]
         warning_days=round(warning, 3),
         critical_days=round(critical, 3),
+        spki_sha256=pki.spki_sha256(certificate),
     )
 
 

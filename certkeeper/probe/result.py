@@ -76,6 +76,7 @@ class CertificateSummary:
     key_type: str  # "ecdsa-p256", "rsa-2048", ...
     warning_days: float  # the thresholds that applied to this certificate (scaled when short-lived)
     critical_days: float
+    spki_sha256: str = ""  # lowercase hex: what TLSA "3 1 1" / "2 1 1" records name (RFC 6698 section 2.1)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,309 @@
+"""DANE for SMTP (RFC 7672): which TLSA records a certificate needs, and when its key may change.
+
+Pure: no clock, no DNS, no files.  :mod:`certkeeper.dane_dns` publishes and looks up the records,
+:mod:`certkeeper.dane_rollover` keeps the "next" key and the rollover state on disk and drives these functions.
+
+Why a rollover needs care.  A sending MTA that validates DANE (RFC 7672 section 2.2) defers mail when no TLSA
+record of ``_25._tcp.<MX host>`` matches what the server presents.  Resolvers cache the TLSA RRset for its TTL,
+so a new key must be in DNS, on every authoritative server, for at least the TTL before the server presents it;
+two TTLs here, as RFC 7671 section 8.1 asks (records for the future key added "at least two Times to Live (TTLs)
+or longer before the new chain is deployed"), because a resolver may have fetched the old set just before the
+new one appeared everywhere.
+
+The rollover, one certificate (RFC 7671 section 8.1, "current + next"):
+
+``unpublished``  the records wanted (current key, next key, issuing CAs) differ from what was published:
+                 add the missing ones, and in ``cleanup`` remove those of a key no longer served;
+``next-published``  published, not yet answered by every authoritative server, or for less than two TTLs;
+``ready``        the next key's records have been visible for two TTLs: a renewal may issue with it;
+``stable``       nothing to publish and a renewal changes no record (``reuse_key`` with ``3 1 1``, or only
+                 ``2 1 1``): renewals go ahead at any time and touch no DNS.
+
+A renewal that is due while the next key is not ``ready`` waits, as long as the certificate served now is safe;
+only when expiry is closer than ``unsafe_rollover_days`` does it go ahead anyway, loudly
+(:func:`gate_renewal`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Literal
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+# RFC 6698 section 2.1.1 (RFC 7218 acronyms).  SMTP uses only DANE-TA and DANE-EE: RFC 7672 section 3.1.3 makes
+# the PKIX usages (0, 1) "unusable" for SMTP, since MTAs have no agreed set of public CAs.
+DANE_TA = 2
+DANE_EE = 3
+# RFC 6698 section 2.1.2 (selector) and 2.1.3 (matching type).
+SELECTOR_CERT = 0
+SELECTOR_SPKI = 1
+MATCH_FULL = 0
+MATCH_SHA256 = 1
+MATCH_SHA512 = 2
+
+Phase = Literal["unpublished", "cleanup", "next-published", "ready", "stable"]
+
+
+@dataclass(frozen=True)
+class TlsaParameters:
+    """A usage/selector/matching-type triple as configured: ``"3 1 1"``."""
+
+    usage: int
+    selector: int
+    matching_type: int
+
+    @classmethod
+    def parse(cls, text: str) -> TlsaParameters:
+        parts = text.split()
+        if len(parts) != 3 or not all(p.isdigit() for p in parts):
+            raise ValueError(f"not a TLSA usage/selector/matching triple: {text!r}")
+        usage, selector, matching = (int(p) for p in parts)
+        if usage not in (DANE_TA, DANE_EE):
+            raise ValueError(f"TLSA usage {usage} is unusable for SMTP (RFC 7672 section 3.1.3); use 3 or 2")
+        if selector not in (SELECTOR_CERT, SELECTOR_SPKI) or matching not in (MATCH_FULL, MATCH_SHA256, MATCH_SHA512):
+            raise ValueError(f"unknown TLSA selector or matching type in {text!r} (RFC 6698 section 2.1)")
+        return cls(usage, selector, matching)
+
+    @property
+    def text(self) -> str:
+        return f"{self.usage} {self.selector} {self.matching_type}"
+
+
+@dataclass(frozen=True, order=True)
+class TlsaRecord:
+    """One TLSA resource record: owner name (absolute, trailing dot) and RDATA (RFC 6698 section 2.1)."""
+
+    name: str
+    usage: int
+    selector: int
+    matching_type: int
+    data: str  # the certificate association data, lowercase hex
+
+    @property
+    def rdata(self) -> str:
+        return f"{self.usage} {self.selector} {self.matching_type} {self.data}"
+
+    def zone_line(self, ttl: int) -> str:
+        """Master-file syntax (RFC 1035 section 5.1), as ``certkeeper dane show`` prints it."""
+        return f"{self.name} {ttl} IN TLSA {self.rdata}"
+
+    @classmethod
+    def from_text(cls, name: str, rdata: str) -> TlsaRecord:
+        usage, selector, matching, *data = rdata.split()
+        return cls(absolute(name), int(usage), int(selector), int(matching), "".join(data).lower())
+
+
+def absolute(name: str) -> str:
+    return name.rstrip(".").lower() + "."
+
+
+def record_names(hosts: Iterable[str], ports: Iterable[int]) -> list[str]:
+    """``_25._tcp.mx.example.org.`` for each host and port (RFC 6698 section 3; for SMTP the TLSA base domain
+    is the MX host name, RFC 7672 section 2.2.3).  A wildcard host has no TLSA name of its own and is skipped."""
+    return [f"_{port}._tcp.{absolute(host)}" for host in dict.fromkeys(hosts) if not host.startswith("*.")
+            for port in dict.fromkeys(ports)]
+
+
+def association_data(parameters: TlsaParameters, *, certificate_der: bytes | None = None,
+                     spki_der: bytes | None = None) -> str:
+    """The certificate association data of RFC 6698 section 2.1.3, for a certificate or a bare public key.
+
+    A bare key (the "next" key, not yet certified) only yields selector 1 data: a selector 0 record names one
+    certificate, which cannot exist before it is issued.
+    """
+    if parameters.selector == SELECTOR_SPKI:
+        if spki_der is None:
+            raise ValueError("selector 1 needs the SubjectPublicKeyInfo")
+        selected = spki_der
+    else:
+        if certificate_der is None:
+            raise ValueError("selector 0 needs the whole certificate, which a key without one does not have")
+        selected = certificate_der
+    if parameters.matching_type == MATCH_SHA256:
+        return hashlib.sha256(selected).hexdigest()
+    if parameters.matching_type == MATCH_SHA512:
+        return hashlib.sha512(selected).hexdigest()
+    return selected.hex()
+
+
+def certificate_der(certificate: x509.Certificate) -> bytes:
+    return certificate.public_bytes(serialization.Encoding.DER)
+
+
+def certificate_spki_der(certificate: x509.Certificate) -> bytes:
+    return certificate.public_key().public_bytes(serialization.Encoding.DER,
+                                                 serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+@dataclass(frozen=True)
+class EndEntity:
+    """A key of the certificate, with its certificate when it has one (the next key has none yet)."""
+
+    spki_der: bytes
+    certificate_der: bytes | None = None
+
+
+def records_for(parameters: Sequence[TlsaParameters], names: Sequence[str], *, end_entities: Sequence[EndEntity],
+                issuing_cas: Sequence[x509.Certificate]) -> frozenset[TlsaRecord]:
+    """Every record wanted for ``names``: DANE-EE records for each end-entity key (one per key type, current
+    and next), DANE-TA records for each CA certificate that issues or may issue (RFC 7672 section 3.1.1)."""
+    records: set[TlsaRecord] = set()
+    for p in parameters:
+        data: list[str] = []
+        if p.usage == DANE_EE:
+            data = [association_data(p, certificate_der=e.certificate_der, spki_der=e.spki_der)
+                    for e in end_entities if p.selector == SELECTOR_SPKI or e.certificate_der is not None]
+        else:
+            data = [association_data(p, certificate_der=certificate_der(ca), spki_der=certificate_spki_der(ca))
+                    for ca in issuing_cas]
+        records |= {TlsaRecord(name, p.usage, p.selector, p.matching_type, d) for name in names for d in data}
+    return frozenset(records)
+
+
+def issuing_cas(chain: Iterable[x509.Certificate]) -> list[x509.Certificate]:
+    """The CA certificates of ``chain`` a DANE-TA record may name: intermediates, not self-signed roots.
+
+    RFC 7672 section 3.1.1 lets the trust anchor be any CA of the served chain, but requires the server to send
+    it; servers send intermediates and usually not the root, so the intermediate is the dependable choice.
+    """
+    found: dict[bytes, x509.Certificate] = {}
+    for certificate in chain:
+        try:
+            is_ca = certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        except x509.ExtensionNotFound:
+            is_ca = False
+        if is_ca and certificate.issuer != certificate.subject:
+            found.setdefault(certificate_der(certificate), certificate)
+    return list(found.values())
+
+
+# -- the rollover state machine -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RolloverState:
+    """What was published, and since when each record has been answered by every authoritative server."""
+
+    published: frozenset[TlsaRecord] = frozenset()
+    visible_since: Mapping[TlsaRecord, datetime] = field(default_factory=dict)
+    last_error: str = ""
+
+
+@dataclass(frozen=True)
+class RolloverStep:
+    """Where a rollover stands at ``now`` and what to do: ``publish``, ``confirm`` (ask the authoritative
+    servers), ``wait`` (until ``until``) or ``none``."""
+
+    phase: Phase
+    action: Literal["publish", "confirm", "wait", "none"]
+    reason: str
+    until: datetime | None = None
+    add: frozenset[TlsaRecord] = frozenset()
+    remove: frozenset[TlsaRecord] = frozenset()
+
+
+def decide_rollover(state: RolloverState, *, desired: frozenset[TlsaRecord], needed: frozenset[TlsaRecord],
+                    current: frozenset[TlsaRecord], now: datetime, ttl: int) -> RolloverStep:
+    """The next step towards publishing ``desired`` (current + next keys + CAs).
+
+    ``needed`` are the records the certificate of the next renewal will match (the next key's, or the current
+    key's with ``reuse_key``), ``current`` those the certificate served now matches.
+    """
+    add = desired - state.published
+    remove = state.published - desired
+    if add or remove:
+        phase: Phase = "cleanup" if remove else "unpublished"
+        what = [f"{len(add)} to add"] * bool(add) + [f"{len(remove)} to remove"] * bool(remove)
+        return RolloverStep(phase, "publish", f"TLSA records: {', '.join(what)}", add=add, remove=remove)
+    unseen = sorted(r for r in desired if r not in state.visible_since)
+    if unseen:
+        return RolloverStep("next-published", "confirm",
+                            f"waiting until every authoritative server answers {unseen[0].name} {unseen[0].rdata}")
+    if needed <= current:
+        return RolloverStep("stable", "none", "a renewal changes no TLSA record")
+    ready_at = rollover_ready_at(state, needed, ttl)
+    if ready_at is None:
+        return RolloverStep("unpublished", "publish", "the next key's records are not published", add=needed)
+    if now < ready_at:
+        return RolloverStep("next-published", "wait",
+                            f"waiting two TTLs ({2 * ttl} s) after the next key's TLSA records became visible",
+                            until=ready_at)
+    return RolloverStep("ready", "none", "the next key's TLSA records have been visible for two TTLs")
+
+
+def rollover_ready_at(state: RolloverState, needed: frozenset[TlsaRecord], ttl: int) -> datetime | None:
+    """When every record of ``needed`` will have been visible for two TTLs (RFC 7671 section 8.1); None when
+    one of them is not visible at all."""
+    if not needed:
+        return None
+    seen = [state.visible_since.get(record) for record in needed]
+    if any(moment is None for moment in seen):
+        return None
+    return max(m for m in seen if m is not None) + timedelta(seconds=2 * ttl)
+
+
+@dataclass(frozen=True)
+class Gate:
+    """Whether a due renewal may go ahead now; with ``unsafe`` it goes ahead although DNS is not ready."""
+
+    proceed: bool
+    unsafe: bool
+    reason: str
+    retry_at: datetime | None = None
+
+
+def gate_renewal(step: RolloverStep, *, now: datetime, not_after: datetime | None, unsafe_rollover_days: int,
+                 recheck: timedelta = timedelta(minutes=5)) -> Gate:
+    """Go ahead when the records are ready (or a renewal changes none); wait while the certificate served now
+    is safe; go ahead regardless, flagged unsafe, once expiry is closer than ``unsafe_rollover_days`` (an
+    expired certificate breaks every sender, a new key only the DANE-validating ones)."""
+    if step.phase in ("ready", "stable"):
+        return Gate(True, False, step.reason)
+    if not_after is None:
+        return Gate(True, False, "nothing installed yet: no sender can rely on a TLSA record of ours")
+    limit = not_after - timedelta(days=unsafe_rollover_days)
+    if now >= limit:
+        return Gate(True, True, f"{step.reason}; but the certificate expires at {not_after:%Y-%m-%d %H:%M} UTC, "
+                                f"closer than unsafe_rollover_days ({unsafe_rollover_days}): renewing anyway, "
+                                f"DANE-validating senders may defer mail until the TLSA records are visible")
+    retry = step.until if step.action == "wait" and step.until is not None else now + recheck
+    return Gate(False, False, step.reason, min(retry, limit))
+
+
+# -- judging what a server presents (certkeeper check --dane) --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Presented:
+    """One certificate a server presented, as the SHA-256 digests TLSA records name."""
+
+    spki_sha256: str
+    sha256: str  # of the whole certificate (DER)
+
+
+@dataclass(frozen=True)
+class TlsaMatch:
+    matched: tuple[TlsaRecord, ...]
+    unchecked: tuple[TlsaRecord, ...]  # matching types other than SHA-256, which the probe does not keep
+
+
+def match_presented(records: Iterable[TlsaRecord], leaf: Presented, chain: Sequence[Presented]) -> TlsaMatch:
+    """Which records the presented chain satisfies: DANE-EE against the leaf alone (RFC 7672 section 3.1.2),
+    DANE-TA against any certificate the server sent above it (section 3.1.1; name checks are left to the
+    probe's own host-name finding)."""
+    matched: list[TlsaRecord] = []
+    unchecked: list[TlsaRecord] = []
+    for record in sorted(records):
+        if record.matching_type != MATCH_SHA256 or record.usage not in (DANE_TA, DANE_EE):
+            unchecked.append(record)
+            continue
+        candidates = [leaf] if record.usage == DANE_EE else list(chain)
+        digests = {c.spki_sha256 if record.selector == SELECTOR_SPKI else c.sha256 for c in candidates}
+        if record.data in digests:
+            matched.append(record)
+    return TlsaMatch(tuple(matched), tuple(unchecked))

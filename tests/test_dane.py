@@ -1,0 +1,475 @@
+"""DANE-safe key rollover (RFC 7672): the pure state machine, and renewals against the test bed's BIND (RFC 2136
+with TSIG), Pebble and a real Postfix, probed continuously while the key changes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import dns.message
+import dns.name
+import dns.query
+import dns.rdatatype
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from certkeeper import dane, pki
+from certkeeper.app import App, build_app
+from certkeeper.config import AcmeIssuerConfig, Config, DaneConfig, load_config
+from certkeeper.dane import RolloverState, TlsaParameters, TlsaRecord, decide_rollover, gate_renewal
+from certkeeper.dane_dns import DnsSettings, TlsaPublisher, dns_settings
+from certkeeper.errors import ConfigError
+from certkeeper.events import Event, RenewalWaitingForTlsa, TlsaUpdateFailed, UnsafeKeyRollover
+from certkeeper.install import CertificateHome
+from certkeeper.issuers.challenges import Rfc2136Dns01, parse_tsig_key
+from certkeeper.model import KeyType
+from certkeeper.probe import ProbeOptions, probe_sync
+from certkeeper.targets import parse_target
+from certkeeper.testbed.bind import Bind
+from certkeeper.testbed.certs import TestCA
+from certkeeper.testbed.pebble import Pebble
+from certkeeper.testbed.postfix import Postfix
+
+T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+NAME = "_25._tcp.mx.example.org."
+
+
+def record(data: str, usage: int = 3) -> TlsaRecord:
+    return TlsaRecord(NAME, usage, 1, 1, data)
+
+
+CURRENT, NEXT, OLD = record("aa" * 32), record("bb" * 32), record("cc" * 32)
+
+
+# -- the pure core --------------------------------------------------------------------------------------------
+
+
+def test_record_names_are_per_mx_host_and_port_and_skip_wildcards() -> None:
+    assert dane.record_names(["mx.example.org", "MX2.example.org.", "*.example.org"], [25, 465]) == [
+        "_25._tcp.mx.example.org.", "_465._tcp.mx.example.org.", "_25._tcp.mx2.example.org.",
+        "_465._tcp.mx2.example.org."]
+
+
+def test_3_1_1_names_the_leaf_key_and_2_1_1_the_intermediate_not_the_root() -> None:
+    root = TestCA("dane test root")
+    intermediate = root.intermediate("dane test intermediate")
+    issued = intermediate.issue(["mx.example.org"])
+    parameters = [TlsaParameters.parse("3 1 1"), TlsaParameters.parse("2 1 1")]
+    cas = dane.issuing_cas([*issued.intermediates, root.certificate])
+    records = dane.records_for(parameters, [NAME], issuing_cas=cas, end_entities=[
+        dane.EndEntity(dane.certificate_spki_der(issued.certificate), dane.certificate_der(issued.certificate))])
+    assert {r.rdata for r in records} == {f"3 1 1 {pki.spki_sha256(issued.certificate)}",
+                                          f"2 1 1 {pki.spki_sha256(intermediate.certificate)}"}
+
+
+def test_a_next_key_without_a_certificate_gets_no_selector_0_record() -> None:
+    key = pki.generate_key(KeyType.ECDSA_P256)
+    records = dane.records_for([TlsaParameters.parse("3 1 1"), TlsaParameters(3, 0, 1)], [NAME],
+                               end_entities=[dane.EndEntity(pki.public_key_der(key))], issuing_cas=[])
+    assert [r.rdata for r in records] == [f"3 1 1 {hashlib.sha256(pki.public_key_der(key)).hexdigest()}"]
+
+
+def test_pkix_usages_are_refused_for_smtp() -> None:
+    with pytest.raises(ValueError, match=r"unusable for SMTP \(RFC 7672 section 3.1.3\)"):
+        TlsaParameters.parse("1 1 1")
+
+
+def test_new_records_are_published_first() -> None:
+    step = decide_rollover(RolloverState(), desired=frozenset({CURRENT, NEXT}), needed=frozenset({NEXT}),
+                           current=frozenset({CURRENT}), now=T0, ttl=60)
+    assert (step.phase, step.action) == ("unpublished", "publish")
+    assert (step.add, step.remove) == (frozenset({CURRENT, NEXT}), frozenset())
+
+
+def test_published_records_are_confirmed_on_every_authoritative_server() -> None:
+    state = RolloverState(frozenset({CURRENT, NEXT}), {CURRENT: T0})
+    step = decide_rollover(state, desired=frozenset({CURRENT, NEXT}), needed=frozenset({NEXT}),
+                           current=frozenset({CURRENT}), now=T0, ttl=60)
+    assert (step.phase, step.action) == ("next-published", "confirm")
+
+
+def test_the_next_key_is_ready_two_ttls_after_its_records_became_visible() -> None:
+    state = RolloverState(frozenset({CURRENT, NEXT}), {CURRENT: T0 - timedelta(days=9), NEXT: T0})
+    kwargs = {"desired": frozenset({CURRENT, NEXT}), "needed": frozenset({NEXT}), "current": frozenset({CURRENT}),
+              "ttl": 60}
+    waiting = decide_rollover(state, now=T0 + timedelta(seconds=119), **kwargs)  # type: ignore[arg-type]
+    assert (waiting.phase, waiting.action, waiting.until) == ("next-published", "wait", T0 + timedelta(seconds=120))
+    ready = decide_rollover(state, now=T0 + timedelta(seconds=120), **kwargs)  # type: ignore[arg-type]
+    assert ready.phase == "ready"
+
+
+def test_after_the_rollover_the_old_key_is_removed_and_a_new_next_key_added() -> None:
+    newer = record("dd" * 32)
+    state = RolloverState(frozenset({OLD, CURRENT}), {OLD: T0, CURRENT: T0})
+    step = decide_rollover(state, desired=frozenset({CURRENT, newer}), needed=frozenset({newer}),
+                           current=frozenset({CURRENT}), now=T0, ttl=60)
+    assert (step.phase, step.add, step.remove) == ("cleanup", frozenset({newer}), frozenset({OLD}))
+
+
+def test_reusing_the_key_is_stable_at_once() -> None:
+    step = decide_rollover(RolloverState(frozenset({CURRENT}), {CURRENT: T0}), desired=frozenset({CURRENT}),
+                           needed=frozenset({CURRENT}), current=frozenset({CURRENT}), now=T0, ttl=3600)
+    assert (step.phase, step.action) == ("stable", "none")
+
+
+@given(visible=st.integers(0, 10_000), ttl=st.integers(1, 86_400), elapsed=st.integers(0, 200_000))
+def test_a_key_is_never_ready_before_two_ttls_of_visibility(visible: int, ttl: int, elapsed: int) -> None:
+    seen = T0 + timedelta(seconds=visible)
+    state = RolloverState(frozenset({CURRENT, NEXT}), {CURRENT: T0, NEXT: seen})
+    step = decide_rollover(state, desired=frozenset({CURRENT, NEXT}), needed=frozenset({NEXT}),
+                           current=frozenset({CURRENT}), now=seen + timedelta(seconds=elapsed), ttl=ttl)
+    assert (step.phase == "ready") == (elapsed >= 2 * ttl)
+
+
+def test_a_renewal_waits_while_the_served_certificate_is_safe_and_goes_unsafe_near_expiry() -> None:
+    step = decide_rollover(RolloverState(), desired=frozenset({CURRENT, NEXT}), needed=frozenset({NEXT}),
+                           current=frozenset({CURRENT}), now=T0, ttl=60)
+    not_after = T0 + timedelta(days=10)
+    wait = gate_renewal(step, now=T0, not_after=not_after, unsafe_rollover_days=3)
+    assert (wait.proceed, wait.unsafe, wait.retry_at) == (False, False, T0 + timedelta(minutes=5))
+    unsafe = gate_renewal(step, now=not_after - timedelta(days=3), not_after=not_after, unsafe_rollover_days=3)
+    assert (unsafe.proceed, unsafe.unsafe) == (True, True)
+    assert "closer than unsafe_rollover_days (3)" in unsafe.reason
+    assert gate_renewal(step, now=T0, not_after=None, unsafe_rollover_days=3).proceed
+
+
+def test_a_presented_chain_matches_ee_records_on_the_leaf_and_ta_records_above_it() -> None:
+    leaf, intermediate = dane.Presented("11" * 32, "22" * 32), dane.Presented("33" * 32, "44" * 32)
+    ee, ta, wrong = record("11" * 32), record("33" * 32, usage=2), record("33" * 32)
+    match = dane.match_presented({ee, ta, wrong}, leaf, [intermediate])
+    assert set(match.matched) == {ee, ta}
+
+
+def test_3_0_1_is_refused_in_the_configuration(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(textwrap.dedent(f"""\
+        [certkeeper]
+        state_dir = "{tmp_path}"
+        [issuers.ca]
+        type = "ca"
+        ca_dir = "{tmp_path / "ca"}"
+        [certificates.mail]
+        issuer = "ca"
+        domains = ["mx.example.org"]
+        dane = {{ tlsa = ["3 0 1"] }}
+        """))
+    with pytest.raises(ConfigError, match=r"certificates\.mail\.dane\.tlsa\[0\].*cannot be published before"):
+        load_config(path)
+
+
+def test_dns_settings_default_to_the_acme_issuers_rfc2136_settings() -> None:
+    issuer = AcmeIssuerConfig(name="le", directory="https://acme.example/dir", challenge="dns-01",
+                              dns_server="192.0.2.53", tsig_key_file=Path("/etc/certkeeper/tsig.key"),
+                              dns_zone="example.org")
+    assert dns_settings(DaneConfig(), issuer) == DnsSettings("192.0.2.53", Path("/etc/certkeeper/tsig.key"),
+                                                             "example.org")
+    own = DaneConfig(dns_server="198.51.100.53", zone="mail.example.org")
+    assert dns_settings(own, issuer) == DnsSettings("198.51.100.53", Path("/etc/certkeeper/tsig.key"),
+                                                    "mail.example.org")
+    assert dns_settings(DaneConfig(), None) is None  # no dynamic DNS: `certkeeper dane show` for the operator
+
+
+# -- against BIND, Pebble and Postfix ---------------------------------------------------------------------------
+
+class Clock:
+    """The renewer's clock: real time plus an offset the test moves forward (the "two TTLs" wait)."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta(0)
+
+    def __call__(self) -> datetime:
+        return pki.now_utc() + self.offset
+
+
+def tlsa_data(bind: Bind, name: str) -> set[str]:
+    """The 3 1 1 association data BIND answers for ``name`` right now."""
+    reply = dns.query.udp(dns.message.make_query(name, dns.rdatatype.TLSA), bind.address, port=bind.port, timeout=2)
+    return {r.cert.hex() for rrset in reply.answer for r in rrset if r.usage == 3 and r.selector == 1}
+
+
+def updates_of(bind: Bind, host: str) -> int:
+    """How many RRs BIND's log says were added or deleted at ``host``'s TLSA names."""
+    return sum(1 for line in bind.log_path.read_text().splitlines()
+               if "updating zone" in line and f"._tcp.{host}" in line)
+
+
+def write_acme_config(tmp_path: Path, pebble: Pebble, certificate: str, *, extra: str = "") -> Config:
+    trust = pebble.write_issuer_chain(tmp_path / "pebble-chain.pem")
+    path = tmp_path / "certkeeper.toml"
+    path.write_text(textwrap.dedent(f"""\
+        [certkeeper]
+        state_dir = "{tmp_path / "state"}"
+        verify_timeout = "15s"
+        hook_timeout = "20s"
+        lock_timeout = "1s"
+
+        [issuers.pebble]
+        type = "acme"
+        directory = "{pebble.directory_url}"
+        ca_bundle = "{pebble.ca_file}"
+        trust_roots = "{trust}"
+        challenge = "http-01"
+        http_port = {pebble.http_port}
+        http_address = "127.0.0.1"
+        timeout = "60s"
+        """) + extra + textwrap.dedent(certificate))
+    return load_config(path)
+
+
+def certificate_table(host: str, bind: Bind, *, dane_extra: str = "", postfix: Postfix | None = None,
+                      tsig_key_file: Path | None = None, reuse_key: bool = False, with_dane: bool = True) -> str:
+    key_file = tsig_key_file or bind.tsig_key_file
+    lines = ["[certificates.mail]", 'issuer = "pebble"', f'domains = ["{host}"]',
+             f"reuse_key = {str(reuse_key).lower()}"]
+    if with_dane:
+        lines.append(f'dane = {{ tlsa = ["3 1 1"], ports = [25], dns_server = "{bind.nameserver}", '
+                     f'tsig_key_file = "{key_file}", ttl = 30{dane_extra} }}')
+    if postfix is not None:
+        lines += ['reload = ["postfix"]', f'hook_env = {{ POSTFIX_CONFIG_DIR = "{postfix.config_dir}" }}',
+                  f'endpoints = ["smtp://127.0.0.1:{postfix.ports["smtp"]}"]']
+    return "\n" + "\n".join(lines) + "\n"
+
+
+def served_spki(postfix: Postfix) -> str:
+    [result] = probe_sync([parse_target(f"smtp://127.0.0.1:{postfix.ports['smtp']}")], ProbeOptions(timeout=5),
+                          now=pki.now_utc())
+    assert result.certificate is not None, result.message
+    return result.certificate.spki_sha256
+
+
+def current_spki(home: CertificateHome) -> str:
+    version = home.current()
+    assert version is not None
+    return pki.spki_sha256(home.load_pair_certificate(version.pairs[0]))
+
+
+def next_spki(home: CertificateHome) -> str:
+    key = pki.load_key((home.root / "next" / "ecdsa-p256.key").read_bytes())
+    return hashlib.sha256(pki.public_key_der(key)).hexdigest()
+
+
+@dataclass
+class RolloverWatcher:
+    """Probes Postfix's port-25 listener again and again, and checks each presented key against the TLSA records
+    BIND answers just before and just after the handshake: a DANE sender's view at every moment."""
+
+    postfix: Postfix
+    bind: Bind
+    name: str
+    samples: list[tuple[str, set[str], set[str]]] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        target = parse_target(f"smtp://127.0.0.1:{self.postfix.ports['smtp']}")
+        while not self.stop.is_set():
+            before = tlsa_data(self.bind, self.name)
+            [result] = probe_sync([target], ProbeOptions(timeout=5), now=pki.now_utc())
+            after = tlsa_data(self.bind, self.name)
+            if result.certificate is None:
+                self.failures.append(result.message)
+            else:
+                self.samples.append((result.certificate.spki_sha256, before, after))
+
+    def wait_for(self, spki: str, timeout: float = 30) -> None:
+        """Until a handshake after this call presented ``spki`` (the watcher's view lags the test's by one probe)."""
+        deadline = time.monotonic() + timeout
+        start = len(self.samples)
+        while not any(s[0] == spki for s in self.samples[start:]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    @property
+    def mismatches(self) -> list[tuple[str, set[str], set[str]]]:
+        return [s for s in self.samples if s[0] not in s[1] or s[0] not in s[2]]
+
+
+@pytest.fixture
+def watching() -> Iterator[Callable[[Postfix, Bind, str], RolloverWatcher]]:
+    started: list[tuple[RolloverWatcher, threading.Thread]] = []
+
+    def start(postfix: Postfix, bind: Bind, name: str) -> RolloverWatcher:
+        watcher = RolloverWatcher(postfix, bind, name)
+        thread = threading.Thread(target=watcher.run, name="rollover watcher", daemon=True)
+        thread.start()
+        started.append((watcher, thread))
+        return watcher
+
+    yield start
+    for watcher, thread in started:
+        watcher.stop.set()
+        thread.join(timeout=30)
+
+
+def unique_host(bind: Bind) -> str:
+    """A fresh MX host name with its own A record: once ``_25._tcp.<host>`` exists, ``<host>`` is an empty
+    non-terminal that the zone's wildcard A no longer covers (RFC 4592 section 2.2.2), and Pebble must resolve it."""
+    host = f"mx-{secrets.token_hex(4)}.{bind.zone}"
+    client = Rfc2136Dns01(bind.nameserver, parse_tsig_key(bind.tsig_key_file.read_text(), "bind"), zone=bind.zone,
+                          timeout=10)
+    client.send_update(bind.address, dns.name.from_text(bind.zone), add=[(host, dns.rdatatype.A, "127.0.0.1")])
+    return host.rstrip(".")
+
+
+def install_and_serve(tmp_path: Path, pebble: Pebble, bind: Bind, postfix: Postfix, host: str,
+                      *, with_dane: bool = True) -> CertificateHome:
+    """The first install (nothing served yet), then Postfix pointed at certkeeper's ``current``."""
+    config = write_acme_config(tmp_path, pebble, certificate_table(host, bind, with_dane=with_dane))
+    [outcome] = build_app(config).run_pass()
+    assert outcome.result == "renewed", outcome.detail
+    home = CertificateHome(tmp_path / "state", "mail")
+    postfix.use_certificate(home.current_link / "privkey.pem", home.current_link / "fullchain.pem")
+    postfix.reload()
+    return home
+
+
+def app_with(config: Config, clock: Clock) -> tuple[App, list[Event]]:
+    app = build_app(config, clock=clock)
+    events: list[Event] = []
+    app.bus.subscribe(events.append)
+    return app, events
+
+
+@pytest.mark.testbed
+@pytest.mark.slow
+def test_a_new_key_is_published_before_it_is_served_and_every_served_key_matches_a_visible_record(
+        tmp_path: Path, pebble: Pebble, bind: Bind, postfix_factory: Callable[..., Postfix],
+        watching: Callable[[Postfix, Bind, str], RolloverWatcher]) -> None:
+    host = unique_host(bind)
+    name = f"_25._tcp.{host}."
+    postfix = postfix_factory()
+    home = install_and_serve(tmp_path, pebble, bind, postfix, host)
+    first_key, second_key = current_spki(home), next_spki(home)
+    assert served_spki(postfix) == first_key
+    assert tlsa_data(bind, name) == {first_key, second_key}  # current + next, before any renewal
+    watcher = watching(postfix, bind, name)
+
+    clock = Clock()
+    config = write_acme_config(tmp_path, pebble, certificate_table(host, bind, postfix=postfix))
+    app, events = app_with(config, clock)
+    [waiting] = app.run_pass(force=True)
+    assert waiting.result == "waiting", waiting.detail
+    assert "waiting two TTLs (60 s)" in waiting.detail
+    assert any(isinstance(e, RenewalWaitingForTlsa) for e in events)
+    assert current_spki(home) == first_key
+
+    clock.offset = timedelta(seconds=61)  # two TTLs of 30 s have passed
+    [renewed] = app.run_pass(force=True)
+    assert renewed.result == "renewed", renewed.detail
+    third_key = next_spki(home)
+    assert current_spki(home) == second_key == served_spki(postfix)
+    assert tlsa_data(bind, name) == {second_key, third_key}  # the old key's record is gone
+
+    watcher.wait_for(second_key)
+    watcher.stop.set()
+    assert {spki for spki, _, _ in watcher.samples} == {first_key, second_key}
+    assert watcher.mismatches == [] and watcher.failures == []
+    assert len(watcher.samples) > 5
+
+    shown = subprocess.run([sys.executable, "-m", "certkeeper", "-c", str(config.path), "dane", "show", "mail"],
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert f"{name} 30 IN TLSA 3 1 1 {second_key} ; current" in shown.stdout.splitlines()
+    assert f"{name} 30 IN TLSA 3 1 1 {third_key} ; next" in shown.stdout.splitlines()
+
+
+@pytest.mark.testbed
+@pytest.mark.slow
+def test_renewals_that_reuse_the_key_change_nothing_in_dns(tmp_path: Path, pebble: Pebble, bind: Bind) -> None:
+    host = unique_host(bind)
+    config = write_acme_config(tmp_path, pebble, certificate_table(host, bind, reuse_key=True))
+    app = build_app(config)
+    [first] = app.run_pass()
+    assert first.result == "renewed", first.detail
+    home = CertificateHome(tmp_path / "state", "mail")
+    key = current_spki(home)
+    assert tlsa_data(bind, f"_25._tcp.{host}.") == {key}
+    assert not (home.root / "next" / "ecdsa-p256.key").exists()  # no next key: the key stays
+    updates = updates_of(bind, host)
+    for _ in range(2):
+        [again] = app.run_pass(force=True)
+        assert again.result == "renewed", again.detail
+    assert current_spki(home) == key
+    assert updates_of(bind, host) == updates == 1
+
+
+@pytest.mark.testbed
+@pytest.mark.slow
+def test_a_broken_dns_update_blocks_the_rollover_and_alerts_until_expiry_comes_too_close(
+        tmp_path: Path, pebble: Pebble, bind: Bind, postfix_factory: Callable[..., Postfix]) -> None:
+    host = unique_host(bind)
+    postfix = postfix_factory()
+    home = install_and_serve(tmp_path, pebble, bind, postfix, host, with_dane=False)
+    first = home.current()
+    assert first is not None
+    wrong_key = tmp_path / "wrong-tsig.key"
+    wrong_key.write_text(bind.tsig_key_file.read_text().replace(bind.tsig_secret, "c2VjcmV0IG5vdCBrbm93biB0byBCSU5E"))
+    alerts = textwrap.dedent("""
+        [alerts]
+        to = ["postmaster@example.test"]
+        from = "certkeeper@example.test"
+        smtp_host = "127.0.0.1"
+        smtp_port = 9
+        smtp_security = "none"
+        """)
+    config = write_acme_config(tmp_path, pebble, certificate_table(host, bind, postfix=postfix,
+                                                                   tsig_key_file=wrong_key), extra=alerts)
+    clock = Clock()
+    app, events = app_with(config, clock)
+    [blocked] = app.run_pass(force=True)
+    assert blocked.result == "waiting", blocked.detail
+    failures = [e for e in events if isinstance(e, TlsaUpdateFailed)]
+    assert failures and "didn't like the signature" in failures[0].error
+    assert home.current() == first and served_spki(postfix) == current_spki(home)
+    assert tlsa_data(bind, f"_25._tcp.{host}.") == set()
+    assert any("TLSA records of mail not published" in a.subject for a in app.store.pending_alerts())
+
+    clock.offset = first.not_after - pki.now_utc() - timedelta(days=1)  # expiry within unsafe_rollover_days (3)
+    [forced] = app.run_pass(force=True)
+    assert forced.result == "renewed", forced.detail
+    assert any(isinstance(e, UnsafeKeyRollover) for e in events)
+    assert any(a.severity == "CRITICAL" and "before its TLSA records were ready" in a.subject
+               for a in app.store.pending_alerts())
+    assert served_spki(postfix) == current_spki(home) != pki.spki_sha256(home.load_pair_certificate(first.pairs[0]))
+
+
+@pytest.mark.testbed
+@pytest.mark.slow
+def test_check_dane_reports_a_match_and_tlsa_invalid(bind: Bind, postfix: Postfix, testbed_ca_file: Path) -> None:
+    host = unique_host(bind)
+    port = postfix.ports["smtp"]
+    name = f"_{port}._tcp.{host}."
+    served = served_spki(postfix)
+    publisher = TlsaPublisher(DnsSettings(bind.nameserver, bind.tsig_key_file), ttl=30, timeout=10)
+    right, wrong = TlsaRecord(name, 3, 1, 1, served), TlsaRecord(name, 3, 1, 1, "ab" * 32)
+
+    def check() -> tuple[int, dict[str, object]]:
+        result = subprocess.run(
+            [sys.executable, "-m", "certkeeper", "check", f"smtp://127.0.0.1:{port}", "--servername", host,
+             "--ca-file", str(testbed_ca_file), "--dane", "--resolver", bind.nameserver, "--json"],
+            capture_output=True, text=True, timeout=60)
+        [document] = json.loads(result.stdout)
+        return result.returncode, document
+
+    publisher.publish([right], [])
+    _, matched = check()
+    codes = {f["code"]: f for f in matched["findings"]}  # type: ignore[attr-defined]
+    assert "tlsa-valid" in codes and "tlsa-invalid" not in codes
+    assert "not DNSSEC-validated" in codes["dnssec-not-validated"]["message"]  # BIND's test zone is unsigned
+
+    publisher.publish([wrong], [right])
+    status, mismatched = check()
+    invalid = [f for f in mismatched["findings"] if f["code"] == "tlsa-invalid"]  # type: ignore[attr-defined]
+    assert status == 2 and mismatched["status"] == "CRITICAL"
+    assert [f["message"].startswith("[no SNI]") for f in invalid] == [False, True]  # with SNI, and without
+    publisher.publish([], [wrong])
