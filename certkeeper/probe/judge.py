@@ -76,8 +76,8 @@ def summarize(certificate: x509.Certificate, *, now: datetime, warning_days: flo
         fingerprint_sha256=pki.fingerprint(certificate),
         subject_alternative_names=tuple(pki.subject_alternative_names(certificate)),
         key_type=pki.key_type_of(certificate.public_key()),  # type: ignore[arg-type]
-        warning_days=round(warning, 3),
-        critical_days=round(critical, 3),
+        warning_days=round(warning, 6),
+        critical_days=round(critical, 6),
         spki_sha256=pki.spki_sha256(certificate),
     )
 
@@ -159,8 +159,11 @@ def _date_finding(summary: CertificateSummary, index: int, now: datetime) -> Fin
     if now >= summary.not_after:
         return Finding(CERTIFICATE_EXPIRED, "CRITICAL",
                        f"{who} expired on {summary.not_after:%Y-%m-%d %H:%M} UTC ({_days(-summary.days_left)} ago)")
-    if summary.days_left <= summary.critical_days or summary.days_left <= summary.warning_days:
-        severity: Severity = "CRITICAL" if summary.days_left <= summary.critical_days else "WARNING"
+    # Exact, not the rounded days_left: a certificate living minutes (tests, demos) would read 0 days left
+    # against 0 critical days, CRITICAL from its first second.
+    left = (summary.not_after - now).total_seconds() / _DAY
+    if left <= summary.critical_days or left <= summary.warning_days:
+        severity: Severity = "CRITICAL" if left <= summary.critical_days else "WARNING"
         return Finding(CERTIFICATE_EXPIRING, severity,
                        f"{who} expires in {_days(summary.days_left)} ({summary.not_after:%Y-%m-%d %H:%M} UTC)")
     return None

@@ -30,6 +30,7 @@ DEBIAN_PACKAGES = (
     "bind9-dnsutils",
     "postgresql",
     "openssl",
+    "systemd",  # systemd-analyze verify checks the unit files in deploy/
 )
 DEFAULT_CACHE = Path("/var/cache/certkeeper-testbed")
 CACHE_ENV = "CERTKEEPER_TESTBED_CACHE"
