@@ -113,6 +113,8 @@ class Daemon:
     def request_stop(self) -> None:
         self._stop.set()
         self._wake.set()
+        if self.app.fleet is not None:
+            self.app.fleet.stopping.set()
 
     def _on_term(self, signum: int, frame: FrameType | None) -> None:
         self.request_stop()

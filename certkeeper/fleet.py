@@ -198,6 +198,8 @@ class Fleet:
         self._mutex = threading.Lock()
         self._heads: dict[str, FleetVersion] = {}
         self._marker = config.settings.state_dir / _MARKER
+        # Set when the daemon is stopping: a wait for another node's lease is abandoned (nothing was started).
+        self.stopping = threading.Event()
         self.location = config.settings.database or ""
         self.last_error = ""
 
@@ -393,9 +395,8 @@ class Fleet:
             head = database.fleet_head(certificate.name)
             if head is not None and fleet_is_newer(head, current, certificate, self.clock()):
                 return holder
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= deadline or self.stopping.wait(min(delay, max(0.0, deadline - time.monotonic()))):
                 return holder
-            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 1.5, 5.0)
 
     @contextlib.contextmanager

@@ -118,13 +118,13 @@ class Fleet:
     def renew(self, node: str, *args: str) -> subprocess.CompletedProcess[str]:
         return run_cli(self.configs[node], "renew", *args)
 
-    def start(self, node: str, *args: str) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            [sys.executable, "-m", "certkeeper", "-c", str(self.configs[node].path), *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+    def start(self, node: str, *args: str, log: Path | None = None) -> subprocess.Popen[str]:
+        """Run certkeeper as ``node``; output to ``log`` when given (long runs), else to a pipe."""
+        command = [sys.executable, "-m", "certkeeper", "-c", str(self.configs[node].path), *args]
+        if log is None:
+            return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        with log.open("w") as output:
+            return subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, text=True)
 
     @contextmanager
     def db(self) -> Iterator[PostgresStore]:
@@ -321,7 +321,10 @@ def test_three_daemons_renew_a_short_lived_certificate_with_one_order_each_time(
     tmp_path: Path, postgres_db: Database
 ) -> None:
     fleet = Fleet(tmp_path, postgres_db, lifetime="30s")
-    daemons = [fleet.start(node, "daemon") for node in NODES]
+    # Daemons log to files: an unread pipe fills up and blocks a long-running process.
+    logs_dir = tmp_path / "logs"
+    logs_dir.mkdir()
+    daemons = [fleet.start(node, "daemon", log=logs_dir / f"{node}.log") for node in NODES]
     try:
         assert wait_for(lambda: len(fleet.rows("SELECT 1 FROM fleet_versions")) >= 3, 120)
 
@@ -334,7 +337,14 @@ def test_three_daemons_renew_a_short_lived_certificate_with_one_order_each_time(
     finally:
         for process in daemons:
             process.send_signal(signal.SIGTERM)
-        logs = [process.communicate(timeout=60)[0] for process in daemons]
+        for process in daemons:
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        logs = [(logs_dir / f"{node}.log").read_text() for node in NODES]
+    assert all(process.returncode == 0 for process in daemons), logs
     versions = len(fleet.rows("SELECT 1 FROM fleet_versions"))
     assert fleet.orders() == 2 * versions, logs  # exactly one order (two key types) per renewal
     assert len({fleet.serials(node) for node in NODES}) == 1
