@@ -7,10 +7,12 @@ The tree::
     ├── ConfigError                 exit 78  the configuration is wrong (EX_CONFIG): file, key path, found, expected
     ├── InputError                  exit 65  a file certkeeper was given is unreadable or malformed (EX_DATAERR)
     ├── StoreError                  exit 74  the state store failed (EX_IOERR)
-    │   └── SchemaTooNew            exit 74  the store was written by a newer certkeeper
+    │   ├── SchemaTooNew            exit 74  the store was written by a newer certkeeper
+    │   └── FleetStoreDown          exit 74  the fleet's database is unreachable; renewals wait for fleet_grace
     ├── LockBusy                    exit 75  another certkeeper holds the certificate's lock (EX_TEMPFAIL)
     ├── IssuanceError               exit 1   the CA did not issue: issuer, certificate, what the CA said
-    │   └── CaUnavailable           exit 69  the CA could not be reached or is rate limiting (EX_UNAVAILABLE)
+    │   ├── CaUnavailable           exit 69  the CA could not be reached or is rate limiting (EX_UNAVAILABLE)
+    │   └── CaError                 exit 1   the internal CA itself is broken: init, passphrase, files
     ├── InstallRefused              exit 1   a new key pair failed a pre-install check; nothing was installed
     ├── HookFailed                  exit 1   a reload hook exited non-zero or timed out
     ├── AlertDeliveryFailed         exit 69  no relay accepted the alert mail; it stays queued
@@ -24,6 +26,7 @@ Only failing to do the work raises.  The CLI maps an error to its exit code in o
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 
 EX_USAGE = 64
@@ -207,3 +210,32 @@ class AlertDeliveryFailed(CertkeeperError):
     def __init__(self, attempts: Sequence[str]) -> None:
         self.attempts = tuple(attempts)
         super().__init__("alert mail not sent: " + "; ".join(self.attempts))
+
+
+class FleetStoreDown(StoreError):
+    """The fleet database cannot be reached and ``fleet_grace`` has not passed: the renewal waits."""
+
+    def __init__(self, name: str, location: str, since: datetime, alone_at: datetime, error: str) -> None:
+        self.name = name
+        self.location = location
+        self.since = since
+        self.alone_at = alone_at
+        self.error = error
+        super().__init__(
+            f"certificate {name!r}: the fleet store {location} is unreachable since {since:%Y-%m-%d %H:%M:%S} "
+            f"UTC ({error}); renewing alone from {alone_at:%Y-%m-%d %H:%M:%S} UTC (fleet_grace) unless it is "
+            f"back before")
+
+
+class CaError(IssuanceError):
+    """An :class:`IssuanceError` about the CA itself rather than one certificate (init, passphrase, files).
+
+    It is an IssuanceError so that the lifecycle, which catches that, treats a broken CA like any CA refusing;
+    its message names the issuer (and the file) instead of an empty certificate name.
+    """
+
+    def __init__(self, issuer: str, detail: str, *, certificate: str = "", identifier: str = "") -> None:
+        super().__init__(issuer, certificate, detail, identifier=identifier)
+        if not certificate:
+            self.message = f"internal CA {issuer!r}: {detail}"
+            self.args = (self.message,)

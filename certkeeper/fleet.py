@@ -75,7 +75,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from certkeeper import pki
 from certkeeper.config import CertificateConfig, Config
-from certkeeper.errors import CertkeeperError, InputError, LockBusy, StoreError
+from certkeeper.errors import CertkeeperError, FleetStoreDown, InputError, LockBusy, StoreError
 from certkeeper.install import CertificateHome, KeyPair, Version
 from certkeeper.model import KeyType, format_duration
 from certkeeper.store import Store
@@ -88,21 +88,6 @@ _HKDF_INFO = b"certkeeper fleet private keys v1"
 _NONCE_BYTES = 12
 _RECONNECT_PAUSE = 5.0  # seconds between connection attempts while the database is down
 _MARKER = "fleet-unreachable-since"
-
-
-class FleetStoreDown(StoreError):
-    """The fleet database cannot be reached and ``fleet_grace`` has not passed: the renewal waits."""
-
-    def __init__(self, name: str, location: str, since: datetime, alone_at: datetime, error: str) -> None:
-        self.name = name
-        self.location = location
-        self.since = since
-        self.alone_at = alone_at
-        self.error = error
-        super().__init__(
-            f"certificate {name!r}: the fleet store {location} is unreachable since {since:%Y-%m-%d %H:%M:%S} "
-            f"UTC ({error}); renewing alone from {alone_at:%Y-%m-%d %H:%M:%S} UTC (fleet_grace) unless it is "
-            f"back before")
 
 
 class FleetKey:

@@ -14,7 +14,6 @@ A pass goes in phases, so that a daemon serving five renewed certificates is rel
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import logging
@@ -30,7 +29,7 @@ from cryptography import x509
 
 from certkeeper import pki
 from certkeeper.config import CertificateConfig, Config
-from certkeeper.errors import CertkeeperError, HookFailed, LockBusy, UsageError
+from certkeeper.errors import CertkeeperError, FleetStoreDown, HookFailed, LockBusy, UsageError
 from certkeeper.events import (
     CertificateInstalled,
     CertificateIssued,
@@ -40,7 +39,7 @@ from certkeeper.events import (
     RenewalFailed,
     RolledBack,
 )
-from certkeeper.fleet import Fleet, FleetStoreDown, PassResult
+from certkeeper.fleet import Fleet, PassResult
 from certkeeper.hooks import HookContext, resolve_hook, run_hook
 from certkeeper.install import CertificateHome, KeyPair, Ownership, Version, check_pairs
 from certkeeper.issuers.base import Issuer, IssueRequest, RenewalInfoSource
@@ -48,10 +47,10 @@ from certkeeper.model import KeyType
 from certkeeper.observe import Watched
 from certkeeper.policy import MIN_RETRY, Decision, History, Installed, Wanted, backoff_delay, decide_renewal
 from certkeeper.store import CertState, RenewalRecord, Store
-from certkeeper.verify import Verification, probe_points, wait_until_served
 
 if TYPE_CHECKING:
     from certkeeper.dane_rollover import DaneRollover
+    from certkeeper.verify import Verification
 
 log = logging.getLogger("certkeeper.lifecycle")
 
@@ -328,6 +327,8 @@ class Renewer:
         return pki.generate_key(KeyType(key_type)), replaces
 
     def _install_reload_verify(self, works: list[_Work]) -> None:
+        if not works:
+            return
         for work in works:
             if not work.reload_only and work.new is not None:
                 work.home.activate(work.new)
@@ -417,6 +418,11 @@ class Renewer:
                     self.bus.publish(ReloadHookFailed(self.clock(), member.config.name, str(hook), str(exc)))
 
     def _verify(self, works: Sequence[_Work]) -> dict[str, Verification]:
+        # Imported here: a pass with nothing to verify (cron, nothing due) never loads the probe.
+        import asyncio
+
+        from certkeeper.verify import probe_points, wait_until_served
+
         async def all_of() -> list[Verification]:
             return list(await asyncio.gather(*(
                 wait_until_served(
@@ -475,6 +481,8 @@ class Renewer:
         """Ask the CA for its renewal window (ARI) when the last answer's Retry-After has passed."""
         if state.ari_retry_after is not None and now < state.ari_retry_after:
             return
+        if self.config.issuers[certificate.issuer].type != "acme":  # only ACME CAs publish windows (RFC 9773):
+            return  # building another issuer here would only cost time (the internal CA's imports, keys)
         current = home.current()
         if current is None:
             return

@@ -36,7 +36,7 @@ from cryptography import x509
 
 from certkeeper import pki
 from certkeeper.config import CaIssuerConfig
-from certkeeper.errors import IssuanceError
+from certkeeper.errors import CaError
 from certkeeper.files import fsync_dir, write_atomic
 
 _json_string = json.encoder.encode_basestring_ascii
@@ -54,20 +54,6 @@ LOCK = ".lock"
 
 #: Files whose presence means "a CA lives here": ``ca init`` refuses to replace them without ``--force``.
 CA_FILES = (ROOT_CERT, ROOT_KEY, INTERMEDIATE_CERT, INTERMEDIATE_KEY, INDEX)
-
-
-class CaError(IssuanceError):
-    """An :class:`IssuanceError` about the CA itself rather than one certificate (init, passphrase, files).
-
-    It is an IssuanceError so that the lifecycle, which catches that, treats a broken CA like any CA refusing;
-    its message names the issuer (and the file) instead of an empty certificate name.
-    """
-
-    def __init__(self, issuer: str, detail: str, *, certificate: str = "", identifier: str = "") -> None:
-        super().__init__(issuer, certificate, detail, identifier=identifier)
-        if not certificate:
-            self.message = f"internal CA {issuer!r}: {detail}"
-            self.args = (self.message,)
 
 
 def read_passphrase(config: CaIssuerConfig) -> bytes:

@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives import serialization
 
 from certkeeper import pki
 from certkeeper.config import CaIssuerConfig
-from certkeeper.errors import IssuanceError
+from certkeeper.errors import CaError, IssuanceError
 from certkeeper.files import write_atomic
 from certkeeper.issuers import ca_store as store
 from certkeeper.issuers.base import IssuedCertificate, IssueRequest
@@ -57,7 +57,7 @@ from certkeeper.issuers.ca_profile import (
     ca_name,
     name_problems,
 )
-from certkeeper.issuers.ca_store import CaError, IssuedEntry, RevokedEntry
+from certkeeper.issuers.ca_store import IssuedEntry, RevokedEntry
 from certkeeper.model import KeyType
 
 __all__ = ["REASONS", "CaError", "CaInitResult", "CaStatus", "InternalCaIssuer", "ca_status", "export_bundle",
