@@ -1,8 +1,17 @@
 """certkeeper: keeps the TLS certificates of mail servers valid, installed, served and watched."""
 
-from importlib.metadata import PackageNotFoundError, version
 
-try:
-    __version__ = version("certkeeper")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+unknown"
+
+def __getattr__(name: str) -> str:
+    """``__version__``, read from the package metadata on first use: importlib.metadata costs every start
+    (``certkeeper renew`` from cron) some 15 ms, and only ``--version`` and the ACME user agent need it."""
+    if name != "__version__":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        value = version("certkeeper")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        value = "0.0.0+unknown"
+    globals()["__version__"] = value
+    return value

@@ -9,7 +9,6 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from certkeeper import pki
-from certkeeper.alerts import Notifier, subscribe_notifier
 from certkeeper.config import CaIssuerConfig, Config, IssuerConfig, Settings
 from certkeeper.errors import ConfigError
 from certkeeper.events import EventBus, log_event
@@ -18,6 +17,7 @@ from certkeeper.lifecycle import Outcome, Renewer
 from certkeeper.store import Store
 
 if TYPE_CHECKING:
+    from certkeeper.alerts import Notifier
     from certkeeper.fleet import Fleet
     from certkeeper.observe import Observation
 
@@ -145,5 +145,9 @@ def build_app(config: Config, *, store: Store | None = None,
     issuers = Issuers(config)
     fleet = open_fleet(config, store, clock)
     renewer = Renewer(config, store, issuers, bus, clock, fleet=fleet)
-    notifier = subscribe_notifier(config, store, bus)
+    notifier = None
+    if config.alerts is not None:  # imported only when configured: `renew` from cron starts faster without it
+        from certkeeper.alerts import subscribe_notifier
+
+        notifier = subscribe_notifier(config, store, bus)
     return App(config, store, bus, issuers, renewer, clock, notifier, fleet)

@@ -322,7 +322,8 @@ class Demo:
         """Follow the daemon until it renewed often enough and a mail arrived, or the bound passes."""
         assert self.daemon is not None
         daemon_log = LogFollower(self.daemon_log)
-        self.drain_server_logs()  # skip what happened before the daemon
+        self._postfix_log.new_lines()  # skip what happened before the daemon
+        self._dovecot_log.new_lines()
         deadline = self.started + self.settings.bound_seconds
         mails_seen = 0
         while True:

@@ -41,7 +41,7 @@ from certkeeper.events import (
 )
 from certkeeper.fleet import Fleet, PassResult
 from certkeeper.hooks import HookContext, resolve_hook, run_hook
-from certkeeper.install import CertificateHome, KeyPair, Ownership, Version, check_pairs
+from certkeeper.install import CertificateHome, InstalledPair, KeyPair, Ownership, Version, check_pairs
 from certkeeper.issuers.base import Issuer, IssueRequest, RenewalInfoSource
 from certkeeper.model import KeyType
 from certkeeper.observe import Watched
@@ -146,8 +146,7 @@ class Renewer:
             version = home.current()
             if version is None:
                 return None
-            matches = all(pki.key_matches(home.load_pair_key(p), home.load_pair_certificate(p))
-                          for p in version.pairs)
+            matches = all(_pair_matches(home, version, p) for p in version.pairs)
         except CertkeeperError as exc:
             log.warning("%s: the installed version cannot be read (%s); treating it as missing",
                         certificate.name, exc)
@@ -160,6 +159,8 @@ class Renewer:
         """Every managed endpoint, with the fingerprints ``current`` says it should serve."""
         items = []
         for certificate in certificates:
+            if not certificate.endpoints:
+                continue
             current = self.home(certificate).current()
             for target in certificate.endpoints:
                 # An endpoint written as an address (smtp://192.0.2.1:25) says where to connect; clients ask for
@@ -520,7 +521,25 @@ class Renewer:
 
     def _update_state(self, name: str, **changes: object) -> None:
         state = self.store.get_state(name) or CertState(name)
-        self.store.put_state(replace(state, **changes))  # type: ignore[arg-type]
+        changed = replace(state, **changes)  # type: ignore[arg-type]
+        if changed != state:  # a pass with nothing due writes nothing: no commit, no fsync per certificate
+            self.store.put_state(changed)
+
+
+def _pair_matches(home: CertificateHome, version: Version, pair: InstalledPair) -> bool:
+    """Whether the pair's key matches its certificate.
+
+    The install gate (:func:`certkeeper.install.check_pairs`) checked that before ``version.json`` was written
+    last into the folder; files untouched since are trusted, so a pass with nothing due loads no keys (an RSA
+    key costs milliseconds).  Anything changed afterwards is loaded and compared.
+    """
+    try:
+        written = (version.path / "version.json").stat().st_mtime_ns
+        if all(path.stat().st_mtime_ns <= written for path in (pair.privkey, pair.fullchain)):
+            return True
+    except OSError:
+        pass  # loading below says what is wrong, in words
+    return pki.key_matches(home.load_pair_key(pair), home.load_pair_certificate(pair))
 
 
 def _subdir(version: Version) -> str:

@@ -12,11 +12,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from certkeeper.events import EndpointFailed, EndpointRecovered, Event, ServedCertificateStale
-from certkeeper.probe import ProbeOptions, ProbeResult, probe_sync, result_to_json
 from certkeeper.store import EndpointRecord, Store
 from certkeeper.targets import Target
+
+if TYPE_CHECKING:
+    from certkeeper.probe import ProbeResult
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,9 @@ class Observation:
 def observe(items: Sequence[Watched], *, now: datetime, timeout: float = 10.0,
             concurrency: int = 50) -> list[Observation]:
     """Probe every item, grouped by the options they share, so contexts and trust are built once a group."""
+    # The probe (pyOpenSSL, asyncio) is imported only when there is something to look at.
+    from certkeeper.probe import ProbeOptions, probe_sync
+
     groups: dict[tuple[bool, Path | None, str | None, frozenset[str] | None], list[Watched]] = {}
     for item in items:
         groups.setdefault((item.dual, item.ca_file, item.servername, item.expected), []).append(item)
@@ -63,6 +69,8 @@ def _is_stale(item: Watched, result: ProbeResult) -> bool:
 
 def record(store: Store, observations: Sequence[Observation], *, now: datetime) -> list[Event]:
     """Remember each observation and return the events its change from the previous one means."""
+    from certkeeper.probe import result_to_json
+
     previous = {(r.owner, r.endpoint): r for r in store.endpoints()}
     events: list[Event] = []
     for observation in observations:

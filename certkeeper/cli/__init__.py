@@ -17,7 +17,6 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from certkeeper import __version__
 from certkeeper.cli.context import Context
 from certkeeper.errors import EX_SOFTWARE, EX_USAGE, CertkeeperError
 
@@ -51,12 +50,27 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(self.usage_status)
 
 
+class _Version(argparse.Action):
+    """``--version``, reading the package metadata only when asked (see ``certkeeper.__getattr__``)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 default: str = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        import certkeeper
+
+        print(f"certkeeper {certkeeper.__version__}")
+        parser.exit()
+
+
 def build_parser() -> Parser:
     parser = Parser(
         prog="certkeeper", description=DESCRIPTION, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"certkeeper {__version__}")
+    parser.add_argument("--version", action=_Version, help="show the version and exit")
     parser.add_argument("-c", "--config", metavar="PATH", help="configuration file (TOML)")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     common = argparse.ArgumentParser(add_help=False)
