@@ -27,6 +27,7 @@ import logging
 import os
 import socket
 import ssl
+import threading
 import time
 import warnings
 from collections.abc import Sequence
@@ -156,8 +157,13 @@ def load_trust_anchors(ca_file: Path | None) -> tuple[list[x509.Certificate], st
         return [], "the system trust store (none found)"
 
 
+# warnings.catch_warnings() swaps process-wide filters: two threads loading at once (a verifier and a prober)
+# would restore each other's filters mid-load and let the warning escape.
+_BUNDLE_LOCK = threading.Lock()
+
+
 def _load_pem_bundle(path: Path) -> list[x509.Certificate]:
-    with warnings.catch_warnings():
+    with _BUNDLE_LOCK, warnings.catch_warnings():
         # Distribution bundles still hold a few old roots with non-positive serial numbers; cryptography warns
         # about each, which would drown the output (and fail tests run with warnings as errors).
         warnings.simplefilter("ignore")
