@@ -8,19 +8,19 @@ all of them in one ``certkeeper config check``.
 
 from __future__ import annotations
 
-import difflib
 import os
 import tomllib
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field, fields, is_dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import timedelta
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
+from certkeeper.config_table import Table, did_you_mean
 from certkeeper.errors import ConfigError, ConfigErrors
-from certkeeper.model import KeyType, RenewBefore, format_duration, is_safe_name, parse_duration
-from certkeeper.targets import Target, parse_target
+from certkeeper.model import KeyType, RenewBefore, format_duration
+from certkeeper.targets import Target
 
 DEFAULT_CONFIG_PATH = Path("/etc/certkeeper/certkeeper.toml")
 CONFIG_ENV = "CERTKEEPER_CONFIG"
@@ -204,7 +204,7 @@ def load_config(path: Path) -> Config:
 
 def parse_config(data: Mapping[str, Any], path: Path) -> Config:
     errors: list[ConfigError] = []
-    root = _Table(data, "", path, errors)
+    root = Table(data, "", path, errors)
     settings = _parse_settings(root.table("certkeeper"))
     alerts_table = root.optional_table("alerts")
     alerts = _parse_alerts(alerts_table) if alerts_table else None
@@ -223,7 +223,7 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Config:
                   certificates=certificates, watch=watch)
 
 
-def _parse_settings(t: _Table) -> Settings:
+def _parse_settings(t: Table) -> Settings:
     d = Settings()
     settings = Settings(
         state_dir=t.path("state_dir", None) or d.state_dir,
@@ -253,7 +253,7 @@ def _parse_settings(t: _Table) -> Settings:
     return settings
 
 
-def _parse_alerts(t: _Table) -> AlertsConfig:
+def _parse_alerts(t: Table) -> AlertsConfig:
     to = t.string_list("to", None)
     sender = t.string("from", None)
     if not to:
@@ -293,7 +293,7 @@ def _parse_alerts(t: _Table) -> AlertsConfig:
     return alerts
 
 
-def _parse_issuer(name: str, t: _Table) -> IssuerConfig:
+def _parse_issuer(name: str, t: Table) -> IssuerConfig:
     kind = t.choice("type", ("acme", "ca"), None)
     if kind == "ca":
         return _parse_ca_issuer(name, t)
@@ -303,7 +303,7 @@ def _parse_issuer(name: str, t: _Table) -> IssuerConfig:
     return _parse_acme_issuer(name, t)
 
 
-def _parse_acme_issuer(name: str, t: _Table) -> AcmeIssuerConfig:
+def _parse_acme_issuer(name: str, t: Table) -> AcmeIssuerConfig:
     d = AcmeIssuerConfig(name=name, directory="")
     directory = t.url("directory", None, required=True) or ""
     contact = t.string_or_list("contact", ())
@@ -349,7 +349,7 @@ def _parse_acme_issuer(name: str, t: _Table) -> AcmeIssuerConfig:
     return issuer
 
 
-def _parse_ca_issuer(name: str, t: _Table) -> CaIssuerConfig:
+def _parse_ca_issuer(name: str, t: Table) -> CaIssuerConfig:
     d = CaIssuerConfig(name=name, ca_dir=Path())
     ca_dir = t.path("ca_dir", None)
     if ca_dir is None:
@@ -382,14 +382,14 @@ def _parse_ca_issuer(name: str, t: _Table) -> CaIssuerConfig:
     return issuer
 
 
-def _parse_certificate(name: str, t: _Table, issuers: Mapping[str, IssuerConfig]) -> CertificateConfig:
+def _parse_certificate(name: str, t: Table, issuers: Mapping[str, IssuerConfig]) -> CertificateConfig:
     issuer = t.string("issuer", None)
     if issuer is None:
         t.error("issuer", "nothing", "the name of an issuer defined under [issuers]")
     elif issuer not in issuers:
         known = ", ".join(sorted(issuers)) or "none are defined"
         t.error("issuer", repr(issuer), f"the name of an issuer defined under [issuers] ({known})",
-                _did_you_mean(issuer, issuers))
+                did_you_mean(issuer, issuers))
     domains = tuple(d.lower().rstrip(".") for d in t.string_list("domains", None) or ())
     if not domains:
         t.error("domains", "nothing", 'a list of host names such as ["mail.example.org"]')
@@ -443,7 +443,7 @@ def _parse_certificate(name: str, t: _Table, issuers: Mapping[str, IssuerConfig]
     return certificate
 
 
-def _parse_dane(t: _Table) -> DaneConfig:
+def _parse_dane(t: Table) -> DaneConfig:
     d = DaneConfig()
     tlsa = tuple(t.string_list("tlsa", list(d.tlsa)) or ())
     for i, record in enumerate(tlsa):
@@ -466,7 +466,7 @@ def _parse_dane(t: _Table) -> DaneConfig:
     return dane
 
 
-def _parse_watch(index: int, t: _Table) -> WatchConfig:
+def _parse_watch(index: int, t: Table) -> WatchConfig:
     endpoints = t.target_list("endpoints")
     if not endpoints:
         t.error("endpoints", "nothing", 'a list of endpoints such as ["smtp://mx.partner.example:25"]')
@@ -483,11 +483,6 @@ def _parse_watch(index: int, t: _Table) -> WatchConfig:
     return watch
 
 
-def _did_you_mean(word: str, candidates: Iterator[str] | Mapping[str, Any] | tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
-    return f'did you mean "{close[0]}"?' if close else ""
-
-
 def _is_hostname(name: str) -> bool:
     labels = name.split(".")
     if labels[0] == "*":
@@ -499,284 +494,3 @@ def _is_hostname(name: str) -> bool:
         and all(c.isalnum() or c == "-" for c in label) and label.isascii()
         for label in labels
     )
-
-
-T = TypeVar("T")
-_REQUIRED: Any = object()
-
-
-class _Table:
-    """One TOML table being read: typed getters that record located errors, and unknown-key detection."""
-
-    def __init__(self, data: Mapping[str, Any], key_path: str, file: Path, errors: list[ConfigError]) -> None:
-        self.data = data
-        self.key_path = key_path
-        self.file = file
-        self.errors = errors
-        self.seen: set[str] = set()
-
-    def where(self, key: str) -> str:
-        return f"{self.key_path}.{key}" if self.key_path else key
-
-    def error(self, key: str, found: str, expected: str, hint: str = "") -> None:
-        self.errors.append(ConfigError(self.file, self.where(key), found, expected, hint))
-
-    def _get(self, key: str) -> Any:
-        self.seen.add(key)
-        return self.data.get(key)
-
-    def _typed(self, key: str, kind: type | tuple[type, ...], expected: str, default: Any) -> Any:
-        value = self._get(key)
-        if value is None:
-            return default
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            self.error(key, _describe(value), expected)
-            return default
-        return value
-
-    def string(self, key: str, default: str | None) -> str | None:
-        value: str | None = self._typed(key, str, "a string", default)
-        return value
-
-    def boolean(self, key: str, default: bool) -> bool:
-        value: bool = self._typed(key, bool, "true or false", default)
-        return value
-
-    def integer(self, key: str, default: int, *, minimum: int | None = None) -> int:
-        value: int = self._typed(key, int, "a whole number", default)
-        if minimum is not None and value < minimum:
-            self.error(key, str(value), f"a whole number of at least {minimum}")
-            return default
-        return value
-
-    def port(self, key: str, default: int) -> int:
-        value = self.integer(key, default)
-        if not 0 < value < 65536:
-            self.error(key, str(value), "a TCP port from 1 to 65535")
-            return default
-        return value
-
-    def path(self, key: str, default: Path | None) -> Path | None:
-        value = self.string(key, None)
-        return Path(value) if value else default
-
-    def existing_file(self, key: str, default: Path | None) -> Path | None:
-        path = self.path(key, default)
-        if path is not None and path != default and not path.is_file():
-            self.error(key, f'"{path}", which does not exist or is not a file', "an existing file")
-        return path
-
-    def url(self, key: str, default: str | None, *, required: bool = False) -> str | None:
-        value = self.string(key, default)
-        if value is None:
-            if required:
-                self.error(key, "nothing", "an https:// URL")
-            return None
-        if not value.startswith(("https://", "http://")):
-            self.error(key, repr(value), "an https:// URL")
-        return value
-
-    def duration(self, key: str, default: Any, *, minimum: timedelta | None = None) -> Any:
-        value = self.parsed(key, parse_duration, default, 'a duration such as "90s", "15m", "12h" or "30d"')
-        if minimum is not None and value is not None and value < minimum:
-            self.error(key, format_duration(value), f"at least {format_duration(minimum)}")
-            return default
-        return value
-
-    def choice(self, key: str, choices: tuple[str, ...], default: str | None) -> Any:
-        value = self._get(key)
-        if value is None:
-            if default is None:
-                self.error(key, "nothing", "one of " + ", ".join(f'"{c}"' for c in choices))
-            return default
-        if value not in choices:
-            self.error(key, _describe(value), "one of " + ", ".join(f'"{c}"' for c in choices),
-                       _did_you_mean(str(value), choices))
-            return default
-        return value
-
-    def parsed(self, key: str, parse: Callable[[str], T], default: Any, expected: str) -> Any:
-        value = self._get(key)
-        if value is None:
-            return default
-        if not isinstance(value, str):
-            self.error(key, _describe(value), expected)
-            return default
-        try:
-            return parse(value)
-        except ValueError:
-            self.error(key, repr(value), expected)
-            return default
-
-    def string_list(self, key: str, default: Any) -> list[str] | None:
-        value = self._get(key)
-        if value is None:
-            return list(default) if default is not None else None
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            self.error(key, _describe(value), "a list of strings")
-            return list(default) if default is not None else None
-        return value
-
-    def string_or_list(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
-        value = self.data.get(key)
-        if isinstance(value, str):
-            self.seen.add(key)
-            return (value,)
-        return tuple(self.string_list(key, default) or ())
-
-    def string_table(self, key: str) -> dict[str, str]:
-        """A table of string values, such as ``hook_env = { POSTFIX_CONFIG_DIR = "/etc/postfix-out" }``."""
-        table = self.optional_table(key)
-        if table is None:
-            return {}
-        result = {}
-        for name, value in table.data.items():
-            table.seen.add(name)
-            if not isinstance(value, str):
-                table.error(name, _describe(value), "a string")
-            elif not name.replace("_", "").isalnum() or not name.isascii():
-                table.error(name, repr(name), "an environment variable name (letters, digits, _)")
-            else:
-                result[name] = value
-        return result
-
-    def int_list(self, key: str, default: Any) -> list[int]:
-        value = self._get(key)
-        if value is None:
-            return list(default) if default is not None else []
-        if (not isinstance(value, list) or not value
-                or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
-            self.error(key, _describe(value), "a list of positive whole numbers")
-            return list(default) if default is not None else []
-        return value
-
-    def parsed_list(self, key: str, parse: Callable[[str], T], default: tuple[T, ...], expected: str) -> list[T]:
-        items = self.string_list(key, None)
-        if items is None:
-            return list(default)
-        if not items:
-            self.error(key, "an empty list", expected)
-            return list(default)
-        result: list[T] = []
-        for i, item in enumerate(items):
-            try:
-                result.append(parse(item))
-            except ValueError:
-                self.error(f"{key}[{i}]", repr(item), expected)
-        return result or list(default)
-
-    def hook_list(self, key: str) -> tuple[str, ...]:
-        hooks = self.string_list(key, ()) or []
-        for i, hook in enumerate(hooks):
-            if "/" in hook and not hook.startswith("/"):
-                self.error(f"{key}[{i}]", repr(hook), "a hook name from hooks/ (postfix, dovecot, ...) or an "
-                           "absolute path")
-            elif "/" not in hook and not is_safe_name(hook):
-                self.error(f"{key}[{i}]", repr(hook), "a hook name made of letters, digits, '.', '_' and '-'")
-        return tuple(hooks)
-
-    def target_list(self, key: str) -> tuple[Target, ...]:
-        targets: list[Target] = []
-        for i, text in enumerate(self.string_list(key, ()) or []):
-            try:
-                targets.append(parse_target(text))
-            except ValueError as exc:
-                self.error(f"{key}[{i}]", repr(text), "an endpoint such as smtps://mail.example.org:465", str(exc))
-        return tuple(targets)
-
-    def table(self, key: str) -> _Table:
-        """A table that may be empty: ``[certkeeper]`` with every key defaulted is fine."""
-        return self.optional_table(key) or _Table({}, self.where(key), self.file, self.errors)
-
-    def optional_table(self, key: str) -> _Table | None:
-        value = self._get(key)
-        if value is None:
-            return None
-        if not isinstance(value, dict):
-            self.error(key, _describe(value), "a table")
-            return None
-        return _Table(value, self.where(key), self.file, self.errors)
-
-    def named_tables(self, key: str) -> Iterator[tuple[str, _Table]]:
-        group = self.optional_table(key)
-        if group is None:
-            return
-        for name, value in group.data.items():
-            group.seen.add(name)
-            if not is_safe_name(name):
-                group.error(name, repr(name), "a name made of letters, digits, '.', '_' and '-' (not . or ..)",
-                            "names become directory names")
-                continue
-            if not isinstance(value, dict):
-                group.error(name, _describe(value), "a table")
-                continue
-            yield name, _Table(value, group.where(name), self.file, self.errors)
-
-    def array_of_tables(self, key: str) -> Iterator[_Table]:
-        value = self._get(key)
-        if value is None:
-            return
-        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-            self.error(key, _describe(value), f"[[{key}]] tables")
-            return
-        for i, item in enumerate(value):
-            yield _Table(item, f"{self.where(key)}[{i}]", self.file, self.errors)
-
-    def finish(self, *, ignore_unknown: bool = False) -> None:
-        if ignore_unknown:
-            return
-        for key in self.data:
-            if key not in self.seen:
-                self.error(key, "an unknown key", "one of " + ", ".join(sorted(self.seen)) if self.seen
-                           else "no keys here", _did_you_mean(key, tuple(self.seen)))
-
-
-
-def _describe(value: Any) -> str:
-    kind = {str: "string", int: "number", float: "number", bool: "boolean", list: "list", dict: "table"}
-    return f"{kind.get(type(value), type(value).__name__)} {value!r}" if not isinstance(value, dict) else "a table"
-
-
-def describe_config(config: Config) -> dict[str, Any]:
-    """The resolved settings as plain data for ``config check``, with secrets and key material masked."""
-    return {
-        "file": str(config.path),
-        "certkeeper": _plain(config.settings),
-        "alerts": _plain(config.alerts) if config.alerts else None,
-        "issuers": {name: _plain(issuer) for name, issuer in config.issuers.items()},
-        "certificates": {name: _plain(cert) for name, cert in config.certificates.items()},
-        "watch": [_plain(w) for w in config.watch],
-    }
-
-
-_MASKED = {"database"}
-
-
-def _plain(value: Any) -> Any:
-    if is_dataclass(value) and not isinstance(value, type):
-        out = {}
-        for f in fields(value):
-            key = "from" if f.name == "sender" else f.name
-            item = getattr(value, f.name)
-            out[key] = _mask_url(item) if f.name in _MASKED and isinstance(item, str) else _plain(item)
-        return out
-    if isinstance(value, timedelta):
-        return format_duration(value)
-    if isinstance(value, Target):
-        return value.text
-    if isinstance(value, Path | RenewBefore | KeyType):
-        return str(value)
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, tuple | list):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _mask_url(url: str) -> str:
-    """``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db``."""
-    scheme, sep, rest = url.partition("://")
-    userinfo, at, host = rest.rpartition("@")
-    if at and ":" in userinfo:
-        userinfo = userinfo.split(":", 1)[0] + ":***"
-    return f"{scheme}{sep}{userinfo}{at}{host}"

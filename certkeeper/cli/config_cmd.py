@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Mapping
+from dataclasses import fields, is_dataclass
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from certkeeper.cli.context import Context
-from certkeeper.config import describe_config
+from certkeeper.config import Config
+from certkeeper.model import KeyType, RenewBefore, format_duration
+from certkeeper.targets import Target
 
 ORDER = 90
 
@@ -50,3 +56,48 @@ def _print_tree(value: Any, indent: str) -> None:
         elif item is not None and item != [] and item != {}:
             shown = ", ".join(map(str, item)) if isinstance(item, list) else item
             print(f"{indent}{key} = {shown}")
+
+
+def describe_config(config: Config) -> dict[str, Any]:
+    """The resolved settings as plain data for ``config check``, with secrets and key material masked."""
+    return {
+        "file": str(config.path),
+        "certkeeper": _plain(config.settings),
+        "alerts": _plain(config.alerts) if config.alerts else None,
+        "issuers": {name: _plain(issuer) for name, issuer in config.issuers.items()},
+        "certificates": {name: _plain(cert) for name, cert in config.certificates.items()},
+        "watch": [_plain(w) for w in config.watch],
+    }
+
+
+_MASKED = {"database"}
+
+
+def _plain(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        out = {}
+        for f in fields(value):
+            key = "from" if f.name == "sender" else f.name
+            item = getattr(value, f.name)
+            out[key] = _mask_url(item) if f.name in _MASKED and isinstance(item, str) else _plain(item)
+        return out
+    if isinstance(value, timedelta):
+        return format_duration(value)
+    if isinstance(value, Target):
+        return value.text
+    if isinstance(value, Path | RenewBefore | KeyType):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _mask_url(url: str) -> str:
+    """``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db``."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if at and ":" in userinfo:
+        userinfo = userinfo.split(":", 1)[0] + ":***"
+    return f"{scheme}{sep}{userinfo}{at}{host}"

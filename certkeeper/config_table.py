@@ -1,0 +1,259 @@
+"""Reading one TOML table of the configuration: typed getters that record located errors.
+
+Each getter marks its key as seen and, on a wrong value, records a :class:`ConfigError` naming the file, the
+key path (``certificates.mail.issuer``), what was found and what was expected, then returns the default, so
+that every mistake in a file is reported in one go.  :meth:`Table.finish` turns the keys nobody asked for into
+"unknown key" errors with a "did you mean".
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterator, Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+from certkeeper.errors import ConfigError
+from certkeeper.model import format_duration, is_safe_name, parse_duration
+from certkeeper.targets import Target, parse_target
+
+
+def did_you_mean(word: str, candidates: Iterator[str] | Mapping[str, Any] | tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f'did you mean "{close[0]}"?' if close else ""
+
+
+T = TypeVar("T")
+
+
+class Table:
+    """One TOML table being read: typed getters that record located errors, and unknown-key detection."""
+
+    def __init__(self, data: Mapping[str, Any], key_path: str, file: Path, errors: list[ConfigError]) -> None:
+        self.data = data
+        self.key_path = key_path
+        self.file = file
+        self.errors = errors
+        self.seen: set[str] = set()
+
+    def where(self, key: str) -> str:
+        return f"{self.key_path}.{key}" if self.key_path else key
+
+    def error(self, key: str, found: str, expected: str, hint: str = "") -> None:
+        self.errors.append(ConfigError(self.file, self.where(key), found, expected, hint))
+
+    def _get(self, key: str) -> Any:
+        self.seen.add(key)
+        return self.data.get(key)
+
+    def _typed(self, key: str, kind: type | tuple[type, ...], expected: str, default: Any) -> Any:
+        value = self._get(key)
+        if value is None:
+            return default
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            self.error(key, describe(value), expected)
+            return default
+        return value
+
+    def string(self, key: str, default: str | None) -> str | None:
+        value: str | None = self._typed(key, str, "a string", default)
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value: bool = self._typed(key, bool, "true or false", default)
+        return value
+
+    def integer(self, key: str, default: int, *, minimum: int | None = None) -> int:
+        value: int = self._typed(key, int, "a whole number", default)
+        if minimum is not None and value < minimum:
+            self.error(key, str(value), f"a whole number of at least {minimum}")
+            return default
+        return value
+
+    def port(self, key: str, default: int) -> int:
+        value = self.integer(key, default)
+        if not 0 < value < 65536:
+            self.error(key, str(value), "a TCP port from 1 to 65535")
+            return default
+        return value
+
+    def path(self, key: str, default: Path | None) -> Path | None:
+        value = self.string(key, None)
+        return Path(value) if value else default
+
+    def existing_file(self, key: str, default: Path | None) -> Path | None:
+        path = self.path(key, default)
+        if path is not None and path != default and not path.is_file():
+            self.error(key, f'"{path}", which does not exist or is not a file', "an existing file")
+        return path
+
+    def url(self, key: str, default: str | None, *, required: bool = False) -> str | None:
+        value = self.string(key, default)
+        if value is None:
+            if required:
+                self.error(key, "nothing", "an https:// URL")
+            return None
+        if not value.startswith(("https://", "http://")):
+            self.error(key, repr(value), "an https:// URL")
+        return value
+
+    def duration(self, key: str, default: Any, *, minimum: timedelta | None = None) -> Any:
+        value = self.parsed(key, parse_duration, default, 'a duration such as "90s", "15m", "12h" or "30d"')
+        if minimum is not None and value is not None and value < minimum:
+            self.error(key, format_duration(value), f"at least {format_duration(minimum)}")
+            return default
+        return value
+
+    def choice(self, key: str, choices: tuple[str, ...], default: str | None) -> Any:
+        value = self._get(key)
+        if value is None:
+            if default is None:
+                self.error(key, "nothing", "one of " + ", ".join(f'"{c}"' for c in choices))
+            return default
+        if value not in choices:
+            self.error(key, describe(value), "one of " + ", ".join(f'"{c}"' for c in choices),
+                       did_you_mean(str(value), choices))
+            return default
+        return value
+
+    def parsed(self, key: str, parse: Callable[[str], T], default: Any, expected: str) -> Any:
+        value = self._get(key)
+        if value is None:
+            return default
+        if not isinstance(value, str):
+            self.error(key, describe(value), expected)
+            return default
+        try:
+            return parse(value)
+        except ValueError:
+            self.error(key, repr(value), expected)
+            return default
+
+    def string_list(self, key: str, default: Any) -> list[str] | None:
+        value = self._get(key)
+        if value is None:
+            return list(default) if default is not None else None
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self.error(key, describe(value), "a list of strings")
+            return list(default) if default is not None else None
+        return value
+
+    def string_or_list(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = self.data.get(key)
+        if isinstance(value, str):
+            self.seen.add(key)
+            return (value,)
+        return tuple(self.string_list(key, default) or ())
+
+    def string_table(self, key: str) -> dict[str, str]:
+        """A table of string values, such as ``hook_env = { POSTFIX_CONFIG_DIR = "/etc/postfix-out" }``."""
+        table = self.optional_table(key)
+        if table is None:
+            return {}
+        result = {}
+        for name, value in table.data.items():
+            table.seen.add(name)
+            if not isinstance(value, str):
+                table.error(name, describe(value), "a string")
+            elif not name.replace("_", "").isalnum() or not name.isascii():
+                table.error(name, repr(name), "an environment variable name (letters, digits, _)")
+            else:
+                result[name] = value
+        return result
+
+    def int_list(self, key: str, default: Any) -> list[int]:
+        value = self._get(key)
+        if value is None:
+            return list(default) if default is not None else []
+        if (not isinstance(value, list) or not value
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
+            self.error(key, describe(value), "a list of positive whole numbers")
+            return list(default) if default is not None else []
+        return value
+
+    def parsed_list(self, key: str, parse: Callable[[str], T], default: tuple[T, ...], expected: str) -> list[T]:
+        items = self.string_list(key, None)
+        if items is None:
+            return list(default)
+        if not items:
+            self.error(key, "an empty list", expected)
+            return list(default)
+        result: list[T] = []
+        for i, item in enumerate(items):
+            try:
+                result.append(parse(item))
+            except ValueError:
+                self.error(f"{key}[{i}]", repr(item), expected)
+        return result or list(default)
+
+    def hook_list(self, key: str) -> tuple[str, ...]:
+        hooks = self.string_list(key, ()) or []
+        for i, hook in enumerate(hooks):
+            if "/" in hook and not hook.startswith("/"):
+                self.error(f"{key}[{i}]", repr(hook), "a hook name from hooks/ (postfix, dovecot, ...) or an "
+                           "absolute path")
+            elif "/" not in hook and not is_safe_name(hook):
+                self.error(f"{key}[{i}]", repr(hook), "a hook name made of letters, digits, '.', '_' and '-'")
+        return tuple(hooks)
+
+    def target_list(self, key: str) -> tuple[Target, ...]:
+        targets: list[Target] = []
+        for i, text in enumerate(self.string_list(key, ()) or []):
+            try:
+                targets.append(parse_target(text))
+            except ValueError as exc:
+                self.error(f"{key}[{i}]", repr(text), "an endpoint such as smtps://mail.example.org:465", str(exc))
+        return tuple(targets)
+
+    def table(self, key: str) -> Table:
+        """A table that may be empty: ``[certkeeper]`` with every key defaulted is fine."""
+        return self.optional_table(key) or Table({}, self.where(key), self.file, self.errors)
+
+    def optional_table(self, key: str) -> Table | None:
+        value = self._get(key)
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            self.error(key, describe(value), "a table")
+            return None
+        return Table(value, self.where(key), self.file, self.errors)
+
+    def named_tables(self, key: str) -> Iterator[tuple[str, Table]]:
+        group = self.optional_table(key)
+        if group is None:
+            return
+        for name, value in group.data.items():
+            group.seen.add(name)
+            if not is_safe_name(name):
+                group.error(name, repr(name), "a name made of letters, digits, '.', '_' and '-' (not . or ..)",
+                            "names become directory names")
+                continue
+            if not isinstance(value, dict):
+                group.error(name, describe(value), "a table")
+                continue
+            yield name, Table(value, group.where(name), self.file, self.errors)
+
+    def array_of_tables(self, key: str) -> Iterator[Table]:
+        value = self._get(key)
+        if value is None:
+            return
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            self.error(key, describe(value), f"[[{key}]] tables")
+            return
+        for i, item in enumerate(value):
+            yield Table(item, f"{self.where(key)}[{i}]", self.file, self.errors)
+
+    def finish(self, *, ignore_unknown: bool = False) -> None:
+        if ignore_unknown:
+            return
+        for key in self.data:
+            if key not in self.seen:
+                self.error(key, "an unknown key", "one of " + ", ".join(sorted(self.seen)) if self.seen
+                           else "no keys here", did_you_mean(key, tuple(self.seen)))
+
+
+
+def describe(value: Any) -> str:
+    kind = {str: "string", int: "number", float: "number", bool: "boolean", list: "list", dict: "table"}
+    return f"{kind.get(type(value), type(value).__name__)} {value!r}" if not isinstance(value, dict) else "a table"
