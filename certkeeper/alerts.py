@@ -1,6 +1,6 @@
 """Alerts by email: events and observations become alert records in the store, pending ones go out as one digest.
 
-The only module that speaks SMTP.  The flow:
+The flow (:mod:`certkeeper.relay` hands the mail to SMTP):
 
 1. :meth:`Notifier.handle` (an :class:`~certkeeper.events.EventBus` subscriber) and
    :meth:`Notifier.observe_certificate` decide (with :mod:`certkeeper.alert_rules`) whether an alert is owed and
@@ -20,15 +20,12 @@ import hashlib
 import html
 import json
 import logging
-import smtplib
 import socket
-import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
-from pathlib import Path
 
 from certkeeper import alert_rules
 from certkeeper.alert_rules import Severity
@@ -51,6 +48,7 @@ from certkeeper.events import (
     TlsaUpdateFailed,
     UnsafeKeyRollover,
 )
+from certkeeper.relay import send_message
 from certkeeper.store import AlertRecord, EndpointRecord, Store
 
 log = logging.getLogger("certkeeper.alerts")
@@ -455,127 +453,3 @@ def _threshold_words(threshold: alert_rules.Threshold | None) -> str:
 
 def _short(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-# -- sending ---------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Route:
-    name: str
-    host: str
-    port: int
-    verify: bool
-
-
-def send_message(config: AlertsConfig, message: EmailMessage) -> str:
-    """Hand ``message`` to a relay; returns the route that accepted it or raises :class:`AlertDeliveryFailed`.
-
-    Routes in order: the configured relay with its certificate verified (the system store, or ``smtp_ca_bundle``);
-    ``fallback_smtp_host`` verified the same way; and only when the configured relay's certificate was what
-    failed, the configured relay again without verification (logged as a warning: better an alert over an
-    unauthenticated channel than silence about the very certificate that broke the relay).
-    """
-    password = _read_password(config.smtp_password_file)
-    primary = _Route("relay", config.smtp_host, config.smtp_port, True)
-    routes = [primary]
-    if config.fallback_smtp_host:
-        routes.append(_Route("fallback", config.fallback_smtp_host, config.fallback_smtp_port, True))
-    attempts: list[str] = []
-    certificate_failed = False
-    for route in routes:
-        try:
-            _send_via(config, route, password, message)
-            return f"{route.name} {route.host}:{route.port}"
-        except ssl.SSLCertVerificationError as exc:
-            certificate_failed = certificate_failed or route is primary
-            attempts.append(f"{route.name} {route.host}:{route.port}: certificate not trusted: "
-                            f"{exc.verify_message or exc}")
-        except (OSError, smtplib.SMTPException) as exc:
-            attempts.append(f"{route.name} {route.host}:{route.port}: {_describe(exc)}")
-        log.warning("alert mail: %s", attempts[-1])
-    if certificate_failed and config.smtp_security != "none":
-        unverified = _Route("relay without certificate verification", primary.host, primary.port, False)
-        log.warning("alert mail: sending to %s:%d WITHOUT verifying its certificate, because it failed "
-                    "verification and no verified route worked; fix the relay's certificate or set "
-                    "smtp_ca_bundle / fallback_smtp_host", primary.host, primary.port)
-        try:
-            _send_via(config, unverified, password, message)
-            return f"{unverified.name} {unverified.host}:{unverified.port}"
-        except (OSError, smtplib.SMTPException) as exc:
-            attempts.append(f"{unverified.name}: {_describe(exc)}")
-    raise AlertDeliveryFailed(attempts)
-
-
-def _send_via(config: AlertsConfig, route: _Route, password: str | None, message: EmailMessage) -> None:
-    timeout = config.smtp_timeout.total_seconds()
-    context = _tls_context(config.smtp_ca_bundle, verify=route.verify)
-    client: smtplib.SMTP
-    if config.smtp_security == "tls":
-        client = smtplib.SMTP_SSL(route.host, route.port, timeout=timeout, context=context)
-    else:
-        client = smtplib.SMTP(route.host, route.port, timeout=timeout)
-    try:
-        client.ehlo()
-        if config.smtp_security == "starttls":
-            if not client.has_extn("starttls"):
-                # Never downgrade: a relay that stopped offering STARTTLS may be an attacker in the path.
-                raise smtplib.SMTPNotSupportedError("the relay does not offer STARTTLS (starttls-not-supported)")
-            client.starttls(context=context)
-            client.ehlo()
-        if config.smtp_username and password is not None:
-            if client.has_extn("auth"):
-                _authenticate(client, config.smtp_username, password)
-            elif route.name == "relay":
-                raise smtplib.SMTPNotSupportedError("the relay does not offer AUTH, but smtp_username is set")
-        client.send_message(message, from_addr=config.sender, to_addrs=list(config.to))
-    finally:
-        try:
-            client.quit()
-        except (OSError, smtplib.SMTPException):
-            client.close()
-
-
-def _authenticate(client: smtplib.SMTP, username: str, password: str) -> None:
-    # One attempt with PLAIN when offered (the channel is TLS in every sane setup): smtplib's login() would
-    # retry a refused password with every other mechanism, multiplying failed logins on the relay's counters.
-    if "PLAIN" in client.esmtp_features.get("auth", "").upper().split():
-        client.user, client.password = username, password
-        client.auth("PLAIN", client.auth_plain)
-    else:
-        client.login(username, password)
-
-
-def _tls_context(ca_bundle: Path | None, *, verify: bool) -> ssl.SSLContext:
-    if not verify:
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        return context
-    return ssl.create_default_context(cafile=str(ca_bundle) if ca_bundle else None)
-
-
-def _read_password(path: Path | None) -> str | None:
-    if path is None:
-        return None
-    try:
-        return path.read_text().rstrip("\r\n")
-    except OSError as exc:
-        raise AlertDeliveryFailed([f"{path}: cannot read smtp_password_file: {exc.strerror}"]) from None
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, smtplib.SMTPAuthenticationError):
-        return f"authentication failed ({exc.smtp_code}): check smtp_username and smtp_password_file"
-    if isinstance(exc, smtplib.SMTPResponseException):
-        text = exc.smtp_error.decode(errors="replace") if isinstance(exc.smtp_error, bytes) else str(exc.smtp_error)
-        return f"the relay said {exc.smtp_code} {text}"
-    if isinstance(exc, smtplib.SMTPRecipientsRefused):
-        return f"recipients refused: {', '.join(exc.recipients)}"
-    if isinstance(exc, TimeoutError | socket.timeout):
-        return "timed out"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__

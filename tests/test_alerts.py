@@ -21,8 +21,9 @@ import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from certkeeper.alerts import AlertDeliveryFailed, Notifier
+from certkeeper.alerts import Notifier
 from certkeeper.config import AlertsConfig
+from certkeeper.errors import AlertDeliveryFailed
 from certkeeper.events import (
     CertificateInstalled,
     CertificateIssued,
