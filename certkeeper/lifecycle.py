@@ -39,7 +39,6 @@ from certkeeper.events import (
     RenewalFailed,
     RolledBack,
 )
-from certkeeper.fleet import Fleet, PassResult
 from certkeeper.hooks import HookContext, resolve_hook, run_hook
 from certkeeper.install import CertificateHome, InstalledPair, KeyPair, Ownership, Version, check_pairs
 from certkeeper.issuers.base import Issuer, IssueRequest, RenewalInfoSource
@@ -50,6 +49,7 @@ from certkeeper.store import CertState, RenewalRecord, Store
 
 if TYPE_CHECKING:
     from certkeeper.dane_rollover import DaneRollover
+    from certkeeper.fleet import Fleet
     from certkeeper.verify import Verification
 
 log = logging.getLogger("certkeeper.lifecycle")
@@ -221,6 +221,8 @@ class Renewer:
             assert work.outcome is not None
             outcomes[work.config.name] = work.outcome
         if self.fleet is not None and not dry_run:  # fleet integration: every node's state per certificate
+            from certkeeper.fleet import PassResult
+
             self.fleet.record_pass([PassResult(c.name, self.home(c).current(), outcomes[c.name].result,
                                                outcomes[c.name].detail) for c in certificates])
         return [outcomes[c.name] for c in certificates]

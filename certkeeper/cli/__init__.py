@@ -65,7 +65,12 @@ class _Version(argparse.Action):
         parser.exit()
 
 
-def build_parser() -> Parser:
+def build_parser(command: str | None = None) -> Parser:
+    """The parser with every command, or with just ``command`` when its module is known by name.
+
+    A command lives in ``<command>.py`` or ``<command>_cmd.py``; parsing ``certkeeper renew`` then imports one
+    command module instead of all of them (a cron job that finds nothing due should cost next to nothing).
+    """
     parser = Parser(
         prog="certkeeper", description=DESCRIPTION, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -79,9 +84,12 @@ def build_parser() -> Parser:
     common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
                         help="more log output (-vv for debug)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    names = [info.name for info in pkgutil.iter_modules(__path__)]
+    if command is not None:
+        names = [n for n in names if n in (command, f"{command}_cmd")] or names
     modules = []
-    for info in pkgutil.iter_modules(__path__):
-        module = importlib.import_module(f"{__name__}.{info.name}")
+    for name in names:
+        module = importlib.import_module(f"{__name__}.{name}")
         if hasattr(module, "register"):
             modules.append(module)
     for module in sorted(modules, key=lambda m: (getattr(m, "ORDER", 100), m.__name__)):
@@ -89,9 +97,23 @@ def build_parser() -> Parser:
     return parser
 
 
+def _command_word(argv: Sequence[str]) -> str | None:
+    """The command named on the line (``renew`` in ``-c x.toml renew --quiet``), or None for help/version."""
+    words = iter(argv)
+    for word in words:
+        if word in ("-c", "--config"):
+            next(words, None)
+        elif word in ("-h", "--help", "--version"):
+            return None
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args, extras = parser.parse_known_args(argv)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_command_word(arguments))
+    args, extras = parser.parse_known_args(arguments)
     if extras:
         print(f"certkeeper: error: unrecognized arguments: {' '.join(extras)}", file=sys.stderr)
         status: int = getattr(args, "usage_status", EX_USAGE)  # check's own, set with its defaults
