@@ -44,6 +44,8 @@ from certkeeper.events import (
     RenewalFailed,
     RolledBack,
     ServedCertificateStale,
+    TlsaMatchRecovered,
+    TlsaMismatchObserved,
     TlsaRecordsPublished,
     TlsaUpdateFailed,
     UnsafeKeyRollover,
@@ -268,6 +270,28 @@ class Notifier:
                 facts=[("certificate", event.name), ("reason", event.reason)],
                 tried="waited for the TLSA records of the next key until expiry came within unsafe_rollover_days",
                 next_step=f"certkeeper dane show {event.name}; publish those records now")
+        elif isinstance(event, TlsaMismatchObserved):
+            published = ", ".join(event.published)
+            self.raise_alert(
+                f"{_tlsa_mismatch_prefix(event.name, event.endpoint)}{event.tlsa_name}:{event.served_spki_sha256}:"
+                f"{_short(published)}", Severity.CRITICAL,
+                f"{event.endpoint} matches no TLSA record of {event.name}", now,
+                summary=f"{event.endpoint} presents a certificate that no TLSA record at {event.tlsa_name} matches "
+                        f"(tlsa-invalid): DANE-validating senders defer mail to it.",
+                facts=[("certificate", event.name), ("endpoint", event.endpoint),
+                       ("served SPKI sha256", event.served_spki_sha256), ("seen", event.handshakes),
+                       ("TLSA name", event.tlsa_name), ("published", published),
+                       ("DNSSEC-validated", "yes" if event.dnssec_validated else "no")],
+                tried="probed the endpoint (with and without SNI on SMTP) and looked up its TLSA records",
+                next_step=f"certkeeper dane show {event.name}")
+        elif isinstance(event, TlsaMatchRecovered):
+            if self.store.forget_alerts(_tlsa_mismatch_prefix(event.name, event.endpoint)):
+                self.raise_alert(
+                    f"tlsa-match:{event.name}:{event.endpoint}:recovered:{now.astimezone(UTC).isoformat()}",
+                    Severity.INFO, f"{event.endpoint} matches its TLSA records again", now,
+                    summary=f"{event.endpoint}: {event.message}",
+                    facts=[("certificate", event.name), ("endpoint", event.endpoint), ("now", event.message)],
+                    tried="probed the endpoint and looked up its TLSA records again", next_step="nothing")
         elif isinstance(event, ConfigReloadRejected):
             self.raise_alert(
                 f"config:{event.path}:{_short(event.error)}", Severity.WARNING,
@@ -449,6 +473,10 @@ def _threshold_words(threshold: alert_rules.Threshold | None) -> str:
     if abs(applied - threshold.days) < 1e-9:
         return f"{threshold.days} days"
     return f"{threshold.days} days, scaled to {applied:.1f} days for this short-lived certificate"
+
+
+def _tlsa_mismatch_prefix(name: str, endpoint: str) -> str:
+    return f"tlsa-mismatch:{name}:{endpoint}:"
 
 
 def _short(text: str) -> str:

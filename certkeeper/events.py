@@ -126,6 +126,29 @@ class UnsafeKeyRollover(Event):
     reason: str
 
 
+@dataclass(frozen=True)
+class TlsaMismatchObserved(Event):
+    """DANE: an endpoint presented a certificate that no published TLSA record matches (RFC 8460
+    ``tlsa-invalid``); DANE-validating senders defer mail to it (RFC 7672 section 2.2)."""
+
+    name: str
+    endpoint: str
+    tlsa_name: str
+    served_spki_sha256: str
+    published: tuple[str, ...]
+    handshakes: str  # "with SNI", "without SNI" or both
+    dnssec_validated: bool
+
+
+@dataclass(frozen=True)
+class TlsaMatchRecovered(Event):
+    """DANE: an endpoint that presented a certificate matching no TLSA record matches them again."""
+
+    name: str
+    endpoint: str
+    message: str
+
+
 Subscriber = Callable[[Event], None]
 
 
@@ -150,6 +173,6 @@ def log_event(event: Event) -> None:
     """The journald-friendly subscriber: one line per event."""
     level = logging.WARNING if isinstance(event, RenewalFailed | ReloadHookFailed | RolledBack |
                                           ServedCertificateStale | EndpointFailed | ConfigReloadRejected |
-                                          TlsaUpdateFailed | UnsafeKeyRollover) \
+                                          TlsaUpdateFailed | UnsafeKeyRollover | TlsaMismatchObserved) \
         else logging.INFO
     logging.getLogger("certkeeper").log(level, "%s", event.describe())

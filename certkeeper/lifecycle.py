@@ -29,6 +29,7 @@ from cryptography import x509
 
 from certkeeper import pki
 from certkeeper.config import CertificateConfig, Config
+from certkeeper.dane_observe import dane_watch_for
 from certkeeper.errors import CertkeeperError, FleetStoreDown, HookFailed, LockBusy, UsageError
 from certkeeper.events import (
     CertificateInstalled,
@@ -168,7 +169,9 @@ class Renewer:
                 names = [d for d in certificate.domains if not d.startswith("*.")]
                 servername = names[0] if target.is_ip_literal and names else None
                 items.append(Watched(certificate.name, target, current.fingerprints if current else None,
-                                     dual=len(certificate.key_types) > 1, servername=servername))
+                                     dual=len(certificate.key_types) > 1, servername=servername,
+                                     dane=dane_watch_for(certificate, target,
+                                                         self.config.issuers.get(certificate.issuer))))
         return items
 
     def run(self, names: Sequence[str] | None = None, *, force: bool = False, dry_run: bool = False,

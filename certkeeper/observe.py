@@ -3,7 +3,8 @@
 Used by every pass (``renew`` and the daemon's periodic probes).  A managed endpoint serving something other
 than ``current`` is stale; an endpoint that stops answering TLS or starts serving an invalid certificate is
 failed; one that comes back is recovered.  Each of those becomes a typed event; the store keeps the last
-observation of every endpoint for ``status``, metrics and the next comparison.
+observation of every endpoint for ``status``, metrics and the next comparison.  Endpoints of certificates with
+``dane`` are also judged against their TLSA records (:mod:`certkeeper.dane_observe`).
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from certkeeper.events import EndpointFailed, EndpointRecovered, Event, ServedCertificateStale
 from certkeeper.store import EndpointRecord, Store
 from certkeeper.targets import Target
 
 if TYPE_CHECKING:
+    from certkeeper.dane_observe import DaneOutcome, DaneWatch
     from certkeeper.probe import ProbeResult
 
 
@@ -32,6 +34,7 @@ class Watched:
     dual: bool = False
     ca_file: Path | None = None
     servername: str | None = None
+    dane: DaneWatch | None = None  # TLSA records to judge the served certificate against (certkeeper.dane_observe)
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class Observation:
     watched: Watched
     result: ProbeResult
     stale: bool
+    dane: DaneOutcome | None = None
 
 
 def observe(items: Sequence[Watched], *, now: datetime, timeout: float = 10.0,
@@ -57,7 +61,12 @@ def observe(items: Sequence[Watched], *, now: datetime, timeout: float = 10.0,
         results = probe_sync([m.target for m in members], options, now=now, concurrency=concurrency)
         for member, result in zip(members, results, strict=True):
             observations[id(member)] = Observation(member, result, _is_stale(member, result))
-    return [observations[id(item)] for item in items]
+    ordered = [observations[id(item)] for item in items]
+    if any(item.dane is not None for item in items):
+        from certkeeper.dane_observe import observe_dane
+
+        ordered = observe_dane(ordered, now=now, timeout=timeout, concurrency=concurrency)
+    return ordered
 
 
 def _is_stale(item: Watched, result: ProbeResult) -> bool:
@@ -69,8 +78,6 @@ def _is_stale(item: Watched, result: ProbeResult) -> bool:
 
 def record(store: Store, observations: Sequence[Observation], *, now: datetime) -> list[Event]:
     """Remember each observation and return the events its change from the previous one means."""
-    from certkeeper.probe import result_to_json
-
     previous = {(r.owner, r.endpoint): r for r in store.endpoints()}
     events: list[Event] = []
     for observation in observations:
@@ -80,8 +87,13 @@ def record(store: Store, observations: Sequence[Observation], *, now: datetime) 
         store.put_endpoint(EndpointRecord(
             owner=item.owner, endpoint=item.target.text, at=now, status=result.status, message=result.message,
             fingerprint=leaf.fingerprint_sha256 if leaf else "", not_after=leaf.not_after if leaf else None,
-            stale=observation.stale, details=result_to_json(result),
+            stale=observation.stale, details=_details(observation),
         ))
+        if observation.dane is not None:
+            from certkeeper.dane_observe import tlsa_events
+
+            events += tlsa_events(item.owner, item.target.text, observation.dane,
+                                  before.details.get("dane") if before else None, now)
         if observation.stale:
             served = ",".join(sorted({s.fingerprint_sha256 for s in result.served} or
                                      ({leaf.fingerprint_sha256} if leaf else set())))
@@ -94,3 +106,13 @@ def record(store: Store, observations: Sequence[Observation], *, now: datetime) 
         elif was_failing and not failing:
             events.append(EndpointRecovered(now, item.owner, item.target.text, result.message))
     return events
+
+
+def _details(observation: Observation) -> dict[str, Any]:
+    """The probe's JSON, with the DANE verdict under ``dane`` when there is one."""
+    from certkeeper.probe import result_to_json
+
+    details = result_to_json(observation.result)
+    if observation.dane is not None:
+        details["dane"] = observation.dane.to_json()
+    return details

@@ -12,9 +12,10 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import dns.message
 import dns.name
@@ -25,16 +26,37 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from certkeeper import dane, pki
+from certkeeper.alerts import AlertContent
 from certkeeper.app import App, build_app
-from certkeeper.config import AcmeIssuerConfig, Config, DaneConfig, load_config
-from certkeeper.dane import RolloverState, TlsaParameters, TlsaRecord, decide_rollover, gate_renewal
+from certkeeper.config import AcmeIssuerConfig, CertificateConfig, Config, DaneConfig, load_config
+from certkeeper.dane import Presented, RolloverState, TlsaParameters, TlsaRecord, decide_rollover, gate_renewal
 from certkeeper.dane_dns import DnsSettings, TlsaPublisher, dns_settings
+from certkeeper.dane_observe import (
+    WITH_SNI,
+    WITHOUT_SNI,
+    DaneWatch,
+    LookupResult,
+    Mismatch,
+    PresentedChain,
+    ServedView,
+    dane_watch_for,
+    judge_tlsa,
+    tlsa_events,
+)
 from certkeeper.errors import ConfigError
-from certkeeper.events import Event, RenewalWaitingForTlsa, TlsaUpdateFailed, UnsafeKeyRollover
+from certkeeper.events import (
+    Event,
+    RenewalWaitingForTlsa,
+    TlsaMatchRecovered,
+    TlsaMismatchObserved,
+    TlsaUpdateFailed,
+    UnsafeKeyRollover,
+)
 from certkeeper.install import CertificateHome
 from certkeeper.issuers.challenges import Rfc2136Dns01, parse_tsig_key
 from certkeeper.model import KeyType
 from certkeeper.probe import ProbeOptions, probe_sync
+from certkeeper.store import AlertRecord
 from certkeeper.targets import parse_target
 from certkeeper.testbed.bind import Bind
 from certkeeper.testbed.certs import TestCA
@@ -180,6 +202,78 @@ def test_dns_settings_default_to_the_acme_issuers_rfc2136_settings() -> None:
     assert dns_settings(DaneConfig(), None) is None  # no dynamic DNS: `certkeeper dane show` for the operator
 
 
+# -- the daemon's probes: served certificate against published records ----------------------------------------
+
+LEAF, INTERMEDIATE = Presented("11" * 32, "12" * 32), Presented("21" * 32, "22" * 32)
+OTHER_LEAF = Presented("31" * 32, "32" * 32)
+
+
+def lookup(*records: TlsaRecord) -> LookupResult:
+    return LookupResult(NAME, frozenset(records), authenticated=False, resolver="192.0.2.53:53")
+
+
+def view(leaf: Presented, name: str = WITH_SNI, above: tuple[Presented, ...] | None = (INTERMEDIATE,)) -> ServedView:
+    return ServedView(name, (PresentedChain(leaf, above),))
+
+
+def test_a_leaf_matching_a_published_record_is_tlsa_valid() -> None:
+    outcome = judge_tlsa([lookup(record(LEAF.spki_sha256), NEXT)], [view(LEAF), view(LEAF, WITHOUT_SNI)])
+    assert (outcome.status, outcome.mismatches, outcome.dnssec_validated) == ("tlsa-valid", (), False)
+    assert "not DNSSEC-validated" in outcome.message
+
+
+def test_a_leaf_matching_no_record_is_tlsa_invalid_once_however_many_handshakes_presented_it() -> None:
+    outcome = judge_tlsa([lookup(CURRENT, NEXT)], [view(LEAF), view(LEAF, WITHOUT_SNI)])
+    assert outcome.status == "tlsa-invalid"
+    assert outcome.mismatches == (Mismatch(NAME, LEAF.spki_sha256, (WITH_SNI, WITHOUT_SNI),
+                                           (CURRENT.rdata, NEXT.rdata)),)
+
+
+def test_another_certificate_without_sni_is_judged_on_its_own() -> None:
+    outcome = judge_tlsa([lookup(record(LEAF.spki_sha256))], [view(LEAF), view(OTHER_LEAF, WITHOUT_SNI)])
+    assert [(m.spki_sha256, m.views) for m in outcome.mismatches] == [(OTHER_LEAF.spki_sha256, (WITHOUT_SNI,))]
+
+
+def test_dane_ta_records_match_the_ca_sent_above_and_are_not_judged_without_that_chain() -> None:
+    ta = record(INTERMEDIATE.spki_sha256, usage=2)
+    assert judge_tlsa([lookup(ta)], [view(LEAF)]).status == "tlsa-valid"
+    assert judge_tlsa([lookup(ta)], [view(LEAF, above=())]).status == "tlsa-invalid"
+    second_key_type = ServedView(WITH_SNI, (PresentedChain(LEAF, (INTERMEDIATE,)), PresentedChain(OTHER_LEAF, None)))
+    assert judge_tlsa([lookup(ta)], [second_key_type]).status == "tlsa-valid"
+
+
+def test_no_records_a_failed_lookup_or_no_certificate_are_no_mismatch() -> None:
+    assert judge_tlsa([lookup()], [view(LEAF)]).status == "tlsa-missing"
+    failed = LookupResult(NAME, error="the TLSA query timed out")
+    assert judge_tlsa([failed], [view(LEAF)]).status == "tlsa-lookup-failed"
+    assert judge_tlsa([lookup(CURRENT)], [ServedView(WITH_SNI, ())]).status == "not-checked"
+
+
+def test_a_mismatch_is_reported_every_pass_and_a_match_after_anything_else_is_a_recovery() -> None:
+    invalid = judge_tlsa([lookup(CURRENT)], [view(LEAF)])
+    valid = judge_tlsa([lookup(record(LEAF.spki_sha256))], [view(LEAF)])
+    [event] = tlsa_events("mail", "smtp://mx:25", invalid, invalid.to_json(), T0)
+    assert event == TlsaMismatchObserved(T0, "mail", "smtp://mx:25", NAME, LEAF.spki_sha256, (CURRENT.rdata,),
+                                         WITH_SNI, False)
+    assert tlsa_events("mail", "smtp://mx:25", valid, invalid.to_json(), T0) == [
+        TlsaMatchRecovered(T0, "mail", "smtp://mx:25", valid.message)]
+    assert tlsa_events("mail", "smtp://mx:25", valid, {"status": "tlsa-lookup-failed"}, T0) != []
+    assert tlsa_events("mail", "smtp://mx:25", valid, valid.to_json(), T0) == []
+    assert tlsa_events("mail", "smtp://mx:25", valid, None, T0) == []
+
+
+def test_endpoints_on_dane_ports_are_watched_by_their_host_name_and_smtp_ones_without_sni_too() -> None:
+    issuer = AcmeIssuerConfig(name="le", directory="https://acme.example/dir", challenge="dns-01",
+                              dns_server="192.0.2.53", tsig_key_file=Path("/etc/certkeeper/tsig.key"))
+    certificate = CertificateConfig("mail", "le", ("mx.example.org", "*.example.org"), dane=DaneConfig(ports=(25,)))
+    by_name = dane_watch_for(certificate, parse_target("smtp://mx2.example.org:25"), issuer)
+    assert by_name == DaneWatch(("_25._tcp.mx2.example.org.",), "192.0.2.53", without_sni=True)
+    by_address = dane_watch_for(certificate, parse_target("smtp://192.0.2.25:25"), None)
+    assert by_address == DaneWatch(("_25._tcp.mx.example.org.",), None, without_sni=True)  # the system resolver
+    assert dane_watch_for(certificate, parse_target("smtps://mx.example.org:465"), issuer) is None
+    assert dane_watch_for(replace(certificate, dane=None), parse_target("smtp://mx.example.org:25"), issuer) is None
+
+
 # -- against BIND, Pebble and Postfix ---------------------------------------------------------------------------
 
 class Clock:
@@ -228,12 +322,13 @@ def write_acme_config(tmp_path: Path, pebble: Pebble, certificate: str, *, extra
 
 
 def certificate_table(host: str, bind: Bind, *, dane_extra: str = "", postfix: Postfix | None = None,
-                      tsig_key_file: Path | None = None, reuse_key: bool = False, with_dane: bool = True) -> str:
+                      tsig_key_file: Path | None = None, reuse_key: bool = False, with_dane: bool = True,
+                      ports: tuple[int, ...] = (25,)) -> str:
     key_file = tsig_key_file or bind.tsig_key_file
     lines = ["[certificates.mail]", 'issuer = "pebble"', f'domains = ["{host}"]',
              f"reuse_key = {str(reuse_key).lower()}"]
     if with_dane:
-        lines.append(f'dane = {{ tlsa = ["3 1 1"], ports = [25], dns_server = "{bind.nameserver}", '
+        lines.append(f'dane = {{ tlsa = ["3 1 1"], ports = {list(ports)}, dns_server = "{bind.nameserver}", '
                      f'tsig_key_file = "{key_file}", ttl = 30{dane_extra} }}')
     if postfix is not None:
         lines += ['reload = ["postfix"]', f'hook_env = {{ POSTFIX_CONFIG_DIR = "{postfix.config_dir}" }}',
@@ -322,9 +417,9 @@ def unique_host(bind: Bind) -> str:
 
 
 def install_and_serve(tmp_path: Path, pebble: Pebble, bind: Bind, postfix: Postfix, host: str,
-                      *, with_dane: bool = True) -> CertificateHome:
+                      *, with_dane: bool = True, ports: tuple[int, ...] = (25,)) -> CertificateHome:
     """The first install (nothing served yet), then Postfix pointed at certkeeper's ``current``."""
-    config = write_acme_config(tmp_path, pebble, certificate_table(host, bind, with_dane=with_dane))
+    config = write_acme_config(tmp_path, pebble, certificate_table(host, bind, with_dane=with_dane, ports=ports))
     [outcome] = build_app(config).run_pass()
     assert outcome.result == "renewed", outcome.detail
     home = CertificateHome(tmp_path / "state", "mail")
@@ -473,3 +568,89 @@ def test_check_dane_reports_a_match_and_tlsa_invalid(bind: Bind, postfix: Postfi
     assert status == 2 and mismatched["status"] == "CRITICAL"
     assert [f["message"].startswith("[no SNI]") for f in invalid] == [False, True]  # with SNI, and without
     publisher.publish([], [wrong])
+
+
+@pytest.mark.testbed
+@pytest.mark.slow
+def test_the_pass_alerts_when_the_served_certificate_matches_no_published_tlsa_record_and_again_when_fixed(
+        tmp_path: Path, pebble: Pebble, bind: Bind, postfix_factory: Callable[..., Postfix]) -> None:
+    host = unique_host(bind)
+    postfix = postfix_factory()
+    port = postfix.ports["smtp"]  # stands for port 25: the test bed's Postfix listens on a free port
+    name = f"_{port}._tcp.{host}."
+    home = install_and_serve(tmp_path, pebble, bind, postfix, host, ports=(port,))
+    alerts = textwrap.dedent("""
+        [alerts]
+        to = ["postmaster@example.test"]
+        from = "certkeeper@example.test"
+        smtp_host = "127.0.0.1"
+        smtp_port = 9
+        smtp_security = "none"
+        """)
+    config = write_acme_config(tmp_path, pebble, certificate_table(host, bind, postfix=postfix, ports=(port,)),
+                               extra=alerts)
+    app, events = app_with(config, Clock())
+    publisher = TlsaPublisher(DnsSettings(bind.nameserver, bind.tsig_key_file), ttl=30, timeout=10)
+    published = publisher.published([name])
+    assert current_spki(home) in {r.data for r in published}
+
+    def dane_details() -> dict[str, Any]:
+        [endpoint] = app.store.endpoints()
+        return endpoint.details["dane"]  # type: ignore[no-any-return]
+
+    def tlsa_alerts() -> list[AlertRecord]:
+        return [a for a in app.store.pending_alerts() if "TLSA record" in a.subject]
+
+    [quiet] = app.run_pass()
+    assert quiet.result == "not-due", quiet.detail
+    assert not any(isinstance(e, TlsaMismatchObserved) for e in events) and tlsa_alerts() == []
+    assert dane_details()["status"] == "tlsa-valid"
+    assert [v["view"] for v in dane_details()["served"]] == ["with SNI", "without SNI"]
+
+    wrong = TlsaRecord(name, 3, 1, 1, "ab" * 32)
+    publisher.publish([wrong], published)
+    for _ in range(2):  # a second pass while it lasts raises no second alert
+        app.run_pass()
+    mismatches = [e for e in events if isinstance(e, TlsaMismatchObserved)]
+    assert len(mismatches) == 2 and mismatches[0].tlsa_name == name
+    assert (mismatches[0].served_spki_sha256, mismatches[0].published) == (current_spki(home), (wrong.rdata,))
+    assert mismatches[0].handshakes == "with SNI, without SNI"
+    [critical] = tlsa_alerts()
+    assert critical.severity == "CRITICAL" and critical.subject.startswith(f"smtp://127.0.0.1:{port} matches no")
+    content = AlertContent.from_body(critical.body)
+    assert ("served SPKI sha256", current_spki(home)) in content.facts
+    assert ("published", wrong.rdata) in content.facts
+    assert content.next_step == "certkeeper dane show mail"
+    assert dane_details()["status"] == "tlsa-invalid"
+
+    publisher.publish(published, [wrong])
+    app.run_pass()
+    assert any(isinstance(e, TlsaMatchRecovered) for e in events)
+    assert dane_details()["status"] == "tlsa-valid"
+    assert [a.severity for a in tlsa_alerts() if "again" in a.subject] == ["INFO"]
+
+
+@pytest.mark.testbed
+@pytest.mark.slow
+def test_a_certificate_presented_only_without_sni_that_matches_no_record_is_reported(
+        tmp_path: Path, pebble: Pebble, bind: Bind, postfix_factory: Callable[..., Postfix]) -> None:
+    host = unique_host(bind)
+    postfix = postfix_factory()
+    port = postfix.ports["smtp"]
+    home = install_and_serve(tmp_path, pebble, bind, postfix, host, ports=(port,))
+    # Postfix presents certkeeper's certificate to clients asking for the host by SNI, and its seed certificate
+    # to those that send no SNI: the mistake senders without SNI would pay for.
+    sni_map = tmp_path / "sni"
+    sni_map.write_text(f"{host} {home.current_link / 'privkey.pem'} {home.current_link / 'fullchain.pem'}\n")
+    subprocess.run(["/usr/sbin/postmap", "-F", "-c", str(postfix.config_dir), f"hash:{sni_map}"], check=True,
+                   capture_output=True, timeout=30)
+    postfix.postconf(smtpd_tls_chain_files=f"{postfix.key_file}, {postfix.fullchain_file}",
+                     tls_server_sni_maps=f"hash:{sni_map}")
+    postfix.reload()
+    config = write_acme_config(tmp_path, pebble, certificate_table(host, bind, postfix=postfix, ports=(port,)))
+    app, events = app_with(config, Clock())
+    app.observe_endpoints()
+    [mismatch] = [e for e in events if isinstance(e, TlsaMismatchObserved)]
+    assert mismatch.handshakes == "without SNI"
+    assert mismatch.served_spki_sha256 == pki.spki_sha256(pki.load_certificates(postfix.fullchain_file.read_bytes())[0])
+    assert mismatch.served_spki_sha256 != current_spki(home)
