@@ -22,6 +22,7 @@ from certkeeper.issuers.acme import (
     RetryPolicy,
     ari_certificate_id,
     describe_validation_failure,
+    may_order_without_replaces,
     next_poll_delay,
     parse_retry_after,
     retry_delay,
@@ -84,6 +85,15 @@ def test_polling_grows_from_milliseconds_and_honours_retry_after() -> None:
     assert next_poll_delay(0.05, None) == pytest.approx(0.075)
     assert next_poll_delay(2.5, None) == 3.0
     assert next_poll_delay(0.05, 1.0) == 1.0
+
+
+def test_an_order_refused_for_its_replaces_field_is_placed_again_without_it() -> None:
+    prefix = "urn:ietf:params:acme:error:"
+    assert may_order_without_replaces(prefix + "alreadyReplaced", "certificate already replaced")
+    assert may_order_without_replaces(
+        prefix + "unauthorized", "requester account did not request the certificate being replaced by this order")
+    assert not may_order_without_replaces(prefix + "unauthorized", "account is deactivated")
+    assert not may_order_without_replaces(prefix + "rateLimited", "too many certificates (replacements included)")
 
 
 def test_ari_certificate_id_is_aki_and_serial_der_base64url() -> None:

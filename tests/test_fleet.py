@@ -1,7 +1,8 @@
 """Fleets: nodes as real certkeeper processes sharing one certificate through a real PostgreSQL on loopback.
 
 Each node has its own config, state_dir and hook log, the same ``database`` and ``fleet_key_file``, and an
-internal CA issuer over one shared ``ca_dir``, whose append-only index counts the orders.
+internal CA issuer over one shared ``ca_dir``, whose append-only index counts the orders.  The Pebble tests
+(:class:`PebbleFleet`) give the nodes an ACME issuer instead and count orders in Pebble's log.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -29,9 +31,11 @@ from certkeeper.config import CaIssuerConfig, Config, load_config
 from certkeeper.fleet import DOWN_ALERT_KEY, FleetKey, fleet_is_newer, may_renew_alone
 from certkeeper.install import CertificateHome
 from certkeeper.issuers.internal_ca import ca_status, init_ca
+from certkeeper.store import RenewalRecord
 from certkeeper.store.fleet_records import FleetVersion
 from certkeeper.store.postgres import SCHEMA_VERSION, PostgresStore
 from certkeeper.store.sqlite import SqliteStore
+from certkeeper.testbed.pebble import Pebble
 from tests.fleet_fixtures import Database, postgres_cluster, postgres_db
 from tests.lifecycle_helpers import hook_runs, hook_script, run_cli
 
@@ -43,6 +47,9 @@ NODES = ("mx1", "mx2", "mx3")
 class Fleet:
     """The nodes of one test: their configs, the shared CA and the shared database."""
 
+    issuer_name = "internal"
+    key_types: tuple[str, ...] = ("ecdsa-p256", "rsa-2048")
+
     def __init__(
         self,
         tmp_path: Path,
@@ -51,6 +58,8 @@ class Fleet:
         lifetime: str = "30d",
         settings: str = "",
         lock_timeout: str = "20s",
+        fleet_lease: str = "3s",
+        renew_before: str = "20s",
         per_node: dict[str, str] | None = None,
     ) -> None:
         self.tmp_path = tmp_path
@@ -63,7 +72,22 @@ class Fleet:
         self.lifetime = lifetime
         self.settings = settings
         self.lock_timeout = lock_timeout
+        self.fleet_lease = fleet_lease
+        self.renew_before = renew_before
         self.configs = {node: self.write(node, (per_node or {}).get(node, "")) for node in NODES}
+        self.start_issuer()
+
+    def issuer_section(self, passphrase: Path | None = None) -> str:
+        """The ``[issuers.*]`` table every node shares (``self.issuer_name``)."""
+        return textwrap.dedent(f"""\
+            [issuers.internal]
+            type = "ca"
+            ca_dir = "{self.ca_dir}"
+            passphrase_file = "{passphrase or self.passphrase}"
+            lifetime = "{self.lifetime}"
+            """)
+
+    def start_issuer(self) -> None:
         issuer = self.configs["mx1"].issuers["internal"]
         assert isinstance(issuer, CaIssuerConfig)
         self.issuer = issuer
@@ -87,23 +111,19 @@ class Fleet:
             database_password_file = "{self.database.password_file}"
             node = "{node}"
             fleet_key_file = "{self.key_file}"
-            fleet_lease = "3s"
+            fleet_lease = "{self.fleet_lease}"
             {self.settings}
             {extra}
 
-            [issuers.internal]
-            type = "ca"
-            ca_dir = "{self.ca_dir}"
-            passphrase_file = "{passphrase or self.passphrase}"
-            lifetime = "{self.lifetime}"
-
             [certificates.mail]
-            issuer = "internal"
+            issuer = "{self.issuer_name}"
             domains = ["mail.example.test", "mx.example.test"]
-            key_types = ["ecdsa-p256", "rsa-2048"]
+            key_types = {json.dumps(list(self.key_types))}
             reload = ["{hook}"]
-            renew_before = "20s"
+            renew_before = "{self.renew_before}"
+
             """)
+            + self.issuer_section(passphrase)
         )
         return load_config(path)
 
@@ -348,6 +368,152 @@ def test_three_daemons_renew_a_short_lived_certificate_with_one_order_each_time(
     versions = len(fleet.rows("SELECT 1 FROM fleet_versions"))
     assert fleet.orders() == 2 * versions, logs  # exactly one order (two key types) per renewal
     assert len({fleet.serials(node) for node in NODES}) == 1
+
+
+# -- the same fleet against Pebble, an ACME CA ----------------------------------------------------------------
+
+
+class PebbleFleet(Fleet):
+    """The nodes share an ACME issuer on a Pebble of the test's own (its log is the CA's record of orders).
+
+    The issuer is the one :mod:`certkeeper.demo` writes: Pebble's HTTPS CA as ``ca_bundle``, its issuing chain as
+    ``trust_roots``, http-01 answered by certkeeper's standalone listener on Pebble's validation port.  Every
+    node is configured with the same port; only the node holding the ordering lease orders, so only one listens
+    at a time.  One key type: one ACME order per renewal.
+    """
+
+    issuer_name = "pebble"
+    key_types = ("ecdsa-p256",)
+
+    def __init__(self, tmp_path: Path, database: Database, pebble: Pebble, **options: str) -> None:
+        self.pebble = pebble
+        self.trust_roots = pebble.write_issuer_chain(tmp_path / "pebble-roots.pem")
+        super().__init__(tmp_path, database, **options)
+
+    def issuer_section(self, passphrase: Path | None = None) -> str:
+        return textwrap.dedent(f"""\
+            [issuers.pebble]
+            type = "acme"
+            directory = "{self.pebble.directory_url}"
+            contact = "mailto:hostmaster@example.test"
+            challenge = "http-01"
+            http_address = "127.0.0.1"
+            http_port = {self.pebble.http_port}
+            ca_bundle = "{self.pebble.ca_file}"
+            trust_roots = "{self.trust_roots}"
+            """)
+
+    def start_issuer(self) -> None:
+        """Nothing to set up: each node registers its own ACME account on first use."""
+
+    def orders(self) -> int:
+        """ACME orders Pebble created (its log; a refused newOrder request creates none)."""
+        return len(_PEBBLE_ORDER_ADDED.findall(self.pebble.log_path.read_text()))
+
+    def issued(self) -> list[tuple[int, str]]:
+        """(serial, order) of each certificate Pebble issued, in order."""
+        return [(int(serial, 16), order) for serial, order in _PEBBLE_ISSUED.findall(self.pebble.log_path.read_text())]
+
+    def orders_left_unfinished(self) -> set[str]:
+        text = self.pebble.log_path.read_text()
+        return set(_PEBBLE_ORDER_ADDED.findall(text)) - {order for _, order in _PEBBLE_ISSUED.findall(text)}
+
+
+_PEBBLE_ORDER_ADDED = re.compile(r'Added order "([^"]+)" to the db')
+_PEBBLE_ISSUED = re.compile(r"Issued certificate serial ([0-9a-f]+) for order (\S+)")
+_ISSUED_EVENT = re.compile(r"CertificateIssued name=mail key_type=\S+ issuer=pebble serial=([0-9a-f]+) ")
+
+
+def renewal_history(config: Config) -> list[RenewalRecord]:
+    store = SqliteStore(config.settings.state_dir)
+    try:
+        return store.renewals("mail")
+    finally:
+        store.close()
+
+
+@contextmanager
+def running_daemons(fleet: Fleet, logs_dir: Path) -> Iterator[list[subprocess.Popen[str]]]:
+    """``certkeeper daemon`` for every node, logging to ``logs_dir/<node>.log`` (an unread pipe would fill up and
+    block the process); SIGTERM on the way out, SIGKILL for one that does not drain within 60 s."""
+    logs_dir.mkdir(exist_ok=True)
+    daemons: list[subprocess.Popen[str]] = []
+    try:
+        for node in NODES:
+            daemons.append(fleet.start(node, "daemon", log=logs_dir / f"{node}.log"))
+        yield daemons
+    finally:
+        for process in daemons:
+            process.send_signal(signal.SIGTERM)
+        for process in daemons:
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)
+
+
+def test_three_daemons_share_a_pebble_certificate_with_one_acme_order_per_renewal(
+    tmp_path: Path, postgres_db: Database, pebble_factory: Callable[..., Pebble]
+) -> None:
+    # 30 s certificates renewed 20 s before expiry (Pebble's ARI window moves it a little later): a renewal every
+    # 10-15 s, with 15 s or more to spare under load.  A 30 s lease: under load the heartbeat may lag, and a lease
+    # lost mid-order would hand a second order (and the http-01 port) to another node; this test is about the
+    # normal path (the takeover has its own test above).
+    pebble = pebble_factory(validity_seconds=30)
+    fleet = PebbleFleet(tmp_path, postgres_db, pebble, fleet_lease="30s", renew_before="20s")
+    logs_dir = tmp_path / "logs"
+
+    def converged() -> bool:
+        latest = fleet.rows("SELECT max(version)::text FROM fleet_versions")[0][0]
+        return latest is not None and fleet.rows("SELECT DISTINCT version FROM node_results") == [(latest,)]
+
+    with running_daemons(fleet, logs_dir) as daemons:
+        # The first issuance and two renewals, then every node on the newest version.
+        renewed = wait_for(lambda: len(fleet.rows("SELECT 1 FROM fleet_versions")) >= 3, 150)
+        settled = renewed and wait_for(converged, 30)
+        alive = [d.poll() is None for d in daemons]
+        # Stop before counting, so no renewal starts between the counts below.
+    logs = {node: (logs_dir / f"{node}.log").read_text() for node in NODES}
+    assert renewed and settled and all(alive), logs
+    assert [d.returncode for d in daemons] == [0, 0, 0], logs
+
+    versions = fleet.rows("SELECT version, ordered_by FROM fleet_versions WHERE name = 'mail' ORDER BY version")
+    fleet_serials = [int(str(s), 16) for (s,) in fleet.rows("SELECT serial FROM fleet_pairs ORDER BY version")]
+    assert [v for v, _ in versions] == list(range(1, len(versions) + 1))
+    # Pebble's side: one order per fleet version, and it issued exactly the certificates the fleet stored.
+    assert fleet.orders() == len(versions), logs
+    assert [serial for serial, _ in fleet.issued()] == fleet_serials
+    assert not fleet.orders_left_unfinished()
+    # Each node's own record: it ordered (logged CertificateIssued) exactly the versions stored as ordered_by it.
+    for node in NODES:
+        ordered = [int(s, 16) for s in _ISSUED_EVENT.findall(logs[node])]
+        assert ordered == [serial for serial, (_, by) in zip(fleet_serials, versions, strict=True) if by == node]
+    # Each node's renewal history: only fleet certificates were installed, and all end on the same serial.
+    for node in NODES:
+        installed = [r.serial for r in renewal_history(fleet.configs[node]) if r.result == "success"]
+        assert installed and {int(s, 16) for s in installed} <= set(fleet_serials), (node, installed)
+    assert {fleet.serials(node) for node in NODES} == {(format(fleet_serials[-1], "x"),)}
+    results = fleet.rows("SELECT node, version, serials FROM node_results ORDER BY node")
+    assert results == [(node, str(len(versions)), format(fleet_serials[-1], "x")) for node in NODES]
+    for node in NODES:
+        assert "cannot listen on" not in logs[node]  # never two http-01 listeners on the port at once
+
+
+def test_a_node_renewing_a_certificate_another_nodes_acme_account_ordered_gets_it_renewed(
+    tmp_path: Path, postgres_db: Database, pebble_factory: Callable[..., Pebble]
+) -> None:
+    # Each node has its own ACME account; the CA refuses ARI's "replaces" for another account's certificate.
+    fleet = PebbleFleet(tmp_path, postgres_db, pebble_factory(), fleet_lease="30s")
+    assert fleet.renew("mx1").returncode == 0
+    assert fleet.renew("mx2").returncode == 0  # installs mx1's order
+    renewed = run_cli(fleet.configs["mx2"], "-v", "renew", "--force")
+    output = renewed.stdout + renewed.stderr
+    assert renewed.returncode == 0, output
+    assert "the CA refused an order replacing" in output and "ordering without replaces" in output
+    assert fleet.rows("SELECT version, ordered_by FROM fleet_versions ORDER BY version") == [(1, "mx1"), (2, "mx2")]
+    assert fleet.orders() == 2 and not fleet.orders_left_unfinished()  # the refused request created no order
+    assert fleet.serials("mx2") == (format(fleet.issued()[-1][0], "x"),)
 
 
 # -- the pure rules ------------------------------------------------------------------------------------------

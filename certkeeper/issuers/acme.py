@@ -143,6 +143,19 @@ def ari_certificate_id(certificate: x509.Certificate) -> str:
     return f"{b64(aki)}.{b64(serial_der)}"
 
 
+def may_order_without_replaces(problem_type: str, detail: str) -> bool:
+    """Was a newOrder refused because of its ``replaces`` field, so that the same order without it can succeed?
+
+    RFC 9773 section 5: the CA may refuse an order whose ``replaces`` names a certificate that was already
+    replaced (``alreadyReplaced``) or, as Let's Encrypt and Pebble do, one ordered by another account
+    (``unauthorized``: "requester account did not request the certificate being replaced").  In a fleet the
+    installed certificate is often another node's, ordered under that node's account.  Renewal matters more than
+    the ARI rate-limit exemption, so such an order is placed again without ``replaces``.
+    """
+    short = problem_type.rsplit(":", 1)[-1]
+    return short == "alreadyReplaced" or (short in ("unauthorized", "malformed") and "replace" in detail.lower())
+
+
 _PROBLEM_WORDS = {
     "connection": "the CA could not connect to the server to fetch the answer",
     "unauthorized": "the CA did not get the expected answer",
@@ -427,7 +440,7 @@ class AcmeIssuer:
         replaces = self._certificate_id(request.replaces, request.certificate) if request.replaces else None
         with self._translated(request.certificate, url):
             directory = self._directory(url)
-            order = directory.with_account(lambda: self._new_order(directory, request, csr, replaces))
+            order = self._order(directory, request, csr, replaces)
             log.info("certificate %r: order %s for %s%s", request.certificate, order.uri, ", ".join(request.domains),
                      f" replacing {replaces}" if replaces else "")
             self._authorize(directory, order, request.certificate, deadline)
@@ -512,6 +525,17 @@ class AcmeIssuer:
             return ari_certificate_id(certificate)
         except ValueError as exc:
             raise IssuanceError(self.name, label, str(exc)) from None
+
+    def _order(self, directory: _Directory, request: IssueRequest, csr: bytes,
+               replaces: str | None) -> messages.OrderResource:
+        try:
+            return directory.with_account(lambda: self._new_order(directory, request, csr, replaces))
+        except messages.Error as error:
+            if replaces is None or not may_order_without_replaces(str(error.typ or ""), str(error.detail or "")):
+                raise
+            log.info("certificate %r: the CA refused an order replacing %s (%s); ordering without replaces",
+                     request.certificate, replaces, error.detail)
+        return directory.with_account(lambda: self._new_order(directory, request, csr, None))
 
     def _new_order(self, directory: _Directory, request: IssueRequest, csr: bytes,
                    replaces: str | None) -> messages.OrderResource:
