@@ -53,6 +53,12 @@ def certificate_table(name: str, domains: str, *, endpoints: list[str], hooks: l
         """)
 
 
+def reloaded_by(tmp_path: Path, hook: str, hook_env: dict[str, str], endpoints: list[str]) -> Config:
+    """The certificate ``mail`` with one shipped reload hook and the endpoints to verify."""
+    return write_config(tmp_path, certificate_table("mail", '"mail.example.test"', endpoints=endpoints,
+                                                    hooks=[hook], hook_env=hook_env))
+
+
 def install_first_version(tmp_path: Path, name: str = "mail") -> Config:
     """What an administrator does first: issue once, before any daemon reads certkeeper's files."""
     config = write_config(tmp_path, f'[certificates.{name}]\nissuer = "internal"\ndomains = ["mail.example.test"]\n')
@@ -71,9 +77,7 @@ def test_a_renewal_is_installed_reloaded_and_verified_on_every_postfix_listener(
     home = CertificateHome(tmp_path / "state", "mail")
     first = home.current()
     assert first is not None and served(endpoints) == first.fingerprints
-    config = write_config(tmp_path, certificate_table(
-        "mail", '"mail.example.test"', endpoints=endpoints, hooks=["postfix"],
-        hook_env={"POSTFIX_CONFIG_DIR": str(postfix.config_dir)}))
+    config = reloaded_by(tmp_path, "postfix", {"POSTFIX_CONFIG_DIR": str(postfix.config_dir)}, endpoints)
     result = run_cli(config, "renew", "--force", "--json")
     assert result.returncode == 0, result.stdout + result.stderr
     [outcome] = json.loads(result.stdout)
@@ -109,9 +113,7 @@ def test_rollback_serves_the_previous_version_on_postfix(tmp_path: Path, postfix
     postfix.use_certificate(current / "privkey.pem", current / "fullchain.pem")
     postfix.reload()
     endpoints = postfix_endpoints(postfix)
-    config = write_config(tmp_path, certificate_table(
-        "mail", '"mail.example.test"', endpoints=endpoints, hooks=["postfix"],
-        hook_env={"POSTFIX_CONFIG_DIR": str(postfix.config_dir)}))
+    config = reloaded_by(tmp_path, "postfix", {"POSTFIX_CONFIG_DIR": str(postfix.config_dir)}, endpoints)
     first = home.current()
     assert run_cli(config, "renew", "--force").returncode == 0
     result = run_cli(config, "rollback", "mail")
@@ -147,16 +149,7 @@ def test_a_renewal_is_verified_on_every_dovecot_listener(tmp_path: Path, dovecot
     install_first_version(tmp_path)
     home = point_dovecot_at_certkeeper(tmp_path, dovecot)
     endpoints = dovecot_endpoints(dovecot)
-    config = write_config(
-        tmp_path,
-        certificate_table(
-            "mail",
-            '"mail.example.test"',
-            endpoints=endpoints,
-            hooks=["dovecot"],
-            hook_env={"DOVECOT_CONFIG": str(dovecot.config_file)},
-        ),
-    )
+    config = reloaded_by(tmp_path, "dovecot", {"DOVECOT_CONFIG": str(dovecot.config_file)}, endpoints)
     result = run_cli(config, "renew", "--force")
     assert result.returncode == 0, result.stdout + result.stderr
     current = home.current()
@@ -203,16 +196,7 @@ def test_an_endpoint_serving_a_stale_certificate_is_reloaded_without_renewing(tm
     assert build_app(forgetful).run_pass(force=True)[0].result == "renewed"
     current = home.current()
     assert current is not None and served(endpoints) != current.fingerprints
-    config = write_config(
-        tmp_path,
-        certificate_table(
-            "mail",
-            '"mail.example.test"',
-            endpoints=endpoints,
-            hooks=["dovecot"],
-            hook_env={"DOVECOT_CONFIG": str(dovecot.config_file)},
-        ),
-    )
+    config = reloaded_by(tmp_path, "dovecot", {"DOVECOT_CONFIG": str(dovecot.config_file)}, endpoints)
     result = run_cli(config, "renew", "--json")
     assert result.returncode == 0, result.stdout + result.stderr
     [outcome] = json.loads(result.stdout)
