@@ -67,6 +67,17 @@ T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 NAME = "_25._tcp.mx.example.org."
 
 
+# Alerts are queued in the store and checked there; port 9 (discard) is never delivered to.
+UNDELIVERABLE_ALERTS = textwrap.dedent("""
+    [alerts]
+    to = ["postmaster@example.test"]
+    from = "certkeeper@example.test"
+    smtp_host = "127.0.0.1"
+    smtp_port = 9
+    smtp_security = "none"
+    """)
+
+
 def record(data: str, usage: int = 3) -> TlsaRecord:
     return TlsaRecord(NAME, usage, 1, 1, data)
 
@@ -509,14 +520,7 @@ def test_a_broken_dns_update_blocks_the_rollover_and_alerts_until_expiry_comes_t
     assert first is not None
     wrong_key = tmp_path / "wrong-tsig.key"
     wrong_key.write_text(bind.tsig_key_file.read_text().replace(bind.tsig_secret, "c2VjcmV0IG5vdCBrbm93biB0byBCSU5E"))
-    alerts = textwrap.dedent("""
-        [alerts]
-        to = ["postmaster@example.test"]
-        from = "certkeeper@example.test"
-        smtp_host = "127.0.0.1"
-        smtp_port = 9
-        smtp_security = "none"
-        """)
+    alerts = UNDELIVERABLE_ALERTS
     config = write_acme_config(tmp_path, pebble, certificate_table(host, bind, postfix=postfix,
                                                                    tsig_key_file=wrong_key), extra=alerts)
     clock = Clock()
@@ -579,14 +583,7 @@ def test_the_pass_alerts_when_the_served_certificate_matches_no_published_tlsa_r
     port = postfix.ports["smtp"]  # stands for port 25: the test bed's Postfix listens on a free port
     name = f"_{port}._tcp.{host}."
     home = install_and_serve(tmp_path, pebble, bind, postfix, host, ports=(port,))
-    alerts = textwrap.dedent("""
-        [alerts]
-        to = ["postmaster@example.test"]
-        from = "certkeeper@example.test"
-        smtp_host = "127.0.0.1"
-        smtp_port = 9
-        smtp_security = "none"
-        """)
+    alerts = UNDELIVERABLE_ALERTS
     config = write_acme_config(tmp_path, pebble, certificate_table(host, bind, postfix=postfix, ports=(port,)),
                                extra=alerts)
     app, events = app_with(config, Clock())
