@@ -13,13 +13,13 @@ from certkeeper.config import CaIssuerConfig, Config, IssuerConfig, Settings
 from certkeeper.errors import ConfigError
 from certkeeper.events import EventBus, log_event
 from certkeeper.issuers.base import Issuer
-from certkeeper.lifecycle import Outcome, Renewer
+from certkeeper.renewal.lifecycle import Outcome, Renewer
 from certkeeper.store import Store
 
 if TYPE_CHECKING:
-    from certkeeper.alerts import Notifier
-    from certkeeper.fleet import Fleet
-    from certkeeper.observe import Observation
+    from certkeeper.alerts.notifier import Notifier
+    from certkeeper.renewal.observe import Observation
+    from certkeeper.store.fleet import Fleet
 
 
 def open_store(config: Config) -> Store:
@@ -38,7 +38,7 @@ def open_fleet(config: Config, store: Store, clock: Callable[[], datetime]) -> F
     """The fleet coordination when ``database`` is set; it connects on first use, so a node starts without it."""
     if not config.settings.database:
         return None
-    from certkeeper.fleet import open_fleet as open_configured_fleet
+    from certkeeper.store.fleet import open_fleet as open_configured_fleet
 
     return open_configured_fleet(config, store, clock)
 
@@ -86,7 +86,7 @@ class App:
 
     def observe_endpoints(self, names: Sequence[str] | None = None) -> list[Observation]:
         """Probe the managed endpoints (and, for a full pass, the ``[[watch]]`` ones); record and publish."""
-        from certkeeper.observe import Watched, observe, record
+        from certkeeper.renewal.observe import Watched, observe, record
 
         items = self.renewer.watched(self.renewer.select(names))
         if not names:
@@ -127,7 +127,7 @@ class App:
                 self.notifier.observe_endpoint(record, now, warn_days=watch[record.owner].warn_days)
 
     def render_metrics(self) -> str:
-        from certkeeper.metrics import installed_certificates, render_store_metrics
+        from certkeeper.monitoring.metrics import installed_certificates, render_store_metrics
 
         return render_store_metrics(self.store, installed_certificates(self.config))
 
@@ -147,7 +147,7 @@ def build_app(config: Config, *, store: Store | None = None,
     renewer = Renewer(config, store, issuers, bus, clock, fleet=fleet)
     notifier = None
     if config.alerts is not None:  # imported only when configured: `renew` from cron starts faster without it
-        from certkeeper.alerts import subscribe_notifier
+        from certkeeper.alerts.notifier import subscribe_notifier
 
         notifier = subscribe_notifier(config, store, bus)
     return App(config, store, bus, issuers, renewer, clock, notifier, fleet)

@@ -7,7 +7,7 @@ nothing due sleeps until then: idle means idle, no polling.  Pending alert mail 
 
 Signals: SIGHUP re-reads the configuration (an invalid one is rejected, the old one kept, and an alert
 raised); SIGTERM and SIGINT let a pass in flight finish (every step of a pass leaves a consistent install:
-see :mod:`certkeeper.install`) and then exit.  Under systemd ``Type=notify`` the daemon reports READY,
+see :mod:`certkeeper.store.versions`) and then exit.  Under systemd ``Type=notify`` the daemon reports READY,
 RELOADING and STOPPING through ``$NOTIFY_SOCKET``.
 """
 
@@ -192,7 +192,7 @@ class Daemon:
         listen = self.app.config.settings.metrics_listen
         if not listen:
             return
-        from certkeeper.metrics import start_metrics_server
+        from certkeeper.monitoring.metrics import start_metrics_server
 
         server = start_metrics_server(listen, lambda: self.app.render_metrics())
         self._metrics_stop = server.stop

@@ -13,10 +13,15 @@ The tree::
     ├── IssuanceError               exit 1   the CA did not issue: issuer, certificate, what the CA said
     │   ├── CaUnavailable           exit 69  the CA could not be reached or is rate limiting (EX_UNAVAILABLE)
     │   └── CaError                 exit 1   the internal CA itself is broken: init, passphrase, files
+    ├── ChallengeFailed             exit 1   a challenge answer could not be published or was not seen in time
+    ├── DnsError                    exit 69  a DNS server could not be asked, or refused an update: which, why
+    ├── TlsaDnsError                exit 69  publishing or confirming TLSA records failed
     ├── InstallRefused              exit 1   a new key pair failed a pre-install check; nothing was installed
     ├── HookFailed                  exit 1   a reload hook exited non-zero or timed out
     ├── AlertDeliveryFailed         exit 69  no relay accepted the alert mail; it stays queued
-    └── VerificationFailed          exit 1   an endpoint does not serve what was installed (rolled back)
+    ├── VerificationFailed          exit 1   an endpoint does not serve what was installed (rolled back)
+    ├── MailToolFailed              exit 1   postconf, doveconf or exim could not report the configuration
+    └── SetupFailed                 exit 1   a step of ``setup --apply`` failed; the backup was restored
 
 Findings about certificates served by other people's servers are not errors: the probe returns them as data.
 Only failing to do the work raises.  The CLI maps an error to its exit code in one place
@@ -239,3 +244,37 @@ class CaError(IssuanceError):
         if not certificate:
             self.message = f"internal CA {issuer!r}: {detail}"
             self.args = (self.message,)
+
+
+class ChallengeFailed(CertkeeperError):
+    """A challenge answer could not be published, or the CA's view of it could not be confirmed in time."""
+
+
+class DnsError(CertkeeperError):
+    """A DNS server could not be asked, or refused an update; ``server`` is ``host:port`` (or a file)."""
+
+    exit_code = EX_UNAVAILABLE
+
+    def __init__(self, server: str, detail: str) -> None:
+        self.server = server
+        self.detail = detail
+        super().__init__(f"DNS server {server}: {detail}")
+
+
+class TlsaDnsError(CertkeeperError):
+    """Publishing or confirming TLSA records failed; the message names the server and what to fix."""
+
+    exit_code = EX_UNAVAILABLE
+
+
+class MailToolFailed(CertkeeperError):
+    """``postconf``, ``doveconf`` or ``exim -bP`` could not be run or rejected the configuration."""
+
+    def __init__(self, command: Sequence[str], reason: str) -> None:
+        self.command = tuple(command)
+        self.reason = reason
+        super().__init__(f"{' '.join(command)}: {reason}")
+
+
+class SetupFailed(CertkeeperError):
+    """A step of ``setup --apply`` failed; the caller restores the backup."""

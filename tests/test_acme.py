@@ -300,7 +300,7 @@ def test_dry_run_uses_the_staging_directory_and_its_own_account(acme_server: Peb
 def test_cli_revoke_revokes_the_installed_certificate(acme_server: Pebble, tmp_path: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     from certkeeper.cli import main
-    from certkeeper.install import CertificateHome, KeyPair
+    from certkeeper.store.versions import CertificateHome, KeyPair
 
     state = tmp_path / "state"
     config = tmp_path / "certkeeper.toml"

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from certkeeper.dnsclient import parse_server, parse_tsig_key
 from certkeeper.errors import InputError
 from certkeeper.issuers.acme import (
     RetryPolicy,
@@ -34,18 +35,12 @@ from certkeeper.issuers.challenges import (
     Http01Listeners,
     StandaloneHttp01,
     WebrootHttp01,
-    parse_server,
-    parse_tsig_key,
 )
+from certkeeper.testbed.server import allocate_port
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def fetch(port: int, token: str) -> tuple[int, bytes]:
@@ -144,7 +139,7 @@ def test_dns_server_spellings() -> None:
 
 def test_one_standalone_listener_serves_concurrent_orders_and_stops_after_the_last() -> None:
     listeners = Http01Listeners()
-    port = free_port()
+    port = allocate_port()
     first = StandaloneHttp01("127.0.0.1", port, listeners)
     second = StandaloneHttp01("127.0.0.1", port, listeners)
     with first.published([ChallengeAnswer("a.example", "tokA", "tokA.x")]):
@@ -161,7 +156,7 @@ def test_one_standalone_listener_serves_concurrent_orders_and_stops_after_the_la
 
 def test_standalone_listener_survives_many_threads() -> None:
     listeners = Http01Listeners()
-    port = free_port()
+    port = allocate_port()
     failures: list[str] = []
 
     def order(i: int) -> None:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
-from certkeeper.alert_rules import (
+from certkeeper.alerts.rules import (
     Severity,
     describe_remaining,
     digest_due,

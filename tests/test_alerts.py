@@ -5,7 +5,6 @@ from __future__ import annotations
 import email
 import email.policy
 import logging
-import socket
 import ssl
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from certkeeper.alerts import Notifier
+from certkeeper.alerts.notifier import Notifier
 from certkeeper.config import AlertsConfig
 from certkeeper.errors import AlertDeliveryFailed
 from certkeeper.events import (
@@ -35,15 +34,12 @@ from certkeeper.events import (
     ServedCertificateStale,
 )
 from certkeeper.store.sqlite import SqliteStore
+from certkeeper.testbed.server import allocate_port
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 USER, PASSWORD = "certkeeper", "s3cret pass"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Sink:
@@ -53,7 +49,7 @@ class Sink:
         self.security = security
         self.cert = cert
         self.auth = auth
-        self.port = free_port()
+        self.port = allocate_port()
         self.messages: list[EmailMessage] = []
         self.logins: list[tuple[str, str]] = []
         self._controller: Controller | None = None
@@ -222,7 +218,7 @@ def test_untrusted_relay_without_fallback_is_used_unverified_with_a_warning(
     n = notifier(tmp_path, alerts_config(broken, smtp_ca_bundle=bundle))
     n.handle(RenewalFailed(NOW, "mail", "urn:ietf:params:acme:error:rateLimited: too many certificates",
                            NOW + timedelta(hours=3)))
-    with caplog.at_level(logging.WARNING, logger="certkeeper.alerts"):
+    with caplog.at_level(logging.WARNING, logger="certkeeper.alerts.notifier"):
         report = n.deliver(NOW)
     assert report.sent == 1 and "without certificate verification" in report.route
     assert len(broken.messages) == 1
@@ -384,8 +380,8 @@ def test_success_notices_only_when_asked(tmp_path: Path) -> None:
 
 def test_send_test_reports_every_route_when_nothing_answers(tmp_path: Path) -> None:
     """With relay and fallback down, the error names both routes."""
-    config = AlertsConfig(to=("a@example.org",), sender="c@example.org", smtp_port=free_port(),
-                          fallback_smtp_host="127.0.0.1", fallback_smtp_port=free_port(),
+    config = AlertsConfig(to=("a@example.org",), sender="c@example.org", smtp_port=allocate_port(),
+                          fallback_smtp_host="127.0.0.1", fallback_smtp_port=allocate_port(),
                           smtp_timeout=timedelta(seconds=2))
     with pytest.raises(AlertDeliveryFailed, match=r"relay 127\.0\.0\.1:\d+: connection refused; fallback"):
         notifier(tmp_path, config).send_test(NOW)
@@ -443,7 +439,7 @@ def test_cli_alerts_test_fails_with_exit_69_when_no_relay_answers(tmp_path: Path
         [alerts]
         to = ["postmaster@example.org"]
         from = "certkeeper@mail.example.org"
-        smtp_port = {free_port()}
+        smtp_port = {allocate_port()}
         smtp_timeout = "5s"
     """)
     result = run_cli("-c", str(config), "alerts", "test")

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from certkeeper.demo import mail_listeners, point_mail_servers_at, served_fingerprints, write_config
-from certkeeper.install import CertificateHome
 from certkeeper.model import KeyType
 from certkeeper.store.sqlite import SqliteStore
+from certkeeper.store.versions import CertificateHome
+from certkeeper.testbed.demo import mail_listeners, point_mail_servers_at, served_fingerprints, write_config
 from certkeeper.testbed.dovecot import Dovecot
 from certkeeper.testbed.pebble import Pebble
 from certkeeper.testbed.postfix import Postfix

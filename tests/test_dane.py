@@ -25,13 +25,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from certkeeper import dane, pki
-from certkeeper.alerts import AlertContent
+from certkeeper import dnsclient, pki
+from certkeeper.alerts.notifier import AlertContent
 from certkeeper.app import App, build_app
 from certkeeper.config import AcmeIssuerConfig, CertificateConfig, Config, DaneConfig, load_config
-from certkeeper.dane import Presented, RolloverState, TlsaParameters, TlsaRecord, decide_rollover, gate_renewal
-from certkeeper.dane_dns import DnsSettings, TlsaPublisher, dns_settings
-from certkeeper.dane_observe import (
+from certkeeper.dane import records as dane
+from certkeeper.dane.observe import (
     WITH_SNI,
     WITHOUT_SNI,
     DaneWatch,
@@ -43,6 +42,9 @@ from certkeeper.dane_observe import (
     judge_tlsa,
     tlsa_events,
 )
+from certkeeper.dane.publish import DnsSettings, TlsaPublisher, dns_settings
+from certkeeper.dane.records import Presented, RolloverState, TlsaParameters, TlsaRecord, decide_rollover, gate_renewal
+from certkeeper.dnsclient import parse_tsig_key
 from certkeeper.errors import ConfigError
 from certkeeper.events import (
     Event,
@@ -52,11 +54,10 @@ from certkeeper.events import (
     TlsaUpdateFailed,
     UnsafeKeyRollover,
 )
-from certkeeper.install import CertificateHome
-from certkeeper.issuers.challenges import Rfc2136Dns01, parse_tsig_key
 from certkeeper.model import KeyType
 from certkeeper.probe import ProbeOptions, probe_sync
 from certkeeper.store import AlertRecord
+from certkeeper.store.versions import CertificateHome
 from certkeeper.targets import parse_target
 from certkeeper.testbed.bind import Bind
 from certkeeper.testbed.certs import TestCA
@@ -421,9 +422,8 @@ def unique_host(bind: Bind) -> str:
     """A fresh MX host name with its own A record: once ``_25._tcp.<host>`` exists, ``<host>`` is an empty
     non-terminal that the zone's wildcard A no longer covers (RFC 4592 section 2.2.2), and Pebble must resolve it."""
     host = f"mx-{secrets.token_hex(4)}.{bind.zone}"
-    client = Rfc2136Dns01(bind.nameserver, parse_tsig_key(bind.tsig_key_file.read_text(), "bind"), zone=bind.zone,
-                          timeout=10)
-    client.send_update(bind.address, dns.name.from_text(bind.zone), add=[(host, dns.rdatatype.A, "127.0.0.1")])
+    key = parse_tsig_key(bind.tsig_key_file.read_text(), "bind")
+    dnsclient.send_update(bind.address, bind.port, bind.zone, key, ttl=60, add=[(host, "A", "127.0.0.1")])
     return host.rstrip(".")
 
 

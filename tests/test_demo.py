@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from certkeeper.demo import DemoSettings, run_demo
+from certkeeper.testbed.demo import DemoSettings, run_demo
 
 pytestmark = [pytest.mark.testbed, pytest.mark.slow]
 

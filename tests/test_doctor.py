@@ -17,13 +17,13 @@ from typing import Any
 
 import pytest
 
-from certkeeper import doctor
 from certkeeper.cli import main
-from certkeeper.mailconf import PostfixConfig, parse_doveconf, parse_master, parse_settings, read_dovecot
-from certkeeper.mailrules import protocol_floor
+from certkeeper.mailserver import doctor
+from certkeeper.mailserver.config import PostfixConfig, parse_doveconf, parse_master, parse_settings, read_dovecot
+from certkeeper.mailserver.rules import protocol_floor
+from certkeeper.mailserver.tlsfiles import read_file
 from certkeeper.probe import ProbeOptions, probe_sync
 from certkeeper.testbed.certs import LeafCertificate, TestCA
-from certkeeper.tlsfiles import read_file
 
 HOSTNAME = "mail.example.test"
 NOW = datetime.now(UTC)
@@ -210,7 +210,7 @@ def test_doveconf_output_gives_listeners_and_files() -> None:
           ssl_key = </etc/ssl/mx.key
         }
         """))
-    from certkeeper.mailconf import DovecotConfig, dovecot_listeners, dovecot_tls_files
+    from certkeeper.mailserver.config import DovecotConfig, dovecot_listeners, dovecot_tls_files
 
     config = DovecotConfig(Path("/etc/dovecot/dovecot.conf"), root)
     assert [(x.service, x.port, x.protocol) for x in dovecot_listeners(config)] == [

@@ -28,13 +28,13 @@ import pytest
 
 from certkeeper import pki
 from certkeeper.config import CaIssuerConfig, Config, load_config
-from certkeeper.fleet import DOWN_ALERT_KEY, FleetKey, fleet_is_newer, may_renew_alone
-from certkeeper.install import CertificateHome
 from certkeeper.issuers.internal_ca import ca_status, init_ca
 from certkeeper.store import RenewalRecord
+from certkeeper.store.fleet import DOWN_ALERT_KEY, FleetKey, fleet_is_newer, may_renew_alone
 from certkeeper.store.fleet_records import FleetVersion
 from certkeeper.store.postgres import SCHEMA_VERSION, PostgresStore
 from certkeeper.store.sqlite import SqliteStore
+from certkeeper.store.versions import CertificateHome
 from certkeeper.testbed.pebble import Pebble
 from tests.fleet_fixtures import Database, postgres_cluster, postgres_db
 from tests.lifecycle_helpers import hook_runs, hook_script, run_cli
@@ -376,7 +376,8 @@ def test_three_daemons_renew_a_short_lived_certificate_with_one_order_each_time(
 class PebbleFleet(Fleet):
     """The nodes share an ACME issuer on a Pebble of the test's own (its log is the CA's record of orders).
 
-    The issuer is the one :mod:`certkeeper.demo` writes: Pebble's HTTPS CA as ``ca_bundle``, its issuing chain as
+    The issuer is the one :mod:`certkeeper.testbed.demo` writes: Pebble's HTTPS CA as ``ca_bundle``, its issuing
+    chain as
     ``trust_roots``, http-01 answered by certkeeper's standalone listener on Pebble's validation port.  Every
     node is configured with the same port; only the node holding the ordering lease orders, so only one listens
     at a time.  One key type: one ACME order per renewal.

@@ -15,8 +15,8 @@ import pytest
 
 from certkeeper import pki
 from certkeeper.errors import InstallRefused
-from certkeeper.install import CertificateHome, KeyPair, Ownership, check_pairs
 from certkeeper.model import KeyType
+from certkeeper.store.versions import CertificateHome, KeyPair, Ownership, check_pairs
 from certkeeper.testbed.certs import TestCA
 
 NOW = datetime.now(UTC)

@@ -11,8 +11,8 @@ import pytest
 
 from certkeeper.app import build_app
 from certkeeper.config import CaIssuerConfig
-from certkeeper.install import CertificateHome
 from certkeeper.issuers.internal_ca import export_bundle
+from certkeeper.store.versions import CertificateHome
 from certkeeper.testbed.dovecot import Dovecot
 from certkeeper.testbed.postfix import Postfix
 from tests.lifecycle_helpers import write_config

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from certkeeper import pki
 from certkeeper.app import build_app
-from certkeeper.install import CertificateHome
 from certkeeper.store.sqlite import SqliteStore
+from certkeeper.store.versions import CertificateHome
 from tests.lifecycle_helpers import hook_runs, hook_script, run_cli, write_config
 
 

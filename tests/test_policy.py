@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from certkeeper.model import RenewBefore
-from certkeeper.policy import MIN_RETRY, Decision, History, Installed, Wanted, backoff_delay, decide_renewal
+from certkeeper.renewal.policy import MIN_RETRY, Decision, History, Installed, Wanted, backoff_delay, decide_renewal
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 HOUR = timedelta(hours=1)

@@ -12,8 +12,8 @@ import pytest
 from certkeeper import pki
 from certkeeper.app import build_app
 from certkeeper.config import Config
-from certkeeper.install import CertificateHome
 from certkeeper.probe import ProbeOptions, probe_sync
+from certkeeper.store.versions import CertificateHome
 from certkeeper.targets import parse_target
 from certkeeper.testbed.dovecot import Dovecot
 from certkeeper.testbed.postfix import Postfix

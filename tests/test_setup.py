@@ -15,11 +15,11 @@ import pytest
 
 from certkeeper import pki
 from certkeeper.cli import main
-from certkeeper.install import CertificateHome, KeyPair
-from certkeeper.mailconf import read_dovecot, read_postfix
+from certkeeper.mailserver.config import read_dovecot, read_postfix
+from certkeeper.mailserver.setup import CertificateFiles, plan_dovecot, plan_postfix
 from certkeeper.model import KeyType
 from certkeeper.probe import ProbeOptions, probe_sync
-from certkeeper.setup_mail import CertificateFiles, plan_dovecot, plan_postfix
+from certkeeper.store.versions import CertificateHome, KeyPair
 from certkeeper.targets import parse_target
 from certkeeper.testbed.certs import TestCA
 from certkeeper.testbed.dovecot import Dovecot

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import socket
 
+from certkeeper.renewal.verify import probe_points
 from certkeeper.targets import parse_target
-from certkeeper.verify import probe_points
 
 
 def test_a_name_expands_to_each_of_its_addresses() -> None:

@@ -45,7 +45,7 @@ def _alerts_config(context: Context) -> AlertsConfig:
 
 
 def run_test(args: argparse.Namespace, context: Context) -> int:
-    from certkeeper.alerts import Notifier
+    from certkeeper.alerts.notifier import Notifier
     from certkeeper.pki import now_utc
 
     alerts = _alerts_config(context)
@@ -55,7 +55,7 @@ def run_test(args: argparse.Namespace, context: Context) -> int:
 
 
 def run_flush(args: argparse.Namespace, context: Context) -> int:
-    from certkeeper.alerts import Notifier
+    from certkeeper.alerts.notifier import Notifier
     from certkeeper.errors import AlertDeliveryFailed
     from certkeeper.pki import now_utc
 

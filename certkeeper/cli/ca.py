@@ -190,7 +190,7 @@ def run_status(args: argparse.Namespace, context: Context) -> int:
 
 def _write_output(path: Path, data: bytes) -> None:
     from certkeeper.errors import InputError
-    from certkeeper.files import write_atomic
+    from certkeeper.store.atomic import write_atomic
 
     try:
         # Public material (certificates, CRLs): world-readable is what clients need.

@@ -96,7 +96,7 @@ def run_check(args: argparse.Namespace, context: Context) -> int:
         now = now_utc()
         results = probe_sync(targets, options, now=now, concurrency=args.concurrency)
         if args.dane:
-            from certkeeper.probe.tlsa import check_dane
+            from certkeeper.dane.judge import check_dane
 
             results = check_dane(results, options, now=now, resolver=args.resolver, concurrency=args.concurrency)
     except InputError as exc:  # an unreadable --ca-file is a bad argument: UNKNOWN

@@ -33,7 +33,7 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
 
 def run_show(args: argparse.Namespace, context: Context) -> int:
     from certkeeper.app import build_app
-    from certkeeper.dane_rollover import DaneRollover
+    from certkeeper.dane.rollover import DaneRollover
 
     app = build_app(context.config, store=context.store)
     certificate = app.renewer.select([args.name])[0]

@@ -1,4 +1,4 @@
-"""``certkeeper demo``: the whole loop, live, on this machine (see :mod:`certkeeper.demo`)."""
+"""``certkeeper demo``: the whole loop, live, on this machine (see :mod:`certkeeper.testbed.demo`)."""
 
 from __future__ import annotations
 
@@ -40,8 +40,8 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, context: Context) -> int:
-    from certkeeper.demo import DemoSettings, run_demo
     from certkeeper.model import KeyType
+    from certkeeper.testbed.demo import DemoSettings, run_demo
 
     if os.geteuid() != 0:
         print("certkeeper demo: run it as root (it starts Postfix, Dovecot and BIND)", file=sys.stderr)

@@ -1,6 +1,6 @@
 """``certkeeper doctor``: why can a client not connect?  The daemons' configuration, files and wire, joined.
 
-The shell around :mod:`certkeeper.doctor`: read the daemons' effective configuration, the files they name and
+The shell around :mod:`certkeeper.mailserver.doctor`: read the daemons' effective configuration, the files they name and
 certkeeper's installed versions, probe every listener, then hand it all to the pure judgement.
 """
 
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from certkeeper.cli.context import Context
 
 if TYPE_CHECKING:
-    from certkeeper.doctor import Inputs, ManagedCertificate
+    from certkeeper.mailserver.doctor import Inputs, ManagedCertificate
     from certkeeper.probe import ProbeResult
 
 ORDER = 25
@@ -49,10 +49,10 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
 
 
 def run_doctor(args: argparse.Namespace, context: Context) -> int:
-    from certkeeper import doctor
+    from certkeeper.mailserver import doctor
+    from certkeeper.mailserver.tlsfiles import read_file
     from certkeeper.pki import now_utc
     from certkeeper.probe import load_trust_anchors
-    from certkeeper.tlsfiles import read_file
 
     now = now_utc()
     roots, _ = load_trust_anchors(args.ca_file)
@@ -84,8 +84,9 @@ def _with(inputs: Inputs, **changes: Any) -> Inputs:
 
 
 def _read_configs(args: argparse.Namespace) -> Inputs:
-    from certkeeper import mailconf
-    from certkeeper.doctor import Inputs
+    from certkeeper.errors import MailToolFailed
+    from certkeeper.mailserver import config as mailconf
+    from certkeeper.mailserver.doctor import Inputs
 
     explicit = args.postfix_config is not None or args.dovecot_config is not None
     failures: list[tuple[str, str]] = []
@@ -94,18 +95,18 @@ def _read_configs(args: argparse.Namespace) -> Inputs:
                                             and shutil.which(mailconf.POSTCONF)):
         try:
             postfix = mailconf.read_postfix(args.postfix_config)
-        except mailconf.MailToolFailed as exc:
+        except MailToolFailed as exc:
             failures.append(("postfix", str(exc)))
     if args.dovecot_config is not None or (not explicit and mailconf.DEFAULT_DOVECOT_CONFIG.is_file()
                                             and shutil.which(mailconf.DOVECONF)):
         try:
             dovecot = mailconf.read_dovecot(args.dovecot_config)
-        except mailconf.MailToolFailed as exc:
+        except MailToolFailed as exc:
             failures.append(("dovecot", str(exc)))
     if not explicit and shutil.which(mailconf.EXIM):
         try:
             exim = mailconf.read_exim()
-        except mailconf.MailToolFailed as exc:
+        except MailToolFailed as exc:
             failures.append(("exim", str(exc)))
     if postfix is None and dovecot is None and exim is None and not failures:
         failures.append(("mail daemons", "no Postfix, Dovecot or Exim configuration found: give --postfix-config "
@@ -115,9 +116,9 @@ def _read_configs(args: argparse.Namespace) -> Inputs:
 
 def _managed(context: Context) -> tuple[ManagedCertificate, ...]:
     """certkeeper's installed certificates, when a configuration is there; doctor works without one."""
-    from certkeeper.doctor import ManagedCertificate
     from certkeeper.errors import CertkeeperError
-    from certkeeper.install import CertificateHome
+    from certkeeper.mailserver.doctor import ManagedCertificate
+    from certkeeper.store.versions import CertificateHome
 
     if not context.config_path.is_file():
         return ()
@@ -140,8 +141,8 @@ def _managed(context: Context) -> tuple[ManagedCertificate, ...]:
 
 def _probe(inputs: Inputs, args: argparse.Namespace, now: Any) -> dict[str, ProbeResult]:
     """Probe every listener, grouped by the options they need (SNI name, both key types of a dual setup)."""
-    from certkeeper.doctor import listener_key, listeners, pair_count
-    from certkeeper.mailrules import hostnames_for
+    from certkeeper.mailserver.doctor import listener_key, listeners, pair_count
+    from certkeeper.mailserver.rules import hostnames_for
     from certkeeper.probe import ProbeOptions, probe_sync
 
     groups: dict[tuple[str | None, bool], list[Any]] = {}

@@ -9,7 +9,7 @@ from typing import Any
 
 from certkeeper.cli.context import Context
 from certkeeper.errors import InputError
-from certkeeper.files import write_atomic
+from certkeeper.store.atomic import write_atomic
 
 ORDER = 70
 
@@ -27,7 +27,7 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
 
 
 def run_metrics(args: argparse.Namespace, context: Context) -> int:
-    from certkeeper.metrics import installed_certificates, render_store_metrics
+    from certkeeper.monitoring.metrics import installed_certificates, render_store_metrics
 
     text = render_store_metrics(context.store, installed_certificates(context.config))
     if not args.output:

@@ -28,8 +28,8 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
 
 def run_revoke(args: argparse.Namespace, context: Context) -> int:
     from certkeeper.app import build_issuer
-    from certkeeper.install import CertificateHome
     from certkeeper.issuers.base import Revoker
+    from certkeeper.store.versions import CertificateHome
 
     config = context.config
     certificate = config.certificates.get(args.name)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from certkeeper.cli.context import Context
 
 if TYPE_CHECKING:
-    from certkeeper.setup_mail import CertificateFiles
+    from certkeeper.mailserver.setup import CertificateFiles
 
 ORDER = 26
 
@@ -48,7 +48,8 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
 
 
 def run_setup(args: argparse.Namespace, context: Context) -> int:
-    from certkeeper import mailconf, setup_mail
+    from certkeeper.mailserver import config as mailconf
+    from certkeeper.mailserver import setup as setup_mail
     from certkeeper.pki import now_utc
 
     files = _certificate_files(context, args.certificate)
@@ -89,8 +90,8 @@ def run_setup(args: argparse.Namespace, context: Context) -> int:
 
 def _certificate_files(context: Context, name: str) -> CertificateFiles:
     from certkeeper.errors import CertkeeperError
-    from certkeeper.install import CertificateHome
-    from certkeeper.setup_mail import CertificateFiles
+    from certkeeper.mailserver.setup import CertificateFiles
+    from certkeeper.store.versions import CertificateHome
 
     certificate = context.config.certificates.get(name)
     if certificate is None:

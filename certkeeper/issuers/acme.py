@@ -45,20 +45,19 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from certkeeper import __version__, pki
 from certkeeper.config import AcmeIssuerConfig
-from certkeeper.errors import CaUnavailable, InputError, IssuanceError, UsageError
-from certkeeper.files import write_atomic
+from certkeeper.dnsclient import parse_tsig_key
+from certkeeper.errors import CaUnavailable, ChallengeFailed, InputError, IssuanceError, UsageError
 from certkeeper.issuers.base import IssuedCertificate, IssueRequest, RenewalWindow
 from certkeeper.issuers.challenges import (
     ChallengeAnswer,
-    ChallengeFailed,
     HookDns01,
     Responder,
     Rfc2136Dns01,
     StandaloneHttp01,
     WebrootHttp01,
-    parse_tsig_key,
     read_secret_file,
 )
+from certkeeper.store.atomic import write_atomic
 
 log = logging.getLogger("certkeeper.issuers.acme")
 T = TypeVar("T")

@@ -37,7 +37,7 @@ from cryptography import x509
 from certkeeper import pki
 from certkeeper.config import CaIssuerConfig
 from certkeeper.errors import CaError
-from certkeeper.files import fsync_dir, write_atomic
+from certkeeper.store.atomic import fsync_dir, write_atomic
 
 _json_string = json.encoder.encode_basestring_ascii
 

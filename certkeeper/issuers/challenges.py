@@ -21,9 +21,7 @@ import contextlib
 import hashlib
 import http.server
 import logging
-import re
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -31,26 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-import dns.exception
-import dns.flags
-import dns.message
-import dns.name
-import dns.query
-import dns.rcode
-import dns.rdatatype
-import dns.tsig
-import dns.tsigkeyring
-import dns.update
-
-from certkeeper.errors import InputError
+from certkeeper import dnsclient
+from certkeeper.dnsclient import TsigKey, parse_server, resolve_address
+from certkeeper.errors import ChallengeFailed, DnsError, InputError
+from certkeeper.process import run_program
 
 log = logging.getLogger("certkeeper.issuers.challenges")
 
 WELL_KNOWN = "/.well-known/acme-challenge/"
-
-
-class ChallengeFailed(Exception):
-    """A responder could not publish its answer; the message says what to fix.  The issuer wraps it."""
 
 
 @dataclass(frozen=True)
@@ -239,71 +225,6 @@ class WebrootHttp01:
 # -- dns-01 ---------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class TsigKey:
-    name: str
-    algorithm: str
-    secret: bytes
-
-    def keyring(self) -> dict[dns.name.Name, dns.tsig.Key]:
-        name = dns.name.from_text(self.name)
-        return {name: dns.tsig.Key(name, self.secret, self.algorithm)}
-
-
-_KEY_CLAUSE = re.compile(r'key\s+"?([^"\s{]+)"?\s*\{(.*?)\}\s*;', re.S)
-_KEY_ALGORITHM = re.compile(r"algorithm\s+\"?([A-Za-z0-9.-]+)\"?\s*;")
-_KEY_SECRET = re.compile(r'secret\s+"([^"]+)"\s*;')
-_SUPPORTED_TSIG = ("hmac-sha256", "hmac-sha384", "hmac-sha512", "hmac-sha224", "hmac-sha1", "hmac-md5")
-
-
-def parse_tsig_key(text: str, where: str) -> TsigKey:
-    """The first ``key "name" { algorithm ...; secret "..."; };`` of a BIND key file (``tsig-keygen`` output).
-
-    Raises :class:`InputError` naming the file; the secret never appears in a message.
-    """
-    # Comments go, quoted strings stay: a base64 secret may well contain "//".
-    text = re.sub(r'("[^"]*")|(?:#|//)[^\n]*', lambda m: m.group(1) or "", text)
-    match = _KEY_CLAUSE.search(text)
-    if not match:
-        raise InputError(where, 'no key clause; expected BIND key-file format: key "name" { algorithm '
-                                'hmac-sha256; secret "..."; }; (as written by tsig-keygen)')
-    name, body = match.group(1), match.group(2)
-    algorithm = _KEY_ALGORITHM.search(body)
-    secret = _KEY_SECRET.search(body)
-    if not algorithm or not secret:
-        raise InputError(where, f"key {name!r} lacks an algorithm or a secret statement")
-    alg = algorithm.group(1).lower()
-    if alg not in _SUPPORTED_TSIG:
-        raise InputError(where, f"key {name!r} uses algorithm {alg!r}; supported: {', '.join(_SUPPORTED_TSIG)}")
-    try:
-        decoded = base64.b64decode(secret.group(1), validate=True)
-    except ValueError:
-        raise InputError(where, f"the secret of key {name!r} is not base64") from None
-    return TsigKey(name=name if name.endswith(".") else name + ".", algorithm=alg, secret=decoded)
-
-
-def parse_server(text: str) -> tuple[str, int]:
-    """``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 address -> (host, port); port 53 by default."""
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        return host, int(rest[1:]) if rest.startswith(":") else 53
-    if text.count(":") == 1:
-        host, port = text.split(":")
-        return host, int(port)
-    return text, 53
-
-
-def _resolve_address(host: str) -> str:
-    try:
-        return str(socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)[0][4][0])
-    except OSError:
-        raise ChallengeFailed(f"cannot resolve the DNS server name {host!r}") from None
-
-
-# (owner name, record type, RDATA in master-file syntax), as RFC 2136 updates add and delete them.
-RecordText = tuple[str, dns.rdatatype.RdataType, str]
-
-
 class Rfc2136Dns01:
     """TXT records through RFC 2136 dynamic updates, signed with TSIG, checked on every authoritative server.
 
@@ -319,7 +240,7 @@ class Rfc2136Dns01:
         host, self.port = parse_server(server)
         self.host = host
         self.key = key
-        self.zone = dns.name.from_text(zone) if zone else None
+        self.zone = zone
         self.timeout = timeout
         self.ttl = ttl
         self._clock = clock
@@ -327,8 +248,12 @@ class Rfc2136Dns01:
 
     @contextlib.contextmanager
     def published(self, answers: Sequence[ChallengeAnswer]) -> Iterator[None]:
-        address = _resolve_address(self.host)
-        zones = {answer: self.zone or self.find_zone(address, answer.dns_name) for answer in answers}
+        try:
+            address = resolve_address(self.host)
+            zones = {answer: self.zone or dnsclient.find_zone(address, self.port, answer.dns_name)
+                     for answer in answers}
+        except DnsError as exc:
+            raise ChallengeFailed(f"dns-01: {exc}") from None
         added: list[ChallengeAnswer] = []
         try:
             for zone in dict.fromkeys(zones.values()):
@@ -345,65 +270,21 @@ class Rfc2136Dns01:
                 except ChallengeFailed as exc:
                     log.warning("dns-01: could not remove TXT records from %s: %s", zone, exc)
 
-    def find_zone(self, address: str, name: str) -> dns.name.Name:
-        """The zone holding ``name``: the owner of the SOA in the answer or authority section (RFC 1034 4.3.2)."""
-        candidate = dns.name.from_text(name)
-        while True:
-            reply = self.query(address, self.port, candidate, dns.rdatatype.SOA)
-            for section in (reply.answer, reply.authority):
-                for rrset in section:
-                    if rrset.rdtype == dns.rdatatype.SOA:
-                        zone: dns.name.Name = rrset.name
-                        return zone
-            if candidate == dns.name.root:
-                raise ChallengeFailed(f"the DNS server {self.host}:{self.port} knows no zone holding {name}; "
-                                      f"set dns_zone")
-            candidate = candidate.parent()
-
-    def _update(self, address: str, zone: dns.name.Name, answers: Sequence[ChallengeAnswer], *, add: bool) -> None:
+    def _update(self, address: str, zone: str, answers: Sequence[ChallengeAnswer], *, add: bool) -> None:
         # Only these values on removal: a wildcard and its base name share one owner name (RFC 8555 8.4).
-        records = [(answer.dns_name, dns.rdatatype.TXT, f'"{answer.dns_value}"') for answer in answers]
-        self.send_update(address, zone, add=records if add else (), delete=() if add else records)
-
-    def send_update(self, address: str, zone: dns.name.Name, *, add: Sequence[RecordText] = (),
-                    delete: Sequence[RecordText] = ()) -> None:
-        """One TSIG-signed update of ``zone``: delete these values, add those (any record type, ``self.ttl``).
-
-        One message, so the primary applies all of it or none (RFC 2136 section 3.7); DANE's TLSA rollover
-        (:mod:`certkeeper.dane_dns`) relies on that as much as dns-01 does.
-        """
-        keyname = dns.name.from_text(self.key.name)
-        update = dns.update.UpdateMessage(zone, keyring=self.key.keyring(), keyname=keyname,
-                                          keyalgorithm=self.key.algorithm)
-        for name, rdtype, value in delete:
-            update.delete(dns.name.from_text(name), rdtype, value)
-        for name, rdtype, value in add:
-            update.add(dns.name.from_text(name), self.ttl, rdtype, value)
+        records = [(answer.dns_name, "TXT", f'"{answer.dns_value}"') for answer in answers]
         try:
-            reply = dns.query.tcp(update, address, port=self.port, timeout=10)
-        except (dns.exception.DNSException, OSError) as exc:
-            raise ChallengeFailed(f"the dynamic update to {self.host}:{self.port} failed: {exc}") from None
-        if reply.rcode() != dns.rcode.NOERROR:
-            code = dns.rcode.to_text(reply.rcode())
-            hint = {"REFUSED": "check allow-update for the TSIG key in the zone's configuration",
-                    "NOTAUTH": "the TSIG key was not accepted (name, algorithm or secret) or the server is not "
-                               "the zone's primary",
-                    "NOTZONE": "the record is not inside the zone; check dns_zone"}.get(code, "see the server's log")
-            raise ChallengeFailed(f"{self.host}:{self.port} answered {code} to the update of zone {zone}: {hint}")
+            dnsclient.send_update(address, self.port, zone, self.key, ttl=self.ttl,
+                                  add=records if add else (), delete=() if add else records)
+        except DnsError as exc:
+            raise ChallengeFailed(f"dns-01 ({self.host}:{self.port}): {exc.detail}") from None
 
-    def authoritative_addresses(self, address: str, zone: dns.name.Name) -> list[str]:
-        addresses: list[str] = []
-        reply = self.query(address, self.port, zone, dns.rdatatype.NS)
-        hosts = [rdata.target for rrset in reply.answer if rrset.rdtype == dns.rdatatype.NS for rdata in rrset]
-        for host in hosts:
-            for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
-                found = self.query(address, self.port, host, rdtype)
-                addresses += [rdata.address for rrset in found.answer if rrset.rdtype == rdtype for rdata in rrset]
-        return list(dict.fromkeys(addresses)) or [address]
-
-    def _wait_for_authoritatives(self, address: str, zone: dns.name.Name, answers: Sequence[ChallengeAnswer]) -> None:
+    def _wait_for_authoritatives(self, address: str, zone: str, answers: Sequence[ChallengeAnswer]) -> None:
         port = self.port  # see the class docstring: a non-standard port of dns_server applies to all of them
-        servers = self.authoritative_addresses(address, zone)
+        try:
+            servers = dnsclient.authoritative_addresses(address, port, zone)
+        except DnsError as exc:
+            raise ChallengeFailed(f"dns-01: {exc}") from None
         deadline = self._clock() + self.timeout
         delay = 0.05
         waiting = set(servers)
@@ -423,22 +304,9 @@ class Rfc2136Dns01:
 
     def _has_value(self, server: str, port: int, answer: ChallengeAnswer) -> bool:
         try:
-            reply = self.query(server, port, dns.name.from_text(answer.dns_name), dns.rdatatype.TXT)
-        except ChallengeFailed:
+            return answer.dns_value in dnsclient.query(server, port, answer.dns_name, "TXT").values
+        except DnsError:
             return False
-        values = {b"".join(rdata.strings).decode() for rrset in reply.answer for rdata in rrset
-                  if rrset.rdtype == dns.rdatatype.TXT}
-        return answer.dns_value in values
-
-    def query(self, address: str, port: int, name: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> Any:
-        query = dns.message.make_query(name, rdtype)
-        query.flags &= ~dns.flags.RD  # ask the server itself, not what it may have cached from elsewhere
-        try:
-            reply, _ = dns.query.udp_with_fallback(query, address, port=port, timeout=3)
-        except (dns.exception.DNSException, OSError) as exc:
-            raise ChallengeFailed(f"DNS query {name} {dns.rdatatype.to_text(rdtype)} to {address}:{port} "
-                                  f"failed: {exc}") from None
-        return reply
 
 
 # -- dns-01 through a program ---------------------------------------------------------------------------------
@@ -477,15 +345,14 @@ class HookDns01:
     def _run(self, action: str, answer: ChallengeAnswer) -> None:
         command = [str(self.program), action, answer.dns_name, answer.dns_value]
         try:
-            result = subprocess.run(command, env=dict(_HOOK_ENVIRONMENT), stdin=subprocess.DEVNULL,
-                                    capture_output=True, text=True, timeout=self.timeout, check=False)
-        except subprocess.TimeoutExpired:
-            raise ChallengeFailed(f"dns_hook {self.program} {action} {answer.dns_name} did not finish within "
-                                  f"{self.timeout:g} s and was killed") from None
+            result = run_program(command, env=_HOOK_ENVIRONMENT, timeout=self.timeout, merge_stderr=True)
         except OSError as exc:
             raise ChallengeFailed(f"dns_hook {self.program} could not be started ({exc.strerror})") from None
+        if result.timed_out:
+            raise ChallengeFailed(f"dns_hook {self.program} {action} {answer.dns_name} did not finish within "
+                                  f"{self.timeout:g} s and was killed")
         if result.returncode != 0:
-            tail = " | ".join((result.stdout + result.stderr).strip().splitlines()[-5:])
+            tail = " | ".join(result.stdout.decode(errors="replace").strip().splitlines()[-5:])
             raise ChallengeFailed(f"dns_hook {self.program} {action} {answer.dns_name} exited with status "
                                   f"{result.returncode}" + (f": {tail}" if tail else ""))
 

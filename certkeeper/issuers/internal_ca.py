@@ -43,7 +43,6 @@ from cryptography.hazmat.primitives import serialization
 from certkeeper import pki
 from certkeeper.config import CaIssuerConfig
 from certkeeper.errors import CaError, IssuanceError
-from certkeeper.files import write_atomic
 from certkeeper.issuers import ca_store as store
 from certkeeper.issuers.base import IssuedCertificate, IssueRequest
 from certkeeper.issuers.ca_profile import (
@@ -59,6 +58,7 @@ from certkeeper.issuers.ca_profile import (
 )
 from certkeeper.issuers.ca_store import IssuedEntry, RevokedEntry
 from certkeeper.model import KeyType
+from certkeeper.store.atomic import write_atomic
 
 __all__ = ["REASONS", "CaError", "CaInitResult", "CaStatus", "InternalCaIssuer", "ca_status", "export_bundle",
            "init_ca", "init_intermediate", "revoke", "revoke_certificate_name", "revoke_serial", "write_crl"]

@@ -26,7 +26,6 @@ import ipaddress
 import logging
 import os
 import socket
-import ssl
 import threading
 import time
 import warnings
@@ -38,6 +37,7 @@ from pathlib import Path
 from cryptography import x509
 from OpenSSL import SSL, crypto
 
+from certkeeper import tls
 from certkeeper.errors import InputError
 from certkeeper.probe.dialects import DialogueError, negotiate_starttls
 from certkeeper.probe.judge import ChainJudgement, judge_chain, problem_message, stale_finding
@@ -148,8 +148,7 @@ def load_trust_anchors(ca_file: Path | None) -> tuple[list[x509.Certificate], st
             raise InputError(str(ca_file), f"cannot read the CA file: {_os_reason(exc)}") from None
         except ValueError as exc:
             raise InputError(str(ca_file), f"not a PEM certificate bundle ({exc})") from None
-    paths = ssl.get_default_verify_paths()
-    bundle = Path(paths.cafile) if paths.cafile else SYSTEM_BUNDLE
+    bundle = tls.system_bundle() or SYSTEM_BUNDLE
     try:
         return _load_pem_bundle(bundle), "the system trust store"
     except (OSError, ValueError):

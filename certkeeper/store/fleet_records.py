@@ -1,7 +1,7 @@
 """What a fleet shares through PostgreSQL: certificate versions, ordering leases and each node's result.
 
-Plain records and the protocol :class:`certkeeper.fleet.Fleet` needs from the database.  The one implementation
-is :class:`certkeeper.store.postgres.PostgresStore`; keeping the types here lets :mod:`certkeeper.fleet` be
+Plain records and the protocol :class:`certkeeper.store.fleet.Fleet` needs from the database.  The one implementation
+is :class:`certkeeper.store.postgres.PostgresStore`; keeping the types here lets :mod:`certkeeper.store.fleet` be
 imported (and type-checked) without psycopg, which is an optional dependency.
 """
 

@@ -75,7 +75,7 @@ _MIGRATIONS: dict[int, tuple[LiteralString, ...]] = {
         """CREATE TABLE fleet_pairs (
             name TEXT NOT NULL, version INTEGER NOT NULL, key_type TEXT NOT NULL,
             fullchain TEXT NOT NULL, serial TEXT NOT NULL, fingerprint TEXT NOT NULL,
-            private_key BYTEA NOT NULL,  -- AES-256-GCM nonce || ciphertext: never plain text (certkeeper.fleet)
+            private_key BYTEA NOT NULL,  -- AES-256-GCM nonce || ciphertext: never plain text (certkeeper.store.fleet)
             PRIMARY KEY (name, version, key_type),
             FOREIGN KEY (name, version) REFERENCES fleet_versions ON DELETE CASCADE)""",
         """CREATE TABLE fleet_leases (

@@ -17,15 +17,15 @@ import os
 import pwd
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from certkeeper.testbed.server import LOOPBACK, allocate_port
+
 BIN_DIR = Path("/usr/lib/postgresql/15/bin")
-LOOPBACK = "127.0.0.1"
 ROLE = "certkeeper"
 
 
@@ -33,11 +33,6 @@ class PostgresStartError(RuntimeError):
     """The cluster did not come up; the message carries the tail of its log."""
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((LOOPBACK, 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 class PostgresCluster:
@@ -82,7 +77,7 @@ class PostgresCluster:
             "--locale=C.UTF-8",
         )
         for attempt in range(3):
-            self.port = _free_port()
+            self.port = allocate_port()
             options = (
                 f"-c listen_addresses={LOOPBACK} -c port={self.port} "
                 f"-c unix_socket_directories={self.socket_dir} -c fsync=off -c max_connections=300 "

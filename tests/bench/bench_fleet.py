@@ -5,9 +5,9 @@ Run on demand (pytest does not collect it)::
     python tests/bench/bench_fleet.py [--nodes 60] [--certs 25] [--seconds 40] [--lifetime 8] [--interval 1]
 
 Starts a private PostgreSQL on loopback (:mod:`certkeeper.testbed.postgres`), then runs ``--nodes`` threads,
-each one node with its own :class:`certkeeper.fleet.Fleet` (its own connection, its own ``node`` name) over the
+each one node with its own :class:`certkeeper.store.fleet.Fleet` (its own connection, its own ``node`` name) over the
 same ``--certs`` certificates.  A node's pass is what :meth:`Renewer.run` does with a fleet: per certificate,
-decide with the real policy (:func:`certkeeper.policy.decide_renewal`), ask the fleet for a newer version,
+decide with the real policy (:func:`certkeeper.renewal.policy.decide_renewal`), ask the fleet for a newer version,
 and when due call :meth:`Fleet.obtain` with an issuing function that counts orders; then one
 :meth:`Fleet.record_pass`.  Installing is an in-memory swap (disks and hooks are not what is measured).
 
@@ -37,13 +37,13 @@ from cryptography.x509.oid import NameOID
 from certkeeper import pki
 from certkeeper.config import CertificateConfig, load_config
 from certkeeper.errors import CertkeeperError, LockBusy
-from certkeeper.fleet import Fleet, FleetKey, PassResult
-from certkeeper.install import InstalledPair, KeyPair, Version
 from certkeeper.model import KeyType, RenewBefore
-from certkeeper.policy import History, Installed, Wanted, decide_renewal
+from certkeeper.renewal.policy import History, Installed, Wanted, decide_renewal
+from certkeeper.store.fleet import Fleet, FleetKey, PassResult
 from certkeeper.store.fleet_records import FleetDatabase
 from certkeeper.store.postgres import PostgresStore
 from certkeeper.store.sqlite import SqliteStore
+from certkeeper.store.versions import InstalledPair, KeyPair, Version
 from certkeeper.testbed.postgres import PostgresCluster
 
 REAL_CHECK_INTERVAL = timedelta(hours=12)

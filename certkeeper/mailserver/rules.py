@@ -1,6 +1,6 @@
 """The mail daemons' TLS rules, and the exact command that fixes each breach.
 
-Pure functions of :mod:`certkeeper.mailconf` values.  What is checked, and why:
+Pure functions of :mod:`certkeeper.mailserver.config` values.  What is checked, and why:
 
 - RFC 8314 §3.3: message submission over implicit TLS (``submissions``, 465) is preferred; a 465 listener
   without ``smtpd_tls_wrappermode=yes`` speaks plain SMTP where clients expect a TLS handshake.
@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
-from certkeeper.mailconf import (
+from certkeeper.mailserver.config import (
     DEFAULT_POSTFIX_DIR,
     DovecotConfig,
     EximConfig,
@@ -30,10 +30,7 @@ from certkeeper.mailconf import (
     TlsFiles,
     split_list,
 )
-from certkeeper.tlsfiles import FileFacts, Issue
-
-if TYPE_CHECKING:
-    from certkeeper.doctor import ManagedCertificate
+from certkeeper.mailserver.tlsfiles import FileFacts, Issue
 
 Severity = Literal["problem", "warning", "note"]
 VERSIONS = ("SSLv2", "SSLv3", "TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
@@ -42,6 +39,19 @@ _KEY_SETTING = {"smtpd_tls_cert_file": "smtpd_tls_key_file", "smtpd_tls_eccert_f
                 "smtpd_tls_dcert_file": "smtpd_tls_dkey_file", "ssl_cert": "ssl_key", "ssl_alt_cert": "ssl_alt_key",
                 "tls_certificate": "tls_privatekey"}
 _INDEXED = {"hash": ".db", "btree": ".db", "lmdb": ".lmdb", "cdb": ".cdb", "dbm": ".pag", "sdbm": ".pag"}
+
+@dataclass(frozen=True)
+class ManagedCertificate:
+    """What certkeeper has installed for one certificate: enough to tell managed files from stale copies."""
+
+    name: str
+    domains: tuple[str, ...]
+    current_dir: Path
+    current_id: str | None
+    current_fingerprints: frozenset[str]
+    versions: Mapping[str, str] = field(default_factory=dict)  # fingerprint -> version id, every version
+    reload: tuple[str, ...] = ()
+    pairs: int = 1
 
 
 @dataclass(frozen=True)
@@ -140,7 +150,7 @@ class Fixer:
         return f"postmap{where} -F {target}\n{self._reload_command()}"
 
     def for_issue(self, issue: Issue, tls: TlsFiles) -> str:
-        """The fix for a file issue found by :func:`certkeeper.tlsfiles.judge_pair`."""
+        """The fix for a file issue found by :func:`certkeeper.mailserver.tlsfiles.judge_pair`."""
         path = issue.path or tls.files[0]
         if issue.code == "key-world-readable":
             return f"chmod 0600 {path}  (or 0640 with chown root:<daemon group>; the daemon reads it as root)"

@@ -17,7 +17,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
 
-from certkeeper.config_table import Table, did_you_mean
+from certkeeper.config.table import Table, did_you_mean
 from certkeeper.errors import ConfigError, ConfigErrors
 from certkeeper.model import KeyType, RenewBefore, format_duration
 from certkeeper.targets import Target

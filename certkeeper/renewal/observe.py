@@ -4,13 +4,13 @@ Used by every pass (``renew`` and the daemon's periodic probes).  A managed endp
 than ``current`` is stale; an endpoint that stops answering TLS or starts serving an invalid certificate is
 failed; one that comes back is recovered.  Each of those becomes a typed event; the store keeps the last
 observation of every endpoint for ``status``, metrics and the next comparison.  Endpoints of certificates with
-``dane`` are also judged against their TLSA records (:mod:`certkeeper.dane_observe`).
+``dane`` are also judged against their TLSA records (:mod:`certkeeper.dane.observe`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +20,8 @@ from certkeeper.store import EndpointRecord, Store
 from certkeeper.targets import Target
 
 if TYPE_CHECKING:
-    from certkeeper.dane_observe import DaneOutcome, DaneWatch
+    from certkeeper.dane.observe import DaneOutcome, DaneWatch, LookupResult, ServedView
+    from certkeeper.dane.publish import TlsaAnswer
     from certkeeper.probe import ProbeResult
 
 
@@ -34,7 +35,7 @@ class Watched:
     dual: bool = False
     ca_file: Path | None = None
     servername: str | None = None
-    dane: DaneWatch | None = None  # TLSA records to judge the served certificate against (certkeeper.dane_observe)
+    dane: DaneWatch | None = None  # TLSA records to judge the served certificate against (certkeeper.dane.observe)
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,6 @@ def observe(items: Sequence[Watched], *, now: datetime, timeout: float = 10.0,
             observations[id(member)] = Observation(member, result, _is_stale(member, result))
     ordered = [observations[id(item)] for item in items]
     if any(item.dane is not None for item in items):
-        from certkeeper.dane_observe import observe_dane
-
         ordered = observe_dane(ordered, now=now, timeout=timeout, concurrency=concurrency)
     return ordered
 
@@ -90,7 +89,7 @@ def record(store: Store, observations: Sequence[Observation], *, now: datetime) 
             stale=observation.stale, details=_details(observation),
         ))
         if observation.dane is not None:
-            from certkeeper.dane_observe import tlsa_events
+            from certkeeper.dane.observe import tlsa_events
 
             events += tlsa_events(item.owner, item.target.text, observation.dane,
                                   before.details.get("dane") if before else None, now)
@@ -116,3 +115,65 @@ def _details(observation: Observation) -> dict[str, Any]:
     if observation.dane is not None:
         details["dane"] = observation.dane.to_json()
     return details
+
+
+# -- DANE: a probe without SNI, TLSA lookups, the verdict of :func:`certkeeper.dane.observe.judge_tlsa` ----
+
+
+def observe_dane(observations: Sequence[Observation], *, now: datetime, timeout: float,
+                 concurrency: int) -> list[Observation]:
+    """``observations`` with a DANE verdict on those whose :class:`Watched` has a :class:`DaneWatch`."""
+    from certkeeper.dane.observe import WITH_SNI, WITHOUT_SNI, judge_tlsa
+    from certkeeper.probe import ProbeOptions, probe_sync
+
+    watched = [o for o in observations if o.watched.dane is not None]
+    if not watched:
+        return list(observations)
+    groups: dict[tuple[bool, Path | None, str | None], list[Observation]] = {}
+    for observation in watched:
+        item = observation.watched
+        if item.dane is not None and item.dane.without_sni:
+            groups.setdefault((item.dual, item.ca_file, item.servername), []).append(observation)
+    without_sni: dict[int, ProbeResult] = {}
+    for (dual, ca_file, servername), members in groups.items():
+        options = ProbeOptions(timeout=timeout, ca_file=ca_file, servername=servername, sni=False,
+                               key_type="all" if dual else None)
+        results = probe_sync([o.watched.target for o in members], options, now=now, concurrency=concurrency)
+        without_sni.update((id(o), r) for o, r in zip(members, results, strict=True))
+    answers: dict[tuple[str, str | None], LookupResult] = {}
+    judged: dict[int, DaneOutcome] = {}
+    for observation in watched:
+        watch = observation.watched.dane
+        assert watch is not None
+        for name in watch.names:
+            if (name, watch.resolver) not in answers:
+                answers[(name, watch.resolver)] = _look_up(name, watch.resolver, timeout)
+        views = [_view(WITH_SNI, observation.result)]
+        if id(observation) in without_sni:
+            views.append(_view(WITHOUT_SNI, without_sni[id(observation)]))
+        judged[id(observation)] = judge_tlsa([answers[(n, watch.resolver)] for n in watch.names], views)
+    return [replace(o, dane=judged.get(id(o))) for o in observations]
+
+
+def _view(view: str, result: ProbeResult) -> ServedView:
+    from certkeeper.dane.observe import PresentedChain, ServedView
+    from certkeeper.dane.records import Presented
+
+    leaves = result.served or ((result.certificate,) if result.certificate else ())
+    # The probe keeps the whole chain of the first handshake only (the leaf of result.certificate).
+    above = tuple(Presented(s.spki_sha256, s.fingerprint_sha256) for s in result.chain[1:])
+    return ServedView(view, tuple(
+        PresentedChain(Presented(s.spki_sha256, s.fingerprint_sha256), above if s == result.certificate else None)
+        for s in leaves))
+
+
+def _look_up(name: str, resolver: str | None, timeout: float) -> LookupResult:
+    from certkeeper.dane.observe import LookupResult
+    from certkeeper.dane.publish import lookup_tlsa
+    from certkeeper.errors import TlsaDnsError
+
+    try:
+        answer: TlsaAnswer = lookup_tlsa(name, resolver, timeout=timeout)
+    except TlsaDnsError as exc:
+        return LookupResult(name, error=str(exc), resolver=resolver or "")
+    return LookupResult(answer.name, answer.records, answer.authenticated, answer.resolver)

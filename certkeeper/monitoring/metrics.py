@@ -25,7 +25,7 @@ from certkeeper.config import Config
 from certkeeper.errors import CertkeeperError
 from certkeeper.store import CertState, EndpointRecord, Store
 
-log = logging.getLogger("certkeeper.metrics")
+log = logging.getLogger("certkeeper.monitoring.metrics")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _SUCCESS_STATUSES = frozenset({"OK", "WARNING"})
@@ -136,7 +136,7 @@ def installed_certificates(config: Config) -> list[InstalledCertificate]:
     seeing problems, and one unreadable folder must not hide the others.
     """
     from certkeeper import pki
-    from certkeeper.install import CertificateHome
+    from certkeeper.store.versions import CertificateHome
 
     found: list[InstalledCertificate] = []
     for name in sorted(config.certificates):

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from certkeeper.mailconf import (
+from certkeeper.errors import SetupFailed
+from certkeeper.mailserver.config import (
     DEFAULT_POSTFIX_DIR,
     DOVECONF,
     POSTCONF,
@@ -168,10 +169,6 @@ class Outcome:
     def step(self, text: str) -> None:
         log.info("%s", text)
         self.steps.append(text)
-
-
-class SetupFailed(Exception):
-    """A step of apply failed; the backup is restored by the caller."""
 
 
 def apply_plan(plan: Plan, *, config_path: Path, files: CertificateFiles, now: datetime,

@@ -12,19 +12,19 @@ certkeeper never parses ``main.cf`` or ``dovecot.conf`` itself: includes, ``$var
 - Exim: ``exim -bP`` for the handful of TLS options.
 
 The readers run the tools without a shell, with a timeout and a fixed environment; the parsers are pure, so
-tests feed them text.  Along with :mod:`certkeeper.setup_mail` this is the home of the mail daemons' tools.
+tests feed them text.  Along with :mod:`certkeeper.mailserver.setup` this is the home of the mail daemons' tools.
 """
 
 from __future__ import annotations
 
 import re
 import socket
-import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from certkeeper.errors import CertkeeperError
+from certkeeper.errors import MailToolFailed
+from certkeeper.process import run_program
 from certkeeper.targets import Target
 
 POSTCONF = "postconf"
@@ -34,16 +34,8 @@ DEFAULT_POSTFIX_DIR = Path("/etc/postfix")
 DEFAULT_DOVECOT_CONFIG = Path("/etc/dovecot/dovecot.conf")
 TOOL_TIMEOUT = 20.0
 _TOOL_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"}
+_MAX_TOOL_OUTPUT = 32 * 2**20  # a full `postconf` is about 100 KiB; anything near this is not a mail daemon
 _WELL_KNOWN = {"smtp": 25, "submission": 587, "submissions": 465, "smtps": 465}
-
-
-class MailToolFailed(CertkeeperError):
-    """A daemon's configuration tool could not be run or rejected the configuration."""
-
-    def __init__(self, command: Sequence[str], reason: str) -> None:
-        self.command = tuple(command)
-        self.reason = reason
-        super().__init__(f"{' '.join(command)}: {reason}")
 
 
 @dataclass(frozen=True)
@@ -56,15 +48,17 @@ class ToolOutput:
 def run_tool(command: Sequence[str], *, timeout: float = TOOL_TIMEOUT) -> ToolOutput:
     """Run a daemon tool directly (no shell) with a clean environment; MailToolFailed if it cannot run."""
     try:
-        done = subprocess.run(list(command), capture_output=True, text=True, timeout=timeout, check=False,
-                              stdin=subprocess.DEVNULL, env=_TOOL_ENV, errors="replace")
+        done = run_program(command, env=_TOOL_ENV, timeout=timeout, limit=_MAX_TOOL_OUTPUT, keep="head")
     except FileNotFoundError:
         raise MailToolFailed(command, "not installed (not found in PATH)") from None
-    except subprocess.TimeoutExpired:
-        raise MailToolFailed(command, f"no answer within {timeout:g} s") from None
     except OSError as exc:
         raise MailToolFailed(command, exc.strerror or str(exc)) from None
-    return ToolOutput(done.returncode, done.stdout, done.stderr)
+    if done.timed_out:
+        raise MailToolFailed(command, f"no answer within {timeout:g} s")
+    if done.truncated:
+        raise MailToolFailed(command, f"printed more than {_MAX_TOOL_OUTPUT // 2**20} MiB")
+    assert done.returncode is not None
+    return ToolOutput(done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace"))
 
 
 def _checked(command: Sequence[str], timeout: float) -> ToolOutput:

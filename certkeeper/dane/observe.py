@@ -1,6 +1,6 @@
 """DANE in every pass: does what a managed endpoint presents match its published TLSA records?
 
-:mod:`certkeeper.observe` probes the endpoints; for certificates with ``dane`` configured, endpoints on one of
+:mod:`certkeeper.renewal.observe` probes the endpoints; for certificates with ``dane`` configured, endpoints on one of
 ``dane.ports`` are also judged the way a DANE-validating sending MTA judges them (RFC 7672 section 2.2): look up
 ``_<port>._tcp.<MX host>`` TLSA and require the presented chain to match one record.  A mismatch is RFC 8460's
 ``tlsa-invalid``, and DANE senders defer mail to that server until it is fixed.
@@ -9,7 +9,7 @@ Many senders send no SNI on port 25 (RFC 7672 requires it of DANE senders only),
 endpoint on a DANE port is probed once more without SNI; a server presenting another certificate then is judged
 on that one too.
 
-The TLSA records are asked of the certificate's DNS server (:func:`certkeeper.dane_dns.dns_settings`, where the
+The TLSA records are asked of the certificate's DNS server (:func:`certkeeper.dane.publish.dns_settings`, where the
 rollover publishes them), or of the system resolver when there is none.  Whether the answer was DNSSEC-validated
 (the AD bit) is recorded as the resolver said it; a primary that is not a validating resolver says "no".
 
@@ -20,20 +20,14 @@ Pure judgement (:func:`judge_tlsa`, :func:`tlsa_events`) with the lookups and th
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from certkeeper.config import CertificateConfig, IssuerConfig
-from certkeeper.dane import DANE_EE, Presented, TlsaRecord, match_presented, record_names
+from certkeeper.dane.records import DANE_EE, Presented, TlsaRecord, match_presented, record_names
 from certkeeper.events import Event, TlsaMatchRecovered, TlsaMismatchObserved
 from certkeeper.targets import Target
-
-if TYPE_CHECKING:
-    from certkeeper.dane_dns import TlsaAnswer
-    from certkeeper.observe import Observation
-    from certkeeper.probe import ProbeResult
 
 # RFC 8460 section 4.3.2 result types where one fits (as ``certkeeper check --dane`` reports them).
 TLSA_VALID = "tlsa-valid"
@@ -62,7 +56,7 @@ def dane_watch_for(certificate: CertificateConfig, target: Target, issuer: Issue
     dane = certificate.dane
     if dane is None or target.port not in dane.ports:
         return None
-    from certkeeper.dane_dns import dns_settings  # dnspython only for certificates with DANE
+    from certkeeper.dane.publish import dns_settings  # dnspython only for certificates with DANE
 
     hosts = (dane.hosts or certificate.domains) if target.is_ip_literal else (target.host,)
     names = tuple(record_names(hosts, [target.port]))
@@ -144,7 +138,7 @@ def judge_tlsa(lookups: Sequence[LookupResult], views: Sequence[ServedView]) -> 
     """Pure: the verdict of every presented leaf against every TLSA name's records.
 
     ``tlsa-invalid`` when a name has records and a leaf matches none of them (DANE-EE against the leaf, DANE-TA
-    against the CA certificates sent above it: :func:`certkeeper.dane.match_presented`); otherwise
+    against the CA certificates sent above it: :func:`certkeeper.dane.records.match_presented`); otherwise
     ``tlsa-lookup-failed``, ``tlsa-missing`` (no records: senders fall back to opportunistic TLS) or
     ``tlsa-valid``.  Records of matching types the probe cannot check (not SHA-256) are never a mismatch.
     """
@@ -198,59 +192,3 @@ def tlsa_events(owner: str, endpoint: str, outcome: DaneOutcome | None, previous
     if outcome.status == TLSA_VALID and before not in (None, TLSA_VALID):
         return [TlsaMatchRecovered(now, owner, endpoint, outcome.message)]
     return []
-
-
-# -- the shell: a probe without SNI, TLSA lookups ------------------------------------------------------------
-
-
-def observe_dane(observations: Sequence[Observation], *, now: datetime, timeout: float,
-                 concurrency: int) -> list[Observation]:
-    """``observations`` with a DANE verdict on those whose :class:`Watched` has a :class:`DaneWatch`."""
-    from certkeeper.probe import ProbeOptions, probe_sync
-
-    watched = [o for o in observations if o.watched.dane is not None]
-    if not watched:
-        return list(observations)
-    groups: dict[tuple[bool, Path | None, str | None], list[Observation]] = {}
-    for observation in watched:
-        item = observation.watched
-        if item.dane is not None and item.dane.without_sni:
-            groups.setdefault((item.dual, item.ca_file, item.servername), []).append(observation)
-    without_sni: dict[int, ProbeResult] = {}
-    for (dual, ca_file, servername), members in groups.items():
-        options = ProbeOptions(timeout=timeout, ca_file=ca_file, servername=servername, sni=False,
-                               key_type="all" if dual else None)
-        results = probe_sync([o.watched.target for o in members], options, now=now, concurrency=concurrency)
-        without_sni.update((id(o), r) for o, r in zip(members, results, strict=True))
-    answers: dict[tuple[str, str | None], LookupResult] = {}
-    judged: dict[int, DaneOutcome] = {}
-    for observation in watched:
-        watch = observation.watched.dane
-        assert watch is not None
-        for name in watch.names:
-            if (name, watch.resolver) not in answers:
-                answers[(name, watch.resolver)] = _look_up(name, watch.resolver, timeout)
-        views = [_view(WITH_SNI, observation.result)]
-        if id(observation) in without_sni:
-            views.append(_view(WITHOUT_SNI, without_sni[id(observation)]))
-        judged[id(observation)] = judge_tlsa([answers[(n, watch.resolver)] for n in watch.names], views)
-    return [replace(o, dane=judged.get(id(o))) for o in observations]
-
-
-def _view(view: str, result: ProbeResult) -> ServedView:
-    leaves = result.served or ((result.certificate,) if result.certificate else ())
-    # The probe keeps the whole chain of the first handshake only (the leaf of result.certificate).
-    above = tuple(Presented(s.spki_sha256, s.fingerprint_sha256) for s in result.chain[1:])
-    return ServedView(view, tuple(
-        PresentedChain(Presented(s.spki_sha256, s.fingerprint_sha256), above if s == result.certificate else None)
-        for s in leaves))
-
-
-def _look_up(name: str, resolver: str | None, timeout: float) -> LookupResult:
-    from certkeeper.dane_dns import TlsaDnsError, lookup_tlsa
-
-    try:
-        answer: TlsaAnswer = lookup_tlsa(name, resolver, timeout=timeout)
-    except TlsaDnsError as exc:
-        return LookupResult(name, error=str(exc), resolver=resolver or "")
-    return LookupResult(answer.name, answer.records, answer.authenticated, answer.resolver)

@@ -1,24 +1,23 @@
 """Reload hooks: programs run after an install so the mail daemons read the new files.
 
 The contract (``hooks/README.md``): no shell, a timeout, a clean environment describing the certificate, output
-captured and logged, a non-zero exit or a timeout is a failure.  The only module that runs subprocesses for
-certkeeper's own work.
+captured (the last 64 KiB) and logged, a non-zero exit or a timeout is a failure.  Programs run through
+:func:`certkeeper.process.run_program`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import signal
-import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from certkeeper.errors import ConfigError, HookFailed
+from certkeeper.process import run_program
 
-log = logging.getLogger("certkeeper.hooks")
+log = logging.getLogger("certkeeper.renewal.hooks")
 
 # What a hook may rely on finding; nothing else of certkeeper's own environment leaks into it.
 _SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -30,7 +29,7 @@ def default_hook_dirs() -> list[Path]:
     return [
         Path("/etc/certkeeper/hooks"),
         Path(sys.prefix) / "share" / "certkeeper" / "hooks",
-        Path(__file__).resolve().parent.parent / "hooks",  # a source checkout
+        Path(__file__).resolve().parents[2] / "hooks",  # a source checkout
     ]
 
 
@@ -91,30 +90,20 @@ class HookRun:
 
 def run_hook(hook: Path, context: HookContext, *, timeout: float, args: Sequence[str] = ()) -> HookRun:
     """Run one hook; :class:`HookFailed` on a non-zero exit, a timeout, or a hook that cannot start."""
-    command = [str(hook), *args]
     log.info("running hook %s for %s (version %s)", hook, context.name, context.version)
     try:
-        process = subprocess.Popen(
-            command, env=context.environment(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, cwd="/", start_new_session=True,
-        )
+        finished = run_program([str(hook), *args], env=context.environment(), timeout=timeout, limit=_MAX_OUTPUT,
+                               merge_stderr=True)
     except OSError as exc:
         raise HookFailed(str(hook), exit_status=None, output=str(exc)) from None
-    try:
-        stdout, _ = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        # The hook runs in its own session: kill the whole group, so a stuck `systemctl` child goes too.
-        os.killpg(process.pid, signal.SIGKILL)
-        stdout, _ = process.communicate()
-        output = _text(stdout)
+    output = _text(finished.stdout)
+    if finished.timed_out:
         log.warning("hook %s timed out after %g s: %s", hook, timeout, output.strip()[-500:])
-        raise HookFailed(str(hook), exit_status=None, output=output, timed_out=True, timeout=timeout) from None
-    completed = subprocess.CompletedProcess(command, process.returncode, stdout)
-    output = _text(completed.stdout)
+        raise HookFailed(str(hook), exit_status=None, output=output, timed_out=True, timeout=timeout)
     for line in output.splitlines()[-20:]:
         log.info("hook %s: %s", hook.name, line)
-    if completed.returncode != 0:
-        raise HookFailed(str(hook), exit_status=completed.returncode, output=output)
+    if finished.returncode != 0:
+        raise HookFailed(str(hook), exit_status=finished.returncode, output=output)
     return HookRun(hook, output)
 
 

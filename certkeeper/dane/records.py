@@ -1,7 +1,7 @@
 """DANE for SMTP (RFC 7672): which TLSA records a certificate needs, and when its key may change.
 
-Pure: no clock, no DNS, no files.  :mod:`certkeeper.dane_dns` publishes and looks up the records,
-:mod:`certkeeper.dane_rollover` keeps the "next" key and the rollover state on disk and drives these functions.
+Pure: no clock, no DNS, no files.  :mod:`certkeeper.dane.publish` publishes and looks up the records,
+:mod:`certkeeper.dane.rollover` keeps the "next" key and the rollover state on disk and drives these functions.
 
 Why a rollover needs care.  A sending MTA that validates DANE (RFC 7672 section 2.2) defers mail when no TLSA
 record of ``_25._tcp.<MX host>`` matches what the server presents.  Resolvers cache the TLSA RRset for its TTL,

@@ -1,9 +1,9 @@
 """Alerts by email: events and observations become alert records in the store, pending ones go out as one digest.
 
-The flow (:mod:`certkeeper.relay` hands the mail to SMTP):
+The flow (:mod:`certkeeper.alerts.relay` hands the mail to SMTP):
 
 1. :meth:`Notifier.handle` (an :class:`~certkeeper.events.EventBus` subscriber) and
-   :meth:`Notifier.observe_certificate` decide (with :mod:`certkeeper.alert_rules`) whether an alert is owed and
+   :meth:`Notifier.observe_certificate` decide (with :mod:`certkeeper.alerts.rules`) whether an alert is owed and
    queue it with :meth:`Store.enqueue_alert`, under a de-duplication key the store remembers across restarts.
 2. :meth:`Notifier.deliver` sends everything pending as one digest mail (``digest = "immediate"``) or once a UTC
    day (``"daily"``; CRITICAL alerts do not wait).  The store marks what a relay accepted; a failure is logged,
@@ -27,8 +27,9 @@ from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 
-from certkeeper import alert_rules
-from certkeeper.alert_rules import Severity
+from certkeeper.alerts import rules as alert_rules
+from certkeeper.alerts.relay import send_message
+from certkeeper.alerts.rules import Severity
 from certkeeper.config import AlertsConfig, Config
 from certkeeper.errors import AlertDeliveryFailed
 from certkeeper.events import (
@@ -50,10 +51,9 @@ from certkeeper.events import (
     TlsaUpdateFailed,
     UnsafeKeyRollover,
 )
-from certkeeper.relay import send_message
 from certkeeper.store import AlertRecord, EndpointRecord, Store
 
-log = logging.getLogger("certkeeper.alerts")
+log = logging.getLogger("certkeeper.alerts.notifier")
 
 SUBJECT_PREFIX = "[certkeeper]"
 

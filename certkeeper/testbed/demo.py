@@ -1,4 +1,4 @@
-"""``certkeeper demo`` (and ``python -m certkeeper.demo``): the whole loop, live, on this machine.
+"""``certkeeper demo``: the whole loop, live, on this machine.
 
 Brings up the test bed on loopback in a temporary folder (BIND for ``example.test``, Pebble as the ACME CA
 issuing short-lived certificates, a private Postfix and Dovecot, an SMTP sink for alert mail), writes a
@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import TextIO
 
 from certkeeper import pki
-from certkeeper.install import CertificateHome
 from certkeeper.model import KeyType
 from certkeeper.probe import ProbeOptions, probe_sync
+from certkeeper.store.versions import CertificateHome
 from certkeeper.targets import parse_target
 from certkeeper.testbed.bind import Bind
 from certkeeper.testbed.dovecot import Dovecot
@@ -484,13 +484,3 @@ def run_demo(settings: DemoSettings = DemoSettings(), *, out: TextIO = sys.stdou
             shutil.rmtree(directory, ignore_errors=True)
     return demo.summary
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m certkeeper.demo``: the same as ``certkeeper demo``."""
-    from certkeeper.cli import main as cli_main
-
-    return cli_main(["demo", *(argv if argv is not None else sys.argv[1:])])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

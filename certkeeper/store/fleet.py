@@ -3,7 +3,7 @@
 Every host runs certkeeper with the same certificate entries, ``database``, ``fleet_key_file`` and its own
 ``node`` name.  For each renewal exactly one node orders; every node installs, reloads and verifies locally.
 
-How one renewal goes (:meth:`Fleet.obtain`, called by :class:`certkeeper.lifecycle.Renewer` for a due
+How one renewal goes (:meth:`Fleet.obtain`, called by :class:`certkeeper.renewal.lifecycle.Renewer` for a due
 certificate):
 
 1. If the database holds a version newer than what this node has installed (another node renewed), take it:
@@ -24,7 +24,7 @@ Private keys are sealed before they leave the node: AES-256-GCM under a key deri
 moved to another row unnoticed).  PostgreSQL, its backups and its administrators see ciphertext only.
 
 A node whose ``current`` differs from the fleet's newest version catches up on its next pass:
-:meth:`Renewer.decide <certkeeper.lifecycle.Renewer.decide>` makes the certificate due as "fleet has a newer
+:meth:`Renewer.decide <certkeeper.renewal.lifecycle.Renewer.decide>` makes the certificate due as "fleet has a newer
 certificate" and the pass installs it without ordering.  A version this node already had and moved away from
 (it rolled back because its own hook or daemon failed) is not forced on it again; it is reported
 (``node_results``) and alerted, and the node retries when its own renewal point comes.  Each pass records
@@ -76,12 +76,12 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from certkeeper import pki
 from certkeeper.config import CertificateConfig, Config
 from certkeeper.errors import CertkeeperError, FleetStoreDown, InputError, LockBusy, StoreError
-from certkeeper.install import CertificateHome, KeyPair, Version
 from certkeeper.model import KeyType, format_duration
 from certkeeper.store import Store
 from certkeeper.store.fleet_records import FleetDatabase, FleetPair, FleetVersion, LeaseHolder, NodeResult
+from certkeeper.store.versions import CertificateHome, KeyPair, Version
 
-log = logging.getLogger("certkeeper.fleet")
+log = logging.getLogger("certkeeper.store.fleet")
 
 DOWN_ALERT_KEY = "fleet:store-down"
 _HKDF_INFO = b"certkeeper fleet private keys v1"

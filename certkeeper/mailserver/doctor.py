@@ -1,13 +1,14 @@
 """``certkeeper doctor``: the mail daemons' configuration, their files and what they serve -> findings with fixes.
 
-Pure: the shell (``certkeeper.cli.doctor``) reads the daemons' effective configuration (:mod:`certkeeper.mailconf`),
-the files (:func:`certkeeper.tlsfiles.read_file`), certkeeper's installed versions and the probe results, and
+Pure: the shell (``certkeeper.cli.doctor``) reads the daemons' effective configuration
+(:mod:`certkeeper.mailserver.config`),
+the files (:func:`certkeeper.mailserver.tlsfiles.read_file`), certkeeper's installed versions and the probe results, and
 hands them in as :class:`Inputs` with ``now`` and the trust anchors.  Nothing here opens a file or a socket, so
 every rule is tested with hand-written configurations.
 
 Each finding carries the exact command or snippet that fixes it, because the technician running doctor is in
 the middle of an outage: ``postconf -c DIR -P 'submissions/inet/smtpd_tls_wrappermode=yes'``, not "enable
-implicit TLS".  The daemon rules live in :mod:`certkeeper.mailrules`; this module joins them with the file
+implicit TLS".  The daemon rules live in :mod:`certkeeper.mailserver.rules`; this module joins them with the file
 checks, certkeeper's managed versions and the served certificates, and renders the report.
 """
 
@@ -23,7 +24,7 @@ from typing import Any
 from cryptography import x509
 
 from certkeeper import pki
-from certkeeper.mailconf import (
+from certkeeper.mailserver.config import (
     DovecotConfig,
     EximConfig,
     Listener,
@@ -35,9 +36,10 @@ from certkeeper.mailconf import (
     postfix_listeners,
     postfix_tls_files,
 )
-from certkeeper.mailrules import (
+from certkeeper.mailserver.rules import (
     Diagnosis,
     Fixer,
+    ManagedCertificate,
     Severity,
     dovecot_rules,
     fixer_for,
@@ -47,8 +49,15 @@ from certkeeper.mailrules import (
     sni_map_rules,
     sni_maps,
 )
+from certkeeper.mailserver.tlsfiles import (
+    FileFacts,
+    Pair,
+    describe_leaf,
+    judge_pair,
+    pair_from_files,
+    pairs_from_chain_files,
+)
 from certkeeper.probe.result import ProbeResult
-from certkeeper.tlsfiles import FileFacts, Pair, describe_leaf, judge_pair, pair_from_files, pairs_from_chain_files
 
 # Findings the file checks already make when the served certificate is the one on disk.
 _FILE_LEVEL_CODES = {"certificate-host-mismatch", "certificate-expired", "certificate-expiring",
@@ -56,18 +65,6 @@ _FILE_LEVEL_CODES = {"certificate-host-mismatch", "certificate-expired", "certif
 _MANAGED_PATH = re.compile(r"/certs/(?P<name>[^/]+)/(?:current|versions/(?P<version>[^/]+))/")
 
 
-@dataclass(frozen=True)
-class ManagedCertificate:
-    """What certkeeper has installed for one certificate: enough to tell managed files from stale copies."""
-
-    name: str
-    domains: tuple[str, ...]
-    current_dir: Path
-    current_id: str | None
-    current_fingerprints: frozenset[str]
-    versions: Mapping[str, str] = field(default_factory=dict)  # fingerprint -> version id, every version
-    reload: tuple[str, ...] = ()
-    pairs: int = 1
 
 
 @dataclass(frozen=True)

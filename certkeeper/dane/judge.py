@@ -5,7 +5,8 @@ resolver validated them with DNSSEC, and then requires the presented chain to ma
 senders send no SNI on port 25 (RFC 7672 asks it of DANE senders only), so a server that presents another
 certificate without SNI breaks for them: SMTP targets are probed both ways.
 
-The TLSA lookup is :func:`certkeeper.dane_dns.lookup_tlsa`; the matching is :func:`certkeeper.dane.match_presented`;
+The TLSA lookup is :func:`certkeeper.dane.publish.lookup_tlsa`; the matching is
+:func:`certkeeper.dane.records.match_presented`;
 this module joins them to probe results as findings.
 """
 
@@ -15,8 +16,9 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 
-from certkeeper.dane import Presented, match_presented, record_names
-from certkeeper.dane_dns import TlsaAnswer, TlsaDnsError, lookup_tlsa
+from certkeeper.dane.publish import TlsaAnswer, lookup_tlsa
+from certkeeper.dane.records import Presented, match_presented, record_names
+from certkeeper.errors import TlsaDnsError
 from certkeeper.probe.engine import probe_sync
 from certkeeper.probe.judge import problem_message
 from certkeeper.probe.result import Finding, ProbeOptions, ProbeResult, worst_status

@@ -1,6 +1,6 @@
-"""The DANE key rollover of one certificate, on disk and in DNS: the shell around :mod:`certkeeper.dane`.
+"""The DANE key rollover of one certificate, on disk and in DNS: the shell around :mod:`certkeeper.dane.records`.
 
-Files, beside the version folders of :class:`~certkeeper.install.CertificateHome`::
+Files, beside the version folders of :class:`~certkeeper.store.versions.CertificateHome`::
 
     certs/<name>/next/<key-type>.key     the key the next renewal will use (0600, written whole by rename)
     certs/<name>/next/dane.json          the records published and since when each is visible everywhere
@@ -23,11 +23,12 @@ from pathlib import Path
 
 from cryptography import x509
 
-from certkeeper import dane, pki
+from certkeeper import pki
 from certkeeper.config import AcmeIssuerConfig, CertificateConfig, IssuerConfig
-from certkeeper.dane import EndEntity, Gate, RolloverState, RolloverStep, TlsaParameters, TlsaRecord
-from certkeeper.dane_dns import TlsaDnsError, TlsaPublisher, dns_settings
-from certkeeper.errors import CertkeeperError, InputError
+from certkeeper.dane import records as dane
+from certkeeper.dane.publish import TlsaPublisher, dns_settings
+from certkeeper.dane.records import EndEntity, Gate, RolloverState, RolloverStep, TlsaParameters, TlsaRecord
+from certkeeper.errors import CertkeeperError, InputError, TlsaDnsError
 from certkeeper.events import (
     Event,
     RenewalWaitingForTlsa,
@@ -35,11 +36,11 @@ from certkeeper.events import (
     TlsaUpdateFailed,
     UnsafeKeyRollover,
 )
-from certkeeper.files import write_atomic
-from certkeeper.install import CertificateHome, Version
 from certkeeper.model import KeyType
+from certkeeper.store.atomic import write_atomic
+from certkeeper.store.versions import CertificateHome, Version
 
-log = logging.getLogger("certkeeper.dane")
+log = logging.getLogger("certkeeper.dane.records")
 
 DEFAULT_DNS_TIMEOUT = 120.0
 

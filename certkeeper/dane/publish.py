@@ -1,8 +1,8 @@
 """TLSA records in DNS: published with RFC 2136 updates, confirmed on every authoritative server, looked up
 through a validating resolver.
 
-The RFC 2136/TSIG client, the BIND key-file parser and the authoritative-server discovery are those of the
-dns-01 responder (:class:`certkeeper.issuers.challenges.Rfc2136Dns01`): one DNS update path in certkeeper.
+The RFC 2136/TSIG client, the BIND key-file parser and the authoritative-server discovery are
+:mod:`certkeeper.dnsclient`'s, shared with the dns-01 responder: one DNS update path in certkeeper.
 The DNS settings default to the certificate's ACME issuer's (``dns_server``, ``tsig_key_file``, ``dns_zone``),
 since a mail domain's DNS is usually updated through one key.
 """
@@ -15,30 +15,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import dns.exception
-import dns.flags
-import dns.message
-import dns.name
-import dns.query
-import dns.rcode
-import dns.rdatatype
-import dns.resolver
-
+from certkeeper import dnsclient
 from certkeeper.config import AcmeIssuerConfig, DaneConfig, IssuerConfig
-from certkeeper.dane import TlsaRecord, absolute
-from certkeeper.errors import InputError
-from certkeeper.issuers.challenges import (
-    ChallengeFailed,
-    Rfc2136Dns01,
-    _resolve_address,  # the dns-01 responder's own, so both resolve dns_server alike
-    parse_server,
-    parse_tsig_key,
-    read_secret_file,
-)
-
-
-class TlsaDnsError(Exception):
-    """Publishing or confirming TLSA records failed; the message names the server and what to fix."""
+from certkeeper.dane.records import TlsaRecord, absolute
+from certkeeper.dnsclient import parse_server, parse_tsig_key
+from certkeeper.errors import DnsError, InputError, TlsaDnsError
+from certkeeper.issuers.challenges import read_secret_file
 
 
 @dataclass(frozen=True)
@@ -63,48 +45,54 @@ def dns_settings(dane: DaneConfig, issuer: IssuerConfig | None) -> DnsSettings |
 
 
 class TlsaPublisher:
-    """Adds and removes TLSA records on the primary, and tells which are answered by every authoritative one."""
+    """Adds and removes TLSA records on the primary, and tells which are answered by every authoritative one.
+
+    The authoritative servers are asked on the primary's port (see :class:`certkeeper.issuers.challenges.Rfc2136Dns01`).
+    """
 
     def __init__(self, settings: DnsSettings, *, ttl: int, timeout: float,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
         try:
-            key = parse_tsig_key(read_secret_file(settings.tsig_key_file, "the TSIG key"), str(settings.tsig_key_file))
+            self.key = parse_tsig_key(read_secret_file(settings.tsig_key_file, "the TSIG key"),
+                                      str(settings.tsig_key_file))
         except InputError as exc:
             raise TlsaDnsError(str(exc)) from None
         self.settings = settings
-        self.client = Rfc2136Dns01(settings.server, key, zone=settings.zone, timeout=timeout, ttl=ttl)
+        self.host, self.port = parse_server(settings.server)
+        self.ttl = ttl
         self.timeout = timeout
         self._clock = clock
         self._sleep = sleep
-        self._zones: dict[str, dns.name.Name] = {}
+        self._zones: dict[str, str] = {}
 
     def publish(self, add: Iterable[TlsaRecord], remove: Iterable[TlsaRecord]) -> None:
         """Remove ``remove`` and add ``add``: one signed update per zone, applied whole or not at all."""
         address = self._address()
-        changes: dict[dns.name.Name, tuple[list[TlsaRecord], list[TlsaRecord]]] = defaultdict(lambda: ([], []))
+        changes: dict[str, tuple[list[TlsaRecord], list[TlsaRecord]]] = defaultdict(lambda: ([], []))
         for record in add:
             changes[self._zone(address, record.name)][0].append(record)
         for record in remove:
             changes[self._zone(address, record.name)][1].append(record)
         for zone, (adding, removing) in changes.items():
             try:
-                self.client.send_update(address, zone, add=[_text(r) for r in sorted(adding)],
-                                        delete=[_text(r) for r in sorted(removing)])
-            except ChallengeFailed as exc:
-                raise TlsaDnsError(f"TLSA update of {zone}: {exc}") from None
+                dnsclient.send_update(address, self.port, zone, self.key, ttl=self.ttl,
+                                      add=[_text(r) for r in sorted(adding)],
+                                      delete=[_text(r) for r in sorted(removing)])
+            except DnsError as exc:
+                raise TlsaDnsError(f"TLSA update of {zone} ({self.host}:{self.port}): {exc.detail}") from None
 
     def visible(self, records: Iterable[TlsaRecord]) -> set[TlsaRecord]:
         """The records every authoritative server of their zone answers now (one query per server and name)."""
         address = self._address()
         wanted = set(records)
-        by_zone: dict[dns.name.Name, set[TlsaRecord]] = defaultdict(set)
+        by_zone: dict[str, set[TlsaRecord]] = defaultdict(set)
         for record in wanted:
             by_zone[self._zone(address, record.name)].add(record)
         seen = set(wanted)
         for zone, members in by_zone.items():
             try:
-                servers = self.client.authoritative_addresses(address, zone)
-            except ChallengeFailed as exc:
+                servers = dnsclient.authoritative_addresses(address, self.port, zone)
+            except DnsError as exc:
                 raise TlsaDnsError(str(exc)) from None
             for server in servers:
                 for name in {r.name for r in members}:
@@ -129,37 +117,35 @@ class TlsaPublisher:
         address = self._address()
         found: set[TlsaRecord] = set()
         for name in names:
-            found |= self._answered(address, name, port=self.client.port)
+            found |= self._answered(address, name)
         return found
 
-    def _answered(self, server: str, name: str, *, port: int | None = None) -> set[TlsaRecord]:
-        # A non-standard port of dns_server applies to every authoritative server (see Rfc2136Dns01).
+    def _answered(self, server: str, name: str) -> set[TlsaRecord]:
         try:
-            reply = self.client.query(server, port or self.client.port, dns.name.from_text(name), dns.rdatatype.TLSA)
-        except ChallengeFailed:
+            answer = dnsclient.query(server, self.port, name, "TLSA")
+        except DnsError:
             return set()
-        return {TlsaRecord.from_text(name, rdata.to_text()) for rrset in reply.answer
-                if rrset.rdtype == dns.rdatatype.TLSA for rdata in rrset}
+        return {TlsaRecord.from_text(name, value) for value in answer.values}
 
     def _address(self) -> str:
         try:
-            return _resolve_address(self.client.host)
-        except ChallengeFailed as exc:
+            return dnsclient.resolve_address(self.host)
+        except DnsError as exc:
             raise TlsaDnsError(str(exc)) from None
 
-    def _zone(self, address: str, name: str) -> dns.name.Name:
-        if self.client.zone is not None:
-            return self.client.zone
+    def _zone(self, address: str, name: str) -> str:
+        if self.settings.zone:
+            return self.settings.zone
         if name not in self._zones:
             try:
-                self._zones[name] = self.client.find_zone(address, name)
-            except ChallengeFailed as exc:
+                self._zones[name] = dnsclient.find_zone(address, self.port, name)
+            except DnsError as exc:
                 raise TlsaDnsError(f"{exc} (dane.zone)") from None
         return self._zones[name]
 
 
-def _text(record: TlsaRecord) -> tuple[str, dns.rdatatype.RdataType, str]:
-    return record.name, dns.rdatatype.TLSA, record.rdata
+def _text(record: TlsaRecord) -> dnsclient.Record:
+    return record.name, "TLSA", record.rdata
 
 
 # -- lookups through a resolver (certkeeper check --dane) ------------------------------------------------------
@@ -183,22 +169,10 @@ def lookup_tlsa(name: str, resolver: str | None = None, *, timeout: float = 5.0)
     (RFC 6840 section 5.7), which is what RFC 7672 section 2.2 requires before a sender uses the records.
     Raises :class:`TlsaDnsError` when the resolver cannot be asked.
     """
-    if resolver is None:
-        try:
-            nameservers = dns.resolver.Resolver().nameservers
-        except dns.exception.DNSException as exc:
-            raise TlsaDnsError(f"no resolver configured in /etc/resolv.conf ({exc}); pass --resolver") from None
-        if not nameservers:
-            raise TlsaDnsError("no resolver configured in /etc/resolv.conf; pass --resolver")
-        resolver = str(nameservers[0])
-    host, port = parse_server(resolver)
-    query = dns.message.make_query(absolute(name), dns.rdatatype.TLSA)
-    query.flags |= dns.flags.AD
     try:
-        reply, _ = dns.query.udp_with_fallback(query, host, port=port, timeout=timeout)
-    except (dns.exception.DNSException, OSError) as exc:
-        raise TlsaDnsError(f"the TLSA query for {name} to {host}:{port} failed: {exc}") from None
-    records = frozenset(TlsaRecord.from_text(name, rdata.to_text()) for rrset in reply.answer
-                        if rrset.rdtype == dns.rdatatype.TLSA for rdata in rrset)
-    return TlsaAnswer(absolute(name), records, bool(reply.flags & dns.flags.AD), f"{host}:{port}",
-                      dns.rcode.to_text(reply.rcode()))
+        host, port = parse_server(resolver or dnsclient.default_resolver())
+        answer = dnsclient.query(host, port, absolute(name), "TLSA", recursive=True, timeout=timeout)
+    except DnsError as exc:
+        raise TlsaDnsError(f"the TLSA query for {name}: {exc}") from None
+    records = frozenset(TlsaRecord.from_text(name, value) for value in answer.values)
+    return TlsaAnswer(absolute(name), records, answer.authenticated, f"{host}:{port}", answer.rcode)

@@ -10,15 +10,15 @@ from __future__ import annotations
 import logging
 import smtplib
 import socket
-import ssl
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
 
+from certkeeper import tls
 from certkeeper.config import AlertsConfig
 from certkeeper.errors import AlertDeliveryFailed
 
-log = logging.getLogger("certkeeper.alerts")
+log = logging.getLogger("certkeeper.alerts.notifier")
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ def send_message(config: AlertsConfig, message: EmailMessage) -> str:
         try:
             _send_via(config, route, password, message)
             return f"{route.name} {route.host}:{route.port}"
-        except ssl.SSLCertVerificationError as exc:
+        except tls.CertificateVerifyFailed as exc:
             certificate_failed = certificate_failed or route is primary
             attempts.append(f"{route.name} {route.host}:{route.port}: certificate not trusted: "
                             f"{exc.verify_message or exc}")
@@ -107,13 +107,8 @@ def _authenticate(client: smtplib.SMTP, username: str, password: str) -> None:
         client.login(username, password)
 
 
-def _tls_context(ca_bundle: Path | None, *, verify: bool) -> ssl.SSLContext:
-    if not verify:
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        return context
-    return ssl.create_default_context(cafile=str(ca_bundle) if ca_bundle else None)
+def _tls_context(ca_bundle: Path | None, *, verify: bool) -> tls.Context:
+    return tls.client_context(ca_bundle, verify=verify)
 
 
 def _read_password(path: Path | None) -> str | None:

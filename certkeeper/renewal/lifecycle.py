@@ -4,8 +4,8 @@ roll back.  The daemon and ``certkeeper renew`` both run :meth:`Renewer.run`.
 A pass goes in phases, so that a daemon serving five renewed certificates is reloaded once:
 
 1. observe: what is installed (version folders) and what endpoints serve (stale detection);
-2. decide (:func:`certkeeper.policy.decide_renewal`), then take each due certificate's lock and decide again;
-3. issue concurrently, gate each pair (:func:`certkeeper.install.check_pairs`), write version folders;
+2. decide (:func:`certkeeper.renewal.policy.decide_renewal`), then take each due certificate's lock and decide again;
+3. issue concurrently, gate each pair (:func:`certkeeper.store.versions.check_pairs`), write version folders;
 4. flip ``current`` for every staged certificate, then run each distinct reload hook once;
 5. verify every endpoint; reload once more where the old certificate is still served; roll back what still
    fails, reload, and verify that the previous certificate is served again;
@@ -29,7 +29,7 @@ from cryptography import x509
 
 from certkeeper import pki
 from certkeeper.config import CertificateConfig, Config
-from certkeeper.dane_observe import dane_watch_for
+from certkeeper.dane.observe import dane_watch_for
 from certkeeper.errors import CertkeeperError, FleetStoreDown, HookFailed, LockBusy, UsageError
 from certkeeper.events import (
     CertificateInstalled,
@@ -40,20 +40,20 @@ from certkeeper.events import (
     RenewalFailed,
     RolledBack,
 )
-from certkeeper.hooks import HookContext, resolve_hook, run_hook
-from certkeeper.install import CertificateHome, InstalledPair, KeyPair, Ownership, Version, check_pairs
 from certkeeper.issuers.base import Issuer, IssueRequest, RenewalInfoSource
 from certkeeper.model import KeyType
-from certkeeper.observe import Watched
-from certkeeper.policy import MIN_RETRY, Decision, History, Installed, Wanted, backoff_delay, decide_renewal
+from certkeeper.renewal.hooks import HookContext, resolve_hook, run_hook
+from certkeeper.renewal.observe import Watched
+from certkeeper.renewal.policy import MIN_RETRY, Decision, History, Installed, Wanted, backoff_delay, decide_renewal
 from certkeeper.store import CertState, RenewalRecord, Store
+from certkeeper.store.versions import CertificateHome, InstalledPair, KeyPair, Ownership, Version, check_pairs
 
 if TYPE_CHECKING:
-    from certkeeper.dane_rollover import DaneRollover
-    from certkeeper.fleet import Fleet
-    from certkeeper.verify import Verification
+    from certkeeper.dane.rollover import DaneRollover
+    from certkeeper.renewal.verify import Verification
+    from certkeeper.store.fleet import Fleet
 
-log = logging.getLogger("certkeeper.lifecycle")
+log = logging.getLogger("certkeeper.renewal.lifecycle")
 
 IssuerSource = Callable[[str], Issuer]
 
@@ -97,7 +97,7 @@ class Renewer:
         self.bus = bus
         self.clock = clock
         self.settings = config.settings
-        self.fleet = fleet  # fleet integration: shared certificates through PostgreSQL (certkeeper.fleet)
+        self.fleet = fleet  # fleet integration: shared certificates through PostgreSQL (certkeeper.store.fleet)
 
     # -- public ------------------------------------------------------------------------------------------------
 
@@ -224,7 +224,7 @@ class Renewer:
             assert work.outcome is not None
             outcomes[work.config.name] = work.outcome
         if self.fleet is not None and not dry_run:  # fleet integration: every node's state per certificate
-            from certkeeper.fleet import PassResult
+            from certkeeper.store.fleet import PassResult
 
             self.fleet.record_pass([PassResult(c.name, self.home(c).current(), outcomes[c.name].result,
                                                outcomes[c.name].detail) for c in certificates])
@@ -427,7 +427,7 @@ class Renewer:
         # Imported here: a pass with nothing to verify (cron, nothing due) never loads the probe.
         import asyncio
 
-        from certkeeper.verify import probe_points, wait_until_served
+        from certkeeper.renewal.verify import probe_points, wait_until_served
 
         async def all_of() -> list[Verification]:
             return list(await asyncio.gather(*(
@@ -442,12 +442,12 @@ class Renewer:
 
         return {w.config.name: v for w, v in zip(works, asyncio.run(all_of()), strict=True)}
 
-    # -- DANE (RFC 7672): certkeeper.dane_rollover ---------------------------------------------------------------
+    # -- DANE (RFC 7672): certkeeper.dane.rollover ---------------------------------------------------------------
 
     def _dane_for(self, certificate: CertificateConfig, home: CertificateHome) -> DaneRollover | None:
         if certificate.dane is None:
             return None
-        from certkeeper.dane_rollover import DaneRollover
+        from certkeeper.dane.rollover import DaneRollover
 
         return DaneRollover(certificate, home, self.config.issuers.get(certificate.issuer), self.bus.publish,
                             self.clock)
@@ -534,7 +534,7 @@ class Renewer:
 def _pair_matches(home: CertificateHome, version: Version, pair: InstalledPair) -> bool:
     """Whether the pair's key matches its certificate.
 
-    The install gate (:func:`certkeeper.install.check_pairs`) checked that before ``version.json`` was written
+    The install gate (:func:`certkeeper.store.versions.check_pairs`) checked that before ``version.json`` was written
     last into the folder; files untouched since are trusted, so a pass with nothing due loads no keys (an RSA
     key costs milliseconds).  Anything changed afterwards is loaded and compared.
     """

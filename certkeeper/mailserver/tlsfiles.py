@@ -3,7 +3,7 @@
 :func:`read_file` is the only IO (stat and read); :func:`judge_pair` is pure: given the files' facts, the
 host names the daemon announces, the trust anchors and ``now``, it says whether the key matches, the chain is
 complete and in order (leaf first, each certificate signed by the next), the names are covered, the dates are
-good and the modes are safe.  It knows nothing of Postfix or Dovecot: :mod:`certkeeper.doctor` turns its
+good and the modes are safe.  It knows nothing of Postfix or Dovecot: :mod:`certkeeper.mailserver.doctor` turns its
 issues into findings with each daemon's fix.
 """
 

@@ -32,8 +32,8 @@ from cryptography import x509
 from certkeeper import pki
 from certkeeper.config import CopyTarget
 from certkeeper.errors import CertkeeperError, InputError, InstallRefused
-from certkeeper.files import fsync_dir, write_atomic
 from certkeeper.model import KeyType
+from certkeeper.store.atomic import fsync_dir, write_atomic
 
 FILES = ("privkey.pem", "cert.pem", "chain.pem", "fullchain.pem", "combined.pem")
 _SECRET_FILES = {"privkey.pem", "combined.pem"}
