@@ -16,7 +16,6 @@ verification, with a warning in the log.
 
 from __future__ import annotations
 
-import hashlib
 import html
 import json
 import logging
@@ -28,6 +27,7 @@ from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 
 from certkeeper.alerts import rules as alert_rules
+from certkeeper.alerts.catalog import alert_for, when
 from certkeeper.alerts.relay import send_message
 from certkeeper.alerts.rules import Severity
 from certkeeper.config import AlertsConfig, Config
@@ -35,21 +35,8 @@ from certkeeper.errors import AlertDeliveryFailed
 from certkeeper.events import (
     CertificateInstalled,
     CertificateIssued,
-    CertificateVerified,
-    ConfigReloadRejected,
-    EndpointFailed,
-    EndpointRecovered,
     Event,
     EventBus,
-    ReloadHookFailed,
-    RenewalFailed,
-    RolledBack,
-    ServedCertificateStale,
-    TlsaMatchRecovered,
-    TlsaMismatchObserved,
-    TlsaRecordsPublished,
-    TlsaUpdateFailed,
-    UnsafeKeyRollover,
 )
 from certkeeper.store import AlertRecord, EndpointRecord, Store
 
@@ -152,7 +139,7 @@ class Notifier:
             facts.append(("names", ", ".join(names)))
         if endpoint:
             facts.append(("endpoint", endpoint))
-        facts += [("not after", _when(not_after)), ("threshold", _threshold_words(decision.threshold))]
+        facts += [("not after", when(not_after)), ("threshold", _threshold_words(decision.threshold))]
         if managed:
             tried = "certkeeper renews before this point; this certificate is still installed, so renewal has " \
                     "not succeeded yet (see the renewal alerts and `certkeeper status`)"
@@ -186,138 +173,17 @@ class Notifier:
                                         warn_days=warn_days, managed=managed, endpoint=record.endpoint)
 
     def handle(self, event: Event) -> None:
-        """The :class:`~certkeeper.events.EventBus` subscriber."""
-        now = event.at
-        if isinstance(event, RenewalFailed):
-            nxt = (f"certkeeper retries on its own at {_when(event.next_attempt)}" if event.next_attempt
-                   else "certkeeper does not retry on its own")
-            self.raise_alert(
-                alert_rules.renewal_failed_key(event.name, event.error), Severity.WARNING,
-                f"renewal of {event.name} failed", now,
-                summary=f"Renewing {event.name} failed: {event.error}",
-                facts=[("certificate", event.name), ("error", event.error), ("next", nxt)],
-                tried="requested a new certificate from the issuer; the installed one is unchanged",
-                next_step=f"certkeeper renew {event.name} --force -v")
-        elif isinstance(event, ReloadHookFailed):
-            self.raise_alert(
-                f"{alert_rules.hook_prefix(event.name)}{event.hook}:{_short(event.error)}", Severity.WARNING,
-                f"reload hook {event.hook} failed for {event.name}", now,
-                summary=f"The reload hook {event.hook} failed: {event.error}",
-                facts=[("certificate", event.name), ("hook", event.hook), ("error", event.error)],
-                tried="installed the new certificate and ran the reload hook",
-                next_step=f"certkeeper hooks test {event.name}")
-        elif isinstance(event, RolledBack):
-            self.raise_alert(
-                f"rollback:{event.name}:{event.from_version}", Severity.CRITICAL,
-                f"{event.name} rolled back to {event.to_version}", now,
-                summary=f"certkeeper rolled {event.name} back: {event.reason}",
-                facts=[("certificate", event.name), ("from version", event.from_version),
-                       ("to version", event.to_version), ("reason", event.reason)],
-                tried="installed the new version, reloaded, verified from outside, and restored the previous "
-                      "version because the check failed",
-                next_step=f"certkeeper hooks test {event.name}")
-        elif isinstance(event, ServedCertificateStale):
-            self.raise_alert(
-                f"{alert_rules.stale_prefix(event.name)}{event.endpoint}:{event.served_fingerprint}",
-                Severity.WARNING, f"{event.endpoint} serves an old certificate", now,
-                summary=f"{event.endpoint} still serves an old certificate of {event.name}; the daemon "
-                        f"was not reloaded or reads another file.",
-                facts=[("certificate", event.name), ("endpoint", event.endpoint),
-                       ("served", event.served_fingerprint), ("installed", event.expected_fingerprint)],
-                tried="installed the new certificate and ran the reload hooks",
-                next_step=f"certkeeper hooks test {event.name}")
-        elif isinstance(event, EndpointFailed):
-            self.raise_alert(
-                alert_rules.endpoint_failed_key(event.owner, event.endpoint, event.status, event.message),
-                Severity.CRITICAL if event.status.upper() in ("CRITICAL", "UNKNOWN") else Severity.WARNING,
-                f"{event.endpoint} {event.message.split(':', 1)[0]}", now,
-                summary=f"{event.endpoint}: {event.message}",
-                facts=[("owner", event.owner), ("endpoint", event.endpoint), ("status", event.status),
-                       ("finding", event.message)],
-                tried="probed the endpoint (TLS handshake, chain, name)",
-                next_step=f"certkeeper check {event.endpoint}")
-        elif isinstance(event, EndpointRecovered):
-            if self.store.forget_alerts(alert_rules.endpoint_prefix(event.owner, event.endpoint)):
-                self.raise_alert(
-                    f"endpoint:{event.owner}:{event.endpoint}:recovered:{now.astimezone(UTC).isoformat()}",
-                    Severity.INFO, f"{event.endpoint} is fine again", now,
-                    summary=f"{event.endpoint}: {event.message}",
-                    facts=[("owner", event.owner), ("endpoint", event.endpoint), ("now", event.message)],
-                    tried="probed the endpoint again", next_step="nothing")
-        elif isinstance(event, CertificateIssued):
+        """The :class:`~certkeeper.events.EventBus` subscriber: applies :func:`~certkeeper.alerts.catalog.alert_for`."""
+        if isinstance(event, CertificateIssued):  # its serial and expiry go into the installed mail
             self._issued[event.name] = event
-        elif isinstance(event, CertificateInstalled):
-            self._renewed(event, now)
-        elif isinstance(event, CertificateVerified):
-            self.store.forget_alerts(alert_rules.stale_prefix(event.name))
-            self.store.forget_alerts(alert_rules.hook_prefix(event.name))
-        elif isinstance(event, TlsaUpdateFailed):
-            self.raise_alert(
-                f"tlsa:{event.name}:{_short(event.error)}", Severity.WARNING,
-                f"TLSA records of {event.name} not published", now,
-                summary=f"The DANE key rollover of {event.name} is blocked: {event.error}",
-                facts=[("certificate", event.name), ("error", event.error)],
-                tried="published the TLSA records with an RFC 2136 update and asked every authoritative server; "
-                      "the key is not changed until they are visible, while the served certificate is safe",
-                next_step=f"certkeeper dane show {event.name}")
-        elif isinstance(event, TlsaRecordsPublished):
-            self.store.forget_alerts(f"tlsa:{event.name}:")
-        elif isinstance(event, UnsafeKeyRollover):
-            self.raise_alert(
-                f"tlsa-unsafe:{event.name}:{_short(event.reason)}", Severity.CRITICAL,
-                f"{event.name} changed its key before its TLSA records were ready", now,
-                summary=f"{event.name}: {event.reason}",
-                facts=[("certificate", event.name), ("reason", event.reason)],
-                tried="waited for the TLSA records of the next key until expiry came within unsafe_rollover_days",
-                next_step=f"certkeeper dane show {event.name}; publish those records now")
-        elif isinstance(event, TlsaMismatchObserved):
-            published = ", ".join(event.published)
-            self.raise_alert(
-                f"{_tlsa_mismatch_prefix(event.name, event.endpoint)}{event.tlsa_name}:{event.served_spki_sha256}:"
-                f"{_short(published)}", Severity.CRITICAL,
-                f"{event.endpoint} matches no TLSA record of {event.name}", now,
-                summary=f"{event.endpoint} presents a certificate that no TLSA record at {event.tlsa_name} matches "
-                        f"(tlsa-invalid): DANE-validating senders defer mail to it.",
-                facts=[("certificate", event.name), ("endpoint", event.endpoint),
-                       ("served SPKI sha256", event.served_spki_sha256), ("seen", event.handshakes),
-                       ("TLSA name", event.tlsa_name), ("published", published),
-                       ("DNSSEC-validated", "yes" if event.dnssec_validated else "no")],
-                tried="probed the endpoint (with and without SNI on SMTP) and looked up its TLSA records",
-                next_step=f"certkeeper dane show {event.name}")
-        elif isinstance(event, TlsaMatchRecovered):
-            if self.store.forget_alerts(_tlsa_mismatch_prefix(event.name, event.endpoint)):
-                self.raise_alert(
-                    f"tlsa-match:{event.name}:{event.endpoint}:recovered:{now.astimezone(UTC).isoformat()}",
-                    Severity.INFO, f"{event.endpoint} matches its TLSA records again", now,
-                    summary=f"{event.endpoint}: {event.message}",
-                    facts=[("certificate", event.name), ("endpoint", event.endpoint), ("now", event.message)],
-                    tried="probed the endpoint and looked up its TLSA records again", next_step="nothing")
-        elif isinstance(event, ConfigReloadRejected):
-            self.raise_alert(
-                f"config:{event.path}:{_short(event.error)}", Severity.WARNING,
-                "configuration reload rejected", now,
-                summary=f"The daemon kept its previous configuration: {event.error}",
-                facts=[("file", event.path), ("error", event.error)],
-                tried="parsed the new configuration and kept running with the old one",
-                next_step="certkeeper config check")
-
-    def _renewed(self, event: CertificateInstalled, now: datetime) -> None:
-        failures_forgotten = self.store.forget_alerts(alert_rules.renewal_prefix(event.name))
-        issued = self._issued.pop(event.name, None)
-        facts = [("certificate", event.name), ("version", event.version)]
-        if issued is not None:
-            facts += [("issuer", issued.issuer), ("serial", issued.serial), ("not after", _when(issued.not_after))]
-        if failures_forgotten:
-            self.raise_alert(
-                f"renewal:{event.name}:recovered:{event.version}", Severity.INFO,
-                f"{event.name} renewed after failures", now,
-                summary=f"{event.name} was renewed and installed after earlier failures.", facts=facts,
-                tried="renewed and installed", next_step="nothing")
-        elif self.config.notify_success:
-            self.raise_alert(
-                f"renewal:{event.name}:installed:{event.version}", Severity.INFO, f"{event.name} renewed", now,
-                summary=f"{event.name} was renewed and installed.", facts=facts,
-                tried="renewed and installed", next_step="nothing")
+            return
+        issued = self._issued.pop(event.name, None) if isinstance(event, CertificateInstalled) else None
+        action = alert_for(event, issued=issued, notify_success=self.config.notify_success)
+        forgotten = sum(self.store.forget_alerts(prefix) for prefix in action.forget)
+        alert = action.recovered if forgotten and action.recovered is not None else action.alert
+        if alert is not None:
+            self.raise_alert(alert.key, alert.severity, alert.subject, event.at, summary=alert.summary,
+                             facts=alert.facts, tried=alert.tried, next_step=alert.next_step)
 
     # -- delivering --------------------------------------------------------------------------------------------
 
@@ -399,7 +265,7 @@ def _text_part(contents: Sequence[tuple[AlertRecord, AlertContent]]) -> str:
             lines.append(f"  already tried: {content.tried}")
         if content.next_step:
             lines.append(f"  run next: {content.next_step}")
-        lines += [f"  raised: {_when(alert.created_at)}", "", "-" * 40, ""]
+        lines += [f"  raised: {when(alert.created_at)}", "", "-" * 40, ""]
     lines.append("certkeeper sends each alert once; `certkeeper status` shows the current state.")
     return "\n".join(lines) + "\n"
 
@@ -419,7 +285,7 @@ def _html_part(contents: Sequence[tuple[AlertRecord, AlertContent]], title: str)
         rows = [*content.facts]
         if content.tried:
             rows.append(("already tried", content.tried))
-        rows.append(("raised", _when(alert.created_at)))
+        rows.append(("raised", when(alert.created_at)))
         parts.append("<table style=\"border-collapse:collapse\">")
         parts += [f"<tr><th style=\"text-align:left;padding:2px 8px 2px 0;vertical-align:top\">{e(name)}</th>"
                   f"<td style=\"padding:2px 0\">{e(value)}</td></tr>" for name, value in rows]
@@ -430,10 +296,6 @@ def _html_part(contents: Sequence[tuple[AlertRecord, AlertContent]], title: str)
     parts.append("<p style=\"color:#666\">certkeeper sends each alert once; <code>certkeeper status</code> "
                  "shows the current state.</p></body></html>")
     return "\n".join(parts) + "\n"
-
-
-def _when(value: datetime | None) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if value else "-"
 
 
 def _parse_time(value: object) -> datetime | None:
@@ -475,9 +337,3 @@ def _threshold_words(threshold: alert_rules.Threshold | None) -> str:
     return f"{threshold.days} days, scaled to {applied:.1f} days for this short-lived certificate"
 
 
-def _tlsa_mismatch_prefix(name: str, endpoint: str) -> str:
-    return f"tlsa-mismatch:{name}:{endpoint}:"
-
-
-def _short(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
