@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import email
-import email.policy
+import email.utils
 import logging
-import ssl
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -17,8 +17,6 @@ from typing import Any
 
 import pytest
 import trustme
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from certkeeper.alerts.notifier import Notifier
 from certkeeper.config import AlertsConfig
@@ -35,6 +33,7 @@ from certkeeper.events import (
 )
 from certkeeper.store.sqlite import SqliteStore
 from certkeeper.testbed.server import allocate_port
+from certkeeper.testbed.smtp_sink import SmtpSink
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 USER, PASSWORD = "certkeeper", "s3cret pass"
@@ -43,49 +42,36 @@ USER, PASSWORD = "certkeeper", "s3cret pass"
 
 
 class Sink:
-    """An SMTP server that keeps what it receives; can be stopped and started again on the same port."""
+    """A relay for one test: the test bed's SMTP sink, spoken to with STARTTLS (``starttls``) or implicit TLS
+    (``tls``); with ``auth`` it requires AUTH with USER and PASSWORD.  Stopped and started again on the same port."""
 
-    def __init__(self, security: str, cert: trustme.LeafCert | None = None, *, auth: bool = False) -> None:
+    def __init__(self, security: str, cert: trustme.LeafCert, *, auth: bool = False) -> None:
+        directory = Path(tempfile.mkdtemp(prefix="certkeeper-test-sink-"))  # removed by the sinks fixture
+        cert_file, key_file = directory / "relay.pem", directory / "relay.key"
+        cert_file.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+        cert.private_key_pem.write_to_path(str(key_file))
         self.security = security
-        self.cert = cert
-        self.auth = auth
-        self.port = allocate_port()
-        self.messages: list[EmailMessage] = []
-        self.logins: list[tuple[str, str]] = []
-        self._controller: Controller | None = None
+        self.server = SmtpSink(directory, cert_file=cert_file, key_file=key_file,
+                               username=USER if auth else None, password=PASSWORD if auth else None)
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        message = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        assert isinstance(message, EmailMessage)
-        self.messages.append(message)
-        return "250 OK"
+    @property
+    def port(self) -> int:
+        return self.server.tls_port if self.security == "tls" else self.server.port
 
-    def _authenticate(self, server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
-        assert isinstance(data, LoginPassword)
-        login, password = data.login.decode(), data.password.decode()
-        self.logins.append((login, password))
-        return AuthResult(success=(login, password) == (USER, PASSWORD), handled=False)
+    @property
+    def messages(self) -> list[EmailMessage]:
+        return self.server.messages
+
+    @property
+    def logins(self) -> list[tuple[str, bool]]:
+        return self.server.logins
 
     def start(self) -> Sink:
-        kwargs: dict[str, Any] = {"server_hostname": "localhost"}
-        if self.cert is not None:
-            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            self.cert.configure_cert(context)
-            if self.security == "tls":
-                kwargs["ssl_context"] = context
-            else:
-                kwargs.update(tls_context=context, require_starttls=True)
-        if self.auth:
-            # Implicit TLS is invisible to aiosmtpd's AUTH check; STARTTLS sinks insist on TLS before AUTH.
-            kwargs.update(authenticator=self._authenticate, auth_require_tls=self.security == "starttls")
-        self._controller = Controller(self, hostname="127.0.0.1", port=self.port, **kwargs)
-        self._controller.start()
+        self.server.start()
         return self
 
     def stop(self) -> None:
-        if self._controller is not None:
-            self._controller.stop()
-            self._controller = None
+        self.server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +104,7 @@ def sinks() -> Iterator[list[Sink]]:
     yield started
     for sink in started:
         sink.stop()
+        shutil.rmtree(sink.server.directory, ignore_errors=True)
 
 
 def alerts_config(sink: Sink, **overrides: Any) -> AlertsConfig:
@@ -156,7 +143,7 @@ def test_starttls_with_authentication_delivers_a_verified_mail(
                           names=["mail.example.org", "smtp.example.org"])
     report = n.deliver(NOW)
     assert report.sent == 1 and report.route.startswith("relay ")
-    assert sink.logins == [(USER, PASSWORD)]
+    assert sink.logins == [(USER, True)]
     assert len(sink.messages) == 1
     assert n.store.pending_alerts() == []
 
@@ -171,7 +158,7 @@ def test_implicit_tls_with_authentication_delivers(
     n = notifier(tmp_path, config)
     n.handle(RolledBack(NOW, "mail", "v2", "v1", "smtps://mail.example.org:465 serves the old certificate"))
     assert n.deliver(NOW).sent == 1
-    assert sink.logins == [(USER, PASSWORD)]
+    assert sink.logins == [(USER, True)]
     assert subject(sink.messages[0]) == "[certkeeper] CRITICAL mail rolled back to v1"
 
 
@@ -300,8 +287,9 @@ def test_delivery_after_the_relay_was_down(
     tmp_path: Path, sinks: list[Sink], relay_cert: trustme.LeafCert, bundle: Path,
 ) -> None:
     """Relay down: deliver fails quietly and keeps the alerts; relay back on the same port: all sent, once."""
-    sink = Sink("starttls", relay_cert)
+    sink = Sink("starttls", relay_cert).start()
     sinks.append(sink)
+    sink.stop()  # down, with its port known
     n = notifier(tmp_path, alerts_config(sink, smtp_ca_bundle=bundle))
     n.handle(RenewalFailed(NOW, "mail", "connection refused by the CA", None))
     first = n.deliver(NOW)

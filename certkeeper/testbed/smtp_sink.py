@@ -53,7 +53,10 @@ class _Recorder:
             and auth_data.password.decode() == self._sink.password
         )
         self._sink.log(f"AUTH {mechanism} {'accepted' if accepted else 'refused'}")
-        return AuthResult(success=accepted, auth_data=auth_data if accepted else None)
+        login = auth_data.login.decode() if isinstance(auth_data, LoginPassword) else ""
+        self._sink.logins.append((login, accepted))
+        # handled=False: aiosmtpd answers a refusal with 535 itself (else the client waits for a reply)
+        return AuthResult(success=accepted, auth_data=auth_data if accepted else None, handled=False)
 
     async def handle_MAIL(  # the hook name aiosmtpd looks up
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
@@ -115,6 +118,7 @@ class SmtpSink(Server):
         self.port = 0
         self.tls_port = 0
         self.deliveries: list[Delivery] = []
+        self.logins: list[tuple[str, bool]] = []  # every AUTH attempt: (login, accepted)
         self._arrived = threading.Condition()
         self._controllers: list[Controller] = []
 
