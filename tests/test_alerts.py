@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import textwrap
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -34,6 +33,7 @@ from certkeeper.events import (
 from certkeeper.store.sqlite import SqliteStore
 from certkeeper.testbed.server import allocate_port
 from certkeeper.testbed.smtp_sink import SmtpSink
+from tests.configs import internal_ca_config
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 USER, PASSWORD = "certkeeper", "s3cret pass"
@@ -376,20 +376,7 @@ def test_send_test_reports_every_route_when_nothing_answers(tmp_path: Path) -> N
 
 
 def write_config(tmp_path: Path, alerts: str) -> Path:
-    path = tmp_path / "certkeeper.toml"
-    path.write_text(textwrap.dedent(f"""
-        [certkeeper]
-        state_dir = "{tmp_path / 'state'}"
-
-        [issuers.internal]
-        type = "ca"
-        ca_dir = "{tmp_path / 'ca'}"
-
-        [certificates.mail]
-        issuer = "internal"
-        domains = ["mail.example.org"]
-    """) + textwrap.dedent(alerts))
-    return path
+    return internal_ca_config(tmp_path, rest=alerts)
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

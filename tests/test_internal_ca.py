@@ -33,6 +33,7 @@ from certkeeper.issuers.internal_ca import (
     write_crl,
 )
 from certkeeper.model import KeyType
+from tests.configs import internal_ca_config
 
 DOMAINS = ("mail.example.test", "smtp.example.test")
 PASSPHRASE = "correct horse battery staple"
@@ -378,21 +379,10 @@ def run_cli(config_file: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_cli_init_export_status_revoke_crl(tmp_path: Path) -> None:
     (tmp_path / "ca.pass").write_text(PASSPHRASE + "\n")
-    config_file = tmp_path / "certkeeper.toml"
-    config_file.write_text(f"""
-[certkeeper]
-state_dir = "{tmp_path / 'state'}"
-
-[issuers.internal]
-type = "ca"
-ca_dir = "{tmp_path / 'ca'}"
-passphrase_file = "{tmp_path / 'ca.pass'}"
-permitted_domains = ["example.test"]
-
-[certificates.mail]
-issuer = "internal"
-domains = ["mail.example.test"]
-""")
+    config_file = internal_ca_config(tmp_path, domains=["mail.example.test"], issuer=f"""
+        passphrase_file = "{tmp_path / 'ca.pass'}"
+        permitted_domains = ["example.test"]
+        """)
     offline = tmp_path / "root.key"
     done = run_cli(config_file, "init", "--export-root-key", str(offline))
     assert done.returncode == 0, done.stderr

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import textwrap
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime, timedelta
@@ -17,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from certkeeper.monitoring.metrics import InstalledCertificate, parse_listen, render_metrics, start_metrics_server
 from certkeeper.store import CertState, EndpointRecord, RenewalRecord
 from certkeeper.store.sqlite import SqliteStore
+from tests.configs import internal_ca_config
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 LEAF_NOT_AFTER = NOW + timedelta(days=60)
@@ -180,19 +180,7 @@ def test_cli_metrics_prints_what_the_store_holds(tmp_path: Path) -> None:
     store.put_state(STATES[0])
     store.add_renewal(RenewalRecord("mail", NOW, "success"))
     store.close()
-    config = tmp_path / "certkeeper.toml"
-    config.write_text(textwrap.dedent(f"""
-        [certkeeper]
-        state_dir = "{state_dir}"
-
-        [issuers.internal]
-        type = "ca"
-        ca_dir = "{tmp_path / 'ca'}"
-
-        [certificates.mail]
-        issuer = "internal"
-        domains = ["mail.example.org"]
-    """))
+    config = internal_ca_config(tmp_path)
     command = [sys.executable, "-m", "certkeeper", "-c", str(config), "metrics"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr

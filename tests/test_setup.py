@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 import socket
-import textwrap
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +23,7 @@ from certkeeper.targets import parse_target
 from certkeeper.testbed.certs import TestCA
 from certkeeper.testbed.dovecot import Dovecot
 from certkeeper.testbed.server import allocate_port
+from tests.configs import internal_ca_config
 
 HOSTNAME = "mail.example.test"
 
@@ -37,18 +37,7 @@ def managed(tmp_path: Path) -> tuple[Path, TestCA, str]:
     version = home.write_version([KeyPair(KeyType.ECDSA_P256, leaf.key, leaf.certificate, leaf.intermediates)],
                                  issuer="internal", domains=[HOSTNAME, "localhost"], now=datetime.now(UTC))
     home.activate(version)
-    config = tmp_path / "certkeeper.toml"
-    config.write_text(textwrap.dedent(f"""\
-        [certkeeper]
-        state_dir = "{tmp_path / 'state'}"
-        [issuers.internal]
-        type = "ca"
-        ca_dir = "{tmp_path / 'ca'}"
-        [certificates.mail]
-        issuer = "internal"
-        domains = ["{HOSTNAME}", "localhost"]
-        reload = ["postfix"]
-        """))
+    config = internal_ca_config(tmp_path, domains=[HOSTNAME, "localhost"], certificate='reload = ["postfix"]')
     return config, ca, pki.fingerprint(leaf.certificate)
 
 
