@@ -197,14 +197,15 @@ class HookFailed(CertkeeperError):
 
 
 class VerificationFailed(CertkeeperError):
-    def __init__(self, certificate: str, endpoint: str, expected: str, seen: str) -> None:
+    """After ``action`` (a rollback, a hook test), endpoints do not serve ``version``; ``wrong`` says what each
+    wrong probe point served."""
+
+    def __init__(self, certificate: str, version: str, action: str, wrong: str) -> None:
         self.certificate = certificate
-        self.endpoint = endpoint
-        self.expected = expected
-        self.seen = seen
-        super().__init__(
-            f"certificate {certificate!r}: {endpoint} serves {seen}, expected {expected}"
-        )
+        self.version = version
+        self.action = action
+        self.wrong = wrong
+        super().__init__(f"certificate {certificate!r}: {action}, but {wrong}")
 
 
 class AlertDeliveryFailed(CertkeeperError):

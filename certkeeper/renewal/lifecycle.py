@@ -30,7 +30,7 @@ from cryptography import x509
 from certkeeper import pki
 from certkeeper.config import CertificateConfig, Config
 from certkeeper.dane.observe import dane_watch_for
-from certkeeper.errors import CertkeeperError, FleetStoreDown, HookFailed, LockBusy, UsageError
+from certkeeper.errors import CertkeeperError, FleetStoreDown, HookFailed, LockBusy, UsageError, VerificationFailed
 from certkeeper.events import (
     CertificateInstalled,
     CertificateIssued,
@@ -251,7 +251,7 @@ class Renewer:
             result = self._verify([work])[name]
             if not result.ok:
                 detail = "; ".join(s.describe() for s in result.wrong(target.fingerprints))
-                raise CertkeeperError(f"certificate {name!r}: rolled back to {target.id}, but not served: {detail}")
+                raise VerificationFailed(name, target.id, f"rolled back to {target.id}", f"not served: {detail}")
             self.bus.publish(RolledBack(self.clock(), name, current.id if current else "", target.id, "by request"))
             self.store.add_renewal(RenewalRecord(name, self.clock(), "rollback", target.id, "", "by request"))
             return Outcome(name, "rolled-back", f"now serving {target.id}", target.id)
@@ -271,7 +271,7 @@ class Renewer:
             result = self._verify([work])[name]
         if not result.ok:
             detail = "; ".join(s.describe() for s in result.wrong(current.fingerprints))
-            raise CertkeeperError(f"certificate {name!r}: hooks ran, but {detail}")
+            raise VerificationFailed(name, current.id, "hooks ran", detail)
         return Outcome(name, "verified", f"{len(result.seen)} probe points serve {current.id}", current.id)
 
     # -- phases ------------------------------------------------------------------------------------------------
