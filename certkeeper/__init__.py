@@ -6,7 +6,8 @@ def __getattr__(name: str) -> str:
     """``__version__``, read from the package metadata on first use: importlib.metadata costs every start
     (``certkeeper renew`` from cron) some 15 ms, and only ``--version`` and the ACME user agent need it."""
     if name != "__version__":
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        msg = f"module {__name__!r} has no attribute {name!r}"
+        raise AttributeError(msg)
     from importlib.metadata import PackageNotFoundError, version
 
     try:

@@ -194,7 +194,7 @@ class Daemon:
             return
         from certkeeper.monitoring.metrics import start_metrics_server
 
-        server = start_metrics_server(listen, lambda: self.app.render_metrics())
+        server = start_metrics_server(listen, lambda: self.app.render_metrics())  # noqa: PLW0108 - late binding: SIGHUP replaces self.app
         self._metrics_stop = server.stop
 
     def _restart_metrics(self) -> None:

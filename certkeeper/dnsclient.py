@@ -103,9 +103,11 @@ def default_resolver() -> str:
     try:
         nameservers = dns.resolver.Resolver().nameservers
     except dns.exception.DNSException as exc:
-        raise DnsError("/etc/resolv.conf", f"no resolver configured ({exc}); pass --resolver") from None
+        msg = "/etc/resolv.conf"
+        raise DnsError(msg, f"no resolver configured ({exc}); pass --resolver") from None
     if not nameservers:
-        raise DnsError("/etc/resolv.conf", "no resolver configured; pass --resolver")
+        msg = "/etc/resolv.conf"
+        raise DnsError(msg, "no resolver configured; pass --resolver")
     return str(nameservers[0])
 
 
@@ -139,7 +141,8 @@ def query(address: str, port: int, name: str, rdtype: str, *, recursive: bool = 
     try:
         reply, _ = dns.query.udp_with_fallback(message, address, port=port, timeout=timeout)
     except (dns.exception.DNSException, OSError) as exc:
-        raise DnsError(f"{address}:{port}", f"the query {name} {rdtype} failed: {exc}") from None
+        msg = f"{address}:{port}"
+        raise DnsError(msg, f"the query {name} {rdtype} failed: {exc}") from None
     values: list[str] = []
     for rrset in reply.answer:
         if rrset.rdtype != wanted:
@@ -162,13 +165,15 @@ def find_zone(address: str, port: int, name: str) -> str:
         try:
             reply, _ = dns.query.udp_with_fallback(message, address, port=port, timeout=3)
         except (dns.exception.DNSException, OSError) as exc:
-            raise DnsError(f"{address}:{port}", f"the query {candidate} SOA failed: {exc}") from None
+            msg = f"{address}:{port}"
+            raise DnsError(msg, f"the query {candidate} SOA failed: {exc}") from None
         for section in (reply.answer, reply.authority):
             for rrset in section:
                 if rrset.rdtype == dns.rdatatype.SOA:
                     return str(rrset.name.to_text())
         if candidate == dns.name.root:
-            raise DnsError(f"{address}:{port}", f"the server knows no zone holding {name}; set the zone")
+            msg = f"{address}:{port}"
+            raise DnsError(msg, f"the server knows no zone holding {name}; set the zone")
         candidate = candidate.parent()
 
 
@@ -204,8 +209,10 @@ def send_update(address: str, port: int, zone: str, key: TsigKey, *, ttl: int, a
     try:
         reply = dns.query.tcp(update, address, port=port, timeout=10)
     except (dns.exception.DNSException, OSError) as exc:
-        raise DnsError(f"{address}:{port}", f"the dynamic update of zone {zone} failed: {exc}") from None
+        msg = f"{address}:{port}"
+        raise DnsError(msg, f"the dynamic update of zone {zone} failed: {exc}") from None
     if reply.rcode() != dns.rcode.NOERROR:
         code = dns.rcode.to_text(reply.rcode())
-        raise DnsError(f"{address}:{port}", f"answered {code} to the update of zone {zone}: "
+        msg = f"{address}:{port}"
+        raise DnsError(msg, f"answered {code} to the update of zone {zone}: "
                                             f"{_UPDATE_HINTS.get(code, 'see the server log')}")

@@ -32,7 +32,8 @@ def parse_duration(text: str) -> timedelta:
     """``"90s"``, ``"15m"``, ``"12h"``, ``"30d"`` (one number, one unit) -> timedelta; ValueError otherwise."""
     match = _DURATION.match(text)
     if not match:
-        raise ValueError(f"not a duration: {text!r}")
+        msg = f"not a duration: {text!r}"
+        raise ValueError(msg)
     return timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2)])
 
 
@@ -64,7 +65,8 @@ class RenewBefore:
         if "/" in text or text.startswith("0."):
             fraction = Fraction(text)
             if not 0 < fraction < 1:
-                raise ValueError(f"fraction must be between 0 and 1: {text!r}")
+                msg = f"fraction must be between 0 and 1: {text!r}"
+                raise ValueError(msg)
             return cls(fraction=fraction)
         return cls(duration=parse_duration(text))
 

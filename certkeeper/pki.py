@@ -49,9 +49,11 @@ def load_key(pem: bytes, passphrase: bytes | None = None) -> PrivateKey:
         raise ValueError("the private key is encrypted and no passphrase was given" if passphrase is None
                          else "the private key is not encrypted but a passphrase was given") from exc
     except ValueError:
-        raise ValueError("not a PEM private key, or a wrong passphrase") from None
+        msg = "not a PEM private key, or a wrong passphrase"
+        raise ValueError(msg) from None
     if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
-        raise ValueError(f"unsupported private key type {type(key).__name__}")
+        msg = f"unsupported private key type {type(key).__name__}"
+        raise ValueError(msg)  # noqa: TRY004 - callers report a bad key file as ValueError, whatever its cause
     return key
 
 
@@ -62,11 +64,13 @@ def cert_to_pem(certificate: x509.Certificate) -> bytes:
 def load_certificates(pem: bytes) -> list[x509.Certificate]:
     """Every certificate in a PEM bundle, in order; ValueError if there is none or one is malformed."""
     if b"-----BEGIN CERTIFICATE-----" not in pem:
-        raise ValueError("no PEM certificate found")
+        msg = "no PEM certificate found"
+        raise ValueError(msg)
     try:
         return x509.load_pem_x509_certificates(pem)
     except ValueError as exc:
-        raise ValueError(f"malformed PEM certificate ({exc})") from None
+        msg = f"malformed PEM certificate ({exc})"
+        raise ValueError(msg) from None
 
 
 def key_type_of(key: PublicKey | PrivateKey) -> str:

@@ -90,9 +90,11 @@ def parse_target(text: str, starttls: str = "auto") -> Target:
     """
     raw = text.strip()
     if not raw:
-        raise ValueError("empty endpoint")
+        msg = "empty endpoint"
+        raise ValueError(msg)
     if starttls not in STARTTLS_CHOICES:
-        raise ValueError(f"--starttls must be one of {', '.join(STARTTLS_CHOICES)}, not {starttls!r}")
+        msg = f"--starttls must be one of {', '.join(STARTTLS_CHOICES)}, not {starttls!r}"
+        raise ValueError(msg)
     scheme = ""
     rest = raw
     if "://" in raw:
@@ -100,10 +102,12 @@ def parse_target(text: str, starttls: str = "auto") -> Target:
         scheme = SCHEME_ALIASES.get(scheme.lower(), scheme.lower())
         if scheme not in PROTOCOLS or scheme == "tls":
             known = ", ".join(sorted(name for name in PROTOCOLS if name != "tls"))
-            raise ValueError(f"unknown scheme {scheme!r} in {raw!r} (known: {known})")
+            msg = f"unknown scheme {scheme!r} in {raw!r} (known: {known})"
+            raise ValueError(msg)
         rest = rest.rstrip("/")
         if "/" in rest:
-            raise ValueError(f"an endpoint has no path: {raw!r}")
+            msg = f"an endpoint has no path: {raw!r}"
+            raise ValueError(msg)
     host, port = _split_host_port(rest, raw)
     if scheme:
         protocol = scheme
@@ -111,10 +115,12 @@ def parse_target(text: str, starttls: str = "auto") -> Target:
             port = PROTOCOLS[scheme].default_port
     else:
         if port is None:
-            raise ValueError(f"no port in {raw!r}: write host:port or a URL such as smtps://{rest}")
+            msg = f"no port in {raw!r}: write host:port or a URL such as smtps://{rest}"
+            raise ValueError(msg)
         protocol = _protocol_for_port(port, starttls, raw)
     if not 0 < port < 65536:
-        raise ValueError(f"port {port} out of range in {raw!r}")
+        msg = f"port {port} out of range in {raw!r}"
+        raise ValueError(msg)
     return Target(text=raw, host=host, port=port, protocol=protocol)
 
 
@@ -122,38 +128,47 @@ def _split_host_port(rest: str, raw: str) -> tuple[str, int | None]:
     if rest.startswith("["):
         end = rest.find("]")
         if end < 0:
-            raise ValueError(f"unclosed '[' in {raw!r}")
+            msg = f"unclosed '[' in {raw!r}"
+            raise ValueError(msg)
         host = rest[1:end]
         try:
             ipaddress.IPv6Address(host)
         except ValueError:
-            raise ValueError(f"not an IPv6 address in brackets: {host!r} in {raw!r}") from None
+            msg = f"not an IPv6 address in brackets: {host!r} in {raw!r}"
+            raise ValueError(msg) from None
         tail = rest[end + 1 :]
         if not tail:
             return host, None
         if not tail.startswith(":"):
-            raise ValueError(f"unexpected {tail!r} after ']' in {raw!r}")
+            msg = f"unexpected {tail!r} after ']' in {raw!r}"
+            raise ValueError(msg)
         return host, _port(tail[1:], raw)
     if rest.count(":") > 1:
-        raise ValueError(f"IPv6 addresses go in brackets: [{rest}] in {raw!r}")
+        msg = f"IPv6 addresses go in brackets: [{rest}] in {raw!r}"
+        raise ValueError(msg)
     host, _, port_text = rest.partition(":")
     if not host:
-        raise ValueError(f"no host in {raw!r}")
+        msg = f"no host in {raw!r}"
+        raise ValueError(msg)
     return host.lower(), (_port(port_text, raw) if port_text else None)
 
 
 def _port(text: str, raw: str) -> int:
     if not text.isdigit():
-        raise ValueError(f"port {text!r} is not a number in {raw!r}")
+        msg = f"port {text!r} is not a number in {raw!r}"
+        raise ValueError(msg)
     return int(text)
 
 
 def _protocol_for_port(port: int, starttls: str, raw: str) -> str:
     if starttls == "auto":
         if port not in WELL_KNOWN_PORTS:
-            raise ValueError(
+            msg = (
                 f"port {port} has no well-known mail protocol in {raw!r}: write a URL "
                 f"(smtp://, smtps://, imap://, ...) or pass --starttls smtp|imap|pop3|sieve|none"
+            )
+            raise ValueError(
+                msg
             )
         return WELL_KNOWN_PORTS[port]
     if starttls == "none":

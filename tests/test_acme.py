@@ -44,10 +44,12 @@ PebbleFactory = Callable[..., Pebble]
 @pytest.fixture(scope="module")
 def dns_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bind]:
     try:
-        yield request.getfixturevalue("bind")
-        return
+        shared = request.getfixturevalue("bind")
     except pytest.FixtureLookupError:
         pass
+    else:
+        yield shared
+        return
     with Bind(tmp_path_factory.mktemp("bind")) as server:
         yield server
 
@@ -56,10 +58,12 @@ def dns_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
 def acme_server(request: pytest.FixtureRequest, dns_server: Bind,
                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pebble]:
     try:
-        yield request.getfixturevalue("pebble")
-        return
+        shared = request.getfixturevalue("pebble")
     except pytest.FixtureLookupError:
         pass
+    else:
+        yield shared
+        return
     with Pebble(tmp_path_factory.mktemp("pebble"), bind=dns_server) as server:
         yield server
 
@@ -118,12 +122,18 @@ def test_account_key_is_reused_and_kept_apart_per_directory(acme_server: Pebble,
     assert [p.read_bytes() for p in (tmp_path / "accounts" / "pebble").glob("*/account.key")] == [first]
 
 
+class QuietFileHandler(http.server.SimpleHTTPRequestHandler):
+    """A web server's file handler that keeps the test output clean."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
 def test_http01_webroot_serves_the_answer_from_files(acme_server: Pebble, tmp_path: Path) -> None:
     webroot = tmp_path / "www"
     webroot.mkdir()
-    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(webroot))
+    handler = partial(QuietFileHandler, directory=str(webroot))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", acme_server.http_port), handler)
-    server.RequestHandlerClass.log_message = lambda *args: None  # type: ignore[assignment,method-assign]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from certkeeper.dnsclient import parse_server, parse_tsig_key
-from certkeeper.errors import InputError
+from certkeeper.errors import ChallengeFailed, InputError
 from certkeeper.issuers.acme import (
     RetryPolicy,
     ari_certificate_id,
@@ -30,7 +30,6 @@ from certkeeper.issuers.acme import (
 )
 from certkeeper.issuers.challenges import (
     ChallengeAnswer,
-    ChallengeFailed,
     HookDns01,
     Http01Listeners,
     StandaloneHttp01,
@@ -189,7 +188,8 @@ def test_webroot_files_are_written_and_removed_also_on_failure(tmp_path: Path) -
         with WebrootHttp01(tmp_path).published([answer]):
             assert path.read_text() == "tok.thumb"
             assert path.stat().st_mode & 0o777 == 0o644
-            raise RuntimeError("the CA said no")
+            msg = "the CA said no"
+            raise RuntimeError(msg)
     assert not path.exists()
 
 

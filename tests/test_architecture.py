@@ -80,7 +80,7 @@ def certkeeper_imports(path: Path) -> Iterator[str]:
 
 def room_of(dotted: str) -> str:
     """``renewal.lifecycle`` -> ``renewal``; ``pki`` -> ``pki.py``; ``__version__`` -> ``__init__.py``."""
-    head = dotted.split(".")[0]
+    head = dotted.split(".", maxsplit=1)[0]
     if (PACKAGE / head).is_dir():
         return head
     if (PACKAGE / f"{head}.py").is_file():

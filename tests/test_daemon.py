@@ -36,7 +36,7 @@ def short_lived(tmp_path: Path, hook_body: str = "") -> Config:
 
 @contextmanager
 def daemon(config: Config) -> Iterator[subprocess.Popen[str]]:
-    log = open(config.path.parent / "daemon.log", "w")  # noqa: SIM115 - closed below, read by the tests
+    log = (config.path.parent / "daemon.log").open("w")
     process = subprocess.Popen([sys.executable, "-m", "certkeeper", "-c", str(config.path), "daemon"],
                                stdout=log, stderr=subprocess.STDOUT, text=True)
     try:

@@ -20,7 +20,7 @@ import pytest
 from certkeeper.cli import main
 from certkeeper.mailserver import doctor
 from certkeeper.mailserver.config import PostfixConfig, parse_doveconf, parse_master, parse_settings, read_dovecot
-from certkeeper.mailserver.rules import protocol_floor
+from certkeeper.mailserver.rules import Diagnosis, protocol_floor
 from certkeeper.mailserver.tlsfiles import read_file
 from certkeeper.probe import ProbeOptions, probe_sync
 from certkeeper.testbed.certs import LeafCertificate, TestCA
@@ -33,7 +33,7 @@ def _codes(report: doctor.Report) -> set[str]:
     return {d.code for d in report.diagnoses}
 
 
-def _one(report: doctor.Report, code: str) -> doctor.Diagnosis:
+def _one(report: doctor.Report, code: str) -> Diagnosis:
     found = [d for d in report.diagnoses if d.code == code]
     assert len(found) == 1, (code, doctor.render_text(report))
     return found[0]
@@ -268,7 +268,8 @@ def _doctor(capsys: pytest.CaptureFixture[str], postfix: Any, ca_file: Path, *ex
 def _finding(report: dict[str, Any], code: str) -> dict[str, Any]:
     found = [f for f in report["findings"] if f["code"] == code]
     assert found, (code, json.dumps(report, indent=1))
-    return found[0]
+    first: dict[str, Any] = found[0]
+    return first
 
 
 pytestmark_testbed = pytest.mark.testbed

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
-from typing import LiteralString
+from typing import Any, LiteralString
 
 import pytest
 
@@ -386,7 +386,7 @@ class PebbleFleet(Fleet):
     issuer_name = "pebble"
     key_types = ("ecdsa-p256",)
 
-    def __init__(self, tmp_path: Path, database: Database, pebble: Pebble, **options: str) -> None:
+    def __init__(self, tmp_path: Path, database: Database, pebble: Pebble, **options: Any) -> None:
         self.pebble = pebble
         self.trust_roots = pebble.write_issuer_chain(tmp_path / "pebble-roots.pem")
         super().__init__(tmp_path, database, **options)

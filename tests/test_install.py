@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from certkeeper import pki
+from certkeeper.config import CopyTarget
 from certkeeper.errors import InstallRefused
 from certkeeper.model import KeyType
 from certkeeper.store.versions import CertificateHome, KeyPair, Ownership, check_pairs
@@ -34,7 +35,7 @@ def intermediate(ca: TestCA) -> TestCA:
 
 
 def pair(issuer: TestCA, key_type: KeyType = KeyType.ECDSA_P256, names: tuple[str, ...] = DOMAINS) -> KeyPair:
-    leaf = issuer.issue(list(names), key_type=key_type.value)  # type: ignore[arg-type]
+    leaf = issuer.issue(list(names), key_type=key_type.value)
     return KeyPair(key_type, leaf.key, leaf.certificate, leaf.intermediates)
 
 
@@ -72,7 +73,7 @@ def test_install_flips_current_to_a_complete_version(tmp_path: Path, intermediat
     current = home.current()
     assert current is not None and current.id == first.id
     link = tmp_path / "certs" / "mail" / "current"
-    assert os.readlink(link) == f"versions/{first.id}"  # relative: survives moving state_dir
+    assert str(link.readlink()) == f"versions/{first.id}"  # relative: survives moving state_dir
     files = sorted(p.name for p in (link).iterdir())
     assert files == ["cert.pem", "chain.pem", "combined.pem", "fullchain.pem", "privkey.pem", "version.json"]
     combined = (link / "combined.pem").read_bytes()
@@ -132,7 +133,8 @@ def test_prune_keeps_the_newest_and_never_current(tmp_path: Path, intermediate: 
 def test_copy_to_replaces_fixed_paths_with_their_modes(tmp_path: Path, intermediate: TestCA) -> None:
     home = CertificateHome(tmp_path / "state", "mail")
     version = home.write_version([pair(intermediate)], issuer="i", domains=DOMAINS, now=NOW)
-    targets = {"combined": tmp_path / "postfix" / "mail.pem", "fullchain": tmp_path / "postfix" / "chain.pem"}
+    targets: dict[CopyTarget, Path] = {"combined": tmp_path / "postfix" / "mail.pem",
+                                       "fullchain": tmp_path / "postfix" / "chain.pem"}
     targets["combined"].parent.mkdir()
     targets["combined"].write_text("old")
     home.copy_to(version, targets)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 from pathlib import Path
 
 from certkeeper import pki
@@ -177,7 +176,7 @@ def test_status_shows_expiry_and_the_next_action(tmp_path: Path) -> None:
     assert row["next_reason"].startswith("renew_before")
     text = run_cli(config, "status").stdout
     assert "mail  [ecdsa-p256]  mail.example.test" in text and "next: renew at" in text
-    assert os.path.exists(config.settings.state_dir / "state.db")
+    assert (config.settings.state_dir / "state.db").exists()
 
 
 def test_hooks_test_runs_the_hooks_against_current_without_renewing(tmp_path: Path) -> None:

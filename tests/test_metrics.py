@@ -149,7 +149,8 @@ def test_metrics_server_serves_the_rendered_text() -> None:
 def test_metrics_server_reports_a_failing_render_as_500() -> None:
     """A render that raises answers 500 and the server keeps serving."""
     def render() -> str:
-        raise RuntimeError("store gone")
+        msg = "store gone"
+        raise RuntimeError(msg)
 
     server = start_metrics_server("127.0.0.1:0", render)
     try:

@@ -31,7 +31,8 @@ class Script:
 
     async def read_line(self) -> str:
         if not self.lines:
-            raise DialogueError("connection-failed", "closed")
+            msg = "connection-failed"
+            raise DialogueError(msg, "closed")
         return self.lines.pop(0)
 
     async def send_line(self, line: str) -> None:
@@ -86,7 +87,7 @@ def test_dialogue_failures_name_the_finding(dialect: str, lines: list[str], code
 def test_imap_capability_from_greeting_skips_the_command() -> None:
     script = negotiate("imap", ["* OK [CAPABILITY IMAP4rev1 starttls] ready", "* junk untagged", "c2 OK go"])
     assert script.sent == ["c2 STARTTLS"]
-    assert imap_capabilities(parse_imap_line("* capability IMAP4rev1 STARTTLS")) == {"IMAP4REV1", "STARTTLS"}
+    assert imap_capabilities(parse_imap_line("* capability IMAP4rev1 STARTTLS")) == frozenset({"IMAP4REV1", "STARTTLS"})
 
 
 def test_pop3_without_capa_tries_stls() -> None:

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -302,7 +303,9 @@ def test_implicit_tls_with_a_good_chain_is_ok(servers: ServerLoop, pki: Pki) -> 
 def test_starttls_dialects_reach_tls(servers: ServerLoop, pki: Pki, kind: str) -> None:
     """Each STARTTLS dialect (RFC 3207, RFC 2595, RFC 5804) gets to the handshake and judges the chain."""
     context = pki.context(pki.leaf("mail.test"))
-    handler = {"smtp": smtp_server, "imap": imap_server, "pop3": pop3_server, "sieve": sieve_server}[kind]
+    servers_by_kind: dict[str, Callable[[ssl.SSLContext], Any]] = {
+        "smtp": smtp_server, "imap": imap_server, "pop3": pop3_server, "sieve": sieve_server}
+    handler = servers_by_kind[kind]
     port = servers.serve(handler(context))
     result = probe(f"{kind}://127.0.0.1:{port}", pki, verbose=True)
     assert result.status == "OK", result.message

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dns.message
+import dns.name
 import dns.query
 import dns.rcode
 import dns.rdatatype
@@ -114,7 +115,7 @@ def test_bind_resolves_test_names_to_loopback(bind: Bind) -> None:
 def test_bind_applies_a_tsig_signed_update(bind: Bind) -> None:
     keyring = dns.tsigkeyring.from_text({bind.tsig_key_name: (bind.tsig_algorithm, bind.tsig_secret)})
     update = dns.update.UpdateMessage(
-        bind.zone, keyring=keyring, keyname=bind.tsig_key_name, keyalgorithm=bind.tsig_algorithm
+        bind.zone, keyring=keyring, keyname=dns.name.from_text(bind.tsig_key_name), keyalgorithm=bind.tsig_algorithm
     )
     update.replace("_acme-challenge.signed", 60, "TXT", '"token-123"')
 

@@ -47,13 +47,14 @@ def send_message(config: AlertsConfig, message: EmailMessage) -> str:
     for route in routes:
         try:
             _send_via(config, route, password, message)
-            return f"{route.name} {route.host}:{route.port}"
         except tls.CertificateVerifyFailed as exc:
             certificate_failed = certificate_failed or route is primary
             attempts.append(f"{route.name} {route.host}:{route.port}: certificate not trusted: "
                             f"{exc.verify_message or exc}")
         except (OSError, smtplib.SMTPException) as exc:
             attempts.append(f"{route.name} {route.host}:{route.port}: {_describe(exc)}")
+        else:
+            return f"{route.name} {route.host}:{route.port}"
         log.warning("alert mail: %s", attempts[-1])
     if certificate_failed and config.smtp_security != "none":
         unverified = _Route("relay without certificate verification", primary.host, primary.port, False)
@@ -62,9 +63,10 @@ def send_message(config: AlertsConfig, message: EmailMessage) -> str:
                     "smtp_ca_bundle / fallback_smtp_host", primary.host, primary.port)
         try:
             _send_via(config, unverified, password, message)
-            return f"{unverified.name} {unverified.host}:{unverified.port}"
         except (OSError, smtplib.SMTPException) as exc:
             attempts.append(f"{unverified.name}: {_describe(exc)}")
+        else:
+            return f"{unverified.name} {unverified.host}:{unverified.port}"
     raise AlertDeliveryFailed(attempts)
 
 
@@ -81,14 +83,16 @@ def _send_via(config: AlertsConfig, route: _Route, password: str | None, message
         if config.smtp_security == "starttls":
             if not client.has_extn("starttls"):
                 # Never downgrade: a relay that stopped offering STARTTLS may be an attacker in the path.
-                raise smtplib.SMTPNotSupportedError("the relay does not offer STARTTLS (starttls-not-supported)")
+                msg = "the relay does not offer STARTTLS (starttls-not-supported)"
+                raise smtplib.SMTPNotSupportedError(msg)
             client.starttls(context=context)
             client.ehlo()
         if config.smtp_username and password is not None:
             if client.has_extn("auth"):
                 _authenticate(client, config.smtp_username, password)
             elif route.name == "relay":
-                raise smtplib.SMTPNotSupportedError("the relay does not offer AUTH, but smtp_username is set")
+                msg = "the relay does not offer AUTH, but smtp_username is set"
+                raise smtplib.SMTPNotSupportedError(msg)
         client.send_message(message, from_addr=config.sender, to_addrs=list(config.to))
     finally:
         try:

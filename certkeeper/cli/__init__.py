@@ -129,7 +129,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     context = Context(config_path=args.config)
     try:
         result: int = args.handler(args, context)
-        return result
     except CertkeeperError as exc:
         print(f"certkeeper: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -141,5 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception:  # an internal failure: say so plainly, with the traceback for a bug report
         logging.getLogger("certkeeper").exception("internal error (please report it with this traceback)")
         return EX_SOFTWARE
+    else:
+        return result
     finally:
         context.close()

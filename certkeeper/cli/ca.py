@@ -89,14 +89,19 @@ def select_issuer(config: Config, name: str | None) -> CaIssuerConfig:
     cas = {n: issuer for n, issuer in config.issuers.items() if isinstance(issuer, CaIssuerConfig)}
     if name is not None:
         if name not in cas:
-            raise UsageError(f"--issuer {name}: no issuer of type \"ca\" by that name in {config.path}; "
-                             f"choices: {', '.join(sorted(cas)) or 'none'}")
+            msg = (
+                f"--issuer {name}: no issuer of type \"ca\" by that name in {config.path}; "
+                             f"choices: {', '.join(sorted(cas)) or 'none'}"
+            )
+            raise UsageError(msg)
         return cas[name]
     if len(cas) == 1:
         return next(iter(cas.values()))
     if not cas:
-        raise UsageError(f"{config.path} has no issuer with type = \"ca\"")
-    raise UsageError(f"several CA issuers in {config.path}; pick one with --issuer ({', '.join(sorted(cas))})")
+        msg = f"{config.path} has no issuer with type = \"ca\""
+        raise UsageError(msg)
+    msg = f"several CA issuers in {config.path}; pick one with --issuer ({', '.join(sorted(cas))})"
+    raise UsageError(msg)
 
 
 def run_init(args: argparse.Namespace, context: Context) -> int:
@@ -106,14 +111,16 @@ def run_init(args: argparse.Namespace, context: Context) -> int:
     config = select_issuer(context.config, args.issuer)
     if args.intermediate_only:
         if args.force or args.export_root_key:
-            raise UsageError("--intermediate-only keeps the root: it takes neither --force nor --export-root-key")
+            msg = "--intermediate-only keeps the root: it takes neither --force nor --export-root-key"
+            raise UsageError(msg)
         result = init_intermediate(config, now=pki.now_utc(), root_key=args.root_key)
         new = result.intermediate
         print(f"new intermediate for issuer {config.name}: {pki.common_name(new.subject)}, "
               f"serial {pki.serial_hex(new)}, valid until {pki.not_after(new):%Y-%m-%d}")
         return 0
     if args.root_key:
-        raise UsageError("--root-key only goes with --intermediate-only")
+        msg = "--root-key only goes with --intermediate-only"
+        raise UsageError(msg)
     result = init_ca(config, now=pki.now_utc(), force=args.force, export_root_key=args.export_root_key)
     if result.replaced:
         print(f"previous CA moved to {result.replaced}")

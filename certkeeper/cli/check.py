@@ -121,13 +121,15 @@ def _targets(args: argparse.Namespace) -> list[Target]:
     for name in args.file:
         texts += _read_list(name)
     if not texts:
-        raise _BadArguments("no targets: give TARGET arguments or --file LIST")
+        msg = "no targets: give TARGET arguments or --file LIST"
+        raise _BadArguments(msg)
     targets = []
     for text, where in texts:
         try:
             targets.append(parse_target(text, args.starttls))
         except ValueError as exc:
-            raise _BadArguments(f"{where}: {exc}") from None
+            msg = f"{where}: {exc}"
+            raise _BadArguments(msg) from None
     return targets
 
 
@@ -135,7 +137,8 @@ def _read_list(name: str) -> list[tuple[str, str]]:
     try:
         content = sys.stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise _BadArguments(f"--file {name}: cannot read it ({exc})") from None
+        msg = f"--file {name}: cannot read it ({exc})"
+        raise _BadArguments(msg) from None
     entries = []
     for number, line in enumerate(content.splitlines(), 1):
         text = line.split("#", 1)[0].strip()
@@ -148,11 +151,14 @@ def _options(args: argparse.Namespace) -> ProbeOptions:
     from certkeeper.probe import ProbeOptions
 
     if args.warning < 0 or args.critical < 0 or args.critical > args.warning:
-        raise _BadArguments(f"--critical ({args.critical:g}) must be between 0 and --warning ({args.warning:g})")
+        msg = f"--critical ({args.critical:g}) must be between 0 and --warning ({args.warning:g})"
+        raise _BadArguments(msg)
     if not args.timeout > 0:
-        raise _BadArguments("--timeout must be more than 0 seconds")
+        msg = "--timeout must be more than 0 seconds"
+        raise _BadArguments(msg)
     if args.concurrency < 1:
-        raise _BadArguments("--concurrency must be at least 1")
+        msg = "--concurrency must be at least 1"
+        raise _BadArguments(msg)
     return ProbeOptions(
         timeout=args.timeout,
         servername=args.servername,

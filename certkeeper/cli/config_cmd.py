@@ -53,7 +53,7 @@ def _print_tree(value: Any, indent: str) -> None:
             for i, element in enumerate(item):
                 print(f"{indent}{key}[{i}]:")
                 _print_tree(element, indent + "  ")
-        elif item is not None and item != [] and item != {}:
+        elif item is not None and item not in ([], {}):
             shown = ", ".join(map(str, item)) if isinstance(item, list) else item
             print(f"{indent}{key} = {shown}")
 

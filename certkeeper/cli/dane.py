@@ -38,7 +38,8 @@ def run_show(args: argparse.Namespace, context: Context) -> int:
     app = build_app(context.config, store=context.store)
     certificate = app.renewer.select([args.name])[0]
     if certificate.dane is None:
-        raise UsageError(f"certificate {args.name!r} has no dane = {{...}} in {context.config.path}")
+        msg = f"certificate {args.name!r} has no dane = {{...}} in {context.config.path}"
+        raise UsageError(msg)
     home = app.renewer.home(certificate)
     rollover = DaneRollover(certificate, home, context.config.issuers.get(certificate.issuer), app.bus.publish,
                             app.clock)

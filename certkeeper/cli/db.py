@@ -32,8 +32,11 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
 def _open(context: Context) -> Any:
     settings = context.config.settings
     if not settings.database:
-        raise UsageError(f"{context.config.path}: no `database` in [certkeeper]; this node keeps its state in "
-                         f"{settings.state_dir} (SQLite) and has no fleet database")
+        msg = (
+            f"{context.config.path}: no `database` in [certkeeper]; this node keeps its state in "
+                         f"{settings.state_dir} (SQLite) and has no fleet database"
+        )
+        raise UsageError(msg)
     from certkeeper.store.postgres import PostgresStore
 
     return PostgresStore(settings.database, settings.database_password_file, node=settings.node, migrate=False)

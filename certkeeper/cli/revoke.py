@@ -35,14 +35,17 @@ def run_revoke(args: argparse.Namespace, context: Context) -> int:
     certificate = config.certificates.get(args.name)
     if certificate is None:
         known = ", ".join(sorted(config.certificates)) or "none"
-        raise UsageError(f"no certificate named {args.name!r} in {config.path} (known: {known})")
+        msg = f"no certificate named {args.name!r} in {config.path} (known: {known})"
+        raise UsageError(msg)
     issuer = build_issuer(config.issuers[certificate.issuer], config.settings)
     if not isinstance(issuer, Revoker):
-        raise UsageError(f"issuer {certificate.issuer!r} of {args.name!r} cannot revoke certificates")
+        msg = f"issuer {certificate.issuer!r} of {args.name!r} cannot revoke certificates"
+        raise UsageError(msg)
     home = CertificateHome(config.settings.state_dir, args.name)
     version = home.current()
     if version is None:
-        raise UsageError(f"certificate {args.name!r} has nothing installed to revoke")
+        msg = f"certificate {args.name!r} has nothing installed to revoke"
+        raise UsageError(msg)
     for pair in version.pairs:
         issued = home.load_pair_certificate(pair)
         issuer.revoke(issued, args.reason)

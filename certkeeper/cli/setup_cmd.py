@@ -96,11 +96,13 @@ def _certificate_files(context: Context, name: str) -> CertificateFiles:
     certificate = context.config.certificates.get(name)
     if certificate is None:
         known = ", ".join(context.config.certificates) or "none"
-        raise CertkeeperError(f"no certificate {name!r} in {context.config.path} (certificates: {known})")
+        msg = f"no certificate {name!r} in {context.config.path} (certificates: {known})"
+        raise CertkeeperError(msg)
     home = CertificateHome(context.config.settings.state_dir, name)
     current = home.current()
     if current is None:
-        raise CertkeeperError(f"{name} has no installed version yet: run certkeeper renew {name} first")
+        msg = f"{name} has no installed version yet: run certkeeper renew {name} first"
+        raise CertkeeperError(msg)
     folders = tuple(home.current_link / pair.directory.name if len(current.pairs) > 1 else home.current_link
                     for pair in current.pairs)
     return CertificateFiles(name, folders, current.fingerprints, certificate.domains)

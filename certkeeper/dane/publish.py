@@ -79,7 +79,8 @@ class TlsaPublisher:
                                       add=[_text(r) for r in sorted(adding)],
                                       delete=[_text(r) for r in sorted(removing)])
             except DnsError as exc:
-                raise TlsaDnsError(f"TLSA update of {zone} ({self.host}:{self.port}): {exc.detail}") from None
+                msg = f"TLSA update of {zone} ({self.host}:{self.port}): {exc.detail}"
+                raise TlsaDnsError(msg) from None
 
     def visible(self, records: Iterable[TlsaRecord]) -> set[TlsaRecord]:
         """The records every authoritative server of their zone answers now (one query per server and name)."""
@@ -140,7 +141,8 @@ class TlsaPublisher:
             try:
                 self._zones[name] = dnsclient.find_zone(address, self.port, name)
             except DnsError as exc:
-                raise TlsaDnsError(f"{exc} (dane.zone)") from None
+                msg = f"{exc} (dane.zone)"
+                raise TlsaDnsError(msg) from None
         return self._zones[name]
 
 
@@ -173,6 +175,7 @@ def lookup_tlsa(name: str, resolver: str | None = None, *, timeout: float = 5.0)
         host, port = parse_server(resolver or dnsclient.default_resolver())
         answer = dnsclient.query(host, port, absolute(name), "TLSA", recursive=True, timeout=timeout)
     except DnsError as exc:
-        raise TlsaDnsError(f"the TLSA query for {name}: {exc}") from None
+        msg = f"the TLSA query for {name}: {exc}"
+        raise TlsaDnsError(msg) from None
     records = frozenset(TlsaRecord.from_text(name, value) for value in answer.values)
     return TlsaAnswer(absolute(name), records, answer.authenticated, f"{host}:{port}", answer.rcode)

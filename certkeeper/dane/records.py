@@ -61,12 +61,15 @@ class TlsaParameters:
     def parse(cls, text: str) -> TlsaParameters:
         parts = text.split()
         if len(parts) != 3 or not all(p.isdigit() for p in parts):
-            raise ValueError(f"not a TLSA usage/selector/matching triple: {text!r}")
+            msg = f"not a TLSA usage/selector/matching triple: {text!r}"
+            raise ValueError(msg)
         usage, selector, matching = (int(p) for p in parts)
         if usage not in (DANE_TA, DANE_EE):
-            raise ValueError(f"TLSA usage {usage} is unusable for SMTP (RFC 7672 section 3.1.3); use 3 or 2")
+            msg = f"TLSA usage {usage} is unusable for SMTP (RFC 7672 section 3.1.3); use 3 or 2"
+            raise ValueError(msg)
         if selector not in (SELECTOR_CERT, SELECTOR_SPKI) or matching not in (MATCH_FULL, MATCH_SHA256, MATCH_SHA512):
-            raise ValueError(f"unknown TLSA selector or matching type in {text!r} (RFC 6698 section 2.1)")
+            msg = f"unknown TLSA selector or matching type in {text!r} (RFC 6698 section 2.1)"
+            raise ValueError(msg)
         return cls(usage, selector, matching)
 
     @property
@@ -118,11 +121,13 @@ def association_data(parameters: TlsaParameters, *, certificate_der: bytes | Non
     """
     if parameters.selector == SELECTOR_SPKI:
         if spki_der is None:
-            raise ValueError("selector 1 needs the SubjectPublicKeyInfo")
+            msg = "selector 1 needs the SubjectPublicKeyInfo"
+            raise ValueError(msg)
         selected = spki_der
     else:
         if certificate_der is None:
-            raise ValueError("selector 0 needs the whole certificate, which a key without one does not have")
+            msg = "selector 0 needs the whole certificate, which a key without one does not have"
+            raise ValueError(msg)
         selected = certificate_der
     if parameters.matching_type == MATCH_SHA256:
         return hashlib.sha256(selected).hexdigest()

@@ -100,7 +100,7 @@ class DaneRollover:
         """The new certificate is served: make new next keys, publish current + next, remove the old key's."""
         return self.synchronise(now)
 
-    def synchronise(self, now: datetime) -> RolloverStep:
+    def synchronise(self, now: datetime) -> RolloverStep:  # noqa: ARG002 - one signature for every step
         """Publish what is missing or stale, confirm it on every authoritative server, record since when.
 
         Failures become :class:`TlsaUpdateFailed` events (and the returned step still says what is owed);

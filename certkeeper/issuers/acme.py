@@ -132,7 +132,8 @@ def ari_certificate_id(certificate: x509.Certificate) -> str:
     except x509.ExtensionNotFound:
         aki = None
     if not aki:
-        raise ValueError("the certificate has no authority key identifier; the CA cannot be asked about it")
+        msg = "the certificate has no authority key identifier; the CA cannot be asked about it"
+        raise ValueError(msg)
     serial = certificate.serial_number
     serial_der = serial.to_bytes(serial.bit_length() // 8 + 1, "big")  # two's complement: a leading 0 if needed
 
@@ -226,7 +227,8 @@ class _ResilientNetwork(acme_client.ClientNetwork):
             raise _Unreachable(url, f"its TLS certificate was not accepted ({exc.__context__ or exc}); check "
                                     f"ca_bundle", None) from None
         except requests.RequestException as exc:
-            raise _Transient(f"{type(exc).__name__}: {exc}", None) from None
+            msg = f"{type(exc).__name__}: {exc}"
+            raise _Transient(msg, None) from None
         if self.REPLAY_NONCE_HEADER in response.headers:
             # Every response carries a fresh nonce, errors too (RFC 8555 section 6.5): keep it.
             with contextlib.suppress(acme_errors.BadNonce):
@@ -275,12 +277,14 @@ class _ResilientNetwork(acme_client.ClientNetwork):
             for retry in range(self.policy.bad_nonce_retries + 1):
                 try:
                     response: requests.Response = self._post_once(url, obj, **kwargs)
-                    return response
                 except messages.Error as error:
                     if error.code != "badNonce" or retry == self.policy.bad_nonce_retries:
                         raise
                     log.debug("badNonce from %s, signing again with a fresh nonce", url)
-            raise AssertionError("unreachable")
+                else:
+                    return response
+            msg = "unreachable"
+            raise AssertionError(msg)
 
         return self._with_retries(url, signed_once)
 
@@ -382,8 +386,11 @@ class _Directory:
                 account_public_key=self.key.public_key(), kid=self.config.eab_kid, hmac_key=hmac_key,
                 directory=self.client.directory)
         elif meta.external_account_required:
-            raise ChallengeFailed("the CA requires external account binding: set eab_kid and eab_hmac_key_file "
-                                  "to the key ID and HMAC key the CA gave you")
+            msg = (
+                "the CA requires external account binding: set eab_kid and eab_hmac_key_file "
+                                  "to the key ID and HMAC key the CA gave you"
+            )
+            raise ChallengeFailed(msg)
         registration = messages.NewRegistration(
             contact=tuple(self.config.contact), terms_of_service_agreed=True, external_account_binding=binding)
         # A network without an account: newAccount must carry the key, not a kid (RFC 8555 section 6.2), and
@@ -405,7 +412,8 @@ def _load_or_create_account_key(path: Path) -> ec.EllipticCurvePrivateKey:
     with contextlib.suppress(FileNotFoundError):
         key = serialization.load_pem_private_key(path.read_bytes(), None)
         if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise ChallengeFailed(f"{path}: the ACME account key is not an ECDSA key")
+            msg = f"{path}: the ACME account key is not an ECDSA key"
+            raise ChallengeFailed(msg)
         return key
     key = ec.generate_private_key(ec.SECP256R1())
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -492,7 +500,8 @@ class AcmeIssuer:
     def revoke(self, certificate: x509.Certificate, reason: str) -> None:
         """Revoke with the account that ordered it (RFC 8555 section 7.6); ``reason`` is a CRLReason name."""
         if reason not in REVOCATION_REASONS:
-            raise UsageError(f"unknown revocation reason {reason!r}; use one of {', '.join(REVOCATION_REASONS)}")
+            msg = f"unknown revocation reason {reason!r}; use one of {', '.join(REVOCATION_REASONS)}"
+            raise UsageError(msg)
         label = f"serial {pki.serial_hex(certificate)}"
         with self._translated(label, self.config.directory):
             directory = self._directory(self.config.directory)
@@ -564,7 +573,8 @@ class AcmeIssuer:
         if c.dns_hook:
             return HookDns01(c.dns_hook, c.dns_timeout.total_seconds())
         if not (c.dns_server and c.tsig_key_file):
-            raise ChallengeFailed("dns-01 needs dns_server and tsig_key_file, or dns_hook")
+            msg = "dns-01 needs dns_server and tsig_key_file, or dns_hook"
+            raise ChallengeFailed(msg)
         key = parse_tsig_key(read_secret_file(c.tsig_key_file, "the TSIG key"), str(c.tsig_key_file))
         return Rfc2136Dns01(c.dns_server, key, zone=c.dns_zone, timeout=c.dns_timeout.total_seconds())
 

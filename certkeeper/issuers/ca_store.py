@@ -100,10 +100,10 @@ def create_ca_dir(ca_dir: Path, files: dict[str, tuple[bytes, int]], *, replace_
             write_atomic(staging / name, data, mode=mode)
         if replace_suffix is not None:
             replaced = ca_dir.with_name(f"{ca_dir.name}.{replace_suffix}")
-            os.rename(ca_dir, replaced)
+            ca_dir.rename(replaced)
         elif ca_dir.is_dir():
             ca_dir.rmdir()  # empty: a directory prepared by the administrator or a package
-        os.rename(staging, ca_dir)
+        staging.rename(ca_dir)
         fsync_dir(ca_dir.parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -114,7 +114,7 @@ def create_ca_dir(ca_dir: Path, files: dict[str, tuple[bytes, int]], *, replace_
 def file_stamp(path: Path) -> tuple[int, int]:
     """(inode, mtime): changes when a file is replaced by rename, as every write here does."""
     try:
-        st = os.stat(path)
+        st = path.stat()
     except OSError:
         return (0, 0)
     return (st.st_ino, st.st_mtime_ns)
@@ -297,7 +297,8 @@ def read_index(issuer: str, path: Path) -> Index:
                     not_after=datetime.fromisoformat(not_after) if not_after else None)
                 index.revoked.setdefault(entry.serial, entry)
             else:
-                raise ValueError(f"unknown event {record['event']!r}")
+                msg = f"unknown event {record['event']!r}"
+                raise ValueError(msg)  # noqa: TRY301 - reported with the line number like every bad line
         except (ValueError, KeyError, TypeError) as exc:
             raise CaError(issuer, f"index {path} is corrupted at line {number} ({exc}); "
                           "fix or remove that line") from None

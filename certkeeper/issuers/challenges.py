@@ -123,9 +123,12 @@ class _SharedListener:
             self.server = server_class((host, port), _ChallengeHandler)
         except OSError as exc:
             where = f"{address or '*'}:{port}"
-            raise ChallengeFailed(
+            msg = (
                 f"cannot listen on {where} for http-01 ({exc.strerror}); another web server may hold the port: "
-                f"stop it, or use webroot, or set http_port to a port it forwards") from None
+                f"stop it, or use webroot, or set http_port to a port it forwards"
+            )
+            raise ChallengeFailed(
+                msg) from None
         self.server.tokens = {}
         self.users = 0
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02},
@@ -213,8 +216,11 @@ class WebrootHttp01:
                     # 0644: the web server, running as another user, must read it; it holds nothing secret.
                     path.chmod(0o644)
             except OSError as exc:
-                raise ChallengeFailed(f"cannot write the http-01 answer under {folder} ({exc.strerror}); "
-                                      f"check webroot and its permissions") from None
+                msg = (
+                    f"cannot write the http-01 answer under {folder} ({exc.strerror}); "
+                                      f"check webroot and its permissions"
+                )
+                raise ChallengeFailed(msg) from None
             yield
         finally:
             for path in written:
@@ -253,7 +259,8 @@ class Rfc2136Dns01:
             zones = {answer: self.zone or dnsclient.find_zone(address, self.port, answer.dns_name)
                      for answer in answers}
         except DnsError as exc:
-            raise ChallengeFailed(f"dns-01: {exc}") from None
+            msg = f"dns-01: {exc}"
+            raise ChallengeFailed(msg) from None
         added: list[ChallengeAnswer] = []
         try:
             for zone in dict.fromkeys(zones.values()):
@@ -277,14 +284,16 @@ class Rfc2136Dns01:
             dnsclient.send_update(address, self.port, zone, self.key, ttl=self.ttl,
                                   add=records if add else (), delete=() if add else records)
         except DnsError as exc:
-            raise ChallengeFailed(f"dns-01 ({self.host}:{self.port}): {exc.detail}") from None
+            msg = f"dns-01 ({self.host}:{self.port}): {exc.detail}"
+            raise ChallengeFailed(msg) from None
 
     def _wait_for_authoritatives(self, address: str, zone: str, answers: Sequence[ChallengeAnswer]) -> None:
         port = self.port  # see the class docstring: a non-standard port of dns_server applies to all of them
         try:
             servers = dnsclient.authoritative_addresses(address, port, zone)
         except DnsError as exc:
-            raise ChallengeFailed(f"dns-01: {exc}") from None
+            msg = f"dns-01: {exc}"
+            raise ChallengeFailed(msg) from None
         deadline = self._clock() + self.timeout
         delay = 0.05
         waiting = set(servers)
@@ -295,10 +304,13 @@ class Rfc2136Dns01:
             if not waiting:
                 return
             if self._clock() + delay > deadline:
-                raise ChallengeFailed(
+                msg = (
                     f"after {self.timeout:g} s the TXT records for {', '.join(a.dns_name for a in answers)} are "
                     f"still missing on {', '.join(sorted(waiting))} (authoritative for {zone}); check zone "
-                    f"transfers to the secondaries, or raise dns_timeout")
+                    f"transfers to the secondaries, or raise dns_timeout"
+                )
+                raise ChallengeFailed(
+                    msg)
             self._sleep(delay)
             delay = min(delay * 2, 2.0)
 
@@ -347,10 +359,14 @@ class HookDns01:
         try:
             result = run_program(command, env=_HOOK_ENVIRONMENT, timeout=self.timeout, merge_stderr=True)
         except OSError as exc:
-            raise ChallengeFailed(f"dns_hook {self.program} could not be started ({exc.strerror})") from None
+            msg = f"dns_hook {self.program} could not be started ({exc.strerror})"
+            raise ChallengeFailed(msg) from None
         if result.timed_out:
-            raise ChallengeFailed(f"dns_hook {self.program} {action} {answer.dns_name} did not finish within "
-                                  f"{self.timeout:g} s and was killed")
+            msg = (
+                f"dns_hook {self.program} {action} {answer.dns_name} did not finish within "
+                                  f"{self.timeout:g} s and was killed"
+            )
+            raise ChallengeFailed(msg)
         if result.returncode != 0:
             tail = " | ".join(result.stdout.decode(errors="replace").strip().splitlines()[-5:])
             raise ChallengeFailed(f"dns_hook {self.program} {action} {answer.dns_name} exited with status "

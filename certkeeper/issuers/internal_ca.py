@@ -226,21 +226,27 @@ class InternalCaIssuer:
             return IssuanceError(self.name, request.certificate, detail)
 
         if not request.domains:
-            raise refuse("no domains to certify")
+            msg = "no domains to certify"
+            raise refuse(msg)
         problems = name_problems(request.domains, self.config.permitted_domains)
         if problems:
             raise refuse("; ".join(problems))
         key = request.key
         key_type = pki.key_type_of(key)
         if key_type not in _LEAF_KEY_TYPES:
-            raise refuse(f"unknown key type {key_type}; the CA certifies {', '.join(sorted(_LEAF_KEY_TYPES))}")
+            msg = f"unknown key type {key_type}; the CA certifies {', '.join(sorted(_LEAF_KEY_TYPES))}"
+            raise refuse(msg)
         if key_type != str(request.key_type):
-            raise refuse(f"the key is {key_type} but the request says {request.key_type}")
+            msg = f"the key is {key_type} but the request says {request.key_type}"
+            raise refuse(msg)
         signer = self._current_signer()
         now = self._clock()
         if now >= signer.profile.max_not_after:
-            raise refuse(f"the intermediate expired on {signer.profile.max_not_after:%Y-%m-%d}; roll it over with "
-                         "`certkeeper ca init --intermediate-only`")
+            msg = (
+                f"the intermediate expired on {signer.profile.max_not_after:%Y-%m-%d}; roll it over with "
+                         "`certkeeper ca init --intermediate-only`"
+            )
+            raise refuse(msg)
         if now + self.config.lifetime > signer.profile.max_not_after:
             log.warning("issuer %s: the intermediate expires %s, before a full lifetime; the certificate %s is "
                         "cut short. Roll the intermediate over.", self.name, signer.profile.max_not_after,

@@ -185,7 +185,7 @@ def apply_plan(plan: Plan, *, config_path: Path, files: CertificateFiles, now: d
         listeners = _listeners(plan.daemon, config_path)
         failures = _verify(listeners, files, verify_timeout, sleep)
         if failures:
-            raise SetupFailed("; ".join(failures))
+            raise SetupFailed("; ".join(failures))  # noqa: TRY301 - every failed step takes the one restore path
         outcome.step("verified: " + ", ".join(x.target.text for x in listeners) + " serve the current certificate")
         outcome.ok = True
     except (SetupFailed, OSError) as exc:
@@ -230,7 +230,8 @@ def _apply(plan: Plan, config_path: Path, outcome: Outcome) -> None:
     for command in plan.commands:
         result = run_tool(command)
         if result.returncode != 0:
-            raise SetupFailed(f"{' '.join(command)}: {(result.stderr or result.stdout).strip()}")
+            msg = f"{' '.join(command)}: {(result.stderr or result.stdout).strip()}"
+            raise SetupFailed(msg)
     if plan.snippet_path is not None:
         plan.snippet_path.parent.mkdir(parents=True, exist_ok=True)
         plan.snippet_path.write_text(plan.snippet)
@@ -247,13 +248,17 @@ def _validate(plan: Plan, config_path: Path, outcome: Outcome) -> None:
         command = [DOVECONF, "-c", str(config_path), "-n"]
     result = run_tool(command)
     if result.returncode != 0:
-        raise SetupFailed(f"{' '.join(command)} rejects the new configuration (exit {result.returncode}): "
-                          f"{(result.stderr or result.stdout).strip()[-500:] or 'see the mail log'}")
+        msg = (
+            f"{' '.join(command)} rejects the new configuration (exit {result.returncode}): "
+                          f"{(result.stderr or result.stdout).strip()[-500:] or 'see the mail log'}"
+        )
+        raise SetupFailed(msg)
     for port in plan.new_ports:
         with socket.socket() as probe:
             probe.settimeout(2)
             if probe.connect_ex((plan.host, port)) == 0:
-                raise SetupFailed(f"port {port} on {plan.host} is already in use by another program")
+                msg = f"port {port} on {plan.host} is already in use by another program"
+                raise SetupFailed(msg)
     outcome.step(f"validated ({' '.join(command[:1] + command[3:])}, new ports free)")
 
 
@@ -262,8 +267,11 @@ def _reload(daemon: str, config_path: Path) -> None:
         [DOVEADM, "-c", str(config_path), "reload"]
     result = run_tool(command)
     if result.returncode != 0:
-        raise SetupFailed(f"{' '.join(command)} failed (exit {result.returncode}): "
-                          f"{(result.stderr or result.stdout).strip() or 'see the mail log'}")
+        msg = (
+            f"{' '.join(command)} failed (exit {result.returncode}): "
+                          f"{(result.stderr or result.stdout).strip() or 'see the mail log'}"
+        )
+        raise SetupFailed(msg)
 
 
 def _start(daemon: str, config_path: Path, outcome: Outcome) -> None:

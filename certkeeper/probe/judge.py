@@ -144,7 +144,7 @@ def judge_chain(
 
     check = pki.verify_chain(leaf, rest, roots, at=now)
     if not check.valid:
-        trust = _trust_finding(certificates, summaries, roots, trust_source, check.error, now, dated)
+        trust = _trust_finding(certificates, summaries, roots, trust_source, check.error, dated)
         if trust is not None:
             findings.append(trust)
     return ChainJudgement(summaries, tuple(findings), check.valid, hostname_valid)
@@ -193,7 +193,6 @@ def _trust_finding(
     roots: Sequence[x509.Certificate],
     trust_source: str,
     error: str,
-    now: datetime,
     dated: bool,
 ) -> Finding | None:
     """Why the chain does not verify, as one finding; None when the dates alone explain it."""

@@ -110,7 +110,8 @@ class Renewer:
         unknown = [n for n in names if n not in self.config.certificates]
         if unknown:
             known = ", ".join(self.config.certificates) or "none"
-            raise UsageError(f"no certificate named {', '.join(unknown)} in {self.config.path} (known: {known})")
+            msg = f"no certificate named {', '.join(unknown)} in {self.config.path} (known: {known})"
+            raise UsageError(msg)
         return [self.config.certificates[n] for n in names]
 
     def decide(self, certificate: CertificateConfig, now: datetime) -> Decision:
@@ -242,8 +243,11 @@ class Renewer:
             else:
                 older = [v for v in versions if current is not None and v.id < current.id]
                 if not older:
-                    raise CertkeeperError(f"certificate {name!r} has no version older than the current one "
-                                          f"({current.id if current else 'none installed'}) to roll back to")
+                    msg = (
+                        f"certificate {name!r} has no version older than the current one "
+                                          f"({current.id if current else 'none installed'}) to roll back to"
+                    )
+                    raise CertkeeperError(msg)
                 target = older[-1]
             work = _Work(certificate, home, current, target)
             home.activate(target)
@@ -262,12 +266,14 @@ class Renewer:
         home = self.home(certificate)
         current = home.current()
         if current is None:
-            raise CertkeeperError(f"certificate {name!r} has never been installed; run `certkeeper renew {name}`")
+            msg = f"certificate {name!r} has never been installed; run `certkeeper renew {name}`"
+            raise CertkeeperError(msg)
         with self.store.lock(name, self.settings.lock_timeout.total_seconds()):
             work = _Work(certificate, home, current, current)
             self._reload([work])
             if work.hook_error:
-                raise CertkeeperError(f"certificate {name!r}: {work.hook_error}")
+                msg = f"certificate {name!r}: {work.hook_error}"
+                raise CertkeeperError(msg)
             result = self._verify([work])[name]
         if not result.ok:
             detail = "; ".join(s.describe() for s in result.wrong(current.fingerprints))

@@ -35,10 +35,10 @@ def write_atomic(path: Path, data: bytes, *, mode: int, gid: int = -1, exclusive
             except FileExistsError:
                 return False
         else:
-            os.replace(temporary, path)
+            Path(temporary).replace(path)
     finally:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
+            Path(temporary).unlink()
     fsync_dir(path.parent)
     return True
 

@@ -95,7 +95,8 @@ class FleetKey:
 
     def __init__(self, secret: bytes) -> None:
         if len(secret) < 16:
-            raise ValueError("the fleet key needs at least 16 bytes (e.g. `head -c 32 /dev/urandom | base64`)")
+            msg = "the fleet key needs at least 16 bytes (e.g. `head -c 32 /dev/urandom | base64`)"
+            raise ValueError(msg)
         derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_HKDF_INFO).derive(secret)
         self._aead = AESGCM(derived)
 
@@ -119,10 +120,13 @@ class FleetKey:
             return self._aead.decrypt(sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:],
                                       _associated(name, version, key_type))
         except InvalidTag:
-            raise CertkeeperError(
+            msg = (
                 f"certificate {name!r}: the {key_type} key of fleet version {version} does not decrypt: this "
                 f"node's fleet_key_file differs from the one of the node that stored it (or the row was "
-                f"altered); copy the fleet's key file to this node") from None
+                f"altered); copy the fleet's key file to this node"
+            )
+            raise CertkeeperError(
+                msg) from None
 
 
 def _associated(name: str, version: int, key_type: str) -> bytes:
@@ -433,10 +437,13 @@ class Fleet:
                         "this node only", name)
             return
         if not stored:
-            raise CertkeeperError(
+            msg = (
                 f"certificate {name!r}: this node's ordering lease ran out before the new certificate was stored "
                 f"(fleet_lease = {format_duration(self.settings.fleet_lease)}); another node took over, so this "
-                f"certificate is discarded and the fleet's is installed on the next pass")
+                f"certificate is discarded and the fleet's is installed on the next pass"
+            )
+            raise CertkeeperError(
+                msg)
         self._heads[name] = version
         log.info("%s: stored fleet version %d", name, number)
 

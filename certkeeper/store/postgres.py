@@ -141,7 +141,8 @@ class PostgresStore:
         try:
             return psycopg.connect(self._url, **kwargs)
         except psycopg.Error as exc:
-            raise StoreError(f"{self.location}: cannot connect to PostgreSQL: {_first_line(exc)}") from None
+            msg = f"{self.location}: cannot connect to PostgreSQL: {_first_line(exc)}"
+            raise StoreError(msg) from None
 
     @contextlib.contextmanager
     def _session(self) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
@@ -154,12 +155,15 @@ class PostgresStore:
             try:
                 yield self._conn
             except psycopg.errors.SerializationFailure as exc:
-                raise StoreError(f"{self.location}: {_first_line(exc)}") from None
+                msg = f"{self.location}: {_first_line(exc)}"
+                raise StoreError(msg) from None
             except psycopg.OperationalError as exc:
                 self._conn.close()
-                raise StoreError(f"{self.location}: PostgreSQL connection lost: {_first_line(exc)}") from None
+                msg = f"{self.location}: PostgreSQL connection lost: {_first_line(exc)}"
+                raise StoreError(msg) from None
             except psycopg.Error as exc:
-                raise StoreError(f"{self.location}: {_first_line(exc)}") from None
+                msg = f"{self.location}: {_first_line(exc)}"
+                raise StoreError(msg) from None
 
     def _query(self, sql: LiteralString, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._session() as conn:
@@ -316,7 +320,8 @@ class PostgresStore:
                 with contextlib.suppress(psycopg.Error):
                     conn.execute("SELECT pg_advisory_unlock(%s, %s)", (key_class, key))
         except psycopg.Error as exc:
-            raise StoreError(f"{self.location}: lock {name!r}: {_first_line(exc)}") from None
+            msg = f"{self.location}: lock {name!r}: {_first_line(exc)}"
+            raise StoreError(msg) from None
         finally:
             conn.close()
 

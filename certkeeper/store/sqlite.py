@@ -84,9 +84,11 @@ class SqliteStore:
             self._db.execute("PRAGMA busy_timeout=30000")
             self._migrate()
         except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: cannot open the state store: {exc}") from None
+            msg = f"{self.path}: cannot open the state store: {exc}"
+            raise StoreError(msg) from None
         except OSError as exc:
-            raise StoreError(f"{state_dir}: cannot create the state directory: {exc.strerror}") from None
+            msg = f"{state_dir}: cannot create the state directory: {exc.strerror}"
+            raise StoreError(msg) from None
 
     def _migrate(self) -> None:
         with self._transaction() as db:
@@ -115,7 +117,8 @@ class SqliteStore:
             try:
                 return self._db.execute(sql, params).fetchall()
             except sqlite3.Error as exc:
-                raise StoreError(f"{self.path}: {exc}") from None
+                msg = f"{self.path}: {exc}"
+                raise StoreError(msg) from None
 
     # -- certificate state -------------------------------------------------------------------------------------
 

@@ -106,8 +106,11 @@ class Ownership:
         try:
             return grp.getgrnam(self.group).gr_gid
         except KeyError:
-            raise CertkeeperError(f"group {self.group!r} does not exist on this host "
-                                  f"(configured as the certificate's group)") from None
+            msg = (
+                f"group {self.group!r} does not exist on this host "
+                                  f"(configured as the certificate's group)"
+            )
+            raise CertkeeperError(msg) from None
 
     @property
     def key_mode(self) -> int:
@@ -152,7 +155,7 @@ class CertificateHome:
     def current(self) -> Version | None:
         """The installed version, or None before the first install."""
         try:
-            target = os.readlink(self.current_link)
+            target = str(self.current_link.readlink())
         except FileNotFoundError:
             return None
         return self._load(self.root / target)
@@ -171,7 +174,8 @@ class CertificateHome:
         path = self.versions_dir / version_id
         if version_id.startswith(".") or "/" in version_id or not (path / "version.json").is_file():
             known = ", ".join(v.id for v in self.versions()) or "none"
-            raise CertkeeperError(f"certificate {self.name!r} has no version {version_id!r} (versions: {known})")
+            msg = f"certificate {self.name!r} has no version {version_id!r} (versions: {known})"
+            raise CertkeeperError(msg)
         return self._load(path)
 
     def load_pair_key(self, pair: InstalledPair) -> pki.PrivateKey:
@@ -233,7 +237,7 @@ class CertificateHome:
         write_atomic(incoming / "version.json", json.dumps(meta, indent=2).encode(), mode=0o644)
         fsync_dir(incoming)
         final = self.versions_dir / version_id
-        os.rename(incoming, final)
+        incoming.rename(final)
         fsync_dir(self.versions_dir)
         return self._load(final)
 
@@ -243,8 +247,8 @@ class CertificateHome:
         temporary = self.root / f".current-{os.getpid()}-{version.id}"
         with contextlib.suppress(FileNotFoundError):
             temporary.unlink()
-        os.symlink(relative, temporary)
-        os.replace(temporary, self.current_link)
+        temporary.symlink_to(relative)
+        temporary.replace(self.current_link)
         fsync_dir(self.root)
 
     def prune(self, keep: int) -> list[str]:
@@ -308,7 +312,7 @@ class CertificateHome:
         for folder in (self.root, self.versions_dir):
             folder.mkdir(mode=self.ownership.dir_mode, exist_ok=True)
         for folder in (self.root, self.versions_dir):
-            os.chmod(folder, self.ownership.dir_mode)
+            folder.chmod(self.ownership.dir_mode)
             self._chown(folder)
 
     def _chown(self, path: Path) -> None:
@@ -323,4 +327,5 @@ class CertificateHome:
             candidate = stamp if counter == 0 else f"{stamp}-{counter}"
             if candidate not in existing:
                 return candidate
-        raise CertkeeperError(f"{self.versions_dir}: too many versions created in one second")
+        msg = f"{self.versions_dir}: too many versions created in one second"
+        raise CertkeeperError(msg)

@@ -117,7 +117,8 @@ class Bind(Server):
         self._process = spawn([NAMED, "-g", "-4", "-c", str(self.config_file)], self.log_path)
         process = self._process
         if not wait_until(self._answers, timeout=self.start_timeout, alive=lambda: process.poll() is None):
-            raise self.fail(f"no authoritative answer for {self.zone} on {self.nameserver}")
+            msg = f"no authoritative answer for {self.zone} on {self.nameserver}"
+            raise self.fail(msg)
 
     def _terminate(self) -> None:
         terminate(self._process)

@@ -168,7 +168,8 @@ class TestCA:
         for one not yet valid, and ``key`` to reuse a key (to build a mismatch elsewhere).
         """
         if not names:
-            raise ValueError("a certificate needs at least one name")
+            msg = "a certificate needs at least one name"
+            raise ValueError(msg)
         leaf_key = key or generate_key(key_type)
         start = not_before or datetime.now(UTC) - _BACKDATE
         end = not_after or start + DEFAULT_LIFETIME

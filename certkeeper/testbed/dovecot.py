@@ -137,7 +137,8 @@ class Dovecot(Server):
             alive=lambda: process.poll() is None,
         )
         if not ready:
-            raise self.fail(f"not listening on {LOOPBACK} ports {self.ports}")
+            msg = f"not listening on {LOOPBACK} ports {self.ports}"
+            raise self.fail(msg)
 
     def _terminate(self) -> None:
         terminate(self._process)

@@ -159,7 +159,8 @@ class Pebble(Server):
 
     def _launch(self) -> None:
         if not self.binary.is_file():
-            raise self.fail(f"no Pebble binary at {self.binary}; run python3 -m certkeeper.testbed.install")
+            msg = f"no Pebble binary at {self.binary}; run python3 -m certkeeper.testbed.install"
+            raise self.fail(msg)
         self._write_config()
         command = [str(self.binary), "-config", str(self.config_file)]
         if self.bind is not None:
@@ -167,7 +168,8 @@ class Pebble(Server):
         self._process = spawn(command, self.log_path, cwd=self.directory, env=self._environment())
         process = self._process
         if not wait_until(self._answers, timeout=self.start_timeout, alive=lambda: process.poll() is None):
-            raise self.fail(f"no ACME directory at {self.directory_url}")
+            msg = f"no ACME directory at {self.directory_url}"
+            raise self.fail(msg)
 
     def _terminate(self) -> None:
         terminate(self._process)

@@ -107,7 +107,8 @@ class Postfix(Server):
         make_traversable(self.directory)
         unknown = set(listeners) - set(LISTENERS)
         if unknown:
-            raise ValueError(f"unknown listeners {sorted(unknown)}; choose from {LISTENERS}")
+            msg = f"unknown listeners {sorted(unknown)}; choose from {LISTENERS}"
+            raise ValueError(msg)
         self.config_dir = self.directory / "config"
         self.queue_dir = self.directory / "queue"
         self.data_dir = self.directory / "data"
@@ -199,7 +200,8 @@ class Postfix(Server):
         """
         returncode, output = run_on_terminal([POSTFIX, "-c", str(self.config_dir), "reload"])
         if returncode != 0:
-            raise RuntimeError(f"postfix reload failed (exit {returncode}): {output}")
+            msg = f"postfix reload failed (exit {returncode}): {output}"
+            raise RuntimeError(msg)
 
     def _master_pid(self) -> int | None:
         try:
@@ -223,14 +225,16 @@ class Postfix(Server):
         with self.log_path.open("a") as log:
             log.write(output)
         if returncode != 0:
-            raise self.fail(f"postfix start exited {returncode}")
+            msg = f"postfix start exited {returncode}"
+            raise self.fail(msg)
         ready = wait_until(
             lambda: all(accepts_tcp(port) for port in self.ports.values()),
             timeout=self.start_timeout,
             alive=self._master_alive,
         )
         if not ready:
-            raise self.fail(f"smtpd not listening on {LOOPBACK} ports {self.ports}")
+            msg = f"smtpd not listening on {LOOPBACK} ports {self.ports}"
+            raise self.fail(msg)
 
     def _terminate(self) -> None:
         pid = self._master_pid()

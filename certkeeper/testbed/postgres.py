@@ -54,7 +54,8 @@ class PostgresCluster:
 
     def start(self) -> Self:
         if not (self.bin_dir / "initdb").exists():
-            raise PostgresStartError(f"{self.bin_dir}/initdb not found: install the postgresql-15 package")
+            msg = f"{self.bin_dir}/initdb not found: install the postgresql-15 package"
+            raise PostgresStartError(msg)
         self.socket_dir.mkdir()
         self.password_file.write_text(self.password + "\n")
         self.password_file.chmod(0o600)
@@ -100,7 +101,8 @@ class PostgresCluster:
             if started.returncode == 0:
                 break
             if attempt == 2 or "in use" not in self._log_tail():
-                raise PostgresStartError(f"pg_ctl start failed: {started.stdout}{started.stderr}\n{self._log_tail()}")
+                msg = f"pg_ctl start failed: {started.stdout}{started.stderr}\n{self._log_tail()}"
+                raise PostgresStartError(msg)
         self.psql(f"CREATE ROLE {ROLE} LOGIN PASSWORD '{self.password}'")
         self.url = self.create_database()
         return self
@@ -161,9 +163,10 @@ class PostgresCluster:
         command = [str(self.bin_dir / program), *args]
         if self._as_postgres:
             command = ["runuser", "-u", "postgres", "--", *command]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd="/")
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd="/", check=False)
         if check and done.returncode != 0:
-            raise PostgresStartError(f"{program} failed ({done.returncode}): {done.stderr.strip()}\n{self._log_tail()}")
+            msg = f"{program} failed ({done.returncode}): {done.stderr.strip()}\n{self._log_tail()}"
+            raise PostgresStartError(msg)
         return done
 
     def _log_tail(self, lines: int = 30) -> str:

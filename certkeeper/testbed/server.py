@@ -78,7 +78,8 @@ def allocate_port(*, udp_too: bool = False) -> int:
                 continue
             _claimed[port] = descriptor
             return port
-    raise RuntimeError(f"no free loopback port in {_PORT_RANGE.start}-{_PORT_RANGE.stop - 1}")
+    msg = f"no free loopback port in {_PORT_RANGE.start}-{_PORT_RANGE.stop - 1}"
+    raise RuntimeError(msg)
 
 
 def _bindable(port: int, *, udp_too: bool) -> bool:
@@ -156,7 +157,8 @@ def run_checked(command: Sequence[str], what: str) -> str:
     """Run a control command (``postfix reload``, ``doveadm reload``); raise with its output on failure."""
     result = subprocess.run(list(command), capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        raise RuntimeError(f"{what} failed (exit {result.returncode}): {result.stdout}{result.stderr}")
+        msg = f"{what} failed (exit {result.returncode}): {result.stdout}{result.stderr}"
+        raise RuntimeError(msg)
     return result.stdout + result.stderr
 
 
@@ -207,7 +209,8 @@ class Server(ABC):
                 continue
             self.running = True
             return self
-        raise AssertionError("unreachable")  # the loop returns or raises
+        msg = "unreachable"
+        raise AssertionError(msg)  # the loop returns or raises
 
     def stop(self) -> None:
         """Stop the daemon; safe to call twice."""

@@ -106,11 +106,14 @@ class SmtpSink(Server):
         """
         super().__init__(directory)
         if (cert_file is None) != (key_file is None):
-            raise ValueError("give both cert_file and key_file, or neither")
+            msg = "give both cert_file and key_file, or neither"
+            raise ValueError(msg)
         if (username is None) != (password is None):
-            raise ValueError("give both username and password, or neither")
+            msg = "give both username and password, or neither"
+            raise ValueError(msg)
         if username is not None and cert_file is None:
-            raise ValueError("AUTH needs TLS: give cert_file and key_file too")
+            msg = "AUTH needs TLS: give cert_file and key_file too"
+            raise ValueError(msg)
         self.cert_file = cert_file
         self.key_file = key_file
         self.username = username
@@ -145,7 +148,8 @@ class SmtpSink(Server):
         """Block until at least ``count`` messages arrived; raise ``TimeoutError`` otherwise."""
         with self._arrived:
             if not self._arrived.wait_for(lambda: len(self.deliveries) >= count, timeout=timeout):
-                raise TimeoutError(f"{len(self.deliveries)} of {count} messages arrived in {timeout} s")
+                msg = f"{len(self.deliveries)} of {count} messages arrived in {timeout} s"
+                raise TimeoutError(msg)
             return list(self.deliveries)
 
     def clear(self) -> None:
@@ -193,7 +197,8 @@ class SmtpSink(Server):
                 controller.start()
             except (OSError, RuntimeError) as error:
                 self.log(f"listener on {LOOPBACK}:{port} failed: {error}")
-                raise self.fail(f"cannot listen on {LOOPBACK}:{port}: {error}") from error
+                msg = f"cannot listen on {LOOPBACK}:{port}: {error}"
+                raise self.fail(msg) from error
             self._controllers.append(controller)
         self.log(f"listening on {LOOPBACK}:{self.port}" + (f" and {self.tls_port} (TLS)" if self.tls_port else ""))
 

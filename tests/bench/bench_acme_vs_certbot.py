@@ -73,8 +73,11 @@ def run_certkeeper(pebble: Pebble, work: Path, domains: list[str]) -> float:
     elapsed = time.perf_counter() - started
     renewed = sum(1 for line in done.stdout.splitlines() if ": renewed" in line)
     if done.returncode != 0 or renewed != len(domains):
-        raise SystemExit(f"certkeeper renew failed (exit {done.returncode}, {renewed}/{len(domains)} renewed):\n"
-                         f"{done.stdout}{done.stderr}")
+        msg = (
+            f"certkeeper renew failed (exit {done.returncode}, {renewed}/{len(domains)} renewed):\n"
+                         f"{done.stdout}{done.stderr}"
+        )
+        raise SystemExit(msg)
     return elapsed
 
 

@@ -51,7 +51,8 @@ def rss_kib(pid: int | str = "self") -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
+    msg = "no VmRSS"
+    raise RuntimeError(msg)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -94,7 +95,8 @@ def idle_cpu(config_path: Path, seconds: float) -> tuple[float, int]:
         deadline = time.monotonic() + 60
         while "certkeeper daemon started" not in log_path.read_text():
             if time.monotonic() > deadline or process.poll() is not None:
-                raise SystemExit(f"the daemon did not start:\n{log_path.read_text()}")
+                msg = f"the daemon did not start:\n{log_path.read_text()}"
+                raise SystemExit(msg)
             time.sleep(0.1)
         time.sleep(3)  # let the first pass finish
         before = cpu_seconds(process.pid)

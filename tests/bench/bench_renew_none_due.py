@@ -110,7 +110,8 @@ def timed(command: list[str]) -> float:
     result = subprocess.run(command, capture_output=True, text=True, check=False, env=ENVIRONMENT)
     elapsed = time.perf_counter() - started
     if result.returncode != 0:
-        raise SystemExit(f"{command[0]} exited {result.returncode}: {result.stdout}{result.stderr}")
+        msg = f"{command[0]} exited {result.returncode}: {result.stdout}{result.stderr}"
+        raise SystemExit(msg)
     return elapsed
 
 
