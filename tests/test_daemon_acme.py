@@ -22,8 +22,8 @@ import pytest
 from certkeeper.model import KeyType
 from certkeeper.store.sqlite import SqliteStore
 from certkeeper.store.versions import CertificateHome
-from certkeeper.testbed.demo import mail_listeners, point_mail_servers_at, served_fingerprints, write_config
 from certkeeper.testbed.dovecot import Dovecot
+from certkeeper.testbed.mailstack import mail_listeners, point_mail_servers_at, served_fingerprints, write_config
 from certkeeper.testbed.pebble import Pebble
 from certkeeper.testbed.postfix import Postfix
 
