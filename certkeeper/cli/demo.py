@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 from dataclasses import replace
@@ -40,6 +41,10 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, context: Context) -> int:
+    if importlib.util.find_spec("aiosmtpd") is None:  # the sink for the demo's alert mail
+        print("certkeeper demo: needs aiosmtpd, which a plain install leaves out: pip install 'certkeeper[demo]' "
+              "(bash deploy/demo installs it)", file=sys.stderr)
+        return 69
     from certkeeper.model import KeyType
     from certkeeper.testbed.demo import DemoSettings, run_demo
 

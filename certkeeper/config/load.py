@@ -8,6 +8,7 @@ all of them in one ``certkeeper config check``.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tomllib
 from collections.abc import Mapping
@@ -246,6 +247,9 @@ def _parse_settings(t: Table) -> Settings:
     )
     if settings.database and not settings.database.startswith(("postgresql://", "postgres://")):
         t.error("database", repr(settings.database), 'a PostgreSQL URL such as "postgresql://user@host/db"')
+    if settings.database and importlib.util.find_spec("psycopg") is None:
+        t.error("database", repr(settings.database), "a database certkeeper can reach: psycopg is not installed",
+                "install it: pip install 'certkeeper[postgresql]' (or apt-get install python3-psycopg)")
     if settings.database and not settings.fleet_key_file:
         t.error("fleet_key_file", "nothing", "a key file shared by the fleet's nodes when database is set",
                 "private keys are stored encrypted with it; PostgreSQL never sees them in plain text")

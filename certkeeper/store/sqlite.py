@@ -8,10 +8,12 @@ certkeeper never blocks the next one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -87,7 +89,7 @@ class SqliteStore:
             msg = f"{self.path}: cannot open the state store: {exc}"
             raise StoreError(msg) from None
         except OSError as exc:
-            msg = f"{state_dir}: cannot create the state directory: {exc.strerror}"
+            msg = f"{state_dir}: cannot create the state directory: {exc.strerror}{_permission_hint(state_dir, exc)}"
             raise StoreError(msg) from None
 
     def _migrate(self) -> None:
@@ -279,3 +281,17 @@ def _state(row: tuple[Any, ...]) -> CertState:
         ari_end=_dt(row[8]), ari_retry_after=_dt(row[9]), ari_chosen_at=_dt(row[10]),
         reload_pending=bool(row[11]),
     )
+
+
+def _permission_hint(state_dir: Path, exc: OSError) -> str:
+    """For a refused state directory: who certkeeper runs as, who owns the nearest existing folder, what to do."""
+    if exc.errno not in (errno.EACCES, errno.EPERM):
+        return ""
+    existing = next((p for p in (state_dir, *state_dir.parents) if p.exists()), Path("/"))
+    try:
+        st = existing.stat()
+    except OSError:
+        return ""
+    return (f" (certkeeper runs as uid {os.geteuid()}; {existing} belongs to uid {st.st_uid} with mode "
+            f"{stat.S_IMODE(st.st_mode):04o}: run certkeeper as root or as that user, or set [certkeeper] "
+            f"state_dir to a folder this user may write)")
