@@ -26,7 +26,12 @@ from certkeeper.probe import ProbeOptions, probe_sync
 from certkeeper.testbed.certs import LeafCertificate, TestCA
 
 HOSTNAME = "mail.example.test"
-NOW = datetime.now(UTC)
+
+
+def now() -> datetime:
+    """The time of the call: the test bed's certificates are valid from 5 minutes before they were made, and a
+    module-level constant taken at collection is older than that by the time a slow run reaches these tests."""
+    return datetime.now(UTC)
 
 
 def _codes(report: doctor.Report) -> set[str]:
@@ -51,7 +56,7 @@ def _postfix(main_cf: str, master: str = "", parameters: str = "", config_dir: s
 def _diagnose(config: PostfixConfig, roots: list[Any], **inputs: Any) -> doctor.Report:
     partial = doctor.Inputs(postfix=config, **inputs)
     files = {path: read_file(path) for path in doctor.files_needed(partial)}
-    return doctor.diagnose(doctor.Inputs(postfix=config, files=files, **inputs), roots=roots, now=NOW)
+    return doctor.diagnose(doctor.Inputs(postfix=config, files=files, **inputs), roots=roots, now=now())
 
 
 @pytest.fixture(scope="module")
@@ -232,7 +237,7 @@ def test_dovecot_obsolete_floor_and_plaintext_auth_with_real_doveconf(tmp_path: 
     config = read_dovecot(conf)
     inputs = doctor.Inputs(dovecot=config)
     files = {path: read_file(path) for path in doctor.files_needed(inputs)}
-    report = doctor.diagnose(doctor.Inputs(dovecot=config, files=files), roots=[ca.certificate], now=NOW)
+    report = doctor.diagnose(doctor.Inputs(dovecot=config, files=files), roots=[ca.certificate], now=now())
     assert "ssl_min_protocol = TLSv1.2" in _one(report, "obsolete-setting").fix
     assert _one(report, "protocol-floor").fix.startswith(f"in {conf}: ssl_min_protocol = TLSv1.2")
     assert _one(report, "auth-before-starttls").fix.endswith(f"doveadm -c {conf} reload")
@@ -330,7 +335,7 @@ def test_real_postfix_files_replaced_without_reload(tmp_path: Path, capsys: pyte
     target = f"smtp://127.0.0.1:{postfix.ports['smtp']}"
     from certkeeper.targets import parse_target
 
-    first = probe_sync([parse_target(target)], ProbeOptions(timeout=5), now=NOW)[0]
+    first = probe_sync([parse_target(target)], ProbeOptions(timeout=5), now=now())[0]
     assert first.certificate is not None  # an smtpd process now holds the first certificate
     ca.issue([HOSTNAME, "127.0.0.1"]).write(tmp_path / "tls")  # same paths, new pair, no reload
     status, report = _doctor(capsys, postfix, postfix.ca_file)
