@@ -118,9 +118,6 @@ def parse_target(text: str, starttls: str = "auto") -> Target:
             msg = f"no port in {raw!r}: write host:port or a URL such as smtps://{rest}"
             raise ValueError(msg)
         protocol = _protocol_for_port(port, starttls, raw)
-    if not 0 < port < 65536:
-        msg = f"port {port} out of range in {raw!r}"
-        raise ValueError(msg)
     return Target(text=raw, host=host, port=port, protocol=protocol)
 
 
@@ -157,6 +154,9 @@ def _port(text: str, raw: str) -> int:
     if not text.isdigit():
         msg = f"port {text!r} is not a number in {raw!r}"
         raise ValueError(msg)
+    if not 0 < int(text) < 65536:
+        msg = f"port {int(text)} out of range in {raw!r}"
+        raise ValueError(msg)
     return int(text)
 
 
@@ -167,9 +167,7 @@ def _protocol_for_port(port: int, starttls: str, raw: str) -> str:
                 f"port {port} has no well-known mail protocol in {raw!r}: write a URL "
                 f"(smtp://, smtps://, imap://, ...) or pass --starttls smtp|imap|pop3|sieve|none"
             )
-            raise ValueError(
-                msg
-            )
+            raise ValueError(msg)
         return WELL_KNOWN_PORTS[port]
     if starttls == "none":
         known = WELL_KNOWN_PORTS.get(port)
