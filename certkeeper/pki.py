@@ -6,6 +6,7 @@ here into :class:`certkeeper.errors.InputError` naming the file.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import ipaddress
 from collections.abc import Sequence
@@ -55,6 +56,34 @@ def load_key(pem: bytes, passphrase: bytes | None = None) -> PrivateKey:
         msg = f"unsupported private key type {type(key).__name__}"
         raise ValueError(msg)  # noqa: TRY004 - callers report a bad key file as ValueError, whatever its cause
     return key
+
+
+def key_from_jwk(jwk: dict[str, str]) -> PrivateKey:
+    """A private key from its JWK form (RFC 7518 section 6: what certbot keeps as ``private_key.json``).
+
+    Raises ValueError naming what is missing or wrong; the key material never appears in a message.
+    """
+    def number(name: str) -> int:
+        text = jwk.get(name)
+        if not isinstance(text, str) or not text:
+            msg = f"the JWK has no {name!r}"
+            raise ValueError(msg)
+        return int.from_bytes(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)), "big")
+
+    kind = jwk.get("kty")
+    if kind == "RSA":
+        public = rsa.RSAPublicNumbers(number("e"), number("n"))
+        return rsa.RSAPrivateNumbers(number("p"), number("q"), number("d"), number("dp"), number("dq"),
+                                     number("qi"), public).private_key()
+    if kind == "EC":
+        curve = {"P-256": ec.SECP256R1(), "P-384": ec.SECP384R1()}.get(str(jwk.get("crv")))
+        if curve is None:
+            msg = f"unsupported JWK curve {jwk.get('crv')!r}"
+            raise ValueError(msg)
+        return ec.EllipticCurvePrivateNumbers(number("d"), ec.EllipticCurvePublicNumbers(
+            number("x"), number("y"), curve)).private_key()
+    msg = f"unsupported JWK key type {kind!r}"
+    raise ValueError(msg)
 
 
 def cert_to_pem(certificate: x509.Certificate) -> bytes:

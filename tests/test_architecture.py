@@ -32,7 +32,7 @@ FLOORS: list[set[str]] = [
     {"app.py"},
     {"testbed"},
     {"renewal"},
-    {"mailserver", "dane", "alerts", "monitoring"},
+    {"mailserver", "dane", "alerts", "monitoring", "adopt"},
     {"issuers", "store", "probe"},
     {"config", "dnsclient.py", "process.py", "tls.py"},
     {"pki.py", "targets.py"},

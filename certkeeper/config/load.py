@@ -146,6 +146,7 @@ class CertificateConfig:
     domains: tuple[str, ...]
     key_types: tuple[KeyType, ...] = (KeyType.ECDSA_P256,)
     reload: tuple[str, ...] = ()
+    deploy_hooks: tuple[str, ...] = ()  # certbot-style: once per certificate and key type, RENEWED_LINEAGE set
     hook_env: Mapping[str, str] = field(default_factory=dict)
     endpoints: tuple[Target, ...] = ()
     group: str | None = None
@@ -433,6 +434,7 @@ def _parse_certificate(name: str, t: Table, issuers: Mapping[str, IssuerConfig])
         domains=domains,
         key_types=tuple(key_types),
         reload=t.hook_list("reload"),
+        deploy_hooks=t.hook_list("deploy_hooks"),
         hook_env=t.string_table("hook_env"),
         endpoints=t.target_list("endpoints"),
         group=t.string("group", None),

@@ -41,7 +41,8 @@ from acme import errors as acme_errors
 from acme import messages
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from josepy.util import ComparableRSAKey
 
 from certkeeper import __version__, pki
 from certkeeper.config import AcmeIssuerConfig
@@ -211,7 +212,8 @@ class _ResilientNetwork(acme_client.ClientNetwork):
     def __init__(self, key: jose.jwk.JWK, *, ca_bundle: Path | None, timeout: float, policy: RetryPolicy,
                  sleep: Callable[[float], None] = time.sleep, rng: Callable[[], float] = random.random) -> None:
         # verify_ssl is passed to requests as ``verify``, which takes a CA bundle path as well as a bool.
-        super().__init__(key, alg=jose.jwa.ES256, verify_ssl=str(ca_bundle) if ca_bundle else True,  # type: ignore[arg-type]
+        alg = jose.jwa.RS256 if isinstance(key, jose.jwk.JWKRSA) else jose.jwa.ES256
+        super().__init__(key, alg=alg, verify_ssl=str(ca_bundle) if ca_bundle else True,  # type: ignore[arg-type]
                          user_agent=f"certkeeper/{__version__}", timeout=int(min(timeout, 60)))
         self.policy = policy
         self._sleep = sleep
@@ -332,7 +334,7 @@ class _Directory:
         self.config = config
         self.home = home
         self.policy = RetryPolicy(budget=config.timeout.total_seconds())
-        self.key = jose.jwk.JWKEC(key=_load_or_create_account_key(home / "account.key"))
+        self.key = _jwk(_load_or_create_account_key(home / "account.key"))
         self.net = self._network()
         try:
             self.raw = self.net.get(url).json()
@@ -407,12 +409,31 @@ class _Directory:
         log.info("registered ACME account %s at %s", uri, self.url)
 
 
-def _load_or_create_account_key(path: Path) -> ec.EllipticCurvePrivateKey:
-    """The account key, created on first use: P-256, PEM, mode 0600, never replaced once written."""
+def account_home(state_dir: Path, issuer: str, directory: str) -> Path:
+    """Where an issuer keeps its account at one ACME directory: one folder per directory URL, so that a staging
+    account is never used against production (``account.key``, ``account.json``)."""
+    host = urlsplit(directory).hostname or "ca"
+    digest = hashlib.sha256(directory.encode()).hexdigest()[:12]
+    return state_dir / "accounts" / issuer / f"{host}-{digest}"
+
+
+AccountKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+
+def _jwk(key: AccountKey) -> jose.jwk.JWK:
+    """ES256 for certkeeper's own P-256 keys, RS256 for an RSA key imported from certbot."""
+    if isinstance(key, rsa.RSAPrivateKey):
+        return jose.jwk.JWKRSA(key=ComparableRSAKey(key))
+    return jose.jwk.JWKEC(key=key)
+
+
+def _load_or_create_account_key(path: Path) -> AccountKey:
+    """The account key, created on first use: P-256, PEM, mode 0600, never replaced once written.  An RSA key
+    (an account taken over from certbot by ``certkeeper import certbot``) is used as it is."""
     with contextlib.suppress(FileNotFoundError):
         key = serialization.load_pem_private_key(path.read_bytes(), None)
-        if not isinstance(key, ec.EllipticCurvePrivateKey):
-            msg = f"{path}: the ACME account key is not an ECDSA key"
+        if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+            msg = f"{path}: the ACME account key is neither an ECDSA nor an RSA key"
             raise ChallengeFailed(msg)
         return key
     key = ec.generate_private_key(ec.SECP256R1())
@@ -521,10 +542,7 @@ class AcmeIssuer:
         with self._lock:
             found = self._directories.get(url)
             if found is None:
-                host = urlsplit(url).hostname or "ca"
-                digest = hashlib.sha256(url.encode()).hexdigest()[:12]
-                # One folder per directory URL: a staging account must never be used against production.
-                home = self.state_dir / "accounts" / self.name / f"{host}-{digest}"
+                home = account_home(self.state_dir, self.name, url)
                 found = self._directories[url] = _Directory(url, self.config, home)
             return found
 

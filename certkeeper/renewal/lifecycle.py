@@ -422,12 +422,24 @@ class Renewer:
                 cert_dir=first.home.current_link / _subdir(first.new), names=tuple(m.config.name for m in members),
                 extra_env=dict(env),
             )
-            try:
-                run_hook(hook, context, timeout=self.settings.hook_timeout.total_seconds())
-            except HookFailed as exc:
-                for member in members:
-                    member.hook_error = str(exc)
-                    self.bus.publish(ReloadHookFailed(self.clock(), member.config.name, str(hook), str(exc)))
+            self._run_hook(hook, context, members)
+        for work in works:  # certbot-style deploy hooks: once per certificate and key type, as certbot runs them
+            assert work.new is not None
+            for reference in work.config.deploy_hooks:
+                hook = resolve_hook(reference, self.settings.hooks_dir, self.config.path)
+                for pair in work.new.pairs:
+                    lineage = work.home.current_link / pair.directory.relative_to(work.new.path)
+                    context = HookContext(name=work.config.name, domains=work.config.domains, version=work.new.id,
+                                          cert_dir=lineage, extra_env=dict(work.config.hook_env))
+                    self._run_hook(hook, context, [work])
+
+    def _run_hook(self, hook: Path, context: HookContext, members: Sequence[_Work]) -> None:
+        try:
+            run_hook(hook, context, timeout=self.settings.hook_timeout.total_seconds())
+        except HookFailed as exc:
+            for member in members:
+                member.hook_error = str(exc)
+                self.bus.publish(ReloadHookFailed(self.clock(), member.config.name, str(hook), str(exc)))
 
     def _verify(self, works: Sequence[_Work]) -> dict[str, Verification]:
         # Imported here: a pass with nothing to verify (cron, nothing due) never loads the probe.

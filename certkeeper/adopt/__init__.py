@@ -1,0 +1,1 @@
+"""Taking over from other certificate managers: certbot's ``/etc/letsencrypt`` (:mod:`.certbot`)."""

@@ -1,0 +1,137 @@
+"""From certbot to certkeeper: real certbot (PyPI) issues three lineages from the test bed's Pebble, certkeeper
+takes them over without ordering, then renews each through the same Pebble under certbot's own account."""
+
+from __future__ import annotations
+
+import json
+import re
+import stat
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from certkeeper import pki
+from certkeeper.probe import ProbeOptions, probe_sync
+from certkeeper.store.versions import CertificateHome
+from certkeeper.targets import parse_target
+from certkeeper.testbed.pebble import Pebble
+from certkeeper.testbed.postfix import Postfix
+
+CERTBOT = Path(sys.executable).parent / "certbot"
+LINEAGES = {  # name -> certbot's key options
+    "mail.example.test": ["--key-type", "ecdsa"],
+    "rsa.example.test": ["--key-type", "rsa"],
+    "reuse.example.test": ["--key-type", "ecdsa", "--reuse-key"],
+}
+
+
+def certbot_issue(pebble: Pebble, letsencrypt: Path, hook: Path) -> None:
+    for name, options in LINEAGES.items():
+        subprocess.run(
+            [str(CERTBOT), "certonly", "--non-interactive", "--agree-tos", "-m", "hostmaster@example.test",
+             "--server", pebble.directory_url, "--standalone", "--http-01-port", str(pebble.http_port),
+             "--http-01-address", "127.0.0.1", "--config-dir", str(letsencrypt), "--work-dir",
+             str(letsencrypt.parent / "certbot-work"), "--logs-dir", str(letsencrypt.parent / "certbot-logs"),
+             "--deploy-hook", str(hook), "-d", name, *options],
+            env=pebble.client_env(), check=True, capture_output=True, timeout=120)
+
+
+def pebble_counts(pebble: Pebble) -> tuple[int, int]:
+    """(accounts Pebble holds, orders it was asked for), from its own log."""
+    log = pebble.log_path.read_text()
+    accounts = [int(n) for n in re.findall(r"There are now (\d+) accounts in memory", log)]
+    return (max(accounts) if accounts else 0), len(re.findall(r"Added order \S+ to the db", log))
+
+
+def run_certkeeper(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "certkeeper", "-c", str(config), *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_certbot_lineages_are_taken_over_and_renewed_under_certbot_s_account(
+    tmp_path: Path, pebble_factory: Callable[..., Pebble], postfix_factory: Callable[..., Postfix],
+) -> None:
+    pebble = pebble_factory()  # a Pebble of this test's own: its log counts only this test's accounts and orders
+    letsencrypt = tmp_path / "letsencrypt"
+    deployed = tmp_path / "deployed.log"
+    hook = tmp_path / "deploy-hook"
+    hook.write_text(f'#!/bin/sh\necho "$RENEWED_LINEAGE" >> {deployed}\n')
+    hook.chmod(0o755)
+    certbot_issue(pebble, letsencrypt, hook)
+    deployed.unlink()  # certbot's own runs of the hook
+    accounts, orders = pebble_counts(pebble)
+    assert accounts == 1 and orders == 3
+
+    config = tmp_path / "certkeeper.toml"
+    roots = pebble.write_issuer_chain(tmp_path / "pebble-roots.pem")
+    config.write_text(
+        f'[certkeeper]\nstate_dir = "{tmp_path / "state"}"\nverify_timeout = "20s"\n\n'
+        f'[issuers.pebble]\ntype = "acme"\ndirectory = "{pebble.directory_url}"\nchallenge = "http-01"\n'
+        f'http_address = "127.0.0.1"\nhttp_port = {pebble.http_port}\nca_bundle = "{pebble.ca_file}"\n'
+        f'trust_roots = "{roots}"\n')
+
+    dry = run_certkeeper(config, "import", "certbot", str(letsencrypt), "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert '[certificates."rsa.example.test"]' in dry.stdout and 'key_types = ["rsa-2048"]' in dry.stdout
+    assert "[issuers." not in dry.stdout  # the configured issuer for that directory is reused
+    assert "reuse_key = true" in dry.stdout and json.dumps([str(hook)]) in dry.stdout
+    assert "certificates" not in config.read_text()
+
+    done = run_certkeeper(config, "import", "certbot", str(letsencrypt))
+    assert done.returncode == 0, done.stderr
+    assert "systemctl disable --now certbot.timer" in done.stderr
+    assert pebble_counts(pebble) == (1, 3)  # nothing ordered, no account registered
+    state = tmp_path / "state"
+    [account_json] = (state / "accounts" / "pebble").glob("*/account.json")
+    [regr] = letsencrypt.glob("accounts/*/*/*/regr.json")
+    assert json.loads(account_json.read_text())["uri"] == json.loads(regr.read_text())["uri"]
+    assert stat.S_IMODE((account_json.parent / "account.key").stat().st_mode) == 0o600
+    imported = {}
+    for name in LINEAGES:
+        current = CertificateHome(state, name).current()
+        certbot_cert = pki.load_certificates((letsencrypt / "live" / name / "cert.pem").read_bytes())[0]
+        assert current is not None and current.pairs[0].fingerprint == pki.fingerprint(certbot_cert)
+        imported[name] = current
+
+    postfix = postfix_factory()
+    mail_current = state / "certs" / "mail.example.test" / "current"
+    postfix.postconf(smtpd_tls_chain_files=str(mail_current / "combined.pem"))
+    postfix.reload()
+    endpoint = f"smtp://127.0.0.1:{postfix.ports['smtp']}"
+    text = config.read_text().replace(
+        '[certificates."mail.example.test"]\n',
+        f'[certificates."mail.example.test"]\nreload = ["postfix"]\nendpoints = ["{endpoint}"]\n'
+        f'hook_env = {{ POSTFIX_CONFIG_DIR = "{postfix.config_dir}" }}\n')
+    config.write_text(text)
+
+    renewed = run_certkeeper(config, "renew", "--force")
+    assert renewed.returncode == 0, renewed.stdout + renewed.stderr
+    accounts, orders = pebble_counts(pebble)
+    # One new order per certificate and still one account: every order went under certbot's (whose valid
+    # authorizations Pebble even reused, as a CA does only for the account that holds them).
+    assert (accounts, orders) == (1, 6)
+    for name in LINEAGES:
+        current = CertificateHome(state, name).current()
+        assert current is not None and current.id != imported[name].id
+    home = CertificateHome(state, "reuse.example.test")
+    reused = home.current()
+    assert reused is not None
+    assert pki.key_matches(pki.load_key((letsencrypt / "live" / "reuse.example.test" / "privkey.pem").read_bytes()),
+                           pki.load_certificates((reused.pairs[0].directory / "cert.pem").read_bytes())[0])
+    rsa = CertificateHome(state, "rsa.example.test").current()
+    assert rsa is not None and rsa.pairs[0].key_type == "rsa-2048"
+    # certbot-style deploy hooks: once per certificate (one key type each), RENEWED_LINEAGE its current folder
+    assert sorted(deployed.read_text().split()) == sorted(str(state / "certs" / n / "current") for n in LINEAGES)
+    mail = CertificateHome(state, "mail.example.test").current()
+    assert mail is not None
+    [served] = probe_sync([parse_target(endpoint)], ProbeOptions(timeout=10), now=pki.now_utc())
+    assert served.certificate is not None and served.certificate.fingerprint_sha256 == mail.pairs[0].fingerprint
+
+
+def test_a_folder_that_is_not_certbot_s_is_refused_naming_it(tmp_path: Path) -> None:
+    config = tmp_path / "certkeeper.toml"
+    done = run_certkeeper(config, "import", "certbot", str(tmp_path / "nothing"))
+    assert done.returncode == 65
+    assert f"{tmp_path / 'nothing'}: no renewal/ folder: not a certbot configuration directory" in done.stderr
+    assert not config.exists()
