@@ -161,9 +161,12 @@ def test_config_check_exits_78_with_the_located_error(tmp_path: Path) -> None:
 
 
 def test_config_check_prints_resolved_settings_with_secrets_masked(tmp_path: Path) -> None:
+    fleet_key = tmp_path / "fleet.key"
+    fleet_key.write_text("k" * 64)
+    fleet_key.chmod(0o600)
     text = MINIMAL.replace('state_dir = "/tmp/ck"',
                            'state_dir = "/tmp/ck"\ndatabase = "postgresql://ck:hunter2@db/ck"\n'
-                           'fleet_key_file = "/etc/certkeeper/fleet.key"')
+                           f'fleet_key_file = "{fleet_key}"')
     result = run_cli("-c", str(write(tmp_path, text)), "config", "check")
     assert result.returncode == 0, result.stderr
     assert "hunter2" not in result.stdout
@@ -183,3 +186,30 @@ def test_version_matches_package_metadata() -> None:
 
     result = run_cli("--version")
     assert result.stdout.strip() == f"certkeeper {version('certkeeper')}"
+
+
+def test_config_check_finds_what_renew_would_not_hooks_groups_and_secret_files(tmp_path: Path) -> None:
+    """Everything a configuration names on this machine is looked up, and each miss is reported at once."""
+    loose_hook = tmp_path / "loose-hook"
+    loose_hook.write_text("#!/bin/sh\n")
+    loose_hook.chmod(0o777)
+    open_secret = tmp_path / "smtp.pass"
+    open_secret.write_text("s3cret\n")
+    open_secret.chmod(0o644)
+    text = MINIMAL.replace('domains = ["mail.example.org"]',
+                           'domains = ["mail.example.org"]\n'
+                           f'reload = ["dovecott", "/usr/local/bin/nope", "{loose_hook}"]\ngroup = "postfixx"')
+    text += (f'\n[alerts]\nto = ["postmaster@example.org"]\nfrom = "certkeeper@example.org"\n'
+             f'smtp_username = "ck"\nsmtp_password_file = "{open_secret}"\n')
+    text = text.replace('type = "ca"', f'type = "ca"\npassphrase_file = "{tmp_path / "ca.pass"}"')
+    result = run_cli("-c", str(write(tmp_path, text)), "config", "check")
+    assert result.returncode == 78
+    lines = result.stderr
+    assert 'certificates.mail.reload: found hook "dovecott", which is not in' in lines
+    assert 'certificates.mail.reload: found hook "/usr/local/bin/nope", which is not in /usr/local/bin' in lines
+    assert f'certificates.mail.reload: found hook "{loose_hook}" with mode 0777, writable by others' in lines
+    assert 'certificates.mail.group: found group "postfixx", which does not exist on this machine' in lines
+    assert f"alerts.smtp_password_file: found {open_secret}: mode 0644, expected a secret file no wider than " \
+           f"0640; chmod 600 {open_secret}" in lines
+    assert f"issuers.internal.passphrase_file: found {tmp_path / 'ca.pass'}: no such file" in lines
+    assert "s3cret" not in lines + result.stdout

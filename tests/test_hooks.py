@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from certkeeper.config.resolve import default_hook_dirs, resolve_hook
 from certkeeper.errors import ConfigError, HookFailed
-from certkeeper.renewal.hooks import HookContext, default_hook_dirs, resolve_hook, run_hook
+from certkeeper.renewal.hooks import HookContext, run_hook
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTEXT = HookContext(name="mail", domains=("mail.example.test", "smtp.example.test"), version="20261129T000000Z",

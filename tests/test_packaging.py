@@ -42,7 +42,7 @@ def test_every_shipped_hook_is_packaged() -> None:
 def test_an_installed_certkeeper_finds_its_hooks_by_name(plain_install: Path, tmp_path: Path) -> None:
     """After `pipx install .` (a venv of its own) `reload = ["postfix"]` resolves to the packaged hook."""
     python = plain_install / "bin" / "python"
-    code = ("from pathlib import Path; from certkeeper.renewal.hooks import resolve_hook; "
+    code = ("from pathlib import Path; from certkeeper.config.resolve import resolve_hook; "
             "print(resolve_hook('postfix', None, Path('/etc/certkeeper/certkeeper.toml')))")
     done = subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
     hook = Path(done.stdout.strip())

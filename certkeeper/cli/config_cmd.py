@@ -26,15 +26,23 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     commands = parser.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)
     check = commands.add_parser(
         "check", help="validate and print the resolved settings (secrets masked)", parents=[common],
-        description="Parse the configuration, report every mistake with its file and key path (exit 78), "
-                    "or print the resolved settings with defaults filled in (secrets are never printed: "
-                    "they live in files, and only the file names are shown).",
+        description="Parse the configuration and look up what it names on this machine (hooks: present, "
+                    "executable, not writable by others; groups; secret files: present, readable, no wider than "
+                    "0640); report every mistake with its file and key path (exit 78), or print the resolved "
+                    "settings with defaults filled in (secrets are never printed: they live in files, and only "
+                    "the file names are shown).",
     )
     check.add_argument("--json", action="store_true", help="print the resolved settings as JSON")
     check.set_defaults(handler=run_check)
 
 
 def run_check(args: argparse.Namespace, context: Context) -> int:
+    from certkeeper.config.resolve import check_resolvable
+    from certkeeper.errors import ConfigErrors
+
+    problems = check_resolvable(context.config)  # the hooks, groups and secret files it names, on this machine
+    if problems:
+        raise ConfigErrors(problems) if len(problems) > 1 else problems[0]
     resolved = describe_config(context.config)
     if args.json:
         print(json.dumps(resolved, indent=2))

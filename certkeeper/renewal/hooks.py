@@ -8,13 +8,11 @@ captured (the last 64 KiB) and logged, a non-zero exit or a timeout is a failure
 from __future__ import annotations
 
 import logging
-import os
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from certkeeper.errors import ConfigError, HookFailed
+from certkeeper.errors import HookFailed
 from certkeeper.process import run_program
 
 log = logging.getLogger("certkeeper.renewal.hooks")
@@ -22,33 +20,6 @@ log = logging.getLogger("certkeeper.renewal.hooks")
 # What a hook may rely on finding; nothing else of certkeeper's own environment leaks into it.
 _SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _MAX_OUTPUT = 64 * 1024
-
-
-def default_hook_dirs() -> list[Path]:
-    """Where hook names are looked up when ``hooks_dir`` is not set: local overrides first, then shipped."""
-    return [
-        Path("/etc/certkeeper/hooks"),
-        Path(sys.prefix) / "share" / "certkeeper" / "hooks",
-        Path(__file__).resolve().parents[2] / "hooks",  # a source checkout
-    ]
-
-
-def resolve_hook(reference: str, hooks_dir: Path | None, config_file: Path) -> Path:
-    """A hook name (``postfix``) or an absolute path -> the executable to run."""
-    if reference.startswith("/"):
-        path = Path(reference)
-        candidates = [path]
-    else:
-        candidates = [d / reference for d in ([hooks_dir] if hooks_dir else default_hook_dirs())]
-        path = next((c for c in candidates if c.is_file()), candidates[0])
-    if not path.is_file():
-        where = ", ".join(str(c.parent) for c in candidates)
-        raise ConfigError(config_file, "reload", f'hook "{reference}", which is not in {where}',
-                          "a hook name from hooks/ or an absolute path to an executable")
-    if not os.access(path, os.X_OK):
-        raise ConfigError(config_file, "reload", f'hook "{path}", which is not executable',
-                          "an executable file", f"chmod 755 {path}")
-    return path
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from cryptography import x509
 
 from certkeeper import pki
 from certkeeper.config import CertificateConfig, Config
+from certkeeper.config.resolve import resolve_hook
 from certkeeper.dane.observe import dane_watch_for
 from certkeeper.errors import CertkeeperError, FleetStoreDown, HookFailed, LockBusy, UsageError, VerificationFailed
 from certkeeper.events import (
@@ -42,7 +43,7 @@ from certkeeper.events import (
 )
 from certkeeper.issuers.base import Issuer, IssueRequest, RenewalInfoSource
 from certkeeper.model import KeyType
-from certkeeper.renewal.hooks import HookContext, resolve_hook, run_hook
+from certkeeper.renewal.hooks import HookContext, run_hook
 from certkeeper.renewal.observe import Watched
 from certkeeper.renewal.policy import MIN_RETRY, Decision, History, Installed, Wanted, backoff_delay, decide_renewal
 from certkeeper.store import CertState, RenewalRecord, Store
@@ -412,7 +413,8 @@ class Renewer:
         groups: dict[tuple[Path, tuple[tuple[str, str], ...]], list[_Work]] = defaultdict(list)
         for work in works:
             for reference in work.config.reload:
-                path = resolve_hook(reference, self.settings.hooks_dir, self.config.path)
+                path = resolve_hook(reference, self.settings.hooks_dir, self.config.path,
+                                    f"certificates.{work.config.name}.reload")
                 groups[(path, tuple(sorted(work.config.hook_env.items())))].append(work)
         for (hook, env), members in groups.items():
             first = members[0]
@@ -426,7 +428,8 @@ class Renewer:
         for work in works:  # certbot-style deploy hooks: once per certificate and key type, as certbot runs them
             assert work.new is not None
             for reference in work.config.deploy_hooks:
-                hook = resolve_hook(reference, self.settings.hooks_dir, self.config.path)
+                hook = resolve_hook(reference, self.settings.hooks_dir, self.config.path,
+                                    f"certificates.{work.config.name}.deploy_hooks")
                 for pair in work.new.pairs:
                     lineage = work.home.current_link / pair.directory.relative_to(work.new.path)
                     context = HookContext(name=work.config.name, domains=work.config.domains, version=work.new.id,
