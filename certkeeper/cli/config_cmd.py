@@ -34,6 +34,20 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     )
     check.add_argument("--json", action="store_true", help="print the resolved settings as JSON")
     check.set_defaults(handler=run_check)
+    schema = commands.add_parser(
+        "schema", help="print the configuration's JSON Schema", parents=[common],
+        description="Print the JSON Schema (draft 2020-12) of certkeeper.toml, read off the parser: every key "
+                    "certkeeper accepts, with its type. Editors and TOML language servers use it to complete "
+                    "and check the file.",
+    )
+    schema.set_defaults(handler=run_schema)
+
+
+def run_schema(args: argparse.Namespace, context: Context) -> int:
+    from certkeeper.config.schema import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return 0
 
 
 def run_check(args: argparse.Namespace, context: Context) -> int:

@@ -204,9 +204,11 @@ def load_config(path: Path) -> Config:
     return parse_config(data, path)
 
 
-def parse_config(data: Mapping[str, Any], path: Path) -> Config:
+def parse_config(data: Mapping[str, Any], path: Path, *, keys: dict[str, dict[str, Any]] | None = None) -> Config:
+    """``data`` as frozen types; every mistake at once (:class:`ConfigErrors`).  With ``keys``, every key the
+    parser asks for is noted there (see :mod:`certkeeper.config.schema`)."""
     errors: list[ConfigError] = []
-    root = Table(data, "", path, errors)
+    root = Table(data, "", path, errors, keys=keys)
     settings = _parse_settings(root.table("certkeeper"))
     alerts_table = root.optional_table("alerts")
     alerts = _parse_alerts(alerts_table) if alerts_table else None

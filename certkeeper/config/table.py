@@ -30,12 +30,23 @@ T = TypeVar("T")
 class Table:
     """One TOML table being read: typed getters that record located errors, and unknown-key detection."""
 
-    def __init__(self, data: Mapping[str, Any], key_path: str, file: Path, errors: list[ConfigError]) -> None:
+    def __init__(self, data: Mapping[str, Any], key_path: str, file: Path, errors: list[ConfigError], *,
+                 keys: dict[str, dict[str, Any]] | None = None, pattern: str | None = None) -> None:
         self.data = data
         self.key_path = key_path
         self.file = file
         self.errors = errors
         self.seen: set[str] = set()
+        # ``keys``: when given, every key asked for is noted there as a JSON Schema fragment, under its pattern
+        # (``certificates.*.reload``, ``watch[].endpoints``): what ``config schema`` prints.
+        self.keys = keys
+        self.pattern = key_path if pattern is None else pattern
+
+    def _child(self, data: Mapping[str, Any], key_path: str, pattern: str) -> Table:
+        return Table(data, key_path, self.file, self.errors, keys=self.keys, pattern=pattern)
+
+    def _pattern(self, key: str) -> str:
+        return f"{self.pattern}.{key}" if self.pattern else key
 
     def where(self, key: str) -> str:
         return f"{self.key_path}.{key}" if self.key_path else key
@@ -43,12 +54,15 @@ class Table:
     def error(self, key: str, found: str, expected: str, hint: str = "") -> None:
         self.errors.append(ConfigError(self.file, self.where(key), found, expected, hint))
 
-    def _get(self, key: str) -> Any:
+    def _get(self, key: str, kind: Mapping[str, Any] | None = None) -> Any:
         self.seen.add(key)
+        if self.keys is not None:
+            self.keys.setdefault(self._pattern(key), dict(kind or {}))
         return self.data.get(key)
 
     def _typed(self, key: str, kind: type | tuple[type, ...], expected: str, default: Any) -> Any:
-        value = self._get(key)
+        value = self._get(key, {"type": {str: "string", bool: "boolean", int: "integer"}.get(kind, "string")}
+                          if isinstance(kind, type) else {})
         if value is None:
             return default
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
@@ -106,7 +120,7 @@ class Table:
         return value
 
     def choice(self, key: str, choices: tuple[str, ...], default: str | None) -> Any:
-        value = self._get(key)
+        value = self._get(key, {"enum": list(choices)})
         if value is None:
             if default is None:
                 self.error(key, "nothing", "one of " + ", ".join(f'"{c}"' for c in choices))
@@ -118,7 +132,7 @@ class Table:
         return value
 
     def parsed(self, key: str, parse: Callable[[str], T], default: Any, expected: str) -> Any:
-        value = self._get(key)
+        value = self._get(key, {"type": "string", "description": expected})
         if value is None:
             return default
         if not isinstance(value, str):
@@ -131,7 +145,7 @@ class Table:
             return default
 
     def string_list(self, key: str, default: Any) -> list[str] | None:
-        value = self._get(key)
+        value = self._get(key, {"type": "array", "items": {"type": "string"}})
         if value is None:
             return list(default) if default is not None else None
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -140,9 +154,8 @@ class Table:
         return value
 
     def string_or_list(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
-        value = self.data.get(key)
+        value = self._get(key, {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]})
         if isinstance(value, str):
-            self.seen.add(key)
             return (value,)
         return tuple(self.string_list(key, default) or ())
 
@@ -163,7 +176,7 @@ class Table:
         return result
 
     def int_list(self, key: str, default: Any) -> list[int]:
-        value = self._get(key)
+        value = self._get(key, {"type": "array", "items": {"type": "integer", "minimum": 1}})
         if value is None:
             return list(default) if default is not None else []
         if (not isinstance(value, list) or not value
@@ -208,16 +221,16 @@ class Table:
 
     def table(self, key: str) -> Table:
         """A table that may be empty: ``[certkeeper]`` with every key defaulted is fine."""
-        return self.optional_table(key) or Table({}, self.where(key), self.file, self.errors)
+        return self.optional_table(key) or self._child({}, self.where(key), self._pattern(key))
 
     def optional_table(self, key: str) -> Table | None:
-        value = self._get(key)
+        value = self._get(key, {"type": "object"})
         if value is None:
             return None
         if not isinstance(value, dict):
             self.error(key, describe(value), "a table")
             return None
-        return Table(value, self.where(key), self.file, self.errors)
+        return self._child(value, self.where(key), self._pattern(key))
 
     def named_tables(self, key: str) -> Iterator[tuple[str, Table]]:
         group = self.optional_table(key)
@@ -232,17 +245,17 @@ class Table:
             if not isinstance(value, dict):
                 group.error(name, describe(value), "a table")
                 continue
-            yield name, Table(value, group.where(name), self.file, self.errors)
+            yield name, self._child(value, group.where(name), f"{group.pattern}.*")
 
     def array_of_tables(self, key: str) -> Iterator[Table]:
-        value = self._get(key)
+        value = self._get(key, {"type": "array"})
         if value is None:
             return
         if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
             self.error(key, describe(value), f"[[{key}]] tables")
             return
         for i, item in enumerate(value):
-            yield Table(item, f"{self.where(key)}[{i}]", self.file, self.errors)
+            yield self._child(item, f"{self.where(key)}[{i}]", f"{self._pattern(key)}[]")
 
     def finish(self, *, ignore_unknown: bool = False) -> None:
         if ignore_unknown:
