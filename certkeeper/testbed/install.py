@@ -31,6 +31,8 @@ DEBIAN_PACKAGES = (
     "postgresql",
     "openssl",
     "systemd",  # systemd-analyze verify checks the unit files in deploy/
+    "python3-venv",  # deploy/debian/build makes the package's virtualenv with the system python3
+    "groff",  # renders the generated manual page in tests/test_docs.py
 )
 DEFAULT_CACHE = Path("/var/cache/certkeeper-testbed")
 CACHE_ENV = "CERTKEEPER_TESTBED_CACHE"
