@@ -13,7 +13,7 @@ import pytest
 
 from certkeeper.app import build_app
 from certkeeper.config import Config
-from certkeeper.install import CertificateHome
+from certkeeper.store.versions import CertificateHome
 from certkeeper.testbed.exim import Exim
 from certkeeper.testbed.install import EXIM_USER
 from certkeeper.testbed.server import make_traversable

@@ -26,22 +26,22 @@ from cryptography import x509
 from certkeeper import pki
 from certkeeper.mailserver.config import (
     DovecotConfig,
-    EximConfig,
     Listener,
     PostfixConfig,
     TlsFiles,
     dovecot_listeners,
     dovecot_tls_files,
-    exim_listeners,
     postfix_listeners,
     postfix_tls_files,
 )
+from certkeeper.mailserver.exim import EximConfig, exim_listeners
 from certkeeper.mailserver.rules import (
     Diagnosis,
     Fixer,
     ManagedCertificate,
     Severity,
     dovecot_rules,
+    exim_rules,
     fixer_for,
     hostnames_for,
     postfix_rules,
@@ -170,6 +170,8 @@ def _daemon_title(daemon: str, inputs: Inputs) -> str:
         return f"Postfix ({inputs.postfix.config_dir})"
     if daemon == "dovecot" and inputs.dovecot is not None:
         return f"Dovecot ({inputs.dovecot.config_file})"
+    if daemon == "exim" and inputs.exim is not None and inputs.exim.config_file is not None:
+        return f"Exim ({inputs.exim.config_file})"
     return daemon.capitalize()
 
 
@@ -205,7 +207,7 @@ def diagnose(inputs: Inputs, *, roots: Sequence[x509.Certificate], now: datetime
     for daemon, reason in inputs.failures:
         found.append(Diagnosis(daemon.capitalize(), "configuration-unreadable", "problem", reason,
                                f"run it by hand to see the error: {reason.split(':', 1)[0]}"))
-    for daemon in ("postfix", "dovecot"):
+    for daemon in ("postfix", "dovecot", "exim"):
         if getattr(inputs, daemon) is not None:
             facts[_daemon_title(daemon, inputs)] = []
     all_listeners = listeners(inputs)
@@ -219,10 +221,14 @@ def diagnose(inputs: Inputs, *, roots: Sequence[x509.Certificate], now: datetime
     if inputs.dovecot is not None:
         found += dovecot_rules(inputs.dovecot, [x for x in all_listeners if x.daemon == "dovecot"],
                                _daemon_title("dovecot", inputs), _listener_title)
+    if inputs.exim is not None:
+        found += exim_rules(inputs.exim, [x for x in all_listeners if x.daemon == "exim"],
+                            _daemon_title("exim", inputs), _listener_title)
     leaves: dict[tuple[str, TlsFiles], list[str]] = {}
     for where, tls, names in _tls_sources(inputs):
         daemon = "dovecot" if tls.setting.startswith("ssl_") else "exim" if tls.scope == "exim" else "postfix"
-        fixer = fixer_for(inputs.postfix if daemon == "postfix" else inputs.dovecot if daemon == "dovecot" else None)
+        fixer = fixer_for(inputs.postfix if daemon == "postfix" else inputs.dovecot if daemon == "dovecot"
+                          else inputs.exim)
         pairs, issues = _pairs(tls, inputs.files)
         label = f"{tls.setting}" + (f" for {tls.server_name}" if tls.server_name else "")
         facts.setdefault(where, []).append(f"{label}: {', '.join(str(p) for p in tls.files)}")
@@ -289,7 +295,7 @@ def _managed_findings(where: str, tls: TlsFiles, pair: Pair, managed: Sequence[M
 
 
 def _hook_findings(where: str, certificate: ManagedCertificate, fixer: Fixer) -> list[Diagnosis]:
-    if fixer.daemon in {"postfix", "dovecot"} and not any(fixer.daemon in hook for hook in certificate.reload):
+    if fixer.daemon in {"postfix", "dovecot", "exim"} and not any(fixer.daemon in hook for hook in certificate.reload):
         return [Diagnosis(where, "reload-hook-missing", "warning", f"certkeeper does not reload {fixer.daemon} "
                           f"after renewing {certificate.name}: the daemon keeps serving the old certificate",
                           f"in [certificates.{certificate.name}] of certkeeper.toml: {fixer.hook_line()}")]
@@ -305,7 +311,7 @@ def _served_findings(listener: Listener, inputs: Inputs, expected: set[str], fac
             facts.append("not probed")
         return []
     fixer = fixer_for(inputs.postfix if listener.daemon == "postfix" else inputs.dovecot
-                      if listener.daemon == "dovecot" else None)
+                      if listener.daemon == "dovecot" else inputs.exim)
     found: list[Diagnosis] = []
     if not result.served:
         worst = next((f for f in result.findings if f.severity in {"CRITICAL", "UNKNOWN"}), None)

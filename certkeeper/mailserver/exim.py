@@ -22,10 +22,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from certkeeper.mailconf import (
+from certkeeper.errors import MailToolFailed
+from certkeeper.mailserver.config import (
     TOOL_TIMEOUT,
     Listener,
-    MailToolFailed,
     TlsFiles,
     _probe_host,
     parse_settings,
