@@ -89,10 +89,11 @@ class Plan:
     host: str = "127.0.0.1"
     exim: EximPlan | None = None
     exim_config: EximConfig | None = None  # as it was before setup: the pid file, the binary, the -C file
+    regenerate: tuple[tuple[str, ...], ...] = ()  # run after writing and after restoring (Debian: update-exim4.conf)
 
     def text(self) -> str:
         if self.exim is not None:
-            return plan_text(self.exim) + "".join(" ".join(c) + "\n" for c in self.commands)
+            return plan_text(self.exim) + "".join(" ".join(c) + "\n" for c in self.regenerate)
         if self.commands:
             return "\n".join(" ".join(_quote(a) for a in command) for command in self.commands) + "\n"
         head = f"# {self.snippet_path}\n" if self.snippet_path else ""
@@ -172,8 +173,8 @@ def plan_exim_setup(config: EximConfig, files: CertificateFiles, *, smtp_port: i
                         submission_port=submission_port, macros_file=macros_file, main_text=main_text)
     existing = exim_listeners(config)
     used = {listener.port for listener in existing}
-    commands = ((UPDATE_EXIM4_CONF,),) if main is None else ()
-    return Plan("exim", commands=commands, new_ports=tuple(p for p in planned.ports if p not in used),
+    regenerate = ((UPDATE_EXIM4_CONF,),) if main is None else ()
+    return Plan("exim", regenerate=regenerate, new_ports=tuple(p for p in planned.ports if p not in used),
                 host=existing[0].host if existing else "127.0.0.1", exim=planned, exim_config=config)
 
 
@@ -233,6 +234,10 @@ def apply_plan(plan: Plan, *, config_path: Path, files: CertificateFiles, now: d
                 original.unlink(missing_ok=True)  # a file setup created
         outcome.rolled_back = True
         outcome.step("restored the backup")
+        for command in plan.regenerate:
+            result = run_tool(command)
+            outcome.step(f"{' '.join(command)}: " + ("done" if result.returncode == 0 else
+                                                     f"exit {result.returncode}: {result.stderr.strip()[-200:]}"))
         try:
             _reload(plan, config_path)
             outcome.step(f"reloaded {plan.daemon} with the old configuration")
@@ -265,13 +270,13 @@ def _backup(plan: Plan, config_path: Path, now: datetime) -> list[tuple[Path, Pa
 
 
 def _apply(plan: Plan, config_path: Path, outcome: Outcome) -> None:
-    if plan.exim is not None:  # the files first: update-exim4.conf reads the macros file
+    if plan.exim is not None:
         plan.exim.macros_file.parent.mkdir(parents=True, exist_ok=True)
         plan.exim.macros_file.write_text(plan.exim.macros)
         plan.exim.macros_file.chmod(0o644)  # Exim refuses configuration files others can write
         if plan.exim.main_file is not None and plan.exim.main_text is not None:
             plan.exim.main_file.write_text(plan.exim.main_text)
-    for command in plan.commands:
+    for command in (*plan.commands, *plan.regenerate):
         result = run_tool(command)
         if result.returncode != 0:
             msg = f"{' '.join(command)}: {(result.stderr or result.stdout).strip()}"
