@@ -116,3 +116,17 @@ def test_the_hook_refuses_to_sighup_an_exim_whose_configuration_no_longer_parses
     assert 'main option "tls_certificate_typo" unknown' in result.stderr
     current = home.current()
     assert exim.pid is not None and current is not None and served(exim_endpoints(exim)) == current.fingerprints
+
+
+def test_the_hook_refuses_to_sighup_an_exim_that_could_not_re_execute(exim_factory: Callable[..., Exim]) -> None:
+    """exim_path is what the daemon execs on SIGHUP; Debian's /usr/sbin/exim4 is absent for an unpacked binary."""
+    exim = exim_factory(exim_path=Path("/usr/sbin/exim4"))
+    assert not Path("/usr/sbin/exim4").exists()
+    environment = {"PATH": os.environ["PATH"], **exim_hook_env(exim)}
+
+    result = subprocess.run([str(EXIM_HOOK)], env=environment, capture_output=True, text=True, timeout=60)
+
+    assert result.returncode == 1
+    assert "exim_path /usr/sbin/exim4 is not an executable: the daemon could not re-execute on SIGHUP" in result.stderr
+    assert exim.pid is not None and "SIGHUP received" not in exim.log_path.read_text()
+

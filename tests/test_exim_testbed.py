@@ -82,3 +82,14 @@ def test_exim_broken_config_fails_with_its_message(exim_factory: Callable[..., E
     exim.macros_file.write_text("no_such_option = 1\n")
     with pytest.raises(ServerStartError, match=r'(?s)Exim did not start.*main option "no_such_option" unknown'):
         exim.start()
+
+
+def test_sighup_with_the_compiled_in_exim_path_kills_an_unpacked_exim(exim_factory: Callable[..., Exim]) -> None:
+    """Why the test bed sets exim_path, and why the exim hook checks it: the re-exec target must exist."""
+    exim = exim_factory(exim_path=Path("/usr/sbin/exim4"))
+    with pytest.raises(ServerStartError, match="did not come back after SIGHUP"):
+        exim.reload()
+    assert exim.pid is None
+    logs = "".join(path.read_text() for path in exim.log_dir.iterdir())
+    assert "/usr/sbin/exim4" in logs and "No such file or directory" in logs
+

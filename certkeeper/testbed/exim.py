@@ -74,6 +74,7 @@ class Exim(Server):
         ca: TestCA | None = None,
         listeners: Collection[str] = LISTENERS,
         tls: bool = True,
+        exim_path: Path | None = None,
         start_timeout: float = 15.0,
     ) -> None:
         """Configure an instance; nothing runs until :meth:`start`.
@@ -82,6 +83,7 @@ class Exim(Server):
         ``listeners``: which of ``smtp``, ``smtps``, ``submission`` to run.
         ``tls``: ``False`` for a fresh Debian-like Exim: ``MAIN_TLS_ENABLE`` undefined, no TLS at all
         (then ``smtps`` makes no sense and is refused).
+        ``exim_path``: what the daemon re-executes on SIGHUP (default: the unpacked binary).
         """
         super().__init__(directory)
         make_traversable(self.directory)
@@ -91,6 +93,7 @@ class Exim(Server):
         if not tls and "smtps" in listeners:
             raise ValueError("an Exim without TLS cannot run the smtps listener")
         self.binary = exim_binary()
+        self.exim_path = exim_path or self.binary
         self.config_file = self.directory / "exim.conf"
         self.macros_file = self.directory / "exim4.conf.localmacros"
         self.spool_dir = self.directory / "spool"
@@ -137,7 +140,7 @@ class Exim(Server):
             f".include_if_exists {self.macros_file}\n"
             f"{enable}"
             # The daemon re-executes this binary on SIGHUP; the compiled-in /usr/sbin/exim4 does not exist.
-            f"exim_path = {self.binary}\n"
+            f"exim_path = {self.exim_path}\n"
             f"primary_hostname = {HOSTNAME}\n"
             f"spool_directory = {self.spool_dir}\n"
             f"log_file_path = {self.log_dir}/%slog\n"
