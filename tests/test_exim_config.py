@@ -9,9 +9,9 @@ from certkeeper.mailserver.exim import (
     check_applied,
     exim_list,
     exim_listeners,
+    option_value,
     plan_exim,
     replace_option,
-    sets_option,
 )
 
 
@@ -60,6 +60,24 @@ def test_options_the_main_file_sets_are_rewritten_in_place_others_go_to_the_macr
                                      ".include_if_exists /etc/exim/exim4.conf.localmacros\n")
     assert "daemon_smtp_ports = 25 : 465 : 587\ntls_advertise_hosts" in plan.main_text
     assert plan.main_text.endswith("daemon_smtp_ports = not an option in the acl section\n")
+    assert plan.main_changes == (".include_if_exists /etc/exim/exim4.conf.localmacros  (as the first line)",
+                                 "daemon_smtp_ports = 25 : 465 : 587")
+
+
+def test_the_administrators_macros_are_kept_and_certkeepers_replaced_in_place() -> None:
+    existing = "MAIN_TLS_CERTIFICATE = /etc/exim4/exim.crt\nMAIN_LOCAL_DOMAINS = @:localhost\n"
+    plan = plan_exim(EximConfig({}), [Path("/c")], "mail", smtp_port=25, smtps_port=465, submission_port=587,
+                     macros_text=existing)
+    assert plan.macros.startswith("MAIN_TLS_CERTIFICATE = /c/fullchain.pem\nMAIN_LOCAL_DOMAINS = @:localhost\n")
+    assert plan.macros.count("MAIN_TLS_CERTIFICATE") == 1 and "MAIN_TLS_PRIVATEKEY = /c/privkey.pem\n" in plan.macros
+
+
+def test_a_main_file_naming_its_own_files_gets_certkeepers_in_place() -> None:
+    main = "tls_certificate = /etc/ssl/mail.crt\ntls_privatekey = /etc/ssl/mail.key\nbegin acl\n"
+    plan = plan_exim(EximConfig({}, Path("/etc/exim/exim.conf")), [Path("/c")], "mail", smtp_port=25,
+                     smtps_port=465, submission_port=587, main_text=main)
+    assert plan.main_text is not None
+    assert "tls_certificate = /c/fullchain.pem\ntls_privatekey = /c/privkey.pem\nbegin acl\n" in plan.main_text
 
 
 def test_two_key_types_become_exim_lists_of_files() -> None:
@@ -76,6 +94,6 @@ def test_an_applied_plan_is_checked_against_what_exim_bp_shows() -> None:
 
 
 def test_option_lines_are_found_only_in_the_main_section() -> None:
-    assert sets_option(MAIN, "daemon_smtp_ports")
-    assert not sets_option(MAIN, "tls_on_connect_ports")
+    assert option_value(MAIN, "daemon_smtp_ports") == "2525 : 2526"
+    assert option_value(MAIN, "tls_on_connect_ports") is None
     assert replace_option("a = 1\nbegin acl\na = 2\n", "a", "3") == "a = 3\nbegin acl\na = 2\n"

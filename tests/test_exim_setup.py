@@ -63,7 +63,8 @@ def test_setup_without_apply_prints_the_macros_and_changes_nothing(
 
     out = capsys.readouterr().out
     assert f"MAIN_TLS_CERTIFICATE = {home.current_link / 'fullchain.pem'}" in out
-    assert f"daemon_smtp_ports = {exim.ports['smtp']} : 465 : 587" not in out  # set in the main file, in place
+    # The test bed's main file sets daemon_smtp_ports (a second definition would be an error): changed in place.
+    assert f"# {exim.config_file}, set in place:\ndaemon_smtp_ports = {exim.ports['smtp']} : 465 : 587\n" in out
     assert "tls_on_connect_ports = 465" in out
     assert f'hook_env = {{ EXIM_CONFIG = "{exim.config_file}", EXIM = "{exim.binary}" }}' in out
     assert exim.config_file.read_text() == before and not exim.macros_file.exists()
@@ -72,15 +73,15 @@ def test_setup_without_apply_prints_the_macros_and_changes_nothing(
 def test_apply_on_a_fresh_exim_serves_certkeepers_files_on_25_465_and_587(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], exim_factory: Callable[..., Exim]) -> None:
     config, home = managed(tmp_path)
-    exim = exim_factory(listeners=["smtp"], tls=False)  # Debian's default: port 25, no TLS
+    exim = exim_factory(listeners=["smtp"], tls=False)  # Debian's default: port 25, Exim's self-signed certificate
     smtps, submission = allocate_port(), allocate_port()
+    current = home.current()
+    assert current is not None and served(f"smtp://127.0.0.1:{exim.ports['smtp']}") not in current.fingerprints
 
     status = setup(config, exim, smtps=smtps, submission=submission)
 
     out = capsys.readouterr().out
     assert status == 0, out
-    current = home.current()
-    assert current is not None
     for url in (f"smtp://127.0.0.1:{exim.ports['smtp']}", f"smtps://127.0.0.1:{smtps}",
                 f"smtp://127.0.0.1:{submission}"):
         assert served(url) in current.fingerprints, url

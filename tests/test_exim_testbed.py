@@ -70,11 +70,20 @@ def test_flipping_current_is_served_only_after_sighup(exim_factory: Callable[...
         assert served_names(exim, listener) == ["v2.example.test"]
 
 
-def test_exim_without_tls_offers_no_starttls(exim_factory: Callable[..., Exim]) -> None:
+def test_a_fresh_exim_offers_starttls_with_a_self_signed_certificate_of_its_own(
+        exim_factory: Callable[..., Exim]) -> None:
+    """Debian's template without MAIN_TLS_ENABLE leaves tls_certificate unset; Exim 4.96 makes up a certificate."""
     exim = exim_factory(listeners=["smtp"], tls=False)
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
     with smtplib.SMTP("127.0.0.1", exim.ports["smtp"], timeout=5) as smtp:
-        smtp.ehlo()
-        assert not smtp.has_extn("starttls")
+        smtp.starttls(context=context)
+        assert isinstance(smtp.sock, ssl.SSLSocket)
+        der = smtp.sock.getpeercert(binary_form=True)
+    assert der is not None
+    certificate = x509.load_der_x509_certificate(der)
+    assert certificate.issuer == certificate.subject  # self-signed, not from the test CA
 
 
 def test_exim_broken_config_fails_with_its_message(exim_factory: Callable[..., Exim]) -> None:

@@ -187,10 +187,6 @@ def main_section(text: str) -> str:
     return text[:match.start()] if match else text
 
 
-def sets_option(text: str, name: str) -> bool:
-    return re.search(_OPTION_LINE.format(name=re.escape(name)), main_section(text), flags=re.MULTILINE) is not None
-
-
 def replace_option(text: str, name: str, value: str) -> str:
     """Rewrite ``name = ...`` (continuation lines included) in the main section, which must set it."""
     head = main_section(text)
@@ -203,43 +199,80 @@ class EximPlan:
     """What setup exim writes: the macros file, and the main file's new text when it changes."""
 
     macros_file: Path
-    macros: str
+    macros: str  # the whole new text of the macros file (what was there is kept)
     main_file: Path | None
     main_text: str | None  # None: the main file stays as it is
+    main_changes: tuple[str, ...]  # the lines set in the main file, for the printed plan
     expected: Mapping[str, str]  # option -> value exim -bP must print afterwards
     ports: tuple[int, ...]
 
 
+def option_value(text: str, name: str) -> str | None:
+    """The value ``name`` is set to in the main section (continuations joined), or None."""
+    match = re.search(_OPTION_LINE.format(name=re.escape(name)), main_section(text), flags=re.MULTILINE)
+    if match is None:
+        return None
+    # Exim drops a continuation's backslash, newline and the next line's leading blanks.
+    return re.sub(r"\\\n[ \t]*", "", match.group(0).split("=", 1)[1]).strip()
+
+
+def set_line(text: str, name: str, value: str) -> str:
+    """``name = value`` replacing the first definition of ``name`` in ``text`` (a macros file), else appended."""
+    pattern = re.compile(_OPTION_LINE.format(name=re.escape(name)), flags=re.MULTILINE)
+    if pattern.search(text):
+        return pattern.sub(lambda _: f"{name} = {value}", text, count=1)
+    return text + ("\n" if text and not text.endswith("\n") else "") + f"{name} = {value}\n"
+
+
 def plan_exim(config: EximConfig, folders: Sequence[Path], name: str, *, smtp_port: int, smtps_port: int,
-              submission_port: int, macros_file: Path | None = None, main_text: str = "") -> EximPlan:
-    """Pure: the macros and option lines that make Exim serve ``folders`` (certkeeper's ``current``)."""
+              submission_port: int, macros_file: Path | None = None, main_text: str = "",
+              macros_text: str = "") -> EximPlan:
+    """Pure: the macros and option lines that make Exim serve ``folders`` (certkeeper's ``current``).
+
+    ``main_text`` and ``macros_text`` are the files as they are: definitions already there are replaced in
+    place, everything else in them is kept.
+    """
     main_file = config.config_file
     macros_path = macros_file or (main_file.parent / DEBIAN_MACROS_FILE.name if main_file is not None
                                   else DEBIAN_MACROS_FILE)
     certificate = " : ".join(str(folder / "fullchain.pem") for folder in folders)
     key = " : ".join(str(folder / "privkey.pem") for folder in folders)
-    lines = [f"# written by certkeeper setup exim --certificate {name}; certkeeper's exim hook reloads Exim",
-             "MAIN_TLS_ENABLE = yes", f"MAIN_TLS_CERTIFICATE = {certificate}", f"MAIN_TLS_PRIVATEKEY = {key}"]
+    macros = macros_text
+    marker = "# certkeeper setup exim"
+    if marker not in macros:
+        macros += ("\n" if macros and not macros.endswith("\n") else "") + \
+            f"{marker} --certificate {name}: certkeeper's exim hook reloads Exim after each renewal\n"
+    for macro, value in (("MAIN_TLS_ENABLE", "yes"), ("MAIN_TLS_CERTIFICATE", certificate),
+                         ("MAIN_TLS_PRIVATEKEY", key)):
+        macros = set_line(macros, macro, value)
     ports = (smtp_port, smtps_port, submission_port)
     options = {"daemon_smtp_ports": " : ".join(str(port) for port in ports), "tls_on_connect_ports": str(smtps_port)}
-    new_main = main_text
-    for option, value in options.items():
-        if main_file is not None and sets_option(new_main, option):
+    new_main, changes = main_text, []
+    # A main file that names its files itself (not through Debian's macros) gets them in place.
+    for option, value in (("tls_certificate", certificate), ("tls_privatekey", key)):
+        current = option_value(new_main, option) if main_file is not None else None
+        if current is not None and "MAIN_TLS_" not in current:
             new_main = replace_option(new_main, option, value)
+            changes.append(f"{option} = {value}")
+    for option, value in options.items():
+        if main_file is not None and option_value(new_main, option) is not None:
+            new_main = replace_option(new_main, option, value)  # Exim refuses an option set twice
+            changes.append(f"{option} = {value}")
         else:
-            lines.append(f"{option} = {value}")
+            macros = set_line(macros, option, value)
     include = f".include_if_exists {macros_path}"
     if main_file is not None and main_file != DEBIAN_GENERATED_CONFIG and str(macros_path) not in new_main:
         new_main = f"# certkeeper setup exim: local macros first\n{include}\n{new_main}"
+        changes.insert(0, f"{include}  (as the first line)")
     expected = {"tls_certificate": certificate, "tls_privatekey": key, **options}
-    return EximPlan(macros_path, "\n".join(lines) + "\n", main_file,
-                    new_main if main_file is not None and new_main != main_text else None, expected, ports)
+    return EximPlan(macros_path, macros, main_file, new_main if main_file is not None and new_main != main_text
+                    else None, tuple(changes), expected, ports)
 
 
 def plan_text(plan: EximPlan) -> str:
     text = f"# {plan.macros_file}\n{plan.macros}"
     if plan.main_text is not None and plan.main_file is not None:
-        text += f"# and {plan.main_file} gets the include line and listener options above, set in place\n"
+        text += f"# {plan.main_file}, set in place:\n" + "".join(f"{line}\n" for line in plan.main_changes)
     return text
 
 

@@ -171,6 +171,10 @@ def plan_exim_setup(config: EximConfig, files: CertificateFiles, *, smtp_port: i
     main_text = main.read_text() if main is not None and main.is_file() else ""
     planned = plan_exim(config, files.folders, files.name, smtp_port=smtp_port, smtps_port=smtps_port,
                         submission_port=submission_port, macros_file=macros_file, main_text=main_text)
+    if planned.macros_file.is_file():  # keep the administrator's own macros
+        planned = plan_exim(config, files.folders, files.name, smtp_port=smtp_port, smtps_port=smtps_port,
+                            submission_port=submission_port, macros_file=planned.macros_file, main_text=main_text,
+                            macros_text=planned.macros_file.read_text())
     existing = exim_listeners(config)
     used = {listener.port for listener in existing}
     regenerate = ((UPDATE_EXIM4_CONF,),) if main is None else ()

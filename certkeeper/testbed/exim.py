@@ -81,8 +81,9 @@ class Exim(Server):
 
         ``ca``: signs the seed certificate (one is made otherwise; see :attr:`ca_file`).
         ``listeners``: which of ``smtp``, ``smtps``, ``submission`` to run.
-        ``tls``: ``False`` for a fresh Debian-like Exim: ``MAIN_TLS_ENABLE`` undefined, no TLS at all
-        (then ``smtps`` makes no sense and is refused).
+        ``tls``: ``False`` for a fresh Debian Exim: ``MAIN_TLS_ENABLE`` undefined, so no ``tls_certificate``;
+        Exim 4.96 then still offers STARTTLS (``tls_advertise_hosts`` defaults to ``*``) with a self-signed
+        certificate it generates itself.
         ``exim_path``: what the daemon re-executes on SIGHUP (default: the unpacked binary).
         """
         super().__init__(directory)
@@ -90,8 +91,6 @@ class Exim(Server):
         unknown = set(listeners) - set(LISTENERS)
         if unknown:
             raise ValueError(f"unknown listeners {sorted(unknown)}; choose from {LISTENERS}")
-        if not tls and "smtps" in listeners:
-            raise ValueError("an Exim without TLS cannot run the smtps listener")
         self.binary = exim_binary()
         self.exim_path = exim_path or self.binary
         self.config_file = self.directory / "exim.conf"
@@ -163,7 +162,7 @@ class Exim(Server):
             f".ifndef MAIN_TLS_PRIVATEKEY\nMAIN_TLS_PRIVATEKEY = {self.key_file}\n.endif\n"
             "tls_privatekey = MAIN_TLS_PRIVATEKEY\n"
             ".else\n"
-            "tls_advertise_hosts =\n"
+            "# Use upstream defaults (Debian's words): STARTTLS offered with a self-signed certificate Exim makes\n"
             ".endif\n"
             "acl_smtp_rcpt = acl_check_rcpt\n"
             "begin acl\n"
