@@ -139,3 +139,14 @@ def test_stale_files_a_stale_copy_and_a_daemon_not_reloaded(tmp_path: Path, caps
     hook = finding(report, "reload-hook-missing")
     assert (f'reload = ["exim"] and hook_env = {{ EXIM_CONFIG = "{served.config_file}", EXIM = "{served.binary}" }}'
             in hook["fix"])
+
+
+def test_a_fresh_exim_with_no_certificate_of_its_own(
+        capsys: pytest.CaptureFixture[str], exim_factory: Callable[..., Exim]) -> None:
+    """Debian's default: tls_certificate unset, STARTTLS with a certificate Exim made up; named, with the way out."""
+    exim = exim_factory(listeners=["smtp"], tls=False)
+    status, report = doctor(capsys, exim, exim.ca_file)
+    assert status == 2
+    assert finding(report, "certificate-missing")["fix"].startswith("certkeeper setup exim --certificate NAME")
+    assert finding(report, "self-signed")["where"] == f"Exim smtp on 127.0.0.1:{exim.ports['smtp']} " \
+                                                      f"(STARTTLS, exim:{exim.ports['smtp']})"

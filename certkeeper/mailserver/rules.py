@@ -435,6 +435,11 @@ def exim_rules(config: EximConfig, listeners: Sequence[Listener], daemon_where: 
                                    "empty: Exim offers no STARTTLS here, so mail and passwords cross in plain text",
                                    exim.set_option(config, "tls_advertise_hosts", "*")
                                    + "\n(Debian's exim4.conf.template: MAIN_TLS_ENABLE = yes in the local macros)"))
+    if listeners and not config.settings.get("tls_certificate") and (advertised or implicit):
+        found.append(Diagnosis(daemon_where, "certificate-missing", "problem", "tls_certificate is unset: Exim "
+                               "offers TLS with a self-signed certificate it makes up at start, which no client "
+                               "can verify", "certkeeper setup exim --certificate NAME (Debian's MAIN_TLS_ENABLE, "
+                               "MAIN_TLS_CERTIFICATE, MAIN_TLS_PRIVATEKEY)\n" + exim.reload_command(config)))
     roles = {listener.role for listener in listeners}
     if "submission" in roles and "submissions" not in roles:
         ports = " : ".join(dict.fromkeys([*(str(x.port) for x in listeners), "465"]))
