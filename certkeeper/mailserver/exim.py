@@ -17,7 +17,10 @@ file when it sets them (Exim refuses an option set twice), else in the macros fi
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,6 +125,62 @@ def exim_listeners(config: EximConfig) -> list[Listener]:
         listeners.append(Listener("exim", f"exim:{port}", host, port, "smtps" if wrapped else "smtp", role,
                                   dict(settings), {}, files))
     return listeners
+
+
+# -- the reload: SIGHUP, then the re-executed daemon listens again ----------------------------------------------
+
+
+def listening_sockets(pid: int) -> set[str] | None:
+    """The listening sockets ``pid`` holds, as ``socket:[inode]``; None when it is gone or a zombie.
+
+    Listening means listed in state 0A in ``/proc/net/tcp{,6}``: a connection the daemon is handing to a child
+    does not count, so the set is the same before and after a re-exec, in number.
+    """
+    listening = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        listening |= {f"socket:[{fields[9]}]" for fields in map(str.split, rows) if len(fields) > 9
+                      and fields[3] == "0A"}
+    try:
+        if "\nState:\tZ" in Path(f"/proc/{pid}/status").read_text():
+            return None
+        descriptors = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return None
+    held = set()
+    for descriptor in descriptors:
+        try:
+            held.add(os.readlink(descriptor))
+        except OSError:  # closed meanwhile
+            continue
+    return held & listening
+
+
+def signal_reload(pid: int, *, timeout: float) -> str | None:
+    """SIGHUP the daemon and wait until it has re-executed and listens again; None then, else why not.
+
+    Exim closes its listeners and execs ``exim_path``, which opens new ones: done when none of the old sockets
+    is left and as many listen again.  The caller has checked the configuration (``exim -bV``) first.
+    """
+    before = listening_sockets(pid)
+    if before is None:
+        return f"no Exim daemon with pid {pid}"
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        return f"no Exim daemon with pid {pid}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = listening_sockets(pid)
+        if now is None:
+            return f"the Exim daemon (pid {pid}) died after SIGHUP: see its panic log"
+        if now and not now & before and len(now) >= len(before):
+            return None
+        time.sleep(0.05)
+    return f"the Exim daemon (pid {pid}) did not listen again within {timeout:g} s of SIGHUP"
 
 
 # -- fixes in Exim's words -------------------------------------------------------------------------------------

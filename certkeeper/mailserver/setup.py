@@ -18,9 +18,7 @@ macros in its local macros file and the listener options (:mod:`certkeeper.mails
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import signal
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -51,6 +49,7 @@ from certkeeper.mailserver.exim import (
     plan_exim,
     plan_text,
     read_exim,
+    signal_reload,
 )
 from certkeeper.probe import ProbeOptions, probe_sync
 
@@ -353,39 +352,9 @@ def _reload_exim(config: EximConfig) -> None:
         pid = int(config.pid_file.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         raise SetupFailed(f"no Exim daemon: cannot read its pid from {config.pid_file}") from None
-    before = _sockets(pid)
-    try:
-        os.kill(pid, signal.SIGHUP)
-    except ProcessLookupError:
-        raise SetupFailed(f"no Exim daemon: pid {pid} from {config.pid_file} is not running") from None
-    deadline = time.monotonic() + _SIGHUP_TIMEOUT
-    while time.monotonic() < deadline:
-        now = _sockets(pid)
-        if now is None:
-            raise SetupFailed(f"the Exim daemon (pid {pid}) died after SIGHUP: see its panic log")
-        if now and not now & (before or set()) and len(now) >= len(before or ()):
-            return
-        time.sleep(0.05)
-    raise SetupFailed(f"the Exim daemon (pid {pid}) did not listen again within {_SIGHUP_TIMEOUT:g} s of SIGHUP")
-
-
-def _sockets(pid: int) -> set[str] | None:
-    """The sockets a process holds (they are new after a re-exec); None when it is gone (or a zombie)."""
-    try:
-        if "\nState:\tZ" in Path(f"/proc/{pid}/status").read_text():
-            return None
-        entries = list(Path(f"/proc/{pid}/fd").iterdir())
-    except OSError:
-        return None
-    found = set()
-    for entry in entries:
-        try:
-            target = os.readlink(entry)
-        except OSError:
-            continue
-        if target.startswith("socket:"):
-            found.add(target)
-    return found
+    failure = signal_reload(pid, timeout=_SIGHUP_TIMEOUT)
+    if failure is not None:
+        raise SetupFailed(failure)
 
 
 def _start(plan: Plan, config_path: Path, outcome: Outcome) -> None:

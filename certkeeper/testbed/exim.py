@@ -37,11 +37,11 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-import signal
 import subprocess
 from collections.abc import Collection
 from pathlib import Path
 
+from certkeeper.mailserver.exim import signal_reload
 from certkeeper.testbed.certs import TestCA
 from certkeeper.testbed.install import EXIM_USER, exim_binary
 from certkeeper.testbed.server import (
@@ -196,15 +196,9 @@ class Exim(Server):
         pid = self.pid
         if pid is None:
             raise RuntimeError("Exim is not running")
-        before = _socket_inodes(pid)
-        os.kill(pid, signal.SIGHUP)
-        ready = wait_until(
-            lambda: _listeners_rebound(pid, before) and all(accepts_tcp(port) for port in self.ports.values()),
-            timeout=_RELOAD_TIMEOUT,
-            alive=lambda: self.pid is not None,
-        )
-        if not ready:
-            raise self.fail("the daemon did not come back after SIGHUP")
+        failure = signal_reload(pid, timeout=_RELOAD_TIMEOUT)
+        if failure is not None or not all(accepts_tcp(port) for port in self.ports.values()):
+            raise self.fail(f"the daemon did not come back after SIGHUP: {failure or 'a listener is missing'}")
 
     def _launch(self) -> None:
         self.write_config()
@@ -229,24 +223,3 @@ def share_with_exim(key_file: Path) -> None:
     """0640 root:Debian-exim: the unprivileged daemon reads the key, nobody else can."""
     os.chown(key_file, 0, grp.getgrnam(EXIM_USER).gr_gid)
     key_file.chmod(0o640)
-
-
-def _socket_inodes(pid: int) -> set[str]:
-    found = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:  # closed meanwhile
-            continue
-        if target.startswith("socket:"):
-            found.add(target)
-    return found
-
-
-def _listeners_rebound(pid: int, before: set[str]) -> bool:
-    """The re-executed daemon holds new listening sockets (none of the old ones, at least as many)."""
-    try:
-        now = _socket_inodes(pid)
-    except OSError:
-        return False
-    return not (now & before) and len(now) >= len(before)
