@@ -150,3 +150,14 @@ def test_a_fresh_exim_with_no_certificate_of_its_own(
     assert finding(report, "certificate-missing")["fix"].startswith("certkeeper setup exim --certificate NAME")
     assert finding(report, "self-signed")["where"] == f"Exim smtp on 127.0.0.1:{exim.ports['smtp']} " \
                                                       f"(STARTTLS, exim:{exim.ports['smtp']})"
+
+
+def test_an_exim_path_the_daemon_cannot_re_execute(capsys: pytest.CaptureFixture[str],
+                                                   exim_factory: Callable[..., Exim]) -> None:
+    """Debian's template sets exim_path = /usr/sbin/exim4; an unpacked binary elsewhere dies on its next SIGHUP."""
+    exim = exim_factory(exim_path=Path("/usr/sbin/exim4"))
+    status, report = doctor(capsys, exim, exim.ca_file)
+    assert status == 2
+    missing = finding(report, "exim-path-missing")
+    assert missing["fix"] == f"in {exim.config_file}: exim_path = {exim.binary}"
+

@@ -162,6 +162,8 @@ def files_needed(inputs: Inputs) -> set[Path]:
         parameter = inputs.postfix.effective.get("smtpd_tls_dh1024_param_file", "")
         if parameter.startswith("/"):
             needed.add(Path(parameter))
+    if inputs.exim is not None and inputs.exim.settings.get("exim_path", "").startswith("/"):
+        needed.add(Path(inputs.exim.settings["exim_path"]))  # what the daemon re-executes on SIGHUP
     return needed
 
 
@@ -223,7 +225,7 @@ def diagnose(inputs: Inputs, *, roots: Sequence[x509.Certificate], now: datetime
                                _daemon_title("dovecot", inputs), _listener_title)
     if inputs.exim is not None:
         found += exim_rules(inputs.exim, [x for x in all_listeners if x.daemon == "exim"],
-                            _daemon_title("exim", inputs), _listener_title)
+                            _daemon_title("exim", inputs), _listener_title, inputs.files)
     leaves: dict[tuple[str, TlsFiles], list[str]] = {}
     for where, tls, names in _tls_sources(inputs):
         daemon = "dovecot" if tls.setting.startswith("ssl_") else "exim" if tls.scope == "exim" else "postfix"

@@ -230,9 +230,12 @@ def hook_line(config: EximConfig | None) -> str:
     return 'reload = ["exim"] and hook_env = { ' + ", ".join(f'{k} = "{v}"' for k, v in env.items()) + " }"
 
 
-def set_option(config: EximConfig | None, name: str, value: str) -> str:
+def set_option(config: EximConfig | None, name: str, value: str, *, in_macros: bool = True) -> str:
+    """Set a main option, then reload; ``in_macros``: Debian's template leaves it unset, so the local macros
+    file may carry it (an option set twice is an error)."""
     main_file = config.config_file if config and config.config_file else "the main section of the configuration"
-    return f"in {main_file} (or {DEBIAN_MACROS_FILE} on Debian): {name} = {value}\n{reload_command(config)}"
+    where = f"{main_file} (or {DEBIAN_MACROS_FILE} on Debian)" if in_macros else str(main_file)
+    return f"in {where}: {name} = {value}\n{reload_command(config)}"
 
 
 # -- setup: the macros file and the listener options -------------------------------------------------------------

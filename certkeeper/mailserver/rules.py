@@ -417,9 +417,18 @@ def dovecot_rules(config: DovecotConfig, listeners: Sequence[Listener], daemon_w
 
 
 def exim_rules(config: EximConfig, listeners: Sequence[Listener], daemon_where: str,
-               title: Callable[[Listener], str]) -> list[Diagnosis]:
-    """465 in ``tls_on_connect_ports`` (RFC 8314 §3.3), STARTTLS advertised on the other listeners (RFC 3207)."""
+               title: Callable[[Listener], str], files: Mapping[Path, FileFacts]) -> list[Diagnosis]:
+    """465 in ``tls_on_connect_ports`` (RFC 8314 §3.3), STARTTLS advertised on the other listeners (RFC 3207),
+    and an ``exim_path`` the daemon can re-execute on SIGHUP."""
     found = []
+    exim_path = config.settings.get("exim_path", "")
+    binary = files.get(Path(exim_path)) if exim_path.startswith("/") else None
+    if binary is not None and not (binary.exists and binary.mode & 0o111):
+        actual = config.binary if config.binary.startswith("/") else "the path of the exim binary"
+        found.append(Diagnosis(daemon_where, "exim-path-missing", "problem", f"exim_path = {exim_path}, which is "
+                               "not an executable: on SIGHUP (a reload, certkeeper's exim hook) the daemon execs it, "
+                               "fails and dies",
+                               exim.set_option(config, "exim_path", actual, in_macros=False).split("\n")[0]))
     implicit = exim.exim_list(config.settings.get("tls_on_connect_ports", ""))
     advertised = exim.exim_list(config.settings.get("tls_advertise_hosts", ""))
     for listener in listeners:
@@ -433,7 +442,7 @@ def exim_rules(config: EximConfig, listeners: Sequence[Listener], daemon_where: 
             severity: Severity = "problem" if listener.role == "submission" else "warning"
             found.append(Diagnosis(title(listener), "starttls-not-offered", severity, "tls_advertise_hosts is "
                                    "empty: Exim offers no STARTTLS here, so mail and passwords cross in plain text",
-                                   exim.set_option(config, "tls_advertise_hosts", "*")
+                                   exim.set_option(config, "tls_advertise_hosts", "*", in_macros=False)
                                    + "\n(Debian's exim4.conf.template: MAIN_TLS_ENABLE = yes in the local macros)"))
     if listeners and not config.settings.get("tls_certificate") and (advertised or implicit):
         found.append(Diagnosis(daemon_where, "certificate-missing", "problem", "tls_certificate is unset: Exim "
