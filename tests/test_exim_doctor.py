@@ -35,7 +35,8 @@ def doctor(capsys: pytest.CaptureFixture[str], exim: Exim, ca_file: Path,
 def finding(report: dict[str, Any], code: str) -> dict[str, Any]:
     found = [f for f in report["findings"] if f["code"] == code]
     assert found, (code, json.dumps(report, indent=1))
-    return found[0]
+    first: dict[str, Any] = found[0]
+    return first
 
 
 def reload_line(exim: Exim) -> str:

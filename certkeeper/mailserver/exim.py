@@ -153,7 +153,7 @@ def listening_sockets(pid: int) -> set[str] | None:
     held = set()
     for descriptor in descriptors:
         try:
-            held.add(os.readlink(descriptor))
+            held.add(str(descriptor.readlink()))
         except OSError:  # closed meanwhile
             continue
     return held & listening

@@ -162,10 +162,9 @@ class Fixer:
     def for_issue(self, issue: Issue, tls: TlsFiles) -> str:
         """The fix for a file issue found by :func:`certkeeper.mailserver.tlsfiles.judge_pair`."""
         path = issue.path or tls.files[0]
-        if issue.code == "key-world-readable" and self.daemon == "exim":
-            return exim.key_mode(path)
         if issue.code == "key-world-readable":
-            return f"chmod 0600 {path}  (or 0640 with chown root:<daemon group>; the daemon reads it as root)"
+            return exim.key_mode(path) if self.daemon == "exim" else \
+                f"chmod 0600 {path}  (or 0640 with chown root:<daemon group>; the daemon reads it as root)"
         if issue.code == "file-world-writable":
             return f"chmod go-w {path}"
         if issue.code == "key-owner":

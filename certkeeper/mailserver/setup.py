@@ -346,12 +346,14 @@ def _reload_exim(config: EximConfig) -> None:
     """
     check = run_tool(config.command("-bV"))
     if check.returncode != 0:
-        raise SetupFailed(f"{' '.join(config.command('-bV'))} rejects the configuration; not sending SIGHUP: "
-                          f"{(check.stderr or check.stdout).strip()[-300:]}")
+        msg = (f"{' '.join(config.command('-bV'))} rejects the configuration; not sending SIGHUP: "
+               f"{(check.stderr or check.stdout).strip()[-300:]}")
+        raise SetupFailed(msg)
     try:
         pid = int(config.pid_file.read_text().split()[0])
     except (OSError, ValueError, IndexError):
-        raise SetupFailed(f"no Exim daemon: cannot read its pid from {config.pid_file}") from None
+        msg = f"no Exim daemon: cannot read its pid from {config.pid_file}"
+        raise SetupFailed(msg) from None
     failure = signal_reload(pid, timeout=_SIGHUP_TIMEOUT)
     if failure is not None:
         raise SetupFailed(failure)

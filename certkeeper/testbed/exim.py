@@ -90,7 +90,8 @@ class Exim(Server):
         make_traversable(self.directory)
         unknown = set(listeners) - set(LISTENERS)
         if unknown:
-            raise ValueError(f"unknown listeners {sorted(unknown)}; choose from {LISTENERS}")
+            msg = f"unknown listeners {sorted(unknown)}; choose from {LISTENERS}"
+            raise ValueError(msg)
         self.binary = exim_binary()
         self.exim_path = exim_path or self.binary
         self.config_file = self.directory / "exim.conf"
@@ -195,10 +196,12 @@ class Exim(Server):
         """
         pid = self.pid
         if pid is None:
-            raise RuntimeError("Exim is not running")
+            msg = "Exim is not running"
+            raise RuntimeError(msg)
         failure = signal_reload(pid, timeout=_RELOAD_TIMEOUT)
         if failure is not None or not all(accepts_tcp(port) for port in self.ports.values()):
-            raise self.fail(f"the daemon did not come back after SIGHUP: {failure or 'a listener is missing'}")
+            msg = f"the daemon did not come back after SIGHUP: {failure or 'a listener is missing'}"
+            raise self.fail(msg)
 
     def _launch(self) -> None:
         self.write_config()
@@ -212,7 +215,8 @@ class Exim(Server):
         )
         if not ready:
             output = read_log_tail(self.directory / "exim.out", lines=10)
-            raise self.fail(f"not listening on {LOOPBACK} ports {self.ports}; exim said: {output}")
+            msg = f"not listening on {LOOPBACK} ports {self.ports}; exim said: {output}"
+            raise self.fail(msg)
 
     def _terminate(self) -> None:
         terminate(self._process)
