@@ -25,13 +25,15 @@ from tests.lifecycle_helpers import write_config
 pytestmark = pytest.mark.testbed
 
 
-def managed(tmp_path: Path, *, group: str | None = EXIM_USER) -> tuple[Config, CertificateHome]:
+def managed(tmp_path: Path, *, group: str | None = EXIM_USER,
+            key_types: str = '["ecdsa-p256"]') -> tuple[Config, CertificateHome]:
     """certkeeper's ``mail``, installed once; with ``group`` its key is 0640 root:Debian-exim."""
     line = f'group = "{group}"' if group else ""
     config = write_config(tmp_path, f"""
         [certificates.mail]
         issuer = "internal"
         domains = ["{HOSTNAME}"]
+        key_types = {key_types}
         {line}
         """)
     assert build_app(config).run_pass()[0].result == "renewed"
@@ -124,3 +126,20 @@ def test_a_key_exim_cannot_read_is_rolled_back_after_the_reload_and_exim_serves_
     for listener in ("smtp", "submission"):
         assert served(f"smtp://127.0.0.1:{exim.ports[listener]}") == seed
     assert served(f"smtps://127.0.0.1:{exim.ports['smtps']}") == seed
+
+
+def test_two_key_types_are_served_as_exim_lists_of_files(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], exim_factory: Callable[..., Exim]) -> None:
+    """Exim 4.96 takes a list in tls_certificate/tls_privatekey and picks the pair the client can use."""
+    config, home = managed(tmp_path, key_types='["ecdsa-p256", "rsa-2048"]')
+    exim = exim_factory()
+
+    status = setup(config, exim, smtps=exim.ports["smtps"], submission=exim.ports["submission"])
+
+    assert status == 0, capsys.readouterr().out
+    current = home.current()
+    assert current is not None and len(current.fingerprints) == 2
+    result = probe_sync([parse_target(f"smtps://127.0.0.1:{exim.ports['smtps']}")],
+                        ProbeOptions(timeout=5, key_type="all"), now=datetime.now(UTC))[0]
+    assert {leaf.fingerprint_sha256 for leaf in result.served} == current.fingerprints
+
