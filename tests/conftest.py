@@ -17,6 +17,7 @@ import pytest
 from certkeeper.testbed.bind import Bind
 from certkeeper.testbed.certs import TestCA
 from certkeeper.testbed.dovecot import Dovecot
+from certkeeper.testbed.exim import Exim
 from certkeeper.testbed.pebble import Pebble
 from certkeeper.testbed.postfix import Postfix
 from certkeeper.testbed.server import Server, read_log_tail
@@ -119,6 +120,12 @@ def postfix_factory(request: pytest.FixtureRequest, testbed_ca: TestCA) -> Itera
 @pytest.fixture
 def dovecot_factory(request: pytest.FixtureRequest, testbed_ca: TestCA) -> Iterator[Callable[..., Dovecot]]:
     yield from _factory(request, Dovecot, ca=testbed_ca)
+
+
+@pytest.fixture
+def exim_factory(request: pytest.FixtureRequest, testbed_ca: TestCA) -> Iterator[Callable[..., Exim]]:
+    """``exim_factory(start=True, listeners=..., tls=...)``: a private Exim 4.96 (Debian's, unpacked)."""
+    yield from _factory(request, Exim, ca=testbed_ca)
 
 
 @pytest.fixture

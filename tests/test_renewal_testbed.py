@@ -17,7 +17,7 @@ from certkeeper.store.versions import CertificateHome
 from certkeeper.targets import parse_target
 from certkeeper.testbed.dovecot import Dovecot
 from certkeeper.testbed.postfix import Postfix
-from tests.lifecycle_helpers import run_cli, write_config
+from tests.lifecycle_helpers import hook_script, run_cli, write_config
 
 pytestmark = pytest.mark.testbed
 
@@ -164,10 +164,11 @@ def test_a_hook_that_does_not_reload_leads_to_a_rollback_and_the_old_certificate
     endpoints = dovecot_endpoints(dovecot)
     before = home.current()
     assert before is not None and served(endpoints) == before.fingerprints
-    # The shipped exim hook reloads nothing: Dovecot keeps serving the old certificate.
+    # A hook that reloads nothing: Dovecot keeps serving the old certificate.
+    noop = hook_script(tmp_path, "no-reload")
     config = write_config(
         tmp_path,
-        certificate_table("mail", '"mail.example.test"', endpoints=endpoints, hooks=["exim"], hook_env={}),
+        certificate_table("mail", '"mail.example.test"', endpoints=endpoints, hooks=[str(noop)], hook_env={}),
         settings='verify_timeout = "3s"',
     )
     result = run_cli(config, "renew", "--force", "--json")

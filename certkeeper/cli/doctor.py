@@ -23,14 +23,14 @@ ORDER = 25
 
 DESCRIPTION = """\
 Read the local mail daemons' effective configuration (Postfix: postconf -n/-x/-M/-P; Dovecot: doveconf -a;
-Exim: exim -bP), check every certificate and key file they name (exists, parses, key matches, chain complete
+Exim: exim [-C FILE] -bP), check every certificate and key file they name (exists, parses, key matches, chain complete
 and in order, names cover myhostname and the banner, expiry, modes, managed by certkeeper or a stale copy),
 check the TLS settings (submissions on 465 with implicit TLS, 587 requiring STARTTLS before AUTH, TLS 1.2
 floor, obsolete settings, SNI maps needing postmap -F), then probe every listener and compare what it serves
 with the files on disk.  Every problem comes with the exact command or snippet that fixes it.
 
-Without --postfix-config/--dovecot-config, the default instances are read when installed; with either, only
-the ones given.  Exit status: 0 healthy, 1 warnings only, 2 problems.
+Without --postfix-config/--dovecot-config/--exim-config, the default instances are read when installed; with
+any of them, only the ones given.  Exit status: 0 healthy, 1 warnings only, 2 problems.
 """
 
 
@@ -40,6 +40,8 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         parents=[common], description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--postfix-config", metavar="DIR", type=Path, help="a Postfix instance (postconf -c DIR)")
     parser.add_argument("--dovecot-config", metavar="FILE", type=Path, help="a Dovecot configuration (doveconf -c)")
+    parser.add_argument("--exim-config", metavar="FILE", type=Path, help="an Exim configuration (exim -C FILE -bP)")
+    parser.add_argument("--exim", metavar="PATH", default="exim", help="the exim binary (default: exim on PATH)")
     parser.add_argument("--ca-file", metavar="PEM", type=Path,
                         help="trust anchors for chain checks (default: the system store)")
     parser.add_argument("--no-probe", action="store_true", help="judge the configuration and files only")
@@ -87,8 +89,9 @@ def _read_configs(args: argparse.Namespace) -> Inputs:
     from certkeeper.errors import MailToolFailed
     from certkeeper.mailserver import config as mailconf
     from certkeeper.mailserver.doctor import Inputs
+    from certkeeper.mailserver.exim import read_exim
 
-    explicit = args.postfix_config is not None or args.dovecot_config is not None
+    explicit = args.postfix_config is not None or args.dovecot_config is not None or args.exim_config is not None
     failures: list[tuple[str, str]] = []
     postfix = dovecot = exim = None
     if args.postfix_config is not None or (not explicit and (mailconf.DEFAULT_POSTFIX_DIR / "main.cf").is_file()
@@ -103,14 +106,14 @@ def _read_configs(args: argparse.Namespace) -> Inputs:
             dovecot = mailconf.read_dovecot(args.dovecot_config)
         except MailToolFailed as exc:
             failures.append(("dovecot", str(exc)))
-    if not explicit and shutil.which(mailconf.EXIM):
+    if args.exim_config is not None or (not explicit and shutil.which(args.exim)):
         try:
-            exim = mailconf.read_exim()
+            exim = read_exim(args.exim_config, binary=args.exim)
         except MailToolFailed as exc:
             failures.append(("exim", str(exc)))
     if postfix is None and dovecot is None and exim is None and not failures:
         failures.append(("mail daemons", "no Postfix, Dovecot or Exim configuration found: give --postfix-config "
-                                         "DIR or --dovecot-config FILE"))
+                                         "DIR, --dovecot-config FILE or --exim-config FILE"))
     return Inputs(postfix, dovecot, exim, tuple(failures))
 
 

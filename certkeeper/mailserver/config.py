@@ -9,7 +9,7 @@ certkeeper never parses ``main.cf`` or ``dovecot.conf`` itself: includes, ``$var
 - Dovecot: ``doveconf -a -P [-c FILE]``: every setting with defaults, including each ``inet_listener`` with its
   default port, and the ``local_name`` sections.  ``-P`` shows ``ssl_key``, which is a path (``<file``), not
   key material.  doveconf's warnings (``Obsolete setting in FILE:LINE``) are kept.
-- Exim: ``exim -bP`` for the handful of TLS options.
+- Exim: ``exim [-C FILE] -bP``, in :mod:`certkeeper.mailserver.exim`.
 
 The readers run the tools without a shell, with a timeout and a fixed environment; the parsers are pure, so
 tests feed them text.  Along with :mod:`certkeeper.mailserver.setup` this is the home of the mail daemons' tools.
@@ -29,7 +29,6 @@ from certkeeper.targets import Target
 
 POSTCONF = "postconf"
 DOVECONF = "doveconf"
-EXIM = "exim"
 DEFAULT_POSTFIX_DIR = Path("/etc/postfix")
 DEFAULT_DOVECOT_CONFIG = Path("/etc/dovecot/dovecot.conf")
 TOOL_TIMEOUT = 20.0
@@ -230,22 +229,6 @@ def dovecot_file(value: str) -> Path | None:
     return Path(value[1:].strip()) if value.startswith("<") and len(value) > 1 else None
 
 
-# -- Exim ----------------------------------------------------------------------------------------------------
-
-EXIM_OPTIONS = ("tls_certificate", "tls_privatekey", "tls_advertise_hosts", "tls_on_connect_ports",
-                "daemon_smtp_ports", "local_interfaces", "primary_hostname", "openssl_options")
-
-
-@dataclass(frozen=True)
-class EximConfig:
-    settings: Mapping[str, str]
-
-
-def read_exim(*, timeout: float = TOOL_TIMEOUT) -> EximConfig:
-    output = _checked([EXIM, "-bP", *EXIM_OPTIONS], timeout)
-    return EximConfig(parse_settings(output.stdout))
-
-
 # -- Listeners and the files they serve ------------------------------------------------------------------------
 
 
@@ -381,24 +364,4 @@ def dovecot_listeners(config: DovecotConfig) -> list[Listener]:
             listeners.append(Listener("dovecot", f"{service.name}/{inet.name}", host, port,
                                       _DOVECOT_PROTOCOLS[(protocol, implicit)], role, dict(config.settings),
                                       dict(inet.settings), files))
-    return listeners
-
-
-def exim_listeners(config: EximConfig) -> list[Listener]:
-    settings = config.settings
-    cert, key = settings.get("tls_certificate", ""), settings.get("tls_privatekey", "")
-    files: tuple[TlsFiles, ...] = ()
-    if cert and "$" not in cert and "$" not in key:  # expanded per connection: only plain paths are judged
-        files = (TlsFiles("tls_certificate", (Path(cert), Path(key or cert)), "cert-key", "exim"),)
-    implicit = {p.strip() for p in settings.get("tls_on_connect_ports", "").split(":") if p.strip()}
-    interfaces = [a.strip() for a in settings.get("local_interfaces", "").split(":") if a.strip()]
-    listeners = []
-    for text in settings.get("daemon_smtp_ports", "smtp").split(":"):
-        _, port = postfix_port(text.strip())
-        if port is None:
-            continue
-        wrapped = text.strip() in implicit or str(port) in implicit
-        role = "submissions" if wrapped else ("submission" if port == 587 else "smtp")
-        listeners.append(Listener("exim", f"exim:{port}", _probe_host(interfaces[0] if interfaces else ""), port,
-                                  "smtps" if wrapped else "smtp", role, dict(settings), {}, files))
     return listeners

@@ -26,22 +26,22 @@ from cryptography import x509
 from certkeeper import pki
 from certkeeper.mailserver.config import (
     DovecotConfig,
-    EximConfig,
     Listener,
     PostfixConfig,
     TlsFiles,
     dovecot_listeners,
     dovecot_tls_files,
-    exim_listeners,
     postfix_listeners,
     postfix_tls_files,
 )
+from certkeeper.mailserver.exim import EximConfig, exim_listeners
 from certkeeper.mailserver.rules import (
     Diagnosis,
     Fixer,
     ManagedCertificate,
     Severity,
     dovecot_rules,
+    exim_rules,
     fixer_for,
     hostnames_for,
     postfix_rules,
@@ -162,6 +162,8 @@ def files_needed(inputs: Inputs) -> set[Path]:
         parameter = inputs.postfix.effective.get("smtpd_tls_dh1024_param_file", "")
         if parameter.startswith("/"):
             needed.add(Path(parameter))
+    if inputs.exim is not None and inputs.exim.settings.get("exim_path", "").startswith("/"):
+        needed.add(Path(inputs.exim.settings["exim_path"]))  # what the daemon re-executes on SIGHUP
     return needed
 
 
@@ -170,6 +172,8 @@ def _daemon_title(daemon: str, inputs: Inputs) -> str:
         return f"Postfix ({inputs.postfix.config_dir})"
     if daemon == "dovecot" and inputs.dovecot is not None:
         return f"Dovecot ({inputs.dovecot.config_file})"
+    if daemon == "exim" and inputs.exim is not None and inputs.exim.config_file is not None:
+        return f"Exim ({inputs.exim.config_file})"
     return daemon.capitalize()
 
 
@@ -205,7 +209,7 @@ def diagnose(inputs: Inputs, *, roots: Sequence[x509.Certificate], now: datetime
     for daemon, reason in inputs.failures:
         found.append(Diagnosis(daemon.capitalize(), "configuration-unreadable", "problem", reason,
                                f"run it by hand to see the error: {reason.split(':', 1)[0]}"))
-    for daemon in ("postfix", "dovecot"):
+    for daemon in ("postfix", "dovecot", "exim"):
         if getattr(inputs, daemon) is not None:
             facts[_daemon_title(daemon, inputs)] = []
     all_listeners = listeners(inputs)
@@ -219,10 +223,14 @@ def diagnose(inputs: Inputs, *, roots: Sequence[x509.Certificate], now: datetime
     if inputs.dovecot is not None:
         found += dovecot_rules(inputs.dovecot, [x for x in all_listeners if x.daemon == "dovecot"],
                                _daemon_title("dovecot", inputs), _listener_title)
+    if inputs.exim is not None:
+        found += exim_rules(inputs.exim, [x for x in all_listeners if x.daemon == "exim"],
+                            _daemon_title("exim", inputs), _listener_title, inputs.files)
     leaves: dict[tuple[str, TlsFiles], list[str]] = {}
     for where, tls, names in _tls_sources(inputs):
         daemon = "dovecot" if tls.setting.startswith("ssl_") else "exim" if tls.scope == "exim" else "postfix"
-        fixer = fixer_for(inputs.postfix if daemon == "postfix" else inputs.dovecot if daemon == "dovecot" else None)
+        fixer = fixer_for(inputs.postfix if daemon == "postfix" else inputs.dovecot if daemon == "dovecot"
+                          else inputs.exim)
         pairs, issues = _pairs(tls, inputs.files)
         label = f"{tls.setting}" + (f" for {tls.server_name}" if tls.server_name else "")
         facts.setdefault(where, []).append(f"{label}: {', '.join(str(p) for p in tls.files)}")
@@ -289,7 +297,7 @@ def _managed_findings(where: str, tls: TlsFiles, pair: Pair, managed: Sequence[M
 
 
 def _hook_findings(where: str, certificate: ManagedCertificate, fixer: Fixer) -> list[Diagnosis]:
-    if fixer.daemon in {"postfix", "dovecot"} and not any(fixer.daemon in hook for hook in certificate.reload):
+    if fixer.daemon in {"postfix", "dovecot", "exim"} and not any(fixer.daemon in hook for hook in certificate.reload):
         return [Diagnosis(where, "reload-hook-missing", "warning", f"certkeeper does not reload {fixer.daemon} "
                           f"after renewing {certificate.name}: the daemon keeps serving the old certificate",
                           f"in [certificates.{certificate.name}] of certkeeper.toml: {fixer.hook_line()}")]
@@ -305,7 +313,7 @@ def _served_findings(listener: Listener, inputs: Inputs, expected: set[str], fac
             facts.append("not probed")
         return []
     fixer = fixer_for(inputs.postfix if listener.daemon == "postfix" else inputs.dovecot
-                      if listener.daemon == "dovecot" else None)
+                      if listener.daemon == "dovecot" else inputs.exim)
     found: list[Diagnosis] = []
     if not result.served:
         worst = next((f for f in result.findings if f.severity in {"CRITICAL", "UNKNOWN"}), None)
@@ -324,14 +332,17 @@ def _served_findings(listener: Listener, inputs: Inputs, expected: set[str], fac
                                "files: the daemon has not been reloaded since the files changed, or reads others",
                                fixer.reload(inputs.managed)))
     for finding in result.findings:
-        if finding.severity in {"INFO", "OK"} or (finding.code in _FILE_LEVEL_CODES and not stale):
+        # The file checks already named these, unless the daemon names no files (Exim makes up its own).
+        if finding.severity in {"INFO", "OK"} or (finding.code in _FILE_LEVEL_CODES and expected and not stale):
             continue
         if finding.code == "chain-incomplete":
             found.append(Diagnosis(where, "served-chain-incomplete", "problem", f"serves no intermediate "
                                    f"certificate: {finding.message}", fixer.reload(inputs.managed)))
         elif finding.code != "served-certificate-stale":
+            fix = f"serve a certificate clients verify, e.g. certkeeper's: certkeeper setup {listener.daemon} " \
+                  "--certificate NAME" if finding.code in _FILE_LEVEL_CODES and not expected else fixer.unreachable()
             found.append(Diagnosis(where, finding.code, "warning" if finding.severity == "WARNING" else "problem",
-                                   finding.message, fixer.unreachable()))
+                                   finding.message, fix))
     return found
 
 

@@ -21,15 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from certkeeper.mailserver import exim
 from certkeeper.mailserver.config import (
     DEFAULT_POSTFIX_DIR,
     DovecotConfig,
-    EximConfig,
     Listener,
     PostfixConfig,
     TlsFiles,
     split_list,
 )
+from certkeeper.mailserver.exim import EximConfig
 from certkeeper.mailserver.tlsfiles import FileFacts, Issue
 
 Severity = Literal["problem", "warning", "note"]
@@ -72,6 +73,7 @@ class Fixer:
     daemon: str
     postfix_dir: Path = DEFAULT_POSTFIX_DIR
     dovecot_file: Path | None = None
+    exim: EximConfig | None = None
 
     @property
     def postconf(self) -> str:
@@ -83,6 +85,8 @@ class Fixer:
             return "postfix reload" if default else f"postfix -c {self.postfix_dir} reload"
         if self.daemon == "dovecot":
             return "doveadm reload" if self.dovecot_file is None else f"doveadm -c {self.dovecot_file} reload"
+        if self.daemon == "exim":
+            return exim.reload_command(self.exim)
         return "restart the daemon"
 
     def reload(self, managed: Sequence[ManagedCertificate] = ()) -> str:
@@ -98,6 +102,8 @@ class Fixer:
         if self.daemon == "dovecot":
             command = "doveadm" if self.dovecot_file is None else f"doveadm -c {self.dovecot_file}"
             return f"{command} log errors"
+        if self.daemon == "exim":
+            return exim.unreachable(self.exim)
         return "look at the daemon's log"
 
     def hook_line(self) -> str:
@@ -105,6 +111,8 @@ class Fixer:
             return f'reload = ["postfix"] and hook_env = {{ POSTFIX_CONFIG_DIR = "{self.postfix_dir}" }}'
         if self.daemon == "dovecot" and self.dovecot_file is not None:
             return f'reload = ["dovecot"] and hook_env = {{ DOVECOT_CONFIG = "{self.dovecot_file}" }}'
+        if self.daemon == "exim":
+            return exim.hook_line(self.exim)
         return f'reload = ["{self.daemon}"]'
 
     def set_option(self, service: str | None, name: str, value: str) -> str:
@@ -122,6 +130,8 @@ class Fixer:
             lines = f"{tls.setting} = <{paths[0]}\n{key_setting} = <{paths[-1]}"
             where = f"in {tls.scope}" if tls.server_name else f"in {self.dovecot_file or 'dovecot.conf'}"
             return f"{where}:\n{lines}\n{self._reload_command()}"
+        if self.daemon == "exim":
+            return exim.set_files(self.exim, paths[0], paths[-1])
         if self.daemon != "postfix":
             return f"set {tls.setting} to {paths[0]}" + (f" and {key_setting} to {paths[-1]}" if key_setting else "")
         service = tls.scope if tls.scope != "main.cf" else None
@@ -153,7 +163,8 @@ class Fixer:
         """The fix for a file issue found by :func:`certkeeper.mailserver.tlsfiles.judge_pair`."""
         path = issue.path or tls.files[0]
         if issue.code == "key-world-readable":
-            return f"chmod 0600 {path}  (or 0640 with chown root:<daemon group>; the daemon reads it as root)"
+            return exim.key_mode(path) if self.daemon == "exim" else \
+                f"chmod 0600 {path}  (or 0640 with chown root:<daemon group>; the daemon reads it as root)"
         if issue.code == "file-world-writable":
             return f"chmod go-w {path}"
         if issue.code == "key-owner":
@@ -185,7 +196,7 @@ def fixer_for(config: PostfixConfig | DovecotConfig | EximConfig | None) -> Fixe
     if isinstance(config, DovecotConfig):
         default = config.config_file == Path("/etc/dovecot/dovecot.conf")
         return Fixer("dovecot", dovecot_file=None if default else config.config_file)
-    return Fixer("exim")
+    return Fixer("exim", exim=config)
 
 
 def hostnames_for(listener: Listener) -> list[str]:
@@ -401,4 +412,48 @@ def dovecot_rules(config: DovecotConfig, listeners: Sequence[Listener], daemon_w
             found.append(Diagnosis(title(listener), "auth-before-starttls", "problem", "disable_plaintext_auth = no: "
                                    "clients may log in with a password before STARTTLS",
                                    f"in {where_file}: disable_plaintext_auth = yes\n{fix.reload()}"))
+    return found
+
+
+def exim_rules(config: EximConfig, listeners: Sequence[Listener], daemon_where: str,
+               title: Callable[[Listener], str], files: Mapping[Path, FileFacts]) -> list[Diagnosis]:
+    """465 in ``tls_on_connect_ports`` (RFC 8314 §3.3), STARTTLS advertised on the other listeners (RFC 3207),
+    and an ``exim_path`` the daemon can re-execute on SIGHUP."""
+    found = []
+    exim_path = config.settings.get("exim_path", "")
+    binary = files.get(Path(exim_path)) if exim_path.startswith("/") else None
+    if binary is not None and not (binary.exists and binary.mode & 0o111):
+        actual = config.binary if config.binary.startswith("/") else "the path of the exim binary"
+        found.append(Diagnosis(daemon_where, "exim-path-missing", "problem", f"exim_path = {exim_path}, which is "
+                               "not an executable: on SIGHUP (a reload, certkeeper's exim hook) the daemon execs it, "
+                               "fails and dies",
+                               exim.set_option(config, "exim_path", actual, in_macros=False).split("\n")[0]))
+    implicit = exim.exim_list(config.settings.get("tls_on_connect_ports", ""))
+    advertised = exim.exim_list(config.settings.get("tls_advertise_hosts", ""))
+    for listener in listeners:
+        if listener.role == "submissions" and listener.protocol == "smtp":
+            ports = " : ".join(dict.fromkeys([*implicit, str(listener.port)]))
+            found.append(Diagnosis(title(listener), "submissions-without-tls-on-connect", "problem",
+                                   f"port {listener.port} is the submissions port but not in tls_on_connect_ports: "
+                                   "clients start a TLS handshake and Exim answers with a plain-text greeting "
+                                   "(RFC 8314 §3.3)", exim.set_option(config, "tls_on_connect_ports", ports)))
+        elif listener.protocol == "smtp" and not advertised:
+            severity: Severity = "problem" if listener.role == "submission" else "warning"
+            found.append(Diagnosis(title(listener), "starttls-not-offered", severity, "tls_advertise_hosts is "
+                                   "empty: Exim offers no STARTTLS here, so mail and passwords cross in plain text",
+                                   exim.set_option(config, "tls_advertise_hosts", "*", in_macros=False)
+                                   + "\n(Debian's exim4.conf.template: MAIN_TLS_ENABLE = yes in the local macros)"))
+    if listeners and not config.settings.get("tls_certificate") and (advertised or implicit):
+        found.append(Diagnosis(daemon_where, "certificate-missing", "problem", "tls_certificate is unset: Exim "
+                               "offers TLS with a self-signed certificate it makes up at start, which no client "
+                               "can verify", "certkeeper setup exim --certificate NAME (Debian's MAIN_TLS_ENABLE, "
+                               "MAIN_TLS_CERTIFICATE, MAIN_TLS_PRIVATEKEY)\n" + exim.reload_command(config)))
+    roles = {listener.role for listener in listeners}
+    if "submission" in roles and "submissions" not in roles:
+        ports = " : ".join(dict.fromkeys([*(str(x.port) for x in listeners), "465"]))
+        found.append(Diagnosis(daemon_where, "submissions-missing", "warning", "submission on 587 is offered but "
+                               "not submissions on 465 with implicit TLS, which RFC 8314 §3.3 prefers",
+                               exim.set_option(config, "daemon_smtp_ports", ports).split("\n")[0] + "\n"
+                               + exim.set_option(config, "tls_on_connect_ports",
+                                                 " : ".join(dict.fromkeys([*implicit, "465"])))))
     return found

@@ -10,7 +10,9 @@ Postfix gets ``smtpd_tls_chain_files`` pointing at ``combined.pem`` (key and cha
 never read a new key with an old certificate), both key types when the certificate has two; submissions with
 ``smtpd_tls_wrappermode=yes`` (RFC 8314 §3.3) and submission with ``encrypt`` and ``smtpd_tls_auth_only``
 (RFC 8314 §3.4).  Dovecot gets a snippet (``ssl_cert``/``ssl_key``, ``ssl_alt_*`` for the second key type, the
-TLS 1.2 floor and the imaps listener) in ``conf.d`` or beside the given configuration file.
+TLS 1.2 floor and the imaps listener) in ``conf.d`` or beside the given configuration file.  Exim gets Debian's
+macros in its local macros file and the listener options (:mod:`certkeeper.mailserver.exim`); it is validated with
+``exim -bV`` and what ``exim -bP`` then shows, and reloaded by SIGHUP, after which the daemon re-executes itself.
 """
 
 from __future__ import annotations
@@ -39,6 +41,16 @@ from certkeeper.mailserver.config import (
     read_postfix,
     run_tool,
 )
+from certkeeper.mailserver.exim import (
+    EximConfig,
+    EximPlan,
+    check_applied,
+    exim_listeners,
+    plan_exim,
+    plan_text,
+    read_exim,
+    signal_reload,
+)
 from certkeeper.probe import ProbeOptions, probe_sync
 
 log = logging.getLogger("certkeeper.setup")
@@ -46,6 +58,8 @@ log = logging.getLogger("certkeeper.setup")
 POSTFIX = "postfix"
 DOVEADM = "doveadm"
 DOVECOT = "dovecot"
+UPDATE_EXIM4_CONF = "update-exim4.conf"  # Debian: the configuration is generated from the template and local macros
+_SIGHUP_TIMEOUT = 15.0
 _OBSOLETE_MAIN = ("smtpd_tls_cert_file", "smtpd_tls_key_file", "smtpd_tls_eccert_file", "smtpd_tls_eckey_file",
                   "smtpd_tls_dcert_file", "smtpd_tls_dkey_file", "smtpd_use_tls", "smtpd_enforce_tls")
 _SERVICE_FILE_OPTIONS = ("smtpd_tls_chain_files", *_OBSOLETE_MAIN[:6])
@@ -72,8 +86,13 @@ class Plan:
     include_line: str = ""  # appended to the main Dovecot file when the snippet is not included already
     new_ports: tuple[int, ...] = ()  # ports no listener of the daemon uses yet: must be free
     host: str = "127.0.0.1"
+    exim: EximPlan | None = None
+    exim_config: EximConfig | None = None  # as it was before setup: the pid file, the binary, the -C file
+    regenerate: tuple[tuple[str, ...], ...] = ()  # run after writing and after restoring (Debian: update-exim4.conf)
 
     def text(self) -> str:
+        if self.exim is not None:
+            return plan_text(self.exim) + "".join(" ".join(c) + "\n" for c in self.regenerate)
         if self.commands:
             return "\n".join(" ".join(_quote(a) for a in command) for command in self.commands) + "\n"
         head = f"# {self.snippet_path}\n" if self.snippet_path else ""
@@ -145,14 +164,35 @@ def plan_dovecot(config: DovecotConfig, files: CertificateFiles, *, imaps_port: 
                 new_ports=() if imaps_port in used else (imaps_port,), host=host)
 
 
+def plan_exim_setup(config: EximConfig, files: CertificateFiles, *, smtp_port: int = 25, smtps_port: int = 465,
+                     submission_port: int = 587, macros_file: Path | None = None) -> Plan:
+    main = config.config_file
+    main_text = main.read_text() if main is not None and main.is_file() else ""
+    planned = plan_exim(config, files.folders, files.name, smtp_port=smtp_port, smtps_port=smtps_port,
+                        submission_port=submission_port, macros_file=macros_file, main_text=main_text)
+    if planned.macros_file.is_file():  # keep the administrator's own macros
+        planned = plan_exim(config, files.folders, files.name, smtp_port=smtp_port, smtps_port=smtps_port,
+                            submission_port=submission_port, macros_file=planned.macros_file, main_text=main_text,
+                            macros_text=planned.macros_file.read_text())
+    existing = exim_listeners(config)
+    used = {listener.port for listener in existing}
+    regenerate = ((UPDATE_EXIM4_CONF,),) if main is None else ()
+    return Plan("exim", regenerate=regenerate, new_ports=tuple(p for p in planned.ports if p not in used),
+                host=existing[0].host if existing else "127.0.0.1", exim=planned, exim_config=config)
+
+
 def certkeeper_snippet(files: CertificateFiles, daemon: str, endpoints: Sequence[tuple[str, int]],
-                       config_path: Path) -> str:
+                       config_path: Path, exim: EximConfig | None = None) -> str:
     """What to add to certkeeper.toml so renewals reload this daemon and verify its listeners."""
     env = ""
     if daemon == "postfix" and config_path != DEFAULT_POSTFIX_DIR:
         env = f'hook_env = {{ POSTFIX_CONFIG_DIR = "{config_path}" }}\n'
     elif daemon == "dovecot" and config_path != Path("/etc/dovecot/dovecot.conf"):
         env = f'hook_env = {{ DOVECOT_CONFIG = "{config_path}" }}\n'
+    elif daemon == "exim" and exim is not None and (exim.config_file is not None or exim.binary != "exim"):
+        names = {"EXIM_CONFIG": str(exim.config_file) if exim.config_file else "",
+                 "EXIM": exim.binary if exim.binary != "exim" else ""}
+        env = "hook_env = { " + ", ".join(f'{k} = "{v}"' for k, v in names.items() if v) + " }\n"
     host = files.domains[0] if files.domains else "localhost"
     urls = ", ".join(f'"{protocol}://{host}:{port}"' for protocol, port in dict.fromkeys(endpoints))
     return f'[certificates.{files.name}]\nreload = ["{daemon}"]   # add to the existing list\n{env}' \
@@ -180,9 +220,9 @@ def apply_plan(plan: Plan, *, config_path: Path, files: CertificateFiles, now: d
     try:
         _apply(plan, config_path, outcome)
         _validate(plan, config_path, outcome)
-        _reload(plan.daemon, config_path)
+        _reload(plan, config_path)
         outcome.step(f"reloaded {plan.daemon}")
-        listeners = _listeners(plan.daemon, config_path)
+        listeners = _listeners(plan, config_path)
         failures = _verify(listeners, files, verify_timeout, sleep)
         if failures:
             raise SetupFailed("; ".join(failures))  # noqa: TRY301 - every failed step takes the one restore path
@@ -197,12 +237,16 @@ def apply_plan(plan: Plan, *, config_path: Path, files: CertificateFiles, now: d
                 original.unlink(missing_ok=True)  # a file setup created
         outcome.rolled_back = True
         outcome.step("restored the backup")
+        for command in plan.regenerate:
+            result = run_tool(command)
+            outcome.step(f"{' '.join(command)}: " + ("done" if result.returncode == 0 else
+                                                     f"exit {result.returncode}: {result.stderr.strip()[-200:]}"))
         try:
-            _reload(plan.daemon, config_path)
+            _reload(plan, config_path)
             outcome.step(f"reloaded {plan.daemon} with the old configuration")
         except SetupFailed:
-            _start(plan.daemon, config_path, outcome)
-        listeners = _listeners(plan.daemon, config_path)
+            _start(plan, config_path, outcome)
+        listeners = _listeners(plan, config_path)
         answers = probe_sync([x.target for x in listeners], ProbeOptions(timeout=5), now=now)
         outcome.serving_after_rollback = all(result.served for result in answers)
         outcome.step("after the rollback " + ("every listener serves TLS again" if outcome.serving_after_rollback
@@ -215,6 +259,8 @@ def _backup(plan: Plan, config_path: Path, now: datetime) -> list[tuple[Path, Pa
     stamp = now.strftime("%Y%m%dT%H%M%SZ")
     if plan.daemon == "postfix":
         originals = [config_path / "main.cf", config_path / "master.cf"]
+    elif plan.exim is not None:
+        originals = [plan.exim.macros_file] + ([plan.exim.main_file] if plan.exim.main_file is not None else [])
     else:
         originals = [config_path] + ([plan.snippet_path] if plan.snippet_path else [])
     pairs = []
@@ -227,7 +273,13 @@ def _backup(plan: Plan, config_path: Path, now: datetime) -> list[tuple[Path, Pa
 
 
 def _apply(plan: Plan, config_path: Path, outcome: Outcome) -> None:
-    for command in plan.commands:
+    if plan.exim is not None:
+        plan.exim.macros_file.parent.mkdir(parents=True, exist_ok=True)
+        plan.exim.macros_file.write_text(plan.exim.macros)
+        plan.exim.macros_file.chmod(0o644)  # Exim refuses configuration files others can write
+        if plan.exim.main_file is not None and plan.exim.main_text is not None:
+            plan.exim.main_file.write_text(plan.exim.main_text)
+    for command in (*plan.commands, *plan.regenerate):
         result = run_tool(command)
         if result.returncode != 0:
             msg = f"{' '.join(command)}: {(result.stderr or result.stdout).strip()}"
@@ -244,26 +296,39 @@ def _apply(plan: Plan, config_path: Path, outcome: Outcome) -> None:
 def _validate(plan: Plan, config_path: Path, outcome: Outcome) -> None:
     if plan.daemon == "postfix":
         command = [POSTFIX, "-c", str(config_path), "check"]
+    elif plan.exim_config is not None:
+        command = list(plan.exim_config.command("-bV"))
     else:
         command = [DOVECONF, "-c", str(config_path), "-n"]
     result = run_tool(command)
     if result.returncode != 0:
         msg = (
             f"{' '.join(command)} rejects the new configuration (exit {result.returncode}): "
-                          f"{(result.stderr or result.stdout).strip()[-500:] or 'see the mail log'}"
+            f"{(result.stderr or result.stdout).strip()[-500:] or 'see the mail log'}"
         )
         raise SetupFailed(msg)
+    if plan.exim is not None and plan.exim_config is not None:
+        applied = read_exim(plan.exim_config.config_file, binary=plan.exim_config.binary)
+        wrong = check_applied(applied, plan.exim.expected)
+        if wrong:
+            msg = ("Exim does not use the new settings: " + "; ".join(wrong) + " (its configuration must take "
+                   "tls_certificate from MAIN_TLS_CERTIFICATE, as Debian's exim4.conf.template does)")
+            raise SetupFailed(msg)
     for port in plan.new_ports:
         with socket.socket() as probe:
             probe.settimeout(2)
             if probe.connect_ex((plan.host, port)) == 0:
                 msg = f"port {port} on {plan.host} is already in use by another program"
                 raise SetupFailed(msg)
-    outcome.step(f"validated ({' '.join(command[:1] + command[3:])}, new ports free)")
+    shown = " ".join(command[:1] + command[3:]) if plan.daemon != "exim" else " ".join(command)
+    outcome.step(f"validated ({shown}, new ports free)")
 
 
-def _reload(daemon: str, config_path: Path) -> None:
-    command = [POSTFIX, "-c", str(config_path), "reload"] if daemon == "postfix" else \
+def _reload(plan: Plan, config_path: Path) -> None:
+    if plan.exim_config is not None:
+        _reload_exim(plan.exim_config)
+        return
+    command = [POSTFIX, "-c", str(config_path), "reload"] if plan.daemon == "postfix" else \
         [DOVEADM, "-c", str(config_path), "reload"]
     result = run_tool(command)
     if result.returncode != 0:
@@ -274,15 +339,41 @@ def _reload(daemon: str, config_path: Path) -> None:
         raise SetupFailed(msg)
 
 
-def _start(daemon: str, config_path: Path, outcome: Outcome) -> None:
-    command = [POSTFIX, "-c", str(config_path), "start"] if daemon == "postfix" else \
-        [DOVECOT, "-c", str(config_path)]
+def _reload_exim(config: EximConfig) -> None:
+    """``exim -bV``, then SIGHUP: the daemon re-executes itself; wait until it holds its listeners again.
+
+    A SIGHUP with a configuration that does not parse would kill the daemon, hence the check first.
+    """
+    check = run_tool(config.command("-bV"))
+    if check.returncode != 0:
+        msg = (f"{' '.join(config.command('-bV'))} rejects the configuration; not sending SIGHUP: "
+               f"{(check.stderr or check.stdout).strip()[-300:]}")
+        raise SetupFailed(msg)
+    try:
+        pid = int(config.pid_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        msg = f"no Exim daemon: cannot read its pid from {config.pid_file}"
+        raise SetupFailed(msg) from None
+    failure = signal_reload(pid, timeout=_SIGHUP_TIMEOUT)
+    if failure is not None:
+        raise SetupFailed(failure)
+
+
+def _start(plan: Plan, config_path: Path, outcome: Outcome) -> None:
+    if plan.exim_config is not None:
+        command = list(plan.exim_config.command("-bd"))
+    elif plan.daemon == "postfix":
+        command = [POSTFIX, "-c", str(config_path), "start"]
+    else:
+        command = [DOVECOT, "-c", str(config_path)]
     result = run_tool(command)
     outcome.step(f"{' '.join(command)}: " + ("started" if result.returncode == 0 else f"exit {result.returncode}"))
 
 
-def _listeners(daemon: str, config_path: Path) -> list[Listener]:
-    if daemon == "postfix":
+def _listeners(plan: Plan, config_path: Path) -> list[Listener]:
+    if plan.exim_config is not None:
+        return exim_listeners(read_exim(plan.exim_config.config_file, binary=plan.exim_config.binary))
+    if plan.daemon == "postfix":
         return postfix_listeners(read_postfix(config_path))
     return dovecot_listeners(read_dovecot(config_path))
 

@@ -9,6 +9,20 @@ Pebble comes from Debian trixie, not bookworm: trixie's 2.6.0 serves ACME Renewa
 one ``.deb`` is fetched, through a trixie source list given to that one ``apt-get`` command, and
 unpacked with ``dpkg -x`` into a cache folder: the system's sources and packages stay bookworm.
 The binary is statically linked Go, so it runs on bookworm.
+
+Exim comes from bookworm itself (4.96: ``exim4-daemon-light``, ``exim4-base``, ``exim4-config``), but
+cannot be installed: ``exim4-config`` conflicts with ``postfix``. So its three ``.deb`` files are
+fetched with ``apt-get download`` and unpacked with ``dpkg -x`` into the cache, beside Postfix. What
+the package scripts would have done is done here instead, and no more:
+
+* the shared libraries ``exim4`` links against are installed as ordinary packages
+  (:data:`EXIM_LIBRARIES`; only ``libidn12`` is not already pulled in by the other packages);
+* the ``Debian-exim`` system user is created as ``exim4-base``'s postinst does: the binary has
+  ``EXIM_USER=ref:Debian-exim`` compiled in and refuses to run at all without it.
+
+Nothing is written to the compiled-in paths (``/etc/exim4``, ``/var/spool/exim4``,
+``/run/exim4``, ``/usr/sbin/exim4``): the test bed's Exim gets all of them from its own
+configuration (:mod:`certkeeper.testbed.exim`).
 """
 
 from __future__ import annotations
@@ -34,6 +48,13 @@ DEBIAN_PACKAGES = (
     "python3-venv",  # deploy/debian/build makes the package's virtualenv with the system python3
     "groff",  # renders the generated manual page in tests/test_docs.py
 )
+EXIM_PACKAGES = ("exim4-daemon-light", "exim4-base", "exim4-config")
+# exim4-daemon-light's Depends: its shared libraries (libidn12 is the one nothing else installs).
+EXIM_LIBRARIES = (
+    "libc6", "libcrypt1", "libdb5.3", "libgnutls-dane0", "libgnutls30", "libidn12", "libidn2-0", "libnsl2",
+    "libpcre2-8-0",
+)  # fmt: skip
+EXIM_USER = "Debian-exim"
 DEFAULT_CACHE = Path("/var/cache/certkeeper-testbed")
 CACHE_ENV = "CERTKEEPER_TESTBED_CACHE"
 # The bookworm archive keyring also holds the trixie signing keys (checked when this was
@@ -53,7 +74,17 @@ def pebble_binary() -> Path:
     return cache_dir() / "pebble" / "usr" / "bin" / "pebble"
 
 
-def missing_packages(packages: tuple[str, ...] = DEBIAN_PACKAGES) -> list[str]:
+def exim_root() -> Path:
+    """The folder the three Exim packages are unpacked into (``usr/sbin/exim4`` below it)."""
+    return cache_dir() / "exim"
+
+
+def exim_binary() -> Path:
+    """Where the unpacked Exim binary lives (it exists once :func:`install_exim` ran)."""
+    return exim_root() / "usr" / "sbin" / "exim4"
+
+
+def missing_packages(packages: tuple[str, ...] = DEBIAN_PACKAGES + EXIM_LIBRARIES) -> list[str]:
     """Return the packages dpkg does not report as installed."""
     result = subprocess.run(
         ["dpkg-query", "-W", "-f=${Package} ${db:Status-Status}\n", *packages],
@@ -110,10 +141,41 @@ def install_pebble() -> Path:
     return binary
 
 
+def install_exim() -> Path:
+    """Fetch and unpack bookworm's Exim into the cache unless it is there; return the binary.
+
+    Also creates the ``Debian-exim`` user the binary needs (see the module docstring).
+    """
+    if subprocess.run(["getent", "passwd", EXIM_USER], capture_output=True, check=False).returncode != 0:
+        subprocess.run(
+            ["adduser", "--system", "--group", "--quiet", "--home", "/var/spool/exim4", "--no-create-home",
+             "--disabled-login", "--force-badname", EXIM_USER],
+            check=True,
+        )  # fmt: skip
+    binary = exim_binary()
+    if binary.is_file():
+        return binary
+    cache = cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        # apt drops to the _apt user for downloads, who cannot write into a root-only scratch folder.
+        subprocess.run(["apt-get", "-q", "-o", "APT::Sandbox::User=root", "download", *EXIM_PACKAGES],
+                       check=True, cwd=scratch)  # fmt: skip
+        unpacked = cache / "exim.partial"
+        shutil.rmtree(unpacked, ignore_errors=True)
+        for package in EXIM_PACKAGES:
+            (deb,) = Path(scratch).glob(f"{package}_*.deb")
+            subprocess.run(["dpkg", "-x", str(deb), str(unpacked)], check=True)
+        shutil.rmtree(exim_root(), ignore_errors=True)
+        unpacked.rename(exim_root())
+    return binary
+
+
 def main() -> int:
-    """Install everything the test bed needs; print the Pebble binary's path."""
+    """Install everything the test bed needs; print the Pebble and Exim binaries' paths."""
     install_packages()
     print(install_pebble())
+    print(install_exim())
     return 0
 
 
