@@ -208,6 +208,10 @@ def send_update(address: str, port: int, zone: str, key: TsigKey, *, ttl: int, a
         update.add(dns.name.from_text(name), ttl, dns.rdatatype.from_text(rdtype), value)
     try:
         reply = dns.query.tcp(update, address, port=port, timeout=10)
+    except dns.tsig.PeerError as exc:  # BADKEY, BADSIG, BADTIME: the server did not accept the signature
+        msg = f"{address}:{port}"
+        raise DnsError(msg, f"refused the signature of the update of zone {zone} ({exc}): "
+                            f"{_UPDATE_HINTS['NOTAUTH']}") from None
     except (dns.exception.DNSException, OSError) as exc:
         msg = f"{address}:{port}"
         raise DnsError(msg, f"the dynamic update of zone {zone} failed: {exc}") from None
