@@ -35,14 +35,12 @@ from certkeeper.mailserver.config import (
     postfix_tls_files,
 )
 from certkeeper.mailserver.exim import EximConfig, exim_listeners
+from certkeeper.mailserver.fixes import Fixer, ManagedCertificate, fixer_for
 from certkeeper.mailserver.rules import (
     Diagnosis,
-    Fixer,
-    ManagedCertificate,
     Severity,
     dovecot_rules,
     exim_rules,
-    fixer_for,
     hostnames_for,
     postfix_rules,
     sni_entries,
