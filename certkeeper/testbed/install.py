@@ -47,6 +47,7 @@ DEBIAN_PACKAGES = (
     "systemd",  # systemd-analyze verify checks the unit files in deploy/
     "python3-venv",  # deploy/debian/build makes the package's virtualenv with the system python3
     "groff",  # renders the generated manual page in tests/test_docs.py
+    "pipx",  # the README's install path, tried in tests/test_packaging.py
 )
 EXIM_PACKAGES = ("exim4-daemon-light", "exim4-base", "exim4-config")
 # exim4-daemon-light's Depends: its shared libraries (libidn12 is the one nothing else installs).
