@@ -194,8 +194,9 @@ _UPDATE_HINTS = {
 
 
 def send_update(address: str, port: int, zone: str, key: TsigKey, *, ttl: int, add: Sequence[Record] = (),
-                delete: Sequence[Record] = ()) -> None:
-    """One TSIG-signed update of ``zone``: delete these values, add those (any record type, ``ttl``).
+                delete: Sequence[Record] = (), replace: Sequence[Record] = ()) -> None:
+    """One TSIG-signed update of ``zone``: delete these values, add those (any record type, ``ttl``); ``replace``
+    makes each value the only record of its name and type (MTA-STS: exactly one ``v=STSv1`` TXT record).
 
     One message, so the primary applies all of it or none (RFC 2136 section 3.7); DANE's TLSA rollover relies on
     that as much as dns-01 does.
@@ -206,6 +207,8 @@ def send_update(address: str, port: int, zone: str, key: TsigKey, *, ttl: int, a
         update.delete(dns.name.from_text(name), dns.rdatatype.from_text(rdtype), value)
     for name, rdtype, value in add:
         update.add(dns.name.from_text(name), ttl, dns.rdatatype.from_text(rdtype), value)
+    for name, rdtype, value in replace:
+        update.replace(dns.name.from_text(name), ttl, dns.rdatatype.from_text(rdtype), value)
     try:
         reply = dns.query.tcp(update, address, port=port, timeout=10)
     except dns.tsig.PeerError as exc:  # BADKEY, BADSIG, BADTIME: the server did not accept the signature

@@ -1,4 +1,4 @@
-"""Value types shared by every layer: key types, durations, renewal thresholds."""
+"""Value types shared by every layer: key types, durations, renewal thresholds, MTA-STS modes and patterns."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from datetime import timedelta
 from fractions import Fraction
+from typing import Literal
 
 
 class KeyType(enum.StrEnum):
@@ -90,3 +91,31 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")
 def is_safe_name(name: str) -> bool:
     """Names of certificates and issuers become directory names: only ``[A-Za-z0-9._-]``, never . or .."""
     return bool(NAME_PATTERN.match(name)) and name not in {".", ".."}
+
+
+# -- MTA-STS (RFC 8461) values the configuration checks and certkeeper.mtasts works with ------------------------
+
+MtaStsMode = Literal["enforce", "testing", "none"]
+MTA_STS_MODES: tuple[MtaStsMode, ...] = ("enforce", "testing", "none")
+# RFC 8461 section 3.2: max_age is at most 31557600 seconds (about one year).
+MTA_STS_MAX_AGE_LIMIT = 31_557_600
+_MX_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
+
+
+def mx_pattern_problem(pattern: str) -> str:
+    """Why ``pattern`` is not a valid MTA-STS ``mx`` value (``["*."] Domain``, RFC 8461 section 3.2), or ""."""
+    name = pattern.lower()
+    if name.startswith("*."):
+        name = name[2:]
+    if not name:
+        return "empty"
+    if "*" in name:
+        return 'a wildcard is allowed only as the whole first label ("*.example.org")'
+    if len(name) > 253 or not name.isascii():
+        return "not an ASCII host name (use the A-label form of IDNs) of at most 253 characters"
+    labels = name.split(".")
+    if len(labels) < 2 and not pattern.startswith("*."):
+        return "not a fully qualified host name"
+    if not all(_MX_LABEL.match(label) for label in labels):
+        return "not a host name (letters, digits and inner hyphens, labels of 1 to 63 characters)"
+    return ""

@@ -14,6 +14,7 @@ from pathlib import Path
 CertificateVerifyFailed = ssl.SSLCertVerificationError
 Context = ssl.SSLContext
 TlsError = ssl.SSLError
+TlsSocket = ssl.SSLSocket
 
 
 def client_context(ca_file: Path | None = None, *, verify: bool = True) -> ssl.SSLContext:
@@ -25,6 +26,12 @@ def client_context(ca_file: Path | None = None, *, verify: bool = True) -> ssl.S
         context.verify_mode = ssl.CERT_NONE
         return context
     return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+
+
+def require_tls12(context: ssl.SSLContext) -> ssl.SSLContext:
+    """Refuse anything older than TLS 1.2 (RFC 8996; RFC 8461 section 3.3 for MTA-STS policy fetches)."""
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
 
 
 def server_context(certificate_chain: Path, private_key: Path) -> ssl.SSLContext:

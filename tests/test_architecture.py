@@ -32,7 +32,7 @@ FLOORS: list[set[str]] = [
     {"app.py"},
     {"testbed"},
     {"renewal"},
-    {"mailserver", "dane", "alerts", "monitoring", "adopt"},
+    {"mailserver", "dane", "alerts", "monitoring", "adopt", "mtasts"},
     {"issuers", "store", "probe"},
     {"config", "dnsclient.py", "process.py", "tls.py"},
     {"pki.py", "targets.py"},
@@ -48,6 +48,8 @@ SIDEWAYS = {
     ("monitoring", "store"): "metrics read the store and the installed versions",
     ("alerts", "store"): "the alert queue lives in the store",
     ("issuers", "store"): "issuers write CA files and accounts atomically (store.atomic)",
+    ("monitoring", "mtasts"): "metrics show each domain's policy id, mode and whether every MX matches",
+    ("mailserver", "mtasts"): "doctor runs the MTA-STS check for the configured domains",
 }
 FLOOR_OF = {room: index for index, floor in enumerate(FLOORS) for room in floor}
 

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from certkeeper.config import CertificateConfig
+from certkeeper.config_mtasts import MtaStsConfig
+from certkeeper.mtasts.guard import guard_certificate, mx_certificates, mx_names, wanted_policy
 from certkeeper.mtasts.policy import (
     MAX_POLICY_BYTES,
     STS_POLICY_INVALID,
@@ -24,6 +29,7 @@ from certkeeper.mtasts.policy import (
     render_txt,
 )
 from certkeeper.mtasts.rollout import Publication, decide_publication, next_publication
+from certkeeper.targets import parse_target
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 WEEK = 604800
@@ -211,3 +217,46 @@ def test_mode_none_is_published_at_once() -> None:
 def test_matching_pattern_names_the_first_that_matches() -> None:
     assert matching_pattern("mx.example.org", ["a.example.org", "*.example.org", "mx.example.org"]) == \
         "*.example.org"
+
+
+# -- which certificates face senders, the wanted policy, the guard -------------------------------------------
+
+def _certificate(name: str, domains: tuple[str, ...], endpoints: tuple[str, ...] = ()) -> CertificateConfig:
+    return CertificateConfig(name, "ca", domains, endpoints=tuple(parse_target(e) for e in endpoints))
+
+
+MAIL = _certificate("mail", ("mail.example.org", "imap.example.org"),
+                    ("smtp://mail.example.org:25", "imaps://imap.example.org:993"))
+WEB = _certificate("web", ("mta-sts.example.org",), ("https://mta-sts.example.org:443",))
+CERTIFICATES = {"mail": MAIL, "web": WEB}
+
+
+def test_the_mx_patterns_default_to_the_port_25_endpoints_of_the_mx_certificates() -> None:
+    mta = MtaStsConfig("example.org", mode="enforce", webroot=Path("/var/www/mta-sts"))
+    assert [c.name for c in mx_certificates(mta, CERTIFICATES)] == ["mail"]
+    assert wanted_policy(mta, CERTIFICATES) == Policy("enforce", 604800, ("mail.example.org",))
+    assert wanted_policy(replace(mta, mx=("*.example.org",)), CERTIFICATES).mx == ("*.example.org",)
+    assert wanted_policy(replace(mta, mode="none"), CERTIFICATES).mx == ()
+
+
+def test_a_certificate_without_port_25_endpoints_faces_senders_with_its_domains() -> None:
+    bare = _certificate("mx", ("mx1.example.org", "10.0.0.1"), ("smtp://10.0.0.1:25",))
+    assert mx_names(bare) == ("mx1.example.org",)
+
+
+def test_the_guard_refuses_a_name_outside_the_published_patterns_and_names_both() -> None:
+    published = Policy("enforce", WEEK, ("mx.example.org",))
+    refusal = guard_certificate(MAIL, ["mail.example.org"], "example.org", published, "abc")
+    assert refusal is not None and refusal.name == "mail.example.org"
+    assert "mail.example.org matches none of the mx patterns (mx.example.org)" in str(refusal)
+    assert guard_certificate(MAIL, ["mail.example.org"], "example.org",
+                             Policy("enforce", WEEK, ("*.example.org",)), "abc") is None
+    assert guard_certificate(MAIL, ["mail.example.org"], "example.org", None, "") is None  # nothing published
+    assert guard_certificate(MAIL, ["mail.example.org"], "example.org", Policy("none", WEEK), "x") is None
+
+
+def test_the_guard_refuses_a_certificate_that_no_longer_covers_the_mx_host() -> None:
+    refusal = guard_certificate(MAIL, ["imap.example.org"], "example.org",
+                                Policy("enforce", WEEK, ("mail.example.org",)), "abc")
+    assert refusal is not None and not refusal.covered and "does not cover the MX host mail.example.org" in \
+        str(refusal)

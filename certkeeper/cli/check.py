@@ -71,7 +71,14 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                              "certificate matches them (tlsa-invalid otherwise) and whether the answer was "
                              "DNSSEC-validated (the AD bit); SMTP targets are probed without SNI as well")
     parser.add_argument("--resolver", metavar="HOST[:PORT]",
-                        help="the DNS resolver for --dane (default: the first nameserver in /etc/resolv.conf)")
+                        help="the DNS resolver for --dane and --mta-sts (default: the first nameserver in "
+                             "/etc/resolv.conf)")
+    parser.add_argument("--mta-sts", metavar="DOMAIN", action="append", default=[], dest="mta_sts",
+                        help="check DOMAIN's MTA-STS (RFC 8461) as a sender would: the _mta-sts TXT record, the "
+                             "policy over HTTPS from mta-sts.DOMAIN (certificate verified for that name, --ca-file "
+                             "applies), its syntax, and every MX host on port 25 with STARTTLS against the policy's "
+                             "mx patterns; findings in RFC 8460 words (sts-policy-fetch-error, sts-policy-invalid, "
+                             "sts-webpki-invalid, certificate-host-mismatch, starttls-not-supported, ...)")
     parser.set_defaults(handler=run_check, usage_status=EXIT_UNKNOWN)
     parser.usage_status = EXIT_UNKNOWN
 
@@ -81,6 +88,11 @@ class _BadArguments(Exception):
 
 
 def run_check(args: argparse.Namespace, context: Context) -> int:
+    if args.mta_sts:
+        if args.targets or args.file:
+            print("certkeeper check: --mta-sts takes domains, not TARGET arguments or --file", file=sys.stderr)
+            return EXIT_UNKNOWN
+        return _run_mta_sts(args)
     try:
         targets = _targets(args)
         options = _options(args)
@@ -114,6 +126,38 @@ def run_check(args: argparse.Namespace, context: Context) -> int:
                 lines += [f"  {line}" for line in result.transcript]
         sys.stdout.write("\n".join(lines) + "\n")
     return max(result.exit_code for result in results)
+
+
+def _run_mta_sts(args: argparse.Namespace) -> int:
+    try:
+        options = _options(args)
+    except _BadArguments as exc:
+        print(f"certkeeper check: {exc}", file=sys.stderr)
+        return EXIT_UNKNOWN
+    from certkeeper.mtasts.check import check_domain, nagios_line, report_to_json
+    from certkeeper.mtasts.resolve import LookupFailed, Resolver
+    from certkeeper.pki import now_utc
+
+    try:
+        resolver = Resolver(args.resolver, timeout=options.timeout)
+    except LookupFailed as exc:
+        print(f"certkeeper check: {exc}", file=sys.stderr)
+        return EXIT_UNKNOWN
+    reports = [check_domain(domain, resolver=resolver, ca_file=options.ca_file, timeout=options.timeout,
+                            now=now_utc(), warning_days=options.warning_days, critical_days=options.critical_days)
+               for domain in args.mta_sts]
+    if args.json:
+        json.dump([report_to_json(report) for report in reports], sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        lines = []
+        for report in reports:
+            lines.append(nagios_line(report))
+            if args.verbose:
+                findings = [*report.findings, *(f for mx in report.mx for f in mx.findings)]
+                lines += [f"  {f.severity} {f.code}: {f.message}" for f in findings]
+        sys.stdout.write("\n".join(lines) + "\n")
+    return max(report.exit_code for report in reports)
 
 
 def _targets(args: argparse.Namespace) -> list[Target]:

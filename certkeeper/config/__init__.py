@@ -1,6 +1,7 @@
 """The configuration file: TOML in, frozen types out, every mistake located.
 
-:mod:`.load` holds the types and the parser, :mod:`.table` the located getters of one TOML table.
+:mod:`.load` holds the types and the parser, :mod:`.table` the located getters of one TOML table, :mod:`.mtasts`
+the ``[mta_sts.<domain>]`` tables.
 """
 
 from certkeeper.config.load import (
@@ -56,4 +57,7 @@ from certkeeper.config.load import (
 )
 from certkeeper.config.load import (
     parse_config as parse_config,
+)
+from certkeeper.config.mtasts import (
+    MtaStsConfig as MtaStsConfig,
 )

@@ -18,6 +18,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
 
+from certkeeper.config.mtasts import MtaStsConfig, parse_mta_sts
 from certkeeper.config.table import Table, did_you_mean
 from certkeeper.errors import ConfigError, ConfigErrors
 from certkeeper.model import KeyType, RenewBefore, format_duration
@@ -176,6 +177,7 @@ class Config:
     issuers: Mapping[str, IssuerConfig]
     certificates: Mapping[str, CertificateConfig]
     watch: tuple[WatchConfig, ...] = ()
+    mta_sts: Mapping[str, MtaStsConfig] = field(default_factory=dict)
 
 
 def config_path(explicit: str | Path | None = None) -> Path:
@@ -217,6 +219,8 @@ def parse_config(data: Mapping[str, Any], path: Path, *, keys: dict[str, dict[st
         name: _parse_certificate(name, table, issuers) for name, table in root.named_tables("certificates")
     }
     watch = tuple(_parse_watch(i, table) for i, table in enumerate(root.array_of_tables("watch")))
+    mta_sts = {domain.lower().rstrip("."): parse_mta_sts(domain, table, certificates)
+               for domain, table in root.named_tables("mta_sts")}
     root.finish()
     if not certificates and not watch:
         errors.append(ConfigError(path, "certificates", "no certificates and no [[watch]] entries",
@@ -224,7 +228,7 @@ def parse_config(data: Mapping[str, Any], path: Path, *, keys: dict[str, dict[st
     if errors:
         raise ConfigErrors(errors) if len(errors) > 1 else errors[0]
     return Config(path=path, settings=settings, alerts=alerts, issuers=issuers,
-                  certificates=certificates, watch=watch)
+                  certificates=certificates, watch=watch, mta_sts=mta_sts)
 
 
 def _parse_settings(t: Table) -> Settings:

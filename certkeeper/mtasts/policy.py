@@ -11,15 +11,16 @@ import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
-Mode = Literal["enforce", "testing", "none"]
-MODES: tuple[Mode, ...] = ("enforce", "testing", "none")
+from certkeeper.model import MTA_STS_MAX_AGE_LIMIT, MTA_STS_MODES, MtaStsMode
+from certkeeper.model import mx_pattern_problem as pattern_problem
+
+Mode = MtaStsMode
+MODES = MTA_STS_MODES
 
 # RFC 8461 section 3.3 lets a sender refuse large policies; 64 KiB is what the common senders accept.
 MAX_POLICY_BYTES = 64 * 1024
-# RFC 8461 section 3.2: max_age is at most 31557600 seconds (about one year).
-MAX_AGE_LIMIT = 31_557_600
+MAX_AGE_LIMIT = MTA_STS_MAX_AGE_LIMIT
 WELL_KNOWN_PATH = "/.well-known/mta-sts.txt"
 
 # The RFC 8460 result words certkeeper uses for the policy itself.
@@ -30,7 +31,6 @@ STS_WEBPKI_INVALID = "sts-webpki-invalid"
 _EXTENSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}\Z")
 _TXT_ID = re.compile(r"[A-Za-z0-9]{1,32}\Z")
 _TXT_FIELD_VALUE = re.compile(r"[\x21-\x3a\x3c\x3e-\x7e]+\Z")
-_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
 
 
 @dataclass(frozen=True)
@@ -240,25 +240,6 @@ def parse_txt_records(texts: Iterable[str]) -> tuple[TxtRecord | None, tuple[Pol
 
 
 # -- MX host names against mx patterns (RFC 8461 section 4.1) -------------------------------------------------
-
-
-def pattern_problem(pattern: str) -> str:
-    """Why ``pattern`` is not a valid ``mx`` value (``["*."] Domain``), or "" when it is."""
-    name = pattern.lower()
-    if name.startswith("*."):
-        name = name[2:]
-    if not name:
-        return "empty"
-    if "*" in name:
-        return 'a wildcard is allowed only as the whole first label ("*.example.org")'
-    if len(name) > 253 or not name.isascii():
-        return "not an ASCII host name (use the A-label form of IDNs) of at most 253 characters"
-    labels = name.split(".")
-    if len(labels) < 2 and not pattern.startswith("*."):
-        return "not a fully qualified host name"
-    if not all(_LABEL.match(label) for label in labels):
-        return "not a host name (letters, digits and inner hyphens, labels of 1 to 63 characters)"
-    return ""
 
 
 def mx_matches(pattern: str, host: str) -> bool:

@@ -10,14 +10,18 @@ from __future__ import annotations
 import base64
 import secrets
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 import dns.exception
 import dns.flags
 import dns.message
+import dns.name
 import dns.query
 import dns.rcode
 import dns.rdatatype
+import dns.tsigkeyring
+import dns.update
 
 from certkeeper.testbed.server import LOOPBACK, Server, allocate_port, spawn, terminate, wait_until
 
@@ -110,6 +114,25 @@ class Bind(Server):
         except (dns.exception.DNSException, OSError):
             return False
         return reply.rcode() == dns.rcode.NOERROR and bool(reply.flags & dns.flags.AA)
+
+    def update(self, *, add: Sequence[str] = (), delete: Sequence[str] = ()) -> None:
+        """Change the zone with one TSIG-signed RFC 2136 update, as an operator's tooling would.
+
+        ``delete``: ``"NAME TYPE"`` (the whole record set) or ``"NAME TYPE VALUE"`` (one record);
+        ``add``: ``"NAME TYPE VALUE"``, TTL 60. Names are relative to the zone unless they end in a dot.
+        """
+        keyring = dns.tsigkeyring.from_text({self.tsig_key_name: (self.tsig_algorithm, self.tsig_secret)})
+        message = dns.update.UpdateMessage(self.zone, keyring=keyring, keyname=dns.name.from_text(self.tsig_key_name),
+                                           keyalgorithm=self.tsig_algorithm)
+        for entry in delete:
+            name, rdtype, *value = entry.split(None, 2)
+            message.delete(name, rdtype, *value)
+        for entry in add:
+            owner, kind, text = entry.split(None, 2)
+            message.add(owner, 60, kind, text)
+        reply = dns.query.tcp(message, self.address, port=self.port, timeout=5)
+        if reply.rcode() != dns.rcode.NOERROR:
+            raise RuntimeError(f"update of {self.zone} refused: {dns.rcode.to_text(reply.rcode())}")
 
     def _launch(self) -> None:
         self._write_config()

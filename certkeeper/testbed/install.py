@@ -44,6 +44,7 @@ DEBIAN_PACKAGES = (
     "bind9-dnsutils",
     "postgresql",
     "openssl",
+    "nginx",  # serves MTA-STS policies from a webroot over HTTPS (tests/test_mtasts_*.py)
     "systemd",  # systemd-analyze verify checks the unit files in deploy/
     "python3-venv",  # deploy/debian/build makes the package's virtualenv with the system python3
     "groff",  # renders the generated manual page in tests/test_docs.py

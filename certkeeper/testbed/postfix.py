@@ -94,6 +94,8 @@ class Postfix(Server):
         listener_options: Mapping[str, Mapping[str, str]] | None = None,
         master_cf_extra: str = "",
         start_timeout: float = 15.0,
+        address: str = LOOPBACK,
+        fixed_ports: Mapping[str, int] | None = None,
     ) -> None:
         """Configure an instance; nothing runs until :meth:`start`.
 
@@ -102,6 +104,8 @@ class Postfix(Server):
         ``listeners``: which of ``smtp``, ``submission``, ``submissions`` to run.
         ``listener_options``: extra or replacing ``-o`` options per listener.
         ``master_cf_extra``: raw lines appended to ``master.cf``.
+        ``address``: the loopback address to listen on (see :func:`~certkeeper.testbed.server.allocate_address`).
+        ``fixed_ports``: listeners on a fixed port instead of a free one (``{"smtp": 25}`` for an MX host).
         """
         super().__init__(directory)
         make_traversable(self.directory)
@@ -114,6 +118,8 @@ class Postfix(Server):
         self.data_dir = self.directory / "data"
         self.listeners = tuple(name for name in LISTENERS if name in listeners)
         self.ports: dict[str, int] = {}
+        self.address = address
+        self._fixed_ports = dict(fixed_ports or {})
         self.start_timeout = start_timeout
         self._main_cf_overrides = dict(main_cf or {})
         self._listener_options = {
@@ -130,7 +136,8 @@ class Postfix(Server):
         return self.directory / "postfix.log"
 
     def _allocate_ports(self) -> None:
-        self.ports = {name: allocate_port() for name in self.listeners}
+        self.ports = {name: self._fixed_ports.get(name) or allocate_port()
+                      for name in self.listeners}
 
     def _main_cf(self) -> dict[str, str]:
         settings = {
@@ -146,7 +153,9 @@ class Postfix(Server):
             "mydomain": "example.test",
             "mydestination": "",
             "mynetworks": "127.0.0.0/8",
-            "inet_interfaces": LOOPBACK,
+            # Postfix accepts only addresses configured on an interface here (lo has 127.0.0.1 alone); the
+            # master.cf listeners bind the address themselves.
+            "inet_interfaces": LOOPBACK if self.address == LOOPBACK else "all",
             "inet_protocols": "ipv4",
             "alias_maps": "",
             "alias_database": "",
@@ -167,7 +176,7 @@ class Postfix(Server):
     def _master_cf(self) -> str:
         lines = []
         for name in self.listeners:
-            lines.append(f"{LOOPBACK}:{self.ports[name]} inet n - n - - smtpd")
+            lines.append(f"{self.address}:{self.ports[name]} inet n - n - - smtpd")
             lines += [f"  -o {key}={value}" for key, value in self._listener_options[name].items()]
         return "\n".join(lines) + "\n" + _SERVICES + self._master_cf_extra
 
@@ -228,7 +237,7 @@ class Postfix(Server):
             msg = f"postfix start exited {returncode}"
             raise self.fail(msg)
         ready = wait_until(
-            lambda: all(accepts_tcp(port) for port in self.ports.values()),
+            lambda: all(accepts_tcp(port, self.address) for port in self.ports.values()),
             timeout=self.start_timeout,
             alive=self._master_alive,
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import os
 import random
+import secrets
 import socket
 import subprocess
 import tempfile
@@ -93,10 +94,29 @@ def _bindable(port: int, *, udp_too: bool) -> bool:
     return True
 
 
-def accepts_tcp(port: int) -> bool:
-    """Tell whether something listens on 127.0.0.1:``port``."""
+
+
+def allocate_address(ports: Sequence[int]) -> str:
+    """A random address in 127.0.0.0/8 on which every one of ``ports`` is free.
+
+    For servers that must listen on their well-known port (MX hosts on 25, MTA-STS policy hosts on 443), as a
+    sender connects to them: each gets an address of its own, so test runs side by side never collide.
+    """
+    while True:
+        address = f"127.{secrets.randbelow(254) + 1}.{secrets.randbelow(256)}.{secrets.randbelow(254) + 1}"
+        try:
+            for port in ports:
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                    tcp.bind((address, port))
+        except OSError:
+            continue
+        return address
+
+
+def accepts_tcp(port: int, address: str = LOOPBACK) -> bool:
+    """Tell whether something listens on ``address``:``port`` (127.0.0.1 by default)."""
     try:
-        with socket.create_connection((LOOPBACK, port), timeout=0.5):
+        with socket.create_connection((address, port), timeout=0.5):
             return True
     except OSError:
         return False
