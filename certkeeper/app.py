@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 
 from certkeeper import pki
 from certkeeper.config import CaIssuerConfig, Config, IssuerConfig, Settings
-from certkeeper.errors import ConfigError
-from certkeeper.events import EventBus, log_event
+from certkeeper.errors import CertkeeperError, ConfigError
+from certkeeper.events import EventBus, MtaStsPolicyPublished, MtaStsPublishFailed, log_event
 from certkeeper.issuers.base import Issuer
 from certkeeper.renewal.lifecycle import Outcome, Renewer
 from certkeeper.store import Store
@@ -83,6 +83,7 @@ class App:
     clock: Callable[[], datetime]
     notifier: Notifier | None = None
     fleet: Fleet | None = None
+    mta_sts_wake: datetime | None = None  # when a pending MTA-STS narrowing becomes due
 
     def observe_endpoints(self, names: Sequence[str] | None = None) -> list[Observation]:
         """Probe the managed endpoints (and, for a full pass, the ``[[watch]]`` ones); record and publish."""
@@ -106,11 +107,37 @@ class App:
         stale: frozenset[str] = frozenset()
         if not dry_run:
             stale = frozenset(o.watched.owner for o in self.observe_endpoints(names) if o.stale)
+        if not dry_run and not names:
+            self.publish_mta_sts()
         outcomes = self.renewer.run(names, force=force, dry_run=dry_run, stale=stale)
         if self.notifier is not None and not dry_run:
             self.raise_expiry_alerts()
             self.notifier.deliver(self.clock())
         return outcomes
+
+    def publish_mta_sts(self) -> None:
+        """Each ``[mta_sts.<domain>]``: the policy (widened before narrowed), then its TXT records.
+
+        Before the renewals, so a widened policy is what the MTA-STS guard holds a renewed certificate against.
+        """
+        if not self.config.mta_sts:
+            return
+        from certkeeper.mtasts.publish import publish_domain
+
+        self.mta_sts_wake = None
+        for mta in self.config.mta_sts.values():
+            now = self.clock()
+            try:
+                published = publish_domain(mta, self.config, now)
+            except CertkeeperError as exc:  # MtaStsPublishError, or an unreadable state file
+                self.bus.publish(MtaStsPublishFailed(now, mta.domain, str(exc)))
+                continue
+            narrow_at = published.decision.narrow_at
+            if narrow_at is not None and (self.mta_sts_wake is None or narrow_at < self.mta_sts_wake):
+                self.mta_sts_wake = narrow_at  # the daemon wakes then to narrow the policy
+            if published.changed or published.dns_updated:
+                self.bus.publish(MtaStsPolicyPublished(now, mta.domain, published.policy_id,
+                                                       published.decision.policy.mx, published.decision.reason))
 
     def raise_expiry_alerts(self) -> None:
         """Expiry thresholds crossed by installed certificates and by what ``[[watch]]`` endpoints serve."""

@@ -66,6 +66,7 @@ class Daemon:
         self._reload = threading.Event()
         self._wake = threading.Event()
         self._metrics_stop: Callable[[], None] | None = None
+        self._policy_servers: list[Callable[[], None]] = []
         self.passes = 0
         self.scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(max_workers=1)},
@@ -101,11 +102,13 @@ class Daemon:
         self.scheduler.add_job(self._deliver_alerts, IntervalTrigger(seconds=ALERT_RETRY.total_seconds()),
                                id=ALERTS_JOB, name="alert delivery")
         self._start_metrics()
+        self._start_policy_servers()
 
     def stop(self) -> None:
         if self._metrics_stop is not None:
             self._metrics_stop()
             self._metrics_stop = None
+        self._stop_policy_servers()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)
         self.app.close()
@@ -142,6 +145,8 @@ class Daemon:
             self.app = build_app(config, clock=self.clock)
             old.close()
             self._restart_metrics()
+            self._stop_policy_servers()
+            self._start_policy_servers()
         finally:
             self.scheduler.resume()
         self._schedule_pass(self.clock())
@@ -175,6 +180,8 @@ class Daemon:
         now = self.clock()
         ceiling = now + app.config.settings.check_interval
         moments = [app.renewer.next_check(c, now) for c in app.config.certificates.values()]
+        if app.mta_sts_wake is not None:
+            moments.append(max(app.mta_sts_wake, now))
         return min([*moments, ceiling])
 
     def _schedule_pass(self, when: datetime) -> None:
@@ -202,6 +209,23 @@ class Daemon:
             self._metrics_stop()
             self._metrics_stop = None
         self._start_metrics()
+
+    # -- MTA-STS policy servers (serve = "HOST:PORT" in [mta_sts.<domain>]) -------------------------------------
+
+    def _start_policy_servers(self) -> None:
+        if not any(m.serve for m in self.app.config.mta_sts.values()):
+            return
+        from certkeeper.mtasts.serve import start_configured_servers
+
+        try:
+            self._policy_servers = [server.stop for server in start_configured_servers(self.app.config)]
+        except OSError as exc:
+            log.error("cannot serve MTA-STS policies: %s", exc)
+
+    def _stop_policy_servers(self) -> None:
+        for stop in self._policy_servers:
+            stop()
+        self._policy_servers = []
 
     def _summary(self) -> str:
         config = self.app.config

@@ -16,6 +16,7 @@ The tree::
     ├── ChallengeFailed             exit 1   a challenge answer could not be published or was not seen in time
     ├── DnsError                    exit 69  a DNS server could not be asked, or refused an update: which, why
     ├── TlsaDnsError                exit 69  publishing or confirming TLSA records failed
+    ├── MtaStsPublishError          exit 69  an MTA-STS policy file or TXT record could not be written: domain, why
     ├── InstallRefused              exit 1   a new key pair failed a pre-install check; nothing was installed
     ├── HookFailed                  exit 1   a reload hook exited non-zero or timed out
     ├── AlertDeliveryFailed         exit 69  no relay accepted the alert mail; it stays queued
@@ -279,3 +280,14 @@ class MailToolFailed(CertkeeperError):
 
 class SetupFailed(CertkeeperError):
     """A step of ``setup --apply`` failed; the caller restores the backup."""
+
+
+class MtaStsPublishError(CertkeeperError):
+    """The MTA-STS policy of ``domain`` could not be published (policy file, or TXT records by RFC 2136)."""
+
+    exit_code = EX_UNAVAILABLE
+
+    def __init__(self, domain: str, detail: str) -> None:
+        self.domain = domain
+        self.detail = detail
+        super().__init__(f"MTA-STS policy of {domain}: {detail}")

@@ -109,6 +109,24 @@ class TlsaUpdateFailed(Event):
 
 
 @dataclass(frozen=True)
+class MtaStsPolicyPublished(Event):
+    """MTA-STS (RFC 8461): a new policy text was published for a domain, announced by a new TXT ``id``."""
+
+    domain: str
+    policy_id: str
+    mx: tuple[str, ...]
+    reason: str
+
+
+@dataclass(frozen=True)
+class MtaStsPublishFailed(Event):
+    """MTA-STS: the policy file or the TXT records of a domain could not be written."""
+
+    domain: str
+    error: str
+
+
+@dataclass(frozen=True)
 class RenewalWaitingForTlsa(Event):
     """DANE: a due renewal waits until the next key's TLSA records have been visible for two TTLs."""
 

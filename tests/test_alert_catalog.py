@@ -49,3 +49,11 @@ def test_a_rollback_is_critical() -> None:
     action = alert_for(events.RolledBack(NOW, "mail", "v2", "v1", "not served"))
     assert action.alert is not None and action.alert.severity is Severity.CRITICAL
     assert action.alert.key == "rollback:mail:v2"
+
+
+def test_an_mta_sts_publish_failure_alerts_and_the_next_publication_re_arms_it() -> None:
+    failed = alert_for(events.MtaStsPublishFailed(NOW, "example.org", "REFUSED")).alert
+    assert failed is not None and failed.severity is Severity.WARNING
+    assert failed.subject == "MTA-STS policy of example.org not published"
+    published = alert_for(events.MtaStsPolicyPublished(NOW, "example.org", "ab12", ("mx.example.org",), "widened"))
+    assert published.alert is None and failed.key.startswith(published.forget[0])

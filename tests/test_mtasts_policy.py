@@ -10,8 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from certkeeper.config import CertificateConfig
-from certkeeper.config_mtasts import MtaStsConfig
+from certkeeper.config import CertificateConfig, MtaStsConfig
 from certkeeper.mtasts.guard import guard_certificate, mx_certificates, mx_names, wanted_policy
 from certkeeper.mtasts.policy import (
     MAX_POLICY_BYTES,

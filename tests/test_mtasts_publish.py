@@ -13,7 +13,7 @@ import dns.query
 import dns.rdatatype
 import pytest
 
-from certkeeper.config_mtasts import MtaStsConfig
+from certkeeper.config import MtaStsConfig
 from certkeeper.mtasts.fetch import fetch_policy
 from certkeeper.mtasts.policy import Policy, parse_policy, policy_id, render_policy
 from certkeeper.mtasts.publish import DnsTarget, Publisher, load_state

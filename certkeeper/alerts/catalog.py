@@ -33,6 +33,8 @@ from certkeeper.events import (
     EndpointFailed,
     EndpointRecovered,
     Event,
+    MtaStsPolicyPublished,
+    MtaStsPublishFailed,
     ReloadHookFailed,
     RenewalFailed,
     RolledBack,
@@ -186,6 +188,21 @@ def _tlsa_published(event: TlsaRecordsPublished) -> AlertAction:
     return AlertAction(forget=(f"tlsa:{event.name}:",))
 
 
+def _mta_sts_failed(event: MtaStsPublishFailed) -> AlertAction:
+    return AlertAction(Alert(
+        f"mta-sts:{event.domain}:{_short(event.error)}", Severity.WARNING,
+        f"MTA-STS policy of {event.domain} not published", f"Publishing the MTA-STS policy of {event.domain} "
+        f"failed: {event.error}",
+        (("domain", event.domain), ("error", event.error)),
+        "wrote the policy file, then replaced the _mta-sts TXT record with an RFC 2136 update; senders keep using "
+        "the policy they have cached",
+        f"certkeeper check --mta-sts {event.domain} -v"))
+
+
+def _mta_sts_published(event: MtaStsPolicyPublished) -> AlertAction:
+    return AlertAction(forget=(f"mta-sts:{event.domain}:",))
+
+
 def _unsafe_rollover(event: UnsafeKeyRollover) -> AlertAction:
     return AlertAction(Alert(
         f"tlsa-unsafe:{event.name}:{_short(event.reason)}", Severity.CRITICAL,
@@ -237,6 +254,8 @@ RULES: dict[type[Any], Callable[[Any], AlertAction]] = {
     TlsaUpdateFailed: _tlsa_update_failed,
     TlsaRecordsPublished: _tlsa_published,
     UnsafeKeyRollover: _unsafe_rollover,
+    MtaStsPublishFailed: _mta_sts_failed,
+    MtaStsPolicyPublished: _mta_sts_published,
     TlsaMismatchObserved: _tlsa_mismatch,
     TlsaMatchRecovered: _tlsa_recovered,
     ConfigReloadRejected: _config_rejected,

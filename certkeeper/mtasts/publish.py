@@ -20,17 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from certkeeper import dnsclient
-from certkeeper.config import MtaStsConfig
-from certkeeper.errors import DnsError, InputError
+from certkeeper.config import AcmeIssuerConfig, Config, MtaStsConfig
+from certkeeper.errors import DnsError, InputError, MtaStsPublishError
 from certkeeper.mtasts.policy import MODES, WELL_KNOWN_PATH, Policy, policy_id, render_policy, render_tlsrpt, render_txt
 from certkeeper.mtasts.rollout import Publication, PublishDecision, decide_publication, next_publication
 from certkeeper.store.atomic import write_atomic
 
 log = logging.getLogger("certkeeper.mtasts")
-
-
-class MtaStsPublishError(Exception):
-    """Writing the policy or updating DNS failed; the message names the file or server and what to fix."""
 
 
 @dataclass(frozen=True)
@@ -154,7 +150,8 @@ class Publisher:
                 # 0644: the web server's workers read it; it holds nothing secret.
                 write_atomic(path, text.encode(), mode=0o644)
         except OSError as exc:
-            raise MtaStsPublishError(f"cannot write the MTA-STS policy {path}: {exc.strerror or exc}") from None
+            raise MtaStsPublishError(self.mta.domain, f"cannot write the policy file {path}: {exc.strerror or exc}") \
+                from None
 
     def _replace_txt(self, records: list[tuple[str, str]]) -> None:
         from certkeeper.issuers.challenges import read_secret_file
@@ -170,9 +167,35 @@ class Publisher:
                 zone = target.zone or dnsclient.find_zone(address, port, name)
                 dnsclient.send_update(address, port, zone, key, ttl=target.ttl, replace=[(name, "TXT", _quoted(value))])
         except (InputError, DnsError) as exc:
-            raise MtaStsPublishError(f"MTA-STS TXT records of {self.mta.domain}: {exc}") from None
+            raise MtaStsPublishError(self.mta.domain, f"the TXT records: {exc}") from None
 
 
 def _quoted(value: str) -> str:
     """A TXT value in master-file syntax: one quoted character-string (values here are printable ASCII)."""
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def dns_target_for(mta: MtaStsConfig, config: Config) -> DnsTarget | None:
+    """``[mta_sts.<domain>]``'s RFC 2136 settings, each missing one taken from the ACME issuer of an MX certificate
+    (as DANE does: a mail domain's DNS is usually updated through one key); None: the TXT records are published
+    by hand (``certkeeper status`` shows them)."""
+    from certkeeper.mtasts.guard import mx_certificates
+
+    server, key_file, zone = mta.dns_server, mta.tsig_key_file, mta.zone
+    for certificate in mx_certificates(mta, config.certificates):
+        issuer = config.issuers.get(certificate.issuer)
+        if isinstance(issuer, AcmeIssuerConfig) and issuer.dns_server and issuer.tsig_key_file:
+            server, key_file = server or issuer.dns_server, key_file or issuer.tsig_key_file
+            zone = zone or issuer.dns_zone
+            break
+    if not server or not key_file:
+        return None
+    return DnsTarget(server, key_file, zone, mta.ttl)
+
+
+def publish_domain(mta: MtaStsConfig, config: Config, now: datetime) -> Published:
+    """One pass's publication for one domain (``renew`` and each daemon pass)."""
+    from certkeeper.mtasts.guard import wanted_policy
+
+    publisher = Publisher(mta, config.settings.state_dir, dns_target_for(mta, config))
+    return publisher.publish(wanted_policy(mta, config.certificates), now)

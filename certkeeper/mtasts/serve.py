@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from certkeeper import tls
+from certkeeper.config import Config
+from certkeeper.errors import CertkeeperError
 from certkeeper.mtasts.policy import WELL_KNOWN_PATH
 
 log = logging.getLogger("certkeeper.mtasts")
@@ -158,3 +160,35 @@ def start_policy_server(listen: str, sites: Sites) -> PolicyServer:
     server = PolicyServer(parse_serve(listen), sites)
     server.start()
     return server
+
+
+def configured_sites(config: Config, listen: str) -> Sites:
+    """The sites of every ``[mta_sts.<domain>]`` with ``serve = listen``, read afresh on each call: the published
+    policy from the state, the key pair from the ``current`` version of the domain's ``certificate``."""
+    from certkeeper.mtasts.policy import render_policy
+    from certkeeper.mtasts.publish import load_state
+    from certkeeper.store.versions import CertificateHome
+
+    domains = [m for m in config.mta_sts.values() if m.serve == listen]
+
+    def sites() -> dict[str, Site]:
+        found: dict[str, Site] = {}
+        for mta in domains:
+            try:
+                state = load_state(config.settings.state_dir, mta.domain)
+            except CertkeeperError as exc:
+                log.error("MTA-STS policy server: %s", exc)
+                continue
+            text = render_policy(state.publication.policy) if state.publication else None
+            current = CertificateHome(config.settings.state_dir, mta.serve_certificate or "").current()
+            pair = current.pairs[0] if current and current.pairs else None
+            found[mta.policy_host] = Site(text, pair.fullchain if pair else None, pair.privkey if pair else None)
+        return found
+
+    return sites
+
+
+def start_configured_servers(config: Config) -> list[PolicyServer]:
+    """One listener per distinct ``serve`` address of the configuration."""
+    listens = dict.fromkeys(m.serve for m in config.mta_sts.values() if m.serve)
+    return [start_policy_server(listen, configured_sites(config, listen)) for listen in listens if listen]

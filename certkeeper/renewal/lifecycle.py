@@ -31,7 +31,15 @@ from certkeeper import pki
 from certkeeper.config import CertificateConfig, Config
 from certkeeper.config.resolve import resolve_hook
 from certkeeper.dane.observe import dane_watch_for
-from certkeeper.errors import CertkeeperError, FleetStoreDown, HookFailed, LockBusy, UsageError, VerificationFailed
+from certkeeper.errors import (
+    CertkeeperError,
+    FleetStoreDown,
+    HookFailed,
+    InstallRefused,
+    LockBusy,
+    UsageError,
+    VerificationFailed,
+)
 from certkeeper.events import (
     CertificateInstalled,
     CertificateIssued,
@@ -307,11 +315,13 @@ class Renewer:
                                                        pki.serial_hex(issued.certificate),
                                                        pki.not_after(issued.certificate)))
                 check_pairs(certificate.name, pairs, certificate.domains, roots, now=self.clock())
+                self._check_mta_sts(certificate, pairs)
                 return pairs
 
             if self.fleet is not None and not dry_run:  # fleet integration: one node orders, the others install
                 pairs = self.fleet.obtain(certificate, work.previous, order)
                 check_pairs(certificate.name, pairs, certificate.domains, roots, now=self.clock())
+                self._check_mta_sts(certificate, pairs)
             else:
                 pairs = order()
             if dry_run:
@@ -327,6 +337,25 @@ class Renewer:
         except Exception as exc:  # a bug or an unexpected library error: fail this certificate, not the pass
             log.exception("%s: unexpected error while issuing", certificate.name)
             self._fail(work, f"unexpected error: {exc!r}", now)
+
+    def _check_mta_sts(self, certificate: CertificateConfig, pairs: Sequence[KeyPair]) -> None:
+        """The MTA-STS guard, part of the install gate: a pair whose MX-facing names a sender enforcing the
+        published policy would refuse is not installed (:mod:`certkeeper.mtasts.guard`); the old one stays."""
+        if not self.config.mta_sts:
+            return
+        from certkeeper.mtasts.guard import guard_certificate, mx_certificates
+        from certkeeper.mtasts.publish import load_state
+
+        for mta in self.config.mta_sts.values():
+            if certificate.name not in {c.name for c in mx_certificates(mta, self.config.certificates)}:
+                continue
+            state = load_state(self.settings.state_dir, mta.domain)
+            published = state.publication.policy if state.publication else None
+            for pair in pairs:
+                names = pki.subject_alternative_names(pair.certificate)
+                refusal = guard_certificate(certificate, names, mta.domain, published, state.policy_id or "")
+                if refusal is not None:
+                    raise InstallRefused(certificate.name, f"the {pair.key_type.value} certificate: {refusal}")
 
     def _key_for(self, work: _Work, key_type: str) -> tuple[pki.PrivateKey, x509.Certificate | None]:
         """A fresh key, or the installed one with ``reuse_key``; and the certificate being replaced (ARI)."""
