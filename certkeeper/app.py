@@ -156,7 +156,12 @@ class App:
     def render_metrics(self) -> str:
         from certkeeper.monitoring.metrics import installed_certificates, render_store_metrics
 
-        return render_store_metrics(self.store, installed_certificates(self.config))
+        statuses = []
+        if self.config.mta_sts:
+            from certkeeper.mtasts.status import domain_statuses
+
+            statuses = domain_statuses(self.config)
+        return render_store_metrics(self.store, installed_certificates(self.config), statuses)
 
     def close(self) -> None:
         if self.fleet is not None:

@@ -27,7 +27,9 @@ from certkeeper.mtasts.policy import (
     render_tlsrpt,
     render_txt,
 )
+from certkeeper.mtasts.publish import PublishState
 from certkeeper.mtasts.rollout import Publication, decide_publication, next_publication
+from certkeeper.mtasts.status import domain_status
 from certkeeper.targets import parse_target
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -259,3 +261,14 @@ def test_the_guard_refuses_a_certificate_that_no_longer_covers_the_mx_host() -> 
                                 Policy("enforce", WEEK, ("mail.example.org",)), "abc")
     assert refusal is not None and not refusal.covered and "does not cover the MX host mail.example.org" in \
         str(refusal)
+
+
+def test_status_says_which_mx_names_do_not_match_the_published_policy() -> None:
+    mta = MtaStsConfig("example.org", mode="enforce", webroot=Path("/var/www/mta-sts"))
+    published = PublishState(Publication(Policy("enforce", WEEK, ("mx.example.org",)), T0, T0), "x", None)
+    status = domain_status(mta, CERTIFICATES, {"mail": ["mail.example.org"]}, published)
+    assert (status.every_mx_matches, status.unmatched, status.txt_in_step) == (False, ("mail.example.org",), False)
+    good = PublishState(Publication(Policy("enforce", WEEK, ("*.example.org",)), T0, T0))
+    assert domain_status(mta, CERTIFICATES, {"mail": ["mail.example.org"]}, good).every_mx_matches
+    assert not domain_status(mta, CERTIFICATES, {}, good).every_mx_matches  # nothing installed yet
+    assert domain_status(mta, CERTIFICATES, {}, PublishState()).policy_id is None

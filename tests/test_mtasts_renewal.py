@@ -72,6 +72,15 @@ def test_a_renewal_whose_names_miss_the_published_patterns_is_refused_and_the_ol
     home = CertificateHome(tmp_path / "state", "mail")
     first = home.current()
     assert first is not None
+    policy = policy_id((webroot / ".well-known" / "mta-sts.txt").read_bytes().decode())
+    status = run_cli(config, "status", "--json")
+    [row] = json.loads(status.stdout)
+    assert row["mta_sts"] == [{"domain": DOMAIN, "policy_id": policy, "mode": "enforce", "mx": ["mail.example.test"],
+                               "every_mx_matches": True, "unmatched": [], "txt_in_step": True}]
+    metrics = run_cli(config, "metrics").stdout
+    assert f'certkeeper_mta_sts_policy_info{{domain="{DOMAIN}",id="{policy}",mode="enforce"}} 1' in metrics
+    assert f'certkeeper_mta_sts_mx_match{{domain="{DOMAIN}"}} 1' in metrics
+    assert f"{DOMAIN}: policy id {policy}, mode enforce" in run_cli(config, "status").stdout
     with Postfix(tmp_path / "postfix", address=address, fixed_ports={"smtp": 25}, listeners=["smtp"]) as postfix:
         postfix.use_certificate(home.current_link / "privkey.pem", home.current_link / "fullchain.pem")
         postfix.reload()

@@ -17,7 +17,8 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         "status", help="show each certificate, its endpoints and the next planned action", parents=[common],
         description="A table a person reads at a glance: each certificate, its domains, issuer, key types, "
                     "expiry and days left, what each endpoint served when last probed (current, stale, "
-                    "unreachable), the next planned action and why, and the last renewal result. "
+                    "unreachable), the next planned action and why, and the last renewal result; for each "
+                    "[mta_sts.<domain>] the published policy id and mode and whether every MX matches. "
                     "Reads the state store and the installed files; contacts nothing.")
     parser.add_argument("--json", action="store_true", help="print the same as JSON, for scripts")
     parser.set_defaults(handler=run)
@@ -34,7 +35,7 @@ def collect(context: Context, now: datetime) -> list[dict[str, Any]]:
     endpoints: dict[str, list[Any]] = {}
     for record in context.store.endpoints():
         endpoints.setdefault(record.owner, []).append(record)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for certificate in context.config.certificates.values():
         home = app.renewer.home(certificate)
         current = home.current()
@@ -75,6 +76,18 @@ def collect(context: Context, now: datetime) -> list[dict[str, Any]]:
             rows[-1]["nodes"] = [{"node": r.node, "version": r.version, "serials": r.serials, "result": r.result,
                                   "at": r.at.isoformat(), "detail": r.detail}
                                  for r in nodes.get(certificate.name, [])]
+    if context.config.mta_sts:  # each MX certificate: the domains whose MTA-STS policy names it
+        from certkeeper.mtasts.guard import mx_certificates
+        from certkeeper.mtasts.status import domain_statuses
+
+        by_name: dict[str, dict[str, Any]] = {row["name"]: row for row in rows}
+        for mta, domain in zip(context.config.mta_sts.values(), domain_statuses(context.config), strict=True):
+            for certificate in mx_certificates(mta, context.config.certificates):
+                entries: list[dict[str, Any]] = by_name[certificate.name].setdefault("mta_sts", [])
+                entries.append({
+                    "domain": domain.domain, "policy_id": domain.policy_id, "mode": domain.mode,
+                    "mx": list(domain.mx), "every_mx_matches": domain.every_mx_matches,
+                    "unmatched": list(domain.unmatched), "txt_in_step": domain.txt_in_step})
     if app.fleet is not None:
         if app.fleet.down_since() is not None:
             for row in rows:
@@ -109,4 +122,10 @@ def run(args: argparse.Namespace, context: Context) -> int:
         for node in row.get("nodes", []):
             print(f"  node {node['node']}: version {node['version']} ({node['serials'] or 'nothing installed'}), "
                   f"{node['result']} at {node['at'][:19]}")
+    if context.config.mta_sts:
+        from certkeeper.mtasts.status import domain_statuses, status_lines
+
+        print("MTA-STS")
+        for line in status_lines(domain_statuses(context.config)):
+            print(f"  {line}")
     return 0

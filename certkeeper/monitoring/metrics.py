@@ -19,11 +19,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from certkeeper.config import Config
 from certkeeper.errors import CertkeeperError
 from certkeeper.store import CertState, EndpointRecord, Store
+
+if TYPE_CHECKING:
+    from certkeeper.mtasts.status import DomainStatus
 
 log = logging.getLogger("certkeeper.monitoring.metrics")
 
@@ -69,6 +72,7 @@ def render_metrics(
     installed: Sequence[InstalledCertificate],
     states: Sequence[CertState],
     renewal_counts: Mapping[tuple[str, str], int],
+    mta_sts: Sequence[DomainStatus] = (),
 ) -> str:
     """The whole exposition text from plain values (pure: the same input gives the same text)."""
     earliest = _Family("probe_ssl_earliest_cert_expiry", "gauge",
@@ -124,8 +128,20 @@ def render_metrics(
         if state.next_check_at is not None:
             next_check.add({"name": state.name}, _epoch(state.next_check_at))
 
+    policy_info = _Family("certkeeper_mta_sts_policy_info", "gauge",
+                          "The MTA-STS policy certkeeper publishes for each domain: its id and mode.")
+    mx_match = _Family("certkeeper_mta_sts_mx_match", "gauge",
+                       "1 when every MX certificate's names match the published MTA-STS policy's mx patterns.")
+    txt_in_step = _Family("certkeeper_mta_sts_txt_in_step", "gauge",
+                          "1 when the _mta-sts TXT record announces the id of the published policy.")
+    for domain in sorted(mta_sts, key=lambda d: d.domain):
+        if domain.policy_id is not None:
+            policy_info.add({"domain": domain.domain, "id": domain.policy_id, "mode": domain.mode or ""}, 1)
+        mx_match.add({"domain": domain.domain}, 1 if domain.every_mx_matches else 0)
+        txt_in_step.add({"domain": domain.domain}, 1 if domain.txt_in_step else 0)
+
     families = (earliest, chain_info, tls_version, success, endpoint_info, stale, probed_at, not_after,
-                renewals, last_success, next_check)
+                renewals, last_success, next_check, *((policy_info, mx_match, txt_in_step) if mta_sts else ()))
     return "".join(family.render() for family in families)
 
 
@@ -154,9 +170,10 @@ def installed_certificates(config: Config) -> list[InstalledCertificate]:
     return found
 
 
-def render_store_metrics(store: Store, installed: Sequence[InstalledCertificate] = ()) -> str:
+def render_store_metrics(store: Store, installed: Sequence[InstalledCertificate] = (),
+                         mta_sts: Sequence[DomainStatus] = ()) -> str:
     """:func:`render_metrics` over what the store holds: the daemon's ``render`` callable."""
-    return render_metrics(store.endpoints(), installed, store.states(), store.renewal_counts())
+    return render_metrics(store.endpoints(), installed, store.states(), store.renewal_counts(), mta_sts)
 
 
 def _earliest_expiry(record: EndpointRecord, certificate: Mapping[str, Any] | None, chain: Any) -> float | None:

@@ -11,7 +11,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from certkeeper.config import CertificateConfig, MtaStsConfig
+from certkeeper.config import CertificateConfig, Config, MtaStsConfig
+from certkeeper.errors import CertkeeperError
 from certkeeper.mtasts.guard import mx_certificates, mx_names
 from certkeeper.mtasts.policy import name_fits_patterns, policy_id, render_policy
 from certkeeper.mtasts.publish import PublishState
@@ -65,3 +66,27 @@ def status_lines(statuses: Sequence[DomainStatus]) -> list[str]:
         lines.append(f"{s.domain}: policy id {s.policy_id}, mode {s.mode}, mx {', '.join(s.mx) or '-'}; {match}; "
                      f"{dns}")
     return lines
+
+
+def domain_statuses(config: Config) -> list[DomainStatus]:
+    """Every configured domain's status from the state and the installed versions (reads files, contacts
+    nothing); a domain whose state cannot be read shows as nothing published."""
+    from certkeeper.mtasts.publish import load_state
+    from certkeeper.store.versions import CertificateHome
+
+    installed: dict[str, Sequence[str]] = {}
+    for name in config.certificates:
+        try:
+            current = CertificateHome(config.settings.state_dir, name).current()
+        except (CertkeeperError, OSError):
+            current = None
+        if current is not None:
+            installed[name] = current.domains
+    statuses = []
+    for mta in config.mta_sts.values():
+        try:
+            state = load_state(config.settings.state_dir, mta.domain)
+        except CertkeeperError:
+            state = PublishState()
+        statuses.append(domain_status(mta, config.certificates, installed, state))
+    return statuses
