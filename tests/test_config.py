@@ -48,6 +48,9 @@ def test_example_config_parses_with_every_section() -> None:
     assert [t.protocol for t in mail.endpoints] == ["smtps", "smtp", "imaps"]
     assert config.alerts is not None and config.alerts.sender == "certkeeper@mail.example.org"
     assert config.watch[0].name == "partner-mx"
+    mta = config.mta_sts["example.org"]
+    assert (mta.mode, mta.max_age, mta.certificates, mta.rua) == ("testing", 604800, ("relay",),
+                                                                  ("mailto:tls-reports@example.org",))
 
 
 def test_defaults_fill_a_minimal_config(tmp_path: Path) -> None:
@@ -91,7 +94,17 @@ MISTAKES = [
      "issuers.le.challenge", "dns_server and tsig_key_file"),
     ("bad smtp_security", "", "",
      "alerts.smtp_security", 'one of "none", "starttls", "tls"'),
+    ("mta-sts mode", "", "", r"mta_sts.example.org.mode", 'one of "enforce", "testing", "none"'),
+    ("mta-sts mx pattern", "", "", r"mta_sts.example.org.mx\[0\]", "wildcard is allowed only as the whole first"),
+    ("mta-sts max_age", "", "", r"mta_sts.example.org.max_age", "seconds from 0 to 31557600"),
+    ("mta-sts no way to serve", "", "", r"mta_sts.example.org.webroot", "neither webroot nor serve"),
+    ("mta-sts serve certificate", "", "", r"mta_sts.example.org.certificate",
+     "a certificate whose domains include mta-sts.example.org"),
+    ("mta-sts unknown certificate", "", "", r"mta_sts.example.org.certificates\[0\]", 'did you mean "mail"'),
+    ("mta-sts rua", "", "", r"mta_sts.example.org.rua\[0\]", 'a "mailto:" or "https://" URI'),
 ]
+
+_MTA = '\n[mta_sts."example.org"]\n'
 
 EXTRA = {
     "password in the file": '\n[alerts]\nto = ["a@example.org"]\nfrom = "b@example.org"\nsmtp_password = "x"\n',
@@ -100,6 +113,13 @@ EXTRA = {
     "dns-01 without a way to publish": '\n[issuers.le]\ntype = "acme"\ndirectory = "https://acme.example/dir"\n'
                                        'challenge = "dns-01"\n',
     "bad smtp_security": '\n[alerts]\nto = ["a@example.org"]\nfrom = "b@example.org"\nsmtp_security = "ssl"\n',
+    "mta-sts mode": _MTA + 'mode = "strict"\nwebroot = "/var/www/mta-sts"\n',
+    "mta-sts mx pattern": _MTA + 'mx = ["mail.*.example.org"]\nwebroot = "/var/www/mta-sts"\n',
+    "mta-sts max_age": _MTA + 'max_age = 40000000\nwebroot = "/var/www/mta-sts"\n',
+    "mta-sts no way to serve": _MTA + 'mode = "enforce"\n',
+    "mta-sts serve certificate": _MTA + 'serve = "127.0.0.1:8443"\ncertificate = "mail"\n',
+    "mta-sts unknown certificate": _MTA + 'certificates = ["mial"]\nwebroot = "/var/www/mta-sts"\n',
+    "mta-sts rua": _MTA + 'rua = ["tls@example.org"]\nwebroot = "/var/www/mta-sts"\n',
 }
 
 

@@ -34,6 +34,7 @@ class Bed:
     bind: Bind
     ca_file: Path
     scratch: Nginx  # serves malformed.example.test and huge.example.test; a test writes its webroot
+    mx: Postfix
 
     def check(self, domain: str, capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[int, dict[str, Any]]:
         status = main(["check", "--mta-sts", f"{domain}.{ZONE}", "--resolver", self.bind.nameserver,
@@ -91,7 +92,7 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
             f"other A {mx_address}",
             f"plain A {plain_address}",
         ])
-        yield Bed(bind, ca_file, scratch)
+        yield Bed(bind, ca_file, scratch, mx)
 
 
 def codes(report: dict[str, Any]) -> set[str]:
@@ -171,3 +172,22 @@ def test_an_oversized_policy_file_is_refused_without_reading_it_all(bed: Bed,
     status, report = bed.check("huge", capsys)
     assert status == 2 and codes(report) == {"sts-policy-invalid"}
     assert "larger than 64 KiB" in report["message"]
+
+
+def test_doctor_reports_the_mta_sts_findings_with_their_fix(bed: Bed, capsys: pytest.CaptureFixture[str]) -> None:
+    status = main(["doctor", "--postfix-config", str(bed.mx.config_dir), "--mta-sts", f"nomatch.{ZONE}",
+                   "--resolver", bed.bind.nameserver, "--ca-file", str(bed.ca_file), "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert status == 2
+    [finding] = [f for f in report["findings"] if f["where"] == "MTA-STS nomatch.example.test"]
+    assert (finding["code"], finding["severity"]) == ("certificate-host-mismatch", "problem")
+    assert 'add the MX host to [mta_sts."nomatch.example.test"] mx' in finding["fix"]
+    [section] = [s for s in report["sections"] if s["title"] == "MTA-STS nomatch.example.test"]
+    assert "MX other.example.test (preference 10): no pattern, refused by enforcing senders" in section["facts"]
+
+
+def test_an_unreadable_ca_file_is_unknown(bed: Bed, capsys: pytest.CaptureFixture[str]) -> None:
+    status = main(["check", "--mta-sts", f"good.{ZONE}", "--resolver", bed.bind.nameserver,
+                   "--ca-file", "/nonexistent/ca.pem"])
+    assert status == 3
+    assert "/nonexistent/ca.pem" in capsys.readouterr().err

@@ -134,6 +134,7 @@ def _run_mta_sts(args: argparse.Namespace) -> int:
     except _BadArguments as exc:
         print(f"certkeeper check: {exc}", file=sys.stderr)
         return EXIT_UNKNOWN
+    from certkeeper.errors import InputError
     from certkeeper.mtasts.check import check_domain, nagios_line, report_to_json
     from certkeeper.mtasts.resolve import LookupFailed, Resolver
     from certkeeper.pki import now_utc
@@ -143,9 +144,18 @@ def _run_mta_sts(args: argparse.Namespace) -> int:
     except LookupFailed as exc:
         print(f"certkeeper check: {exc}", file=sys.stderr)
         return EXIT_UNKNOWN
-    reports = [check_domain(domain, resolver=resolver, ca_file=options.ca_file, timeout=options.timeout,
-                            now=now_utc(), warning_days=options.warning_days, critical_days=options.critical_days)
-               for domain in args.mta_sts]
+    try:
+        if options.ca_file is not None:
+            from certkeeper.probe import load_trust_anchors
+
+            load_trust_anchors(options.ca_file)  # unreadable: a bad argument, before anything is asked
+        reports = [check_domain(domain, resolver=resolver, ca_file=options.ca_file, timeout=options.timeout,
+                                now=now_utc(), warning_days=options.warning_days,
+                                critical_days=options.critical_days)
+                   for domain in args.mta_sts]
+    except InputError as exc:  # an unreadable --ca-file is a bad argument: UNKNOWN
+        print(f"certkeeper check: {exc}", file=sys.stderr)
+        return EXIT_UNKNOWN
     if args.json:
         json.dump([report_to_json(report) for report in reports], sys.stdout, indent=2)
         sys.stdout.write("\n")

@@ -7,6 +7,7 @@ certkeeper's installed versions, probe every listener, then hand it all to the p
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import sys
@@ -30,7 +31,9 @@ floor, obsolete settings, SNI maps needing postmap -F), then probe every listene
 with the files on disk.  Every problem comes with the exact command or snippet that fixes it.
 
 Without --postfix-config/--dovecot-config/--exim-config, the default instances are read when installed; with
-any of them, only the ones given.  Exit status: 0 healthy, 1 warnings only, 2 problems.
+any of them, only the ones given.  With --mta-sts DOMAIN (and for every [mta_sts.<domain>] configured), also
+the domain's MTA-STS as senders see it: TXT record, policy over HTTPS, every MX against the policy, each with
+its fix.  Exit status: 0 healthy, 1 warnings only, 2 problems.
 """
 
 
@@ -47,6 +50,12 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-probe", action="store_true", help="judge the configuration and files only")
     parser.add_argument("--timeout", metavar="SECONDS", type=float, default=10.0, help="per listener probe (10)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--mta-sts", metavar="DOMAIN", action="append", default=[], dest="mta_sts",
+                        help="also check DOMAIN's MTA-STS as senders see it (as check --mta-sts does); every "
+                             "[mta_sts.<domain>] of the configuration is checked unless --no-probe")
+    parser.add_argument("--resolver", metavar="HOST[:PORT]",
+                        help="the DNS resolver for the MTA-STS checks (default: the first nameserver in "
+                             "/etc/resolv.conf)")
     parser.set_defaults(handler=run_doctor)
 
 
@@ -71,12 +80,36 @@ def run_doctor(args: argparse.Namespace, context: Context) -> int:
     if not args.no_probe:
         inputs = _with(inputs, served=_probe(inputs, args, now), probed=True)
     report = doctor.diagnose(inputs, roots=roots, now=now)
+    if not args.no_probe:
+        report = doctor.with_mta_sts(report, _check_mta_sts(args, context, now))
     if args.json:
         json.dump(doctor.report_to_json(report), sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         sys.stdout.write(doctor.render_text(report))
     return report.exit_code
+
+
+def _check_mta_sts(args: argparse.Namespace, context: Context, now: Any) -> list[Any]:
+    """``check --mta-sts`` for ``--mta-sts`` domains and every configured ``[mta_sts.<domain>]``."""
+    domains = list(args.mta_sts)
+    if context.config_path.is_file():
+        from certkeeper.errors import CertkeeperError
+
+        with contextlib.suppress(CertkeeperError):  # a broken configuration: doctor still diagnoses the daemons
+            domains += [d for d in context.config.mta_sts if d not in domains]
+    if not domains:
+        return []
+    from certkeeper.mtasts.check import check_domain
+    from certkeeper.mtasts.resolve import LookupFailed, Resolver
+
+    try:
+        resolver = Resolver(args.resolver, timeout=args.timeout)
+    except LookupFailed as exc:
+        print(f"certkeeper doctor: MTA-STS not checked: {exc}", file=sys.stderr)
+        return []
+    return [check_domain(domain, resolver=resolver, ca_file=args.ca_file, timeout=args.timeout, now=now)
+            for domain in domains]
 
 
 def _with(inputs: Inputs, **changes: Any) -> Inputs:

@@ -55,6 +55,7 @@ from certkeeper.mailserver.tlsfiles import (
     pair_from_files,
     pairs_from_chain_files,
 )
+from certkeeper.mtasts.check import MtaStsReport
 from certkeeper.probe.result import ProbeResult
 
 # Findings the file checks already make when the served certificate is the one on disk.
@@ -342,6 +343,52 @@ def _served_findings(listener: Listener, inputs: Inputs, expected: set[str], fac
             found.append(Diagnosis(where, finding.code, "warning" if finding.severity == "WARNING" else "problem",
                                    finding.message, fix))
     return found
+
+
+# -- MTA-STS (certkeeper doctor --mta-sts DOMAIN, and every configured [mta_sts.<domain>]) ------------------------
+
+def _mta_sts_fix(code: str, domain: str) -> str:
+    return {
+        "sts-policy-invalid": f'exactly one TXT record _mta-sts.{domain} "v=STSv1; id=<1-32 letters and digits>" and '
+                              f"a policy certkeeper renders: [mta_sts.\"{domain}\"] with dns_server and tsig_key_file "
+                              "publishes both",
+        "sts-policy-fetch-error": f"serve https://mta-sts.{domain}/.well-known/mta-sts.txt as text/plain with status "
+                                  f'200: [mta_sts."{domain}"] webroot = "/var/www/mta-sts" behind a web server, or '
+                                  'serve = "0.0.0.0:443" with certificate = "<a certificate for '
+                                  f'mta-sts.{domain}>"',
+        "sts-webpki-invalid": f'a certificate from a public CA for mta-sts.{domain}: [certificates.mta-sts] domains = '
+                              f'["mta-sts.{domain}"], then point the web server at its current/ files',
+        "certificate-host-mismatch": f'add the MX host to [mta_sts."{domain}"] mx (certkeeper widens the policy '
+                                     "first), or give the MX a certificate for its host name",
+        "starttls-not-supported": "postconf -e smtpd_tls_security_level=may "
+                                  "smtpd_tls_chain_files=/var/lib/certkeeper/certs/<name>/current/combined.pem; "
+                                  "postfix reload",
+    }.get(code, f"certkeeper check --mta-sts {domain} -v")
+
+
+def mta_sts_section(report: MtaStsReport) -> tuple[Section, tuple[Diagnosis, ...]]:
+    """What ``check --mta-sts`` found for one domain, as a doctor section with a fix for each finding."""
+    title = f"MTA-STS {report.domain}"
+    policy = report.policy
+    facts = [f"TXT _mta-sts.{report.domain}: {', '.join(report.txt_records) or 'none'}",
+             f"policy {report.policy_url or '-'}: " + (f"mode {policy.mode}, max_age {policy.max_age}, mx "
+                                                        f"{', '.join(policy.mx)}" if policy else "not usable")]
+    facts += [f"MX {m.host} (preference {m.preference}): " + (f"matches {m.pattern}" if m.pattern else "no pattern")
+              + (", delivers" if m.matches else ", refused by enforcing senders") for m in report.mx]
+    findings = [*report.findings, *(f for m in report.mx for f in m.findings)]
+    severity: dict[str, Severity] = {"CRITICAL": "problem", "UNKNOWN": "problem", "WARNING": "warning"}
+    diagnoses = tuple(Diagnosis(title, f.code, severity[f.severity], f.message, _mta_sts_fix(f.code, report.domain))
+                      for f in findings if f.severity in severity)
+    return Section(title, tuple(facts)), diagnoses
+
+
+def with_mta_sts(report: Report, checks: Sequence[MtaStsReport]) -> Report:
+    sections, diagnoses = list(report.sections), list(report.diagnoses)
+    for check in checks:
+        section, found = mta_sts_section(check)
+        sections.append(section)
+        diagnoses += found
+    return Report(tuple(sections), tuple(diagnoses))
 
 
 def render_text(report: Report) -> str:
