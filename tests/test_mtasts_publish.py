@@ -71,6 +71,11 @@ def test_webroot_policy_behind_nginx_and_txt_id_change_with_the_text(tmp_path: P
         policy_file = nginx.webroot / ".well-known" / "mta-sts.txt"
         assert policy_file.stat().st_mode & 0o777 == 0o644
 
+        bind.update(delete=["_mta-sts TXT"], add=['_mta-sts TXT "v=STSv1; id=edited"'])  # changed by hand
+        repaired = publisher.publish(Policy("enforce", 86400, ("mail.example.test",)), T0 + timedelta(hours=3))
+        assert (repaired.changed, repaired.dns_updated) == (False, True)
+        assert txt(bind, f"_mta-sts.{DOMAIN}") == [f"v=STSv1; id={enforced.policy_id}"]
+
 
 def test_moving_the_mx_widens_first_and_narrows_only_after_max_age(tmp_path: Path, bind: Bind) -> None:
     webroot = tmp_path / "webroot"

@@ -121,20 +121,22 @@ class Publisher:
         if self.mta.webroot is not None:
             self._write_webroot(text)
         publication = next_publication(state.publication, decision, now)
-        # The state first holds the policy (the daemon's server serves it from there), then the TXT id.
-        state = PublishState(publication, state.txt_id, state.tlsrpt)
-        save_state(self.state_dir, self.mta.domain, state)
+        # The state first holds the policy (the daemon's server serves it from there), then DNS announces it.
+        if publication != state.publication:
+            state = PublishState(publication, state.txt_id, state.tlsrpt)
+            save_state(self.state_dir, self.mta.domain, state)
         dns_updated = False
         if self.dns_target is not None:
             tlsrpt = render_tlsrpt(self.mta.rua) if self.mta.rua else None
-            records = []
-            if state.txt_id != new_id:
-                records.append((f"_mta-sts.{self.mta.domain}", render_txt(text)))
-            if tlsrpt is not None and state.tlsrpt != tlsrpt:
+            records = [(f"_mta-sts.{self.mta.domain}", render_txt(text))]
+            if tlsrpt is not None:
                 records.append((f"_smtp._tls.{self.mta.domain}", tlsrpt))
-            if records:
-                self._replace_txt(records)
+            # Asked of the primary every pass: a record changed or removed by hand is put right too.
+            stale = self._stale_txt(records)
+            if stale:
+                self._replace_txt(stale)
                 dns_updated = True
+            if dns_updated or state.txt_id != new_id or state.tlsrpt != tlsrpt:
                 state = PublishState(publication, new_id, tlsrpt)
                 save_state(self.state_dir, self.mta.domain, state)
         if changed:
@@ -153,16 +155,30 @@ class Publisher:
             raise MtaStsPublishError(self.mta.domain, f"cannot write the policy file {path}: {exc.strerror or exc}") \
                 from None
 
-    def _replace_txt(self, records: list[tuple[str, str]]) -> None:
+    def _primary(self) -> tuple[str, int, dnsclient.TsigKey]:
         from certkeeper.issuers.challenges import read_secret_file
 
         target = self.dns_target
         assert target is not None
+        key = dnsclient.parse_tsig_key(read_secret_file(target.tsig_key_file, "the TSIG key"),
+                                       str(target.tsig_key_file))
+        host, port = dnsclient.parse_server(target.server)
+        return dnsclient.resolve_address(host), port, key
+
+    def _stale_txt(self, wanted: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """The records the primary does not answer exactly as wanted (one TXT record with that value)."""
         try:
-            key = dnsclient.parse_tsig_key(read_secret_file(target.tsig_key_file, "the TSIG key"),
-                                           str(target.tsig_key_file))
-            host, port = dnsclient.parse_server(target.server)
-            address = dnsclient.resolve_address(host)
+            address, port, _ = self._primary()
+            return [(name, value) for name, value in wanted
+                    if dnsclient.query(address, port, name, "TXT").values != (value,)]
+        except (InputError, DnsError) as exc:
+            raise MtaStsPublishError(self.mta.domain, f"the TXT records: {exc}") from None
+
+    def _replace_txt(self, records: list[tuple[str, str]]) -> None:
+        target = self.dns_target
+        assert target is not None
+        try:
+            address, port, key = self._primary()
             for name, value in records:
                 zone = target.zone or dnsclient.find_zone(address, port, name)
                 dnsclient.send_update(address, port, zone, key, ttl=target.ttl, replace=[(name, "TXT", _quoted(value))])
