@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from certkeeper.config import CertificateConfig, MtaStsConfig
+from certkeeper.model import mx_pattern_problem as pattern_problem
 from certkeeper.mtasts.guard import guard_certificate, mx_certificates, mx_names, wanted_policy
 from certkeeper.mtasts.policy import (
     MAX_POLICY_BYTES,
@@ -21,7 +22,6 @@ from certkeeper.mtasts.policy import (
     name_fits_patterns,
     parse_policy,
     parse_txt_records,
-    pattern_problem,
     policy_id,
     render_policy,
     render_tlsrpt,

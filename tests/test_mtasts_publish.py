@@ -3,7 +3,6 @@ records in real BIND through RFC 2136, a new id whenever the text changes, widen
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -103,8 +102,8 @@ def test_the_daemons_own_server_serves_the_policy_and_a_renewed_certificate_with
     versions = tmp_path / "certs" / "mta-sts" / "versions"
     for version in ("1", "2"):
         key, chain = ca.issue([f"mta-sts.{DOMAIN}"]).write(versions / version, "pair")
-        os.rename(key, versions / version / "privkey.pem")
-        os.rename(chain, versions / version / "fullchain.pem")
+        key.rename(versions / version / "privkey.pem")
+        chain.rename(versions / version / "fullchain.pem")
     current = tmp_path / "certs" / "mta-sts" / "current"
     current.symlink_to("versions/1")
     policy = render_policy(Policy("enforce", 86400, ("mail.example.test",)))
@@ -116,7 +115,7 @@ def test_the_daemons_own_server_serves_the_policy_and_a_renewed_certificate_with
         assert fetched.finding is None and fetched.body == policy.encode()
         served_before = _served_fingerprint(address, ca_file)
         (tmp_path / "certs" / "mta-sts" / "next").symlink_to("versions/2")
-        os.replace(tmp_path / "certs" / "mta-sts" / "next", current)  # the install flip
+        (tmp_path / "certs" / "mta-sts" / "next").replace(current)  # the install flip
         assert _served_fingerprint(address, ca_file) != served_before
         other = fetch_policy("other.test", [address], ca_file=ca_file, timeout=5)
         assert other.finding is not None and other.finding.code == "sts-webpki-invalid"

@@ -82,8 +82,6 @@ def parse_mta_sts(domain: str, t: Table, certificates: Mapping[str, Any]) -> Mta
         if name not in certificates:
             t.error(f"certificates[{i}]", repr(name), "the name of a certificate under [certificates]",
                     did_you_mean(name, certificates))
-    serve = t.string("serve", None)
-    serve_certificate = t.string("certificate", None)
     config = MtaStsConfig(
         domain=domain,
         mode=mode,
@@ -92,34 +90,47 @@ def parse_mta_sts(domain: str, t: Table, certificates: Mapping[str, Any]) -> Mta
         max_age=_max_age(t),
         narrow_after=t.duration("narrow_after", None),
         webroot=t.path("webroot", None),
-        serve=serve,
-        serve_certificate=serve_certificate,
+        serve=t.string("serve", None),
+        serve_certificate=t.string("certificate", None),
         dns_server=t.string("dns_server", None),
         tsig_key_file=t.path("tsig_key_file", None),
         zone=t.string("zone", None),
         ttl=t.integer("ttl", 3600, minimum=1),
         rua=tuple(t.string_list("rua", ()) or ()),
     )
+    _check_serving(t, config, certificates)
+    _check_dns_and_reports(t, config)
+    t.finish()
+    return config
+
+
+def _check_serving(t: Table, config: MtaStsConfig, certificates: Mapping[str, Any]) -> None:
+    """``webroot`` or ``serve`` (with a ``certificate`` for ``mta-sts.<domain>``)."""
     if config.webroot is None and config.serve is None:
         t.error("webroot", "neither webroot nor serve", 'webroot = "/var/www/mta-sts" (a web server serves it as '
                 f'https://{config.policy_host}/.well-known/mta-sts.txt) or serve = "127.0.0.1:8443" (certkeeper '
                 "serves it)")
     if config.webroot is not None and not config.webroot.is_absolute():
         t.error("webroot", repr(str(config.webroot)), "an absolute path")
-    if serve is not None:
-        host, colon, port = serve.rpartition(":")
+    if config.serve is not None:
+        host, colon, port = config.serve.rpartition(":")
         if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            t.error("serve", repr(serve), 'HOST:PORT to listen on, such as "127.0.0.1:8443" or "[::]:443"')
-        if serve_certificate is None:
+            t.error("serve", repr(config.serve), 'HOST:PORT to listen on, such as "127.0.0.1:8443" or "[::]:443"')
+        if config.serve_certificate is None:
             t.error("certificate", "nothing", f"the certificate (under [certificates]) for {config.policy_host} "
                                               "that the policy server presents, when serve is set")
-    if serve_certificate is not None:
-        if serve_certificate not in certificates:
-            t.error("certificate", repr(serve_certificate), "the name of a certificate under [certificates]",
-                    did_you_mean(serve_certificate, certificates))
-        elif config.policy_host not in getattr(certificates[serve_certificate], "domains", ()):
-            t.error("certificate", repr(serve_certificate), f"a certificate whose domains include {config.policy_host}",
+    if config.serve_certificate is not None:
+        if config.serve_certificate not in certificates:
+            t.error("certificate", repr(config.serve_certificate), "the name of a certificate under [certificates]",
+                    did_you_mean(config.serve_certificate, certificates))
+        elif config.policy_host not in getattr(certificates[config.serve_certificate], "domains", ()):
+            t.error("certificate", repr(config.serve_certificate),
+                    f"a certificate whose domains include {config.policy_host}",
                     "senders verify the policy host's certificate for that name")
+
+
+def _check_dns_and_reports(t: Table, config: MtaStsConfig) -> None:
+    """RFC 2136 settings come in pairs; TLS-RPT ``rua`` entries are URIs (RFC 8460 section 3)."""
     if bool(config.dns_server) != bool(config.tsig_key_file) and (config.dns_server or config.tsig_key_file):
         missing = "tsig_key_file" if config.dns_server else "dns_server"
         t.error(missing, "nothing", f"{missing} too: the TXT records are sent as TSIG-signed RFC 2136 updates")
@@ -128,5 +139,3 @@ def parse_mta_sts(domain: str, t: Table, certificates: Mapping[str, Any]) -> Mta
             t.error(f"rua[{i}]", repr(address), 'a "mailto:" or "https://" URI (RFC 8460 section 3)')
         elif any(c in address for c in ";, \t"):
             t.error(f"rua[{i}]", repr(address), "a URI without ';', ',' or spaces (percent-encode them)")
-    t.finish()
-    return config

@@ -82,6 +82,80 @@ def _invalid(message: str, line: int | None = None) -> PolicyFinding:
 # -- the policy file (RFC 8461 section 3.2) -------------------------------------------------------------------
 
 
+@dataclass
+class _Lines:
+    """What the lines of a policy file held, as they were read."""
+
+    findings: list[PolicyFinding] = field(default_factory=list)
+    fields: dict[str, tuple[str, int]] = field(default_factory=dict)  # version, mode, max_age: (value, line)
+    mx: list[str] = field(default_factory=list)
+    extensions: list[tuple[str, str]] = field(default_factory=list)
+
+    def read(self, number: int, line: str) -> None:
+        if not line.strip():
+            self.findings.append(_invalid("an empty line, which the policy grammar does not allow", number))
+            return
+        name, colon, value = line.partition(":")
+        if not colon:
+            self.findings.append(_invalid(f"{_quote(line)} is not a \"key: value\" pair", number))
+            return
+        if name != name.strip() or not name:
+            self.findings.append(_invalid(f"the key {_quote(name)} has white space around it or is empty", number))
+            return
+        value = value.strip(" \t")
+        if name == "mx":
+            problem = pattern_problem(value)
+            if problem:
+                self.findings.append(_invalid(f"mx {_quote(value)}: {problem}", number))
+            else:
+                self.mx.append(value.lower())
+        elif name in ("version", "mode", "max_age"):
+            if name in self.fields:
+                self.findings.append(_invalid(f"{name} given again (first on line {self.fields[name][1]}); senders "
+                                              "use the first", number))
+            else:
+                self.fields[name] = (value, number)
+        elif not _EXTENSION_NAME.match(name):
+            self.findings.append(_invalid(f"{_quote(name)} is not a valid key", number))
+        elif not value or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+            self.findings.append(_invalid(f"the extension {name!r} has an empty or non-printable value", number))
+        else:
+            self.extensions.append((name, value))
+
+    def version_ok(self) -> bool:
+        version = self.fields.get("version")
+        if version is None:
+            self.findings.append(_invalid('no "version: STSv1" line'))
+        elif version[0] != "STSv1":
+            self.findings.append(_invalid(f"version {_quote(version[0])}, expected STSv1", version[1]))
+        return version is not None and version[0] == "STSv1"
+
+    def mode(self) -> Mode | None:
+        field_ = self.fields.get("mode")
+        if field_ is None:
+            self.findings.append(_invalid('no "mode:" line (enforce, testing or none)'))
+            return None
+        mode = next((m for m in MODES if m == field_[0]), None)
+        if mode is None:
+            self.findings.append(_invalid(f"mode {_quote(field_[0])}, expected enforce, testing or none", field_[1]))
+        return mode
+
+    def max_age(self) -> int | None:
+        field_ = self.fields.get("max_age")
+        if field_ is None:
+            self.findings.append(_invalid('no "max_age:" line'))
+            return None
+        text, number = field_
+        if not (text.isascii() and text.isdigit()) or len(text) > 10:
+            self.findings.append(_invalid(f"max_age {_quote(text)} is not a number of seconds (1 to 10 digits)",
+                                          number))
+            return None
+        if int(text) > MAX_AGE_LIMIT:
+            self.findings.append(_invalid(f"max_age {int(text)} is more than {MAX_AGE_LIMIT} (RFC 8461 section "
+                                          "3.2)", number))
+        return int(text)
+
+
 def parse_policy(data: bytes) -> ParsedPolicy:
     """Parse the body of ``https://mta-sts.<domain>/.well-known/mta-sts.txt``.
 
@@ -95,77 +169,19 @@ def parse_policy(data: bytes) -> ParsedPolicy:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         return ParsedPolicy(None, (_invalid(f"the policy is not UTF-8 text (byte {exc.start})"),))
-    findings: list[PolicyFinding] = []
-    fields: dict[str, tuple[str, int]] = {}
-    mx: list[str] = []
-    extensions: list[tuple[str, str]] = []
+    read = _Lines()
     # Lines end in CRLF or LF (sts-policy-term); a final terminator is optional.
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     for number, raw in enumerate(lines, 1):
-        line = raw[:-1] if raw.endswith("\r") else raw
-        if not line.strip():
-            findings.append(_invalid("an empty line, which the policy grammar does not allow", number))
-            continue
-        name, colon, value = line.partition(":")
-        if not colon:
-            findings.append(_invalid(f"{_quote(line)} is not a \"key: value\" pair", number))
-            continue
-        if name != name.strip() or not name:
-            findings.append(_invalid(f"the key {_quote(name)} has white space around it or is empty", number))
-            continue
-        value = value.lstrip(" \t").rstrip(" \t")
-        if name == "mx":
-            problem = pattern_problem(value)
-            if problem:
-                findings.append(_invalid(f"mx {_quote(value)}: {problem}", number))
-            else:
-                mx.append(value.lower())
-        elif name in ("version", "mode", "max_age"):
-            if name in fields:
-                findings.append(_invalid(f"{name} given again (first on line {fields[name][1]}); senders use the "
-                                         "first", number))
-            else:
-                fields[name] = (value, number)
-        elif _EXTENSION_NAME.match(name):
-            if not value or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-                findings.append(_invalid(f"the extension {name!r} has an empty or non-printable value", number))
-            else:
-                extensions.append((name, value))
-        else:
-            findings.append(_invalid(f"{_quote(name)} is not a valid key", number))
-    version = fields.get("version")
-    if version is None:
-        findings.append(_invalid('no "version: STSv1" line'))
-    elif version[0] != "STSv1":
-        findings.append(_invalid(f"version {_quote(version[0])}, expected STSv1", version[1]))
-    mode_field = fields.get("mode")
-    mode: Mode | None = None
-    if mode_field is None:
-        findings.append(_invalid('no "mode:" line (enforce, testing or none)'))
-    else:
-        mode = next((m for m in MODES if m == mode_field[0]), None)
-        if mode is None:
-            findings.append(_invalid(f"mode {_quote(mode_field[0])}, expected enforce, testing or none",
-                                     mode_field[1]))
-    age_field = fields.get("max_age")
-    max_age: int | None = None
-    if age_field is None:
-        findings.append(_invalid('no "max_age:" line'))
-    elif not (age_field[0].isascii() and age_field[0].isdigit()) or len(age_field[0]) > 10:
-        findings.append(_invalid(f"max_age {_quote(age_field[0])} is not a number of seconds (1 to 10 digits)",
-                                 age_field[1]))
-    else:
-        max_age = int(age_field[0])
-        if max_age > MAX_AGE_LIMIT:
-            findings.append(_invalid(f"max_age {max_age} is more than {MAX_AGE_LIMIT} (RFC 8461 section 3.2)",
-                                     age_field[1]))
-    if mode in ("enforce", "testing") and not mx and not any("mx" in f.message for f in findings):
-        findings.append(_invalid(f'mode {mode} without any "mx:" line; senders can match no MX host'))
-    if mode is None or max_age is None or (version is None or version[0] != "STSv1"):
-        return ParsedPolicy(None, tuple(findings))
-    return ParsedPolicy(Policy(mode, max_age, tuple(mx), tuple(extensions)), tuple(findings))
+        read.read(number, raw.removesuffix("\r"))
+    version_ok, mode, max_age = read.version_ok(), read.mode(), read.max_age()
+    if mode in ("enforce", "testing") and not read.mx and not any("mx" in f.message for f in read.findings):
+        read.findings.append(_invalid(f'mode {mode} without any "mx:" line; senders can match no MX host'))
+    if mode is None or max_age is None or not version_ok:
+        return ParsedPolicy(None, tuple(read.findings))
+    return ParsedPolicy(Policy(mode, max_age, tuple(read.mx), tuple(read.extensions)), tuple(read.findings))
 
 
 def render_policy(policy: Policy) -> str:

@@ -25,7 +25,8 @@ class Resolver:
             host, self.port = dnsclient.parse_server(server or dnsclient.default_resolver())
             self.address = dnsclient.resolve_address(host)
         except (DnsError, ValueError) as exc:
-            raise LookupFailed(f"no usable resolver: {exc}") from None
+            message = f"no usable resolver: {exc}"
+            raise LookupFailed(message) from None
         self.timeout = timeout
         self.name = f"{self.address}:{self.port}"
 
@@ -35,7 +36,8 @@ class Resolver:
         except DnsError as exc:
             raise LookupFailed(str(exc)) from None
         if answer.rcode not in _EMPTY_RCODES:
-            raise LookupFailed(f"{self.name} answered {answer.rcode} to the {rdtype} query for {name}")
+            message = f"{self.name} answered {answer.rcode} to the {rdtype} query for {name}"
+            raise LookupFailed(message)
         return answer.values
 
     def txt(self, name: str) -> list[str]:

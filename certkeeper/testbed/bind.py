@@ -132,7 +132,8 @@ class Bind(Server):
             message.add(owner, 60, kind, text)
         reply = dns.query.tcp(message, self.address, port=self.port, timeout=5)
         if reply.rcode() != dns.rcode.NOERROR:
-            raise RuntimeError(f"update of {self.zone} refused: {dns.rcode.to_text(reply.rcode())}")
+            msg = f"update of {self.zone} refused: {dns.rcode.to_text(reply.rcode())}"
+            raise RuntimeError(msg)
 
     def _launch(self) -> None:
         self._write_config()

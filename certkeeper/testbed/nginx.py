@@ -89,7 +89,8 @@ class Nginx(Server):
         process = self._process
         if not wait_until(lambda: accepts_tcp(self.port, self.address), timeout=self.start_timeout,
                           alive=lambda: process.poll() is None):
-            raise self.fail(f"not listening on {self.address}:{self.port}")
+            msg = f"not listening on {self.address}:{self.port}"
+            raise self.fail(msg)
 
     def _terminate(self) -> None:
         terminate(self._process)
