@@ -39,12 +39,12 @@ def txt(bind: Bind, name: str) -> list[str]:
     return sorted(b"".join(r.strings).decode() for rrset in reply.answer for r in rrset)
 
 
-def mta_sts_table(bind: Bind, **keys: object) -> str:
+def mta_sts_table(bind: Bind, max_age: str = "1d", **keys: object) -> str:
     lines = "\n".join(f"{key} = {json.dumps(value)}" for key, value in keys.items())
     return textwrap.dedent(f"""
         [mta_sts."{DOMAIN}"]
         mode = "enforce"
-        max_age = "1d"
+        max_age = "{max_age}"
         dns_server = "{bind.nameserver}"
         tsig_key_file = "{bind.tsig_key_file}"
         zone = "{DOMAIN}"
@@ -107,27 +107,46 @@ def test_a_renewal_whose_names_miss_the_published_patterns_is_refused_and_the_ol
         assert served_fingerprint(address) == before
 
 
-def test_the_daemon_publishes_and_serves_the_policy_with_its_own_certificate(tmp_path: Path, bind: Bind) -> None:
-    address = allocate_address([443])
-    tables = textwrap.dedent("""
-        [certificates.mail]
-        issuer = "internal"
-        domains = ["mail.example.test"]
+def test_the_daemon_keeps_a_domain_that_check_mta_sts_finds_good(tmp_path: Path, bind: Bind) -> None:
+    """The whole loop: the daemon issues the MX and policy-host certificates, reloads Postfix, publishes the policy
+    and its TXT record and serves the policy itself; a sender's view (check --mta-sts) finds everything in step."""
+    policy_address, mx_address = allocate_address([443]), allocate_address([25])
+    current = tmp_path / "state" / "certs" / "mail" / "current"
+    with Postfix(tmp_path / "postfix", address=mx_address, fixed_ports={"smtp": 25}, listeners=["smtp"],
+                 main_cf={"smtpd_tls_chain_files": f"{current / 'privkey.pem'}, {current / 'fullchain.pem'}"}) \
+            as postfix:
+        tables = textwrap.dedent(f"""
+            [certificates.mail]
+            issuer = "internal"
+            domains = ["mail.example.test"]
+            endpoints = ["smtp://{mx_address}:25"]
+            reload = ["postfix"]
+            hook_env = {{ POSTFIX_CONFIG_DIR = "{postfix.config_dir}" }}
 
-        [certificates.mta-sts]
-        issuer = "internal"
-        domains = ["mta-sts.example.test"]
-        """) + mta_sts_table(bind, serve=f"{address}:443", certificate="mta-sts", certificates=["mail"])
-    config = write_config(tmp_path, tables)
-    root = tmp_path / "ca" / "root.pem"
+            [certificates.mta-sts]
+            issuer = "internal"
+            domains = ["mta-sts.example.test"]
+            """) + mta_sts_table(bind, "2d", serve=f"{policy_address}:443", certificate="mta-sts",
+                                    certificates=["mail"])
+        config = write_config(tmp_path, tables)
+        bind.update(add=[f"@ MX 10 mail.{DOMAIN}.", f"mail A {mx_address}", f"mta-sts A {policy_address}"])
+        root = tmp_path / "ca" / "root.pem"
 
-    def fetched() -> bytes | None:
-        result = fetch_policy(DOMAIN, [address], ca_file=root, timeout=5)
-        return result.body if result.finding is None else None
+        def fetched() -> bytes | None:
+            result = fetch_policy(DOMAIN, [policy_address], ca_file=root, timeout=5)
+            return result.body if result.finding is None else None
 
-    with daemon(config):
-        assert wait_for(lambda: fetched() is not None, 60), daemon_log(config)
-        body = fetched()
-    assert body is not None
-    assert parse_policy(body).policy == Policy("enforce", 86400, ("mail.example.test",))
-    assert txt(bind, f"_mta-sts.{DOMAIN}") == [f"v=STSv1; id={policy_id(body.decode())}"]
+        with daemon(config):
+            assert wait_for(lambda: fetched() is not None, 60), daemon_log(config)
+            body = fetched()
+            assert body is not None
+            assert wait_for(lambda: txt(bind, f"_mta-sts.{DOMAIN}") == [f"v=STSv1; id={policy_id(body.decode())}"],
+                            20), daemon_log(config)
+            result = run_cli(config, "check", "--mta-sts", DOMAIN, "--resolver", bind.nameserver,
+                             "--ca-file", str(root), "--json")
+    assert parse_policy(body).policy == Policy("enforce", 2 * 86400, ("mail.example.test",))
+    [report] = json.loads(result.stdout)
+    assert (result.returncode, report["status"]) == (0, "OK"), report["message"]
+    assert report["txt"]["id"] == policy_id(body.decode())
+    assert [(m["host"], m["pattern"], m["matches"]) for m in report["mx"]] == [
+        ("mail.example.test", "mail.example.test", True)]
