@@ -89,6 +89,7 @@ def describe_config(config: Config) -> dict[str, Any]:
         "issuers": {name: _plain(issuer) for name, issuer in config.issuers.items()},
         "certificates": {name: _plain(cert) for name, cert in config.certificates.items()},
         "watch": [_plain(w) for w in config.watch],
+        "mta_sts": {domain: _plain(mta) for domain, mta in config.mta_sts.items()},
     }
 
 
