@@ -17,7 +17,6 @@ from certkeeper.model import MTA_STS_MAX_AGE_LIMIT as MAX_AGE_LIMIT
 from certkeeper.model import MTA_STS_MODES as MODES
 from certkeeper.model import MtaStsMode as Mode
 from certkeeper.model import mx_pattern_problem as pattern_problem
-from certkeeper.model import parse_duration
 
 DEFAULT_MAX_AGE = 604_800  # one week: long enough to protect, short enough to change the MX set within a week
 
@@ -46,26 +45,6 @@ class MtaStsConfig:
         return f"mta-sts.{self.domain}"
 
 
-def _max_age(t: Table) -> int:
-    value: Any = t.data.get("max_age")
-    t.seen.add("max_age")
-    if value is None:
-        return DEFAULT_MAX_AGE
-    seconds: int | None = None
-    if isinstance(value, int) and not isinstance(value, bool):
-        seconds = value
-    elif isinstance(value, str):
-        try:
-            seconds = int(parse_duration(value).total_seconds())
-        except ValueError:
-            seconds = None
-    if seconds is None or not 0 <= seconds <= MAX_AGE_LIMIT:
-        t.error("max_age", repr(value), f'seconds from 0 to {MAX_AGE_LIMIT} (RFC 8461 section 3.2), or a duration '
-                                        'such as "7d"')
-        return DEFAULT_MAX_AGE
-    return seconds
-
-
 def parse_mta_sts(domain: str, t: Table, certificates: Mapping[str, Any]) -> MtaStsConfig:
     """``[mta_sts.<domain>]``; ``certificates`` are the configured certificates (names are checked against it)."""
     domain = domain.lower().rstrip(".")
@@ -87,7 +66,7 @@ def parse_mta_sts(domain: str, t: Table, certificates: Mapping[str, Any]) -> Mta
         mode=mode,
         mx=mx,
         certificates=names,
-        max_age=_max_age(t),
+        max_age=t.seconds("max_age", DEFAULT_MAX_AGE, maximum=MAX_AGE_LIMIT),  # RFC 8461 section 3.2
         narrow_after=t.duration("narrow_after", None),
         webroot=t.path("webroot", None),
         serve=t.string("serve", None),

@@ -14,7 +14,8 @@ from typing import Any
 
 from certkeeper.config.load import parse_config
 
-# One table of every kind the parser has (both issuer types, a certificate with DANE and copies, a watch entry),
+# One table of every kind the parser has (both issuer types, a certificate with DANE and copies, a watch entry,
+# an MTA-STS domain),
 # so that every getter runs.  The values only need to parse.
 SAMPLE = """
 [certkeeper]
@@ -35,6 +36,8 @@ copy_to = { combined = "/etc/postfix/mail.pem" }
 dane = { tlsa = ["3 1 1"] }
 [[watch]]
 endpoints = ["smtps://mail.example.org:465"]
+[mta_sts."example.org"]
+webroot = "/var/www/mta-sts"
 """
 
 

@@ -119,6 +119,24 @@ class Table:
             return default
         return value
 
+    def seconds(self, key: str, default: int, *, maximum: int) -> int:
+        """Whole seconds, written as a number or as a duration such as ``"7d"`` (MTA-STS ``max_age``)."""
+        value = self._get(key, {"type": ["integer", "string"]})
+        if value is None:
+            return default
+        seconds: int | None = None
+        if isinstance(value, int) and not isinstance(value, bool):
+            seconds = value
+        elif isinstance(value, str):
+            try:
+                seconds = int(parse_duration(value).total_seconds())
+            except ValueError:
+                seconds = None
+        if seconds is None or not 0 <= seconds <= maximum:
+            self.error(key, describe(value), f'seconds from 0 to {maximum}, or a duration such as "7d"')
+            return default
+        return seconds
+
     def choice(self, key: str, choices: tuple[str, ...], default: str | None) -> Any:
         value = self._get(key, {"enum": list(choices)})
         if value is None:
