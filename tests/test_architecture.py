@@ -34,7 +34,7 @@ FLOORS: list[set[str]] = [
     {"renewal"},
     {"mailserver", "dane", "alerts", "monitoring", "adopt"},
     {"issuers", "store", "probe"},
-    {"config", "dnsclient.py", "process.py", "tls.py"},
+    {"config", "dnsclient.py", "process.py", "tls.py", "permissions.py"},
     {"pki.py", "targets.py"},
     {"model.py", "events.py", "errors.py", "__init__.py"},
 ]
@@ -48,6 +48,7 @@ SIDEWAYS = {
     ("monitoring", "store"): "metrics read the store and the installed versions",
     ("alerts", "store"): "the alert queue lives in the store",
     ("issuers", "store"): "issuers write CA files and accounts atomically (store.atomic)",
+    ("config", "permissions.py"): "config check and hook resolution apply the trust rules for paths",
 }
 FLOOR_OF = {room: index for index, floor in enumerate(FLOORS) for room in floor}
 

@@ -66,6 +66,7 @@ class Fleet:
         self.database = database
         self.key_file = tmp_path / "fleet.key"
         self.key_file.write_text(base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
+        self.key_file.chmod(0o600)
         self.passphrase = tmp_path / "ca.pass"
         self.passphrase.write_text("fleet tests\n")
         self.ca_dir = tmp_path / "ca"

@@ -17,6 +17,7 @@ from pathlib import Path
 from certkeeper import tls
 from certkeeper.config import AlertsConfig
 from certkeeper.errors import AlertDeliveryFailed
+from certkeeper.permissions import check_trusted_file
 
 log = logging.getLogger("certkeeper.alerts.notifier")
 
@@ -118,6 +119,7 @@ def _tls_context(ca_bundle: Path | None, *, verify: bool) -> tls.Context:
 def _read_password(path: Path | None) -> str | None:
     if path is None:
         return None
+    check_trusted_file(path, "smtp_password_file")
     try:
         return path.read_text().rstrip("\r\n")
     except OSError as exc:

@@ -32,6 +32,7 @@ from typing import Any, ClassVar, Protocol
 from certkeeper import dnsclient
 from certkeeper.dnsclient import TsigKey, parse_server, resolve_address
 from certkeeper.errors import ChallengeFailed, DnsError, InputError
+from certkeeper.permissions import check_trusted_file
 from certkeeper.process import run_program
 
 log = logging.getLogger("certkeeper.issuers.challenges")
@@ -356,6 +357,7 @@ class HookDns01:
 
     def _run(self, action: str, answer: ChallengeAnswer) -> None:
         command = [str(self.program), action, answer.dns_name, answer.dns_value]
+        check_trusted_file(self.program, "dns_hook")
         try:
             result = run_program(command, env=_HOOK_ENVIRONMENT, timeout=self.timeout, merge_stderr=True)
         except OSError as exc:
@@ -374,7 +376,11 @@ class HookDns01:
 
 
 def read_secret_file(path: Path, what: str) -> str:
-    """A secret from a file, stripped; :class:`InputError` naming the file (never the content) otherwise."""
+    """A secret from a file, stripped; :class:`InputError` naming the file (never the content) otherwise.
+
+    :class:`UnsafePath` when someone other than root and the service user could change it.
+    """
+    check_trusted_file(path, what)
     try:
         return path.read_text().strip()
     except OSError as exc:

@@ -77,6 +77,7 @@ from certkeeper import pki
 from certkeeper.config import CertificateConfig, Config
 from certkeeper.errors import CertkeeperError, FleetStoreDown, InputError, LockBusy, StoreError
 from certkeeper.model import KeyType, format_duration
+from certkeeper.permissions import check_trusted_file
 from certkeeper.store import Store
 from certkeeper.store.fleet_records import FleetDatabase, FleetPair, FleetVersion, LeaseHolder, NodeResult
 from certkeeper.store.versions import CertificateHome, KeyPair, Version
@@ -102,6 +103,8 @@ class FleetKey:
 
     @classmethod
     def from_file(cls, path: Path) -> FleetKey:
+        # The key opens every private key of the fleet: 0600 (or 0640 to the service group), never 0644.
+        check_trusted_file(path, "fleet_key_file", secret=True)
         try:
             secret = path.read_bytes().strip()
         except OSError as exc:

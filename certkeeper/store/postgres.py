@@ -32,6 +32,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from certkeeper.errors import InputError, LockBusy, SchemaTooNew, StoreError
+from certkeeper.permissions import check_trusted_file
 from certkeeper.store.base import AlertRecord, CertState, EndpointRecord, RenewalRecord
 from certkeeper.store.fleet_records import FleetPair, FleetVersion, LeaseHolder, NodeResult
 
@@ -428,8 +429,10 @@ def _read_password(path: Path | None) -> str | None:
     """The first line of ``database_password_file``; None leaves it to libpq (``PGPASSWORD``, ``~/.pgpass``)."""
     if path is None:
         return None
+    check_trusted_file(path, "database_password_file")
     try:
-        return path.read_text().splitlines()[0] if path.read_text().strip() else ""
+        text = path.read_text()
+        return text.splitlines()[0] if text.strip() else ""
     except OSError as exc:
         raise InputError(str(path), f"cannot read the database password file: {exc.strerror}") from None
 
