@@ -91,6 +91,10 @@ MISTAKES = [
      "issuers.le.challenge", "dns_server and tsig_key_file"),
     ("bad smtp_security", "", "",
      "alerts.smtp_security", 'one of "none", "starttls", "tls"'),
+    ("bad smtp_tls_fallback", "", "",
+     "alerts.smtp_tls_fallback", 'one of "none", "unverified-no-auth"'),
+    ("a password in clear", "", "",
+     "alerts.smtp_security", "the password would cross the network in clear"),
 ]
 
 EXTRA = {
@@ -100,6 +104,10 @@ EXTRA = {
     "dns-01 without a way to publish": '\n[issuers.le]\ntype = "acme"\ndirectory = "https://acme.example/dir"\n'
                                        'challenge = "dns-01"\n',
     "bad smtp_security": '\n[alerts]\nto = ["a@example.org"]\nfrom = "b@example.org"\nsmtp_security = "ssl"\n',
+    "bad smtp_tls_fallback": '\n[alerts]\nto = ["a@example.org"]\nfrom = "b@example.org"\n'
+                             'smtp_tls_fallback = "unverified"\n',
+    "a password in clear": '\n[alerts]\nto = ["a@example.org"]\nfrom = "b@example.org"\nsmtp_security = "none"\n'
+                           'smtp_username = "u"\nsmtp_password_file = "/etc/certkeeper/smtp.pass"\n',
 }
 
 

@@ -27,6 +27,7 @@ DEFAULT_CONFIG_PATH = Path("/etc/certkeeper/certkeeper.toml")
 CONFIG_ENV = "CERTKEEPER_CONFIG"
 
 SmtpSecurity = Literal["none", "starttls", "tls"]
+SmtpTlsFallback = Literal["none", "unverified-no-auth"]
 Challenge = Literal["http-01", "dns-01"]
 CopyTarget = Literal["fullchain", "privkey", "combined", "cert", "chain"]
 COPY_TARGETS: tuple[CopyTarget, ...] = ("fullchain", "privkey", "combined", "cert", "chain")
@@ -67,6 +68,7 @@ class AlertsConfig:
     smtp_password_file: Path | None = None
     smtp_ca_bundle: Path | None = None
     smtp_timeout: timedelta = timedelta(seconds=30)
+    smtp_tls_fallback: SmtpTlsFallback = "none"
     fallback_smtp_host: str | None = None
     fallback_smtp_port: int = 25
     warn_days: tuple[int, ...] = (21, 14, 7, 3, 1)
@@ -283,12 +285,16 @@ def _parse_alerts(t: Table) -> AlertsConfig:
         smtp_password_file=t.path("smtp_password_file", None),
         smtp_ca_bundle=t.path("smtp_ca_bundle", None),
         smtp_timeout=t.duration("smtp_timeout", timedelta(seconds=30)),
+        smtp_tls_fallback=t.choice("smtp_tls_fallback", ("none", "unverified-no-auth"), "none"),
         fallback_smtp_host=t.string("fallback_smtp_host", None),
         fallback_smtp_port=t.port("fallback_smtp_port", 25),
         warn_days=tuple(sorted(set(warn), reverse=True)),
         notify_success=t.boolean("notify_success", False),
         digest=t.choice("digest", ("immediate", "daily"), "immediate"),
     )
+    if alerts.smtp_username and security == "none":
+        t.error("smtp_security", '"none" with smtp_username set', '"starttls" or "tls"',
+                "the password would cross the network in clear; certkeeper never sends it that way")
     if alerts.smtp_username and not alerts.smtp_password_file:
         t.error("smtp_password_file", "nothing", "a file holding the SMTP password when smtp_username is set",
                 "secrets live in files, never in this file")
