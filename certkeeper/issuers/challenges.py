@@ -33,7 +33,7 @@ from certkeeper import dnsclient
 from certkeeper.dnsclient import TsigKey, parse_server, resolve_address
 from certkeeper.errors import ChallengeFailed, DnsError, InputError
 from certkeeper.permissions import check_trusted_file
-from certkeeper.process import run_program
+from certkeeper.process import redact, run_program
 
 log = logging.getLogger("certkeeper.issuers.challenges")
 
@@ -370,7 +370,7 @@ class HookDns01:
             )
             raise ChallengeFailed(msg)
         if result.returncode != 0:
-            tail = " | ".join(result.stdout.decode(errors="replace").strip().splitlines()[-5:])
+            tail = " | ".join(redact(result.stdout.decode(errors="replace")).strip().splitlines()[-5:])
             raise ChallengeFailed(f"dns_hook {self.program} {action} {answer.dns_name} exited with status "
                                   f"{result.returncode}" + (f": {tail}" if tail else ""))
 
