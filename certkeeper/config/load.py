@@ -47,6 +47,9 @@ class Settings:
     concurrency: int = 4
     hooks_dir: Path | None = None
     metrics_listen: str | None = None
+    metrics_tls_cert_file: Path | None = None
+    metrics_tls_key_file: Path | None = None
+    metrics_basic_auth_file: Path | None = None
     database: str | None = None
     database_password_file: Path | None = None
     node: str = ""
@@ -243,6 +246,9 @@ def _parse_settings(t: Table) -> Settings:
         concurrency=t.integer("concurrency", d.concurrency, minimum=1),
         hooks_dir=t.path("hooks_dir", None),
         metrics_listen=t.string("metrics_listen", None),
+        metrics_tls_cert_file=t.path("metrics_tls_cert_file", None),
+        metrics_tls_key_file=t.path("metrics_tls_key_file", None),
+        metrics_basic_auth_file=t.path("metrics_basic_auth_file", None),
         database=t.string("database", None),
         database_password_file=t.path("database_password_file", None),
         node=t.string("node", "") or "",
@@ -250,6 +256,14 @@ def _parse_settings(t: Table) -> Settings:
         fleet_grace=t.duration("fleet_grace", d.fleet_grace),
         fleet_lease=t.duration("fleet_lease", d.fleet_lease, minimum=timedelta(seconds=1)),
     )
+    if bool(settings.metrics_tls_cert_file) != bool(settings.metrics_tls_key_file):
+        t.error("metrics_tls_key_file" if settings.metrics_tls_cert_file else "metrics_tls_cert_file",
+                "only half of the listener's TLS settings", "both metrics_tls_cert_file and metrics_tls_key_file")
+    if settings.metrics_listen:
+        _, sep, port = settings.metrics_listen.rpartition(":")
+        if not sep or not port.isdigit() or int(port) > 65535:
+            t.error("metrics_listen", repr(settings.metrics_listen),
+                    'host:port such as "127.0.0.1:9466" (":9466" is loopback; "0.0.0.0:9466" every address)')
     if settings.database and not settings.database.startswith(("postgresql://", "postgres://")):
         t.error("database", repr(settings.database), 'a PostgreSQL URL such as "postgresql://user@host/db"')
     if settings.database and importlib.util.find_spec("psycopg") is None:
