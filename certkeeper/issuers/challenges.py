@@ -34,6 +34,7 @@ from certkeeper.dnsclient import TsigKey, parse_server, resolve_address
 from certkeeper.errors import ChallengeFailed, DnsError, InputError
 from certkeeper.permissions import check_trusted_file
 from certkeeper.process import redact, run_program
+from certkeeper.store.atomic import make_dirs
 
 log = logging.getLogger("certkeeper.issuers.challenges")
 
@@ -209,7 +210,7 @@ class WebrootHttp01:
         written: list[Path] = []
         try:
             try:
-                folder.mkdir(parents=True, exist_ok=True, mode=0o755)
+                make_dirs(folder, mode=0o755)  # the web server reads it, whatever the umask
                 for answer in answers:
                     path = folder / answer.token
                     path.write_text(answer.key_authorization)
