@@ -134,3 +134,32 @@ def test_a_passphrase_file_others_can_write_is_refused(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert f"issuers.internal.passphrase_file {tmp_path / 'ca.pass'} is writable by others" \
         in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o604, 0o660 | 0o002])
+def test_a_fleet_key_file_other_users_can_read_or_write_is_refused(tmp_path: Path, mode: int) -> None:
+    from certkeeper.errors import UnsafePath
+    from certkeeper.store.fleet import FleetKey
+
+    key_file = tmp_path / "fleet.key"
+    key_file.write_text("a fleet key of more than sixteen bytes\n")
+    key_file.chmod(mode)
+    with pytest.raises(UnsafePath, match=rf"fleet_key_file {key_file} is (readable by every user|writable by "
+                                         rf"others).*\(owner root, mode 0{mode:o}\)"):
+        FleetKey.from_file(key_file)
+    key_file.chmod(0o640)
+    FleetKey.from_file(key_file)  # 0640 root:<service group> is fine
+
+
+def test_rows_sealed_before_the_fleet_had_a_salt_still_open() -> None:
+    from certkeeper.store.fleet import FleetKey
+
+    secret = b"a fleet key of more than sixteen bytes"
+    legacy = FleetKey(secret)
+    assert legacy.key_version == 0
+    sealed = legacy.seal("mail", 1, "ecdsa-p256", b"key material")
+    salted = FleetKey(secret, {1: b"s" * 32})
+    assert salted.key_version == 1
+    assert salted.open("mail", 1, "ecdsa-p256", sealed, 0) == b"key material"
+    with pytest.raises(Exception, match="does not decrypt"):
+        salted.open("mail", 1, "ecdsa-p256", sealed, 1)
