@@ -125,6 +125,7 @@ def test_a_copy_to_folder_nobody_owns_gets_no_copy(tmp_path: Path, nobodys_dir: 
     assert result.returncode != 0
     assert f"copy_to.combined folder {nobodys_dir} belongs to a user other than root" in result.stdout + result.stderr
     assert not (nobodys_dir / "mail.pem").exists()
+    assert not (tmp_path / "state" / "certs" / "mail" / "current").exists()  # refused before ordering
 
 
 def test_a_passphrase_file_others_can_write_is_refused(tmp_path: Path) -> None:

@@ -280,6 +280,11 @@ class CertificateHome:
                     removed.append(entry.name)
         return removed
 
+    def check_copy_targets(self, targets: Mapping[CopyTarget, Path]) -> None:
+        """:class:`UnsafePath` when someone else could change a copy's folder (and so swap the copy for a link)."""
+        for kind, destination in targets.items():
+            check_trusted_dir(destination.parent, f"copy_to.{kind} folder")
+
     def copy_to(self, version: Version, targets: Mapping[CopyTarget, Path]) -> None:
         """Replace each fixed-path copy by an atomic rename in its own directory (single key type only).
 
@@ -287,9 +292,8 @@ class CertificateHome:
         old key, so ``combined`` (key and chain in one file) is the copy to prefer.
         """
         pair = version.pairs[0]
+        self.check_copy_targets(targets)  # again: the folders may have changed while the order ran
         for kind, destination in targets.items():
-            # Someone who can change the destination's folder could swap the copy for a link to any file.
-            check_trusted_dir(destination.parent, f"copy_to.{kind} folder")
             source = pair.directory / f"{kind}.pem"
             secret = f"{kind}.pem" in _SECRET_FILES
             write_atomic(destination, read_nofollow(source), mode=self.ownership.key_mode if secret else 0o644,
