@@ -205,7 +205,10 @@ class Daemon:
         if self._metrics_stop is not None:
             self._metrics_stop()
             self._metrics_stop = None
-        self._start_metrics()
+        try:
+            self._start_metrics()
+        except CertkeeperError as exc:  # e.g. an unreadable metrics_tls_key_file: renewals go on regardless
+            log.error("metrics listener not restarted after the reload: %s", exc)
 
     def _summary(self) -> str:
         config = self.app.config
