@@ -199,16 +199,23 @@ class Daemon:
         listen = self.app.config.settings.metrics_listen
         if not listen:
             return
-        from certkeeper.monitoring.metrics import start_metrics_server
+        from certkeeper.monitoring.metrics import ListenerSecurity, start_metrics_server
 
-        server = start_metrics_server(listen, lambda: self.app.render_metrics())  # noqa: PLW0108 - late binding: SIGHUP replaces self.app
+        settings = self.app.config.settings
+        security = ListenerSecurity(settings.metrics_tls_cert_file, settings.metrics_tls_key_file,
+                                    settings.metrics_basic_auth_file)
+        # late binding: SIGHUP replaces self.app
+        server = start_metrics_server(listen, lambda: self.app.render_metrics(), security)  # noqa: PLW0108
         self._metrics_stop = server.stop
 
     def _restart_metrics(self) -> None:
         if self._metrics_stop is not None:
             self._metrics_stop()
             self._metrics_stop = None
-        self._start_metrics()
+        try:
+            self._start_metrics()
+        except CertkeeperError as exc:  # e.g. an unreadable metrics_tls_key_file: renewals go on regardless
+            log.error("metrics listener not restarted after the reload: %s", exc)
 
     # -- MTA-STS policy servers (serve = "HOST:PORT" in [mta_sts.<domain>]) -------------------------------------
 

@@ -9,6 +9,7 @@ The tree::
     ├── StoreError                  exit 74  the state store failed (EX_IOERR)
     │   ├── SchemaTooNew            exit 74  the store was written by a newer certkeeper
     │   └── FleetStoreDown          exit 74  the fleet's database is unreachable; renewals wait for fleet_grace
+    ├── UnsafePath                  exit 77  a trusted path (state_dir, copy_to, hook, secret) others could change
     ├── LockBusy                    exit 75  another certkeeper holds the certificate's lock (EX_TEMPFAIL)
     ├── IssuanceError               exit 1   the CA did not issue: issuer, certificate, what the CA said
     │   ├── CaUnavailable           exit 69  the CA could not be reached or is rate limiting (EX_UNAVAILABLE)
@@ -41,6 +42,7 @@ EX_UNAVAILABLE = 69
 EX_SOFTWARE = 70
 EX_IOERR = 74
 EX_TEMPFAIL = 75
+EX_NOPERM = 77
 EX_CONFIG = 78
 
 
@@ -120,6 +122,26 @@ class SchemaTooNew(StoreError):
             f"{location}: the state store has schema version {found}, this certkeeper understands up to "
             f"{supported}; upgrade certkeeper on this host (other nodes already run a newer one)"
         )
+
+
+class UnsafePath(CertkeeperError):
+    """A path certkeeper must trust can be changed by someone else: which path, its owner and mode, the fix.
+
+    Nothing is written, followed or run through it (a symbolic link planted where a lock should be would
+    otherwise make root truncate its target).
+    """
+
+    exit_code = EX_NOPERM
+
+    def __init__(self, what: str, path: Path | str, owner: str, mode: int, problem: str, fix: str) -> None:
+        self.what = what
+        self.path = Path(path)
+        self.owner = owner
+        self.mode = mode
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"{what} {self.path} {problem} (owner {owner}, mode {mode & 0o7777:04o}); "
+                         f"refusing to use it: {fix}")
 
 
 class LockBusy(CertkeeperError):

@@ -92,6 +92,17 @@ class ConfigReloadRejected(Event):
 
 
 @dataclass(frozen=True)
+class AlertMailSent(Event):
+    """A digest of alerts was handed to ``relay`` (host:port): ``route`` says which way (``relay ...``,
+    ``fallback ...``, or the opt-in unverified one), ``verified`` whether the certificate of the host that took it
+    verified."""
+
+    relay: str
+    route: str
+    verified: bool
+
+
+@dataclass(frozen=True)
 class TlsaRecordsPublished(Event):
     """DANE (RFC 7672): TLSA records of a certificate were added or removed on the primary."""
 

@@ -9,13 +9,16 @@ all run here, so one piece of code holds these rules:
 - output is read as it comes, into a bounded buffer (``limit`` bytes, the head or the tail): ``exec yes`` costs
   a few kilobytes, not gigabytes;
 - the program is judged by its own exit status.  Once it has exited, the pipes are drained for at most
-  ``_DRAIN_SECONDS``: a background child that keeps stdout open (``setsid sleep 40 &``) does not hold the run.
+  ``_DRAIN_SECONDS``: a background child that keeps stdout open (``setsid sleep 40 &``) does not hold the run;
+- what a hook printed goes to logs, ``status --json``, alert mails and the store only through :func:`redact`:
+  a hook that runs ``cat $CERTKEEPER_PRIVKEY`` must not spread the key.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import selectors
 import signal
 import subprocess
@@ -26,6 +29,18 @@ from typing import IO, Literal
 
 _DRAIN_SECONDS = 0.5
 _CHUNK = 65536
+
+# PEM armour (RFC 7468); legacy encrypted keys carry "Proc-Type:"/"DEK-Info:" headers inside the block.
+_PEM_BEGIN = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----")
+_PEM_END = re.compile(r"-----END ([A-Z0-9 ]+)-----")
+_PEM_BODY = re.compile(r"[A-Za-z0-9+/=]*|[A-Za-z-]+: .*")
+# A long run of base64/base64url (mixed case and digits, padding only at the end) or of hex, alone on a line:
+# a key's body without its armour.  Paths and NAME=value lines do not qualify.
+_KEY_LIKE = re.compile(r"(?=[^/].*[0-9])(?=.*[a-z])(?=.*[A-Z])[A-Za-z0-9+/_-]{40,}={0,2}|[0-9a-fA-F]{64,}")
+# name = value / name: value where the name says secret (TSIG "secret", JWK "d", passwords, HMAC keys).
+_SECRET_VALUE = re.compile(
+    r"""(?i)(\b(?:secret|password|passphrase|passwd|private[_ -]?key|hmac[_ -]?key|token)"?\s*[:=]?\s*"""
+    r"""|"d"\s*:\s*)("[^"\n]{8,}"|'[^'\n]{8,}'|[A-Za-z0-9+/_=.-]{16,})""")
 
 
 @dataclass(frozen=True)
@@ -58,6 +73,63 @@ class _Buffer:
         if len(self.data) > self.limit:
             del self.data[:len(self.data) - self.limit]
             self.truncated = True
+
+
+def redact(text: str) -> str:
+    """``text`` with PEM blocks, key-looking lines and secret-looking values replaced by ``[redacted ...]``.
+
+    A block cut by the bounded buffer is redacted too: one without its END line ends at the first line that is
+    not PEM body; base64 lines right before an END line without its BEGIN belong to the block (full-width ones,
+    the short last one, and a short first one at the very start of the text, where the buffer cut it).
+    """
+    out: list[str] = []
+    inside: str | None = None  # the label of the block being skipped
+    complete = False  # its body had its short last line: only END may follow
+    body: list[tuple[int, str]] = []  # base64-looking lines that may be the tail of a block cut at its start
+    for number, line in enumerate(text.split("\n")):
+        stripped = line.strip()
+        if inside is not None:
+            if _PEM_END.search(stripped):
+                out.append(f"[redacted {inside} PEM block]")
+                inside = None
+                continue
+            if _PEM_BODY.fullmatch(stripped) and not complete:
+                complete = 0 < len(stripped) < 64 and ":" not in stripped
+                continue
+            out.append(f"[redacted {inside} PEM block]")
+            inside = None
+        begin = _PEM_BEGIN.search(stripped)
+        end = _PEM_END.search(stripped)
+        if begin:
+            out += [_redact_line(b) for _, b in body]
+            body = []
+            inside, complete = begin.group(1), False
+            if _PEM_END.search(stripped[begin.end():]):  # a whole block on one line
+                out.append(f"[redacted {inside} PEM block]")
+                inside = None
+        elif end:
+            keep = len(body)
+            while keep and (keep == len(body) or body[keep - 1][0] == 0 or len(body[keep - 1][1].strip()) >= 16):
+                keep -= 1
+            out += [_redact_line(b) for _, b in body[:keep]]
+            body = []
+            out.append(f"[redacted {end.group(1)} PEM block]")
+        elif stripped and _PEM_BODY.fullmatch(stripped) and ":" not in stripped:
+            body.append((number, line))
+        else:
+            out += [_redact_line(b) for _, b in body]
+            body = []
+            out.append(_redact_line(line))
+    if inside is not None:
+        out.append(f"[redacted {inside} PEM block]")
+    out += [_redact_line(b) for _, b in body]
+    return "\n".join(out)
+
+
+def _redact_line(line: str) -> str:
+    if _KEY_LIKE.fullmatch(line.strip()):
+        return "[redacted key-like line]"
+    return _SECRET_VALUE.sub(r"\1[redacted]", line)
 
 
 def run_program(argv: Sequence[str], *, env: Mapping[str, str], timeout: float, cwd: str = "/",

@@ -196,21 +196,62 @@ def test_untrusted_relay_falls_back_to_the_fallback_relay(
     assert broken.messages == [] and len(fallback.messages) == 1
 
 
-def test_untrusted_relay_without_fallback_is_used_unverified_with_a_warning(
-    tmp_path: Path, sinks: list[Sink], bundle: Path, caplog: pytest.LogCaptureFixture,
+@pytest.mark.parametrize("security", ["tls", "starttls"])
+def test_a_relay_whose_certificate_fails_never_sees_auth_nor_the_mail(
+    tmp_path: Path, sinks: list[Sink], bundle: Path, password_file: Path, security: str,
 ) -> None:
-    """The last resort: the configured relay without certificate verification, loudly logged."""
-    broken = Sink("tls", trustme.CA().issue_cert("127.0.0.1")).start()
+    """Without the opt-in, an unverified relay gets nothing: no AUTH, no mail; the alert stays queued."""
+    broken = Sink(security, trustme.CA().issue_cert("127.0.0.1"), auth=True).start()
     sinks.append(broken)
-    n = notifier(tmp_path, alerts_config(broken, smtp_ca_bundle=bundle))
+    n = notifier(tmp_path, alerts_config(broken, smtp_ca_bundle=bundle, smtp_username=USER,
+                                         smtp_password_file=password_file))
+    n.handle(RenewalFailed(NOW, "mail", "urn:ietf:params:acme:error:rateLimited: too many certificates",
+                           NOW + timedelta(hours=3)))
+    report = n.deliver(NOW)
+    assert report.sent == 0 and "certificate not trusted" in report.error
+    assert 'smtp_tls_fallback = "unverified-no-auth"' in report.error
+    assert broken.logins == [] and broken.messages == []
+    assert len(n.store.pending_alerts()) == 1
+
+
+@pytest.mark.parametrize("security", ["tls", "starttls"])
+def test_the_opt_in_unverified_fallback_sends_without_auth_and_alerts_about_itself(
+    tmp_path: Path, sinks: list[Sink], bundle: Path, password_file: Path, security: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """smtp_tls_fallback = "unverified-no-auth": the mail goes, the password does not, and an alert says so."""
+    broken = Sink(security, trustme.CA().issue_cert("127.0.0.1")).start()  # takes mail without AUTH
+    sinks.append(broken)
+    n = notifier(tmp_path, alerts_config(broken, smtp_ca_bundle=bundle, smtp_username=USER,
+                                         smtp_password_file=password_file, smtp_tls_fallback="unverified-no-auth"))
     n.handle(RenewalFailed(NOW, "mail", "urn:ietf:params:acme:error:rateLimited: too many certificates",
                            NOW + timedelta(hours=3)))
     with caplog.at_level(logging.WARNING, logger="certkeeper.alerts.notifier"):
         report = n.deliver(NOW)
-    assert report.sent == 1 and "without certificate verification" in report.route
-    assert len(broken.messages) == 1
-    assert any("WITHOUT verifying its certificate" in r.getMessage() for r in caplog.records)
+    assert report.sent == 1 and "without certificate verification and without AUTH" in report.route
+    assert [subject(m) for m in broken.messages][1:] == [
+        f"[certkeeper] WARNING alert relay 127.0.0.1:{broken.port} fails certificate verification"]
+    assert any("WITHOUT verifying its certificate and without AUTH" in r.getMessage() for r in caplog.records)
+    assert n.store.pending_alerts() == []
+    n.handle(RenewalFailed(NOW, "other", "again", NOW + timedelta(hours=3)))
+    n.deliver(NOW)
+    assert len(broken.messages) == 3  # the relay alert is not repeated with every mail
 
+
+@pytest.mark.parametrize("security", ["tls", "starttls"])
+def test_the_opt_in_fallback_never_offers_the_password_to_a_relay_that_asks_for_it(
+    tmp_path: Path, sinks: list[Sink], bundle: Path, password_file: Path, security: str,
+) -> None:
+    """A relay that requires AUTH gets no AUTH over the unverified connection: the alert stays queued instead."""
+    broken = Sink(security, trustme.CA().issue_cert("127.0.0.1"), auth=True).start()
+    sinks.append(broken)
+    n = notifier(tmp_path, alerts_config(broken, smtp_ca_bundle=bundle, smtp_username=USER,
+                                         smtp_password_file=password_file, smtp_tls_fallback="unverified-no-auth"))
+    n.handle(RenewalFailed(NOW, "mail", "urn:ietf:params:acme:error:rateLimited: too many certificates",
+                           NOW + timedelta(hours=3)))
+    report = n.deliver(NOW)
+    assert report.sent == 0 and "without AUTH" in report.error and "530" in report.error
+    assert broken.logins == [] and broken.messages == []
 
 def test_mail_content_is_readable_on_a_phone(
     tmp_path: Path, sinks: list[Sink], relay_cert: trustme.LeafCert, bundle: Path,

@@ -34,7 +34,7 @@ FLOORS: list[set[str]] = [
     {"renewal"},
     {"mailserver", "dane", "alerts", "monitoring", "adopt", "mtasts"},
     {"issuers", "store", "probe"},
-    {"config", "dnsclient.py", "process.py", "tls.py"},
+    {"config", "dnsclient.py", "process.py", "tls.py", "permissions.py"},
     {"pki.py", "targets.py"},
     {"model.py", "events.py", "errors.py", "__init__.py"},
 ]
@@ -50,6 +50,7 @@ SIDEWAYS = {
     ("issuers", "store"): "issuers write CA files and accounts atomically (store.atomic)",
     ("monitoring", "mtasts"): "metrics show each domain's policy id, mode and whether every MX matches",
     ("mailserver", "mtasts"): "doctor runs the MTA-STS check for the configured domains",
+    ("config", "permissions.py"): "config check and hook resolution apply the trust rules for paths",
 }
 FLOOR_OF = {room: index for index, floor in enumerate(FLOORS) for room in floor}
 

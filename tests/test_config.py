@@ -102,6 +102,10 @@ MISTAKES = [
      "a certificate whose domains include mta-sts.example.org"),
     ("mta-sts unknown certificate", "", "", r"mta_sts.example.org.certificates\[0\]", 'did you mean "mail"'),
     ("mta-sts rua", "", "", r"mta_sts.example.org.rua\[0\]", 'a "mailto:" or "https://" URI'),
+    ("bad smtp_tls_fallback", "", "",
+     "alerts.smtp_tls_fallback", 'one of "none", "unverified-no-auth"'),
+    ("a password in clear", "", "",
+     "alerts.smtp_security", "the password would cross the network in clear"),
 ]
 
 _MTA = '\n[mta_sts."example.org"]\n'
@@ -120,6 +124,10 @@ EXTRA = {
     "mta-sts serve certificate": _MTA + 'serve = "127.0.0.1:8443"\ncertificate = "mail"\n',
     "mta-sts unknown certificate": _MTA + 'certificates = ["mial"]\nwebroot = "/var/www/mta-sts"\n',
     "mta-sts rua": _MTA + 'rua = ["tls@example.org"]\nwebroot = "/var/www/mta-sts"\n',
+    "bad smtp_tls_fallback": '\n[alerts]\nto = ["a@example.org"]\nfrom = "b@example.org"\n'
+                             'smtp_tls_fallback = "unverified"\n',
+    "a password in clear": '\n[alerts]\nto = ["a@example.org"]\nfrom = "b@example.org"\nsmtp_security = "none"\n'
+                           'smtp_username = "u"\nsmtp_password_file = "/etc/certkeeper/smtp.pass"\n',
 }
 
 

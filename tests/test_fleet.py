@@ -66,6 +66,7 @@ class Fleet:
         self.database = database
         self.key_file = tmp_path / "fleet.key"
         self.key_file.write_text(base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
+        self.key_file.chmod(0o600)
         self.passphrase = tmp_path / "ca.pass"
         self.passphrase.write_text("fleet tests\n")
         self.ca_dir = tmp_path / "ca"
@@ -191,24 +192,30 @@ def test_the_key_column_holds_ciphertext_that_only_the_fleet_key_opens(fleet: Fl
     assert fleet.renew("mx1").returncode == 0
     with fleet.db() as store:
         version = store.fleet_version("mail", 1)
+        salts = store.fleet_salts()
     assert version is not None and len(version.pairs) == 2
     raw = fleet.rows("SELECT private_key::text, encode(private_key, 'escape') FROM fleet_pairs")
     for hex_text, escaped in raw:
         assert "PRIVATE KEY" not in str(escaped) and "-----BEGIN" not in str(escaped)
         assert "2d2d2d2d2d424547494e" not in str(hex_text)  # "-----BEGIN" in bytea hex output
-    key = FleetKey.from_file(fleet.key_file)
+    assert list(salts) == [1] and len(salts[1]) == 32  # the fleet's own HKDF salt, made with the schema
+    assert {p.key_version for p in version.pairs} == {1}
+    key = FleetKey.from_file(fleet.key_file).with_salts(salts)
     installed = CertificateHome(fleet.configs["mx1"].settings.state_dir, "mail").current()
     assert installed is not None
     for pair in version.pairs:
-        plain = key.open("mail", 1, pair.key_type, pair.sealed_key)
+        plain = key.open("mail", 1, pair.key_type, pair.sealed_key, pair.key_version)
         local = next(p for p in installed.pairs if p.key_type == pair.key_type)
         assert plain == local.privkey.read_bytes()
         # The row is bound to its place: the same ciphertext does not open as another version.
         with pytest.raises(Exception, match="does not decrypt"):
-            key.open("mail", 2, pair.key_type, pair.sealed_key)
-    other = FleetKey(secrets.token_bytes(32))
+            key.open("mail", 2, pair.key_type, pair.sealed_key, pair.key_version)
+        # The salt is part of the key: without it (key version 0) the same file does not open the row.
+        with pytest.raises(Exception, match="does not decrypt"):
+            key.open("mail", 1, pair.key_type, pair.sealed_key, 0)
+    other = FleetKey(secrets.token_bytes(32), salts)
     with pytest.raises(Exception, match="fleet_key_file differs"):
-        other.open("mail", 1, version.pairs[0].key_type, version.pairs[0].sealed_key)
+        other.open("mail", 1, version.pairs[0].key_type, version.pairs[0].sealed_key, 1)
 
 
 def test_a_node_started_later_and_a_node_left_behind_catch_up_without_ordering(fleet: Fleet) -> None:

@@ -167,7 +167,8 @@ def test_parse_listen() -> None:
     """host:port, bracketed IPv6, and a bare :port."""
     assert parse_listen("127.0.0.1:9466") == ("127.0.0.1", 9466)
     assert parse_listen("[::1]:9466") == ("::1", 9466)
-    assert parse_listen(":9466") == ("", 9466)
+    assert parse_listen(":9466") == ("127.0.0.1", 9466)  # loopback unless every address is asked for by name
+    assert parse_listen("0.0.0.0:9466") == ("0.0.0.0", 9466)
     with pytest.raises(ValueError, match="expected host:port"):
         parse_listen("9466")
 

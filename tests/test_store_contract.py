@@ -150,10 +150,11 @@ def test_a_newer_postgres_schema_is_refused(postgres_db: Database) -> None:
 def test_postgres_schema_is_migrated_once_by_nodes_starting_together(postgres_db: Database) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    from certkeeper.store.postgres import PostgresStore
+    from certkeeper.store.postgres import SCHEMA_VERSION, PostgresStore
 
     with ThreadPoolExecutor(8) as pool:
         stores = list(pool.map(lambda _: PostgresStore(postgres_db.url, postgres_db.password_file), range(8)))
-    assert {s.schema_version() for s in stores} == {1}
+    assert {s.schema_version() for s in stores} == {SCHEMA_VERSION}
+    assert list(stores[0].fleet_salts()) == [1]  # one salt: the migration ran once
     for opened in stores:
         opened.close()

@@ -26,6 +26,7 @@ from certkeeper.alerts.rules import (
     stale_prefix,
 )
 from certkeeper.events import (
+    AlertMailSent,
     CertificateInstalled,
     CertificateIssued,
     CertificateVerified,
@@ -242,6 +243,20 @@ def _config_rejected(event: ConfigReloadRejected) -> AlertAction:
         "parsed the new configuration and kept running with the old one", "certkeeper config check"))
 
 
+def _alert_mail_sent(event: AlertMailSent) -> AlertAction:
+    key = f"relay-unverified:{event.relay}"
+    if event.verified:  # the configured relay verifies again: the next unverified delivery is news again
+        return AlertAction(forget=(key,)) if event.route.startswith("relay ") else NOTHING
+    return AlertAction(Alert(
+        key, Severity.WARNING, f"alert relay {event.relay} fails certificate verification",
+        f"The alert relay {event.relay} presented a certificate that does not verify. Alert mail was sent to it "
+        'anyway, without verification and without AUTH, because smtp_tls_fallback = "unverified-no-auth" allows '
+        "that; whoever answered there could read or drop it.",
+        (("relay", event.relay), ("sent", "without certificate verification, without AUTH")),
+        "the relay with verification, then fallback_smtp_host if set",
+        "renew or fix the relay's certificate, or set smtp_ca_bundle / fallback_smtp_host"))
+
+
 # event type -> its rule; an event type not listed owes no alert.
 RULES: dict[type[Any], Callable[[Any], AlertAction]] = {
     RenewalFailed: _renewal_failed,
@@ -259,4 +274,5 @@ RULES: dict[type[Any], Callable[[Any], AlertAction]] = {
     TlsaMismatchObserved: _tlsa_mismatch,
     TlsaMatchRecovered: _tlsa_recovered,
     ConfigReloadRejected: _config_rejected,
+    AlertMailSent: _alert_mail_sent,
 }

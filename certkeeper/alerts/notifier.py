@@ -10,7 +10,7 @@ The flow (:mod:`certkeeper.alerts.relay` hands the mail to SMTP):
    recorded on the alerts, and retried on the next call.  Nothing raises into the daemon, nothing is dropped.
 
 The alert path must not depend on what it reports on: when the relay's own certificate is the one that expired,
-the mail goes through ``fallback_smtp_host``, and as a last resort to the configured relay without certificate
+the mail goes through ``fallback_smtp_host``, and (opt-in, without AUTH) to the configured relay without certificate
 verification, with a warning in the log.
 """
 
@@ -28,11 +28,12 @@ from email.utils import format_datetime, make_msgid
 
 from certkeeper.alerts import rules as alert_rules
 from certkeeper.alerts.catalog import alert_for, when
-from certkeeper.alerts.relay import send_message
+from certkeeper.alerts.relay import UNVERIFIED_ROUTE, send_message
 from certkeeper.alerts.rules import Severity
 from certkeeper.config import AlertsConfig, Config
 from certkeeper.errors import AlertDeliveryFailed
 from certkeeper.events import (
+    AlertMailSent,
     CertificateInstalled,
     CertificateIssued,
     Event,
@@ -219,6 +220,10 @@ class Notifier:
             if marker is not None:
                 self.store.mark_alert_attempt([marker.id], now, None)
         log.info("sent %d alert(s) in one mail via %s", len(ids), route)
+        unverified = route.startswith(UNVERIFIED_ROUTE)
+        self.handle(AlertMailSent(now, f"{self.config.smtp_host}:{self.config.smtp_port}", route, not unverified))
+        if unverified and self.store.pending_alerts():
+            self._deliver(now, force)  # the alert about the unverified relay, right behind the mail it concerns
         return DeliveryReport(sent=len(ids), route=route)
 
     def send_test(self, now: datetime) -> str:

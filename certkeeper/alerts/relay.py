@@ -1,8 +1,9 @@
 """Handing alert mail to an SMTP relay: the only module that speaks SMTP.
 
 The alert path must not depend on what it reports on: when the relay's own certificate is the one that expired,
-the mail goes through ``fallback_smtp_host``, and as a last resort to the configured relay without certificate
-verification, with a warning in the log.
+the mail goes through ``fallback_smtp_host``.  Credentials only ever travel over a connection whose certificate
+verified: with ``smtp_tls_fallback = "unverified-no-auth"`` (opt-in) the configured relay is tried once more
+without verification, and then without AUTH, and the notifier raises an alert about that.
 """
 
 from __future__ import annotations
@@ -17,8 +18,12 @@ from pathlib import Path
 from certkeeper import tls
 from certkeeper.config import AlertsConfig
 from certkeeper.errors import AlertDeliveryFailed
+from certkeeper.permissions import check_trusted_file
 
 log = logging.getLogger("certkeeper.alerts.notifier")
+
+#: How :func:`send_message` names the opt-in last route; the notifier raises an alert when a mail went this way.
+UNVERIFIED_ROUTE = "relay without certificate verification and without AUTH"
 
 
 @dataclass(frozen=True)
@@ -34,8 +39,9 @@ def send_message(config: AlertsConfig, message: EmailMessage) -> str:
 
     Routes in order: the configured relay with its certificate verified (the system store, or ``smtp_ca_bundle``);
     ``fallback_smtp_host`` verified the same way; and only when the configured relay's certificate was what
-    failed, the configured relay again without verification (logged as a warning: better an alert over an
-    unauthenticated channel than silence about the very certificate that broke the relay).
+    failed and ``smtp_tls_fallback = "unverified-no-auth"``, the configured relay again without verification and
+    without AUTH (logged as a warning: better an alert over an unverified channel than silence about the very
+    certificate that broke the relay; but a password sent there would be a gift to whoever answered).
     """
     password = _read_password(config.smtp_password_file)
     primary = _Route("relay", config.smtp_host, config.smtp_port, True)
@@ -57,12 +63,16 @@ def send_message(config: AlertsConfig, message: EmailMessage) -> str:
             return f"{route.name} {route.host}:{route.port}"
         log.warning("alert mail: %s", attempts[-1])
     if certificate_failed and config.smtp_security != "none":
-        unverified = _Route("relay without certificate verification", primary.host, primary.port, False)
-        log.warning("alert mail: sending to %s:%d WITHOUT verifying its certificate, because it failed "
-                    "verification and no verified route worked; fix the relay's certificate or set "
-                    "smtp_ca_bundle / fallback_smtp_host", primary.host, primary.port)
+        if config.smtp_tls_fallback != "unverified-no-auth":
+            attempts.append('not resent without verification (smtp_tls_fallback = "unverified-no-auth" would, '
+                            "without AUTH); fix the relay's certificate, or set smtp_ca_bundle or fallback_smtp_host")
+            raise AlertDeliveryFailed(attempts)
+        unverified = _Route(UNVERIFIED_ROUTE, primary.host, primary.port, False)
+        log.warning("alert mail: sending to %s:%d WITHOUT verifying its certificate and without AUTH "
+                    "(smtp_tls_fallback), because it failed verification and no verified route worked; fix the "
+                    "relay's certificate or set smtp_ca_bundle / fallback_smtp_host", primary.host, primary.port)
         try:
-            _send_via(config, unverified, password, message)
+            _send_via(config, unverified, None, message)
         except (OSError, smtplib.SMTPException) as exc:
             attempts.append(f"{unverified.name}: {_describe(exc)}")
         else:
@@ -87,7 +97,8 @@ def _send_via(config: AlertsConfig, route: _Route, password: str | None, message
                 raise smtplib.SMTPNotSupportedError(msg)
             client.starttls(context=context)
             client.ehlo()
-        if config.smtp_username and password is not None:
+        # Credentials only over TLS whose certificate verified: never in clear, never to whoever answered.
+        if config.smtp_username and password is not None and route.verify and config.smtp_security != "none":
             if client.has_extn("auth"):
                 _authenticate(client, config.smtp_username, password)
             elif route.name == "relay":
@@ -118,6 +129,7 @@ def _tls_context(ca_bundle: Path | None, *, verify: bool) -> tls.Context:
 def _read_password(path: Path | None) -> str | None:
     if path is None:
         return None
+    check_trusted_file(path, "smtp_password_file")
     try:
         return path.read_text().rstrip("\r\n")
     except OSError as exc:

@@ -28,6 +28,7 @@ DEFAULT_CONFIG_PATH = Path("/etc/certkeeper/certkeeper.toml")
 CONFIG_ENV = "CERTKEEPER_CONFIG"
 
 SmtpSecurity = Literal["none", "starttls", "tls"]
+SmtpTlsFallback = Literal["none", "unverified-no-auth"]
 Challenge = Literal["http-01", "dns-01"]
 CopyTarget = Literal["fullchain", "privkey", "combined", "cert", "chain"]
 COPY_TARGETS: tuple[CopyTarget, ...] = ("fullchain", "privkey", "combined", "cert", "chain")
@@ -47,6 +48,9 @@ class Settings:
     concurrency: int = 4
     hooks_dir: Path | None = None
     metrics_listen: str | None = None
+    metrics_tls_cert_file: Path | None = None
+    metrics_tls_key_file: Path | None = None
+    metrics_basic_auth_file: Path | None = None
     database: str | None = None
     database_password_file: Path | None = None
     node: str = ""
@@ -68,6 +72,7 @@ class AlertsConfig:
     smtp_password_file: Path | None = None
     smtp_ca_bundle: Path | None = None
     smtp_timeout: timedelta = timedelta(seconds=30)
+    smtp_tls_fallback: SmtpTlsFallback = "none"
     fallback_smtp_host: str | None = None
     fallback_smtp_port: int = 25
     warn_days: tuple[int, ...] = (21, 14, 7, 3, 1)
@@ -245,6 +250,9 @@ def _parse_settings(t: Table) -> Settings:
         concurrency=t.integer("concurrency", d.concurrency, minimum=1),
         hooks_dir=t.path("hooks_dir", None),
         metrics_listen=t.string("metrics_listen", None),
+        metrics_tls_cert_file=t.path("metrics_tls_cert_file", None),
+        metrics_tls_key_file=t.path("metrics_tls_key_file", None),
+        metrics_basic_auth_file=t.path("metrics_basic_auth_file", None),
         database=t.string("database", None),
         database_password_file=t.path("database_password_file", None),
         node=t.string("node", "") or "",
@@ -252,6 +260,14 @@ def _parse_settings(t: Table) -> Settings:
         fleet_grace=t.duration("fleet_grace", d.fleet_grace),
         fleet_lease=t.duration("fleet_lease", d.fleet_lease, minimum=timedelta(seconds=1)),
     )
+    if bool(settings.metrics_tls_cert_file) != bool(settings.metrics_tls_key_file):
+        t.error("metrics_tls_key_file" if settings.metrics_tls_cert_file else "metrics_tls_cert_file",
+                "only half of the listener's TLS settings", "both metrics_tls_cert_file and metrics_tls_key_file")
+    if settings.metrics_listen:
+        _, sep, port = settings.metrics_listen.rpartition(":")
+        if not sep or not port.isdigit() or int(port) > 65535:
+            t.error("metrics_listen", repr(settings.metrics_listen),
+                    'host:port such as "127.0.0.1:9466" (":9466" is loopback; "0.0.0.0:9466" every address)')
     if settings.database and not settings.database.startswith(("postgresql://", "postgres://")):
         t.error("database", repr(settings.database), 'a PostgreSQL URL such as "postgresql://user@host/db"')
     if settings.database and importlib.util.find_spec("psycopg") is None:
@@ -287,12 +303,16 @@ def _parse_alerts(t: Table) -> AlertsConfig:
         smtp_password_file=t.path("smtp_password_file", None),
         smtp_ca_bundle=t.path("smtp_ca_bundle", None),
         smtp_timeout=t.duration("smtp_timeout", timedelta(seconds=30)),
+        smtp_tls_fallback=t.choice("smtp_tls_fallback", ("none", "unverified-no-auth"), "none"),
         fallback_smtp_host=t.string("fallback_smtp_host", None),
         fallback_smtp_port=t.port("fallback_smtp_port", 25),
         warn_days=tuple(sorted(set(warn), reverse=True)),
         notify_success=t.boolean("notify_success", False),
         digest=t.choice("digest", ("immediate", "daily"), "immediate"),
     )
+    if alerts.smtp_username and security == "none":
+        t.error("smtp_security", '"none" with smtp_username set', '"starttls" or "tls"',
+                "the password would cross the network in clear; certkeeper never sends it that way")
     if alerts.smtp_username and not alerts.smtp_password_file:
         t.error("smtp_password_file", "nothing", "a file holding the SMTP password when smtp_username is set",
                 "secrets live in files, never in this file")

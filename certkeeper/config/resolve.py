@@ -15,7 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from certkeeper.config.load import AcmeIssuerConfig, CaIssuerConfig, Config
-from certkeeper.errors import ConfigError
+from certkeeper.errors import ConfigError, UnsafePath
+from certkeeper.permissions import check_trusted_file
 
 # Secrets may be readable by a group (0640: the service user's group), never writable by it nor seen by others.
 _SECRET_FORBIDDEN_BITS = 0o037
@@ -32,7 +33,8 @@ def default_hook_dirs() -> list[Path]:
 
 def resolve_hook(reference: str, hooks_dir: Path | None, config_file: Path, key_path: str = "reload") -> Path:
     """A hook name (``postfix``) or an absolute path -> the executable to run; :class:`ConfigError` if it is not
-    there, not executable, or writable by anyone but its owner (any user could then run code as certkeeper)."""
+    there, not executable, or writable by anyone but its owner (any user could then run code as certkeeper), or
+    if it or a folder above it belongs to anyone but root and the service user (who could swap it)."""
     if reference.startswith("/"):
         path = Path(reference)
         candidates = [path]
@@ -50,6 +52,12 @@ def resolve_hook(reference: str, hooks_dir: Path | None, config_file: Path, key_
     if mode & 0o022:
         raise ConfigError(config_file, key_path, f'hook "{path}" with mode {mode:04o}, writable by others',
                           "a hook only its owner may change", f"chmod go-w {path}")
+    try:
+        check_trusted_file(path, "reload hook")
+    except UnsafePath as exc:
+        raise ConfigError(config_file, key_path, f'hook "{path}", but {exc.path} {exc.problem} (owner {exc.owner}, '
+                          f"mode {exc.mode & 0o7777:04o})", "a hook only root or the service user can change",
+                          exc.fix) from None
     return path
 
 

@@ -37,7 +37,7 @@ from certkeeper.events import (
     UnsafeKeyRollover,
 )
 from certkeeper.model import KeyType
-from certkeeper.store.atomic import write_atomic
+from certkeeper.store.atomic import make_dirs, write_atomic
 from certkeeper.store.versions import CertificateHome, Version
 
 log = logging.getLogger("certkeeper.dane.records")
@@ -228,7 +228,7 @@ class DaneRollover:
         if key is not None and not self._installed_key(key):
             return key
         key = pki.generate_key(key_type)
-        self.next_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_dirs(self.next_dir, mode=0o700)
         # 0600: the mail daemon never reads a next key; only certkeeper does, until it is installed.
         write_atomic(self.next_key_path(key_type), pki.key_to_pem(key), mode=0o600)
         log.info("%s: new next %s key for the DANE rollover", self.certificate.name, key_type.value)
@@ -265,5 +265,5 @@ class DaneRollover:
                               for r, t in sorted(state.visible_since.items())],
             "last_error": state.last_error,
         }
-        self.next_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_dirs(self.next_dir, mode=0o700)
         write_atomic(self.state_file, json.dumps(data, indent=2).encode(), mode=0o600)

@@ -58,6 +58,7 @@ from certkeeper.issuers.challenges import (
     WebrootHttp01,
     read_secret_file,
 )
+from certkeeper.permissions import read_nofollow
 from certkeeper.store.atomic import write_atomic
 
 log = logging.getLogger("certkeeper.issuers.acme")
@@ -358,7 +359,7 @@ class _Directory:
                 return
             stored = self.home / "account.json"
             with contextlib.suppress(OSError, ValueError, KeyError):
-                uri = json.loads(stored.read_text())["uri"]
+                uri = json.loads(read_nofollow(stored))["uri"]
                 self.net.account = messages.RegistrationResource(uri=uri, body=messages.Registration())
                 return
             self._register()
@@ -405,7 +406,7 @@ class _Directory:
             uri = existing.location
         self.net.account = messages.RegistrationResource(uri=uri, body=messages.Registration())
         write_atomic(self.home / "account.json", json.dumps({"directory": self.url, "uri": uri}).encode(),
-                     mode=0o600)
+                     mode=0o600, dir_mode=0o700)
         log.info("registered ACME account %s at %s", uri, self.url)
 
 
@@ -431,15 +432,14 @@ def _load_or_create_account_key(path: Path) -> AccountKey:
     """The account key, created on first use: P-256, PEM, mode 0600, never replaced once written.  An RSA key
     (an account taken over from certbot by ``certkeeper import certbot``) is used as it is."""
     with contextlib.suppress(FileNotFoundError):
-        key = serialization.load_pem_private_key(path.read_bytes(), None)
+        key = serialization.load_pem_private_key(read_nofollow(path), None)
         if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
             msg = f"{path}: the ACME account key is neither an ECDSA nor an RSA key"
             raise ChallengeFailed(msg)
         return key
     key = ec.generate_private_key(ec.SECP256R1())
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    write_atomic(path, pki.key_to_pem(key), mode=0o600, exclusive=True)
-    loaded = serialization.load_pem_private_key(path.read_bytes(), None)  # a concurrent first use may have won
+    write_atomic(path, pki.key_to_pem(key), mode=0o600, exclusive=True, dir_mode=0o700)
+    loaded = serialization.load_pem_private_key(read_nofollow(path), None)  # a concurrent first use may have won
     assert isinstance(loaded, ec.EllipticCurvePrivateKey)
     return loaded
 

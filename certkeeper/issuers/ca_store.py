@@ -37,7 +37,8 @@ from cryptography import x509
 from certkeeper import pki
 from certkeeper.config import CaIssuerConfig
 from certkeeper.errors import CaError
-from certkeeper.store.atomic import fsync_dir, write_atomic
+from certkeeper.permissions import check_trusted_dir, check_trusted_file, open_nofollow, read_nofollow
+from certkeeper.store.atomic import fsync_dir, make_dirs, write_atomic
 
 _json_string = json.encoder.encode_basestring_ascii
 
@@ -62,8 +63,9 @@ def read_passphrase(config: CaIssuerConfig) -> bytes:
     Only a trailing line break is removed (editors add one); other whitespace is part of the passphrase.
     """
     if config.passphrase_file is not None:
+        check_trusted_file(config.passphrase_file, f"issuers.{config.name}.passphrase_file")
         try:
-            text = config.passphrase_file.read_bytes()
+            text = read_nofollow(config.passphrase_file)
         except FileNotFoundError:
             raise CaError(config.name, f"passphrase file {config.passphrase_file} does not exist; create it "
                           f"(mode 0600) or fix issuers.{config.name}.passphrase_file") from None
@@ -92,7 +94,8 @@ def create_ca_dir(ca_dir: Path, files: dict[str, tuple[bytes, int]], *, replace_
     A failure leaves nothing half made.  With ``replace_suffix`` an existing ``ca_dir`` is first renamed to
     ``<ca_dir>.<suffix>`` and returned: never deleted, its keys signed certificates that may still be in service.
     """
-    ca_dir.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(ca_dir.parent, mode=0o755)
+    check_trusted_dir(ca_dir.parent, "ca_dir")
     staging = Path(tempfile.mkdtemp(prefix=f".{ca_dir.name}.new-", dir=ca_dir.parent))  # mkdtemp makes it 0700
     replaced = None
     try:
@@ -123,7 +126,8 @@ def file_stamp(path: Path) -> tuple[int, int]:
 @contextlib.contextmanager
 def locked(ca_dir: Path) -> Iterator[None]:
     """Hold the CA directory's lock: two ``ca revoke`` runs must not both pick the same CRL number."""
-    fd = os.open(ca_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    check_trusted_dir(ca_dir, "ca_dir")
+    fd = open_nofollow(ca_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -132,8 +136,9 @@ def locked(ca_dir: Path) -> Iterator[None]:
 
 
 def read_file(issuer: str, path: Path, what: str) -> bytes:
+    check_trusted_dir(path.parent, "ca_dir")
     try:
-        return path.read_bytes()
+        return read_nofollow(path)
     except FileNotFoundError:
         raise CaError(issuer, f"{what} {path} is missing; the CA directory is incomplete "
                       "(run `certkeeper ca init` if no CA was ever created here)") from None
@@ -225,7 +230,7 @@ def append_record(path: Path, record: dict[str, Any], *, durable: bool) -> None:
     certificate itself is kept by the store, and revoking it by certificate works without the index.
     """
     line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    fd = open_nofollow(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
         os.write(fd, line)
         if durable:
@@ -249,7 +254,7 @@ class IndexWriter:
     def reopen(self) -> None:
         self.close()
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = open_nofollow(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         except OSError as exc:
             raise CaError(self.issuer, f"index {self.path} cannot be opened for writing ({exc.strerror})") from None
         self._fd = fd
@@ -272,7 +277,7 @@ def read_index(issuer: str, path: Path) -> Index:
     """Replay the index.  A last line without its newline is a write cut short by a crash, and is skipped."""
     index = Index()
     try:
-        data = path.read_bytes()
+        data = read_nofollow(path)
     except FileNotFoundError:
         return index
     except OSError as exc:
@@ -307,7 +312,7 @@ def read_index(issuer: str, path: Path) -> Index:
 
 def read_crl_number(issuer: str, path: Path) -> int:
     try:
-        return int(path.read_text().strip())
+        return int(read_nofollow(path).decode().strip())
     except FileNotFoundError:
         return 0
     except ValueError:

@@ -32,7 +32,9 @@ from typing import Any, ClassVar, Protocol
 from certkeeper import dnsclient
 from certkeeper.dnsclient import TsigKey, parse_server, resolve_address
 from certkeeper.errors import ChallengeFailed, DnsError, InputError
-from certkeeper.process import run_program
+from certkeeper.permissions import check_trusted_file
+from certkeeper.process import redact, run_program
+from certkeeper.store.atomic import make_dirs
 
 log = logging.getLogger("certkeeper.issuers.challenges")
 
@@ -208,7 +210,7 @@ class WebrootHttp01:
         written: list[Path] = []
         try:
             try:
-                folder.mkdir(parents=True, exist_ok=True, mode=0o755)
+                make_dirs(folder, mode=0o755)  # the web server reads it, whatever the umask
                 for answer in answers:
                     path = folder / answer.token
                     path.write_text(answer.key_authorization)
@@ -356,6 +358,7 @@ class HookDns01:
 
     def _run(self, action: str, answer: ChallengeAnswer) -> None:
         command = [str(self.program), action, answer.dns_name, answer.dns_value]
+        check_trusted_file(self.program, "dns_hook")
         try:
             result = run_program(command, env=_HOOK_ENVIRONMENT, timeout=self.timeout, merge_stderr=True)
         except OSError as exc:
@@ -368,13 +371,17 @@ class HookDns01:
             )
             raise ChallengeFailed(msg)
         if result.returncode != 0:
-            tail = " | ".join(result.stdout.decode(errors="replace").strip().splitlines()[-5:])
+            tail = " | ".join(redact(result.stdout.decode(errors="replace")).strip().splitlines()[-5:])
             raise ChallengeFailed(f"dns_hook {self.program} {action} {answer.dns_name} exited with status "
                                   f"{result.returncode}" + (f": {tail}" if tail else ""))
 
 
 def read_secret_file(path: Path, what: str) -> str:
-    """A secret from a file, stripped; :class:`InputError` naming the file (never the content) otherwise."""
+    """A secret from a file, stripped; :class:`InputError` naming the file (never the content) otherwise.
+
+    :class:`UnsafePath` when someone other than root and the service user could change it.
+    """
+    check_trusted_file(path, what)
     try:
         return path.read_text().strip()
     except OSError as exc:

@@ -12,6 +12,9 @@ name verified; WARNING is "expiring soon" or a weak key), 0 for CRITICAL and UNK
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import hmac
 import logging
 import socket
 import threading
@@ -19,10 +22,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from certkeeper import tls
 from certkeeper.config import Config
-from certkeeper.errors import CertkeeperError
+from certkeeper.errors import CertkeeperError, InputError
+from certkeeper.permissions import check_trusted_file
 from certkeeper.store import CertState, EndpointRecord, Store
 
 if TYPE_CHECKING:
@@ -216,21 +222,72 @@ def _number(value: float) -> str:
 # -- the HTTP endpoint ------------------------------------------------------------------------------------------
 
 
+LOOPBACK = "127.0.0.1"
+# Limits of the listener: a scraper sends one short request and goes.  Per-connection timeout and a connection
+# cap keep idle or slow clients from taking the daemon's file descriptors (and with them its SIGHUP reload).
+CONNECTION_TIMEOUT = 10.0
+MAX_CONNECTIONS = 32
+
+
+@dataclass(frozen=True)
+class ListenerSecurity:
+    """Optional TLS and basic auth for the listener, from files (as node_exporter's ``--web.config.file``)."""
+
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    basic_auth_file: Path | None = None
+
+    def tls_context(self) -> tls.Context | None:
+        if self.tls_cert_file is None or self.tls_key_file is None:
+            return None
+        try:
+            return tls.server_context(self.tls_cert_file, self.tls_key_file)
+        except (OSError, tls.TlsError) as exc:
+            where = f"{self.tls_cert_file}, {self.tls_key_file}"
+            raise InputError(where, f"cannot serve metrics over TLS with this certificate and key: {exc}") from None
+
+    def users(self) -> dict[str, str] | None:
+        """``user:password`` lines of ``basic_auth_file`` (a secret file: 0600 or 0640), or None without one."""
+        if self.basic_auth_file is None:
+            return None
+        check_trusted_file(self.basic_auth_file, "metrics_basic_auth_file", secret=True)
+        try:
+            lines = self.basic_auth_file.read_text().splitlines()
+        except OSError as exc:
+            raise InputError(str(self.basic_auth_file), f"cannot read metrics_basic_auth_file: {exc.strerror}") \
+                from None
+        users = {}
+        for number, line in enumerate(lines, start=1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            user, sep, password = line.partition(":")
+            if not sep or not user or not password:
+                where = f"{self.basic_auth_file}:{number}"
+                raise InputError(where, "expected user:password")
+            users[user] = password
+        if not users:
+            raise InputError(str(self.basic_auth_file), "no user:password line; every scrape would be refused")
+        return users
+
+
 def parse_listen(listen: str) -> tuple[str, int]:
-    """``127.0.0.1:9466``, ``[::1]:9466``, ``localhost:9466``, ``:9466`` (every address) -> (host, port)."""
+    """``127.0.0.1:9466``, ``[::1]:9466``, ``localhost:9466``, ``:9466`` (loopback) -> (host, port).
+
+    Every address only when asked for by name: ``0.0.0.0:9466`` or ``[::]:9466``.
+    """
     host, sep, port_text = listen.rpartition(":")
     if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         msg = f"metrics_listen {listen!r}: expected host:port such as 127.0.0.1:9466"
         raise ValueError(msg)
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    return host, int(port_text)
+    return host or LOOPBACK, int(port_text)
 
 
 class MetricsServer:
     """A running metrics endpoint; :meth:`stop` shuts it down and joins its thread."""
 
-    def __init__(self, server: ThreadingHTTPServer, thread: threading.Thread) -> None:
+    def __init__(self, server: _BoundedServer, thread: threading.Thread) -> None:
         self._server = server
         self._thread = thread
 
@@ -241,14 +298,146 @@ class MetricsServer:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+        self._server.close_all()
         self._thread.join(timeout=10)
 
 
-def start_metrics_server(listen: str, render: Callable[[], str]) -> MetricsServer:
+class _Connection:
+    """One accepted client: its socket (replaced by the TLS one once wrapped), idle until a request was read."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.idle = True
+        self.evicted = False  # hung up on; its thread closes it on its way out
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    """At most ``MAX_CONNECTIONS`` clients; a new one pushes out the oldest that has not sent a request yet.
+
+    So a flood of idle connections costs a bounded number of descriptors and never locks out a scraper, which
+    sends its request at once.  TLS handshakes happen in the connection's thread, under its timeout, never in
+    the accepting thread.
+    """
+
+    daemon_threads = True
+    request_queue_size = 64
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler],
+                 context: tls.Context | None, users: Mapping[str, str] | None) -> None:
+        self.context = context
+        self.users = users
+        self._connections: dict[int, _Connection] = {}
+        self._guard = threading.Lock()
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._guard:
+            live = [c for c in self._connections.values() if not c.evicted]
+            if len(live) >= MAX_CONNECTIONS:
+                oldest_idle = next((c for c in live if c.idle), None)
+                if oldest_idle is None:  # every slot serves a request: this client waits for the next scrape
+                    request.close()
+                    return
+                oldest_idle.evicted = True
+                _hang_up(oldest_idle.sock)
+            self._connections[id(request)] = _Connection(request)
+        super().process_request(request, client_address)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        request.settimeout(CONNECTION_TIMEOUT)
+        if self.context is not None:
+            try:
+                wrapped = self.context.wrap_socket(request, server_side=True)
+            except (OSError, tls.TlsError) as exc:
+                log.debug("metrics: TLS handshake with %s failed: %s", client_address, exc)
+                return
+            self._update(request, wrapped)
+            request = wrapped
+        super().finish_request(request, client_address)
+
+    def mark_busy(self, request: Any) -> None:
+        with self._guard:
+            for connection in self._connections.values():
+                if connection.sock is request:
+                    connection.idle = False
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._guard:
+            connection = self._connections.pop(id(request), None)
+        if connection is not None and connection.sock is not request:
+            _hang_up(connection.sock)  # the TLS socket that replaced it
+            connection.sock.close()
+        super().shutdown_request(request)
+
+    def close_all(self) -> None:
+        with self._guard:
+            connections = list(self._connections.values())
+        for connection in connections:
+            _hang_up(connection.sock)
+
+    def _update(self, raw: Any, wrapped: Any) -> None:
+        with self._guard:
+            connection = self._connections.get(id(raw))
+            if connection is not None:
+                connection.sock = wrapped
+
+
+class _IPv6Server(_BoundedServer):
+    address_family = socket.AF_INET6
+
+
+def _hang_up(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # already closed by its own thread
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+class GuardedHandler(BaseHTTPRequestHandler):
+    """The plumbing under every page of the listener: timeout, the connection's state, basic auth."""
+
+    timeout = CONNECTION_TIMEOUT
+    server: _BoundedServer
+
+    def parse_request(self) -> bool:
+        if not super().parse_request():
+            return False
+        self.server.mark_busy(self.connection)
+        users = self.server.users
+        if users is not None and not _authorized(self.headers.get("Authorization", ""), users):
+            body = b"authentication required\n"
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="certkeeper", charset="UTF-8"')
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return False
+        return True
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s " + format, self.address_string(), *args)
+
+
+def _authorized(header: str, users: Mapping[str, str]) -> bool:
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic":
+        return False
+    try:
+        user, _, password = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
+    except (ValueError, UnicodeDecodeError):
+        return False
+    # Compared in constant time, for unknown users too, so timing tells nothing about the password.
+    matches = hmac.compare_digest(password.encode(), users.get(user, "").encode())
+    return matches and user in users
+
+
+def start_metrics_server(listen: str, render: Callable[[], str],
+                         security: ListenerSecurity = ListenerSecurity()) -> MetricsServer:
     """Serve ``render()`` at ``/metrics`` on ``listen`` from a daemon thread; port 0 picks a free port."""
     host, port = parse_listen(listen)
+    context = security.tls_context()
+    users = security.users()
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(GuardedHandler):
         server_version = "certkeeper"
 
         def do_GET(self) -> None:
@@ -268,17 +457,10 @@ def start_metrics_server(listen: str, render: Callable[[], str]) -> MetricsServe
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, format: str, *args: Any) -> None:
-            log.debug("%s " + format, self.address_string(), *args)
-
-    server_class = _IPv6Server if ":" in host else ThreadingHTTPServer
-    server = server_class((host, port), Handler)
-    server.daemon_threads = True
+    server_class = _IPv6Server if ":" in host else _BoundedServer
+    server = server_class((host, port), Handler, context, users)
     thread = threading.Thread(target=server.serve_forever, name="certkeeper-metrics", daemon=True)
     thread.start()
-    log.info("serving metrics on http://%s/metrics", listen)
+    scheme = "https" if context is not None else "http"
+    log.info("serving metrics on %s://%s/metrics%s", scheme, listen, " (basic auth)" if users is not None else "")
     return MetricsServer(server, thread)
-
-
-class _IPv6Server(ThreadingHTTPServer):
-    address_family = socket.AF_INET6

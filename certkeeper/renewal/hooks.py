@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from certkeeper.errors import HookFailed
-from certkeeper.process import run_program
+from certkeeper.process import redact, run_program
 
 log = logging.getLogger("certkeeper.renewal.hooks")
 
@@ -67,7 +67,7 @@ def run_hook(hook: Path, context: HookContext, *, timeout: float, args: Sequence
                                merge_stderr=True)
     except OSError as exc:
         raise HookFailed(str(hook), exit_status=None, output=str(exc)) from None
-    output = _text(finished.stdout)
+    output = redact(_text(finished.stdout))  # before it reaches the log, the store, status and alert mails
     if finished.timed_out:
         log.warning("hook %s timed out after %g s: %s", hook, timeout, output.strip()[-500:])
         raise HookFailed(str(hook), exit_status=None, output=output, timed_out=True, timeout=timeout)

@@ -301,6 +301,8 @@ class Renewer:
         certificate = work.config
         now = self.clock()
         try:
+            # Before ordering: a copy_to folder others can change fails the certificate with nothing installed.
+            work.home.check_copy_targets(certificate.copy_to)
             issuer = self.issuer_for(certificate.issuer)
             roots = list(issuer.trust_anchors()) or _system_roots()
 

@@ -12,14 +12,16 @@ import tempfile
 from pathlib import Path
 
 
-def write_atomic(path: Path, data: bytes, *, mode: int, gid: int = -1, exclusive: bool = False) -> bool:
+def write_atomic(path: Path, data: bytes, *, mode: int, gid: int = -1, exclusive: bool = False,
+                 dir_mode: int = 0o755) -> bool:
     """Write ``data`` to ``path`` atomically with ``mode`` (and group ``gid`` when not -1).
 
     The temporary file gets its final mode before any byte is written, so a key is never readable by others,
     even for an instant.  ``exclusive`` keeps an existing file (for a first-use key two processes may race to
-    create): returns False when ``path`` was already there and was left alone.
+    create): returns False when ``path`` was already there and was left alone.  Missing folders above it are
+    made with ``dir_mode``, whatever the umask.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent, mode=dir_mode)
     fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".certkeeper-tmp", dir=path.parent)
     try:
         os.fchmod(fd, mode)
@@ -43,9 +45,32 @@ def write_atomic(path: Path, data: bytes, *, mode: int, gid: int = -1, exclusive
     return True
 
 
+def make_dirs(path: Path, *, mode: int, gid: int = -1) -> None:
+    """Create ``path`` and missing folders above it with exactly ``mode`` (and group ``gid``), whatever the umask.
+
+    ``mkdir(mode=...)`` is masked by the umask: under systemd's ``UMask=0077`` a 0750 folder would come out 0700
+    and a group-readable key behind it unreadable by that group; under umask 000 a 0755 one would be 0777.
+    Existing folders are left as they are.
+    """
+    missing = [folder for folder in (path, *path.parents) if not folder.exists()]
+    for folder in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another process made it first
+            folder.mkdir()
+            folder.chmod(mode)
+            if gid >= 0:
+                os.chown(folder, -1, gid)
+
+
+def set_dir_mode(path: Path, *, mode: int, gid: int = -1) -> None:
+    """Give an existing folder exactly ``mode`` (and group ``gid``)."""
+    path.chmod(mode)
+    if gid >= 0:
+        os.chown(path, -1, gid)
+
+
 def fsync_dir(path: Path) -> None:
     """Make a rename in ``path`` durable (the directory entry, not only the file's bytes)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
         os.fsync(fd)
     finally:

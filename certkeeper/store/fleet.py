@@ -20,8 +20,9 @@ certificate):
    given twice).  Release the lease.
 
 Private keys are sealed before they leave the node: AES-256-GCM under a key derived with HKDF-SHA256 from
-``fleet_key_file``, with the certificate name, version and key type as associated data (a sealed key cannot be
-moved to another row unnoticed).  PostgreSQL, its backups and its administrators see ciphertext only.
+``fleet_key_file`` and the fleet's salt (``fleet_keys``, one per key version, made with the schema), with the
+certificate name, version and key type as associated data (a sealed key cannot be moved to another row
+unnoticed).  PostgreSQL, its backups and its administrators see ciphertext only.
 
 A node whose ``current`` differs from the fleet's newest version catches up on its next pass:
 :meth:`Renewer.decide <certkeeper.renewal.lifecycle.Renewer.decide>` makes the certificate due as "fleet has a newer
@@ -63,7 +64,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -77,6 +78,7 @@ from certkeeper import pki
 from certkeeper.config import CertificateConfig, Config
 from certkeeper.errors import CertkeeperError, FleetStoreDown, InputError, LockBusy, StoreError
 from certkeeper.model import KeyType, format_duration
+from certkeeper.permissions import check_trusted_file
 from certkeeper.store import Store
 from certkeeper.store.fleet_records import FleetDatabase, FleetPair, FleetVersion, LeaseHolder, NodeResult
 from certkeeper.store.versions import CertificateHome, KeyPair, Version
@@ -91,17 +93,28 @@ _MARKER = "fleet-unreachable-since"
 
 
 class FleetKey:
-    """Seals private keys for the database: AES-256-GCM, key = HKDF-SHA256(``fleet_key_file``)."""
+    """Seals private keys for the database: AES-256-GCM, key = HKDF-SHA256(``fleet_key_file``, the fleet's salt).
 
-    def __init__(self, secret: bytes) -> None:
+    ``salts`` are the database's ``fleet_keys`` (key version -> salt); new keys are sealed under the newest.
+    Key version 0 is HKDF without a salt, for rows sealed before the database had salts.
+    """
+
+    def __init__(self, secret: bytes, salts: Mapping[int, bytes] | None = None) -> None:
         if len(secret) < 16:
             msg = "the fleet key needs at least 16 bytes (e.g. `head -c 32 /dev/urandom | base64`)"
             raise ValueError(msg)
-        derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_HKDF_INFO).derive(secret)
-        self._aead = AESGCM(derived)
+        self._secret = secret
+        self._aeads = {version: AESGCM(_derive(secret, salt))
+                       for version, salt in {0: None, **(salts or {})}.items()}
+        self.key_version = max(self._aeads)
+
+    def with_salts(self, salts: Mapping[int, bytes]) -> FleetKey:
+        return FleetKey(self._secret, salts)
 
     @classmethod
     def from_file(cls, path: Path) -> FleetKey:
+        # The key opens every private key of the fleet: 0600 (or 0640 to the service group), never 0644.
+        check_trusted_file(path, "fleet_key_file", secret=True)
         try:
             secret = path.read_bytes().strip()
         except OSError as exc:
@@ -112,13 +125,18 @@ class FleetKey:
             raise InputError(str(path), str(exc)) from None
 
     def seal(self, name: str, version: int, key_type: str, plaintext: bytes) -> bytes:
+        """``plaintext`` sealed under :attr:`key_version` (store that with it)."""
         nonce = secrets.token_bytes(_NONCE_BYTES)
-        return nonce + self._aead.encrypt(nonce, plaintext, _associated(name, version, key_type))
+        return nonce + self._aeads[self.key_version].encrypt(nonce, plaintext, _associated(name, version, key_type))
 
-    def open(self, name: str, version: int, key_type: str, sealed: bytes) -> bytes:
+    def open(self, name: str, version: int, key_type: str, sealed: bytes, key_version: int = 0) -> bytes:
+        aead = self._aeads.get(key_version)
+        if aead is None:
+            msg = (f"certificate {name!r}: the {key_type} key of fleet version {version} was sealed under fleet key "
+                   f"version {key_version}, which this node does not know (fleet_keys); upgrade certkeeper here")
+            raise CertkeeperError(msg)
         try:
-            return self._aead.decrypt(sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:],
-                                      _associated(name, version, key_type))
+            return aead.decrypt(sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:], _associated(name, version, key_type))
         except InvalidTag:
             msg = (
                 f"certificate {name!r}: the {key_type} key of fleet version {version} does not decrypt: this "
@@ -127,6 +145,10 @@ class FleetKey:
             )
             raise CertkeeperError(
                 msg) from None
+
+
+def _derive(secret: bytes, salt: bytes | None) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=_HKDF_INFO).derive(secret)
 
 
 def _associated(name: str, version: int, key_type: str) -> bytes:
@@ -202,7 +224,10 @@ class Fleet:
             if time.monotonic() < self._retry_at:
                 return None
             try:
-                self._database = self._connect()
+                database = self._connect()
+                if self.key.key_version == 0:  # the salts come with the schema; fetched once per process
+                    self.key = self.key.with_salts(database.fleet_salts())
+                self._database = database
             except StoreError as exc:
                 self._went_down(str(exc))
                 return None
@@ -366,7 +391,7 @@ class Fleet:
         return [by_type[k.value] for k in certificate.key_types]
 
     def _unseal(self, version: FleetVersion, pair: FleetPair) -> KeyPair:
-        key_pem = self.key.open(version.name, version.version, pair.key_type, pair.sealed_key)
+        key_pem = self.key.open(version.name, version.version, pair.key_type, pair.sealed_key, pair.key_version)
         certificates = pki.load_certificates(pair.fullchain_pem)
         return KeyPair(KeyType(pair.key_type), pki.load_key(key_pem), certificates[0], tuple(certificates[1:]))
 
@@ -423,7 +448,7 @@ class Fleet:
                     FleetPair(p.key_type.value,
                               pki.cert_to_pem(p.certificate) + b"".join(pki.cert_to_pem(c) for c in p.chain),
                               self.key.seal(name, number, p.key_type.value, pki.key_to_pem(p.key)),
-                              pki.serial_hex(p.certificate), pki.fingerprint(p.certificate))
+                              pki.serial_hex(p.certificate), pki.fingerprint(p.certificate), self.key.key_version)
                     for p in pairs)
                 version = FleetVersion(
                     name, number, self.node, self.clock(), certificate.issuer, certificate.domains,

@@ -7,7 +7,7 @@ imported (and type-checked) without psycopg, which is an optional dependency.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -22,6 +22,7 @@ class FleetPair:
     sealed_key: bytes
     serial: str
     fingerprint: str
+    key_version: int = 0  # which fleet_keys salt sealed it; 0: HKDF without salt (stored before schema 2)
 
 
 @dataclass(frozen=True)
@@ -100,5 +101,9 @@ class FleetDatabase(Protocol):
     def node_results(self, names: Sequence[str] | None = None) -> Sequence[NodeResult]: ...
 
     def schema_version(self) -> int: ...
+
+    def fleet_salts(self) -> Mapping[int, bytes]:
+        """The fleet's HKDF salts by key version (``fleet_keys``, made with the schema)."""
+        ...
 
     def close(self) -> None: ...

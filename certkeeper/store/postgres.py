@@ -32,10 +32,11 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from certkeeper.errors import InputError, LockBusy, SchemaTooNew, StoreError
+from certkeeper.permissions import check_trusted_file
 from certkeeper.store.base import AlertRecord, CertState, EndpointRecord, RenewalRecord
 from certkeeper.store.fleet_records import FleetPair, FleetVersion, LeaseHolder, NodeResult
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 CONNECT_TIMEOUT = 5
 _LOCK_CLASS = 0x63657274  # 'cert': the first key of every certkeeper advisory lock
 _MIGRATION_LOCK = 0x6d696772  # 'migr'
@@ -84,6 +85,16 @@ _MIGRATIONS: dict[int, tuple[LiteralString, ...]] = {
             node TEXT NOT NULL, name TEXT NOT NULL, version TEXT NOT NULL, result TEXT NOT NULL,
             at TIMESTAMPTZ NOT NULL, detail TEXT NOT NULL DEFAULT '', serials TEXT NOT NULL DEFAULT '',
             PRIMARY KEY (node, name))""",
+    ),
+    # A salt for the fleet key's HKDF, one per key version, made once with the schema: each fleet derives its
+    # own sealing key, and a future key rotation adds a version here.  Key version 0 (no salt) opens the rows
+    # sealed before.  The salt need not be secret, only the fleet's own.
+    2: (
+        """CREATE TABLE fleet_keys (
+            key_version INTEGER PRIMARY KEY, salt BYTEA NOT NULL, created_at TIMESTAMPTZ NOT NULL DEFAULT now())""",
+        """INSERT INTO fleet_keys (key_version, salt)
+            VALUES (1, sha256(convert_to(gen_random_uuid()::text || clock_timestamp()::text, 'UTF8')))""",
+        "ALTER TABLE fleet_pairs ADD COLUMN key_version INTEGER NOT NULL DEFAULT 0",
     ),
 }
 
@@ -353,9 +364,9 @@ class PostgresStore:
             if head is None:
                 return None
             pairs = conn.execute(
-                "SELECT key_type, fullchain, private_key, serial, fingerprint FROM fleet_pairs "
+                "SELECT key_type, fullchain, private_key, serial, fingerprint, key_version FROM fleet_pairs "
                 "WHERE name = %s AND version = %s ORDER BY key_type", (name, version)).fetchall()
-        found = tuple(FleetPair(p[0], p[1].encode(), bytes(p[2]), p[3], p[4]) for p in pairs)
+        found = tuple(FleetPair(p[0], p[1].encode(), bytes(p[2]), p[3], p[4], p[5]) for p in pairs)
         return FleetVersion(head[0], head[1], head[2], head[3], head[4], tuple(head[5]), head[6], head[7],
                             frozenset(p.fingerprint for p in found), tuple(p.key_type for p in found),
                             tuple(p.serial for p in found), found)
@@ -394,10 +405,14 @@ class PostgresStore:
                 (version.name, version.version, version.ordered_by, version.created_at, version.issuer,
                  list(version.domains), version.not_before, version.not_after))
             for pair in version.pairs:
-                conn.execute("INSERT INTO fleet_pairs VALUES (%s,%s,%s,%s,%s,%s,%s)",
+                conn.execute("INSERT INTO fleet_pairs (name, version, key_type, fullchain, serial, fingerprint, "
+                             "private_key, key_version) VALUES (%s,%s,%s,%s,%s,%s,%s,%s)",
                              (version.name, version.version, pair.key_type, pair.fullchain_pem.decode(),
-                              pair.serial, pair.fingerprint, pair.sealed_key))
+                              pair.serial, pair.fingerprint, pair.sealed_key, pair.key_version))
         return True
+
+    def fleet_salts(self) -> dict[int, bytes]:
+        return {int(row[0]): bytes(row[1]) for row in self._query("SELECT key_version, salt FROM fleet_keys")}
 
     def put_node_results(self, results: Sequence[NodeResult]) -> None:
         if not results:
@@ -428,8 +443,10 @@ def _read_password(path: Path | None) -> str | None:
     """The first line of ``database_password_file``; None leaves it to libpq (``PGPASSWORD``, ``~/.pgpass``)."""
     if path is None:
         return None
+    check_trusted_file(path, "database_password_file")
     try:
-        return path.read_text().splitlines()[0] if path.read_text().strip() else ""
+        text = path.read_text()
+        return text.splitlines()[0] if text.strip() else ""
     except OSError as exc:
         raise InputError(str(path), f"cannot read the database password file: {exc.strerror}") from None
 

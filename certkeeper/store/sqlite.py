@@ -21,7 +21,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from certkeeper.errors import LockBusy, SchemaTooNew, StoreError
+from certkeeper.errors import LockBusy, SchemaTooNew, StoreError, UnsafePath
+from certkeeper.permissions import check_trusted_dir, open_nofollow
+from certkeeper.store.atomic import make_dirs
 from certkeeper.store.base import AlertRecord, CertState, EndpointRecord, RenewalRecord
 
 SCHEMA_VERSION = 1
@@ -78,8 +80,17 @@ class SqliteStore:
         self._lock_dir = state_dir / "locks"
         self._mutex = threading.Lock()
         try:
-            state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
-            self._lock_dir.mkdir(exist_ok=True, mode=0o750)
+            # 0711: the group named by a certificate's `group` must pass through to reach certs/<name>/, but
+            # nobody lists or reads the state itself.
+            make_dirs(state_dir, mode=0o711)
+            make_dirs(self._lock_dir, mode=0o700)
+            # Before anything is opened in it: a state_dir others can change lets them plant symbolic links.
+            check_trusted_dir(self._lock_dir, "state_dir")
+            if self.path.is_symlink():
+                what = "state_dir"
+                raise UnsafePath(what, self.path, "-", self.path.lstat().st_mode,
+                                 "is a symbolic link, which certkeeper never follows inside its state directory",
+                                 f"remove it (rm {self.path}) and find out who created it")
             self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -224,7 +235,7 @@ class SqliteStore:
     @contextlib.contextmanager
     def lock(self, name: str, wait: float) -> Iterator[None]:
         path = self._lock_dir / f"{name}.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = open_nofollow(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             deadline = time.monotonic() + wait
             delay = 0.01

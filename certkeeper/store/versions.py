@@ -33,7 +33,8 @@ from certkeeper import pki
 from certkeeper.config import CopyTarget
 from certkeeper.errors import CertkeeperError, InputError, InstallRefused
 from certkeeper.model import KeyType
-from certkeeper.store.atomic import fsync_dir, write_atomic
+from certkeeper.permissions import check_trusted_dir, read_nofollow
+from certkeeper.store.atomic import fsync_dir, make_dirs, set_dir_mode, write_atomic
 
 FILES = ("privkey.pem", "cert.pem", "chain.pem", "fullchain.pem", "combined.pem")
 _SECRET_FILES = {"privkey.pem", "combined.pem"}
@@ -158,6 +159,10 @@ class CertificateHome:
             target = str(self.current_link.readlink())
         except FileNotFoundError:
             return None
+        parts = Path(target).parts
+        if len(parts) != 2 or parts[0] != "versions" or parts[1].startswith("."):
+            raise InputError(str(self.current_link), f"points to {target!r}, not to a folder in versions/; "
+                             "certkeeper only ever links versions/<version> (restore it with certkeeper rollback)")
         return self._load(self.root / target)
 
     def versions(self) -> list[Version]:
@@ -180,20 +185,20 @@ class CertificateHome:
 
     def load_pair_key(self, pair: InstalledPair) -> pki.PrivateKey:
         try:
-            return pki.load_key(pair.privkey.read_bytes())
+            return pki.load_key(read_nofollow(pair.privkey))
         except (OSError, ValueError) as exc:
             raise InputError(str(pair.privkey), str(exc)) from None
 
     def load_pair_certificate(self, pair: InstalledPair) -> x509.Certificate:
         try:
-            return pki.load_certificates(pair.fullchain.read_bytes())[0]
+            return pki.load_certificates(read_nofollow(pair.fullchain))[0]
         except (OSError, ValueError) as exc:
             raise InputError(str(pair.fullchain), str(exc)) from None
 
     def _load(self, path: Path) -> Version:
         meta_path = path / "version.json"
         try:
-            meta = json.loads(meta_path.read_text())
+            meta = json.loads(read_nofollow(meta_path))
             pairs = tuple(
                 InstalledPair(
                     key_type=p["key_type"], serial=p["serial"], fingerprint=p["fingerprint"],
@@ -216,16 +221,16 @@ class CertificateHome:
         self._ensure_dirs()
         version_id = self._new_version_id(now)
         incoming = self.versions_dir / f"{_INCOMING}{version_id}"
-        incoming.mkdir(mode=self.ownership.dir_mode)
-        self._chown(incoming)
+        incoming.mkdir()
+        self._set_mode(incoming)
         dual = len(pairs) > 1
         meta_pairs = []
         for pair in pairs:
             subdir = pair.key_type.family if dual else ""
             folder = incoming / subdir if subdir else incoming
             if subdir:
-                folder.mkdir(mode=self.ownership.dir_mode)
-                self._chown(folder)
+                folder.mkdir()
+                self._set_mode(folder)
             self._write_pair_files(folder, pair)
             meta_pairs.append({
                 "key_type": pair.key_type.value, "subdir": subdir,
@@ -275,6 +280,11 @@ class CertificateHome:
                     removed.append(entry.name)
         return removed
 
+    def check_copy_targets(self, targets: Mapping[CopyTarget, Path]) -> None:
+        """:class:`UnsafePath` when someone else could change a copy's folder (and so swap the copy for a link)."""
+        for kind, destination in targets.items():
+            check_trusted_dir(destination.parent, f"copy_to.{kind} folder")
+
     def copy_to(self, version: Version, targets: Mapping[CopyTarget, Path]) -> None:
         """Replace each fixed-path copy by an atomic rename in its own directory (single key type only).
 
@@ -282,10 +292,11 @@ class CertificateHome:
         old key, so ``combined`` (key and chain in one file) is the copy to prefer.
         """
         pair = version.pairs[0]
+        self.check_copy_targets(targets)  # again: the folders may have changed while the order ran
         for kind, destination in targets.items():
             source = pair.directory / f"{kind}.pem"
             secret = f"{kind}.pem" in _SECRET_FILES
-            write_atomic(destination, source.read_bytes(), mode=self.ownership.key_mode if secret else 0o644,
+            write_atomic(destination, read_nofollow(source), mode=self.ownership.key_mode if secret else 0o644,
                          gid=self.ownership.gid if secret else -1)
 
     def _write_pair_files(self, folder: Path, pair: KeyPair) -> None:
@@ -307,17 +318,17 @@ class CertificateHome:
                          gid=gid if secret else -1)
 
     def _ensure_dirs(self) -> None:
-        # certs/ itself only lists names; each certificate's folder carries the restrictive mode.
-        self.root.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        # certs/ itself only lists names (0755); each certificate's folder carries the restrictive mode.  Modes
+        # are set explicitly: under the unit's UMask=0077 a 0750 folder would come out 0700, and the group
+        # named by `group` could not reach its key.
+        make_dirs(self.root.parent, mode=0o755)
+        set_dir_mode(self.root.parent, mode=0o755)
         for folder in (self.root, self.versions_dir):
-            folder.mkdir(mode=self.ownership.dir_mode, exist_ok=True)
-        for folder in (self.root, self.versions_dir):
-            folder.chmod(self.ownership.dir_mode)
-            self._chown(folder)
+            make_dirs(folder, mode=self.ownership.dir_mode)
+            self._set_mode(folder)
 
-    def _chown(self, path: Path) -> None:
-        if self.ownership.group:
-            os.chown(path, -1, self.ownership.gid)
+    def _set_mode(self, path: Path) -> None:
+        set_dir_mode(path, mode=self.ownership.dir_mode, gid=self.ownership.gid if self.ownership.group else -1)
 
     def _new_version_id(self, now: datetime) -> str:
         """Sortable by time; a counter breaks ties within one second."""

@@ -45,7 +45,10 @@ class PostgresCluster:
         self.socket_dir = self.directory / "socket"
         self.log_path = self.directory / "postgres.log"
         self.password = secrets.token_urlsafe(18)
-        self.password_file = self.directory / "db.pass"
+        # Beside the cluster, not in it: the cluster's folder belongs to postgres, and certkeeper refuses a
+        # secret file in a folder another user can change.
+        self.secrets_dir = Path(tempfile.mkdtemp(prefix="certkeeper-pg-secrets-", dir=base))
+        self.password_file = self.secrets_dir / "db.pass"
         self.port = 0
         self._as_postgres = os.geteuid() == 0
         self._databases = 0
@@ -63,7 +66,7 @@ class PostgresCluster:
             user = pwd.getpwnam("postgres")
             for path in (self.directory, self.socket_dir):
                 os.chown(path, user.pw_uid, user.pw_gid)
-            self.directory.chmod(0o755)  # the password file inside stays 0600 root
+            self.directory.chmod(0o755)
         self._run(
             "initdb",
             "-D",
@@ -112,6 +115,7 @@ class PostgresCluster:
             self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop", check=False)
             self.port = 0
         shutil.rmtree(self.directory, ignore_errors=True)
+        shutil.rmtree(self.secrets_dir, ignore_errors=True)
 
     def __enter__(self) -> Self:
         return self.start()

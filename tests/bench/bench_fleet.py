@@ -173,6 +173,7 @@ def main() -> None:
         base = Path(scratch)
         key_file = base / "fleet.key"
         key_file.write_text("benchmark fleet key, not a secret\n")
+        key_file.chmod(0o600)
         (base / "ca.pass").write_text("unused\n")
         tables = "".join(
             f'\n[certificates.{n}]\nissuer = "sim"\ndomains = ["{n}.example.test"]\nkey_types = ["ecdsa-p256"]\n'

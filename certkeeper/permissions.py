@@ -1,0 +1,140 @@
+"""Who may change a path certkeeper trusts: the state directory, ``copy_to`` folders, hooks, secret files.
+
+certkeeper runs as root (or its own service user) and writes keys, follows locks and runs programs.  If anyone
+else can write to a folder on the way to one of those paths, they can swap a file for a symbolic link and make
+root truncate ``/etc/shadow``, or replace a hook with their own program.  So before using such a path:
+
+- the path and every folder above it must belong to root or to the user certkeeper runs as;
+- none of them may be writable by group or others, except a parent with the sticky bit (``/tmp``), in which
+  nobody can rename or remove an entry they do not own;
+- files inside the state directory are opened with ``O_NOFOLLOW``: a symbolic link where a lock or a key should
+  be is refused, never followed (belt and braces behind the folder checks).
+
+The same rule as OpenSSH's ``safe_path`` for ``AuthorizedKeysCommand`` and sudo's checks of its plugins.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import pwd
+import stat
+from pathlib import Path
+
+from certkeeper.errors import UnsafePath
+
+_TRUSTED_GROUP = 0  # gid 0: only root's group may share write access to a trusted folder
+
+
+def trusted_owners() -> frozenset[int]:
+    return frozenset({0, os.geteuid()})
+
+
+def check_trusted_dir(path: Path, what: str) -> None:
+    """``path`` (a folder) and every folder above it may be changed only by root or the service user."""
+    absolute = path.absolute()
+    _check_chain(absolute, what, leaf_is_dir=True)
+    real = absolute.resolve()
+    if real != absolute:
+        _check_chain(real, what, leaf_is_dir=True)
+
+
+def check_trusted_file(path: Path, what: str, *, secret: bool = False) -> None:
+    """``path`` (a file: a hook, a secret) and its folders may be changed only by root or the service user.
+
+    With ``secret`` the file must also be unreadable by others (group read stays allowed: 0640 root:certkeeper).
+    A missing file is left to the caller, which reports it in its own words.
+    """
+    absolute = path.absolute()
+    real = absolute.resolve()
+    for candidate in dict.fromkeys((absolute, real)):
+        try:
+            st = candidate.lstat()
+        except FileNotFoundError:
+            return
+        if stat.S_ISLNK(st.st_mode):
+            _check_owner(candidate, st, what)
+            _check_chain(candidate.parent, what, leaf_is_dir=False)
+            continue
+        _check_chain(candidate.parent, what, leaf_is_dir=False)
+        _check_owner(candidate, st, what)
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not _shared_with_root_group(st):
+            raise UnsafePath(what, candidate, _owner_name(st.st_uid), st.st_mode,
+                             "is writable by others than root and the service user",
+                             f"chmod go-w {candidate}")
+        if secret and st.st_mode & stat.S_IRWXO:
+            raise UnsafePath(what, candidate, _owner_name(st.st_uid), st.st_mode,
+                             "is readable by every user of this host", f"chmod 0600 {candidate}")
+
+
+def open_nofollow(path: Path, flags: int, mode: int = 0o600) -> int:
+    """``os.open`` that refuses a symbolic link as the last component, with a message naming the path."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            what = "state file"
+            raise UnsafePath(what, path, _owner_of(path), _mode_of(path),
+                             "is a symbolic link, which certkeeper never follows inside its state directory",
+                             f"remove it (rm {path}) and find out who created it") from None
+        raise
+
+
+def read_nofollow(path: Path) -> bytes:
+    """The content of ``path``, refusing a symbolic link (see :func:`open_nofollow`)."""
+    fd = open_nofollow(path, os.O_RDONLY)
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read()
+
+
+def _check_chain(leaf: Path, what: str, *, leaf_is_dir: bool) -> None:
+    """Every existing folder from ``leaf`` up to ``/``: trusted owner, no foreign write access."""
+    for index, folder in enumerate((leaf, *leaf.parents)):
+        try:
+            st = folder.lstat()
+        except FileNotFoundError:
+            continue  # created later by certkeeper itself, with its own modes
+        if stat.S_ISLNK(st.st_mode):
+            _check_owner(folder, st, what)
+            continue  # the link's target is checked through the resolved path
+        _check_owner(folder, st, what)
+        writable = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not _shared_with_root_group(st)
+        # A sticky parent (/tmp) is fine: others may not rename or remove the entry we own inside it.  The
+        # folder itself (the state directory) must not be, or others could plant entries in it.
+        sticky_parent = bool(st.st_mode & stat.S_ISVTX) and not (index == 0 and leaf_is_dir)
+        if writable and not sticky_parent:
+            raise UnsafePath(what, folder, _owner_name(st.st_uid), st.st_mode,
+                             "is writable by others than root and the service user",
+                             f"chmod go-w {folder}, or choose a folder only root can change")
+
+
+def _check_owner(path: Path, st: os.stat_result, what: str) -> None:
+    if st.st_uid not in trusted_owners():
+        raise UnsafePath(what, path, _owner_name(st.st_uid), st.st_mode,
+                         "belongs to a user other than root and the service user",
+                         f"chown root {path} (after checking what is in it)")
+
+
+def _shared_with_root_group(st: os.stat_result) -> bool:
+    return st.st_gid == _TRUSTED_GROUP and not st.st_mode & stat.S_IWOTH
+
+
+def _owner_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _owner_of(path: Path) -> str:
+    try:
+        return _owner_name(path.lstat().st_uid)
+    except OSError:
+        return "unknown"
+
+
+def _mode_of(path: Path) -> int:
+    try:
+        return path.lstat().st_mode
+    except OSError:
+        return 0
