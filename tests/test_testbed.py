@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from certkeeper.testbed.bind import Bind
 from certkeeper.testbed.certs import TestCA
 from certkeeper.testbed.dovecot import PASSWORD, USER, Dovecot
-from certkeeper.testbed.pebble import Pebble
+from certkeeper.testbed.pebble import TODAYS_PROFILES, Pebble
 from certkeeper.testbed.postfix import HOSTNAME, Postfix
 from certkeeper.testbed.server import ServerStartError
 from certkeeper.testbed.smtp_sink import SmtpSink
@@ -100,7 +100,24 @@ def test_pebble_with_eab_requires_external_account(pebble_factory: Callable[...,
     assert pebble.fetch_directory()["meta"] == {
         "externalAccountRequired": True,
         "termsOfService": "data:text/plain,Do%20what%20thou%20wilt",
+        "profiles": {"default": "the one profile"},
+        "caaIdentities": ["pebble.letsencrypt.org"],
     }
+
+
+def test_pebble_offers_todays_profiles_when_asked(pebble_factory: Callable[..., Pebble]) -> None:
+    pebble = pebble_factory(profiles=TODAYS_PROFILES)
+
+    assert pebble.fetch_directory()["meta"]["profiles"] == {  # type: ignore[index]
+        name: profile.description for name, profile in TODAYS_PROFILES.items()}
+
+
+def test_pebble_refuses_a_request_without_user_agent(pebble: Pebble) -> None:
+    request = urllib.request.Request(pebble.directory_url, headers={"User-Agent": ""})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, context=client_context(pebble.ca_file))
+
+    assert "User-Agent" in json.loads(refused.value.read())["detail"]
 
 
 # --- BIND --------------------------------------------------------------------------------

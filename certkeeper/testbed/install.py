@@ -4,11 +4,14 @@ Standard library only, because it runs on the system Python before any virtualen
 Idempotent and quick on a machine that has everything: ``dpkg-query`` first, ``apt-get`` only
 for what is missing.
 
-Pebble comes from Debian trixie, not bookworm: trixie's 2.6.0 serves ACME Renewal Information
-(``renewalInfo`` in the directory, ``replaces`` in orders); bookworm's 2.4.0 does not. Only that
-one ``.deb`` is fetched, through a trixie source list given to that one ``apt-get`` command, and
-unpacked with ``dpkg -x`` into a cache folder: the system's sources and packages stay bookworm.
-The binary is statically linked Go, so it runs on bookworm.
+Pebble 2.10 and lego 4.35 come from Debian testing ("forky"), not bookworm: Pebble 2.10 has
+certificate profiles, dns-persist-01, dns-account-01, ``alreadyReplaced`` and refuses requests
+without a User-Agent, as the CAs of today do; lego is the peer of the issuance benchmark. Only
+those ``.deb`` files are fetched, through a testing source list given to those ``apt-get``
+commands alone (lists and package cache in our own folder), and unpacked with ``dpkg -x`` into
+cache folders named by the version series (``pebble-2.10``, ``lego-4.35``), so that a cache of
+an older Pebble is never taken for this one. The system's sources and packages stay bookworm.
+Both binaries are Go and need only libc 2.34, so they run on bookworm.
 
 Exim comes from bookworm itself (4.96: ``exim4-daemon-light``, ``exim4-base``, ``exim4-config``), but
 cannot be installed: ``exim4-config`` conflicts with ``postfix``. So its three ``.deb`` files are
@@ -32,6 +35,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 DEBIAN_PACKAGES = (
@@ -59,21 +63,50 @@ EXIM_LIBRARIES = (
 EXIM_USER = "Debian-exim"
 DEFAULT_CACHE = Path("/var/cache/certkeeper-testbed")
 CACHE_ENV = "CERTKEEPER_TESTBED_CACHE"
-# The bookworm archive keyring also holds the trixie signing keys (checked when this was
-# written), so the trixie Release file is verified like any other: no trusted=yes.
-TRIXIE_SOURCE = (
-    "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie main\n"
+# Verified with bookworm's own archive keyring, no trusted=yes: testing's InRelease is signed by the
+# bookworm and the trixie automatic signing keys, and debian-archive-keyring 2023.3+deb12u2 holds both
+# (checked with gpgv on 2026-12-01). Once testing stops signing with the bookworm key, apt-get update
+# fails with NO_PUBKEY and nothing is unpacked; the keyring of a newer release must then come first.
+TESTING_SOURCE = (
+    "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian testing main\n"
 )
 
 
+@dataclass(frozen=True)
+class TestingPackage:
+    """One package taken from Debian testing: its name, the version series wanted, its binary."""
+
+    name: str
+    series: str  # "2.10": any 2.10.x is accepted, nothing else
+    binary: str
+
+    @property
+    def folder(self) -> str:
+        return f"{self.name}-{self.series}"
+
+
+PEBBLE = TestingPackage("pebble", "2.10", "usr/bin/pebble")
+LEGO = TestingPackage("lego", "4.35", "usr/bin/lego")
+
+
 def cache_dir() -> Path:
-    """The folder holding the unpacked Pebble (``$CERTKEEPER_TESTBED_CACHE`` overrides it)."""
+    """The folder holding the unpacked packages (``$CERTKEEPER_TESTBED_CACHE`` overrides it)."""
     return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE)
 
 
+def package_binary(package: TestingPackage) -> Path:
+    """Where ``package``'s binary lives once :func:`install_testing_packages` ran."""
+    return cache_dir() / package.folder / package.binary
+
+
 def pebble_binary() -> Path:
-    """Where the unpacked Pebble binary lives (it exists once :func:`install_pebble` ran)."""
-    return cache_dir() / "pebble" / "usr" / "bin" / "pebble"
+    """Where the unpacked Pebble 2.10 binary lives."""
+    return package_binary(PEBBLE)
+
+
+def lego_binary() -> Path:
+    """Where the unpacked lego 4.35 binary lives."""
+    return package_binary(LEGO)
 
 
 def exim_root() -> Path:
@@ -109,38 +142,58 @@ def install_packages() -> None:
     subprocess.run(["apt-get", "install", "-y", "-q", *missing], check=True, env=environment)
 
 
-def install_pebble() -> Path:
-    """Fetch and unpack trixie's Pebble into the cache unless it is there; return the binary."""
-    binary = pebble_binary()
-    if binary.is_file():
-        return binary
+def _series_version(madison: str, package: TestingPackage) -> str | None:
+    """The newest version of ``package.series`` in ``apt-cache madison`` output (newest first), if any."""
+    for line in madison.splitlines():
+        fields = [field.strip() for field in line.split("|")]
+        if len(fields) >= 2 and fields[0] == package.name and fields[1].startswith(package.series + "."):
+            return fields[1]
+    return None
+
+
+def install_testing_packages(packages: tuple[TestingPackage, ...] = (PEBBLE, LEGO)) -> list[Path]:
+    """Fetch and unpack each package from Debian testing unless its cache folder is there."""
     cache = cache_dir()
-    apt_cache = cache / "apt"
-    (apt_cache / "lists" / "partial").mkdir(parents=True, exist_ok=True)
-    (apt_cache / "archives" / "partial").mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as scratch:
-        source_list = Path(scratch) / "trixie.list"
-        source_list.write_text(TRIXIE_SOURCE)
-        # Lists and package cache go to our folder: the system's apt state never sees trixie.
-        apt_options = [
-            "-q",
-            "-o", f"Dir::Etc::SourceList={source_list}",
-            "-o", "Dir::Etc::SourceParts=/dev/null",
-            "-o", f"Dir::State::Lists={apt_cache / 'lists'}",
-            "-o", f"Dir::Cache={apt_cache}",
-            # apt drops to the _apt user for downloads; it cannot write into our private folder.
-            "-o", "APT::Sandbox::User=root",
-        ]  # fmt: skip
-        subprocess.run(["apt-get", *apt_options, "update"], check=True)
-        subprocess.run(["apt-get", *apt_options, "download", "pebble"], check=True, cwd=scratch)
-        (deb,) = Path(scratch).glob("pebble_*.deb")
-        unpacked = cache / "pebble.partial"
-        shutil.rmtree(unpacked, ignore_errors=True)
-        subprocess.run(["dpkg", "-x", str(deb), str(unpacked)], check=True)
-        # Rename last, so a half-unpacked folder never passes for a finished one.
-        shutil.rmtree(cache / "pebble", ignore_errors=True)
-        unpacked.rename(cache / "pebble")
-    return binary
+    wanted = [package for package in packages if not package_binary(package).is_file()]
+    if wanted:
+        apt_cache = cache / "apt-testing"
+        (apt_cache / "lists" / "partial").mkdir(parents=True, exist_ok=True)
+        (apt_cache / "archives" / "partial").mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory() as scratch:
+            source_list = Path(scratch) / "testing.list"
+            source_list.write_text(TESTING_SOURCE)
+            # Lists and package cache go to our folder: the system's apt state never sees testing.
+            apt_options = [
+                "-q",
+                "-o", f"Dir::Etc::SourceList={source_list}",
+                "-o", "Dir::Etc::SourceParts=/dev/null",
+                "-o", f"Dir::State::Lists={apt_cache / 'lists'}",
+                "-o", f"Dir::Cache={apt_cache}",
+                # apt drops to the _apt user for downloads; it cannot write into our private folder.
+                "-o", "APT::Sandbox::User=root",
+            ]  # fmt: skip
+            subprocess.run(["apt-get", *apt_options, "update"], check=True)
+            for package in wanted:
+                _unpack(package, apt_options, Path(scratch), cache)
+    return [package_binary(package) for package in packages]
+
+
+def _unpack(package: TestingPackage, apt_options: list[str], scratch: Path, cache: Path) -> None:
+    madison = subprocess.run(["apt-cache", *apt_options, "madison", package.name], check=True,
+                             capture_output=True, text=True).stdout
+    version = _series_version(madison, package)
+    if version is None:
+        raise SystemExit(f"Debian testing offers no {package.name} {package.series}.x (it has: "
+                         f"{madison.strip() or 'none'}); update {package.name.upper()} in {__file__}")
+    subprocess.run(["apt-get", *apt_options, "download", f"{package.name}={version}"], check=True, cwd=scratch)
+    (deb,) = scratch.glob(f"{package.name}_*.deb")
+    unpacked = cache / f"{package.folder}.partial"
+    shutil.rmtree(unpacked, ignore_errors=True)
+    subprocess.run(["dpkg", "-x", str(deb), str(unpacked)], check=True)
+    deb.unlink()
+    # Rename last, so a half-unpacked folder never passes for a finished one.
+    shutil.rmtree(cache / package.folder, ignore_errors=True)
+    unpacked.rename(cache / package.folder)
 
 
 def install_exim() -> Path:
@@ -174,9 +227,10 @@ def install_exim() -> Path:
 
 
 def main() -> int:
-    """Install everything the test bed needs; print the Pebble and Exim binaries' paths."""
+    """Install everything the test bed needs; print the paths of the Pebble, lego and Exim binaries."""
     install_packages()
-    print(install_pebble())
+    for binary in install_testing_packages():
+        print(binary)
     print(install_exim())
     return 0
 

@@ -1,4 +1,4 @@
-"""Pebble, Let's Encrypt's ACME test server, from Debian trixie (2.6.0: serves ``renewalInfo``).
+"""Pebble, Let's Encrypt's ACME test server, 2.10 from Debian testing: profiles, ARI, dns-persist-01, dns-account-01.
 
 Pebble ships no certificate for its own HTTPS, so each instance makes a throwaway CA
 (:attr:`Pebble.ca_file`) and a certificate for 127.0.0.1 and localhost. Clients must trust that
@@ -9,8 +9,14 @@ Pebble keeps everything in memory and makes a new root and intermediate at every
 :meth:`Pebble.restart` accounts, orders and the issuing chain are gone; fetch the chain again
 with :meth:`Pebble.fetch_issuer_chain`.
 
-Pebble 2.6.0 has no certificate profiles (its config has no ``profiles`` key and its directory
-no ``meta.profiles``; they came in 2.7), so this fixture offers none.
+Profiles (``meta.profiles``): Pebble 2.10 ignores the old ``certificateValidityPeriod`` and takes
+``profiles`` with a ``validityPeriod`` each. An order without a profile gets one picked at random
+("in true Pebble chaos fashion", wfe.go), so an instance offers :data:`TODAYS_PROFILES` only when
+asked (``profiles=TODAYS_PROFILES``); by default it has the one profile ``default`` (90 days, or
+``validity_seconds``) and every certificate's lifetime is known. Pebble 2.10 answers any request
+without a User-Agent with ``malformed``; :meth:`Pebble.fetch` sends one.
+
+:meth:`Pebble.count_orders` counts the orders Pebble accepted, so a test can prove none was placed.
 """
 
 from __future__ import annotations
@@ -22,12 +28,31 @@ import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from certkeeper.testbed.bind import Bind
 from certkeeper.testbed.certs import TestCA
 from certkeeper.testbed.install import pebble_binary
 from certkeeper.testbed.server import LOOPBACK, Server, allocate_port, spawn, terminate, wait_until
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One of Pebble's certificate profiles: what its directory says of it and the lifetime it issues."""
+
+    description: str
+    validity_seconds: int
+
+
+DAY = 86400
+# Let's Encrypt's profiles of 2026: the classic 90 days, tlsserver's 45 days, shortlived's 160 hours.
+TODAYS_PROFILES: Mapping[str, Profile] = {
+    "default": Profile("90-day certificates", 90 * DAY),
+    "tlsserver": Profile("45-day certificates for TLS servers", 45 * DAY),
+    "shortlived": Profile("160-hour certificates", 160 * 3600),
+}
+USER_AGENT = "certkeeper-testbed"
 
 
 class Pebble(Server):
@@ -42,6 +67,8 @@ class Pebble(Server):
         bind: Bind | None = None,
         nonce_reject_percent: int | None = None,
         validity_seconds: int | None = None,
+        profiles: Mapping[str, Profile] | None = None,
+        caa_identities: tuple[str, ...] = ("pebble.letsencrypt.org",),
         eab_keys: Mapping[str, str] | None = None,
         binary: Path | None = None,
         start_timeout: float = 15.0,
@@ -51,13 +78,19 @@ class Pebble(Server):
         ``bind``: the DNS server Pebble resolves names with (``-dnsserver``); without it Pebble
         uses the system resolver, which knows nothing of ``example.test``.
         ``nonce_reject_percent``: share of good nonces rejected as ``badNonce`` (Pebble's default
-        is 5; keep it, clients must retry). ``validity_seconds``: lifetime of issued certificates.
+        is 5; keep it, clients must retry). ``validity_seconds``: lifetime of issued certificates (the one
+        ``default`` profile). ``profiles``: name -> :class:`Profile` instead (e.g. :data:`TODAYS_PROFILES`).
+        ``caa_identities``: the issuer domain names of the CA (CAA, dns-persist-01's issuer-domain-name).
         ``eab_keys``: key ID -> base64url HMAC key; when given, external account binding is required.
         """
         super().__init__(directory)
         self.bind = bind
         self.nonce_reject_percent = nonce_reject_percent
         self.validity_seconds = validity_seconds
+        if profiles is not None and validity_seconds is not None:
+            raise ValueError("give profiles or validity_seconds, not both")
+        self.profiles = dict(profiles or {"default": Profile("the one profile", validity_seconds or 90 * DAY)})
+        self.caa_identities = caa_identities
         self.eab_keys = dict(eab_keys or {})
         self.binary = binary or pebble_binary()
         self.start_timeout = start_timeout
@@ -97,8 +130,9 @@ class Pebble(Server):
         return ssl.create_default_context(cafile=str(self.ca_file))
 
     def fetch(self, url: str) -> bytes:
-        """GET ``url`` from Pebble over verified HTTPS."""
-        with urllib.request.urlopen(url, context=self.ssl_context(), timeout=5) as response:
+        """GET ``url`` from Pebble over verified HTTPS (with a User-Agent: Pebble 2.10 refuses requests without)."""
+        request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+        with urllib.request.urlopen(request, context=self.ssl_context(), timeout=5) as response:
             body: bytes = response.read()
             return body
 
@@ -113,6 +147,13 @@ class Pebble(Server):
         Pebble makes new ones at every start, so fetch again after :meth:`restart`.
         """
         return self.fetch(f"{self.management_url}/intermediates/0") + self.fetch(f"{self.management_url}/roots/0")
+
+    def count_orders(self) -> int:
+        """How many orders this Pebble accepted, from every account, since it was first started."""
+        # Pebble logs each order it stores (wfe.go: "Added order ... to the db"); its order listing needs a
+        # signed request by the account, which a test that proves no order was placed may not have.
+        return sum(1 for line in self.log_path.read_text(errors="replace").splitlines()
+                   if "Added order" in line)
 
     def write_issuer_chain(self, path: Path) -> Path:
         """Write :meth:`fetch_issuer_chain` to ``path``: a trust file for certificates Pebble issued."""
@@ -140,8 +181,10 @@ class Pebble(Server):
         }
         if self.eab_keys:
             settings["externalAccountMACKeys"] = self.eab_keys
-        if self.validity_seconds is not None:
-            settings["certificateValidityPeriod"] = self.validity_seconds
+        settings["caaIdentities"] = list(self.caa_identities)
+        settings["profiles"] = {name: {"description": profile.description,
+                                       "validityPeriod": profile.validity_seconds}
+                                for name, profile in self.profiles.items()}
         self.config_file.write_text(json.dumps({"pebble": settings}, indent=2))
 
     def _environment(self) -> dict[str, str]:
