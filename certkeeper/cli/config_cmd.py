@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from certkeeper.cli.context import Context
-from certkeeper.config import Config
+from certkeeper.config import AcmeIssuerConfig, Config
 from certkeeper.model import KeyType, RenewBefore, format_duration
 from certkeeper.targets import Target
 
@@ -57,13 +57,43 @@ def run_check(args: argparse.Namespace, context: Context) -> int:
     problems = check_resolvable(context.config)  # the hooks, groups and secret files it names, on this machine
     if problems:
         raise ConfigErrors(problems) if len(problems) > 1 else problems[0]
+    notes = check_profiles(context.config)  # and each ACME profile against its CA, when the CA answers
     resolved = describe_config(context.config)
     if args.json:
+        resolved["profiles_checked"] = notes
         print(json.dumps(resolved, indent=2))
     else:
         print(f"{context.config_path}: OK")
         _print_tree(resolved, "")
+        for name, note in notes.items():
+            print(f"issuers.{name}.profile: {note}")
     return 0
+
+
+def check_profiles(config: Config) -> dict[str, str]:
+    """Each ACME issuer's ``profile`` against its CA's ``meta.profiles``, when the CA answers within seconds.
+
+    A profile the CA does not offer is a :class:`ConfigError` (exit 78) naming the offered ones; a CA that cannot
+    be reached leaves the profile unchecked (said so in the result), as the order will check it again.
+    """
+    from certkeeper.errors import CaUnavailable, ConfigError, IssuanceError
+    from certkeeper.issuers.acme import AcmeIssuer
+
+    notes: dict[str, str] = {}
+    for name, issuer_config in config.issuers.items():
+        if not isinstance(issuer_config, AcmeIssuerConfig) or not issuer_config.profile:
+            continue
+        issuer = AcmeIssuer(issuer_config, config.settings.state_dir)
+        try:
+            issuer.check_profile()
+        except CaUnavailable as exc:
+            notes[name] = f"{issuer_config.profile!r} not checked: {exc.detail}"
+            continue
+        except IssuanceError as exc:
+            raise ConfigError(config.path, f"issuers.{name}.profile", repr(issuer_config.profile),
+                              "a profile the CA offers", exc.detail) from None
+        notes[name] = f"{issuer_config.profile!r} is offered by the CA"
+    return notes
 
 
 def _print_tree(value: Any, indent: str) -> None:

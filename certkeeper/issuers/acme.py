@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import copy
 import hashlib
 import json
 import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -156,6 +157,13 @@ def may_order_without_replaces(problem_type: str, detail: str) -> bool:
     """
     short = problem_type.rsplit(":", 1)[-1]
     return short == "alreadyReplaced" or (short in ("unauthorized", "malformed") and "replace" in detail.lower())
+
+
+def describe_profile_refusal(directory_url: str, profile: str, offered: Iterable[str]) -> str:
+    """A profile the CA does not offer, with the ones it does (``meta.profiles``, RFC 8555 profiles extension)."""
+    listed = ", ".join(sorted(offered)) or "none"
+    return (f"the CA at {directory_url} does not offer the profile {profile!r} (it offers: {listed}); "
+            f"change or remove profile in the issuer's configuration")
 
 
 _PROBLEM_WORDS = {
@@ -341,7 +349,9 @@ class _Directory:
             self.raw = self.net.get(url).json()
         except ValueError:
             raise _Unreachable(url, "the answer is not an ACME directory (not JSON)", None) from None
-        self.client = acme_client.ClientV2(messages.Directory.from_json(self.raw), self.net)
+        # from_json replaces the "meta" object of the dict it is given with a Meta: give it a copy, so that raw
+        # stays the JSON the CA sent (meta.profiles then read as "none offered" before this was seen).
+        self.client = acme_client.ClientV2(messages.Directory.from_json(copy.deepcopy(self.raw)), self.net)
         self._lock = threading.Lock()
 
     def _network(self) -> _ResilientNetwork:
@@ -488,6 +498,33 @@ class AcmeIssuer:
         except (OSError, ValueError) as exc:
             raise InputError(str(self.config.trust_roots), f"cannot read trust_roots: {exc}") from None
 
+    def offered_profiles(self, *, timeout: float = 5.0) -> dict[str, str]:
+        """The profiles the CA's directory offers (``meta.profiles``: name -> description), fetched once, quickly.
+
+        For ``config check``: one GET of the directory, no account, no retries; :class:`CaUnavailable` when the CA
+        cannot be reached within ``timeout`` seconds.
+        """
+        url = self.config.directory
+        try:
+            response = requests.get(url, timeout=timeout, headers={"User-Agent": f"certkeeper/{__version__}"},
+                                    verify=str(self.config.ca_bundle) if self.config.ca_bundle else True)
+            response.raise_for_status()
+            meta = response.json().get("meta") or {}
+        except (requests.RequestException, ValueError, AttributeError) as exc:
+            raise CaUnavailable(self.name, "-", f"the CA at {url} could not be reached: {exc}") from None
+        profiles = meta.get("profiles") if isinstance(meta, dict) else None
+        return {str(k): str(v) for k, v in profiles.items()} if isinstance(profiles, dict) else {}
+
+    def check_profile(self, *, timeout: float = 5.0) -> None:
+        """Raise :class:`IssuanceError` if ``profile`` is set and the CA does not offer it (CaUnavailable: unknown)."""
+        profile = self.config.profile
+        if not profile:
+            return
+        offered = self.offered_profiles(timeout=timeout)
+        if profile not in offered:
+            raise IssuanceError(self.name, "-", describe_profile_refusal(self.config.directory, profile, offered),
+                                problem_type="urn:ietf:params:acme:error:invalidProfile")
+
     # -- RenewalInfoSource -------------------------------------------------------------------------------------
 
     def renewal_window(self, certificate: x509.Certificate, now: datetime) -> RenewalWindow | None:
@@ -557,20 +594,26 @@ class AcmeIssuer:
         try:
             return directory.with_account(lambda: self._new_order(directory, request, csr, replaces))
         except messages.Error as error:
+            if str(error.typ or "").endswith(":invalidProfile"):  # not among the library's known codes
+                # The directory listed the profile but newOrder refused it (the CA changed its profiles since):
+                # name what it offers now.
+                offered = _Directory(directory.url, self.config, directory.home).profiles
+                raise IssuanceError(self.name, request.certificate,
+                                    f"{describe_profile_refusal(directory.url, self.config.profile or '', offered)}"
+                                    f" [{error.detail}]", problem_type=str(error.typ)) from None
             if replaces is None or not may_order_without_replaces(str(error.typ or ""), str(error.detail or "")):
                 raise
-            log.info("certificate %r: the CA refused an order replacing %s (%s); ordering without replaces",
-                     request.certificate, replaces, error.detail)
+            log.info("certificate %r: the CA refused an order replacing %s (%s: %s); ordering once more, without "
+                     "replaces", request.certificate, replaces, str(error.typ or "").rsplit(":", 1)[-1], error.detail)
         return directory.with_account(lambda: self._new_order(directory, request, csr, None))
 
     def _new_order(self, directory: _Directory, request: IssueRequest, csr: bytes,
                    replaces: str | None) -> messages.OrderResource:
         profile = self.config.profile
         if profile and profile not in directory.profiles:
-            offered = ", ".join(sorted(directory.profiles)) or "none"
             raise IssuanceError(self.name, request.certificate,
-                                f"the CA at {directory.url} does not offer the profile {profile!r} "
-                                f"(it offers: {offered}); change or remove profile in the issuer's configuration")
+                                describe_profile_refusal(directory.url, profile, list(directory.profiles)),
+                                problem_type="urn:ietf:params:acme:error:invalidProfile")
         order = _NewOrder(
             identifiers=[messages.Identifier(typ=messages.IDENTIFIER_FQDN, value=d) for d in request.domains],
             profile=profile or None,
