@@ -85,6 +85,12 @@ class RenewBefore:
         return format_duration(self.duration)
 
 
+# Certificates living shorter than this many times the largest warning threshold get thresholds scaled to their
+# lifetime, the largest becoming a quarter of it (alerts and ``check`` alike). A quarter, not a third: the default
+# renew_before is a third, and a certificate on schedule must not warn (a 160-hour one renews with about 53 h
+# left and warns at 40 h: 13 hours of retries before anyone is told; a 90-day one keeps 21 days).
+SHORT_LIVED_FACTOR = 4
+
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")
 
 

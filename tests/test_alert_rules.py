@@ -30,22 +30,22 @@ def test_long_lived_certificates_use_the_configured_days() -> None:
 
 
 def test_short_lived_certificates_get_scaled_thresholds() -> None:
-    """A 30-day certificate is not "expiring" for 21 of its 30 days: 21 days becomes 10 (30 * 21 / 63)."""
+    """A 30-day certificate is not "expiring" for 21 of its 30 days: 21 days becomes 7.5 (30 * 21 / 84)."""
     scaled = effective_thresholds(DEFAULT, timedelta(days=30))
-    assert scaled[0].before == timedelta(days=10)
+    assert scaled[0].before == timedelta(days=7.5)
     assert [t.days for t in scaled] == list(DEFAULT)
-    six_days = effective_thresholds(DEFAULT, timedelta(days=6))
-    assert six_days[0].before == timedelta(days=2)
+    shortlived = effective_thresholds(DEFAULT, timedelta(hours=160))
+    assert shortlived[0].before == timedelta(hours=40)
 
 
 @given(warn_lists, lifetimes)
 def test_thresholds_stay_ordered_and_inside_the_lifetime(warn: tuple[int, ...], lifetime: timedelta) -> None:
-    """Scaled or not, thresholds keep their order, and scaled ones never exceed a third of the lifetime."""
+    """Scaled or not, thresholds keep their order, and scaled ones never exceed a quarter of the lifetime."""
     thresholds = effective_thresholds(warn, lifetime)
     befores = [t.before for t in thresholds]
     assert befores == sorted(befores, reverse=True)
-    if lifetime < timedelta(days=3 * max(warn)):
-        assert befores[0] <= lifetime / 3 + timedelta(microseconds=1)
+    if lifetime < timedelta(days=4 * max(warn)):
+        assert befores[0] <= lifetime / 4 + timedelta(microseconds=1)
 
 
 @given(warn_lists, lifetimes, st.lists(st.floats(min_value=-0.2, max_value=1.3), min_size=2, max_size=25))

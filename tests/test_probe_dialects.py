@@ -126,11 +126,11 @@ def test_dialogues_end_in_success_or_a_dialogue_error(dialect: str, junk: list[s
 
 @given(st.floats(0.01, 5000), st.floats(1, 100), st.floats(0, 1))
 def test_thresholds_never_exceed_the_configured_ones(lifetime: float, warning: float, share: float) -> None:
-    """Scaled thresholds stay ordered, below the configured ones, and below a third of the lifetime."""
+    """Scaled thresholds stay ordered, below the configured ones, and below a quarter of the lifetime."""
     critical = warning * share
     scaled_warning, scaled_critical = thresholds_for(lifetime, warning, critical)
     assert scaled_critical <= scaled_warning <= warning
-    if lifetime < 3 * warning:
-        assert scaled_warning == pytest.approx(lifetime / 3)
+    if lifetime < 4 * warning:
+        assert scaled_warning == pytest.approx(lifetime / 4)
     else:
         assert (scaled_warning, scaled_critical) == (warning, critical)

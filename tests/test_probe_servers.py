@@ -361,8 +361,8 @@ def test_expected_fingerprint_mismatch_is_stale(servers: ServerLoop, pki: Pki) -
         (80, 10, "WARNING", "certificate-expiring"),
         (87, 3, "CRITICAL", "certificate-expiring"),
         (3, 3, "OK", None),  # a 6-day certificate with half its life left
-        (5, 1, "WARNING", None),  # ... and with 1 day left: thresholds scaled to 2 days / 16 hours
-        (5.5, 0.5, "CRITICAL", None),  # ... and with 12 hours left
+        (5, 1, "WARNING", None),  # ... and with 1 day left: thresholds scaled to 1.5 days / 12 hours
+        (5.6, 0.4, "CRITICAL", None),  # ... and with 9.6 hours left
     ],
 )
 def test_dates(servers: ServerLoop, pki: Pki, days_before: float, days_after: float, status: str,

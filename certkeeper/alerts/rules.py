@@ -1,11 +1,12 @@
 """Which alerts are owed: pure decisions of plain values and ``now``, no IO.
 
 Thresholds.  ``warn_days`` (default 21, 14, 7, 3, 1) are days before ``not_after``.  A certificate whose lifetime
-is shorter than three times the largest threshold (63 days for the default: the internal CA's 30-day
-certificates, 6-day ACME profiles) would otherwise be "expiring" for most of its life, so its thresholds are
-scaled: each becomes ``lifetime * days / (3 * max(warn_days))``.  The scaling is continuous (a 63-day
-certificate gets exactly 21, 14, 7, 3, 1 days), keeps the order of the thresholds, and gives a 30-day
-certificate 10, 6.7, 3.3, 1.4, 0.5 days, a 6-day one 48, 32, 16, 6.9, 2.3 hours.
+is shorter than four times the largest threshold (84 days for the default: the internal CA's 30-day
+certificates, 45-day ``tlsserver`` and 160-hour ``shortlived`` ACME profiles) would otherwise be "expiring" for
+most of its life, so its thresholds are scaled: each becomes ``lifetime * days / (4 * max(warn_days))``, so that
+the first warning comes a twelfth of the lifetime after the default renewal point (a third left).  The scaling is
+continuous (an 84-day certificate gets exactly 21, 14, 7, 3, 1 days), keeps the order of the thresholds, and
+gives a 45-day certificate 11.3, 7.5, 3.8, 1.6, 0.5 days, a 160-hour one 40, 26.7, 13.3, 5.7, 1.9 hours.
 
 No flood.  Only the tightest crossed threshold is raised, under a key that names the certificate's ``not_after``,
 so a certificate first seen two days before expiry sends one mail (not five), each threshold alerts at most once,
@@ -21,12 +22,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from certkeeper.model import SHORT_LIVED_FACTOR
+
 DEFAULT_WARN_DAYS: tuple[int, ...] = (21, 14, 7, 3, 1)
 # Thresholds of this many (nominal) days or fewer are CRITICAL: at that point a failed renewal leaves no
 # time to wait for the next scheduled attempt.
 CRITICAL_DAYS = 3
-# Certificates living shorter than this many times the largest threshold get scaled thresholds.
-SHORT_LIVED_FACTOR = 3
 
 
 class Severity(enum.StrEnum):

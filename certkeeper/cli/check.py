@@ -30,9 +30,9 @@ pop3://, sieve://host:4190.  A bare host:port takes the protocol of its well-kno
 it for other ports.  IPv6 literals go in brackets: smtp://[2001:db8::25]:25.
 
 Thresholds: a certificate is WARNING with --warning days left and CRITICAL with --critical days left.  A
-short-lived certificate (lifetime under 3 x --warning, 63 days by default) gets thresholds scaled by
-lifetime / (3 x --warning): with the defaults it warns when a third of its lifetime is left and is critical
-when a ninth is left (a 6-day certificate: 2 days and 16 hours).
+short-lived certificate (lifetime under 4 x --warning, 84 days by default) gets thresholds scaled by
+lifetime / (4 x --warning): with the defaults it warns when a quarter of its lifetime is left and is critical
+when a twelfth is left (a 160-hour certificate: 40 and 13.3 hours), after certkeeper's default renewal point.
 
 Output: one Nagios plugin line per target with perfdata days_chain_elemN=days;warn;crit;; (or --json).  The
 exit status is the worst over all targets: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.  An endpoint that cannot

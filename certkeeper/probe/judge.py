@@ -6,10 +6,11 @@ the engine cache the result per distinct chain (the expensive part: parsing and 
 
 Thresholds for short-lived certificates
     A fixed "warn at 21 days, critical at 7" makes no sense for a 6-day certificate (it would be WARNING from
-    birth).  When a certificate's lifetime is shorter than three times the warning threshold, both thresholds
-    are scaled by ``lifetime / (3 * warning_days)``: with the defaults, a certificate of lifetime L < 63 days
-    warns when L/3 is left and is critical when L/9 is left (a 6-day certificate: 2 days and 16 hours; a
-    45-day one: 15 and 5 days).  Longer-lived certificates use the thresholds as given.
+    birth).  When a certificate's lifetime is shorter than four times the warning threshold, both thresholds
+    are scaled by ``lifetime / (4 * warning_days)``: with the defaults, a certificate of lifetime L < 84 days
+    warns when L/4 is left and is critical when L/12 is left (a 160-hour certificate: 40 and 13.3 hours; a
+    45-day one: 11.25 and 3.75 days), after the default renewal point (L/3 left), so a certificate renewing on
+    schedule is never WARNING.  Longer-lived certificates use the thresholds as given.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
 
 from certkeeper import pki
+from certkeeper.model import SHORT_LIVED_FACTOR
 from certkeeper.probe.result import (
     CERTIFICATE_EXPIRED,
     CERTIFICATE_EXPIRING,
@@ -40,8 +42,6 @@ from certkeeper.probe.result import (
 )
 
 _DAY = 86400.0
-# Below three times the warning threshold, thresholds scale with the lifetime (see the module docstring).
-SHORT_LIVED_FACTOR = 3.0
 
 
 @dataclass(frozen=True)

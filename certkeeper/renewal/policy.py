@@ -12,8 +12,9 @@ The order of the rules (the first that applies wins):
    window in the past means now; a window that would leave less than a tenth of the lifetime is ignored
    (a backstop against a CA answering nonsense);
 3. ``renew_before`` reached, less a spread of up to 2 % of the lifetime (at most 12 h);
-4. after failures: exponential backoff with jitter from 10 minutes, never later than the critical point
-   (a tenth of the lifetime before expiry) and never more often than every 10 minutes (CA rate limits).
+4. after failures: exponential backoff with jitter from 10 minutes, up to 12 h or a twentieth of the lifetime
+   (8 h for a 160-hour certificate), never later than the critical point (a tenth of the lifetime before
+   expiry) and never more often than every 10 minutes (CA rate limits).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ MAX_SPREAD = timedelta(hours=12)
 SPREAD_FRACTION = 0.02
 ARI_BACKSTOP_FRACTION = 0.1
 CRITICAL_FRACTION = 0.1
+RETRY_CAP_FRACTION = 0.05
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,8 @@ def _ari_moment(installed: Installed, wanted: Wanted, history: History) -> datet
 def _retry_point(installed: Installed | None, wanted: Wanted, history: History) -> datetime | None:
     if history.failures <= 0 or history.last_attempt_at is None:
         return None
-    delay = backoff_delay(history.failures, wanted.name)
+    cap = MAX_RETRY if installed is None else min(MAX_RETRY, installed.lifetime * RETRY_CAP_FRACTION)
+    delay = backoff_delay(history.failures, wanted.name, cap=cap)
     retry_at = history.last_attempt_at + delay
     if installed is not None:
         critical = installed.not_after - installed.lifetime * CRITICAL_FRACTION
@@ -135,11 +138,11 @@ def _retry_point(installed: Installed | None, wanted: Wanted, history: History) 
     return retry_at
 
 
-def backoff_delay(failures: int, name: str) -> timedelta:
-    """10 min, 20 min, 40 min, ... up to 12 h, each scaled by a jitter in [0.75, 1) but never under 10 min."""
+def backoff_delay(failures: int, name: str, *, cap: timedelta = MAX_RETRY) -> timedelta:
+    """10 min, 20 min, 40 min, ... up to ``cap`` (12 h), each scaled by a jitter in [0.75, 1), never under 10 min."""
     base = MIN_RETRY * (1 << min(failures - 1, 16))
     jitter = 0.75 + 0.25 * _unit_hash(name, str(failures), "backoff")
-    return max(MIN_RETRY, min(base, MAX_RETRY) * jitter)
+    return max(MIN_RETRY, min(base, cap) * jitter)
 
 
 def _unit_hash(*parts: str) -> float:
