@@ -13,7 +13,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
@@ -29,7 +29,9 @@ CONFIG_ENV = "CERTKEEPER_CONFIG"
 
 SmtpSecurity = Literal["none", "starttls", "tls"]
 SmtpTlsFallback = Literal["none", "unverified-no-auth"]
-Challenge = Literal["http-01", "dns-01"]
+Challenge = Literal["http-01", "dns-01", "dns-account-01", "dns-persist-01"]
+CHALLENGES: tuple[Challenge, ...] = ("http-01", "dns-01", "dns-account-01", "dns-persist-01")
+DNS_CHALLENGES = frozenset({"dns-01", "dns-account-01", "dns-persist-01"})
 CopyTarget = Literal["fullchain", "privkey", "combined", "cert", "chain"]
 COPY_TARGETS: tuple[CopyTarget, ...] = ("fullchain", "privkey", "combined", "cert", "chain")
 
@@ -100,6 +102,8 @@ class AcmeIssuerConfig:
     dns_hook: Path | None = None
     dns_timeout: timedelta = timedelta(seconds=120)
     profile: str | None = None
+    persist_until: datetime | None = None  # dns-persist-01: the persistUntil the records carry
+    persist_warning: timedelta = timedelta(days=30)  # alert when persistUntil is closer than this
     eab_kid: str | None = None
     eab_hmac_key_file: Path | None = None
     timeout: timedelta = timedelta(seconds=300)
@@ -334,6 +338,11 @@ def _parse_issuer(name: str, t: Table) -> IssuerConfig:
     return _parse_acme_issuer(name, t)
 
 
+def _parse_instant(text: str) -> datetime:
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def _parse_acme_issuer(name: str, t: Table) -> AcmeIssuerConfig:
     d = AcmeIssuerConfig(name=name, directory="")
     directory = t.url("directory", None, required=True) or ""
@@ -342,7 +351,7 @@ def _parse_acme_issuer(name: str, t: Table) -> AcmeIssuerConfig:
         if not item.startswith("mailto:"):
             t.error(f"contact[{i}]" if len(contact) > 1 else "contact", repr(item),
                     'a "mailto:" URL such as "mailto:hostmaster@example.org"')
-    challenge = t.choice("challenge", ("http-01", "dns-01"), "http-01")
+    challenge = t.choice("challenge", CHALLENGES, "http-01")
     issuer = AcmeIssuerConfig(
         name=name,
         directory=directory,
@@ -360,13 +369,21 @@ def _parse_acme_issuer(name: str, t: Table) -> AcmeIssuerConfig:
         dns_hook=t.path("dns_hook", None),
         dns_timeout=t.duration("dns_timeout", d.dns_timeout),
         profile=t.string("profile", None),
+        persist_until=t.parsed("persist_until", _parse_instant, None,
+                               'a moment such as "2027-12-31T00:00:00Z" (UTC when no offset is given)'),
+        persist_warning=t.duration("persist_warning", d.persist_warning),
         eab_kid=t.string("eab_kid", None),
         eab_hmac_key_file=t.path("eab_hmac_key_file", None),
         timeout=t.duration("timeout", d.timeout, minimum=timedelta(seconds=10)),
     )
-    if challenge == "dns-01" and not (issuer.dns_hook or (issuer.dns_server and issuer.tsig_key_file)):
-        t.error("challenge", '"dns-01" without a way to publish records',
+    if challenge in ("dns-01", "dns-account-01") and not (issuer.dns_hook or (issuer.dns_server
+                                                                              and issuer.tsig_key_file)):
+        t.error("challenge", f'"{challenge}" without a way to publish records',
                 "dns_server and tsig_key_file (RFC 2136), or dns_hook (an external program)")
+    if challenge == "dns-persist-01" and not issuer.dns_server:
+        t.error("challenge", '"dns-persist-01" without dns_server',
+                "dns_server: a server of the zone, asked (no updates, no key) where the records are served, to "
+                "check them on every authoritative server before an order")
     if issuer.dns_hook and issuer.dns_server:
         t.error("dns_hook", "both dns_hook and dns_server", "one way to publish DNS-01 records")
     if bool(issuer.eab_kid) != bool(issuer.eab_hmac_key_file):
@@ -449,10 +466,11 @@ def _parse_certificate(name: str, t: Table, issuers: Mapping[str, IssuerConfig])
             t.error("copy_to", "copy_to with two key types", "copy_to only for single-key-type certificates",
                     "point the daemon at the per-key-type files under current/ instead")
     issuer_config = issuers.get(issuer or "")
-    if isinstance(issuer_config, AcmeIssuerConfig) and issuer_config.challenge == "http-01":
+    if isinstance(issuer_config, AcmeIssuerConfig) and issuer_config.challenge not in DNS_CHALLENGES:
         for i, domain in enumerate(domains):
             if domain.startswith("*."):
-                t.error(f"domains[{i}]", repr(domain), "a wildcard only with an issuer whose challenge is dns-01")
+                t.error(f"domains[{i}]", repr(domain), "a wildcard only with an issuer whose challenge is dns-01, "
+                        "dns-account-01 or dns-persist-01")
     dane_table = t.optional_table("dane")
     certificate = CertificateConfig(
         name=name,

@@ -37,11 +37,11 @@ from urllib.parse import urlsplit
 
 import josepy as jose
 import requests
+from acme import challenges, messages
 from acme import client as acme_client
 from acme import errors as acme_errors
-from acme import messages
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from josepy.util import ComparableRSAKey
 
@@ -53,11 +53,20 @@ from certkeeper.issuers.base import IssuedCertificate, IssueRequest, RenewalWind
 from certkeeper.issuers.challenges import (
     ChallengeAnswer,
     HookDns01,
+    PersistDns01,
     Responder,
     Rfc2136Dns01,
     StandaloneHttp01,
     WebrootHttp01,
+    persist_record_name,
     read_secret_file,
+)
+from certkeeper.issuers.persist import (
+    PersistRecord,
+    judge_persist_records,
+    parse_persist_record,
+    persist_until_warning,
+    wanted_record,
 )
 from certkeeper.permissions import read_nofollow
 from certkeeper.store.atomic import write_atomic
@@ -329,6 +338,33 @@ class _ResilientNetwork(acme_client.ClientNetwork):
 # -- account and order ----------------------------------------------------------------------------------------
 
 
+class _EmptyResponse(jose.interfaces.JSONDeSerializable):
+    """``{}``: the challenge response of the types the library does not know (RFC 8555 section 7.5.1)."""
+
+    def to_partial_json(self) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def from_json(cls, jobj: Any) -> _EmptyResponse:
+        return cls()
+
+
+def _challenge_type(challenge: messages.ChallengeBody) -> str:
+    chall = challenge.chall
+    if isinstance(chall, challenges.UnrecognizedChallenge):
+        return str(chall.jobj.get("type", ""))
+    return str(chall.typ)
+
+
+@dataclass(frozen=True)
+class PersistRecordNotice:
+    """A dns-persist-01 record that still works, but whose persistUntil is closer than ``persist_warning``."""
+
+    identifier: str
+    record: str
+    left: timedelta
+
+
 class _NewOrder(messages.NewOrder):
     """newOrder with ARI's ``replaces`` (RFC 9773 section 5), which the acme library does not know."""
 
@@ -373,6 +409,12 @@ class _Directory:
                 self.net.account = messages.RegistrationResource(uri=uri, body=messages.Registration())
                 return
             self._register()
+
+    def account_uri(self) -> str:
+        """This key's account URI at the CA, registering the account first if it has none yet."""
+        self.ensure_account()
+        assert self.net.account is not None
+        return str(self.net.account.uri)
 
     def with_account(self, call: Callable[[], T]) -> T:
         """Run ``call``; if the CA forgot the account (``accountDoesNotExist``), register again, once."""
@@ -468,6 +510,7 @@ class AcmeIssuer:
         self.clock = clock
         self._lock = threading.Lock()
         self._directories: dict[str, _Directory] = {}
+        self.persist_warnings: list[PersistRecordNotice] = []  # found by dns-persist-01 checks; taken by the caller
 
     # -- Issuer ------------------------------------------------------------------------------------------------
 
@@ -478,6 +521,8 @@ class AcmeIssuer:
         replaces = self._certificate_id(request.replaces, request.certificate) if request.replaces else None
         with self._translated(request.certificate, url):
             directory = self._directory(url)
+            if self.config.challenge == "dns-persist-01":
+                self._check_persist_records(directory, request.domains)  # before an order is spent
             order = self._order(directory, request, csr, replaces)
             log.info("certificate %r: order %s for %s%s", request.certificate, order.uri, ", ".join(request.domains),
                      f" replacing {replaces}" if replaces else "")
@@ -524,6 +569,25 @@ class AcmeIssuer:
         if profile not in offered:
             raise IssuanceError(self.name, "-", describe_profile_refusal(self.config.directory, profile, offered),
                                 problem_type="urn:ietf:params:acme:error:invalidProfile")
+
+    def persist_records(self, domains: Sequence[str]) -> list[tuple[str, PersistRecord]]:
+        """dns-persist-01: the ``(record name, record)`` to publish once per name, for this issuer's account.
+
+        Registers the account if it has none yet (its URI is part of the record).  The issuer domain name is
+        the CA's first CAA identity (``meta.caaIdentities``), which its dns-persist-01 challenges carry.
+        """
+        url = self.config.directory
+        with self._translated("persist-record", url):
+            directory = self._directory(url)
+            account_uri = directory.account_uri()
+            identities = directory.client.directory.meta.caa_identities or ()
+            if not identities:
+                raise IssuanceError(self.name, "persist-record", f"the CA at {url} names no CAA identity "
+                                    "(meta.caaIdentities), so the record's issuer domain name is unknown")
+        return [(persist_record_name(domain),
+                 wanted_record(identities[0], account_uri, wildcard=domain.startswith("*."),
+                               persist_until=self.config.persist_until))
+                for domain in dict.fromkeys(domains)]
 
     # -- RenewalInfoSource -------------------------------------------------------------------------------------
 
@@ -631,13 +695,40 @@ class AcmeIssuer:
         c = self.config
         if c.challenge == "http-01":
             return WebrootHttp01(c.webroot) if c.webroot else StandaloneHttp01(c.http_address, c.http_port)
+        if c.challenge == "dns-persist-01":
+            if not c.dns_server:
+                raise ChallengeFailed("dns-persist-01 needs dns_server, to check the records before an order")
+            return PersistDns01(c.dns_server, zone=c.dns_zone, judge=self._judge_persist)
         if c.dns_hook:
-            return HookDns01(c.dns_hook, c.dns_timeout.total_seconds())
+            return HookDns01(c.dns_hook, c.dns_timeout.total_seconds(), challenge_type=c.challenge)
         if not (c.dns_server and c.tsig_key_file):
-            msg = "dns-01 needs dns_server and tsig_key_file, or dns_hook"
+            msg = f"{c.challenge} needs dns_server and tsig_key_file, or dns_hook"
             raise ChallengeFailed(msg)
         key = parse_tsig_key(read_secret_file(c.tsig_key_file, "the TSIG key"), str(c.tsig_key_file))
-        return Rfc2136Dns01(c.dns_server, key, zone=c.dns_zone, timeout=c.dns_timeout.total_seconds())
+        return Rfc2136Dns01(c.dns_server, key, zone=c.dns_zone, timeout=c.dns_timeout.total_seconds(),
+                            challenge_type=c.challenge)
+
+    def _check_persist_records(self, directory: _Directory, domains: Sequence[str]) -> None:
+        responder = self._responder()
+        assert isinstance(responder, PersistDns01)
+        identities = tuple(directory.client.directory.meta.caa_identities or ())
+        account_uri = directory.account_uri()
+        responder.check([ChallengeAnswer(identifier=domain, token="", key_authorization="", account_uri=account_uri,
+                                         issuer_domain_names=identities) for domain in domains])
+
+    def _judge_persist(self, answer: ChallengeAnswer, values: Sequence[str]) -> str | None:
+        now = self.clock()
+        verdict = judge_persist_records(values, issuer_domain_names=answer.issuer_domain_names,
+                                        account_uri=answer.account_uri, wildcard=answer.identifier.startswith("*."),
+                                        now=now)
+        if verdict is None:
+            for value in values:
+                record = parse_persist_record(value)
+                left = persist_until_warning(record.persist_until if record else None,
+                                             warning=self.config.persist_warning, now=now)
+                if record is not None and record.account_uri == answer.account_uri and left is not None:
+                    self.persist_warnings.append(PersistRecordNotice(answer.identifier, value, left))
+        return verdict
 
     def _authorize(self, directory: _Directory, order: messages.OrderResource, certificate: str,
                    deadline: float) -> None:
@@ -648,21 +739,24 @@ class AcmeIssuer:
             if body.status == messages.STATUS_VALID:
                 continue  # reused from an earlier order (RFC 8555 section 7.1.4)
             name = ("*." if body.wildcard else "") + body.identifier.value
-            offered = [c for c in body.challenges if c.chall.typ == responder.challenge_type]
+            offered = [c for c in body.challenges if _challenge_type(c) == responder.challenge_type]
             if not offered:
-                kinds = ", ".join(c.chall.typ for c in body.challenges) or "none"
-                why = "; wildcard names need dns-01" if body.wildcard else ""
+                kinds = ", ".join(_challenge_type(c) for c in body.challenges) or "none"
+                why = "; wildcard names need a DNS challenge" if body.wildcard else ""
                 raise IssuanceError(self.name, certificate, f"the CA offers no {responder.challenge_type} "
                                     f"challenge (only {kinds}){why}", identifier=name)
             challenge = offered[0]
-            answer = ChallengeAnswer(identifier=name, token=challenge.chall.encode("token"),
-                                     key_authorization=challenge.chall.key_authorization(directory.key))
-            pending.append((authorization, challenge, answer))
+            pending.append((authorization, challenge, self._answer(directory, challenge, name)))
         if not pending:
             return
         with responder.published([answer for _, _, answer in pending]):
             for _, challenge, _ in pending:
-                directory.client.answer_challenge(challenge, challenge.chall.response(directory.key))
+                if isinstance(challenge.chall, challenges.UnrecognizedChallenge):
+                    # dns-account-01, dns-persist-01: the library knows them not; the response is {} for both
+                    # (RFC 8555 section 7.5.1), posted as the library would.
+                    directory.client._post(challenge.uri, _EmptyResponse())
+                else:
+                    directory.client.answer_challenge(challenge, challenge.chall.response(directory.key))
             # Validation is under way: a first look after 50 ms usually finds it done, where an immediate
             # one would find it pending and be told to come back in a second.
             first_delay = 0.05
@@ -674,17 +768,31 @@ class AcmeIssuer:
                 if final.get("status") != "valid":
                     self._raise_validation_failure(final, challenge, answer, certificate)
 
+    def _answer(self, directory: _Directory, challenge: messages.ChallengeBody, name: str) -> ChallengeAnswer:
+        """What the responder publishes or checks for one challenge, the library's types or not."""
+        chall = challenge.chall
+        if not isinstance(chall, challenges.UnrecognizedChallenge):
+            return ChallengeAnswer(identifier=name, token=chall.encode("token"),
+                                   key_authorization=chall.key_authorization(directory.key))
+        account_uri = directory.account_uri()
+        token = str(chall.jobj.get("token", ""))
+        thumbprint = jose.b64.b64encode(directory.key.thumbprint(hash_function=hashes.SHA256)).decode()
+        return ChallengeAnswer(identifier=name, token=token,
+                               key_authorization=f"{token}.{thumbprint}" if token else "",
+                               account_uri=account_uri,
+                               issuer_domain_names=tuple(chall.jobj.get("issuer-domain-names") or ()))
+
     def _raise_validation_failure(self, authorization: dict[str, Any], challenge: messages.ChallengeBody,
                                   answer: ChallengeAnswer, certificate: str) -> None:
         problem: dict[str, Any] = {}
         for item in authorization.get("challenges", []):
-            if item.get("type") == challenge.chall.typ and item.get("error"):
+            if item.get("type") == _challenge_type(challenge) and item.get("error"):
                 problem = item["error"]
         problem_type = str(problem.get("type", "urn:ietf:params:acme:error:unauthorized"))
         detail = str(problem.get("detail", f"the authorization became {authorization.get('status')}"))
         raise IssuanceError(
             self.name, certificate,
-            describe_validation_failure(problem_type, detail, challenge.chall.typ, answer.identifier,
+            describe_validation_failure(problem_type, detail, _challenge_type(challenge), answer.identifier,
                                         self.config.http_port),
             problem_type=problem_type, identifier=answer.identifier)
 

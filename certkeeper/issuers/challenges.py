@@ -12,6 +12,11 @@ authorizations, so this module stays testable with a socket and a DNS server.
 - :class:`Rfc2136Dns01`: TXT records published with TSIG-signed dynamic updates (RFC 2136, RFC 8945), then
   waited for on every authoritative server of the zone before the CA is told to look.
 - :class:`HookDns01`: an external program, ``prog present|cleanup FQDN VALUE``, for any DNS provider.
+
+Both DNS responders also answer dns-account-01 (draft-ietf-acme-dns-account-label: the same value under an
+account-scoped label, ``_<label>._acme-challenge.<name>``, so several accounts can validate one name at once).
+:class:`PersistDns01` publishes nothing: dns-persist-01's record (draft-ietf-acme-dns-persist) was published once,
+and before an order it checks the record is visible on every authoritative server and would be accepted.
 """
 
 from __future__ import annotations
@@ -48,6 +53,9 @@ class ChallengeAnswer:
     identifier: str
     token: str
     key_authorization: str
+    # dns-account-01 scopes the record name to the account; dns-persist-01 matches the record against both
+    account_uri: str = ""
+    issuer_domain_names: tuple[str, ...] = ()  # dns-persist-01: the CA's names, from the challenge object
 
     @property
     def dns_value(self) -> str:
@@ -57,8 +65,16 @@ class ChallengeAnswer:
 
     @property
     def dns_name(self) -> str:
-        """``_acme-challenge.<name>.``; a wildcard is validated at its base name (RFC 8555 section 8.4)."""
-        return "_acme-challenge." + self.identifier.removeprefix("*.").rstrip(".") + "."
+        """``_acme-challenge.<name>.``; a wildcard is validated at its base name (RFC 8555 section 8.4).
+
+        With an ``account_uri`` (dns-account-01): ``_<label>._acme-challenge.<name>.``, the label being the first
+        10 bytes of SHA-256(account URI) in lower-case base32 (draft-ietf-acme-dns-account-label section 3.2).
+        """
+        base = "_acme-challenge." + self.identifier.removeprefix("*.").rstrip(".") + "."
+        if not self.account_uri:
+            return base
+        label = base64.b32encode(hashlib.sha256(self.account_uri.encode()).digest()[:10]).decode().lower()
+        return f"_{label}.{base}"
 
 
 class Responder(Protocol):
@@ -241,12 +257,12 @@ class Rfc2136Dns01:
     (a test bed or a hidden primary on a high port answers for every name there).
     """
 
-    challenge_type: ClassVar[str] = "dns-01"
-
     def __init__(self, server: str, key: TsigKey, *, zone: str | None, timeout: float, ttl: int = 60,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+                 challenge_type: str = "dns-01") -> None:
         host, self.port = parse_server(server)
         self.host = host
+        self.challenge_type = challenge_type  # dns-01 or dns-account-01: the answers carry the record name
         self.key = key
         self.zone = zone
         self.timeout = timeout
@@ -323,6 +339,77 @@ class Rfc2136Dns01:
             return False
 
 
+# -- dns-persist-01: a record published once, checked before each order -------------------------------------
+
+
+class PersistDns01:
+    """dns-persist-01: nothing to publish; before the CA looks, the record must be on every authoritative server.
+
+    ``server`` is only asked where the zone is (SOA) and who serves it (NS), as :class:`Rfc2136Dns01` asks it;
+    no TSIG key, no update: renewals need no DNS credentials on the mail host.  What a record must say is judged
+    by ``judge`` (:func:`certkeeper.issuers.persist.judge_persist_records`).
+    """
+
+    challenge_type: ClassVar[str] = "dns-persist-01"
+
+    def __init__(self, server: str, *, zone: str | None,
+                 judge: Callable[[ChallengeAnswer, Sequence[str]], str | None]) -> None:
+        self.host, self.port = parse_server(server)
+        self.zone = zone
+        self._judge = judge
+
+    @contextlib.contextmanager
+    def published(self, answers: Sequence[ChallengeAnswer]) -> Iterator[None]:
+        self.check(answers)
+        yield
+
+    def check(self, answers: Sequence[ChallengeAnswer]) -> dict[str, list[str]]:
+        """Raise :class:`ChallengeFailed` naming each server where a record is missing or would be refused.
+
+        Returns each record name's TXT values as the authoritative servers serve them (all passed).
+        """
+        problems: list[str] = []
+        seen: dict[str, list[str]] = {}
+        try:
+            address = resolve_address(self.host)
+            for answer in answers:
+                name = persist_record_name(answer.identifier)
+                zone = self.zone or dnsclient.find_zone(address, self.port, name)
+                for server in dnsclient.authoritative_addresses(address, self.port, zone):
+                    values = list(dnsclient.query(server, self.port, name, "TXT").values)
+                    verdict = self._judge(answer, values)
+                    if verdict is not None:
+                        problems.append(f"{name} on {server}: {verdict}")
+                    seen.setdefault(name, []).extend(v for v in values if v not in seen.get(name, []))
+        except DnsError as exc:
+            raise ChallengeFailed(f"dns-persist-01: {exc}") from None
+        if problems:
+            raise ChallengeFailed("dns-persist-01: " + "; ".join(problems))
+        return seen
+
+    def publish(self, key: TsigKey, records: Sequence[tuple[str, str]]) -> None:
+        """Add ``(name, value)`` TXT records once, with a TSIG-signed update (``persist-record --publish``)."""
+        try:
+            address = resolve_address(self.host)
+            for name, value in records:
+                zone = self.zone or dnsclient.find_zone(address, self.port, name)
+                dnsclient.send_update(address, self.port, zone, key, ttl=3600, add=[(name, "TXT", _quoted_txt(value))])
+        except DnsError as exc:
+            raise ChallengeFailed(f"dns-persist-01: {exc}") from None
+
+
+def persist_record_name(identifier: str) -> str:
+    """``_validation-persist.<name>.``; a wildcard is validated at its base name (draft-ietf-acme-dns-persist)."""
+    return "_validation-persist." + identifier.removeprefix("*.").rstrip(".") + "."
+
+
+def _quoted_txt(value: str) -> str:
+    """One TXT record's text in zone-file form: strings of at most 255 octets (RFC 1035 section 3.3.14)."""
+    data = value.encode()
+    chunks = [data[i:i + 255] for i in range(0, len(data), 255)] or [b""]
+    return " ".join('"' + c.decode().replace("\\", "\\\\").replace('"', '\\"') + '"' for c in chunks)
+
+
 # -- dns-01 through a program ---------------------------------------------------------------------------------
 
 # A hook gets no inherited secrets (no REQUESTS_CA_BUNDLE, no proxy passwords): only a sane PATH and locale.
@@ -339,7 +426,7 @@ class HookDns01:
 
     program: Path
     timeout: float
-    challenge_type: ClassVar[str] = "dns-01"
+    challenge_type: str = "dns-01"  # or dns-account-01: FQDN is then the account-scoped name
 
     @contextlib.contextmanager
     def published(self, answers: Sequence[ChallengeAnswer]) -> Iterator[None]:
