@@ -148,6 +148,15 @@ class RenewalWaitingForTlsa(Event):
 
 
 @dataclass(frozen=True)
+class PersistRecordExpiring(Event):
+    """dns-persist-01: a record that still validates ends at its persistUntil sooner than persist_warning."""
+
+    name: str
+    record_name: str
+    persist_until: datetime
+
+
+@dataclass(frozen=True)
 class UnsafeKeyRollover(Event):
     """DANE: the key changed before its TLSA records were ready, because expiry came too close."""
 

@@ -129,3 +129,32 @@ def test_dns_persist_01_with_another_accounts_record_fails_naming_both_accounts(
     with pytest.raises(IssuanceError, match=rf"names accounturi={other}, but this account is https://127\.0\.0\.1"):
         issuer.issue(request_for(domain))
     assert pebble.count_orders() == orders
+
+
+def test_a_persist_until_closer_than_the_warning_raises_an_alert_and_still_issues(
+        pebble: Pebble, bind: Bind, tmp_path: Path) -> None:
+    from certkeeper.app import build_app
+    from certkeeper.config import load_config
+    from certkeeper.testbed.server import allocate_port
+
+    domain = unique(bind, "until")
+    until = (pki.now_utc() + timedelta(days=10)).replace(microsecond=0)
+    config_file = write_config(tmp_path / "certkeeper.toml", pebble, bind, domain)
+    text = config_file.read_text().replace(
+        'challenge = "dns-persist-01"\n',
+        f'challenge = "dns-persist-01"\npersist_until = "{until.isoformat()}"\npersist_warning = "30d"\n'
+        f'trust_roots = "{pebble.write_issuer_chain(tmp_path / "roots.pem")}"\n')
+    config_file.write_text(text + f'[alerts]\nto = ["postmaster@example.test"]\nfrom = "ck@example.test"\n'
+                                  f'smtp_host = "127.0.0.1"\nsmtp_port = {allocate_port()}\nsmtp_security = "none"\n')
+    assert main(["-c", str(config_file), "acme", "persist-record", "mail", "--publish", "--tsig-key-file",
+                 str(bind.tsig_key_file)]) == 0
+    assert all(f"persistUntil={int(until.timestamp())}" in v for v in txt_at(bind, f"_validation-persist.{domain}"))
+    app = build_app(load_config(config_file))
+    try:
+        assert [o.result for o in app.renewer.run(None)] == ["renewed"]
+        alerts = [a for a in app.store.pending_alerts() if "dns-persist-01" in a.subject]
+    finally:
+        app.close()
+
+    assert [a.severity for a in alerts] == ["WARNING"]
+    assert alerts[0].subject == f"the dns-persist-01 record of mail ends {until:%Y-%m-%d %H:%M} UTC"

@@ -36,6 +36,7 @@ from certkeeper.events import (
     Event,
     MtaStsPolicyPublished,
     MtaStsPublishFailed,
+    PersistRecordExpiring,
     ReloadHookFailed,
     RenewalFailed,
     RolledBack,
@@ -213,6 +214,18 @@ def _unsafe_rollover(event: UnsafeKeyRollover) -> AlertAction:
         f"certkeeper dane show {event.name}; publish those records now"))
 
 
+def _persist_expiring(event: PersistRecordExpiring) -> AlertAction:
+    until = event.persist_until.strftime("%Y-%m-%d %H:%M UTC")
+    return AlertAction(Alert(
+        f"persist:{event.name}:{event.record_name}:{int(event.persist_until.timestamp())}", Severity.WARNING,
+        f"the dns-persist-01 record of {event.name} ends {until}",
+        f"The TXT record {event.record_name} stops validating at its persistUntil, {until}; after that, renewals "
+        f"of {event.name} fail.",
+        (("certificate", event.name), ("record", event.record_name), ("persistUntil", until)),
+        "checked the record on every authoritative server before the order (it still validates)",
+        f"raise persist_until, then certkeeper acme persist-record {event.name} --publish"))
+
+
 def _tlsa_mismatch(event: TlsaMismatchObserved) -> AlertAction:
     published = ", ".join(event.published)
     return AlertAction(Alert(
@@ -271,6 +284,7 @@ RULES: dict[type[Any], Callable[[Any], AlertAction]] = {
     UnsafeKeyRollover: _unsafe_rollover,
     MtaStsPublishFailed: _mta_sts_failed,
     MtaStsPolicyPublished: _mta_sts_published,
+    PersistRecordExpiring: _persist_expiring,
     TlsaMismatchObserved: _tlsa_mismatch,
     TlsaMatchRecovered: _tlsa_recovered,
     ConfigReloadRejected: _config_rejected,

@@ -356,15 +356,6 @@ def _challenge_type(challenge: messages.ChallengeBody) -> str:
     return str(chall.typ)
 
 
-@dataclass(frozen=True)
-class PersistRecordNotice:
-    """A dns-persist-01 record that still works, but whose persistUntil is closer than ``persist_warning``."""
-
-    identifier: str
-    record: str
-    left: timedelta
-
-
 class _NewOrder(messages.NewOrder):
     """newOrder with ARI's ``replaces`` (RFC 9773 section 5), which the acme library does not know."""
 
@@ -510,7 +501,6 @@ class AcmeIssuer:
         self.clock = clock
         self._lock = threading.Lock()
         self._directories: dict[str, _Directory] = {}
-        self.persist_warnings: list[PersistRecordNotice] = []  # found by dns-persist-01 checks; taken by the caller
 
     # -- Issuer ------------------------------------------------------------------------------------------------
 
@@ -521,15 +511,16 @@ class AcmeIssuer:
         replaces = self._certificate_id(request.replaces, request.certificate) if request.replaces else None
         with self._translated(request.certificate, url):
             directory = self._directory(url)
+            expiring: tuple[tuple[str, datetime], ...] = ()
             if self.config.challenge == "dns-persist-01":
-                self._check_persist_records(directory, request.domains)  # before an order is spent
+                expiring = self._check_persist_records(directory, request.domains)  # before an order is spent
             order = self._order(directory, request, csr, replaces)
             log.info("certificate %r: order %s for %s%s", request.certificate, order.uri, ", ".join(request.domains),
                      f" replacing {replaces}" if replaces else "")
             self._authorize(directory, order, request.certificate, deadline)
             fullchain = self._finalize(directory, order, request.certificate, deadline)
         leaf, chain = pki.split_fullchain(fullchain.encode())
-        return IssuedCertificate(certificate=leaf, chain=tuple(chain))
+        return IssuedCertificate(certificate=leaf, chain=tuple(chain), persist_records_expiring=expiring)
 
     def trust_anchors(self) -> Sequence[x509.Certificate]:
         """``trust_roots`` when set (a private or test CA), else empty: the system store.
@@ -708,27 +699,34 @@ class AcmeIssuer:
         return Rfc2136Dns01(c.dns_server, key, zone=c.dns_zone, timeout=c.dns_timeout.total_seconds(),
                             challenge_type=c.challenge)
 
-    def _check_persist_records(self, directory: _Directory, domains: Sequence[str]) -> None:
+    def _check_persist_records(self, directory: _Directory,
+                               domains: Sequence[str]) -> tuple[tuple[str, datetime], ...]:
+        """The dns-persist-01 records, checked; those of this account whose persistUntil is near are returned."""
         responder = self._responder()
         assert isinstance(responder, PersistDns01)
         identities = tuple(directory.client.directory.meta.caa_identities or ())
         account_uri = directory.account_uri()
-        responder.check([ChallengeAnswer(identifier=domain, token="", key_authorization="", account_uri=account_uri,
-                                         issuer_domain_names=identities) for domain in domains])
-
-    def _judge_persist(self, answer: ChallengeAnswer, values: Sequence[str]) -> str | None:
+        seen = responder.check([ChallengeAnswer(identifier=domain, token="", key_authorization="",
+                                                account_uri=account_uri, issuer_domain_names=identities)
+                                for domain in domains])
         now = self.clock()
-        verdict = judge_persist_records(values, issuer_domain_names=answer.issuer_domain_names,
-                                        account_uri=answer.account_uri, wildcard=answer.identifier.startswith("*."),
-                                        now=now)
-        if verdict is None:
+        expiring: dict[tuple[str, datetime], None] = {}
+        for name, values in seen.items():
             for value in values:
                 record = parse_persist_record(value)
-                left = persist_until_warning(record.persist_until if record else None,
-                                             warning=self.config.persist_warning, now=now)
-                if record is not None and record.account_uri == answer.account_uri and left is not None:
-                    self.persist_warnings.append(PersistRecordNotice(answer.identifier, value, left))
-        return verdict
+                if record is None or record.account_uri != account_uri or record.persist_until is None:
+                    continue
+                if persist_until_warning(record.persist_until, warning=self.config.persist_warning,
+                                         now=now) is not None:
+                    log.warning("dns-persist-01 record %s ends at persistUntil %s, within persist_warning",
+                                name, record.persist_until.isoformat())
+                    expiring[(name, record.persist_until)] = None
+        return tuple(expiring)
+
+    def _judge_persist(self, answer: ChallengeAnswer, values: Sequence[str]) -> str | None:
+        return judge_persist_records(values, issuer_domain_names=answer.issuer_domain_names,
+                                     account_uri=answer.account_uri, wildcard=answer.identifier.startswith("*."),
+                                     now=self.clock())
 
     def _authorize(self, directory: _Directory, order: messages.OrderResource, certificate: str,
                    deadline: float) -> None:

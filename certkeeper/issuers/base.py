@@ -36,6 +36,9 @@ class IssuedCertificate:
 
     certificate: x509.Certificate
     chain: tuple[x509.Certificate, ...]
+    # dns-persist-01 records that validated this order but whose persistUntil is closer than persist_warning:
+    # (record name, persistUntil). The lifecycle turns each into a PersistRecordExpiring event.
+    persist_records_expiring: tuple[tuple[str, datetime], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ from certkeeper.events import (
     CertificateIssued,
     CertificateVerified,
     EventBus,
+    PersistRecordExpiring,
     ReloadHookFailed,
     RenewalFailed,
     RolledBack,
@@ -316,6 +317,8 @@ class Renewer:
                     self.bus.publish(CertificateIssued(self.clock(), certificate.name, key_type.value, issuer.name,
                                                        pki.serial_hex(issued.certificate),
                                                        pki.not_after(issued.certificate)))
+                    for record_name, until in issued.persist_records_expiring:
+                        self.bus.publish(PersistRecordExpiring(self.clock(), certificate.name, record_name, until))
                 check_pairs(certificate.name, pairs, certificate.domains, roots, now=self.clock())
                 self._check_mta_sts(certificate, pairs)
                 return pairs
