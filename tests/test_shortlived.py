@@ -13,15 +13,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from certkeeper.alert_rules import DEFAULT_WARN_DAYS, expiry_alert
-from certkeeper.install import CertificateHome
-from certkeeper.policy import History, Installed, Wanted, decide_renewal
 
 from certkeeper import pki
+from certkeeper.alerts.rules import DEFAULT_WARN_DAYS, expiry_alert
 from certkeeper.app import build_app
 from certkeeper.config import load_config
 from certkeeper.model import RenewBefore
 from certkeeper.probe.judge import thresholds_for
+from certkeeper.renewal.policy import History, Installed, Wanted, decide_renewal
+from certkeeper.store.versions import CertificateHome
 from certkeeper.testbed.bind import Bind
 from certkeeper.testbed.pebble import TODAYS_PROFILES, Pebble
 

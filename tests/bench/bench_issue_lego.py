@@ -42,7 +42,7 @@ from certkeeper.testbed.install import lego_binary
 from certkeeper.testbed.pebble import Pebble
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_acme_vs_certbot import run_certbot, run_certkeeper  # noqa: E402 - the sibling script's runners
+from bench_acme_vs_certbot import run_certbot, run_certkeeper  # the sibling script's runners
 
 FLOOR_THREADS = 4
 
