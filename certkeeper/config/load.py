@@ -104,6 +104,7 @@ class AcmeIssuerConfig:
     profile: str | None = None
     persist_until: datetime | None = None  # dns-persist-01: the persistUntil the records carry
     persist_warning: timedelta = timedelta(days=30)  # alert when persistUntil is closer than this
+    caa_resolver: str | None = None  # CAA pre-flight before each order: "host[:port]" or "system"; None: off
     eab_kid: str | None = None
     eab_hmac_key_file: Path | None = None
     timeout: timedelta = timedelta(seconds=300)
@@ -372,6 +373,7 @@ def _parse_acme_issuer(name: str, t: Table) -> AcmeIssuerConfig:
         persist_until=t.parsed("persist_until", _parse_instant, None,
                                'a moment such as "2027-12-31T00:00:00Z" (UTC when no offset is given)'),
         persist_warning=t.duration("persist_warning", d.persist_warning),
+        caa_resolver=t.string("caa_resolver", None),
         eab_kid=t.string("eab_kid", None),
         eab_hmac_key_file=t.path("eab_hmac_key_file", None),
         timeout=t.duration("timeout", d.timeout, minimum=timedelta(seconds=10)),

@@ -45,11 +45,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from josepy.util import ComparableRSAKey
 
-from certkeeper import __version__, pki
+from certkeeper import __version__, dnsclient, pki
 from certkeeper.config import AcmeIssuerConfig
-from certkeeper.dnsclient import parse_tsig_key
-from certkeeper.errors import CaUnavailable, ChallengeFailed, InputError, IssuanceError, UsageError
+from certkeeper.dnsclient import parse_server, parse_tsig_key, resolve_address
+from certkeeper.errors import CaUnavailable, ChallengeFailed, DnsError, InputError, IssuanceError, UsageError
 from certkeeper.issuers.base import IssuedCertificate, IssueRequest, RenewalWindow
+from certkeeper.issuers.caa import CaaVerdict, judge_caa, relevant_caa
 from certkeeper.issuers.challenges import (
     ChallengeAnswer,
     HookDns01,
@@ -401,6 +402,12 @@ class _Directory:
                 return
             self._register()
 
+    def stored_account_uri(self) -> str | None:
+        """The account URI stored for this key, without asking the CA (None before the first registration)."""
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            return str(json.loads((self.home / "account.json").read_text())["uri"])
+        return None
+
     def account_uri(self) -> str:
         """This key's account URI at the CA, registering the account first if it has none yet."""
         self.ensure_account()
@@ -511,6 +518,13 @@ class AcmeIssuer:
         replaces = self._certificate_id(request.replaces, request.certificate) if request.replaces else None
         with self._translated(request.certificate, url):
             directory = self._directory(url)
+            if self.config.caa_resolver:
+                refused = [v for v in self._caa_verdicts(directory, request.domains, directory.account_uri())
+                           if not v.allowed]
+                if refused:  # RFC 8659: the CA would refuse it; say why before an order is spent
+                    raise IssuanceError(self.name, request.certificate, "; ".join(v.describe() for v in refused),
+                                        problem_type="urn:ietf:params:acme:error:caa",
+                                        identifier=refused[0].identifier)
             expiring: tuple[tuple[str, datetime], ...] = ()
             if self.config.challenge == "dns-persist-01":
                 expiring = self._check_persist_records(directory, request.domains)  # before an order is spent
@@ -533,6 +547,43 @@ class AcmeIssuer:
             return pki.load_certificates(self.config.trust_roots.read_bytes())
         except (OSError, ValueError) as exc:
             raise InputError(str(self.config.trust_roots), f"cannot read trust_roots: {exc}") from None
+
+    def caa_verdicts(self, domains: Sequence[str]) -> list[CaaVerdict]:
+        """CAA pre-flight for ``domains`` (RFC 8659, RFC 8657), for ``doctor`` and ``check --caa``.
+
+        Uses the stored account's URI and registers none: without an account, records naming an accounturi
+        are judged against "(no account yet)".
+        """
+        url = self.config.directory
+        with self._translated("caa", url):
+            directory = self._directory(url)
+            stored = directory.stored_account_uri()
+            return self._caa_verdicts(directory, domains, stored or "(no account yet)")
+
+    def _caa_verdicts(self, directory: _Directory, domains: Sequence[str], account_uri: str) -> list[CaaVerdict]:
+        resolver = self.config.caa_resolver or "system"
+        try:
+            host, port = (dnsclient.default_resolver(), 53) if resolver == "system" else parse_server(resolver)
+            address = resolve_address(host)
+        except DnsError as exc:
+            log.warning("CAA pre-flight skipped: %s", exc)
+            return []
+        identities = tuple(directory.client.directory.meta.caa_identities or ())
+
+        def lookup(name: str) -> Sequence[str]:
+            answer = dnsclient.query(address, port, name, "CAA", recursive=True)
+            return answer.values if answer.rcode == "NOERROR" else ()
+
+        verdicts: list[CaaVerdict] = []
+        for domain in dict.fromkeys(domains):
+            try:
+                owner, records = relevant_caa(domain, lookup)
+            except DnsError as exc:  # the CA looks itself; a resolver problem here must not stop renewals
+                log.warning("CAA pre-flight for %s skipped: %s", domain, exc)
+                continue
+            verdicts.append(judge_caa(domain, owner, records, issuer_domain_names=identities,
+                                      account_uri=account_uri, challenge=self.config.challenge))
+        return verdicts
 
     def offered_profiles(self, *, timeout: float = 5.0) -> dict[str, str]:
         """The profiles the CA's directory offers (``meta.profiles``: name -> description), fetched once, quickly.
