@@ -18,6 +18,7 @@ from certkeeper.store import Store
 
 if TYPE_CHECKING:
     from certkeeper.alerts.notifier import Notifier
+    from certkeeper.issuers.caa import CaaVerdict
     from certkeeper.renewal.observe import Observation
     from certkeeper.store.fleet import Fleet
 
@@ -52,6 +53,32 @@ def build_issuer(config: IssuerConfig, settings: Settings) -> Issuer:
     from certkeeper.issuers.acme import AcmeIssuer
 
     return AcmeIssuer(config, settings.state_dir)
+
+
+def check_caa(config: Config, *, resolver: str | None = None,
+              configured_only: bool = False) -> list[tuple[str, CaaVerdict]]:
+    """The CAA pre-flight of every ACME certificate, as an order would run it: (certificate name, verdict).
+
+    ``resolver`` overrides each issuer's ``caa_resolver`` ("system" when neither is set); ``configured_only``
+    skips issuers without ``caa_resolver`` (``doctor``: no resolver asked unless the configuration says so).
+    For ``doctor`` and ``check --caa``; the order itself runs the same check (:class:`AcmeIssuer`).
+    """
+    from dataclasses import replace
+
+    from certkeeper.config import AcmeIssuerConfig
+    from certkeeper.issuers.acme import AcmeIssuer
+
+    found: list[tuple[str, CaaVerdict]] = []
+    for certificate in config.certificates.values():
+        issuer_config = config.issuers.get(certificate.issuer)
+        if not isinstance(issuer_config, AcmeIssuerConfig):
+            continue
+        if configured_only and not issuer_config.caa_resolver:
+            continue
+        chosen = resolver or issuer_config.caa_resolver or "system"
+        issuer = AcmeIssuer(replace(issuer_config, caa_resolver=chosen), config.settings.state_dir)
+        found += [(certificate.name, verdict) for verdict in issuer.caa_verdicts(certificate.domains)]
+    return found
 
 
 class Issuers:

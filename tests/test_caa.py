@@ -124,3 +124,30 @@ def test_caa_naming_another_account_stops_the_order_and_ours_lets_it_through(peb
     issued = issuer.issue(request_for(our_name[:-1]))
     assert pki.subject_alternative_names(issued.certificate) == [our_name[:-1]]
     assert pebble.count_orders() == orders + 1
+
+
+@pytest.mark.testbed
+def test_doctor_and_check_caa_report_what_the_order_would_meet(pebble: Pebble, bind: Bind, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from certkeeper.cli import main
+
+    forbidden, allowed = unique(bind), unique(bind)
+    publish_caa(bind, forbidden, '0 issue "letsencrypt.org"')
+    config = tmp_path / "certkeeper.toml"
+    config.write_text(
+        f'[certkeeper]\nstate_dir = "{tmp_path / "state"}"\n'
+        f'[issuers.pebble]\ntype = "acme"\ndirectory = "{pebble.directory_url}"\nca_bundle = "{pebble.ca_file}"\n'
+        f'caa_resolver = "{bind.nameserver}"\n'
+        f'[certificates.mail]\nissuer = "pebble"\ndomains = ["{forbidden[:-1]}", "{allowed[:-1]}"]\n')
+    expected = (f'{forbidden[:-1]}: CAA at {forbidden} does not allow pebble.letsencrypt.org to issue '
+                f'("{forbidden} CAA 0 issue "letsencrypt.org"")')
+
+    assert main(["-c", str(config), "check", "--caa"]) == 2
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"CAA CRITICAL - mail: {expected}")
+    assert lines[1] == f"CAA OK - mail: {allowed[:-1]}: allowed (no CAA record up to the root)"
+
+    main(["-c", str(config), "doctor", "--no-probe", "--postfix-config", str(tmp_path / "none")])
+    report = capsys.readouterr().out
+    assert f"PROBLEM caa-forbids-issuance: mail: {expected}" in report
+    assert f"mail: {allowed[:-1]}: allowed (no CAA record up to the root)" in report

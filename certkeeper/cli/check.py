@@ -71,14 +71,18 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                              "certificate matches them (tlsa-invalid otherwise) and whether the answer was "
                              "DNSSEC-validated (the AD bit); SMTP targets are probed without SNI as well")
     parser.add_argument("--resolver", metavar="HOST[:PORT]",
-                        help="the DNS resolver for --dane and --mta-sts (default: the first nameserver in "
-                             "/etc/resolv.conf)")
+                        help="the DNS resolver for --dane, --mta-sts and --caa (default: the first nameserver in "
+                             "/etc/resolv.conf; for --caa the issuer's caa_resolver first)")
     parser.add_argument("--mta-sts", metavar="DOMAIN", action="append", default=[], dest="mta_sts",
                         help="check DOMAIN's MTA-STS (RFC 8461) as a sender would: the _mta-sts TXT record, the "
                              "policy over HTTPS from mta-sts.DOMAIN (certificate verified for that name, --ca-file "
                              "applies), its syntax, and every MX host on port 25 with STARTTLS against the policy's "
                              "mx patterns; findings in RFC 8460 words (sts-policy-fetch-error, sts-policy-invalid, "
                              "sts-webpki-invalid, certificate-host-mismatch, starttls-not-supported, ...)")
+    parser.add_argument("--caa", action="store_true",
+                        help="instead of probing: the CAA pre-flight (RFC 8659, RFC 8657) of every ACME certificate "
+                             "of the configuration, as an order runs it; CRITICAL when a record forbids the CA, "
+                             "this account or this challenge")
     parser.set_defaults(handler=run_check, usage_status=EXIT_UNKNOWN)
     parser.usage_status = EXIT_UNKNOWN
 
@@ -88,6 +92,8 @@ class _BadArguments(Exception):
 
 
 def run_check(args: argparse.Namespace, context: Context) -> int:
+    if args.caa:
+        return _run_caa(args, context)
     if args.mta_sts:
         if args.targets or args.file:
             print("certkeeper check: --mta-sts takes domains, not TARGET arguments or --file", file=sys.stderr)
@@ -168,6 +174,21 @@ def _run_mta_sts(args: argparse.Namespace) -> int:
                 lines += [f"  {f.severity} {f.code}: {f.message}" for f in findings]
         sys.stdout.write("\n".join(lines) + "\n")
     return max(report.exit_code for report in reports)
+
+
+def _run_caa(args: argparse.Namespace, context: Context) -> int:
+    from certkeeper.app import check_caa
+
+    verdicts = check_caa(context.config, resolver=args.resolver)
+    rows = [{"certificate": name, "identifier": v.identifier, "allowed": v.allowed, "owner": v.owner,
+             "records": [r.text for r in v.records], "problem": v.problem} for name, v in verdicts]
+    if args.json:
+        json.dump(rows, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        for name, verdict in verdicts:
+            print(f"CAA {'OK' if verdict.allowed else 'CRITICAL'} - {name}: {verdict.describe()}")
+    return 2 if any(not v.allowed for _, v in verdicts) else 0
 
 
 def _targets(args: argparse.Namespace) -> list[Target]:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from certkeeper.cli.context import Context
 
 if TYPE_CHECKING:
-    from certkeeper.mailserver.doctor import Inputs, ManagedCertificate
+    from certkeeper.mailserver.doctor import Inputs, ManagedCertificate, Report
     from certkeeper.probe import ProbeResult
 
 ORDER = 25
@@ -82,6 +82,7 @@ def run_doctor(args: argparse.Namespace, context: Context) -> int:
     report = doctor.diagnose(inputs, roots=roots, now=now)
     if not args.no_probe:
         report = doctor.with_mta_sts(report, _check_mta_sts(args, context, now))
+    report = _with_caa(report, context)
     if args.json:
         json.dump(doctor.report_to_json(report), sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -110,6 +111,32 @@ def _check_mta_sts(args: argparse.Namespace, context: Context, now: Any) -> list
         return []
     return [check_domain(domain, resolver=resolver, ca_file=args.ca_file, timeout=args.timeout, now=now)
             for domain in domains]
+
+
+def _with_caa(report: Report, context: Context) -> Report:
+    """The CAA pre-flight of the managed ACME certificates whose issuer sets caa_resolver, as ``check --caa``."""
+    from dataclasses import replace
+
+    from certkeeper.app import check_caa
+    from certkeeper.errors import CertkeeperError
+    from certkeeper.mailserver.doctor import Section
+    from certkeeper.mailserver.rules import Diagnosis
+
+    if not context.config_path.is_file():
+        return report
+    try:
+        verdicts = check_caa(context.config, configured_only=True)
+    except CertkeeperError:  # a broken configuration: doctor still diagnoses the daemons, config check says why
+        return report
+    if not verdicts:
+        return report
+    title = "CAA (RFC 8659)"
+    facts = tuple(f"{name}: {v.describe()}" for name, v in verdicts if v.allowed)
+    found = tuple(Diagnosis(title, "caa-forbids-issuance", "problem", f"{name}: {v.describe()}",
+                            "change the CAA record as the message says, or the issuer or challenge")
+                  for name, v in verdicts if not v.allowed)
+    return replace(report, sections=(*report.sections, Section(title, facts)),
+                   diagnoses=(*report.diagnoses, *found))
 
 
 def _with(inputs: Inputs, **changes: Any) -> Inputs:
