@@ -25,7 +25,7 @@ class _Recorder(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         type(self).seen.append(self.headers.get("User-Agent", ""))
-        base = f"https://127.0.0.1:{self.server.server_address[1]}"
+        base = f"https://{self.headers['Host']}"
         body = json.dumps({"newNonce": f"{base}/nonce", "newAccount": f"{base}/acct", "newOrder": f"{base}/order",
                            "meta": {"profiles": {"shortlived": "160 hours"}}}).encode()
         self.send_response(200)

@@ -40,16 +40,18 @@ def run_persist_record(args: argparse.Namespace, context: Context) -> int:
     from certkeeper.dnsclient import parse_tsig_key
     from certkeeper.errors import ChallengeFailed
     from certkeeper.issuers.acme import AcmeIssuer
-    from certkeeper.issuers.challenges import PersistDns01, read_secret_file
+    from certkeeper.issuers.challenges import publish_persist_records, read_secret_file
 
     config = context.config
     certificate = config.certificates.get(args.name)
     if certificate is None:
         known = ", ".join(sorted(config.certificates)) or "none"
-        raise UsageError(f"no certificate named {args.name!r} in {config.path} (known: {known})")
+        msg = f"no certificate named {args.name!r} in {config.path} (known: {known})"
+        raise UsageError(msg)
     issuer_config = config.issuers[certificate.issuer]
     if not isinstance(issuer_config, AcmeIssuerConfig):
-        raise UsageError(f"issuer {certificate.issuer!r} of {args.name!r} is not an ACME issuer")
+        msg = f"issuer {certificate.issuer!r} of {args.name!r} is not an ACME issuer"
+        raise UsageError(msg)
     issuer = AcmeIssuer(issuer_config, config.settings.state_dir)
     records = issuer.persist_records(certificate.domains)
     for name, record in records:
@@ -59,12 +61,14 @@ def run_persist_record(args: argparse.Namespace, context: Context) -> int:
     server = args.dns_server or issuer_config.dns_server
     key_file = args.tsig_key_file or issuer_config.tsig_key_file
     if not server or not key_file:
-        raise UsageError("--publish needs --dns-server and --tsig-key-file (or dns_server and tsig_key_file in "
-                         f"issuers.{certificate.issuer})")
+        msg = (
+            "--publish needs --dns-server and --tsig-key-file (or dns_server and tsig_key_file in "
+                         f"issuers.{certificate.issuer})"
+        )
+        raise UsageError(msg)
     key = parse_tsig_key(read_secret_file(key_file, "the TSIG key"), str(key_file))
     try:
-        PersistDns01(server, zone=issuer_config.dns_zone, judge=lambda answer, values: None).publish(
-            key, [(name, record.text) for name, record in records])
+        publish_persist_records(server, issuer_config.dns_zone, key, [(name, r.text) for name, r in records])
     except ChallengeFailed as exc:
         raise IssuanceError(certificate.issuer, args.name, f"publishing the dns-persist-01 records failed: {exc}") \
             from None

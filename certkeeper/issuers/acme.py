@@ -346,7 +346,7 @@ class _EmptyResponse(jose.interfaces.JSONDeSerializable):
         return {}
 
     @classmethod
-    def from_json(cls, jobj: Any) -> _EmptyResponse:
+    def from_json(cls, jobj: Any) -> _EmptyResponse:  # noqa: ARG003 - josepy's signature
         return cls()
 
 
@@ -739,7 +739,8 @@ class AcmeIssuer:
             return WebrootHttp01(c.webroot) if c.webroot else StandaloneHttp01(c.http_address, c.http_port)
         if c.challenge == "dns-persist-01":
             if not c.dns_server:
-                raise ChallengeFailed("dns-persist-01 needs dns_server, to check the records before an order")
+                msg = "dns-persist-01 needs dns_server, to check the records before an order"
+                raise ChallengeFailed(msg)
             return PersistDns01(c.dns_server, zone=c.dns_zone, judge=self._judge_persist)
         if c.dns_hook:
             return HookDns01(c.dns_hook, c.dns_timeout.total_seconds(), challenge_type=c.challenge)

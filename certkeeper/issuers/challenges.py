@@ -382,20 +382,24 @@ class PersistDns01:
                         problems.append(f"{name} on {server}: {verdict}")
                     seen.setdefault(name, []).extend(v for v in values if v not in seen.get(name, []))
         except DnsError as exc:
-            raise ChallengeFailed(f"dns-persist-01: {exc}") from None
+            msg = f"dns-persist-01: {exc}"
+            raise ChallengeFailed(msg) from None
         if problems:
             raise ChallengeFailed("dns-persist-01: " + "; ".join(problems))
         return seen
 
-    def publish(self, key: TsigKey, records: Sequence[tuple[str, str]]) -> None:
-        """Add ``(name, value)`` TXT records once, with a TSIG-signed update (``persist-record --publish``)."""
-        try:
-            address = resolve_address(self.host)
-            for name, value in records:
-                zone = self.zone or dnsclient.find_zone(address, self.port, name)
-                dnsclient.send_update(address, self.port, zone, key, ttl=3600, add=[(name, "TXT", _quoted_txt(value))])
-        except DnsError as exc:
-            raise ChallengeFailed(f"dns-persist-01: {exc}") from None
+
+def publish_persist_records(server: str, zone: str | None, key: TsigKey, records: Sequence[tuple[str, str]]) -> None:
+    """Add ``(name, value)`` TXT records once, with TSIG-signed updates (``acme persist-record --publish``)."""
+    host, port = parse_server(server)
+    try:
+        address = resolve_address(host)
+        for name, value in records:
+            found = zone or dnsclient.find_zone(address, port, name)
+            dnsclient.send_update(address, port, found, key, ttl=3600, add=[(name, "TXT", _quoted_txt(value))])
+    except DnsError as exc:
+        msg = f"dns-persist-01: {exc}"
+        raise ChallengeFailed(msg) from None
 
 
 def persist_record_name(identifier: str) -> str:

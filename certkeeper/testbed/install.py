@@ -183,8 +183,11 @@ def _unpack(package: TestingPackage, apt_options: list[str], scratch: Path, cach
                              capture_output=True, text=True).stdout
     version = _series_version(madison, package)
     if version is None:
-        raise SystemExit(f"Debian testing offers no {package.name} {package.series}.x (it has: "
-                         f"{madison.strip() or 'none'}); update {package.name.upper()} in {__file__}")
+        msg = (
+            f"Debian testing offers no {package.name} {package.series}.x (it has: "
+                         f"{madison.strip() or 'none'}); update {package.name.upper()} in {__file__}"
+        )
+        raise SystemExit(msg)
     subprocess.run(["apt-get", *apt_options, "download", f"{package.name}={version}"], check=True, cwd=scratch)
     (deb,) = scratch.glob(f"{package.name}_*.deb")
     unpacked = cache / f"{package.folder}.partial"

@@ -88,7 +88,8 @@ class Pebble(Server):
         self.nonce_reject_percent = nonce_reject_percent
         self.validity_seconds = validity_seconds
         if profiles is not None and validity_seconds is not None:
-            raise ValueError("give profiles or validity_seconds, not both")
+            msg = "give profiles or validity_seconds, not both"
+            raise ValueError(msg)
         self.profiles = dict(profiles or {"default": Profile("the one profile", validity_seconds or 90 * DAY)})
         self.caa_identities = caa_identities
         self.eab_keys = dict(eab_keys or {})

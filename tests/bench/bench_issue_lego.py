@@ -1,6 +1,6 @@
 """Issuance wall time: ``certkeeper renew`` against lego 4.35 (Go), certbot, and a floor, on the same Pebble 2.10.
 
-Run: ``python tests/bench/bench_issue_lego.py [--counts 1 20 100] [--certbot /tmp/certbot-venv/bin/certbot]``.
+Run: ``python -m tests.bench.bench_issue_lego [--counts 1 20 100] [--certbot /tmp/certbot-venv/bin/certbot]``.
 lego comes from the test bed's cache (``python3 -m certkeeper.testbed.install``); certbot is optional (its own
 virtualenv: ``python3 -m venv /tmp/certbot-venv && /tmp/certbot-venv/bin/pip install certbot``).
 
@@ -40,9 +40,7 @@ from certkeeper.model import KeyType
 from certkeeper.testbed.bind import Bind
 from certkeeper.testbed.install import lego_binary
 from certkeeper.testbed.pebble import Pebble
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_acme_vs_certbot import run_certbot, run_certkeeper  # the sibling script's runners
+from tests.bench.bench_acme_vs_certbot import run_certbot, run_certkeeper
 
 FLOOR_THREADS = 4
 
@@ -85,19 +83,21 @@ def run_floor(pebble: Pebble, domains: Sequence[str]) -> float:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", pebble.http_port), _Tokens)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     started = time.perf_counter()
-    key = jose.JWKEC(key=pki.generate_key(KeyType.ECDSA_P256))
+    key = jose.jwk.JWKEC(key=pki.generate_key(KeyType.ECDSA_P256))
     local = threading.local()
 
     def session() -> client.ClientV2:
         # One network per thread: the library's nonce pool is not thread-safe.
         if not hasattr(local, "acme"):
-            net = client.ClientNetwork(key, alg=jose.ES256, verify_ssl=str(pebble.ca_file), user_agent="floor")
-            acme = client.ClientV2(client.ClientV2.get_directory(pebble.directory_url, net), net)
+            # requests takes a CA bundle path for verify; the library's annotation says bool only
+            net = client.ClientNetwork(key, alg=jose.jwa.ES256, verify_ssl=str(pebble.ca_file),  # type: ignore[arg-type]
+                                       user_agent="floor")
+            new = client.ClientV2(client.ClientV2.get_directory(pebble.directory_url, net), net)
             try:
-                acme.new_account(messages.NewRegistration.from_data(terms_of_service_agreed=True))
+                new.new_account(messages.NewRegistration.from_data(terms_of_service_agreed=True))
             except errors.ConflictError as existing:
                 net.account = messages.RegistrationResource(uri=existing.location, body=messages.Registration())
-            local.acme = acme
+            local.acme = new
         acme: client.ClientV2 = local.acme
         return acme
 
@@ -116,7 +116,8 @@ def run_floor(pebble: Pebble, domains: Sequence[str]) -> float:
         acme._post(order.body.finalize, messages.CertificateRequest(csr=request))
         body = _poll(acme, order.uri, lambda b: b["status"] not in ("ready", "processing"))
         if body["status"] != "valid":
-            raise SystemExit(f"floor: order for {domain} ended {body['status']}")
+            msg = f"floor: order for {domain} ended {body['status']}"
+            raise SystemExit(msg)
         acme._post_as_get(body["certificate"])
 
     try:
