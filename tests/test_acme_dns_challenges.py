@@ -71,6 +71,29 @@ def test_dns_account_01_over_rfc2136_issues_and_cleans_up(pebble: Pebble, bind: 
     assert txt_at(bind, name) == []
 
 
+def test_dns_account_01_through_a_dns_hook_issues(pebble: Pebble, bind: Bind, tmp_path: Path) -> None:
+    # The hook publishes with BIND's own nsupdate: it gets the account-scoped FQDN and the value, like dns-01.
+    calls = tmp_path / "calls"
+    hook = tmp_path / "dns-hook"
+    hook.write_text(
+        "#!/bin/sh\n"
+        f'echo "$1 $2" >> {calls}\n'
+        'if [ "$1" = present ]; then op=add; else op=delete; fi\n'
+        f"printf 'server {bind.address} {bind.port}\\nupdate %s %s 60 TXT \"%s\"\\nsend\\n' "
+        f'"$op" "$2" "$3" | /usr/bin/nsupdate -k {bind.tsig_key_file}\n')
+    hook.chmod(0o755)
+    issuer = make_issuer(pebble, bind, tmp_path, challenge="dns-account-01", dns_server=None, dns_hook=hook)
+    domain = unique(bind, "hook")
+
+    issued = issuer.issue(request_for(domain))
+
+    assert pki.subject_alternative_names(issued.certificate) == [domain]
+    uri = issuer._directory(pebble.directory_url).account_uri()
+    label = base64.b32encode(hashlib.sha256(uri.encode()).digest()[:10]).decode().lower()
+    assert calls.read_text().splitlines() == [f"present _{label}._acme-challenge.{domain}.",
+                                              f"cleanup _{label}._acme-challenge.{domain}."]
+
+
 # --- dns-persist-01 ------------------------------------------------------------------------------------------
 
 
