@@ -45,12 +45,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from josepy.util import ComparableRSAKey
 
-from certkeeper import __version__, dnsclient, pki
+from certkeeper import __version__, pki
 from certkeeper.config import AcmeIssuerConfig
-from certkeeper.dnsclient import parse_server, parse_tsig_key, resolve_address
-from certkeeper.errors import CaUnavailable, ChallengeFailed, DnsError, InputError, IssuanceError, UsageError
+from certkeeper.dnsclient import parse_tsig_key
+from certkeeper.errors import CaUnavailable, ChallengeFailed, InputError, IssuanceError, UsageError
 from certkeeper.issuers.base import IssuedCertificate, IssueRequest, RenewalWindow
-from certkeeper.issuers.caa import CaaVerdict, judge_caa, relevant_caa
+from certkeeper.issuers.caa import CaaVerdict, caa_preflight
 from certkeeper.issuers.challenges import (
     ChallengeAnswer,
     HookDns01,
@@ -561,29 +561,9 @@ class AcmeIssuer:
             return self._caa_verdicts(directory, domains, stored or "(no account yet)")
 
     def _caa_verdicts(self, directory: _Directory, domains: Sequence[str], account_uri: str) -> list[CaaVerdict]:
-        resolver = self.config.caa_resolver or "system"
-        try:
-            host, port = (dnsclient.default_resolver(), 53) if resolver == "system" else parse_server(resolver)
-            address = resolve_address(host)
-        except DnsError as exc:
-            log.warning("CAA pre-flight skipped: %s", exc)
-            return []
-        identities = tuple(directory.client.directory.meta.caa_identities or ())
-
-        def lookup(name: str) -> Sequence[str]:
-            answer = dnsclient.query(address, port, name, "CAA", recursive=True)
-            return answer.values if answer.rcode == "NOERROR" else ()
-
-        verdicts: list[CaaVerdict] = []
-        for domain in dict.fromkeys(domains):
-            try:
-                owner, records = relevant_caa(domain, lookup)
-            except DnsError as exc:  # the CA looks itself; a resolver problem here must not stop renewals
-                log.warning("CAA pre-flight for %s skipped: %s", domain, exc)
-                continue
-            verdicts.append(judge_caa(domain, owner, records, issuer_domain_names=identities,
-                                      account_uri=account_uri, challenge=self.config.challenge))
-        return verdicts
+        return caa_preflight(domains, resolver=self.config.caa_resolver or "system",
+                             issuer_domain_names=tuple(directory.client.directory.meta.caa_identities or ()),
+                             account_uri=account_uri, challenge=self.config.challenge)
 
     def offered_profiles(self, *, timeout: float = 5.0) -> dict[str, str]:
         """The profiles the CA's directory offers (``meta.profiles``: name -> description), fetched once, quickly.

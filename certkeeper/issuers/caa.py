@@ -1,8 +1,9 @@
 """CAA pre-flight (RFC 8659, RFC 8657): would the CA be allowed to issue for a name, for this account and challenge?
 
-Pure: the DNS lookup is passed in (:func:`certkeeper.dnsclient.query` in practice), so every rule is tested
-without a server.  The CA checks CAA itself; certkeeper asks first so that a forbidding record stops the order
-before it is placed, with the record quoted and the fix named, instead of an order spent and a ``caa`` problem.
+The rules are pure (the DNS lookup is passed in), so every one is tested without a server; :func:`caa_preflight`
+is the thin shell asking a resolver through :mod:`certkeeper.dnsclient`.  The CA checks CAA itself; certkeeper
+asks first so that a forbidding record stops the order before it is placed, with the record quoted and the fix
+named, instead of an order spent and a ``caa`` problem.
 
 - The relevant record set (RFC 8659 section 3): the CAA RRset of the name itself, else of its parent, and so on
   up to (not including) the root; a wildcard's search starts at its base name.
@@ -15,8 +16,14 @@ before it is placed, with the record quoted and the fix named, instead of an ord
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+from certkeeper import dnsclient
+from certkeeper.errors import DnsError
+
+log = logging.getLogger("certkeeper.issuers.caa")
 
 KNOWN_TAGS = frozenset({"issue", "issuewild", "iodef", "issuemail", "contactemail", "contactphone"})
 
@@ -129,3 +136,35 @@ def judge_caa(identifier: str, owner: str, records: Sequence[CaaRecord], *, issu
             return verdict(None)
     return verdict(f"CAA at {owner} forbids this order: {'; '.join(reasons)}; add "
                    f'"{fix_name} CAA 0 {tag} \\"{ours}; accounturi={account_uri}\\"" or change the challenge')
+
+
+def caa_preflight(domains: Sequence[str], *, resolver: str, issuer_domain_names: Sequence[str], account_uri: str,
+                  challenge: str) -> list[CaaVerdict]:
+    """Each name's verdict, the records asked of ``resolver`` ("system": /etc/resolv.conf, or "host[:port]").
+
+    The CA looks itself: a resolver that cannot be asked skips the pre-flight (logged), it never stops a renewal.
+    """
+    try:
+        if resolver == "system":
+            host, port = dnsclient.default_resolver(), 53
+        else:
+            host, port = dnsclient.parse_server(resolver)
+        address = dnsclient.resolve_address(host)
+    except DnsError as exc:
+        log.warning("CAA pre-flight skipped: %s", exc)
+        return []
+
+    def lookup(name: str) -> Sequence[str]:
+        answer = dnsclient.query(address, port, name, "CAA", recursive=True)
+        return answer.values if answer.rcode == "NOERROR" else ()
+
+    verdicts: list[CaaVerdict] = []
+    for domain in dict.fromkeys(domains):
+        try:
+            owner, records = relevant_caa(domain, lookup)
+        except DnsError as exc:
+            log.warning("CAA pre-flight for %s skipped: %s", domain, exc)
+            continue
+        verdicts.append(judge_caa(domain, owner, records, issuer_domain_names=issuer_domain_names,
+                                  account_uri=account_uri, challenge=challenge))
+    return verdicts
