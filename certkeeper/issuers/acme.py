@@ -689,8 +689,8 @@ class AcmeIssuer:
                                     f" [{error.detail}]", problem_type=str(error.typ)) from None
             if replaces is None or not may_order_without_replaces(str(error.typ or ""), str(error.detail or "")):
                 raise
-            log.info("certificate %r: the CA refused an order replacing %s (%s: %s); ordering once more, without "
-                     "replaces", request.certificate, replaces, str(error.typ or "").rsplit(":", 1)[-1], error.detail)
+            log.info("certificate %r: the CA refused an order replacing %s (%s: %s); ordering without replaces, "
+                     "once", request.certificate, replaces, str(error.typ or "").rsplit(":", 1)[-1], error.detail)
         return directory.with_account(lambda: self._new_order(directory, request, csr, None))
 
     def _new_order(self, directory: _Directory, request: IssueRequest, csr: bytes,
