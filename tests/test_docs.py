@@ -26,8 +26,8 @@ def test_the_manual_page_renders_without_warnings_and_describes_every_command(tm
     assert rendered.stderr == ""
     names = [name for name, _ in commands(build_parser(None))]
     assert {"renew", "check", "config check", "config schema", "import", "ca init"} <= set(names)
-    for name in names:
-        assert f".SS {name}" in page.read_text(), name
+    for name in names:  # roff escapes hyphens (acme persist-record)
+        assert ".SS " + name.replace("-", "\\-") in page.read_text(), name
     text = re.sub(".\b", "", rendered.stdout)  # grotty's overstrikes (bold, underline) off
     assert "EXIT STATUS" in text and "78 configuration error" in text
 
