@@ -295,8 +295,10 @@ def test_implicit_tls_with_a_good_chain_is_ok(servers: ServerLoop, pki: Pki) -> 
     assert len(result.chain) == 2
     line = nagios_line(result)
     assert line.startswith(f"CERTKEEPER OK - 127.0.0.1:{port}, smtps, 'mail.test' from ")
-    assert "valid until" in line and "(expires in 90 days)" in line
-    assert "|days_chain_elem1=90;21;7;; days_chain_elem2=3650;21;7;; time=" in line
+    shown = re.search(r"\(expires in (\d+) days\).*\|days_chain_elem1=(\d+);21;7;; days_chain_elem2=(\d+);21;7;; time=",
+                      line)
+    assert "valid until" in line and shown, line
+    assert shown[1] == shown[2] == "89" and shown[3] == "3649"  # 90 days less the moments since: 89 whole days
 
 
 @pytest.mark.parametrize("kind", ["smtp", "imap", "pop3", "sieve"])
@@ -378,6 +380,18 @@ def test_dates(servers: ServerLoop, pki: Pki, days_before: float, days_after: fl
         assert result.chain_valid is False
         document = result_to_json(result)
         assert document["certificate"]["days_left"] < 0
+
+
+def test_no_scale_judges_short_lived_certificates_by_the_thresholds_as_given(servers: ServerLoop, pki: Pki) -> None:
+    """A 6-day certificate with 3 days left is OK scaled, CRITICAL against --critical 7 as given (--no-scale)."""
+    port = servers.serve(_hold, pki.context(pki.leaf("mail.test", days_before=3, days_after=3)))
+    assert probe(f"smtps://127.0.0.1:{port}", pki).status == "OK"
+    unscaled = probe(f"smtps://127.0.0.1:{port}", pki, scale_thresholds=False)
+    assert unscaled.status == "CRITICAL" and codes(unscaled) == {"certificate-expiring"}
+    assert unscaled.certificate is not None and unscaled.certificate.critical_days == 7
+    line = run_cli(f"smtps://127.0.0.1:{port}", "--no-scale", "--ca-file", str(pki.ca_file), "--servername",
+                   "mail.test")
+    assert line.returncode == 2 and "days_chain_elem1=2;21;7;;" in line.stdout, line.stdout
 
 
 def test_wrong_name(servers: ServerLoop, pki: Pki) -> None:
@@ -558,7 +572,8 @@ def test_cli_exit_code_is_the_worst_and_lines_keep_input_order(servers: ServerLo
     lines = both.stdout.splitlines()
     assert lines[0].startswith("CERTKEEPER OK - ") and lines[1].startswith("CERTKEEPER WARNING - ")
     assert "certificate-expiring" in lines[1]
-    assert re.search(r"\|days_chain_elem1=(9\.99|10);21;7;; days_chain_elem2=", lines[1])
+    shown = re.search(r"expires in (\d+) days.*\|days_chain_elem1=(\d+);21;7;; days_chain_elem2=", lines[1])
+    assert shown and shown[1] == shown[2] == "9", lines[1]
     critical = run_cli(f"smtps://127.0.0.1:{good}", "smtps://127.0.0.1:1", "--json", *args)
     assert critical.returncode == 2, critical.stderr
     document = json.loads(critical.stdout)
@@ -581,6 +596,8 @@ def test_cli_exit_code_is_the_worst_and_lines_keep_input_order(servers: ServerLo
         ["smtps://127.0.0.1:465", "--warning", "5", "--critical", "9"],
         ["smtps://127.0.0.1:465", "--timeout", "abc"],
         ["smtps://127.0.0.1:465", "--ca-file", "/nonexistent/ca.pem"],
+        ["--ca-file", "/nonexistent/ca.pem", "-c", "90", "smtps://127.0.0.1:465"],
+        ["-w", "30", "smtps://127.0.0.1:465"],
     ],
 )
 def test_cli_bad_arguments_are_unknown(args: list[str]) -> None:

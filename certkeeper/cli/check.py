@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,7 +33,9 @@ it for other ports.  IPv6 literals go in brackets: smtp://[2001:db8::25]:25.
 Thresholds: a certificate is WARNING with --warning days left and CRITICAL with --critical days left.  A
 short-lived certificate (lifetime under 3 x --warning, 63 days by default) gets thresholds scaled by
 lifetime / (3 x --warning): with the defaults it warns when a third of its lifetime is left and is critical
-when a ninth is left (a 6-day certificate: 2 days and 16 hours).
+when a ninth is left (a 6-day certificate: 2 days and 16 hours); --no-scale uses the thresholds as given.
+-c is the configuration file here, as in every certkeeper command: a number given to -c or -w is refused
+(write --critical DAYS / --warning DAYS, or use check_certkeeper, which takes check_ssl_cert's -c and -w).
 
 Output: one Nagios plugin line per target with perfdata days_chain_elemN=days;warn;crit;; (or --json).  The
 exit status is the worst over all targets: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.  An endpoint that cannot
@@ -58,6 +61,10 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--ca-file", metavar="PEM", type=Path, help="trust anchors (default: the system store)")
     parser.add_argument("--warning", metavar="DAYS", type=float, default=21.0, help="WARNING threshold (21)")
     parser.add_argument("--critical", metavar="DAYS", type=float, default=7.0, help="CRITICAL threshold (7)")
+    parser.add_argument("--no-scale", action="store_true",
+                        help="use --warning and --critical as given for short-lived certificates too")
+    # check_ssl_cert's -w DAYS: only caught, to say what to write instead (see _misplaced_days).
+    parser.add_argument("-w", dest="short_warning", metavar="DAYS", help=argparse.SUPPRESS)
     parser.add_argument("--key-type", choices=("rsa", "ecdsa", "all"),
                         help="fetch the RSA or the ECDSA certificate of a dual-certificate server (offering only "
                              "that authentication in TLS 1.2), or both and judge both (default: what the "
@@ -94,6 +101,7 @@ def run_check(args: argparse.Namespace, context: Context) -> int:
             return EXIT_UNKNOWN
         return _run_mta_sts(args)
     try:
+        _misplaced_days(args)
         targets = _targets(args)
         options = _options(args)
     except _BadArguments as exc:
@@ -170,6 +178,20 @@ def _run_mta_sts(args: argparse.Namespace) -> int:
     return max(report.exit_code for report in reports)
 
 
+_DAYS = re.compile(r"[0-9]+(\.[0-9]+)?")
+
+
+def _misplaced_days(args: argparse.Namespace) -> None:
+    """``-c 90`` / ``-w 30`` written as for check_ssl_cert: an error, never a configuration path read as "90"."""
+    config = getattr(args, "config", None)
+    if config is not None and _DAYS.fullmatch(config):
+        raise _BadArguments(f"-c {config}: -c is the configuration file in certkeeper check; for a CRITICAL "
+                            f"threshold in days write --critical {config} (check_certkeeper takes -c {config})")
+    if args.short_warning is not None:
+        raise _BadArguments(f"-w {args.short_warning}: for a WARNING threshold in days write --warning "
+                            f"{args.short_warning} (check_certkeeper takes -w {args.short_warning})")
+
+
 def _targets(args: argparse.Namespace) -> list[Target]:
     texts = [(text, "command line") for text in args.targets]
     for name in args.file:
@@ -220,6 +242,7 @@ def _options(args: argparse.Namespace) -> ProbeOptions:
         ca_file=args.ca_file,
         warning_days=args.warning,
         critical_days=args.critical,
+        scale_thresholds=not args.no_scale,
         key_type=args.key_type,
         verbose=bool(args.verbose),
     )

@@ -324,7 +324,8 @@ class Prober:
                 raise _ProbeFailure(PROTOCOL_ERROR, f"the server sent a malformed certificate ({exc})") from None
             judgement = judge_chain(certificates, hostname=hostname, roots=self.roots,
                                     trust_source=self.trust_source, now=self.now,
-                                    warning_days=self.options.warning_days, critical_days=self.options.critical_days)
+                                    warning_days=self.options.warning_days, critical_days=self.options.critical_days,
+                                    scale=self.options.scale_thresholds)
             self._judgements[key] = judgement
         return judgement
 

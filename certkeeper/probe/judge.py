@@ -9,12 +9,19 @@ Thresholds for short-lived certificates
     birth).  When a certificate's lifetime is shorter than three times the warning threshold, both thresholds
     are scaled by ``lifetime / (3 * warning_days)``: with the defaults, a certificate of lifetime L < 63 days
     warns when L/3 is left and is critical when L/9 is left (a 6-day certificate: 2 days and 16 hours; a
-    45-day one: 15 and 5 days).  Longer-lived certificates use the thresholds as given.
+    45-day one: 15 and 5 days).  Longer-lived certificates use the thresholds as given.  ``scale=False``
+    (``--no-scale``) uses them as given for every certificate, as check_ssl_cert does.
+
+Days as people and graphs read them
+    :func:`whole_days` is the one rounding: whole days left, truncated toward zero, as check_ssl_cert's
+    ``bc`` with scale 0 does.  The status line's "expires in N days" and perfdata's ``days_chain_elemN=N``
+    both use it, so they never disagree by one.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -54,25 +61,32 @@ class ChainJudgement:
     hostname_valid: bool
 
 
-def thresholds_for(lifetime_days: float, warning_days: float, critical_days: float) -> tuple[float, float]:
+def thresholds_for(lifetime_days: float, warning_days: float, critical_days: float, *,
+                   scale: bool = True) -> tuple[float, float]:
     """(warning, critical) days for a certificate of this lifetime; scaled down for short-lived ones."""
-    if warning_days > 0 and 0 < lifetime_days < SHORT_LIVED_FACTOR * warning_days:
-        scale = lifetime_days / (SHORT_LIVED_FACTOR * warning_days)
-        return warning_days * scale, critical_days * scale
+    if scale and warning_days > 0 and 0 < lifetime_days < SHORT_LIVED_FACTOR * warning_days:
+        factor = lifetime_days / (SHORT_LIVED_FACTOR * warning_days)
+        return warning_days * factor, critical_days * factor
     return warning_days, critical_days
 
 
+def whole_days(days_left: float) -> int:
+    """Whole days left, truncated toward zero (59.99 -> 59, -1.5 -> -1): the one rounding of text and perfdata."""
+    return math.trunc(days_left)
+
+
 def summarize(certificate: x509.Certificate, *, now: datetime, warning_days: float,
-              critical_days: float) -> CertificateSummary:
+              critical_days: float, scale: bool = True) -> CertificateSummary:
     not_before, not_after = pki.not_before(certificate), pki.not_after(certificate)
-    warning, critical = thresholds_for((not_after - not_before).total_seconds() / _DAY, warning_days, critical_days)
+    warning, critical = thresholds_for((not_after - not_before).total_seconds() / _DAY, warning_days, critical_days,
+                                       scale=scale)
     return CertificateSummary(
         subject=pki.common_name(certificate.subject),
         issuer=pki.common_name(certificate.issuer),
         serial=pki.serial_hex(certificate),
         not_before=not_before,
         not_after=not_after,
-        days_left=round((not_after - now).total_seconds() / _DAY, 3),
+        days_left=(not_after - now).total_seconds() / _DAY,  # exact: whole_days() truncates, JSON rounds
         fingerprint_sha256=pki.fingerprint(certificate),
         subject_alternative_names=tuple(pki.subject_alternative_names(certificate)),
         key_type=pki.key_type_of(certificate.public_key()),  # type: ignore[arg-type]
@@ -90,7 +104,7 @@ def describe(summary: CertificateSummary) -> str:
 
 def _days(days: float) -> str:
     if abs(days) >= 2:
-        return f"{int(days)} days"
+        return f"{whole_days(days)} days"
     hours = days * 24
     return f"{hours:.0f} hours" if abs(hours) >= 1 else f"{days * 1440:.0f} minutes"
 
@@ -119,10 +133,12 @@ def judge_chain(
     now: datetime,
     warning_days: float,
     critical_days: float,
+    scale: bool = True,
 ) -> ChainJudgement:
     """Judge the chain a server sent (leaf first): dates, key strength, name, trust and completeness."""
     summaries = tuple(
-        summarize(c, now=now, warning_days=warning_days, critical_days=critical_days) for c in certificates
+        summarize(c, now=now, warning_days=warning_days, critical_days=critical_days, scale=scale)
+        for c in certificates
     )
     leaf, rest = certificates[0], list(certificates[1:])
     findings: list[Finding] = []

@@ -51,6 +51,7 @@ class ProbeOptions:
     ca_file: Path | None = None  # trust anchors; None -> the system store
     warning_days: float = 21
     critical_days: float = 7
+    scale_thresholds: bool = True  # False (--no-scale): thresholds as given for short-lived certificates too
     key_type: KeyTypeChoice | None = None  # None: whatever the server picks
     expected_fingerprints: frozenset[str] | None = None  # managed certificates: what should be served
     verbose: bool = False  # record the protocol transcript
