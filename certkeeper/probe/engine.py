@@ -139,8 +139,26 @@ class _StreamConversation:
         await self.writer.drain()
 
 
-def load_trust_anchors(ca_file: Path | None) -> tuple[list[x509.Certificate], str]:
-    """The roots to verify against and how to name them in messages; InputError for an unreadable ``--ca-file``."""
+def load_trust_anchors(ca_file: Path | None,
+                       issuer_roots: Sequence[Path] = ()) -> tuple[list[x509.Certificate], str]:
+    """The roots to verify against and how to name them in messages; InputError for an unreadable ``--ca-file``.
+
+    ``issuer_roots`` (a managed certificate's issuer's roots) are trusted together with ``ca_file``, instead of
+    the system store: an internal-CA certificate is right when it chains to that CA, whatever the system trusts.
+    """
+    if issuer_roots:
+        roots: list[x509.Certificate] = []
+        for path in issuer_roots:
+            try:
+                roots += _load_pem_bundle(path)
+            except (OSError, ValueError) as exc:
+                log.warning("issuer roots %s cannot be read (%s): left out", path, exc)
+        names = [f"the issuer's roots ({', '.join(map(str, issuer_roots))})"]
+        if ca_file is not None:
+            extra, source = load_trust_anchors(ca_file)
+            roots += extra
+            names.append(source)
+        return roots, " and ".join(names)
     if ca_file is not None:
         try:
             return _load_pem_bundle(ca_file), str(ca_file)
@@ -195,7 +213,7 @@ class Prober:
     def __init__(self, options: ProbeOptions, *, now: datetime) -> None:
         self.options = options
         self.now = now
-        self.roots, self.trust_source = load_trust_anchors(options.ca_file)
+        self.roots, self.trust_source = load_trust_anchors(options.ca_file, options.issuer_roots)
         key_types: list[str | None] = (
             ["rsa", "ecdsa"] if options.key_type == "all" else [options.key_type]
         )

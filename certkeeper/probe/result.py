@@ -49,6 +49,8 @@ class ProbeOptions:
     servername: str | None = None  # SNI and the name to verify; None -> the target's host
     sni: bool = True  # False: send no SNI, as sending MTAs on port 25 may
     ca_file: Path | None = None  # trust anchors; None -> the system store
+    issuer_roots: tuple[Path, ...] = ()  # managed endpoints: the issuer's roots, trusted with ca_file instead of
+    #                                      the system store (an internal CA, an ACME issuer's trust_roots)
     warning_days: float = 21
     critical_days: float = 7
     scale_thresholds: bool = True  # False (--no-scale): thresholds as given for short-lived certificates too
