@@ -161,5 +161,6 @@ def test_the_daemon_serves_metrics_a_prometheus_parser_reads(tmp_path: Path) -> 
     [renewals] = families["certkeeper_renewals"].samples
     assert renewals.name == "certkeeper_renewals_total"
     assert renewals.labels == {"name": "mail", "result": "success"} and renewals.value == 1
-    [not_after] = families["ssl_cert_not_after"].samples
-    assert not_after.labels["dnsnames"] == "mail.example.test"
+    [not_after] = families["ssl_file_cert_not_after"].samples
+    assert not_after.labels["dnsnames"] == ",mail.example.test,"
+    assert not_after.labels["file"].endswith("/certs/mail/current/cert.pem")

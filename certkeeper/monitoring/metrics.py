@@ -1,10 +1,13 @@
 """Prometheus metrics: the text exposition format, and a small HTTP server for ``metrics_listen``.
 
-The names are the ones dashboards and alert rules already use: blackbox_exporter's ``probe_*`` per endpoint,
-x509-certificate-exporter's ``ssl_cert_not_after`` per installed certificate, and certkeeper's own
-``certkeeper_*``.  Every endpoint series carries ``name`` (the certificate or ``[[watch]]`` entry) and
-``endpoint`` labels.  Expiry is reported whenever a certificate was received, expired or untrusted too: monitoring
-that goes silent exactly when a certificate is bad is no monitoring.
+The names are the ones dashboards and alert rules already use: blackbox_exporter's ``probe_*`` per endpoint
+(names and label values exactly as blackbox writes them: :mod:`certkeeper.monitoring.blackbox`),
+ssl_exporter's ``ssl_file_cert_not_after`` / ``ssl_file_cert_not_before`` per installed certificate file, and
+certkeeper's own ``certkeeper_*``.  Every endpoint series carries ``name`` (the certificate or ``[[watch]]``
+entry) and ``endpoint`` labels.  No label value changes from day to day: ``certkeeper_endpoint_info`` has a
+``reason`` code (the worst finding), not the message with its "expires in N days".  Expiry is reported whenever
+a certificate was received, expired or untrusted too: monitoring that goes silent exactly when a certificate is
+bad is no monitoring.
 
 ``probe_success`` is 1 when the last probe's status was OK or WARNING (a handshake happened and the chain and
 name verified; WARNING is "expiring soon" or a weak key), 0 for CRITICAL and UNKNOWN.
@@ -15,6 +18,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hmac
+import ipaddress
 import logging
 import socket
 import threading
@@ -25,9 +29,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cryptography.x509.oid import NameOID
+
 from certkeeper import tls
 from certkeeper.config import Config
 from certkeeper.errors import CertkeeperError, InputError
+from certkeeper.monitoring.blackbox import chain_info_labels, list_label, reason_code, tls_version_label
 from certkeeper.permissions import check_trusted_file
 from certkeeper.store import CertState, EndpointRecord, Store
 
@@ -47,9 +54,13 @@ class InstalledCertificate:
     name: str
     cn: str
     issuer_cn: str
-    serial: str
+    serial: str  # lowercase hex, as certkeeper writes serials everywhere
     dnsnames: tuple[str, ...]
     not_after: datetime
+    file: str = ""  # the certificate file under current/, as ssl_exporter's ``file`` label
+    not_before: datetime | None = None
+    ips: tuple[str, ...] = ()
+    ou: str = ""
 
 
 class _Family:
@@ -83,11 +94,14 @@ def render_metrics(
     """The whole exposition text from plain values (pure: the same input gives the same text)."""
     earliest = _Family("probe_ssl_earliest_cert_expiry", "gauge",
                        "Earliest not_after (Unix time) in the chain the endpoint served.")
+    last_chain = _Family("probe_ssl_last_chain_expiry_timestamp_seconds", "gauge",
+                         "Earliest not_after (Unix time) in the verified chain the endpoint served.")
     chain_info = _Family("probe_ssl_last_chain_info", "gauge", "The leaf certificate the endpoint served.")
     tls_version = _Family("probe_tls_version_info", "gauge", "The TLS version negotiated with the endpoint.")
     success = _Family("probe_success", "gauge", "1 when the last probe verified the endpoint (OK or WARNING).")
+    duration = _Family("probe_duration_seconds", "gauge", "How long the last probe of the endpoint took.")
     endpoint_info = _Family("certkeeper_endpoint_info", "gauge", "The last probe of each endpoint certkeeper "
-                            "watches or manages.")
+                            "watches or manages: its status and the reason code of its worst finding.")
     stale = _Family("certkeeper_served_stale", "gauge", "1 when the endpoint serves another certificate than the "
                     "one installed.")
     probed_at = _Family("certkeeper_endpoint_last_probe_timestamp_seconds", "gauge",
@@ -99,26 +113,33 @@ def render_metrics(
         expiry = _earliest_expiry(record, certificate, details.get("chain"))
         if expiry is not None:
             earliest.add(base, expiry)
+            if details.get("chain_valid") is True:
+                last_chain.add(base, expiry)
         if certificate is not None:
-            chain_info.add({**base,
-                            "fingerprint_sha256": str(certificate.get("fingerprint_sha256") or record.fingerprint),
-                            "subject": str(certificate.get("subject", "")),
-                            "issuer": str(certificate.get("issuer", "")),
-                            "subjectalternative": ",".join(map(str, certificate.get("subject_alternative_names")
-                                                               or ())),
-                            "serialnumber": str(certificate.get("serial", ""))}, 1)
+            chain_info.add({**base, **chain_info_labels(certificate, record.fingerprint)}, 1)
         if details.get("tls_version"):
-            tls_version.add({**base, "version": str(details["tls_version"])}, 1)
+            tls_version.add({**base, "version": tls_version_label(str(details["tls_version"]))}, 1)
         success.add(base, 1 if record.status.upper() in _SUCCESS_STATUSES else 0)
-        endpoint_info.add({**base, "status": record.status, "fingerprint_sha256": record.fingerprint,
-                           "message": record.message}, 1)
+        elapsed = details.get("elapsed_ms")
+        if isinstance(elapsed, int | float) and not isinstance(elapsed, bool):
+            duration.add(base, round(float(elapsed) / 1000, 6))
+        endpoint_info.add({**base, "status": record.status, "reason": reason_code(details, record.status),
+                           "fingerprint_sha256": record.fingerprint}, 1)
         stale.add(base, 1 if record.stale else 0)
         probed_at.add(base, _epoch(record.at))
 
-    not_after = _Family("ssl_cert_not_after", "gauge", "not_after (Unix time) of each installed certificate.")
+    not_after = _Family("ssl_file_cert_not_after", "gauge",
+                        "not_after (Unix time) of each installed certificate file.")
+    not_before = _Family("ssl_file_cert_not_before", "gauge",
+                         "not_before (Unix time) of each installed certificate file.")
     for cert in sorted(installed, key=lambda c: (c.name, c.serial)):
-        not_after.add({"name": cert.name, "cn": cert.cn, "issuer_cn": cert.issuer_cn, "serial_no": cert.serial,
-                       "dnsnames": ",".join(cert.dnsnames)}, _epoch(cert.not_after))
+        # ssl_exporter's labels and formats: serial_no in decimal, lists as ",a,b,"; plus certkeeper's name.
+        labels = {"name": cert.name, "file": cert.file, "serial_no": str(int(cert.serial, 16)),
+                  "issuer_cn": cert.issuer_cn, "cn": cert.cn, "dnsnames": list_label(cert.dnsnames),
+                  "ips": list_label(cert.ips), "emails": "", "ou": cert.ou}
+        not_after.add(labels, _epoch(cert.not_after))
+        if cert.not_before is not None:
+            not_before.add(labels, _epoch(cert.not_before))
 
     # Text format 0.0.4 names a counter's family with its _total suffix, as client_python does.
     renewals = _Family("certkeeper_renewals_total", "counter", "Renewal attempts by outcome.")
@@ -146,8 +167,9 @@ def render_metrics(
         mx_match.add({"domain": domain.domain}, 1 if domain.every_mx_matches else 0)
         txt_in_step.add({"domain": domain.domain}, 1 if domain.txt_in_step else 0)
 
-    families = (earliest, chain_info, tls_version, success, endpoint_info, stale, probed_at, not_after,
-                renewals, last_success, next_check, *((policy_info, mx_match, txt_in_step) if mta_sts else ()))
+    families = (earliest, last_chain, chain_info, tls_version, success, duration, endpoint_info, stale, probed_at,
+                not_after, not_before, renewals, last_success, next_check,
+                *((policy_info, mx_match, txt_in_step) if mta_sts else ()))
     return "".join(family.render() for family in families)
 
 
@@ -165,15 +187,31 @@ def installed_certificates(config: Config) -> list[InstalledCertificate]:
         home = CertificateHome(config.settings.state_dir, name)
         try:
             version = home.current()
-            for pair in version.pairs if version else ():
+            if version is None:
+                continue
+            for pair in version.pairs:
+                # The stable path under current/, as an operator would point ssl_exporter at it.
+                file = home.current_link / pair.directory.relative_to(version.path) / "cert.pem"
                 certificate = home.load_pair_certificate(pair)
+                names = pki.subject_alternative_names(certificate)
+                units = certificate.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
                 found.append(InstalledCertificate(
                     name=name, cn=pki.common_name(certificate.subject),
                     issuer_cn=pki.common_name(certificate.issuer), serial=pki.serial_hex(certificate),
-                    dnsnames=tuple(pki.subject_alternative_names(certificate)), not_after=pki.not_after(certificate)))
+                    dnsnames=tuple(n for n in names if not _is_ip(n)), not_after=pki.not_after(certificate),
+                    file=str(file), not_before=pki.not_before(certificate),
+                    ips=tuple(n for n in names if _is_ip(n)), ou=str(units[0].value) if units else ""))
         except (CertkeeperError, OSError) as exc:
             log.warning("metrics: certificate %r left out: %s", name, exc)
     return found
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def render_store_metrics(store: Store, installed: Sequence[InstalledCertificate] = (),

@@ -41,6 +41,7 @@ from certkeeper.probe.result import (
     SELF_SIGNED,
     SERVED_CERTIFICATE_STALE,
     WEAK_KEY,
+    WEAK_SIGNATURE,
     CertificateSummary,
     Finding,
     Severity,
@@ -93,6 +94,8 @@ def summarize(certificate: x509.Certificate, *, now: datetime, warning_days: flo
         warning_days=round(warning, 6),
         critical_days=round(critical, 6),
         spki_sha256=pki.spki_sha256(certificate),
+        subject_dn=pki.distinguished_name(certificate.subject),
+        issuer_dn=pki.distinguished_name(certificate.issuer),
     )
 
 
@@ -185,7 +188,9 @@ def _date_finding(summary: CertificateSummary, index: int, now: datetime) -> Fin
     return None
 
 
-_WEAK_HASHES: dict[str, Severity] = {"md5": "CRITICAL", "sha1": "WARNING"}
+# SHA-1 signatures: refused by current clients (and OpenSSL at its default security level 1 since 3.0 for
+# TLS 1.2+ signatures); check_ssl_cert is CRITICAL for both.
+_WEAK_HASHES: dict[str, Severity] = {"md5": "CRITICAL", "sha1": "CRITICAL"}
 
 
 def _strength_findings(certificate: x509.Certificate, summary: CertificateSummary, index: int) -> list[Finding]:
@@ -198,7 +203,7 @@ def _strength_findings(certificate: x509.Certificate, summary: CertificateSummar
         findings.append(Finding(WEAK_KEY, "CRITICAL", f"{what} uses the weak curve {key.curve.name}"))
     algorithm = certificate.signature_hash_algorithm
     if isinstance(algorithm, hashes.HashAlgorithm) and algorithm.name in _WEAK_HASHES:
-        findings.append(Finding(WEAK_KEY, _WEAK_HASHES[algorithm.name],
+        findings.append(Finding(WEAK_SIGNATURE, _WEAK_HASHES[algorithm.name],
                                 f"{what} is signed with {algorithm.name.upper()}, which clients reject"))
     return findings
 

@@ -55,6 +55,8 @@ def _certificate(summary: CertificateSummary) -> dict[str, Any]:
     return {
         "subject": summary.subject,
         "issuer": summary.issuer,
+        "subject_dn": summary.subject_dn,
+        "issuer_dn": summary.issuer_dn,
         "serial": summary.serial,
         "not_before": _iso(summary.not_before),
         "not_after": _iso(summary.not_after),

@@ -32,6 +32,7 @@ CERTIFICATE_NOT_TRUSTED = "certificate-not-trusted"
 CHAIN_INCOMPLETE = "chain-incomplete"
 SELF_SIGNED = "self-signed"
 WEAK_KEY = "weak-key"
+WEAK_SIGNATURE = "weak-signature"  # signed with SHA-1 or MD5: refused by clients, CRITICAL as check_ssl_cert has it
 STARTTLS_NOT_SUPPORTED = "starttls-not-supported"
 CONNECTION_FAILED = "connection-failed"
 TIMEOUT = "timeout"
@@ -80,6 +81,8 @@ class CertificateSummary:
     warning_days: float  # the thresholds that applied to this certificate (scaled when short-lived)
     critical_days: float
     spki_sha256: str = ""  # lowercase hex: what TLSA "3 1 1" / "2 1 1" records name (RFC 6698 section 2.1)
+    subject_dn: str = ""  # the whole name, as blackbox_exporter labels it: "CN=mail.example.org,O=Example"
+    issuer_dn: str = ""
 
 
 @dataclass(frozen=True)
