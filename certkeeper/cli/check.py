@@ -185,11 +185,13 @@ def _misplaced_days(args: argparse.Namespace) -> None:
     """``-c 90`` / ``-w 30`` written as for check_ssl_cert: an error, never a configuration path read as "90"."""
     config = getattr(args, "config", None)
     if config is not None and _DAYS.fullmatch(config):
-        raise _BadArguments(f"-c {config}: -c is the configuration file in certkeeper check; for a CRITICAL "
-                            f"threshold in days write --critical {config} (check_certkeeper takes -c {config})")
+        msg = (f"-c {config}: -c is the configuration file in certkeeper check; for a CRITICAL threshold in days "
+               f"write --critical {config} (check_certkeeper takes -c {config})")
+        raise _BadArguments(msg)
     if args.short_warning is not None:
-        raise _BadArguments(f"-w {args.short_warning}: for a WARNING threshold in days write --warning "
-                            f"{args.short_warning} (check_certkeeper takes -w {args.short_warning})")
+        msg = (f"-w {args.short_warning}: for a WARNING threshold in days write --warning {args.short_warning} "
+               f"(check_certkeeper takes -w {args.short_warning})")
+        raise _BadArguments(msg)
 
 
 def _targets(args: argparse.Namespace) -> list[Target]:

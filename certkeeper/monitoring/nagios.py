@@ -88,8 +88,8 @@ def target_for(options: PluginOptions) -> Target:
     """The endpoint to probe, written as ``smtp://host:587``."""
     protocol = options.protocol
     if protocol not in PROTOCOLS:
-        raise ValueError(f"-P {options.protocol}: not a protocol check_certkeeper speaks "
-                         f"({', '.join(PROTOCOL_CHOICES)})")
+        msg = f"-P {options.protocol}: not a protocol check_certkeeper speaks ({', '.join(PROTOCOL_CHOICES)})"
+        raise ValueError(msg)
     port = options.port if options.port is not None else DEFAULT_PORTS[options.protocol]
     host = options.host.strip("[]").lower()
     shown = f"[{host}]" if ":" in host else host
@@ -99,9 +99,11 @@ def target_for(options: PluginOptions) -> Target:
 def probe_options(options: PluginOptions) -> ProbeOptions:
     """What to ask of the probe.  The name verified is ``-n``/``-m``, else ``--sni``, else the host."""
     if options.critical < 0 or options.warning < options.critical:
-        raise ValueError(f"-c ({options.critical:g}) must be between 0 and -w ({options.warning:g})")
+        msg = f"-c ({options.critical:g}) must be between 0 and -w ({options.warning:g})"
+        raise ValueError(msg)
     if not options.timeout > 0:
-        raise ValueError("-t must be more than 0 seconds")
+        msg = "-t must be more than 0 seconds"
+        raise ValueError(msg)
     name = options.match or options.sni
     return ProbeOptions(timeout=options.timeout, servername=name, ca_file=options.rootcert,
                         warning_days=options.warning, critical_days=options.critical,

@@ -58,14 +58,16 @@ class Blackbox(Server):
     def _launch(self) -> None:
         binary = shutil.which(BINARY)
         if binary is None:
-            raise self.fail(f"{BINARY} is not installed (python3 -m certkeeper.testbed.install)")
+            msg = f"{BINARY} is not installed (python3 -m certkeeper.testbed.install)"
+            raise self.fail(msg)
         config = self.directory / "blackbox.yml"
         config.write_text(json.dumps(self._modules(), indent=2))
         self._process = spawn([binary, f"--config.file={config}", f"--web.listen-address={LOOPBACK}:{self.port}"],
                               self.log_path)
         process = self._process
         if not wait_until(self._answers, timeout=15, alive=lambda: process.poll() is None):
-            raise self.fail("did not answer on /metrics")
+            msg = "did not answer on /metrics"
+            raise self.fail(msg)
 
     def _answers(self) -> bool:
         try:
