@@ -227,3 +227,18 @@ def test_cli_metrics_prints_what_the_store_holds(tmp_path: Path) -> None:
     assert written.returncode == 0, written.stderr
     assert output.read_text() == result.stdout
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".certkeeper.prom")] == []
+
+
+def test_tlsa_match_follows_the_dane_verdict() -> None:
+    """1 for tlsa-valid, 0 for tlsa-invalid, no sample without records (tlsa-missing) or without DANE."""
+    def record(endpoint: str, status: str | None) -> EndpointRecord:
+        details = probe_details(LEAF_NOT_AFTER, INTERMEDIATE_NOT_AFTER)
+        if status:
+            details["dane"] = {"status": status}
+        return EndpointRecord("mx", endpoint, NOW, "OK", "", "ab" * 32, LEAF_NOT_AFTER, False, details)
+
+    records = [record("smtp://a:25", "tlsa-valid"), record("smtp://b:25", "tlsa-invalid"),
+               record("smtp://c:25", "tlsa-missing"), record("smtp://d:25", None)]
+    found = samples(render_metrics(records, [], [], {}))
+    assert sorted((labels["endpoint"], value) for labels, value in found["certkeeper_tlsa_match"]) == [
+        ("smtp://a:25", 1), ("smtp://b:25", 0)]

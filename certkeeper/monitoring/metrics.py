@@ -106,6 +106,8 @@ def render_metrics(
                     "one installed.")
     probed_at = _Family("certkeeper_endpoint_last_probe_timestamp_seconds", "gauge",
                         "When the endpoint was last probed (Unix time).")
+    tlsa = _Family("certkeeper_tlsa_match", "gauge", "1 when the served certificate matches the endpoint's TLSA "
+                   "records (RFC 7672), 0 when records exist and it matches none; absent without DANE.")
     for record in sorted(endpoints, key=lambda r: (r.owner, r.endpoint)):
         base = {"name": record.owner, "endpoint": record.endpoint}
         details = record.details if isinstance(record.details, dict) else {}
@@ -127,6 +129,9 @@ def render_metrics(
                            "fingerprint_sha256": record.fingerprint}, 1)
         stale.add(base, 1 if record.stale else 0)
         probed_at.add(base, _epoch(record.at))
+        dane = details.get("dane") if isinstance(details.get("dane"), dict) else None
+        if dane is not None and dane.get("status") in ("tlsa-valid", "tlsa-invalid"):
+            tlsa.add(base, 1 if dane["status"] == "tlsa-valid" else 0)
 
     not_after = _Family("ssl_file_cert_not_after", "gauge",
                         "not_after (Unix time) of each installed certificate file.")
@@ -168,7 +173,7 @@ def render_metrics(
         txt_in_step.add({"domain": domain.domain}, 1 if domain.txt_in_step else 0)
 
     families = (earliest, last_chain, chain_info, tls_version, success, duration, endpoint_info, stale, probed_at,
-                not_after, not_before, renewals, last_success, next_check,
+                tlsa, not_after, not_before, renewals, last_success, next_check,
                 *((policy_info, mx_match, txt_in_step) if mta_sts else ()))
     return "".join(family.render() for family in families)
 
