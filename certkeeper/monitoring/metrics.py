@@ -473,9 +473,10 @@ def _authorized(header: str, users: Mapping[str, str]) -> bool:
     return matches and user in users
 
 
-def start_metrics_server(listen: str, render: Callable[[], str],
-                         security: ListenerSecurity = ListenerSecurity()) -> MetricsServer:
-    """Serve ``render()`` at ``/metrics`` on ``listen`` from a daemon thread; port 0 picks a free port."""
+def start_metrics_server(listen: str, render: Callable[[], str], security: ListenerSecurity = ListenerSecurity(),
+                         page: Callable[[], str] | None = None) -> MetricsServer:
+    """Serve ``render()`` at ``/metrics`` and ``page()`` (the status page) at ``/`` on ``listen`` from a daemon
+    thread; port 0 picks a free port.  ``security``'s basic auth guards both."""
     host, port = parse_listen(listen)
     context = security.tls_context()
     users = security.users()
@@ -490,6 +491,9 @@ def start_metrics_server(listen: str, render: Callable[[], str],
                 except Exception:
                     log.exception("rendering metrics failed")
                     body, status, kind = b"rendering metrics failed; see the certkeeper log\n", 500, "text/plain"
+            elif self.path.split("?", 1)[0] == "/" and page is not None:
+                self._page()
+                return
             elif self.path == "/":
                 body, status, kind = b'<a href="/metrics">metrics</a>\n', 200, "text/html"
             else:
@@ -497,6 +501,25 @@ def start_metrics_server(listen: str, render: Callable[[], str],
             self.send_response(status)
             self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _page(self) -> None:
+            from certkeeper.monitoring.statuspage import CONTENT_SECURITY_POLICY, CONTENT_TYPE
+
+            assert page is not None
+            try:
+                body, status, kind = page().encode(), 200, CONTENT_TYPE
+            except Exception:
+                log.exception("rendering the status page failed")
+                body, kind = b"rendering the status page failed; see the certkeeper log\n", "text/plain"
+                status = 500
+            headers = {"Content-Type": kind, "Content-Length": str(len(body)),
+                       "Content-Security-Policy": CONTENT_SECURITY_POLICY, "X-Content-Type-Options": "nosniff",
+                       "Cache-Control": "no-store"}
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(body)
 
