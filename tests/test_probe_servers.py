@@ -136,7 +136,8 @@ class Pki:
         ca_file.write_bytes(root.public_bytes(serialization.Encoding.PEM))
         return cls(root_key, intermediate_key, intermediate, ca_file)
 
-    def leaf(self, *names: str, days_before: float = 1, days_after: float = 90, key_type: str = "ecdsa") -> Leaf:
+    def leaf(self, *names: str, days_before: float = 1, days_after: float = 90, key_type: str = "ecdsa",
+             purposes: tuple[x509.ObjectIdentifier, ...] = (ExtendedKeyUsageOID.SERVER_AUTH,)) -> Leaf:
         key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey = (
             rsa.generate_private_key(public_exponent=65537, key_size=2048) if key_type == "rsa"
             else ec.generate_private_key(ec.SECP256R1())
@@ -153,7 +154,7 @@ class Pki:
             .not_valid_before(NOW - timedelta(days=days_before)).not_valid_after(NOW + timedelta(days=days_after))
             .add_extension(x509.SubjectAlternativeName(alternative), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage(list(purposes)), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.intermediate_key.public_key()),
                            critical=False)
             .sign(self.intermediate_key, hashes.SHA256())
@@ -380,6 +381,14 @@ def test_dates(servers: ServerLoop, pki: Pki, days_before: float, days_after: fl
         assert result.chain_valid is False
         document = result_to_json(result)
         assert document["certificate"]["days_left"] < 0
+
+
+def test_a_client_only_certificate_is_the_wrong_purpose(servers: ServerLoop, pki: Pki) -> None:
+    """Extended key usage clientAuth without serverAuth: CRITICAL certificate-wrong-purpose, said in words."""
+    leaf = pki.leaf("mail.test", purposes=(ExtendedKeyUsageOID.CLIENT_AUTH,))
+    result = probe(f"smtps://127.0.0.1:{servers.serve(_hold, pki.context(leaf))}", pki)
+    assert result.status == "CRITICAL" and "certificate-wrong-purpose" in codes(result)
+    assert "allows clientAuth, not serverAuth" in result.message
 
 
 def test_no_scale_judges_short_lived_certificates_by_the_thresholds_as_given(servers: ServerLoop, pki: Pki) -> None:

@@ -29,6 +29,7 @@ from datetime import datetime, timedelta
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from certkeeper import pki
 from certkeeper.probe.result import (
@@ -42,6 +43,7 @@ from certkeeper.probe.result import (
     SERVED_CERTIFICATE_STALE,
     WEAK_KEY,
     WEAK_SIGNATURE,
+    WRONG_PURPOSE,
     CertificateSummary,
     Finding,
     Severity,
@@ -155,6 +157,9 @@ def judge_chain(
             dated = dated or finding.code != CERTIFICATE_EXPIRING
         findings.extend(_strength_findings(certificate, summary, index))
 
+    purpose = purpose_finding(leaf)
+    if purpose is not None:
+        findings.append(purpose)
     hostname_valid = hostname_matches(summaries[0].subject_alternative_names, hostname)
     if not hostname_valid:
         names = ", ".join(summaries[0].subject_alternative_names) or "no subject alternative names"
@@ -190,6 +195,26 @@ def _date_finding(summary: CertificateSummary, index: int, now: datetime) -> Fin
 
 # SHA-1 signatures: refused by current clients (and OpenSSL at its default security level 1 since 3.0 for
 # TLS 1.2+ signatures); check_ssl_cert is CRITICAL for both.
+_PURPOSE_NAMES = {ExtendedKeyUsageOID.CLIENT_AUTH: "clientAuth", ExtendedKeyUsageOID.CODE_SIGNING: "codeSigning",
+                  ExtendedKeyUsageOID.EMAIL_PROTECTION: "emailProtection",
+                  ExtendedKeyUsageOID.TIME_STAMPING: "timeStamping", ExtendedKeyUsageOID.OCSP_SIGNING: "OCSPSigning"}
+
+
+def purpose_finding(leaf: x509.Certificate) -> Finding | None:
+    """A leaf whose extended key usage leaves out serverAuth: TLS clients refuse it for a server (RFC 5280
+    section 4.2.1.12); without the extension any purpose is allowed."""
+    try:
+        usages = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return None
+    allowed = {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE}
+    if allowed & set(usages):
+        return None
+    names = ", ".join(_PURPOSE_NAMES.get(usage, usage.dotted_string) for usage in usages) or "nothing"
+    return Finding(WRONG_PURPOSE, "CRITICAL", f"the certificate's extended key usage allows {names}, not serverAuth: "
+                                              "clients refuse it for a server; issue a TLS server certificate")
+
+
 _WEAK_HASHES: dict[str, Severity] = {"md5": "CRITICAL", "sha1": "CRITICAL"}
 
 

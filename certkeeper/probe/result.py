@@ -32,6 +32,7 @@ CERTIFICATE_NOT_TRUSTED = "certificate-not-trusted"
 CHAIN_INCOMPLETE = "chain-incomplete"
 SELF_SIGNED = "self-signed"
 WEAK_KEY = "weak-key"
+WRONG_PURPOSE = "certificate-wrong-purpose"  # extended key usage without serverAuth (RFC 5280 section 4.2.1.12)
 WEAK_SIGNATURE = "weak-signature"  # signed with SHA-1 or MD5: refused by clients, CRITICAL as check_ssl_cert has it
 STARTTLS_NOT_SUPPORTED = "starttls-not-supported"
 CONNECTION_FAILED = "connection-failed"
