@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from certkeeper.app import build_app
+from certkeeper.config import CaIssuerConfig
+from certkeeper.issuers.internal_ca import revoke_certificate_name, write_crl
 from certkeeper.probe import load_trust_anchors
 from certkeeper.store.versions import CertificateHome
 from certkeeper.testbed.postfix import Postfix
@@ -17,7 +19,8 @@ from tests.lifecycle_helpers import write_config
 @pytest.mark.testbed
 def test_internal_ca_endpoints_are_trusted_through_the_ca_root(
         tmp_path: Path, postfix_factory: Callable[..., Postfix]) -> None:
-    """Postfix serving an internal-CA chain: OK in status and metrics, not 'certificate-not-trusted'."""
+    """Postfix serving an internal-CA chain: OK in status and metrics, not 'certificate-not-trusted'; once revoked
+    and in the CA's CRL, certificate-revoked."""
     table = '[certificates.mail]\nissuer = "internal"\ndomains = ["mail.example.test"]\n'
     config = write_config(tmp_path, table)
     assert build_app(config).run_pass()[0].result == "renewed"
@@ -35,6 +38,16 @@ def test_internal_ca_endpoints_are_trusted_through_the_ca_root(
     assert record.status == "OK"
     metrics = app.render_metrics()
     assert f'probe_success{{name="mail",endpoint="smtps://127.0.0.1:{port}"}} 1' in metrics
+
+    # Revoked at the CA, which publishes its CRL: the endpoint still serving it is CRITICAL, said in words.
+    issuer = app.config.issuers["internal"]
+    assert isinstance(issuer, CaIssuerConfig)
+    revoke_certificate_name(issuer, "mail", "keyCompromise", now=app.clock())
+    write_crl(issuer, app.clock())
+    (revoked,) = app.observe_endpoints()
+    assert revoked.result.status == "CRITICAL"
+    assert [f.code for f in revoked.result.findings] == ["certificate-revoked"]
+    assert "revoked on" in revoked.result.message and "(keyCompromise)" in revoked.result.message
 
 
 def test_issuer_roots_and_ca_file_are_trusted_together(tmp_path: Path) -> None:

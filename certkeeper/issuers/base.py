@@ -76,6 +76,15 @@ def root_files(issuer: IssuerConfig | None) -> tuple[Path, ...]:
     return (issuer.ca_dir / ROOT_CERT,)
 
 
+def crl_files(issuer: IssuerConfig | None) -> tuple[Path, ...]:
+    """The CRL an issuer publishes locally: the internal CA's ``crl.pem`` (ACME CAs publish theirs remotely)."""
+    if issuer is None or isinstance(issuer, AcmeIssuerConfig):
+        return ()
+    from certkeeper.issuers.ca_store import CRL_PEM
+
+    return (issuer.ca_dir / CRL_PEM,)
+
+
 @runtime_checkable
 class Revoker(Protocol):
     def revoke(self, certificate: x509.Certificate, reason: str) -> None: ...

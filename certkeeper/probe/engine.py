@@ -174,6 +174,21 @@ def load_trust_anchors(ca_file: Path | None,
         return [], "the system trust store (none found)"
 
 
+def load_crls(paths: Sequence[Path]) -> list[x509.CertificateRevocationList]:
+    """The CRLs (PEM or DER) that exist and parse; a CA that never revoked anything may have written none yet."""
+    crls = []
+    for path in paths:
+        try:
+            data = path.read_bytes()
+            crls.append(x509.load_pem_x509_crl(data) if data.lstrip().startswith(b"-----")
+                        else x509.load_der_x509_crl(data))
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError) as exc:
+            log.warning("CRL %s cannot be read (%s): revocation not checked against it", path, exc)
+    return crls
+
+
 # warnings.catch_warnings() swaps process-wide filters: two threads loading at once (a verifier and a prober)
 # would restore each other's filters mid-load and let the warning escape.
 _BUNDLE_LOCK = threading.Lock()
@@ -214,6 +229,7 @@ class Prober:
         self.options = options
         self.now = now
         self.roots, self.trust_source = load_trust_anchors(options.ca_file, options.issuer_roots)
+        self.crls = load_crls(options.crl_files)
         key_types: list[str | None] = (
             ["rsa", "ecdsa"] if options.key_type == "all" else [options.key_type]
         )
@@ -343,7 +359,7 @@ class Prober:
             judgement = judge_chain(certificates, hostname=hostname, roots=self.roots,
                                     trust_source=self.trust_source, now=self.now,
                                     warning_days=self.options.warning_days, critical_days=self.options.critical_days,
-                                    scale=self.options.scale_thresholds)
+                                    scale=self.options.scale_thresholds, crls=self.crls)
             self._judgements[key] = judgement
         return judgement
 

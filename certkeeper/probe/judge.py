@@ -38,6 +38,7 @@ from certkeeper.probe.result import (
     CERTIFICATE_HOST_MISMATCH,
     CERTIFICATE_NOT_TRUSTED,
     CERTIFICATE_NOT_YET_VALID,
+    CERTIFICATE_REVOKED,
     CHAIN_INCOMPLETE,
     SELF_SIGNED,
     SERVED_CERTIFICATE_STALE,
@@ -139,6 +140,7 @@ def judge_chain(
     warning_days: float,
     critical_days: float,
     scale: bool = True,
+    crls: Sequence[x509.CertificateRevocationList] = (),
 ) -> ChainJudgement:
     """Judge the chain a server sent (leaf first): dates, key strength, name, trust and completeness."""
     summaries = tuple(
@@ -160,6 +162,9 @@ def judge_chain(
     purpose = purpose_finding(leaf)
     if purpose is not None:
         findings.append(purpose)
+    revoked = revocation_finding(certificates, crls)
+    if revoked is not None:
+        findings.append(revoked)
     hostname_valid = hostname_matches(summaries[0].subject_alternative_names, hostname)
     if not hostname_valid:
         names = ", ".join(summaries[0].subject_alternative_names) or "no subject alternative names"
@@ -195,6 +200,35 @@ def _date_finding(summary: CertificateSummary, index: int, now: datetime) -> Fin
 
 # SHA-1 signatures: refused by current clients (and OpenSSL at its default security level 1 since 3.0 for
 # TLS 1.2+ signatures); check_ssl_cert is CRITICAL for both.
+def revocation_finding(certificates: Sequence[x509.Certificate],
+                       crls: Sequence[x509.CertificateRevocationList]) -> Finding | None:
+    """The served leaf listed in a CRL of its issuer.  A CRL counts only when its signature verifies with the
+    public key of the served certificate that issued the leaf (RFC 5280 section 6.3.3 (f))."""
+    leaf = certificates[0]
+    signers = [c for c in certificates[1:] if c.subject == leaf.issuer]
+    for crl in crls:
+        if crl.issuer != leaf.issuer or not any(_signed_by(crl, signer) for signer in signers):
+            continue
+        entry = crl.get_revoked_certificate_by_serial_number(leaf.serial_number)
+        if entry is not None:
+            try:
+                reason = entry.extensions.get_extension_for_class(x509.CRLReason).value.reason.value
+            except x509.ExtensionNotFound:
+                reason = "unspecified"
+            return Finding(CERTIFICATE_REVOKED, "CRITICAL",
+                           f"the certificate (serial {pki.serial_hex(leaf)}) was revoked on "
+                           f"{entry.revocation_date_utc:%Y-%m-%d %H:%M} UTC ({reason}) by "
+                           f"'{pki.common_name(crl.issuer)}': renew it (certkeeper renew --force)")
+    return None
+
+
+def _signed_by(crl: x509.CertificateRevocationList, signer: x509.Certificate) -> bool:
+    try:
+        return crl.is_signature_valid(signer.public_key())  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+
+
 _PURPOSE_NAMES = {ExtendedKeyUsageOID.CLIENT_AUTH: "clientAuth", ExtendedKeyUsageOID.CODE_SIGNING: "codeSigning",
                   ExtendedKeyUsageOID.EMAIL_PROTECTION: "emailProtection",
                   ExtendedKeyUsageOID.TIME_STAMPING: "timeStamping", ExtendedKeyUsageOID.OCSP_SIGNING: "OCSPSigning"}

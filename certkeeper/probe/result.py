@@ -33,6 +33,7 @@ CHAIN_INCOMPLETE = "chain-incomplete"
 SELF_SIGNED = "self-signed"
 WEAK_KEY = "weak-key"
 WRONG_PURPOSE = "certificate-wrong-purpose"  # extended key usage without serverAuth (RFC 5280 section 4.2.1.12)
+CERTIFICATE_REVOKED = "certificate-revoked"  # listed in its CA's CRL (managed internal-CA certificates)
 WEAK_SIGNATURE = "weak-signature"  # signed with SHA-1 or MD5: refused by clients, CRITICAL as check_ssl_cert has it
 STARTTLS_NOT_SUPPORTED = "starttls-not-supported"
 CONNECTION_FAILED = "connection-failed"
@@ -51,6 +52,7 @@ class ProbeOptions:
     servername: str | None = None  # SNI and the name to verify; None -> the target's host
     sni: bool = True  # False: send no SNI, as sending MTAs on port 25 may
     ca_file: Path | None = None  # trust anchors; None -> the system store
+    crl_files: tuple[Path, ...] = ()  # CRLs to look the served leaf up in (an internal CA's crl.pem)
     issuer_roots: tuple[Path, ...] = ()  # managed endpoints: the issuer's roots, trusted with ca_file instead of
     #                                      the system store (an internal CA, an ACME issuer's trust_roots)
     warning_days: float = 21

@@ -36,6 +36,7 @@ class Watched:
     ca_file: Path | None = None
     servername: str | None = None
     issuer_roots: tuple[Path, ...] = ()  # managed: the issuer's roots (issuers.base.root_files), trusted with ca_file
+    crl_files: tuple[Path, ...] = ()  # managed internal-CA certificates: the CA's CRL (issuers.base.crl_files)
     dane: DaneWatch | None = None  # TLSA records to judge the served certificate against (certkeeper.dane.observe)
 
 
@@ -53,14 +54,16 @@ def observe(items: Sequence[Watched], *, now: datetime, timeout: float = 10.0,
     # The probe (pyOpenSSL, asyncio) is imported only when there is something to look at.
     from certkeeper.probe import ProbeOptions, probe_sync
 
-    groups: dict[tuple[bool, Path | None, tuple[Path, ...], str | None, frozenset[str] | None], list[Watched]] = {}
+    groups: dict[tuple[bool, Path | None, tuple[Path, ...], tuple[Path, ...], str | None, frozenset[str] | None],
+                 list[Watched]] = {}
     for item in items:
-        groups.setdefault((item.dual, item.ca_file, item.issuer_roots, item.servername, item.expected),
-                          []).append(item)
+        key = (item.dual, item.ca_file, item.issuer_roots, item.crl_files, item.servername, item.expected)
+        groups.setdefault(key, []).append(item)
     observations: dict[int, Observation] = {}
-    for (dual, ca_file, issuer_roots, servername, expected), members in groups.items():
-        options = ProbeOptions(timeout=timeout, ca_file=ca_file, issuer_roots=issuer_roots, servername=servername,
-                               key_type="all" if dual else None, expected_fingerprints=expected)
+    for (dual, ca_file, issuer_roots, crl_files, servername, expected), members in groups.items():
+        options = ProbeOptions(timeout=timeout, ca_file=ca_file, issuer_roots=issuer_roots, crl_files=crl_files,
+                               servername=servername, key_type="all" if dual else None,
+                               expected_fingerprints=expected)
         results = probe_sync([m.target for m in members], options, now=now, concurrency=concurrency)
         for member, result in zip(members, results, strict=True):
             observations[id(member)] = Observation(member, result, _is_stale(member, result))
