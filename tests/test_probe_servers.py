@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import warnings
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -389,6 +390,23 @@ def test_a_client_only_certificate_is_the_wrong_purpose(servers: ServerLoop, pki
     result = probe(f"smtps://127.0.0.1:{servers.serve(_hold, pki.context(leaf))}", pki)
     assert result.status == "CRITICAL" and "certificate-wrong-purpose" in codes(result)
     assert "allows clientAuth, not serverAuth" in result.message
+
+
+def test_an_accepted_old_tls_version_is_critical_when_refused(servers: ServerLoop, pki: Pki) -> None:
+    """--require-no-tls1_1: a server still accepting TLS 1.1 is CRITICAL tls-version-too-old; one with a TLS 1.2
+    floor stays OK; without the option nobody asks."""
+    old = pki.context(pki.leaf("mail.test"))
+    with warnings.catch_warnings():  # the point of this server is the deprecated version
+        warnings.simplefilter("ignore", DeprecationWarning)
+        old.minimum_version = ssl.TLSVersion.TLSv1
+    old.set_ciphers("ALL:@SECLEVEL=0")  # OpenSSL 3 offers TLS 1.1 at security level 0 only
+    lenient = servers.serve(_hold, old)
+    strict = servers.serve(_hold, pki.context(pki.leaf("mail.test")))
+    refused = probe(f"smtps://127.0.0.1:{lenient}", pki, refuse_tls=("TLSv1.1",))
+    assert refused.status == "CRITICAL" and codes(refused) == {"tls-version-too-old"}
+    assert "accepts TLSv1.1" in refused.message
+    assert probe(f"smtps://127.0.0.1:{lenient}", pki).status == "OK"
+    assert probe(f"smtps://127.0.0.1:{strict}", pki, refuse_tls=("TLSv1", "TLSv1.1")).status == "OK"
 
 
 def test_no_scale_judges_short_lived_certificates_by_the_thresholds_as_given(servers: ServerLoop, pki: Pki) -> None:

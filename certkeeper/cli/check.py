@@ -61,6 +61,8 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--ca-file", metavar="PEM", type=Path, help="trust anchors (default: the system store)")
     parser.add_argument("--warning", metavar="DAYS", type=float, default=21.0, help="WARNING threshold (21)")
     parser.add_argument("--critical", metavar="DAYS", type=float, default=7.0, help="CRITICAL threshold (7)")
+    parser.add_argument("--require-no-tls1", action="store_true", help="CRITICAL if the server accepts TLS 1.0")
+    parser.add_argument("--require-no-tls1_1", action="store_true", help="CRITICAL if the server accepts TLS 1.1")
     parser.add_argument("--no-scale", action="store_true",
                         help="use --warning and --critical as given for short-lived certificates too")
     # check_ssl_cert's -w DAYS: only caught, to say what to write instead (see _misplaced_days).
@@ -227,6 +229,7 @@ def _read_list(name: str) -> list[tuple[str, str]]:
 
 def _options(args: argparse.Namespace) -> ProbeOptions:
     from certkeeper.probe import ProbeOptions
+    from certkeeper.probe.result import refused_versions
 
     if args.warning < 0 or args.critical < 0 or args.critical > args.warning:
         msg = f"--critical ({args.critical:g}) must be between 0 and --warning ({args.warning:g})"
@@ -245,6 +248,7 @@ def _options(args: argparse.Namespace) -> ProbeOptions:
         warning_days=args.warning,
         critical_days=args.critical,
         scale_thresholds=not args.no_scale,
+        refuse_tls=refused_versions(no_tls1=args.require_no_tls1, no_tls1_1=args.require_no_tls1_1),
         key_type=args.key_type,
         verbose=bool(args.verbose),
     )

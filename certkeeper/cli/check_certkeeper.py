@@ -10,7 +10,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
+
+if TYPE_CHECKING:
+    from certkeeper.probe import ProbeOptions, ProbeResult
+    from certkeeper.targets import Target
 
 EXIT_UNKNOWN = 3
 SWITCHES = ("ignore_exp", "ignore_host_cn", "ignore_incomplete_chain", "ignore_sig_alg", "selfsigned", "noauth")
@@ -53,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("--ecdsa", dest="key_type", action="store_const", const="ecdsa",
                       help="fetch the ECDSA certificate")
     add("-t", "--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS", help="deadline (120)")
-    add("--resolve", metavar="IP", help="connect to IP instead of resolving the host; names are still checked")
+    add("--resolve", metavar="IP[,IP]",
+        help="connect to IP (or each of several) instead of every A and AAAA address of the host; names are still "
+             "checked against the host")
     add("--precision", type=int, choices=range(0, 7), metavar="DIGITS",
         help="decimals of days (default 0 when -w and -c are whole numbers, 2 otherwise)")
     add("--no-scale", action="store_true",
@@ -65,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--ignore-sig-alg", action="store_true", help="do not refuse SHA-1 or MD5 signatures")
     add("-s", "--selfsigned", action="store_true", help="allow self-signed certificates")
     add("-A", "--noauth", action="store_true", help="ignore authority warnings (expiration only)")
+    add("--require-no-tls1", action="store_true", help="CRITICAL if TLS 1.0 is accepted")
+    add("--require-no-tls1_1", action="store_true", help="CRITICAL if TLS 1.1 is accepted")
     add("--no-perf", action="store_true", help="no performance data")
     add("-v", "--verbose", action="count", default=0, help="each finding on a line of its own")
     add("-q", "--quiet", action="store_true", help="no output, only the exit code")
@@ -88,15 +96,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         plugin_output,
         probe_options,
         target_for,
+        worst_result,
     )
-    from certkeeper.pki import now_utc
-    from certkeeper.probe import probe_target
+    from certkeeper.probe.result import refused_versions
 
     options = PluginOptions(
         host=args.host, port=args.port, protocol=args.protocol, warning=args.warning, critical=args.critical,
         sni=args.sni, match=args.match, rootcert=args.rootcert, key_type=args.key_type, timeout=args.timeout,
         ignored=ignored_codes(s for s in SWITCHES if getattr(args, s)), scale=not args.no_scale,
-        resolve=args.resolve, precision=args.precision, no_perf=args.no_perf,
+        resolve=tuple(a.strip().strip("[]") for a in args.resolve.split(",") if a.strip()) if args.resolve else (),
+        precision=args.precision, no_perf=args.no_perf,
+        refuse_tls=refused_versions(no_tls1=args.require_no_tls1, no_tls1_1=args.require_no_tls1_1),
     )
     try:
         target = target_for(options)
@@ -104,20 +114,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"SSL_CERT UNKNOWN: {exc}")
         return EXIT_UNKNOWN
-    import asyncio
-
+    addresses = list(options.resolve) or _addresses(target.host, target.port)
     try:
-        result = asyncio.run(probe_target(target, probing, now=now_utc(), address=options.resolve))
+        results = _probe_each(target, probing, addresses)
     except InputError as exc:  # an unreadable -r file
         print(f"SSL_CERT UNKNOWN: {exc}")
         return EXIT_UNKNOWN
-    line, status = plugin_output(result, options)
+    line, status = plugin_output(worst_result(results, options), options, addresses=len(addresses))
     if not args.quiet:
         print(line)
         if args.verbose:
-            for finding in result.findings:
-                print(f"  {finding.severity} {finding.code}: {finding.message}")
+            for result in results:
+                for finding in result.findings:
+                    print(f"  {result.address or target.host} {finding.severity} {finding.code}: {finding.message}")
     return status
+
+
+def _addresses(host: str, port: int) -> list[str]:
+    """Every A and AAAA address of ``host`` (a client may land on any); none when it does not resolve, and the
+    probe then reports that in words."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        return []
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def _probe_each(target: Target, options: ProbeOptions, addresses: Sequence[str]) -> list[ProbeResult]:
+    """One probe per address (or one resolving the host itself), concurrently, with one set of trust anchors."""
+    import asyncio
+
+    from certkeeper.pki import now_utc
+    from certkeeper.probe import Prober
+
+    async def run() -> list[ProbeResult]:
+        prober = Prober(options, now=now_utc())
+        places: list[str | None] = list(addresses) or [None]
+        return list(await asyncio.gather(*(prober.probe(target, address=a) for a in places)))
+
+    return asyncio.run(run())
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ Where check_ssl_cert 2.60 differs from what one might expect
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,6 +39,7 @@ from certkeeper.probe.result import (
     WEAK_SIGNATURE,
     CertificateSummary,
     KeyTypeChoice,
+    OldTlsVersion,
 )
 from certkeeper.targets import PROTOCOLS, Target
 
@@ -79,9 +80,10 @@ class PluginOptions:
     timeout: float = DEFAULT_TIMEOUT
     ignored: frozenset[str] = frozenset()
     scale: bool = True
-    resolve: str | None = None  # --resolve IP: connect there, judge against the host name
+    resolve: tuple[str, ...] = ()  # --resolve IP[,IP]: connect there instead of every address of the host
     precision: int | None = None
     no_perf: bool = False
+    refuse_tls: tuple[OldTlsVersion, ...] = ()  # --require-no-tls1, --require-no-tls1_1
 
 
 def target_for(options: PluginOptions) -> Target:
@@ -107,7 +109,7 @@ def probe_options(options: PluginOptions) -> ProbeOptions:
     name = options.match or options.sni
     return ProbeOptions(timeout=options.timeout, servername=name, ca_file=options.rootcert,
                         warning_days=options.warning, critical_days=options.critical,
-                        scale_thresholds=options.scale, key_type=options.key_type)
+                        scale_thresholds=options.scale, key_type=options.key_type, refuse_tls=options.refuse_tls)
 
 
 def ignored_codes(switches: Iterable[str]) -> frozenset[str]:
@@ -155,8 +157,18 @@ def _earliest(result: ProbeResult) -> CertificateSummary | None:
     return min(result.chain, key=lambda s: s.not_after, default=result.certificate)
 
 
-def plugin_output(result: ProbeResult, options: PluginOptions) -> tuple[str, int]:
-    """The status line (with perfdata) and the exit code, after the ``--ignore-*`` switches."""
+def worst_result(results: Sequence[ProbeResult], options: PluginOptions) -> ProbeResult:
+    """Of one probe per address of the host, the one to report: the worst after the ``--ignore-*`` switches
+    (the first of equals), so one address serving an old certificate cannot hide behind another."""
+    def rank(result: ProbeResult) -> int:
+        return EXIT_CODES[worst_status([f.severity for f in result.findings if f.code not in options.ignored])]
+
+    return max(results, key=rank)
+
+
+def plugin_output(result: ProbeResult, options: PluginOptions, *, addresses: int = 1) -> tuple[str, int]:
+    """The status line (with perfdata) and the exit code, after the ``--ignore-*`` switches.  With several
+    addresses probed, a problem names the address it was seen at."""
     findings = [f for f in result.findings if f.code not in options.ignored]
     status = worst_status([f.severity for f in findings])
     precision = precision_for(options)
@@ -170,7 +182,8 @@ def plugin_output(result: ProbeResult, options: PluginOptions) -> tuple[str, int
                 f"(expires in {days_shown(earliest.days_left, precision)} days)")
     else:
         who = leaf.subject if leaf is not None else (options.sni or options.host)
-        text = f"{SHORTNAME} {status} {who}: {problem_message(findings, leaf)}"
+        where = f"[{result.address}] " if addresses > 1 and result.address else ""
+        text = f"{SHORTNAME} {status} {who}: {where}{problem_message(findings, leaf)}"
     # A "|" in the text would start the perfdata: servers choose the certificate names we print.
     text = text.replace("|", "/").replace("\n", " ")
     return (f"{text}|{data}" if data else text), EXIT_CODES[status]

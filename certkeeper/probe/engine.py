@@ -47,6 +47,7 @@ from certkeeper.probe.result import (
     PROTOCOL_ERROR,
     TIMEOUT,
     TLS_HANDSHAKE_FAILED,
+    TLS_VERSION_TOO_OLD,
     Finding,
     ProbeOptions,
     ProbeResult,
@@ -221,6 +222,17 @@ def _tls_context(key_type: str | None) -> SSL.Context:
     return context
 
 
+_VERSIONS = {"TLSv1": SSL.TLS1_VERSION, "TLSv1.1": SSL.TLS1_1_VERSION}
+
+
+def _version_context(version: str) -> SSL.Context:
+    """A context offering ``version`` only (SECLEVEL=0: OpenSSL 3 refuses TLS 1.0/1.1 otherwise)."""
+    context = _tls_context(None)
+    context.set_min_proto_version(_VERSIONS[version])
+    context.set_max_proto_version(_VERSIONS[version])
+    return context
+
+
 class Prober:
     """One probing run: the TLS contexts, the trust anchors and the per-chain judgement cache, shared by all
     targets.  ``now`` is fixed for the run, which is what makes a judgement cacheable."""
@@ -235,6 +247,7 @@ class Prober:
         )
         self.key_types = key_types
         self.contexts = {key_type: _tls_context(key_type) for key_type in key_types}
+        self.floor_contexts = {version: _version_context(version) for version in options.refuse_tls}
         self._judgements: dict[tuple[tuple[bytes, ...], str], ChainJudgement] = {}
 
     async def probe(self, target: Target, *, address: str | None = None) -> ProbeResult:
@@ -254,6 +267,8 @@ class Prober:
                                                     f"no {key_type} certificate offered: {failure.message}"))
                             continue
                         raise
+                if fetches:
+                    failures += await self._check_floor(target, address, progress)
         except TimeoutError:
             hint = ""
             if progress.received == 0 and target.tls == "starttls" and "greeting" in progress.stage:
@@ -269,8 +284,23 @@ class Prober:
             failures = [Finding(TLS_HANDSHAKE_FAILED, "CRITICAL", "; ".join(f.message for f in failures))]
         return self._result(target, address, fetches, failures, progress, time.perf_counter() - started)
 
+    async def _check_floor(self, target: Target, address: str | None, progress: _Progress) -> list[Finding]:
+        """One handshake capped at each refused version (``--require-no-tls1_1``): accepted is CRITICAL."""
+        findings = []
+        for version, context in self.floor_contexts.items():
+            try:
+                await self._fetch(target, address, None, progress, context=context)
+            except _ProbeFailure as failure:
+                if failure.code != TLS_HANDSHAKE_FAILED:
+                    raise
+                continue
+            findings.append(Finding(TLS_VERSION_TOO_OLD, "CRITICAL",
+                                    f"the server accepts {version}, which RFC 8996 deprecates: set its minimum "
+                                    "TLS version to 1.2"))
+        return findings
+
     async def _fetch(self, target: Target, address: str | None, key_type: str | None,
-                     progress: _Progress) -> _Fetch:
+                     progress: _Progress, *, context: SSL.Context | None = None) -> _Fetch:
         host = address or target.host
         progress.stage = f"connecting to {target.address}" + (f" ({address})" if address else "")
         try:
@@ -291,7 +321,7 @@ class Prober:
             progress.stage = "in the TLS handshake" + (f" (offering only {key_type} certificates)" if key_type else "")
             server_name = self.options.servername or target.host
             send_sni = self.options.sni and not _is_ip(server_name)
-            ders, version, cipher = await self._handshake(reader, writer, self.contexts[key_type],
+            ders, version, cipher = await self._handshake(reader, writer, context or self.contexts[key_type],
                                                           server_name if send_sni else None, progress)
         finally:
             writer.close()
