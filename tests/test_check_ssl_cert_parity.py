@@ -37,7 +37,7 @@ def test_check_ssl_cert_is_installed() -> None:
 
 
 def test_same_exit_code_as_check_ssl_cert_on_every_endpoint(mail_endpoints: Endpoints) -> None:
-    """Good, expiring, expired, wrong host, untrusted, missing intermediate, STARTTLS 25/587, 465, IMAP:
+    """Good, expiring, expired, wrong host, untrusted, missing intermediate, SHA-1, STARTTLS 25/587, 465, IMAP:
     check_certkeeper exits as check_ssl_cert does, and both as expected."""
     differences = []
     for endpoint in mail_endpoints.items:
@@ -76,6 +76,12 @@ def test_bad_options_are_unknown(args: list[str], words: str) -> None:
     assert result.returncode == 3 and result.stdout.startswith("SSL_CERT UNKNOWN") and words in result.stdout, (
         result.stdout, result.stderr)
     assert "Traceback" not in result.stderr
+
+
+def test_a_sha1_signature_is_named(mail_endpoints: Endpoints) -> None:
+    (sha1,) = [e for e in mail_endpoints.items if e.label == "signed with SHA-1"]
+    result = check_certkeeper(*options(sha1, mail_endpoints))
+    assert result.returncode == 2 and "weak-signature: the certificate is signed with SHA1" in result.stdout
 
 
 def test_ignore_switches_silence_their_finding(mail_endpoints: Endpoints) -> None:
