@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 from certkeeper.monitoring.metrics import render_metrics
+from certkeeper.mtasts.status import DomainStatus
 from tests.test_metrics import COUNTS, ENDPOINTS, INSTALLED, STATES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,18 +24,20 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def exported() -> set[str]:
-    text = render_metrics(ENDPOINTS, INSTALLED, STATES, COUNTS)
+    domain = DomainStatus("example.org", "20261201", "enforce", ("mx.example.org",), True, ())
+    text = render_metrics(ENDPOINTS, INSTALLED, STATES, COUNTS, [domain])
     return set(re.findall(r"^# TYPE (\S+) ", text, re.MULTILINE))
 
 
 def test_promtool_checks_the_rules() -> None:
     result = promtool("check", "rules", str(RULES))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 8 rules found" in result.stdout
+    assert "SUCCESS: 10 rules found" in result.stdout
 
 
 def test_promtool_unit_tests_of_the_rules_pass() -> None:
-    """Expiring, expired, renewal failing, served != installed, DANE and MTA-STS mismatch, daemon not reporting."""
+    """Expiring, expired, renewal failing, served != installed, DANE and MTA-STS mismatch (MX names outside the
+    policy, TXT out of step), daemon not reporting."""
     result = promtool("test", "rules", str(RULE_TESTS))
     assert result.returncode == 0, result.stdout + result.stderr
 

@@ -92,6 +92,13 @@ def render_metrics(
     mta_sts: Sequence[DomainStatus] = (),
 ) -> str:
     """The whole exposition text from plain values (pure: the same input gives the same text)."""
+    families = (*_endpoint_families(endpoints), *_installed_families(installed),
+                *_renewal_families(states, renewal_counts), *(_mta_sts_families(mta_sts) if mta_sts else ()))
+    return "".join(family.render() for family in families)
+
+
+def _endpoint_families(endpoints: Sequence[EndpointRecord]) -> tuple[_Family, ...]:
+    """blackbox_exporter's probe_* and certkeeper's own per-endpoint series."""
     earliest = _Family("probe_ssl_earliest_cert_expiry", "gauge",
                        "Earliest not_after (Unix time) in the chain the endpoint served.")
     last_chain = _Family("probe_ssl_last_chain_expiry_timestamp_seconds", "gauge",
@@ -132,7 +139,11 @@ def render_metrics(
         dane = details.get("dane") if isinstance(details.get("dane"), dict) else None
         if dane is not None and dane.get("status") in ("tlsa-valid", "tlsa-invalid"):
             tlsa.add(base, 1 if dane["status"] == "tlsa-valid" else 0)
+    return (earliest, last_chain, chain_info, tls_version, success, duration, endpoint_info, stale, probed_at, tlsa)
 
+
+def _installed_families(installed: Sequence[InstalledCertificate]) -> tuple[_Family, ...]:
+    """ssl_exporter's file series for each installed certificate."""
     not_after = _Family("ssl_file_cert_not_after", "gauge",
                         "not_after (Unix time) of each installed certificate file.")
     not_before = _Family("ssl_file_cert_not_before", "gauge",
@@ -145,7 +156,11 @@ def render_metrics(
         not_after.add(labels, _epoch(cert.not_after))
         if cert.not_before is not None:
             not_before.add(labels, _epoch(cert.not_before))
+    return not_after, not_before
 
+
+def _renewal_families(states: Sequence[CertState],
+                      renewal_counts: Mapping[tuple[str, str], int]) -> tuple[_Family, ...]:
     # Text format 0.0.4 names a counter's family with its _total suffix, as client_python does.
     renewals = _Family("certkeeper_renewals_total", "counter", "Renewal attempts by outcome.")
     for (name, result), count in sorted(renewal_counts.items()):
@@ -159,7 +174,10 @@ def render_metrics(
             last_success.add({"name": state.name}, _epoch(state.last_success_at))
         if state.next_check_at is not None:
             next_check.add({"name": state.name}, _epoch(state.next_check_at))
+    return renewals, last_success, next_check
 
+
+def _mta_sts_families(mta_sts: Sequence[DomainStatus]) -> tuple[_Family, ...]:
     policy_info = _Family("certkeeper_mta_sts_policy_info", "gauge",
                           "The MTA-STS policy certkeeper publishes for each domain: its id and mode.")
     mx_match = _Family("certkeeper_mta_sts_mx_match", "gauge",
@@ -171,11 +189,7 @@ def render_metrics(
             policy_info.add({"domain": domain.domain, "id": domain.policy_id, "mode": domain.mode or ""}, 1)
         mx_match.add({"domain": domain.domain}, 1 if domain.every_mx_matches else 0)
         txt_in_step.add({"domain": domain.domain}, 1 if domain.txt_in_step else 0)
-
-    families = (earliest, last_chain, chain_info, tls_version, success, duration, endpoint_info, stale, probed_at,
-                tlsa, not_after, not_before, renewals, last_success, next_check,
-                *((policy_info, mx_match, txt_in_step) if mta_sts else ()))
-    return "".join(family.render() for family in families)
+    return policy_info, mx_match, txt_in_step
 
 
 def installed_certificates(config: Config) -> list[InstalledCertificate]:
