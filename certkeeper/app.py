@@ -14,11 +14,12 @@ from certkeeper.errors import CertkeeperError, ConfigError
 from certkeeper.events import EventBus, MtaStsPolicyPublished, MtaStsPublishFailed, log_event
 from certkeeper.issuers.base import Issuer
 from certkeeper.renewal.lifecycle import Outcome, Renewer
-from certkeeper.store import Store
+from certkeeper.store import EndpointRecord, Store
 
 if TYPE_CHECKING:
     from certkeeper.alerts.notifier import Notifier
     from certkeeper.issuers.caa import CaaVerdict
+    from certkeeper.monitoring.statuspage import CertificateView, EndpointView
     from certkeeper.renewal.observe import Observation
     from certkeeper.store.fleet import Fleet
 
@@ -189,6 +190,54 @@ class App:
 
             statuses = domain_statuses(self.config)
         return render_store_metrics(self.store, installed_certificates(self.config), statuses)
+
+    def render_status_page(self) -> str:
+        """The status page at ``/`` (:mod:`certkeeper.monitoring.statuspage`), from the store and the installed
+        versions; contacts nothing."""
+        from certkeeper.monitoring.statuspage import render_page
+
+        now = self.clock()
+        certificates, watched = self.status_views(now)
+        return render_page(certificates, watched, now)
+
+    def status_views(self, now: datetime) -> tuple[list[CertificateView], list[tuple[str, list[EndpointView]]]]:
+        from certkeeper.monitoring.blackbox import reason_code
+        from certkeeper.monitoring.statuspage import CertificateView, EndpointView, Mark, VersionSpan, served_state
+
+        records: dict[str, list[EndpointRecord]] = {}
+        for record in self.store.endpoints():
+            records.setdefault(record.owner, []).append(record)
+        alerts: dict[str, list[Mark]] = {}
+        for alert in self.store.recent_alerts():
+            owner = alert.key.split(":")[1] if alert.key.count(":") >= 2 else ""
+            alerts.setdefault(owner, []).append(Mark(alert.created_at, "alert", f"{alert.severity} {alert.subject}"))
+
+        def endpoint(record: EndpointRecord, served: str) -> EndpointView:
+            return EndpointView(record.endpoint, served, record.status, reason_code(record.details, record.status),
+                                record.message, record.at)
+
+        certificates = []
+        for certificate in self.config.certificates.values():
+            home = self.renewer.home(certificate)
+            current = home.current()
+            decision = self.renewer.decide(certificate, now)
+            state = self.store.get_state(certificate.name)
+            fingerprints = current.fingerprints if current else None
+            marks = [Mark(r.at, f"renewal-{r.result}", r.detail or r.version)
+                     for r in self.store.renewals(certificate.name, limit=50)]
+            certificates.append(CertificateView(
+                name=certificate.name, domains=certificate.domains, issuer=certificate.issuer,
+                not_after=current.not_after if current else None,
+                next_action="renew now" if decision.due else f"renew at {decision.renew_at:%Y-%m-%d %H:%M} UTC",
+                next_reason=decision.reason, failures=state.failures if state else 0,
+                last_error=state.last_error if state else "",
+                endpoints=tuple(endpoint(r, served_state(r.status, r.fingerprint, r.stale, fingerprints))
+                                for r in records.get(certificate.name, [])),
+                versions=tuple(VersionSpan(v.id, v.not_before, v.not_after, current is not None and v.id == current.id)
+                               for v in home.versions()),
+                marks=tuple(marks + alerts.get(certificate.name, []))))
+        watched = [(w.name, [endpoint(r, "watched") for r in records.get(w.name, [])]) for w in self.config.watch]
+        return certificates, watched
 
     def close(self) -> None:
         if self.fleet is not None:

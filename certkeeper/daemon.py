@@ -204,8 +204,9 @@ class Daemon:
         settings = self.app.config.settings
         security = ListenerSecurity(settings.metrics_tls_cert_file, settings.metrics_tls_key_file,
                                     settings.metrics_basic_auth_file)
-        # late binding: SIGHUP replaces self.app
-        server = start_metrics_server(listen, lambda: self.app.render_metrics(), security)  # noqa: PLW0108
+        # Lambdas for late binding: SIGHUP replaces self.app.
+        server = start_metrics_server(listen, lambda: self.app.render_metrics(), security,  # noqa: PLW0108
+                                      page=lambda: self.app.render_status_page())  # noqa: PLW0108
         self._metrics_stop = server.stop
 
     def _restart_metrics(self) -> None:

@@ -158,6 +158,25 @@ def common_name(name: x509.Name) -> str:
     return name.rfc4514_string()
 
 
+# Go's crypto/x509/pkix attribute names (pkix.Name.String()), which blackbox_exporter puts in its labels.
+_GO_ATTRIBUTE_NAMES = {
+    NameOID.COUNTRY_NAME: "C", NameOID.ORGANIZATION_NAME: "O", NameOID.ORGANIZATIONAL_UNIT_NAME: "OU",
+    NameOID.COMMON_NAME: "CN", NameOID.SERIAL_NUMBER: "SERIALNUMBER", NameOID.LOCALITY_NAME: "L",
+    NameOID.STATE_OR_PROVINCE_NAME: "ST", NameOID.STREET_ADDRESS: "STREET", NameOID.POSTAL_CODE: "POSTALCODE",
+}
+
+
+def distinguished_name(name: x509.Name) -> str:
+    """``CN=mail.example.org,O=Example``: RFC 4514 order and escaping with Go's attribute names, so the text
+    equals what blackbox_exporter (Go's ``pkix.Name.String()``) writes.  Types Go has no name for appear as
+    dotted OIDs (Go would also hex-encode their DER value: a rare case left simpler here)."""
+    overrides = dict(_GO_ATTRIBUTE_NAMES)
+    for attribute in name:
+        if attribute.oid not in overrides:
+            overrides[attribute.oid] = attribute.oid.dotted_string
+    return name.rfc4514_string(overrides)
+
+
 def not_before(certificate: x509.Certificate) -> datetime:
     return certificate.not_valid_before_utc
 

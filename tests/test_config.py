@@ -106,6 +106,9 @@ MISTAKES = [
      "alerts.smtp_tls_fallback", 'one of "none", "unverified-no-auth"'),
     ("a password in clear", "", "",
      "alerts.smtp_security", "the password would cross the network in clear"),
+    ("missing certificate ca_file", 'domains = ["mail.example.org"]',
+     'domains = ["mail.example.org"]\nca_file = "/nonexistent/roots.pem"',
+     "certificates.mail.ca_file", "does not exist or is not a file"),
 ]
 
 _MTA = '\n[mta_sts."example.org"]\n'

@@ -156,10 +156,15 @@ def test_the_daemon_serves_metrics_a_prometheus_parser_reads(tmp_path: Path) -> 
 
         assert wait_for(lambda: "certkeeper_renewals_total{" in scrape(), 20), scrape()
         families = {f.name: f for f in text_string_to_metric_families(scrape())}
+        with urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:  # the status page, next to /metrics
+            assert response.headers["Content-Security-Policy"].startswith("default-src 'none'")
+            page = response.read().decode()
+        assert 'data-name="mail"' in page and 'class="timeline"' in page
     # The parser names a counter's family without its _total suffix; the sample keeps it.
     assert families["certkeeper_renewals"].type == "counter"
     [renewals] = families["certkeeper_renewals"].samples
     assert renewals.name == "certkeeper_renewals_total"
     assert renewals.labels == {"name": "mail", "result": "success"} and renewals.value == 1
-    [not_after] = families["ssl_cert_not_after"].samples
-    assert not_after.labels["dnsnames"] == "mail.example.test"
+    [not_after] = families["ssl_file_cert_not_after"].samples
+    assert not_after.labels["dnsnames"] == ",mail.example.test,"
+    assert not_after.labels["file"].endswith("/certs/mail/current/cert.pem")

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import warnings
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -136,7 +137,8 @@ class Pki:
         ca_file.write_bytes(root.public_bytes(serialization.Encoding.PEM))
         return cls(root_key, intermediate_key, intermediate, ca_file)
 
-    def leaf(self, *names: str, days_before: float = 1, days_after: float = 90, key_type: str = "ecdsa") -> Leaf:
+    def leaf(self, *names: str, days_before: float = 1, days_after: float = 90, key_type: str = "ecdsa",
+             purposes: tuple[x509.ObjectIdentifier, ...] = (ExtendedKeyUsageOID.SERVER_AUTH,)) -> Leaf:
         key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey = (
             rsa.generate_private_key(public_exponent=65537, key_size=2048) if key_type == "rsa"
             else ec.generate_private_key(ec.SECP256R1())
@@ -153,7 +155,7 @@ class Pki:
             .not_valid_before(NOW - timedelta(days=days_before)).not_valid_after(NOW + timedelta(days=days_after))
             .add_extension(x509.SubjectAlternativeName(alternative), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage(list(purposes)), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.intermediate_key.public_key()),
                            critical=False)
             .sign(self.intermediate_key, hashes.SHA256())
@@ -295,8 +297,10 @@ def test_implicit_tls_with_a_good_chain_is_ok(servers: ServerLoop, pki: Pki) -> 
     assert len(result.chain) == 2
     line = nagios_line(result)
     assert line.startswith(f"CERTKEEPER OK - 127.0.0.1:{port}, smtps, 'mail.test' from ")
-    assert "valid until" in line and "(expires in 90 days)" in line
-    assert "|days_chain_elem1=90;21;7;; days_chain_elem2=3650;21;7;; time=" in line
+    shown = re.search(r"\(expires in (\d+) days\).*\|days_chain_elem1=(\d+);21;7;; days_chain_elem2=(\d+);21;7;; time=",
+                      line)
+    assert "valid until" in line and shown, line
+    assert shown[1] == shown[2] == "89" and shown[3] == "3649"  # 90 days less the moments since: 89 whole days
 
 
 @pytest.mark.parametrize("kind", ["smtp", "imap", "pop3", "sieve"])
@@ -378,6 +382,43 @@ def test_dates(servers: ServerLoop, pki: Pki, days_before: float, days_after: fl
         assert result.chain_valid is False
         document = result_to_json(result)
         assert document["certificate"]["days_left"] < 0
+
+
+def test_a_client_only_certificate_is_the_wrong_purpose(servers: ServerLoop, pki: Pki) -> None:
+    """Extended key usage clientAuth without serverAuth: CRITICAL certificate-wrong-purpose, said in words."""
+    leaf = pki.leaf("mail.test", purposes=(ExtendedKeyUsageOID.CLIENT_AUTH,))
+    result = probe(f"smtps://127.0.0.1:{servers.serve(_hold, pki.context(leaf))}", pki)
+    assert result.status == "CRITICAL" and "certificate-wrong-purpose" in codes(result)
+    assert "allows clientAuth, not serverAuth" in result.message
+
+
+def test_an_accepted_old_tls_version_is_critical_when_refused(servers: ServerLoop, pki: Pki) -> None:
+    """--require-no-tls1_1: a server still accepting TLS 1.1 is CRITICAL tls-version-too-old; one with a TLS 1.2
+    floor stays OK; without the option nobody asks."""
+    old = pki.context(pki.leaf("mail.test"))
+    with warnings.catch_warnings():  # the point of this server is the deprecated version
+        warnings.simplefilter("ignore", DeprecationWarning)
+        old.minimum_version = ssl.TLSVersion.TLSv1
+    old.set_ciphers("ALL:@SECLEVEL=0")  # OpenSSL 3 offers TLS 1.1 at security level 0 only
+    lenient = servers.serve(_hold, old)
+    strict = servers.serve(_hold, pki.context(pki.leaf("mail.test")))
+    refused = probe(f"smtps://127.0.0.1:{lenient}", pki, refuse_tls=("TLSv1.1",))
+    assert refused.status == "CRITICAL" and codes(refused) == {"tls-version-too-old"}
+    assert "accepts TLSv1.1" in refused.message
+    assert probe(f"smtps://127.0.0.1:{lenient}", pki).status == "OK"
+    assert probe(f"smtps://127.0.0.1:{strict}", pki, refuse_tls=("TLSv1", "TLSv1.1")).status == "OK"
+
+
+def test_no_scale_judges_short_lived_certificates_by_the_thresholds_as_given(servers: ServerLoop, pki: Pki) -> None:
+    """A 6-day certificate with 3 days left is OK scaled, CRITICAL against --critical 7 as given (--no-scale)."""
+    port = servers.serve(_hold, pki.context(pki.leaf("mail.test", days_before=3, days_after=3)))
+    assert probe(f"smtps://127.0.0.1:{port}", pki).status == "OK"
+    unscaled = probe(f"smtps://127.0.0.1:{port}", pki, scale_thresholds=False)
+    assert unscaled.status == "CRITICAL" and codes(unscaled) == {"certificate-expiring"}
+    assert unscaled.certificate is not None and unscaled.certificate.critical_days == 7
+    line = run_cli(f"smtps://127.0.0.1:{port}", "--no-scale", "--ca-file", str(pki.ca_file), "--servername",
+                   "mail.test")
+    assert line.returncode == 2 and "days_chain_elem1=2;21;7;;" in line.stdout, line.stdout
 
 
 def test_wrong_name(servers: ServerLoop, pki: Pki) -> None:
@@ -558,7 +599,8 @@ def test_cli_exit_code_is_the_worst_and_lines_keep_input_order(servers: ServerLo
     lines = both.stdout.splitlines()
     assert lines[0].startswith("CERTKEEPER OK - ") and lines[1].startswith("CERTKEEPER WARNING - ")
     assert "certificate-expiring" in lines[1]
-    assert re.search(r"\|days_chain_elem1=(9\.99|10);21;7;; days_chain_elem2=", lines[1])
+    shown = re.search(r"expires in (\d+) days.*\|days_chain_elem1=(\d+);21;7;; days_chain_elem2=", lines[1])
+    assert shown and shown[1] == shown[2] == "9", lines[1]
     critical = run_cli(f"smtps://127.0.0.1:{good}", "smtps://127.0.0.1:1", "--json", *args)
     assert critical.returncode == 2, critical.stderr
     document = json.loads(critical.stdout)
@@ -581,6 +623,8 @@ def test_cli_exit_code_is_the_worst_and_lines_keep_input_order(servers: ServerLo
         ["smtps://127.0.0.1:465", "--warning", "5", "--critical", "9"],
         ["smtps://127.0.0.1:465", "--timeout", "abc"],
         ["smtps://127.0.0.1:465", "--ca-file", "/nonexistent/ca.pem"],
+        ["--ca-file", "/nonexistent/ca.pem", "-c", "90", "smtps://127.0.0.1:465"],
+        ["-w", "30", "smtps://127.0.0.1:465"],
     ],
 )
 def test_cli_bad_arguments_are_unknown(args: list[str]) -> None:

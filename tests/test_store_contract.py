@@ -96,6 +96,15 @@ def test_alerts_are_deduplicated_and_stay_pending_until_sent(store: Store) -> No
     assert store.forget_alerts("mail_") == 0  # '_' is not a wildcard
 
 
+def test_recent_alerts_are_newest_first_sent_or_not(store: Store) -> None:
+    for index in range(3):
+        store.enqueue_alert(f"expiry:mail:{index}", "WARNING", f"subject {index}", "body", NOW)
+    sent = store.recent_alerts()[0]
+    store.mark_alert_attempt([sent.id], NOW, None)
+    assert [a.subject for a in store.recent_alerts(limit=2)] == ["subject 2", "subject 1"]
+    assert store.recent_alerts()[0].sent_at is not None
+
+
 def _hold_lock(open_store: StoreFactory, ready: multiprocessing.synchronize.Event, seconds: float) -> None:
     with open_store().lock("mail", wait=5):
         ready.set()

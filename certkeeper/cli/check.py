@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,9 @@ Thresholds: a certificate is WARNING with --warning days left and CRITICAL with 
 short-lived certificate (lifetime under 4 x --warning, 84 days by default) gets thresholds scaled by
 lifetime / (4 x --warning): with the defaults it warns when a quarter of its lifetime is left and is critical
 when a twelfth is left (a 160-hour certificate: 40 and 13.3 hours), after certkeeper's default renewal point.
+--no-scale uses the thresholds as given.
+-c is the configuration file here, as in every certkeeper command: a number given to -c or -w is refused
+(write --critical DAYS / --warning DAYS, or use check_certkeeper, which takes check_ssl_cert's -c and -w).
 
 Output: one Nagios plugin line per target with perfdata days_chain_elemN=days;warn;crit;; (or --json).  The
 exit status is the worst over all targets: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.  An endpoint that cannot
@@ -58,6 +62,12 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--ca-file", metavar="PEM", type=Path, help="trust anchors (default: the system store)")
     parser.add_argument("--warning", metavar="DAYS", type=float, default=21.0, help="WARNING threshold (21)")
     parser.add_argument("--critical", metavar="DAYS", type=float, default=7.0, help="CRITICAL threshold (7)")
+    parser.add_argument("--require-no-tls1", action="store_true", help="CRITICAL if the server accepts TLS 1.0")
+    parser.add_argument("--require-no-tls1_1", action="store_true", help="CRITICAL if the server accepts TLS 1.1")
+    parser.add_argument("--no-scale", action="store_true",
+                        help="use --warning and --critical as given for short-lived certificates too")
+    # check_ssl_cert's -w DAYS: only caught, to say what to write instead (see _misplaced_days).
+    parser.add_argument("-w", dest="short_warning", metavar="DAYS", help=argparse.SUPPRESS)
     parser.add_argument("--key-type", choices=("rsa", "ecdsa", "all"),
                         help="fetch the RSA or the ECDSA certificate of a dual-certificate server (offering only "
                              "that authentication in TLS 1.2), or both and judge both (default: what the "
@@ -100,6 +110,7 @@ def run_check(args: argparse.Namespace, context: Context) -> int:
             return EXIT_UNKNOWN
         return _run_mta_sts(args)
     try:
+        _misplaced_days(args)
         targets = _targets(args)
         options = _options(args)
     except _BadArguments as exc:
@@ -189,6 +200,20 @@ def _run_caa(args: argparse.Namespace, context: Context) -> int:
         for name, verdict in verdicts:
             print(f"CAA {'OK' if verdict.allowed else 'CRITICAL'} - {name}: {verdict.describe()}")
     return 2 if any(not v.allowed for _, v in verdicts) else 0
+_DAYS = re.compile(r"[0-9]+(\.[0-9]+)?")
+
+
+def _misplaced_days(args: argparse.Namespace) -> None:
+    """``-c 90`` / ``-w 30`` written as for check_ssl_cert: an error, never a configuration path read as "90"."""
+    config = getattr(args, "config", None)
+    if config is not None and _DAYS.fullmatch(config):
+        msg = (f"-c {config}: -c is the configuration file in certkeeper check; for a CRITICAL threshold in days "
+               f"write --critical {config} (check_certkeeper takes -c {config})")
+        raise _BadArguments(msg)
+    if args.short_warning is not None:
+        msg = (f"-w {args.short_warning}: for a WARNING threshold in days write --warning {args.short_warning} "
+               f"(check_certkeeper takes -w {args.short_warning})")
+        raise _BadArguments(msg)
 
 
 def _targets(args: argparse.Namespace) -> list[Target]:
@@ -224,6 +249,7 @@ def _read_list(name: str) -> list[tuple[str, str]]:
 
 def _options(args: argparse.Namespace) -> ProbeOptions:
     from certkeeper.probe import ProbeOptions
+    from certkeeper.probe.result import refused_versions
 
     if args.warning < 0 or args.critical < 0 or args.critical > args.warning:
         msg = f"--critical ({args.critical:g}) must be between 0 and --warning ({args.warning:g})"
@@ -241,6 +267,8 @@ def _options(args: argparse.Namespace) -> ProbeOptions:
         ca_file=args.ca_file,
         warning_days=args.warning,
         critical_days=args.critical,
+        scale_thresholds=not args.no_scale,
+        refuse_tls=refused_versions(no_tls1=args.require_no_tls1, no_tls1_1=args.require_no_tls1_1),
         key_type=args.key_type,
         verbose=bool(args.verbose),
     )

@@ -166,6 +166,7 @@ class CertificateConfig:
     renew_before: RenewBefore | None = None
     verify_timeout: timedelta | None = None
     dane: DaneConfig | None = None
+    ca_file: Path | None = None  # trusted with the issuer's roots when judging what the endpoints serve
 
 
 @dataclass(frozen=True)
@@ -490,6 +491,7 @@ def _parse_certificate(name: str, t: Table, issuers: Mapping[str, IssuerConfig])
                               'a fraction of the lifetime such as "1/3", or a duration such as "30d"'),
         verify_timeout=t.duration("verify_timeout", None, minimum=timedelta(seconds=1)),
         dane=_parse_dane(dane_table) if dane_table else None,
+        ca_file=t.existing_file("ca_file", None),
     )
     t.finish()
     return certificate

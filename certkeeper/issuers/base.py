@@ -10,10 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from cryptography import x509
 
+from certkeeper.config import AcmeIssuerConfig, IssuerConfig
 from certkeeper.model import KeyType
 from certkeeper.pki import PrivateKey
 
@@ -62,6 +64,28 @@ class Issuer(Protocol):
     def trust_anchors(self) -> Sequence[x509.Certificate]:
         """Roots a freshly issued chain must verify against before install; empty means the system store."""
         ...
+
+
+def root_files(issuer: IssuerConfig | None) -> tuple[Path, ...]:
+    """The files holding the roots an issuer's certificates chain to, when they are not the system store's:
+    the internal CA's root, an ACME issuer's ``trust_roots``.  Read from the configuration alone (no issuer is
+    built), so a probe of managed endpoints costs no CA setup."""
+    if issuer is None:
+        return ()
+    if isinstance(issuer, AcmeIssuerConfig):
+        return (issuer.trust_roots,) if issuer.trust_roots is not None else ()
+    from certkeeper.issuers.ca_store import ROOT_CERT
+
+    return (issuer.ca_dir / ROOT_CERT,)
+
+
+def crl_files(issuer: IssuerConfig | None) -> tuple[Path, ...]:
+    """The CRL an issuer publishes locally: the internal CA's ``crl.pem`` (ACME CAs publish theirs remotely)."""
+    if issuer is None or isinstance(issuer, AcmeIssuerConfig):
+        return ()
+    from certkeeper.issuers.ca_store import CRL_PEM
+
+    return (issuer.ca_dir / CRL_PEM,)
 
 
 @runtime_checkable

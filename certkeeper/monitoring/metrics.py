@@ -1,10 +1,13 @@
 """Prometheus metrics: the text exposition format, and a small HTTP server for ``metrics_listen``.
 
-The names are the ones dashboards and alert rules already use: blackbox_exporter's ``probe_*`` per endpoint,
-x509-certificate-exporter's ``ssl_cert_not_after`` per installed certificate, and certkeeper's own
-``certkeeper_*``.  Every endpoint series carries ``name`` (the certificate or ``[[watch]]`` entry) and
-``endpoint`` labels.  Expiry is reported whenever a certificate was received, expired or untrusted too: monitoring
-that goes silent exactly when a certificate is bad is no monitoring.
+The names are the ones dashboards and alert rules already use: blackbox_exporter's ``probe_*`` per endpoint
+(names and label values exactly as blackbox writes them: :mod:`certkeeper.monitoring.blackbox`),
+ssl_exporter's ``ssl_file_cert_not_after`` / ``ssl_file_cert_not_before`` per installed certificate file, and
+certkeeper's own ``certkeeper_*``.  Every endpoint series carries ``name`` (the certificate or ``[[watch]]``
+entry) and ``endpoint`` labels.  No label value changes from day to day: ``certkeeper_endpoint_info`` has a
+``reason`` code (the worst finding), not the message with its "expires in N days".  Expiry is reported whenever
+a certificate was received, expired or untrusted too: monitoring that goes silent exactly when a certificate is
+bad is no monitoring.
 
 ``probe_success`` is 1 when the last probe's status was OK or WARNING (a handshake happened and the chain and
 name verified; WARNING is "expiring soon" or a weak key), 0 for CRITICAL and UNKNOWN.
@@ -15,6 +18,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hmac
+import ipaddress
 import logging
 import socket
 import threading
@@ -25,9 +29,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cryptography.x509.oid import NameOID
+
 from certkeeper import tls
 from certkeeper.config import Config
 from certkeeper.errors import CertkeeperError, InputError
+from certkeeper.monitoring.blackbox import chain_info_labels, list_label, reason_code, tls_version_label
 from certkeeper.permissions import check_trusted_file
 from certkeeper.store import CertState, EndpointRecord, Store
 
@@ -47,9 +54,13 @@ class InstalledCertificate:
     name: str
     cn: str
     issuer_cn: str
-    serial: str
+    serial: str  # lowercase hex, as certkeeper writes serials everywhere
     dnsnames: tuple[str, ...]
     not_after: datetime
+    file: str = ""  # the certificate file under current/, as ssl_exporter's ``file`` label
+    not_before: datetime | None = None
+    ips: tuple[str, ...] = ()
+    ou: str = ""
 
 
 class _Family:
@@ -81,17 +92,29 @@ def render_metrics(
     mta_sts: Sequence[DomainStatus] = (),
 ) -> str:
     """The whole exposition text from plain values (pure: the same input gives the same text)."""
+    families = (*_endpoint_families(endpoints), *_installed_families(installed),
+                *_renewal_families(states, renewal_counts), *(_mta_sts_families(mta_sts) if mta_sts else ()))
+    return "".join(family.render() for family in families)
+
+
+def _endpoint_families(endpoints: Sequence[EndpointRecord]) -> tuple[_Family, ...]:
+    """blackbox_exporter's probe_* and certkeeper's own per-endpoint series."""
     earliest = _Family("probe_ssl_earliest_cert_expiry", "gauge",
                        "Earliest not_after (Unix time) in the chain the endpoint served.")
+    last_chain = _Family("probe_ssl_last_chain_expiry_timestamp_seconds", "gauge",
+                         "Earliest not_after (Unix time) in the verified chain the endpoint served.")
     chain_info = _Family("probe_ssl_last_chain_info", "gauge", "The leaf certificate the endpoint served.")
     tls_version = _Family("probe_tls_version_info", "gauge", "The TLS version negotiated with the endpoint.")
     success = _Family("probe_success", "gauge", "1 when the last probe verified the endpoint (OK or WARNING).")
+    duration = _Family("probe_duration_seconds", "gauge", "How long the last probe of the endpoint took.")
     endpoint_info = _Family("certkeeper_endpoint_info", "gauge", "The last probe of each endpoint certkeeper "
-                            "watches or manages.")
+                            "watches or manages: its status and the reason code of its worst finding.")
     stale = _Family("certkeeper_served_stale", "gauge", "1 when the endpoint serves another certificate than the "
                     "one installed.")
     probed_at = _Family("certkeeper_endpoint_last_probe_timestamp_seconds", "gauge",
                         "When the endpoint was last probed (Unix time).")
+    tlsa = _Family("certkeeper_tlsa_match", "gauge", "1 when the served certificate matches the endpoint's TLSA "
+                   "records (RFC 7672), 0 when records exist and it matches none; absent without DANE.")
     for record in sorted(endpoints, key=lambda r: (r.owner, r.endpoint)):
         base = {"name": record.owner, "endpoint": record.endpoint}
         details = record.details if isinstance(record.details, dict) else {}
@@ -99,27 +122,45 @@ def render_metrics(
         expiry = _earliest_expiry(record, certificate, details.get("chain"))
         if expiry is not None:
             earliest.add(base, expiry)
+            if details.get("chain_valid") is True:
+                last_chain.add(base, expiry)
         if certificate is not None:
-            chain_info.add({**base,
-                            "fingerprint_sha256": str(certificate.get("fingerprint_sha256") or record.fingerprint),
-                            "subject": str(certificate.get("subject", "")),
-                            "issuer": str(certificate.get("issuer", "")),
-                            "subjectalternative": ",".join(map(str, certificate.get("subject_alternative_names")
-                                                               or ())),
-                            "serialnumber": str(certificate.get("serial", ""))}, 1)
+            chain_info.add({**base, **chain_info_labels(certificate, record.fingerprint)}, 1)
         if details.get("tls_version"):
-            tls_version.add({**base, "version": str(details["tls_version"])}, 1)
+            tls_version.add({**base, "version": tls_version_label(str(details["tls_version"]))}, 1)
         success.add(base, 1 if record.status.upper() in _SUCCESS_STATUSES else 0)
-        endpoint_info.add({**base, "status": record.status, "fingerprint_sha256": record.fingerprint,
-                           "message": record.message}, 1)
+        elapsed = details.get("elapsed_ms")
+        if isinstance(elapsed, int | float) and not isinstance(elapsed, bool):
+            duration.add(base, round(float(elapsed) / 1000, 6))
+        endpoint_info.add({**base, "status": record.status, "reason": reason_code(details, record.status),
+                           "fingerprint_sha256": record.fingerprint}, 1)
         stale.add(base, 1 if record.stale else 0)
         probed_at.add(base, _epoch(record.at))
+        dane = details.get("dane") if isinstance(details.get("dane"), dict) else None
+        if dane is not None and dane.get("status") in ("tlsa-valid", "tlsa-invalid"):
+            tlsa.add(base, 1 if dane["status"] == "tlsa-valid" else 0)
+    return (earliest, last_chain, chain_info, tls_version, success, duration, endpoint_info, stale, probed_at, tlsa)
 
-    not_after = _Family("ssl_cert_not_after", "gauge", "not_after (Unix time) of each installed certificate.")
+
+def _installed_families(installed: Sequence[InstalledCertificate]) -> tuple[_Family, ...]:
+    """ssl_exporter's file series for each installed certificate."""
+    not_after = _Family("ssl_file_cert_not_after", "gauge",
+                        "not_after (Unix time) of each installed certificate file.")
+    not_before = _Family("ssl_file_cert_not_before", "gauge",
+                         "not_before (Unix time) of each installed certificate file.")
     for cert in sorted(installed, key=lambda c: (c.name, c.serial)):
-        not_after.add({"name": cert.name, "cn": cert.cn, "issuer_cn": cert.issuer_cn, "serial_no": cert.serial,
-                       "dnsnames": ",".join(cert.dnsnames)}, _epoch(cert.not_after))
+        # ssl_exporter's labels and formats: serial_no in decimal, lists as ",a,b,"; plus certkeeper's name.
+        labels = {"name": cert.name, "file": cert.file, "serial_no": str(int(cert.serial, 16)),
+                  "issuer_cn": cert.issuer_cn, "cn": cert.cn, "dnsnames": list_label(cert.dnsnames),
+                  "ips": list_label(cert.ips), "emails": "", "ou": cert.ou}
+        not_after.add(labels, _epoch(cert.not_after))
+        if cert.not_before is not None:
+            not_before.add(labels, _epoch(cert.not_before))
+    return not_after, not_before
 
+
+def _renewal_families(states: Sequence[CertState],
+                      renewal_counts: Mapping[tuple[str, str], int]) -> tuple[_Family, ...]:
     # Text format 0.0.4 names a counter's family with its _total suffix, as client_python does.
     renewals = _Family("certkeeper_renewals_total", "counter", "Renewal attempts by outcome.")
     for (name, result), count in sorted(renewal_counts.items()):
@@ -133,7 +174,10 @@ def render_metrics(
             last_success.add({"name": state.name}, _epoch(state.last_success_at))
         if state.next_check_at is not None:
             next_check.add({"name": state.name}, _epoch(state.next_check_at))
+    return renewals, last_success, next_check
 
+
+def _mta_sts_families(mta_sts: Sequence[DomainStatus]) -> tuple[_Family, ...]:
     policy_info = _Family("certkeeper_mta_sts_policy_info", "gauge",
                           "The MTA-STS policy certkeeper publishes for each domain: its id and mode.")
     mx_match = _Family("certkeeper_mta_sts_mx_match", "gauge",
@@ -145,10 +189,7 @@ def render_metrics(
             policy_info.add({"domain": domain.domain, "id": domain.policy_id, "mode": domain.mode or ""}, 1)
         mx_match.add({"domain": domain.domain}, 1 if domain.every_mx_matches else 0)
         txt_in_step.add({"domain": domain.domain}, 1 if domain.txt_in_step else 0)
-
-    families = (earliest, chain_info, tls_version, success, endpoint_info, stale, probed_at, not_after,
-                renewals, last_success, next_check, *((policy_info, mx_match, txt_in_step) if mta_sts else ()))
-    return "".join(family.render() for family in families)
+    return policy_info, mx_match, txt_in_step
 
 
 def installed_certificates(config: Config) -> list[InstalledCertificate]:
@@ -165,15 +206,31 @@ def installed_certificates(config: Config) -> list[InstalledCertificate]:
         home = CertificateHome(config.settings.state_dir, name)
         try:
             version = home.current()
-            for pair in version.pairs if version else ():
+            if version is None:
+                continue
+            for pair in version.pairs:
+                # The stable path under current/, as an operator would point ssl_exporter at it.
+                file = home.current_link / pair.directory.relative_to(version.path) / "cert.pem"
                 certificate = home.load_pair_certificate(pair)
+                names = pki.subject_alternative_names(certificate)
+                units = certificate.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
                 found.append(InstalledCertificate(
                     name=name, cn=pki.common_name(certificate.subject),
                     issuer_cn=pki.common_name(certificate.issuer), serial=pki.serial_hex(certificate),
-                    dnsnames=tuple(pki.subject_alternative_names(certificate)), not_after=pki.not_after(certificate)))
+                    dnsnames=tuple(n for n in names if not _is_ip(n)), not_after=pki.not_after(certificate),
+                    file=str(file), not_before=pki.not_before(certificate),
+                    ips=tuple(n for n in names if _is_ip(n)), ou=str(units[0].value) if units else ""))
         except (CertkeeperError, OSError) as exc:
             log.warning("metrics: certificate %r left out: %s", name, exc)
     return found
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def render_store_metrics(store: Store, installed: Sequence[InstalledCertificate] = (),
@@ -430,9 +487,10 @@ def _authorized(header: str, users: Mapping[str, str]) -> bool:
     return matches and user in users
 
 
-def start_metrics_server(listen: str, render: Callable[[], str],
-                         security: ListenerSecurity = ListenerSecurity()) -> MetricsServer:
-    """Serve ``render()`` at ``/metrics`` on ``listen`` from a daemon thread; port 0 picks a free port."""
+def start_metrics_server(listen: str, render: Callable[[], str], security: ListenerSecurity = ListenerSecurity(),
+                         page: Callable[[], str] | None = None) -> MetricsServer:
+    """Serve ``render()`` at ``/metrics`` and ``page()`` (the status page) at ``/`` on ``listen`` from a daemon
+    thread; port 0 picks a free port.  ``security``'s basic auth guards both."""
     host, port = parse_listen(listen)
     context = security.tls_context()
     users = security.users()
@@ -447,6 +505,9 @@ def start_metrics_server(listen: str, render: Callable[[], str],
                 except Exception:
                     log.exception("rendering metrics failed")
                     body, status, kind = b"rendering metrics failed; see the certkeeper log\n", 500, "text/plain"
+            elif self.path.split("?", 1)[0] == "/" and page is not None:
+                self._page()
+                return
             elif self.path == "/":
                 body, status, kind = b'<a href="/metrics">metrics</a>\n', 200, "text/html"
             else:
@@ -454,6 +515,25 @@ def start_metrics_server(listen: str, render: Callable[[], str],
             self.send_response(status)
             self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _page(self) -> None:
+            from certkeeper.monitoring.statuspage import CONTENT_SECURITY_POLICY, CONTENT_TYPE
+
+            assert page is not None
+            try:
+                body, status, kind = page().encode(), 200, CONTENT_TYPE
+            except Exception:
+                log.exception("rendering the status page failed")
+                body, kind = b"rendering the status page failed; see the certkeeper log\n", "text/plain"
+                status = 500
+            headers = {"Content-Type": kind, "Content-Length": str(len(body)),
+                       "Content-Security-Policy": CONTENT_SECURITY_POLICY, "X-Content-Type-Options": "nosniff",
+                       "Cache-Control": "no-store"}
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(body)
 

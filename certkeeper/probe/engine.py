@@ -47,6 +47,7 @@ from certkeeper.probe.result import (
     PROTOCOL_ERROR,
     TIMEOUT,
     TLS_HANDSHAKE_FAILED,
+    TLS_VERSION_TOO_OLD,
     Finding,
     ProbeOptions,
     ProbeResult,
@@ -139,8 +140,26 @@ class _StreamConversation:
         await self.writer.drain()
 
 
-def load_trust_anchors(ca_file: Path | None) -> tuple[list[x509.Certificate], str]:
-    """The roots to verify against and how to name them in messages; InputError for an unreadable ``--ca-file``."""
+def load_trust_anchors(ca_file: Path | None,
+                       issuer_roots: Sequence[Path] = ()) -> tuple[list[x509.Certificate], str]:
+    """The roots to verify against and how to name them in messages; InputError for an unreadable ``--ca-file``.
+
+    ``issuer_roots`` (a managed certificate's issuer's roots) are trusted together with ``ca_file``, instead of
+    the system store: an internal-CA certificate is right when it chains to that CA, whatever the system trusts.
+    """
+    if issuer_roots:
+        roots: list[x509.Certificate] = []
+        for path in issuer_roots:
+            try:
+                roots += _load_pem_bundle(path)
+            except (OSError, ValueError) as exc:
+                log.warning("issuer roots %s cannot be read (%s): left out", path, exc)
+        names = [f"the issuer's roots ({', '.join(map(str, issuer_roots))})"]
+        if ca_file is not None:
+            extra, source = load_trust_anchors(ca_file)
+            roots += extra
+            names.append(source)
+        return roots, " and ".join(names)
     if ca_file is not None:
         try:
             return _load_pem_bundle(ca_file), str(ca_file)
@@ -154,6 +173,21 @@ def load_trust_anchors(ca_file: Path | None) -> tuple[list[x509.Certificate], st
     except (OSError, ValueError):
         log.warning("no system trust store at %s: every chain will be reported as not trusted", bundle)
         return [], "the system trust store (none found)"
+
+
+def load_crls(paths: Sequence[Path]) -> list[x509.CertificateRevocationList]:
+    """The CRLs (PEM or DER) that exist and parse; a CA that never revoked anything may have written none yet."""
+    crls = []
+    for path in paths:
+        try:
+            data = path.read_bytes()
+            crls.append(x509.load_pem_x509_crl(data) if data.lstrip().startswith(b"-----")
+                        else x509.load_der_x509_crl(data))
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError) as exc:
+            log.warning("CRL %s cannot be read (%s): revocation not checked against it", path, exc)
+    return crls
 
 
 # warnings.catch_warnings() swaps process-wide filters: two threads loading at once (a verifier and a prober)
@@ -188,6 +222,17 @@ def _tls_context(key_type: str | None) -> SSL.Context:
     return context
 
 
+_VERSIONS = {"TLSv1": SSL.TLS1_VERSION, "TLSv1.1": SSL.TLS1_1_VERSION}
+
+
+def _version_context(version: str) -> SSL.Context:
+    """A context offering ``version`` only (SECLEVEL=0: OpenSSL 3 refuses TLS 1.0/1.1 otherwise)."""
+    context = _tls_context(None)
+    context.set_min_proto_version(_VERSIONS[version])
+    context.set_max_proto_version(_VERSIONS[version])
+    return context
+
+
 class Prober:
     """One probing run: the TLS contexts, the trust anchors and the per-chain judgement cache, shared by all
     targets.  ``now`` is fixed for the run, which is what makes a judgement cacheable."""
@@ -195,12 +240,14 @@ class Prober:
     def __init__(self, options: ProbeOptions, *, now: datetime) -> None:
         self.options = options
         self.now = now
-        self.roots, self.trust_source = load_trust_anchors(options.ca_file)
+        self.roots, self.trust_source = load_trust_anchors(options.ca_file, options.issuer_roots)
+        self.crls = load_crls(options.crl_files)
         key_types: list[str | None] = (
             ["rsa", "ecdsa"] if options.key_type == "all" else [options.key_type]
         )
         self.key_types = key_types
         self.contexts = {key_type: _tls_context(key_type) for key_type in key_types}
+        self.floor_contexts = {version: _version_context(version) for version in options.refuse_tls}
         self._judgements: dict[tuple[tuple[bytes, ...], str], ChainJudgement] = {}
 
     async def probe(self, target: Target, *, address: str | None = None) -> ProbeResult:
@@ -220,6 +267,8 @@ class Prober:
                                                     f"no {key_type} certificate offered: {failure.message}"))
                             continue
                         raise
+                if fetches:
+                    failures += await self._check_floor(target, address, progress)
         except TimeoutError:
             hint = ""
             if progress.received == 0 and target.tls == "starttls" and "greeting" in progress.stage:
@@ -235,8 +284,23 @@ class Prober:
             failures = [Finding(TLS_HANDSHAKE_FAILED, "CRITICAL", "; ".join(f.message for f in failures))]
         return self._result(target, address, fetches, failures, progress, time.perf_counter() - started)
 
+    async def _check_floor(self, target: Target, address: str | None, progress: _Progress) -> list[Finding]:
+        """One handshake capped at each refused version (``--require-no-tls1_1``): accepted is CRITICAL."""
+        findings = []
+        for version, context in self.floor_contexts.items():
+            try:
+                await self._fetch(target, address, None, progress, context=context)
+            except _ProbeFailure as failure:
+                if failure.code != TLS_HANDSHAKE_FAILED:
+                    raise
+                continue
+            findings.append(Finding(TLS_VERSION_TOO_OLD, "CRITICAL",
+                                    f"the server accepts {version}, which RFC 8996 deprecates: set its minimum "
+                                    "TLS version to 1.2"))
+        return findings
+
     async def _fetch(self, target: Target, address: str | None, key_type: str | None,
-                     progress: _Progress) -> _Fetch:
+                     progress: _Progress, *, context: SSL.Context | None = None) -> _Fetch:
         host = address or target.host
         progress.stage = f"connecting to {target.address}" + (f" ({address})" if address else "")
         try:
@@ -257,7 +321,7 @@ class Prober:
             progress.stage = "in the TLS handshake" + (f" (offering only {key_type} certificates)" if key_type else "")
             server_name = self.options.servername or target.host
             send_sni = self.options.sni and not _is_ip(server_name)
-            ders, version, cipher = await self._handshake(reader, writer, self.contexts[key_type],
+            ders, version, cipher = await self._handshake(reader, writer, context or self.contexts[key_type],
                                                           server_name if send_sni else None, progress)
         finally:
             writer.close()
@@ -324,7 +388,8 @@ class Prober:
                 raise _ProbeFailure(PROTOCOL_ERROR, f"the server sent a malformed certificate ({exc})") from None
             judgement = judge_chain(certificates, hostname=hostname, roots=self.roots,
                                     trust_source=self.trust_source, now=self.now,
-                                    warning_days=self.options.warning_days, critical_days=self.options.critical_days)
+                                    warning_days=self.options.warning_days, critical_days=self.options.critical_days,
+                                    scale=self.options.scale_thresholds, crls=self.crls)
             self._judgements[key] = judgement
         return judgement
 

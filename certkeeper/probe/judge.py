@@ -10,12 +10,19 @@ Thresholds for short-lived certificates
     are scaled by ``lifetime / (4 * warning_days)``: with the defaults, a certificate of lifetime L < 84 days
     warns when L/4 is left and is critical when L/12 is left (a 160-hour certificate: 40 and 13.3 hours; a
     45-day one: 11.25 and 3.75 days), after the default renewal point (L/3 left), so a certificate renewing on
-    schedule is never WARNING.  Longer-lived certificates use the thresholds as given.
+    schedule is never WARNING.  Longer-lived certificates use the thresholds as given.  ``scale=False``
+    (``--no-scale``) uses them as given for every certificate, as check_ssl_cert does.
+
+Days as people and graphs read them
+    :func:`whole_days` is the one rounding: whole days left, truncated toward zero, as check_ssl_cert's
+    ``bc`` with scale 0 does.  The status line's "expires in N days" and perfdata's ``days_chain_elemN=N``
+    both use it, so they never disagree by one.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -23,6 +30,7 @@ from datetime import datetime, timedelta
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from certkeeper import pki
 from certkeeper.model import SHORT_LIVED_FACTOR
@@ -32,10 +40,13 @@ from certkeeper.probe.result import (
     CERTIFICATE_HOST_MISMATCH,
     CERTIFICATE_NOT_TRUSTED,
     CERTIFICATE_NOT_YET_VALID,
+    CERTIFICATE_REVOKED,
     CHAIN_INCOMPLETE,
     SELF_SIGNED,
     SERVED_CERTIFICATE_STALE,
     WEAK_KEY,
+    WEAK_SIGNATURE,
+    WRONG_PURPOSE,
     CertificateSummary,
     Finding,
     Severity,
@@ -54,31 +65,40 @@ class ChainJudgement:
     hostname_valid: bool
 
 
-def thresholds_for(lifetime_days: float, warning_days: float, critical_days: float) -> tuple[float, float]:
+def thresholds_for(lifetime_days: float, warning_days: float, critical_days: float, *,
+                   scale: bool = True) -> tuple[float, float]:
     """(warning, critical) days for a certificate of this lifetime; scaled down for short-lived ones."""
-    if warning_days > 0 and 0 < lifetime_days < SHORT_LIVED_FACTOR * warning_days:
-        scale = lifetime_days / (SHORT_LIVED_FACTOR * warning_days)
-        return warning_days * scale, critical_days * scale
+    if scale and warning_days > 0 and 0 < lifetime_days < SHORT_LIVED_FACTOR * warning_days:
+        factor = lifetime_days / (SHORT_LIVED_FACTOR * warning_days)
+        return warning_days * factor, critical_days * factor
     return warning_days, critical_days
 
 
+def whole_days(days_left: float) -> int:
+    """Whole days left, truncated toward zero (59.99 -> 59, -1.5 -> -1): the one rounding of text and perfdata."""
+    return math.trunc(days_left)
+
+
 def summarize(certificate: x509.Certificate, *, now: datetime, warning_days: float,
-              critical_days: float) -> CertificateSummary:
+              critical_days: float, scale: bool = True) -> CertificateSummary:
     not_before, not_after = pki.not_before(certificate), pki.not_after(certificate)
-    warning, critical = thresholds_for((not_after - not_before).total_seconds() / _DAY, warning_days, critical_days)
+    warning, critical = thresholds_for((not_after - not_before).total_seconds() / _DAY, warning_days, critical_days,
+                                       scale=scale)
     return CertificateSummary(
         subject=pki.common_name(certificate.subject),
         issuer=pki.common_name(certificate.issuer),
         serial=pki.serial_hex(certificate),
         not_before=not_before,
         not_after=not_after,
-        days_left=round((not_after - now).total_seconds() / _DAY, 3),
+        days_left=(not_after - now).total_seconds() / _DAY,  # exact: whole_days() truncates, JSON rounds
         fingerprint_sha256=pki.fingerprint(certificate),
         subject_alternative_names=tuple(pki.subject_alternative_names(certificate)),
         key_type=pki.key_type_of(certificate.public_key()),  # type: ignore[arg-type]
         warning_days=round(warning, 6),
         critical_days=round(critical, 6),
         spki_sha256=pki.spki_sha256(certificate),
+        subject_dn=pki.distinguished_name(certificate.subject),
+        issuer_dn=pki.distinguished_name(certificate.issuer),
     )
 
 
@@ -90,7 +110,7 @@ def describe(summary: CertificateSummary) -> str:
 
 def _days(days: float) -> str:
     if abs(days) >= 2:
-        return f"{int(days)} days"
+        return f"{whole_days(days)} days"
     hours = days * 24
     return f"{hours:.0f} hours" if abs(hours) >= 1 else f"{days * 1440:.0f} minutes"
 
@@ -119,10 +139,13 @@ def judge_chain(
     now: datetime,
     warning_days: float,
     critical_days: float,
+    scale: bool = True,
+    crls: Sequence[x509.CertificateRevocationList] = (),
 ) -> ChainJudgement:
     """Judge the chain a server sent (leaf first): dates, key strength, name, trust and completeness."""
     summaries = tuple(
-        summarize(c, now=now, warning_days=warning_days, critical_days=critical_days) for c in certificates
+        summarize(c, now=now, warning_days=warning_days, critical_days=critical_days, scale=scale)
+        for c in certificates
     )
     leaf, rest = certificates[0], list(certificates[1:])
     findings: list[Finding] = []
@@ -136,6 +159,12 @@ def judge_chain(
             dated = dated or finding.code != CERTIFICATE_EXPIRING
         findings.extend(_strength_findings(certificate, summary, index))
 
+    purpose = purpose_finding(leaf)
+    if purpose is not None:
+        findings.append(purpose)
+    revoked = revocation_finding(certificates, crls)
+    if revoked is not None:
+        findings.append(revoked)
     hostname_valid = hostname_matches(summaries[0].subject_alternative_names, hostname)
     if not hostname_valid:
         names = ", ".join(summaries[0].subject_alternative_names) or "no subject alternative names"
@@ -169,7 +198,58 @@ def _date_finding(summary: CertificateSummary, index: int, now: datetime) -> Fin
     return None
 
 
-_WEAK_HASHES: dict[str, Severity] = {"md5": "CRITICAL", "sha1": "WARNING"}
+# SHA-1 signatures: refused by current clients (and OpenSSL at its default security level 1 since 3.0 for
+# TLS 1.2+ signatures); check_ssl_cert is CRITICAL for both.
+def revocation_finding(certificates: Sequence[x509.Certificate],
+                       crls: Sequence[x509.CertificateRevocationList]) -> Finding | None:
+    """The served leaf listed in a CRL of its issuer.  A CRL counts only when its signature verifies with the
+    public key of the served certificate that issued the leaf (RFC 5280 section 6.3.3 (f))."""
+    leaf = certificates[0]
+    signers = [c for c in certificates[1:] if c.subject == leaf.issuer]
+    for crl in crls:
+        if crl.issuer != leaf.issuer or not any(_signed_by(crl, signer) for signer in signers):
+            continue
+        entry = crl.get_revoked_certificate_by_serial_number(leaf.serial_number)
+        if entry is not None:
+            try:
+                reason = entry.extensions.get_extension_for_class(x509.CRLReason).value.reason.value
+            except x509.ExtensionNotFound:
+                reason = "unspecified"
+            return Finding(CERTIFICATE_REVOKED, "CRITICAL",
+                           f"the certificate (serial {pki.serial_hex(leaf)}) was revoked on "
+                           f"{entry.revocation_date_utc:%Y-%m-%d %H:%M} UTC ({reason}) by "
+                           f"'{pki.common_name(crl.issuer)}': renew it (certkeeper renew --force)")
+    return None
+
+
+def _signed_by(crl: x509.CertificateRevocationList, signer: x509.Certificate) -> bool:
+    try:
+        return crl.is_signature_valid(signer.public_key())  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+
+
+_PURPOSE_NAMES = {ExtendedKeyUsageOID.CLIENT_AUTH: "clientAuth", ExtendedKeyUsageOID.CODE_SIGNING: "codeSigning",
+                  ExtendedKeyUsageOID.EMAIL_PROTECTION: "emailProtection",
+                  ExtendedKeyUsageOID.TIME_STAMPING: "timeStamping", ExtendedKeyUsageOID.OCSP_SIGNING: "OCSPSigning"}
+
+
+def purpose_finding(leaf: x509.Certificate) -> Finding | None:
+    """A leaf whose extended key usage leaves out serverAuth: TLS clients refuse it for a server (RFC 5280
+    section 4.2.1.12); without the extension any purpose is allowed."""
+    try:
+        usages = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return None
+    allowed = {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE}
+    if allowed & set(usages):
+        return None
+    names = ", ".join(_PURPOSE_NAMES.get(usage, usage.dotted_string) for usage in usages) or "nothing"
+    return Finding(WRONG_PURPOSE, "CRITICAL", f"the certificate's extended key usage allows {names}, not serverAuth: "
+                                              "clients refuse it for a server; issue a TLS server certificate")
+
+
+_WEAK_HASHES: dict[str, Severity] = {"md5": "CRITICAL", "sha1": "CRITICAL"}
 
 
 def _strength_findings(certificate: x509.Certificate, summary: CertificateSummary, index: int) -> list[Finding]:
@@ -182,7 +262,7 @@ def _strength_findings(certificate: x509.Certificate, summary: CertificateSummar
         findings.append(Finding(WEAK_KEY, "CRITICAL", f"{what} uses the weak curve {key.curve.name}"))
     algorithm = certificate.signature_hash_algorithm
     if isinstance(algorithm, hashes.HashAlgorithm) and algorithm.name in _WEAK_HASHES:
-        findings.append(Finding(WEAK_KEY, _WEAK_HASHES[algorithm.name],
+        findings.append(Finding(WEAK_SIGNATURE, _WEAK_HASHES[algorithm.name],
                                 f"{what} is signed with {algorithm.name.upper()}, which clients reject"))
     return findings
 

@@ -2,7 +2,8 @@
 
 The Nagios line follows the monitoring-plugins development guidelines: ``SERVICE STATUS - text|perfdata``,
 perfdata as ``'label'=value;warn;crit;min;max``.  One ``days_chain_elemN`` per served certificate, so a graph
-shows an intermediate running out as well as the leaf.
+shows an intermediate running out as well as the leaf; its value is :func:`~certkeeper.probe.judge.whole_days`,
+the same number the text says.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from certkeeper.probe.judge import whole_days
 from certkeeper.probe.result import CertificateSummary, ProbeResult
 
 
@@ -36,7 +38,8 @@ def perfdata(result: ProbeResult) -> str:
 
 
 def _perf_value(summary: CertificateSummary) -> str:
-    return f"{_number(summary.days_left)};{_number(summary.warning_days)};{_number(summary.critical_days)};;"
+    # Whole days, as the status line says them (and as check_ssl_cert's perfdata has them).
+    return f"{whole_days(summary.days_left)};{_number(summary.warning_days)};{_number(summary.critical_days)};;"
 
 
 def nagios_line(result: ProbeResult) -> str:
@@ -52,10 +55,12 @@ def _certificate(summary: CertificateSummary) -> dict[str, Any]:
     return {
         "subject": summary.subject,
         "issuer": summary.issuer,
+        "subject_dn": summary.subject_dn,
+        "issuer_dn": summary.issuer_dn,
         "serial": summary.serial,
         "not_before": _iso(summary.not_before),
         "not_after": _iso(summary.not_after),
-        "days_left": summary.days_left,
+        "days_left": round(summary.days_left, 3),
         "fingerprint_sha256": summary.fingerprint_sha256,
         "subject_alternative_names": list(summary.subject_alternative_names),
         "key_type": summary.key_type,
@@ -83,7 +88,7 @@ def result_to_json(result: ProbeResult) -> dict[str, Any]:
         "certificate": _certificate(result.certificate) if result.certificate else None,
         "chain": [
             {"subject": s.subject, "issuer": s.issuer, "not_after": _iso(s.not_after),
-             "fingerprint_sha256": s.fingerprint_sha256, "days_left": s.days_left}
+             "fingerprint_sha256": s.fingerprint_sha256, "days_left": round(s.days_left, 3)}
             for s in result.chain
         ],
         "served": [_certificate(s) for s in result.served],

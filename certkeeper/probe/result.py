@@ -17,6 +17,7 @@ from certkeeper.targets import Target
 Status = Literal["OK", "WARNING", "CRITICAL", "UNKNOWN"]
 Severity = Literal["INFO", "WARNING", "CRITICAL", "UNKNOWN"]
 KeyTypeChoice = Literal["rsa", "ecdsa", "all"]
+OldTlsVersion = Literal["TLSv1", "TLSv1.1"]
 
 # Nagios plugin exit codes (monitoring-plugins development guidelines, "Plugin Return Codes").
 EXIT_CODES: dict[str, int] = {"OK": 0, "WARNING": 1, "CRITICAL": 2, "UNKNOWN": 3}
@@ -32,6 +33,10 @@ CERTIFICATE_NOT_TRUSTED = "certificate-not-trusted"
 CHAIN_INCOMPLETE = "chain-incomplete"
 SELF_SIGNED = "self-signed"
 WEAK_KEY = "weak-key"
+WRONG_PURPOSE = "certificate-wrong-purpose"  # extended key usage without serverAuth (RFC 5280 section 4.2.1.12)
+CERTIFICATE_REVOKED = "certificate-revoked"  # listed in its CA's CRL (managed internal-CA certificates)
+TLS_VERSION_TOO_OLD = "tls-version-too-old"  # accepts a version the caller refuses (RFC 8996: TLS 1.0, 1.1)
+WEAK_SIGNATURE = "weak-signature"  # signed with SHA-1 or MD5: refused by clients, CRITICAL as check_ssl_cert has it
 STARTTLS_NOT_SUPPORTED = "starttls-not-supported"
 CONNECTION_FAILED = "connection-failed"
 TIMEOUT = "timeout"
@@ -49,11 +54,16 @@ class ProbeOptions:
     servername: str | None = None  # SNI and the name to verify; None -> the target's host
     sni: bool = True  # False: send no SNI, as sending MTAs on port 25 may
     ca_file: Path | None = None  # trust anchors; None -> the system store
+    crl_files: tuple[Path, ...] = ()  # CRLs to look the served leaf up in (an internal CA's crl.pem)
+    issuer_roots: tuple[Path, ...] = ()  # managed endpoints: the issuer's roots, trusted with ca_file instead of
+    #                                      the system store (an internal CA, an ACME issuer's trust_roots)
     warning_days: float = 21
     critical_days: float = 7
+    scale_thresholds: bool = True  # False (--no-scale): thresholds as given for short-lived certificates too
     key_type: KeyTypeChoice | None = None  # None: whatever the server picks
     expected_fingerprints: frozenset[str] | None = None  # managed certificates: what should be served
     verbose: bool = False  # record the protocol transcript
+    refuse_tls: tuple[OldTlsVersion, ...] = ()  # CRITICAL when the server accepts one of these
 
 
 @dataclass(frozen=True)
@@ -77,6 +87,8 @@ class CertificateSummary:
     warning_days: float  # the thresholds that applied to this certificate (scaled when short-lived)
     critical_days: float
     spki_sha256: str = ""  # lowercase hex: what TLSA "3 1 1" / "2 1 1" records name (RFC 6698 section 2.1)
+    subject_dn: str = ""  # the whole name, as blackbox_exporter labels it: "CN=mail.example.org,O=Example"
+    issuer_dn: str = ""
 
 
 @dataclass(frozen=True)
@@ -99,6 +111,12 @@ class ProbeResult:
     @property
     def exit_code(self) -> int:
         return EXIT_CODES[self.status]
+
+
+def refused_versions(*, no_tls1: bool, no_tls1_1: bool) -> tuple[OldTlsVersion, ...]:
+    """``--require-no-tls1`` / ``--require-no-tls1_1`` as the versions a probe must find refused."""
+    refused: tuple[OldTlsVersion, ...] = ("TLSv1",) if no_tls1 else ()
+    return refused + (("TLSv1.1",) if no_tls1_1 else ())
 
 
 def worst_status(severities: list[str] | tuple[str, ...]) -> Status:

@@ -50,7 +50,7 @@ from certkeeper.events import (
     RenewalFailed,
     RolledBack,
 )
-from certkeeper.issuers.base import Issuer, IssueRequest, RenewalInfoSource
+from certkeeper.issuers.base import Issuer, IssueRequest, RenewalInfoSource, crl_files, root_files
 from certkeeper.model import KeyType
 from certkeeper.renewal.hooks import HookContext, run_hook
 from certkeeper.renewal.observe import Watched
@@ -174,6 +174,10 @@ class Renewer:
             if not certificate.endpoints:
                 continue
             current = self.home(certificate).current()
+            # Judged against what the certificate chains to: the issuer's roots (internal CA, trust_roots) and
+            # the certificate's ca_file; the system store only when neither is there (a public ACME CA).
+            issuer = self.config.issuers.get(certificate.issuer)
+            issuer_roots, crls = root_files(issuer), crl_files(issuer)
             for target in certificate.endpoints:
                 # An endpoint written as an address (smtp://192.0.2.1:25) says where to connect; clients ask for
                 # the certificate's name there, so judge (SNI and name check) against that, not the address.
@@ -181,6 +185,7 @@ class Renewer:
                 servername = names[0] if target.is_ip_literal and names else None
                 items.append(Watched(certificate.name, target, current.fingerprints if current else None,
                                      dual=len(certificate.key_types) > 1, servername=servername,
+                                     ca_file=certificate.ca_file, issuer_roots=issuer_roots, crl_files=crls,
                                      dane=dane_watch_for(certificate, target,
                                                          self.config.issuers.get(certificate.issuer))))
         return items

@@ -35,6 +35,8 @@ class Watched:
     dual: bool = False
     ca_file: Path | None = None
     servername: str | None = None
+    issuer_roots: tuple[Path, ...] = ()  # managed: the issuer's roots (issuers.base.root_files), trusted with ca_file
+    crl_files: tuple[Path, ...] = ()  # managed internal-CA certificates: the CA's CRL (issuers.base.crl_files)
     dane: DaneWatch | None = None  # TLSA records to judge the served certificate against (certkeeper.dane.observe)
 
 
@@ -52,13 +54,16 @@ def observe(items: Sequence[Watched], *, now: datetime, timeout: float = 10.0,
     # The probe (pyOpenSSL, asyncio) is imported only when there is something to look at.
     from certkeeper.probe import ProbeOptions, probe_sync
 
-    groups: dict[tuple[bool, Path | None, str | None, frozenset[str] | None], list[Watched]] = {}
+    groups: dict[tuple[bool, Path | None, tuple[Path, ...], tuple[Path, ...], str | None, frozenset[str] | None],
+                 list[Watched]] = {}
     for item in items:
-        groups.setdefault((item.dual, item.ca_file, item.servername, item.expected), []).append(item)
+        key = (item.dual, item.ca_file, item.issuer_roots, item.crl_files, item.servername, item.expected)
+        groups.setdefault(key, []).append(item)
     observations: dict[int, Observation] = {}
-    for (dual, ca_file, servername, expected), members in groups.items():
-        options = ProbeOptions(timeout=timeout, ca_file=ca_file, servername=servername,
-                               key_type="all" if dual else None, expected_fingerprints=expected)
+    for (dual, ca_file, issuer_roots, crl_files, servername, expected), members in groups.items():
+        options = ProbeOptions(timeout=timeout, ca_file=ca_file, issuer_roots=issuer_roots, crl_files=crl_files,
+                               servername=servername, key_type="all" if dual else None,
+                               expected_fingerprints=expected)
         results = probe_sync([m.target for m in members], options, now=now, concurrency=concurrency)
         for member, result in zip(members, results, strict=True):
             observations[id(member)] = Observation(member, result, _is_stale(member, result))
@@ -129,15 +134,15 @@ def observe_dane(observations: Sequence[Observation], *, now: datetime, timeout:
     watched = [o for o in observations if o.watched.dane is not None]
     if not watched:
         return list(observations)
-    groups: dict[tuple[bool, Path | None, str | None], list[Observation]] = {}
+    groups: dict[tuple[bool, Path | None, tuple[Path, ...], str | None], list[Observation]] = {}
     for observation in watched:
         item = observation.watched
         if item.dane is not None and item.dane.without_sni:
-            groups.setdefault((item.dual, item.ca_file, item.servername), []).append(observation)
+            groups.setdefault((item.dual, item.ca_file, item.issuer_roots, item.servername), []).append(observation)
     without_sni: dict[int, ProbeResult] = {}
-    for (dual, ca_file, servername), members in groups.items():
-        options = ProbeOptions(timeout=timeout, ca_file=ca_file, servername=servername, sni=False,
-                               key_type="all" if dual else None)
+    for (dual, ca_file, issuer_roots, servername), members in groups.items():
+        options = ProbeOptions(timeout=timeout, ca_file=ca_file, issuer_roots=issuer_roots, servername=servername,
+                               sni=False, key_type="all" if dual else None)
         results = probe_sync([o.watched.target for o in members], options, now=now, concurrency=concurrency)
         without_sni.update((id(o), r) for o, r in zip(members, results, strict=True))
     answers: dict[tuple[str, str | None], LookupResult] = {}

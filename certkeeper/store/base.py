@@ -108,6 +108,10 @@ class Store(Protocol):
 
     def pending_alerts(self) -> Sequence[AlertRecord]: ...
 
+    def recent_alerts(self, limit: int = 200) -> Sequence[AlertRecord]:
+        """The last ``limit`` alerts raised, sent or not, newest first (the status page's timeline)."""
+        ...
+
     def mark_alert_attempt(self, ids: Sequence[int], at: datetime, error: str | None) -> None:
         """Record a delivery attempt: ``error=None`` means the relay accepted it."""
         ...

@@ -298,6 +298,13 @@ class PostgresStore:
         )
         return [AlertRecord(*row) for row in rows]
 
+    def recent_alerts(self, limit: int = 200) -> list[AlertRecord]:
+        rows = self._query(
+            "SELECT id, key, created_at, severity, subject, body, attempts, last_error, sent_at "
+            "FROM alerts ORDER BY id DESC LIMIT %s", (limit,)
+        )
+        return [AlertRecord(*row) for row in rows]
+
     def mark_alert_attempt(self, ids: Sequence[int], at: datetime, error: str | None) -> None:
         if error is None:
             self._execute("UPDATE alerts SET attempts = attempts + 1, last_error = '', sent_at = %s "

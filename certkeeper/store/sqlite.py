@@ -220,6 +220,14 @@ class SqliteStore:
         return [AlertRecord(r[0], r[1], _dt(r[2]) or datetime.min, r[3], r[4], r[5], r[6], r[7], _dt(r[8]))
                 for r in rows]
 
+    def recent_alerts(self, limit: int = 200) -> list[AlertRecord]:
+        rows = self._query(
+            "SELECT id, key, created_at, severity, subject, body, attempts, last_error, sent_at "
+            "FROM alerts ORDER BY id DESC LIMIT ?", (limit,)
+        )
+        return [AlertRecord(r[0], r[1], _dt(r[2]) or datetime.min, r[3], r[4], r[5], r[6], r[7], _dt(r[8]))
+                for r in rows]
+
     def mark_alert_attempt(self, ids: Sequence[int], at: datetime, error: str | None) -> None:
         with self._transaction() as db:
             for alert_id in ids:

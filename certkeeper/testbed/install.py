@@ -53,6 +53,11 @@ DEBIAN_PACKAGES = (
     "python3-venv",  # deploy/debian/build makes the package's virtualenv with the system python3
     "groff",  # renders the generated manual page in tests/test_docs.py
     "pipx",  # the README's install path, tried in tests/test_packaging.py
+    # The monitoring people already run, side by side with certkeeper's (tests/test_*_parity.py):
+    "monitoring-plugins-contrib",  # check_ssl_cert 2.60
+    "prometheus-blackbox-exporter",  # 0.23
+    "prometheus",  # promtool: check metrics, test rules
+    "chromium",  # the status page, loaded headless
 )
 EXIM_PACKAGES = ("exim4-daemon-light", "exim4-base", "exim4-config")
 # exim4-daemon-light's Depends: its shared libraries (libidn12 is the one nothing else installs).
