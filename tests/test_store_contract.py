@@ -12,6 +12,8 @@ import pytest
 
 from certkeeper.errors import LockBusy, SchemaTooNew
 from certkeeper.store import CertState, EndpointRecord, RenewalRecord, Store
+from certkeeper.store.budget import Limit
+from certkeeper.store.sqlite import SCHEMA_VERSION as SQLITE_SCHEMA
 from certkeeper.store.sqlite import SqliteStore
 from tests.fleet_fixtures import Database, postgres_cluster, postgres_db
 
@@ -137,7 +139,7 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "state")
     store._db.execute("UPDATE meta SET value = '999' WHERE key = 'schema_version'")
     store.close()
-    with pytest.raises(SchemaTooNew, match="schema version 999, this certkeeper understands up to 1"):
+    with pytest.raises(SchemaTooNew, match=f"schema version 999, this certkeeper understands up to {SQLITE_SCHEMA}"):
         SqliteStore(tmp_path / "state")
 
 
@@ -167,3 +169,41 @@ def test_postgres_schema_is_migrated_once_by_nodes_starting_together(postgres_db
     assert list(stores[0].fleet_salts()) == [1]  # one salt: the migration ran once
     for opened in stores:
         opened.close()
+
+
+ORDERS = Limit("orders pebble", 3, timedelta(hours=3))
+
+
+def test_the_order_budget_spends_its_tokens_then_says_when_the_next_one_is_free(open_store: StoreFactory) -> None:
+    first, second = open_store(), open_store()  # two nodes on one ledger
+    assert [first.spend_budget([ORDERS], f"c{i}", 1, None, NOW) for i in range(2)] == [None, None]
+    assert second.spend_budget([ORDERS], "c2", 1, None, NOW) is None
+    go_at = first.spend_budget([ORDERS], "c3", 1, None, NOW)
+    assert go_at == NOW + timedelta(hours=1)  # one token refills every 3 h / 3
+    buckets, waiters = second.budget()
+    assert [(b.key, b.tokens) for b in buckets] == [("orders pebble", 0.0)]
+    assert [(w.name, w.may_go_at) for w in waiters] == [("c3", go_at)]
+    assert second.spend_budget([ORDERS], "c3", 1, None, go_at) is None
+    assert second.budget()[1] == []  # no longer waiting
+    first.close()
+    second.close()
+
+
+def test_the_order_budget_goes_to_the_certificate_closest_to_expiry_first(store: Store) -> None:
+    for name in ("a", "b", "c"):
+        assert store.spend_budget([ORDERS], name, 1, None, NOW) is None
+    later, sooner = NOW + timedelta(days=5), NOW + timedelta(days=1)
+    assert store.spend_budget([ORDERS], "late", 1, later, NOW) is not None
+    assert store.spend_budget([ORDERS], "soon", 1, sooner, NOW) is not None
+    free = NOW + timedelta(hours=1)
+    assert store.spend_budget([ORDERS], "late", 1, later, free) is not None  # the token is owed to "soon"
+    assert store.spend_budget([ORDERS], "soon", 1, sooner, free) is None
+    assert store.spend_budget([ORDERS], "late", 1, later, free + timedelta(hours=1)) is None
+
+
+def test_a_rate_limit_blocks_the_budget_until_its_retry_after(store: Store) -> None:
+    off = Limit("orders other-ca", 0, timedelta(hours=3))  # no budget, but the CA's 429 still counts
+    assert store.spend_budget([off], "a", 1, None, NOW) is None
+    store.block_budget([off], NOW + timedelta(minutes=30), NOW)
+    assert store.spend_budget([off], "a", 1, None, NOW + timedelta(minutes=10)) == NOW + timedelta(minutes=30)
+    assert store.spend_budget([off], "a", 1, None, NOW + timedelta(minutes=30)) is None

@@ -42,6 +42,26 @@ def _open(context: Context) -> Any:
     return PostgresStore(settings.database, settings.database_password_file, node=settings.node, migrate=False)
 
 
+def _budget(context: Context, store: Any) -> dict[str, Any]:
+    """The order budget: each bucket's orders used and next free slot, and the renewals waiting for it."""
+    from certkeeper import pki
+    from certkeeper.store.budget import WAIT_FORGOTTEN_AFTER, limits_for, report_buckets
+
+    config = context.config
+    now = pki.now_utc()
+    limits = [limit for c in config.certificates.values() for limit in limits_for(config.issuers.get(c.issuer), c)]
+    buckets, waiters = store.budget()
+    waiting = sorted({w.name: w for w in waiters if now - w.seen_at <= WAIT_FORGOTTEN_AFTER}.values(),
+                     key=lambda w: (w.not_after is not None, w.not_after or now, w.name))
+    return {
+        "buckets": [{"key": b.key, "capacity": b.capacity, "used": b.used, "next_free_at": b.next_free_at.isoformat(),
+                     "blocked_until": b.blocked_until.isoformat() if b.blocked_until else None}
+                    for b in report_buckets(limits, buckets, now)],
+        "waiting": [{"name": w.name, "key": w.key, "not_after": w.not_after.isoformat() if w.not_after else None,
+                     "since": w.since.isoformat(), "may_go_at": w.may_go_at.isoformat()} for w in waiting],
+    }
+
+
 def run_init(args: argparse.Namespace, context: Context) -> int:
     from certkeeper.store.postgres import SCHEMA_VERSION
 
@@ -68,6 +88,7 @@ def run_status(args: argparse.Namespace, context: Context) -> int:
         report = {
             "database": store.location,
             "schema_version": store.schema_version(),
+            "budget": _budget(context, store),
             "certificates": [
                 {"name": name,
                  "fleet_version": head.version if head else None,
@@ -86,6 +107,15 @@ def run_status(args: argparse.Namespace, context: Context) -> int:
         print(json.dumps(report, indent=2))
         return 0
     print(f"{report['database']}: schema version {report['schema_version']}")
+    for bucket in report["budget"]["buckets"]:
+        limit = f"{bucket['used']} of {bucket['capacity']} used" if bucket["capacity"] else "no limit"
+        blocked = f", the CA asked to wait until {bucket['blocked_until'][:19]}" if bucket["blocked_until"] else ""
+        print(f"{bucket['key']}: {limit}, next free slot {bucket['next_free_at'][:19]}{blocked}")
+    if report["budget"]["waiting"]:
+        print("waiting:")
+    for waiter in report["budget"]["waiting"]:
+        expiry = waiter["not_after"][:16] if waiter["not_after"] else "nothing installed"
+        print(f"  {waiter['name']} ({expiry}): may go at {waiter['may_go_at'][:19]} ({waiter['key']})")
     for entry in report["certificates"]:
         if entry["fleet_version"] is None:
             print(f"{entry['name']}: no fleet version yet")

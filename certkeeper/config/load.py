@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from certkeeper.config.mtasts import MtaStsConfig, parse_mta_sts
 from certkeeper.config.table import Table, did_you_mean
@@ -108,6 +109,8 @@ class AcmeIssuerConfig:
     eab_kid: str | None = None
     eab_hmac_key_file: Path | None = None
     timeout: timedelta = timedelta(seconds=300)
+    orders_per_3h: int = 0  # the order budget (certkeeper.store.budget); 0 = off
+    duplicates_per_week: int = 0
     type: Literal["acme"] = "acme"
 
 
@@ -378,6 +381,8 @@ def _parse_acme_issuer(name: str, t: Table) -> AcmeIssuerConfig:
         eab_kid=t.string("eab_kid", None),
         eab_hmac_key_file=t.path("eab_hmac_key_file", None),
         timeout=t.duration("timeout", d.timeout, minimum=timedelta(seconds=10)),
+        orders_per_3h=_budget(t, "orders_per_3h", directory, LETSENCRYPT_ORDERS_PER_3H),
+        duplicates_per_week=_budget(t, "duplicates_per_week", directory, LETSENCRYPT_DUPLICATES_PER_WEEK),
     )
     if challenge in ("dns-01", "dns-account-01") and not (issuer.dns_hook or (issuer.dns_server
                                                                               and issuer.tsig_key_file)):
@@ -398,6 +403,22 @@ def _parse_acme_issuer(name: str, t: Table) -> AcmeIssuerConfig:
         t.seen.add("eab_hmac_key")
     t.finish()
     return issuer
+
+
+# Let's Encrypt's documented limits (https://letsencrypt.org/docs/rate-limits/): "New Orders per Account" and
+# "New Certificates per Exact Set of Identifiers"; the defaults of the order budget for its directory.
+LETSENCRYPT_ORDERS_PER_3H = 300
+LETSENCRYPT_DUPLICATES_PER_WEEK = 5
+
+
+def is_letsencrypt(directory: str) -> bool:
+    """Let's Encrypt's production directory (staging has far higher limits: the budget stays off there)."""
+    return (urlsplit(directory).hostname or "") == "acme-v02.api.letsencrypt.org"
+
+
+def _budget(t: Table, key: str, directory: str, letsencrypt: int) -> int:
+    """An order budget: Let's Encrypt's documented limit for its directory, off (0) for other CAs."""
+    return t.integer(key, letsencrypt if is_letsencrypt(directory) else 0, minimum=0)
 
 
 def _parse_ca_issuer(name: str, t: Table) -> CaIssuerConfig:

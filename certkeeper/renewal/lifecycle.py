@@ -37,6 +37,7 @@ from certkeeper.errors import (
     HookFailed,
     InstallRefused,
     LockBusy,
+    OrderWaiting,
     UsageError,
     VerificationFailed,
 )
@@ -56,6 +57,7 @@ from certkeeper.renewal.hooks import HookContext, run_hook
 from certkeeper.renewal.observe import Watched
 from certkeeper.renewal.policy import MIN_RETRY, Decision, History, Installed, Wanted, backoff_delay, decide_renewal
 from certkeeper.store import CertState, RenewalRecord, Store
+from certkeeper.store.budget import obtain_within_budget
 from certkeeper.store.versions import CertificateHome, InstalledPair, KeyPair, Ownership, Version, check_pairs
 
 if TYPE_CHECKING:
@@ -332,6 +334,9 @@ class Renewer:
                 pairs = self.fleet.obtain(certificate, work.previous, order)
                 check_pairs(certificate.name, pairs, certificate.domains, roots, now=self.clock())
                 self._check_mta_sts(certificate, pairs)
+            elif not dry_run:  # the order budget of a single host (certkeeper.store.budget)
+                pairs = obtain_within_budget(self.store, self.config.issuers.get(certificate.issuer), certificate,
+                                             work.previous.not_after if work.previous else None, order, now)
             else:
                 pairs = order()
             if dry_run:
@@ -340,6 +345,8 @@ class Renewer:
                 self.store.add_renewal(RenewalRecord(certificate.name, now, "dry-run", "", serials))
                 return
             work.new = work.home.write_version(pairs, issuer=issuer.name, domains=certificate.domains, now=now)
+        except OrderWaiting as exc:  # the order budget is spent: not a failure; it goes at exc.go_at
+            work.outcome = Outcome(certificate.name, "waiting", str(exc))
         except (LockBusy, FleetStoreDown) as exc:  # fleet integration: another node orders, or the fleet store
             work.outcome = Outcome(certificate.name, "busy", str(exc))  # is down: not a failure; look again
         except CertkeeperError as exc:

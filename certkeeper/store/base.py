@@ -6,7 +6,10 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from certkeeper.store.budget import Bucket, Limit, Waiter
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,14 @@ class Store(Protocol):
         releases it (the kernel drops its file lock; PostgreSQL its session lock).
         """
         ...
+
+    # The order budget (certkeeper.store.budget.BudgetLedger): a single host's, or the fleet's in PostgreSQL.
+    def spend_budget(self, limits: Sequence[Limit], name: str, count: int, not_after: datetime | None,
+                     now: datetime) -> datetime | None: ...
+
+    def block_budget(self, limits: Sequence[Limit], until: datetime, now: datetime) -> None: ...
+
+    def budget(self) -> tuple[list[Bucket], list[Waiter]]: ...
 
     def close(self) -> None: ...
 

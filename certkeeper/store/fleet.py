@@ -76,10 +76,11 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from certkeeper import pki
 from certkeeper.config import CertificateConfig, Config
-from certkeeper.errors import CertkeeperError, FleetStoreDown, InputError, LockBusy, StoreError
+from certkeeper.errors import CertkeeperError, FleetStoreDown, InputError, IssuanceError, LockBusy, StoreError
 from certkeeper.model import KeyType, format_duration
 from certkeeper.permissions import check_trusted_file
 from certkeeper.store import Store
+from certkeeper.store.budget import obtain_within_budget, record_rate_limit, spend_or_wait
 from certkeeper.store.fleet_records import FleetDatabase, FleetPair, FleetVersion, LeaseHolder, NodeResult
 from certkeeper.store.versions import CertificateHome, KeyPair, Version
 
@@ -176,6 +177,10 @@ def fleet_is_newer(head: FleetVersion, current: Version | None, certificate: Cer
     return head.fingerprints != current.fingerprints and head.not_before > current.not_before
 
 
+def _expiry(current: Version | None) -> datetime | None:
+    return current.not_after if current is not None else None
+
+
 def may_renew_alone(down_since: datetime, now: datetime, grace: timedelta) -> bool:
     return now - down_since >= grace
 
@@ -199,6 +204,7 @@ class Fleet:
     def __init__(self, config: Config, local: Store, key: FleetKey, connect: Callable[[], FleetDatabase],
                  clock: Callable[[], datetime] = pki.now_utc) -> None:
         self.settings = config.settings
+        self.issuers = config.issuers
         self.node = config.settings.node or socket.gethostname()
         self.local = local
         self.key = key
@@ -333,9 +339,10 @@ class Fleet:
         :class:`FleetStoreDown` when the database is unreachable and ``fleet_grace`` has not passed.
         """
         name = certificate.name
+        issuer = self.issuers.get(certificate.issuer)
         database = self.database()
         if database is None:
-            return self._alone(certificate, issue)
+            return self._alone(certificate, current, issue)
         try:
             with self._guard():
                 found = self._fleet_pairs(database, certificate, current)
@@ -351,22 +358,30 @@ class Fleet:
                                    f"node {holder.node}, ordering for the fleet; its lease runs until "
                                    f"{holder.expires_at:%H:%M:%S} UTC")
         except StoreError:
-            return self._alone(certificate, issue)
+            return self._alone(certificate, current, issue)
         try:
             with self._guard():
                 # Lease taken, look again: the previous holder may have stored its version just now.
                 found = self._fleet_pairs(database, certificate, current)
                 if found is not None:
                     return found
-            with self._heartbeat(database, name, token):
-                pairs = list(issue())
+                # The fleet's order budget, under the lease: OrderWaiting when it is spent (the lease goes back).
+                spend_or_wait(database, issuer, certificate, _expiry(current), self.clock())
+            try:
+                with self._heartbeat(database, name, token):
+                    pairs = list(issue())
+            except IssuanceError as exc:  # a 429 stops every node, not only this one
+                with contextlib.suppress(StoreError), self._guard():
+                    record_rate_limit(database, issuer, certificate, exc, self.clock())
+                raise
             self._store(database, certificate, pairs, token)
             return pairs
         finally:
             with contextlib.suppress(StoreError), self._guard():
                 database.release_lease(name, token)
 
-    def _alone(self, certificate: CertificateConfig, issue: Callable[[], Sequence[KeyPair]]) -> list[KeyPair]:
+    def _alone(self, certificate: CertificateConfig, current: Version | None,
+               issue: Callable[[], Sequence[KeyPair]]) -> list[KeyPair]:
         now = self.clock()
         since = self.down_since() or now
         if not may_renew_alone(since, now, self.settings.fleet_grace):
@@ -374,7 +389,9 @@ class Fleet:
                                  self.last_error or "not reachable")
         log.warning("%s: the fleet store is unreachable since %s, longer than fleet_grace: renewing alone",
                     certificate.name, since.isoformat())
-        return list(issue())
+        # Alone, the budget is this node's own (its SQLite store): it cannot know what the others spend.
+        return list(obtain_within_budget(self.local, self.issuers.get(certificate.issuer), certificate,
+                                         _expiry(current), issue, now))
 
     def _fleet_pairs(self, database: FleetDatabase, certificate: CertificateConfig,
                      current: Version | None) -> list[KeyPair] | None:

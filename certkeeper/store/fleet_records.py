@@ -10,7 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from certkeeper.store.budget import Bucket, Limit, Waiter
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,18 @@ class FleetDatabase(Protocol):
         ...
 
     def node_results(self, names: Sequence[str] | None = None) -> Sequence[NodeResult]: ...
+
+    def fleet_heads(self, names: Sequence[str]) -> Sequence[FleetVersion]:
+        """The newest version's metadata of each of ``names`` that has one: one query for a whole pass."""
+        ...
+
+    # The fleet's order budget (certkeeper.store.budget.BudgetLedger).
+    def spend_budget(self, limits: Sequence[Limit], name: str, count: int, not_after: datetime | None,
+                     now: datetime) -> datetime | None: ...
+
+    def block_budget(self, limits: Sequence[Limit], until: datetime, now: datetime) -> None: ...
+
+    def budget(self) -> tuple[list[Bucket], list[Waiter]]: ...
 
     def schema_version(self) -> int: ...
 

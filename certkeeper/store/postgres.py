@@ -34,9 +34,10 @@ from psycopg.types.json import Jsonb
 from certkeeper.errors import InputError, LockBusy, SchemaTooNew, StoreError
 from certkeeper.permissions import check_trusted_file
 from certkeeper.store.base import AlertRecord, CertState, EndpointRecord, RenewalRecord
+from certkeeper.store.budget import Bucket, Limit, Waiter, blocked, decide_spend
 from certkeeper.store.fleet_records import FleetPair, FleetVersion, LeaseHolder, NodeResult
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 CONNECT_TIMEOUT = 5
 _LOCK_CLASS = 0x63657274  # 'cert': the first key of every certkeeper advisory lock
 _MIGRATION_LOCK = 0x6d696772  # 'migr'
@@ -95,6 +96,16 @@ _MIGRATIONS: dict[int, tuple[LiteralString, ...]] = {
         """INSERT INTO fleet_keys (key_version, salt)
             VALUES (1, sha256(convert_to(gen_random_uuid()::text || clock_timestamp()::text, 'UTF8')))""",
         "ALTER TABLE fleet_pairs ADD COLUMN key_version INTEGER NOT NULL DEFAULT 0",
+    ),
+    # The fleet-wide order budget (certkeeper.store.budget): token buckets, and the renewals waiting for them.
+    3: (
+        """CREATE TABLE order_budget (
+            key TEXT PRIMARY KEY, tokens DOUBLE PRECISION NOT NULL, updated_at TIMESTAMPTZ NOT NULL,
+            blocked_until TIMESTAMPTZ)""",
+        """CREATE TABLE order_waits (
+            key TEXT NOT NULL, name TEXT NOT NULL, count INTEGER NOT NULL, not_after TIMESTAMPTZ,
+            since TIMESTAMPTZ NOT NULL, seen_at TIMESTAMPTZ NOT NULL, may_go_at TIMESTAMPTZ NOT NULL,
+            PRIMARY KEY (key, name))""",
     ),
 }
 
@@ -362,6 +373,16 @@ class PostgresStore:
             "GROUP BY v.name, v.version ORDER BY v.version DESC LIMIT 1", (name,))
         return _fleet_version(rows[0]) if rows else None
 
+    def fleet_heads(self, names: Sequence[str]) -> list[FleetVersion]:
+        rows = self._query(
+            "SELECT v.name, v.version, v.ordered_by, v.created_at, v.issuer, v.domains, v.not_before, v.not_after, "
+            "array_agg(p.fingerprint ORDER BY p.key_type), array_agg(p.key_type ORDER BY p.key_type), "
+            "array_agg(p.serial ORDER BY p.key_type) "
+            "FROM (SELECT name, max(version) AS version FROM fleet_versions WHERE name = ANY(%s) GROUP BY name) h "
+            "JOIN fleet_versions v USING (name, version) JOIN fleet_pairs p USING (name, version) "
+            "GROUP BY v.name, v.version", (list(names),))
+        return [_fleet_version(row) for row in rows]
+
     def fleet_version(self, name: str, version: int) -> FleetVersion | None:
         with self._session() as conn:
             self.queries += 2
@@ -438,6 +459,51 @@ class PostgresStore:
         else:
             rows = self._query("SELECT * FROM node_results WHERE name = ANY(%s) ORDER BY name, node", (list(names),))
         return [NodeResult(*row) for row in rows]
+
+    # -- the order budget --------------------------------------------------------------------------------------
+
+    def spend_budget(self, limits: Sequence[Limit], name: str, count: int, not_after: datetime | None,
+                     now: datetime) -> datetime | None:
+        """One transaction: the bucket rows locked (in key order, so two nodes never deadlock), decided, written."""
+        keys = sorted(limit.key for limit in limits)
+        with self._session() as conn, conn.transaction():
+            self.queries += 4
+            with conn.cursor() as cursor:
+                cursor.executemany("INSERT INTO order_budget VALUES (%s, %s, %s, NULL) ON CONFLICT (key) DO NOTHING",
+                                   [(limit.key, float(limit.capacity), now) for limit in limits])
+            buckets = {r[0]: Bucket(*r) for r in conn.execute(
+                "SELECT * FROM order_budget WHERE key = ANY(%s) ORDER BY key FOR UPDATE", (keys,)).fetchall()}
+            waiters = [Waiter(*r) for r in conn.execute(
+                "SELECT * FROM order_waits WHERE key = ANY(%s)", (keys,)).fetchall()]
+            spent, go_at = decide_spend(limits, buckets, waiters, name=name, count=count,
+                                         not_after=not_after, now=now)
+            with conn.cursor() as cursor:
+                cursor.executemany("UPDATE order_budget SET tokens = %s, updated_at = %s WHERE key = %s",
+                                   [(b.tokens, b.updated_at, b.key) for b in spent])
+                if go_at is None:
+                    cursor.execute("DELETE FROM order_waits WHERE name = %s", (name,))
+                    return None
+                cursor.executemany(
+                    "INSERT INTO order_waits VALUES (%s,%s,%s,%s,%s,%s,%s) ON CONFLICT (key, name) DO UPDATE SET "
+                    "count = EXCLUDED.count, not_after = EXCLUDED.not_after, seen_at = EXCLUDED.seen_at, "
+                    "may_go_at = EXCLUDED.may_go_at",
+                    [(key, name, count, not_after, now, now, go_at) for key in keys])
+            return go_at
+
+    def block_budget(self, limits: Sequence[Limit], until: datetime, now: datetime) -> None:
+        with self._session() as conn, conn.transaction():
+            self.queries += 2 * len(limits)
+            for limit in limits:
+                row = conn.execute("SELECT * FROM order_budget WHERE key = %s FOR UPDATE", (limit.key,)).fetchone()
+                bucket = blocked(limit.key, Bucket(*row) if row else None, until, now)
+                conn.execute("INSERT INTO order_budget VALUES (%s,%s,%s,%s) ON CONFLICT (key) DO UPDATE SET "
+                             "blocked_until = EXCLUDED.blocked_until",
+                             (bucket.key, bucket.tokens, bucket.updated_at, bucket.blocked_until))
+
+    def budget(self) -> tuple[list[Bucket], list[Waiter]]:
+        buckets = [Bucket(*r) for r in self._query("SELECT * FROM order_budget ORDER BY key")]
+        waiters = [Waiter(*r) for r in self._query("SELECT * FROM order_waits ORDER BY key, not_after, name")]
+        return buckets, waiters
 
     def close(self) -> None:
         with self._mutex:

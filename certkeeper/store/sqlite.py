@@ -25,8 +25,9 @@ from certkeeper.errors import LockBusy, SchemaTooNew, StoreError, UnsafePath
 from certkeeper.permissions import check_trusted_dir, open_nofollow
 from certkeeper.store.atomic import make_dirs
 from certkeeper.store.base import AlertRecord, CertState, EndpointRecord, RenewalRecord
+from certkeeper.store.budget import Bucket, Limit, Waiter, blocked, decide_spend
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -58,6 +59,17 @@ _MIGRATIONS: dict[int, str] = {
         attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT NOT NULL DEFAULT '', sent_at TEXT
     );
     CREATE INDEX alerts_pending ON alerts (sent_at, id);
+    """,
+    # The order budget of a single host (certkeeper.store.budget); a fleet keeps it in PostgreSQL.
+    2: """
+    CREATE TABLE order_budget (
+        key TEXT PRIMARY KEY, tokens REAL NOT NULL, updated_at TEXT NOT NULL, blocked_until TEXT
+    );
+    CREATE TABLE order_waits (
+        key TEXT NOT NULL, name TEXT NOT NULL, count INTEGER NOT NULL, not_after TEXT,
+        since TEXT NOT NULL, seen_at TEXT NOT NULL, may_go_at TEXT NOT NULL,
+        PRIMARY KEY (key, name)
+    );
     """,
 }
 
@@ -266,6 +278,49 @@ class SqliteStore:
         finally:
             os.close(fd)
 
+    # -- the order budget --------------------------------------------------------------------------------------
+
+    def spend_budget(self, limits: Sequence[Limit], name: str, count: int, not_after: datetime | None,
+                     now: datetime) -> datetime | None:
+        keys = [limit.key for limit in limits]
+        marks = ",".join("?" * len(keys))
+        try:
+            with self._transaction() as db:
+                buckets = {r[0]: _bucket(r) for r in db.execute(
+                    f"SELECT * FROM order_budget WHERE key IN ({marks})", keys).fetchall()}
+                waiters = [_waiter(r) for r in db.execute(
+                    f"SELECT * FROM order_waits WHERE key IN ({marks})", keys).fetchall()]
+                spent, go_at = decide_spend(limits, buckets, waiters, name=name, count=count,
+                                         not_after=not_after, now=now)
+                for bucket in spent:
+                    db.execute("INSERT OR REPLACE INTO order_budget VALUES (?,?,?,?)",
+                               (bucket.key, bucket.tokens, _ts(bucket.updated_at), _ts(bucket.blocked_until)))
+                if go_at is None:
+                    db.execute("DELETE FROM order_waits WHERE name = ?", (name,))
+                    return None
+                for key in keys:
+                    db.execute("INSERT INTO order_waits VALUES (?,?,?,?,?,?,?) ON CONFLICT (key, name) DO UPDATE "
+                               "SET count = excluded.count, not_after = excluded.not_after, "
+                               "seen_at = excluded.seen_at, may_go_at = excluded.may_go_at",
+                               (key, name, count, _ts(not_after), _ts(now), _ts(now), _ts(go_at)))
+                return go_at
+        except sqlite3.Error as exc:
+            msg = f"{self.path}: order budget: {exc}"
+            raise StoreError(msg) from None
+
+    def block_budget(self, limits: Sequence[Limit], until: datetime, now: datetime) -> None:
+        with self._transaction() as db:
+            for limit in limits:
+                row = db.execute("SELECT * FROM order_budget WHERE key = ?", (limit.key,)).fetchone()
+                bucket = blocked(limit.key, _bucket(row) if row else None, until, now)
+                db.execute("INSERT OR REPLACE INTO order_budget VALUES (?,?,?,?)",
+                           (bucket.key, bucket.tokens, _ts(bucket.updated_at), _ts(bucket.blocked_until)))
+
+    def budget(self) -> tuple[list[Bucket], list[Waiter]]:
+        buckets = [_bucket(r) for r in self._query("SELECT * FROM order_budget ORDER BY key")]
+        waiters = [_waiter(r) for r in self._query("SELECT * FROM order_waits ORDER BY key, not_after, name")]
+        return buckets, waiters
+
     def close(self) -> None:
         with self._mutex:
             self._db.close()
@@ -291,6 +346,18 @@ class _Cursor:
         for statement in script.split(";"):
             if statement.strip():
                 self._db.execute(statement)
+
+
+def _bucket(row: tuple[Any, ...]) -> Bucket:
+    updated = _dt(row[2])
+    assert updated is not None
+    return Bucket(row[0], float(row[1]), updated, _dt(row[3]))
+
+
+def _waiter(row: tuple[Any, ...]) -> Waiter:
+    since, seen, go_at = _dt(row[4]), _dt(row[5]), _dt(row[6])
+    assert since is not None and seen is not None and go_at is not None
+    return Waiter(row[0], row[1], int(row[2]), _dt(row[3]), since, seen, go_at)
 
 
 def _state(row: tuple[Any, ...]) -> CertState:

@@ -1,0 +1,233 @@
+"""The order budget: how many orders a CA still accepts, kept as token buckets shared by every node.
+
+Let's Encrypt documents its limits as token buckets (https://letsencrypt.org/docs/rate-limits/): "New Orders per
+Account", 300 per 3 hours refilled one every 36 s, and "New Certificates per Exact Set of Identifiers", 5 per
+7 days refilled one every ~34 h.  certkeeper keeps the same buckets on its side, so a fleet (or one host) never
+sends an order the CA would refuse:
+
+* ``[issuers.X] orders_per_3h``: one bucket per issuer (the fleet's use of that CA's account), every order of
+  every certificate of that issuer spends one token (one per key type: each is its own order);
+* ``[issuers.X] duplicates_per_week``: one bucket per certificate's exact set of identifiers, every certificate
+  issued for it spends one.
+
+Both default to Let's Encrypt's figures when ``directory`` is Let's Encrypt's production directory and are off
+(0) otherwise.  Modelled conservatively: Let's Encrypt exempts some renewals (ARI-coordinated ones) from some
+limits; certkeeper counts every order, so it never relies on an exemption the CA may not grant.
+
+A renewal that finds a bucket short waits (:class:`OrderWaiting`, reported ``waiting``) until the moment the
+bucket will hold its tokens, and registers itself as waiting, with the ``not_after`` of the certificate it has:
+a later attempt of a certificate that expires later leaves the tokens to those that expire sooner, so the
+closest to expiry go first, fleet-wide.  A CA's 429 with Retry-After blocks the issuer's bucket until then for
+every node (:meth:`BudgetLedger.block_budget`).
+
+Pure decisions here (:func:`decide_spend`); the ledgers (PostgreSQL for a fleet, SQLite for one host) store the
+rows and call them inside one transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol, TypeVar
+
+from certkeeper.config import AcmeIssuerConfig, CertificateConfig, IssuerConfig
+from certkeeper.errors import IssuanceError, OrderWaiting
+
+T = TypeVar("T")
+
+ORDERS_PERIOD = timedelta(hours=3)
+DUPLICATES_PERIOD = timedelta(days=7)
+RATE_LIMITED_PAUSE = timedelta(hours=1)  # a rateLimited problem without Retry-After: wait this long
+# A waiting renewal is looked at again every 10 minutes (the policy's MIN_RETRY); one not seen for an hour has
+# gone (certificate removed, node stopped) and no longer holds the others back.
+WAIT_FORGOTTEN_AFTER = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class Limit:
+    """``capacity`` tokens, refilled evenly over ``period``; capacity 0 means no limit (a 429 still blocks)."""
+
+    key: str
+    capacity: int
+    period: timedelta
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """A bucket's row: its tokens at ``updated_at``, and a CA's Retry-After block."""
+
+    key: str
+    tokens: float
+    updated_at: datetime
+    blocked_until: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Waiter:
+    """A renewal waiting for a bucket: which certificate, how many tokens it needs, its installed expiry."""
+
+    key: str
+    name: str
+    count: int
+    not_after: datetime | None
+    since: datetime
+    seen_at: datetime
+    may_go_at: datetime
+
+
+def limits_for(issuer: IssuerConfig | None, certificate: CertificateConfig) -> list[Limit]:
+    """The buckets an order of ``certificate`` spends from.  The issuer's bucket always (a 429 blocks it)."""
+    if not isinstance(issuer, AcmeIssuerConfig):
+        return []
+    identifiers = ",".join(sorted(d.lower() for d in certificate.domains))
+    limits = [Limit(f"orders {issuer.name}", issuer.orders_per_3h, ORDERS_PERIOD)]
+    if issuer.duplicates_per_week:
+        limits.append(Limit(f"duplicates {issuer.name} {identifiers}", issuer.duplicates_per_week,
+                            DUPLICATES_PERIOD))
+    return limits
+
+
+def level(limit: Limit, bucket: Bucket | None, now: datetime) -> float:
+    """Tokens in the bucket at ``now``: full when never used, refilled evenly, never above capacity."""
+    if bucket is None:
+        return float(limit.capacity)
+    elapsed = max(0.0, (now - bucket.updated_at).total_seconds())
+    return min(float(limit.capacity), bucket.tokens + elapsed * limit.capacity / limit.period.total_seconds())
+
+
+def _ahead(waiters: Sequence[Waiter], limit: Limit, name: str, not_after: datetime | None, now: datetime) -> int:
+    """Tokens owed first to renewals on this bucket whose certificates expire sooner (nothing installed first)."""
+    def rank(when: datetime | None, who: str) -> tuple[int, datetime, str]:
+        return (0, now, who) if when is None else (1, when, who)
+
+    mine = rank(not_after, name)
+    return sum(w.count for w in waiters
+               if w.key == limit.key and w.name != name and now - w.seen_at <= WAIT_FORGOTTEN_AFTER
+               and rank(w.not_after, w.name) < mine)
+
+
+def decide_spend(limits: Sequence[Limit], buckets: dict[str, Bucket], waiters: Sequence[Waiter], *, name: str,
+                 count: int, not_after: datetime | None, now: datetime) -> tuple[list[Bucket], datetime | None]:
+    """Spend ``count`` tokens from every bucket of ``limits``, or say when that will be possible.
+
+    Returns (the buckets to write, None) when spent, or ([], the moment it may go) when it must wait.  Tokens
+    owed to waiting renewals that expire sooner are not spent (closest to expiry first).
+    """
+    go_at = now
+    for limit in limits:
+        bucket = buckets.get(limit.key)
+        if bucket is not None and bucket.blocked_until is not None and bucket.blocked_until > now:
+            go_at = max(go_at, bucket.blocked_until)
+        if not limit.capacity:
+            continue
+        need = count + _ahead(waiters, limit, name, not_after, now)
+        have = level(limit, bucket, now)
+        need = min(need, limit.capacity)  # more is owed than the bucket holds: wait for a full one
+        if have < need:
+            refill = (need - have) * limit.period.total_seconds() / limit.capacity
+            go_at = max(go_at, now + timedelta(seconds=refill))
+    if go_at > now:
+        return [], go_at
+    spent = []
+    for limit in limits:
+        bucket = buckets.get(limit.key)
+        blocked = bucket.blocked_until if bucket is not None else None
+        tokens = level(limit, bucket, now) - count if limit.capacity else 0.0
+        spent.append(Bucket(limit.key, max(0.0, tokens), now, blocked))
+    return spent, None
+
+
+def blocked(limit_key: str, bucket: Bucket | None, until: datetime, now: datetime) -> Bucket:
+    """The bucket after a CA's 429 with Retry-After: nothing leaves it before ``until``."""
+    if bucket is None:
+        return Bucket(limit_key, 0.0, now, until)
+    later = max(until, bucket.blocked_until) if bucket.blocked_until is not None else until
+    return Bucket(bucket.key, bucket.tokens, bucket.updated_at, later)
+
+
+class BudgetLedger(Protocol):
+    """Where the buckets live: PostgreSQL for a fleet (:class:`~certkeeper.store.postgres.PostgresStore`), the
+    local SQLite store for one host.  Each method is one transaction with the bucket rows locked."""
+
+    def spend_budget(self, limits: Sequence[Limit], name: str, count: int, not_after: datetime | None,
+                     now: datetime) -> datetime | None:
+        """Spend (None) or register ``name`` as waiting and return the moment it may go."""
+        ...
+
+    def block_budget(self, limits: Sequence[Limit], until: datetime, now: datetime) -> None: ...
+
+    def budget(self) -> tuple[list[Bucket], list[Waiter]]: ...
+
+
+def spend_or_wait(ledger: BudgetLedger, issuer: IssuerConfig | None, certificate: CertificateConfig,
+                  not_after: datetime | None, now: datetime) -> None:
+    """Spend the tokens for one renewal of ``certificate`` or raise :class:`OrderWaiting`."""
+    limits = limits_for(issuer, certificate)
+    if not limits:
+        return
+    go_at = ledger.spend_budget(limits, certificate.name, len(certificate.key_types), not_after, now)
+    if go_at is not None:
+        raise OrderWaiting(certificate.name, certificate.issuer, go_at)
+
+
+def rate_limit_pause(error: IssuanceError) -> timedelta | None:
+    """How long the CA asked everyone to stay away: its Retry-After, or an hour for a rateLimited problem
+    (RFC 8555 section 6.7) that came without one; None for a refusal that is not about load."""
+    if error.retry_after is not None:
+        return timedelta(seconds=max(0.0, error.retry_after))
+    if error.problem_type.endswith(":rateLimited"):
+        return RATE_LIMITED_PAUSE
+    return None
+
+
+def record_rate_limit(ledger: BudgetLedger, issuer: IssuerConfig | None, certificate: CertificateConfig,
+                      error: IssuanceError, now: datetime) -> None:
+    """A CA's 429 (Retry-After): block the issuer's bucket until then, for every node sharing the ledger."""
+    pause = rate_limit_pause(error)
+    limits = limits_for(issuer, certificate)[:1]
+    if pause is not None and limits:
+        ledger.block_budget(limits, now + pause, now)
+
+
+def obtain_within_budget(ledger: BudgetLedger, issuer: IssuerConfig | None, certificate: CertificateConfig,
+                         not_after: datetime | None, issue: Callable[[], T], now: datetime) -> T:
+    """``issue()`` once the budget allows it (else :class:`OrderWaiting`); a 429 it meets blocks the budget."""
+    spend_or_wait(ledger, issuer, certificate, not_after, now)
+    try:
+        return issue()
+    except IssuanceError as exc:
+        record_rate_limit(ledger, issuer, certificate, exc, now)
+        raise
+
+
+@dataclass(frozen=True)
+class BucketReport:
+    """One bucket as ``certkeeper db status`` shows it: orders used in the window and the next free slot."""
+
+    key: str
+    capacity: int
+    used: int
+    next_free_at: datetime
+    blocked_until: datetime | None
+
+
+def report_buckets(limits: Sequence[Limit], buckets: Sequence[Bucket], now: datetime) -> list[BucketReport]:
+    """Every bucket the configuration spends from (a bucket never used is empty, free now)."""
+    rows = {b.key: b for b in buckets}
+    reports = []
+    for limit in sorted({limit.key: limit for limit in limits}.values(), key=lambda item: item.key):
+        bucket = rows.get(limit.key)
+        blocked_until = bucket.blocked_until if bucket is not None and bucket.blocked_until else None
+        free_at = now
+        used = 0
+        if limit.capacity:
+            have = level(limit, bucket, now)
+            used = round(limit.capacity - have)
+            if have < 1:
+                free_at = now + timedelta(seconds=(1 - have) * limit.period.total_seconds() / limit.capacity)
+        if blocked_until is not None and blocked_until > free_at:
+            free_at = blocked_until
+        reports.append(BucketReport(limit.key, limit.capacity, used, free_at,
+                                    blocked_until if blocked_until and blocked_until > now else None))
+    return reports

@@ -1,0 +1,82 @@
+"""The order budget's pure rules and its configuration (the ledgers: tests/test_store_contract.py; fleets of
+nodes on Pebble: tests/test_fleet_budget.py)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from certkeeper.config import AcmeIssuerConfig, load_config
+from certkeeper.errors import CaUnavailable, ConfigError, IssuanceError
+from certkeeper.store.budget import Bucket, Limit, Waiter, decide_spend, level, rate_limit_pause
+
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+ORDERS = Limit("orders le", 300, timedelta(hours=3))
+
+
+def _config(tmp_path: Path, directory: str, extra: str = "") -> AcmeIssuerConfig:
+    path = tmp_path / "certkeeper.toml"
+    path.write_text(f'[certkeeper]\nstate_dir = "{tmp_path}"\n\n[issuers.ca]\ntype = "acme"\n'
+                    f'directory = "{directory}"\n{extra}\n\n'
+                    '[certificates.mail]\nissuer = "ca"\ndomains = ["mail.example.test"]\n')
+    issuer = load_config(path).issuers["ca"]
+    assert isinstance(issuer, AcmeIssuerConfig)
+    return issuer
+
+
+def test_lets_encrypts_directory_gets_its_documented_limits_and_other_cas_none(tmp_path: Path) -> None:
+    letsencrypt = _config(tmp_path, "https://acme-v02.api.letsencrypt.org/directory")
+    assert (letsencrypt.orders_per_3h, letsencrypt.duplicates_per_week) == (300, 5)
+    other = _config(tmp_path, "https://acme.example.test/directory")
+    assert (other.orders_per_3h, other.duplicates_per_week) == (0, 0)
+    chosen = _config(tmp_path, "https://acme.example.test/directory", "orders_per_3h = 50\nduplicates_per_week = 2")
+    assert (chosen.orders_per_3h, chosen.duplicates_per_week) == (50, 2)
+
+
+def test_a_negative_budget_is_refused_with_its_key_path(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"issuers\.ca\.orders_per_3h.*-1.*at least 0"):
+        _config(tmp_path, "https://acme.example.test/directory", "orders_per_3h = -1")
+
+
+def test_a_full_bucket_spends_and_an_empty_one_names_the_moment_a_token_is_back() -> None:
+    spent, go_at = decide_spend([ORDERS], {}, [], name="a", count=2, not_after=None, now=NOW)
+    assert go_at is None and spent == [Bucket("orders le", 298.0, NOW)]
+    empty = {"orders le": Bucket("orders le", 0.0, NOW)}
+    assert decide_spend([ORDERS], empty, [], name="a", count=1, not_after=None, now=NOW) == (
+        [], NOW + timedelta(seconds=36))  # Let's Encrypt refills one order every 36 s
+
+
+def test_a_waiting_certificate_that_expires_sooner_is_served_first() -> None:
+    bucket = {"orders le": Bucket("orders le", 1.0, NOW)}
+    soon = Waiter("orders le", "soon", 1, NOW + timedelta(days=1), NOW, NOW, NOW)
+    _, go_at = decide_spend([ORDERS], bucket, [soon], name="late", count=1, not_after=NOW + timedelta(days=3),
+                            now=NOW)
+    assert go_at is not None  # the one token is owed to "soon"
+    spent, go_at = decide_spend([ORDERS], bucket, [soon], name="soon", count=1, not_after=soon.not_after, now=NOW)
+    assert go_at is None and spent[0].tokens == 0.0
+    gone = Waiter("orders le", "soon", 1, NOW, NOW - timedelta(hours=2), NOW - timedelta(hours=2), NOW)
+    assert decide_spend([ORDERS], bucket, [gone], name="late", count=1, not_after=NOW, now=NOW)[1] is None
+
+
+def test_a_429_pauses_for_its_retry_after_and_a_rate_limited_problem_for_an_hour() -> None:
+    assert rate_limit_pause(CaUnavailable("ca", "mail", "slow down", retry_after=120)) == timedelta(minutes=2)
+    limited = CaUnavailable("ca", "mail", "too many", problem_type="urn:ietf:params:acme:error:rateLimited")
+    assert rate_limit_pause(limited) == timedelta(hours=1)
+    assert rate_limit_pause(IssuanceError("ca", "mail", "bad CSR")) is None
+
+
+@given(st.floats(0, 300), st.integers(0, 10**6), st.integers(1, 300))
+def test_the_bucket_never_holds_more_than_its_capacity_and_never_lends(tokens: float, seconds: int,
+                                                                     count: int) -> None:
+    bucket = Bucket("orders le", tokens, NOW)
+    later = NOW + timedelta(seconds=seconds)
+    assert 0 <= level(ORDERS, bucket, later) <= ORDERS.capacity
+    spent, go_at = decide_spend([ORDERS], {"orders le": bucket}, [], name="a", count=count, not_after=None, now=later)
+    if go_at is None:
+        assert spent[0].tokens >= 0 and level(ORDERS, bucket, later) >= count
+    else:
+        assert go_at > later and not spent
