@@ -297,6 +297,7 @@ def test_killing_the_node_that_orders_hands_the_order_to_another_after_the_lease
 
 def test_an_unreachable_fleet_store_keeps_the_node_serving_and_it_renews_alone_after_the_grace(fleet: Fleet) -> None:
     assert fleet.renew("mx1").returncode == 0
+    assert fleet.renew("mx2").returncode == 0  # installs mx1's version 1
     before = fleet.serials("mx1")
     dead = f"postgresql://certkeeper@127.0.0.1:{_closed_port()}/nowhere"
     fleet.configs["mx1"] = fleet.write("mx1", 'fleet_grace = "3s"', database_url=dead)
@@ -317,7 +318,9 @@ def test_an_unreachable_fleet_store_keeps_the_node_serving_and_it_renews_alone_a
     alone = fleet.renew("mx1", "--force")
     assert alone.returncode == 0, alone.stderr
     assert fleet.orders() == 4 and fleet.serials("mx1") != before
-    # The database is back: the alert is re-armed and the node reports its own, local version.
+    alone_serials = fleet.serials("mx1")
+    # The database is back: the alert is re-armed, and the node publishes the version it renewed alone (newer
+    # than the fleet's), so the others converge on it at their next pass without a new order.
     fleet.configs["mx1"] = fleet.write("mx1")
     assert fleet.renew("mx1").returncode == 0
     store = SqliteStore(fleet.configs["mx1"].settings.state_dir)
@@ -326,7 +329,11 @@ def test_an_unreachable_fleet_store_keeps_the_node_serving_and_it_renews_alone_a
         assert "fleet store reachable again (mx1)" in [a.subject for a in store.pending_alerts()]
     finally:
         store.close()
-    assert str(fleet.rows("SELECT version FROM node_results WHERE node = 'mx1'")[0][0]).startswith("local ")
+    assert fleet.rows("SELECT version, ordered_by FROM fleet_versions ORDER BY version") == [(1, "mx1"), (2, "mx1")]
+    assert fleet.rows("SELECT version FROM node_results WHERE node = 'mx1'") == [("2",)]
+    assert fleet.renew("mx2").returncode == 0
+    assert fleet.serials("mx2") == alone_serials and fleet.orders() == 4
+    assert fleet.rows("SELECT version FROM node_results WHERE node = 'mx2'") == [("2",)]
 
 
 def test_db_init_creates_the_schema_and_a_newer_schema_is_refused(fleet: Fleet) -> None:

@@ -69,6 +69,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from cryptography import x509
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -82,7 +83,7 @@ from certkeeper.permissions import check_trusted_file
 from certkeeper.store import Store
 from certkeeper.store.budget import obtain_within_budget, record_rate_limit, spend_or_wait
 from certkeeper.store.fleet_records import FleetDatabase, FleetPair, FleetVersion, LeaseHolder, NodeResult
-from certkeeper.store.versions import CertificateHome, KeyPair, Version
+from certkeeper.store.versions import CertificateHome, InstalledPair, KeyPair, Version
 
 log = logging.getLogger("certkeeper.store.fleet")
 
@@ -91,6 +92,15 @@ _HKDF_INFO = b"certkeeper fleet private keys v1"
 _NONCE_BYTES = 12
 _RECONNECT_PAUSE = 5.0  # seconds between connection attempts while the database is down
 _MARKER = "fleet-unreachable-since"
+_HEADS_AFTER_PASS = 1.0  # seconds a pass's heads still answer after it (the daemon's next-wake decisions)
+
+
+def _certificate_and_chain(pair: InstalledPair) -> tuple[x509.Certificate, tuple[x509.Certificate, ...]]:
+    try:
+        certificates = pki.load_certificates(pair.fullchain.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise InputError(str(pair.fullchain), str(exc)) from None
+    return certificates[0], tuple(certificates[1:])
 
 
 class FleetKey:
@@ -177,6 +187,21 @@ def fleet_is_newer(head: FleetVersion, current: Version | None, certificate: Cer
     return head.fingerprints != current.fingerprints and head.not_before > current.not_before
 
 
+def local_is_newer(head: FleetVersion | None, current: Version | None, certificate: CertificateConfig,
+                   now: datetime) -> bool:
+    """Should this node publish its installed version to the fleet?  Yes when it fits the configuration, is
+    still valid, and is newer than the fleet's newest (it renewed alone while the database was down)."""
+    if current is None or current.not_after <= now:
+        return False
+    if sorted(current.domains) != sorted(certificate.domains):
+        return False
+    if sorted(p.key_type for p in current.pairs) != sorted(k.value for k in certificate.key_types):
+        return False
+    if head is None:
+        return True
+    return current.fingerprints != head.fingerprints and current.not_before > head.not_before
+
+
 def _expiry(current: Version | None) -> datetime | None:
     return current.not_after if current is not None else None
 
@@ -214,6 +239,9 @@ class Fleet:
         self._retry_at = 0.0
         self._mutex = threading.Lock()
         self._heads: dict[str, FleetVersion] = {}
+        self.names = tuple(config.certificates)
+        self._pass_heads: dict[str, FleetVersion | None] = {}
+        self._pass_heads_until = 0.0
         self._marker = config.settings.state_dir / _MARKER
         # Set when the daemon is stopping: a wait for another node's lease is abandoned (nothing was started).
         self.stopping = threading.Event()
@@ -300,15 +328,25 @@ class Fleet:
     # -- reading -----------------------------------------------------------------------------------------------
 
     def head(self, name: str) -> FleetVersion | None:
-        """The fleet's newest version of ``name`` (metadata only), or None (none yet, or database down)."""
+        """The fleet's newest version of ``name`` (metadata only), or None (none yet, or database down).
+
+        A pass asks for every certificate's head; the first question fetches the heads of all of this node's
+        certificates in one query, and the answers serve the rest of the pass and the daemon's next-wake
+        decisions right after it (until :data:`_HEADS_AFTER_PASS` past :meth:`record_pass`).  Ordering always
+        reads the head afresh, under the lease.
+        """
+        if name in self._pass_heads and time.monotonic() < self._pass_heads_until:
+            return self._pass_heads[name]
         database = self.database()
         if database is None:
             return None
+        names = list(dict.fromkeys([*self.names, name]))
         with contextlib.suppress(StoreError), self._guard():
-            head = database.fleet_head(name)
-            if head is not None:
-                self._heads[name] = head
-            return head
+            found = {head.name: head for head in database.fleet_heads(names)}
+            self._heads.update(found)
+            self._pass_heads = {n: found.get(n) for n in names}
+            self._pass_heads_until = float("inf")
+            return found.get(name)
         return None
 
     def newer(self, certificate: CertificateConfig, current: Version | None, now: datetime) -> FleetVersion | None:
@@ -321,8 +359,13 @@ class Fleet:
         Not one this node already had and moved away from (a local rollback): that one waits for the node's
         own renewal point, so a broken local daemon is not reloaded into the same failure every pass.
         """
-        head = self.newer(certificate, home.current(), now)
-        if head is None:
+        current = home.current()
+        head = self.head(certificate.name)
+        if local_is_newer(head, current, certificate, now):
+            assert current is not None
+            self._publish(certificate, home, current, now)
+            return None
+        if head is None or not fleet_is_newer(head, current, certificate, now):
             return None
         if any(v.fingerprints == head.fingerprints for v in home.versions()):
             return None
@@ -380,6 +423,31 @@ class Fleet:
             with contextlib.suppress(StoreError), self._guard():
                 database.release_lease(name, token)
 
+    def _publish(self, certificate: CertificateConfig, home: CertificateHome, current: Version,
+                 now: datetime) -> None:
+        """Store this node's newer version for the fleet (under the lease, fenced, like an order), so the other
+        nodes converge on it at their next pass without a new order.  Skipped when the lease is held: the
+        holder is ordering, and its version will be the newest."""
+        database = self.database()
+        if database is None:
+            return
+        name = certificate.name
+        token = secrets.token_hex(16)
+        with contextlib.suppress(StoreError), self._guard():
+            if database.acquire_lease(name, self.node, token, self.settings.fleet_lease.total_seconds()) is not None:
+                return
+            try:
+                if not local_is_newer(database.fleet_head(name), current, certificate, now):
+                    return
+                pairs = [KeyPair(KeyType(p.key_type), home.load_pair_key(p), *_certificate_and_chain(p))
+                         for p in current.pairs]
+                log.warning("%s: publishing this node's version %s to the fleet: it is newer than the fleet's "
+                            "(renewed alone while the database was unreachable)", name, current.id)
+                with contextlib.suppress(CertkeeperError):
+                    self._store(database, certificate, pairs, token)
+            finally:
+                database.release_lease(name, token)
+
     def _alone(self, certificate: CertificateConfig, current: Version | None,
                issue: Callable[[], Sequence[KeyPair]]) -> list[KeyPair]:
         now = self.clock()
@@ -399,6 +467,7 @@ class Fleet:
         if head is None or not fleet_is_newer(head, current, certificate, self.clock()):
             return None
         self._heads[certificate.name] = head
+        self._pass_heads[certificate.name] = head
         full = database.fleet_version(certificate.name, head.version)
         if full is None:
             return None
@@ -487,12 +556,14 @@ class Fleet:
             raise CertkeeperError(
                 msg)
         self._heads[name] = version
+        self._pass_heads[name] = version
         log.info("%s: stored fleet version %d", name, number)
 
     # -- reporting ---------------------------------------------------------------------------------------------
 
     def record_pass(self, results: Sequence[PassResult]) -> None:
         """Each certificate's state on this node after a pass (``node_results``); skipped while down."""
+        self._pass_heads_until = min(self._pass_heads_until, time.monotonic() + _HEADS_AFTER_PASS)
         database = self.database()
         if database is None:
             return
