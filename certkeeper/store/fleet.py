@@ -92,7 +92,6 @@ _HKDF_INFO = b"certkeeper fleet private keys v1"
 _NONCE_BYTES = 12
 _RECONNECT_PAUSE = 5.0  # seconds between connection attempts while the database is down
 _MARKER = "fleet-unreachable-since"
-_HEADS_AFTER_PASS = 1.0  # seconds a pass's heads still answer after it (the daemon's next-wake decisions)
 
 
 def _certificate_and_chain(pair: InstalledPair) -> tuple[x509.Certificate, tuple[x509.Certificate, ...]]:
@@ -241,7 +240,7 @@ class Fleet:
         self._heads: dict[str, FleetVersion] = {}
         self.names = tuple(config.certificates)
         self._pass_heads: dict[str, FleetVersion | None] = {}
-        self._pass_heads_until = 0.0
+        self._after_pass: set[str] | None = None  # names answered since the last pass ended
         self._marker = config.settings.state_dir / _MARKER
         # Set when the daemon is stopping: a wait for another node's lease is abandoned (nothing was started).
         self.stopping = threading.Event()
@@ -331,12 +330,16 @@ class Fleet:
         """The fleet's newest version of ``name`` (metadata only), or None (none yet, or database down).
 
         A pass asks for every certificate's head; the first question fetches the heads of all of this node's
-        certificates in one query, and the answers serve the rest of the pass and the daemon's next-wake
-        decisions right after it (until :data:`_HEADS_AFTER_PASS` past :meth:`record_pass`).  Ordering always
-        reads the head afresh, under the lease.
+        certificates in one query, and the answers serve the rest of the pass.  After :meth:`record_pass` they
+        answer each name once more (the daemon's next-wake decisions); a second question for a name means a new
+        pass, which fetches again.  Ordering always reads the head afresh, under the lease.
         """
-        if name in self._pass_heads and time.monotonic() < self._pass_heads_until:
-            return self._pass_heads[name]
+        if name in self._pass_heads:
+            if self._after_pass is None:
+                return self._pass_heads[name]
+            if name not in self._after_pass:
+                self._after_pass.add(name)
+                return self._pass_heads[name]
         database = self.database()
         if database is None:
             return None
@@ -345,7 +348,7 @@ class Fleet:
             found = {head.name: head for head in database.fleet_heads(names)}
             self._heads.update(found)
             self._pass_heads = {n: found.get(n) for n in names}
-            self._pass_heads_until = float("inf")
+            self._after_pass = None
             return found.get(name)
         return None
 
@@ -563,7 +566,7 @@ class Fleet:
 
     def record_pass(self, results: Sequence[PassResult]) -> None:
         """Each certificate's state on this node after a pass (``node_results``); skipped while down."""
-        self._pass_heads_until = min(self._pass_heads_until, time.monotonic() + _HEADS_AFTER_PASS)
+        self._after_pass = set()
         database = self.database()
         if database is None:
             return
