@@ -35,25 +35,24 @@ The database being unreachable does not stop a node: its own decisions, history 
 local SQLite store under ``state_dir``, so it keeps serving, probing, verifying and alerting (an alert "fleet
 store down" says so).  A renewal that falls due meanwhile waits ("busy", looked at again every 10 minutes) for
 ``fleet_grace`` (default 3 days) after the first failed contact; then the node orders alone and installs its
-own certificate.  When the database is back, the fleet's next renewal brings the nodes together again.
+own certificate.  When the database is back, it publishes that version (:meth:`Fleet.catch_up`: under the
+lease, fenced) if it is newer than the fleet's, and the other nodes install it at their next pass.
 
 Scale: 1,000 nodes and 10,000 certificates
 ------------------------------------------
 Worked through in ``deploy/FLEET.md``, backed by ``tests/bench/bench_fleet.py``.  In short, at the default
 ``check_interval`` of 12 h:
 
-* Database load: a pass reads one head row (primary key, no key material) per certificate the node serves,
-  the daemon's next-wake decision once more, and writes one batch of results: ~2 queries per node-certificate
-  per interval.  10,000 certificates on 3 hosts each: ~61,000 queries per 12 h, ~1.4/s for the whole fleet.
-  The worst shape, every node serving all 10,000: ~460/s (a single query for all heads per pass would cut it a
-  thousandfold; not done).  One idle connection per node: put PgBouncer (transaction mode) in front of 1,000.
+* Database load: a pass reads the heads of all the node's certificates in one query (no key material), the
+  daemon's next-wake decisions reuse them, and it writes one batch of results: 2 queries per node per pass
+  with nothing due, whatever the number of certificates (it was one head query per certificate, twice).
+  One idle connection per node: put PgBouncer (transaction mode) in front of 1,000.
 * Lease contention: only the nodes sharing a certificate, only at its renewal moment (they all compute the same
   moment).  Waiters poll the lease row with backoff (0.2 s growing to 5 s) for at most ``lock_timeout``.  The
   benchmark races 100 nodes for every renewal and holds orders per renewal at exactly 1.0.
-* The CA sees one client: 10,000 certificates renewed every 60 days are ~170 orders a day.  The policy's
-  renewal spread (a hash over up to 2 % of the lifetime, at most 12 h) and ARI windows spread the waves;
-  a first rollout of 10,000 certificates at once would exceed Let's Encrypt's 300 orders per 3 h and must be
-  staged (there is no fleet-wide order budget yet).
+* The CA sees one client, within a fleet-wide order budget (:mod:`certkeeper.store.budget`): the node holding
+  the lease spends a token of ``orders_per_3h`` / ``duplicates_per_week`` before it orders, or the renewal
+  waits (``waiting``), closest to expiry first; a CA's 429 blocks every node until its Retry-After.
 """
 
 from __future__ import annotations

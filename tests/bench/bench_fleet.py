@@ -248,10 +248,11 @@ def report(args: argparse.Namespace, nodes: list[Node], orders: Orders, versions
         f"queries: {queries} ({queries / elapsed:.0f}/s), per node-pass {queries / max(passes, 1):.1f} "
         f"per node-renewal ~{per_renewal:.1f} beyond {steady}"
     )
-    print(
-        f"passes with nothing due: {idle_passes}, queries per such node-pass {idle:.2f} (goal {steady}: 1 read + "
-        f"1 write; one head query per certificate would be {before}: {before / max(idle, 0.01):.0f}x more)"
-    )
+    if idle_passes:
+        print(f"passes with nothing due: {idle_passes}, queries per such node-pass {idle:.2f} (goal {steady}: "
+              f"1 read + 1 write; one head query per certificate would be {before}: {before / idle:.0f}x more)")
+    else:
+        print("passes with nothing due: none (use a --lifetime several times the pass duration)")
     hour_passes = timedelta(hours=1) / REAL_CHECK_INTERVAL
     print(
         f"at check_interval = 12 h: {steady * hour_passes:.1f} queries per node-hour from passes, plus "
