@@ -64,6 +64,17 @@ def test_a_rollout_larger_than_the_budget_places_exactly_the_budget_and_the_rest
                                                                      "SELECT name FROM fleet_versions")})
     text = run_cli(fleet.configs["mx2"], "db", "status").stdout
     assert f"orders pebble: {BUDGET} of {BUDGET} used" in text and "waiting:" in text
+    # An hour later (the bucket's clock moved back instead of waiting): one token is back, and exactly one
+    # waiting certificate is ordered, the first in line (nothing installed anywhere: by name).
+    with fleet.db() as store:
+        store._execute("UPDATE order_budget SET updated_at = updated_at - interval '1 hour'")
+        store._execute("UPDATE order_waits SET since = since - interval '1 hour'")
+    waiting = sorted(w["name"] for w in budget["waiting"])
+    again = run_cli(fleet.configs["mx3"], "renew")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert fleet.orders() == BUDGET + 1
+    assert fleet.rows("SELECT name, ordered_by FROM fleet_versions ORDER BY created_at DESC LIMIT 1") == [
+        (waiting[0], "mx3")]
 
 
 def test_a_429_seen_by_one_node_stops_the_others_until_its_retry_after(tmp_path: Path,
