@@ -4,6 +4,7 @@ seen by one node stops the others, and what waits is shown by ``certkeeper db st
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from collections.abc import Callable
 from datetime import timedelta
@@ -13,7 +14,7 @@ import pytest
 
 from certkeeper import pki
 from certkeeper.app import open_store
-from certkeeper.config import AcmeIssuerConfig
+from certkeeper.config import AcmeIssuerConfig, load_config
 from certkeeper.errors import CaUnavailable, OrderWaiting
 from certkeeper.store.fleet import open_fleet
 from certkeeper.store.versions import KeyPair
@@ -111,3 +112,34 @@ def test_a_429_seen_by_one_node_stops_the_others_until_its_retry_after(tmp_path:
     finally:
         for node in nodes.values():
             node.close()
+
+
+def test_a_single_host_without_a_database_keeps_the_same_budget_in_its_sqlite_store(
+    tmp_path: Path, pebble_factory: Callable[..., Pebble]
+) -> None:
+    pebble = pebble_factory()
+    roots = pebble.write_issuer_chain(tmp_path / "pebble-roots.pem")
+    path = tmp_path / "certkeeper.toml"
+    path.write_text(textwrap.dedent(f"""\
+        [certkeeper]
+        state_dir = "{tmp_path / "state"}"
+        concurrency = 1
+
+        [issuers.pebble]
+        type = "acme"
+        directory = "{pebble.directory_url}"
+        challenge = "http-01"
+        http_address = "127.0.0.1"
+        http_port = {pebble.http_port}
+        ca_bundle = "{pebble.ca_file}"
+        trust_roots = "{roots}"
+        orders_per_3h = 1
+        """) + "".join(f'\n[certificates.{n}]\nissuer = "pebble"\ndomains = ["{n}.example.test"]\n'
+                       f'key_types = ["ecdsa-p256"]\n' for n in ("a", "b")))
+    config = load_config(path)
+    done = run_cli(config, "renew")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "b: waiting: certificate 'b': waiting for the order budget of issuer 'pebble'" in done.stdout
+    again = run_cli(config, "renew")  # another process on the same host: the same bucket, still empty
+    assert "b: waiting" in again.stdout
+    assert len(re.findall(r'Added order "[^"]+" to the db', pebble.log_path.read_text())) == 1
