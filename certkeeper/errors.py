@@ -6,6 +6,7 @@ The tree::
     ├── UsageError                  exit 64  the command line is wrong (EX_USAGE)
     ├── ConfigError                 exit 78  the configuration is wrong (EX_CONFIG): file, key path, found, expected
     ├── InputError                  exit 65  a file certkeeper was given is unreadable or malformed (EX_DATAERR)
+    │   └── ReportRefused           exit 65  a TLS report (RFC 8460) refused: where it came from, JSON path, why
     ├── StoreError                  exit 74  the state store failed (EX_IOERR)
     │   ├── SchemaTooNew            exit 74  the store was written by a newer certkeeper
     │   └── FleetStoreDown          exit 74  the fleet's database is unreachable; renewals wait for fleet_grace
@@ -108,6 +109,17 @@ class InputError(CertkeeperError):
         self.where = where
         self.problem = problem
         super().__init__(f"{where}: {problem}")
+
+
+class ReportRefused(InputError):
+    """A TLS report (RFC 8460) that is not imported: ``where`` it came from, the JSON ``path``, and why.
+
+    Refusing one report never stops the others: intake collects refusals next to what it imported.
+    """
+
+    def __init__(self, where: str, path: str, problem: str) -> None:
+        self.path = path
+        super().__init__(where, f"TLS report refused: {path}: {problem}" if path else f"TLS report refused: {problem}")
 
 
 class StoreError(CertkeeperError):
