@@ -25,7 +25,8 @@ The tree::
     ├── AlertDeliveryFailed         exit 69  no relay accepted the alert mail; it stays queued
     ├── VerificationFailed          exit 1   an endpoint does not serve what was installed (rolled back)
     ├── MailToolFailed              exit 1   postconf, doveconf or exim could not report the configuration
-    └── SetupFailed                 exit 1   a step of ``setup --apply`` failed; the backup was restored
+    ├── SetupFailed                 exit 1   a step of ``setup --apply`` failed; the backup was restored
+    └── ReportSourceFailed          exit 69  TLS reports could not be fetched (IMAPS) or served (the POST endpoint)
 
 Findings about certificates served by other people's servers are not errors: the probe returns them as data.
 Only failing to do the work raises.  The CLI maps an error to its exit code in one place
@@ -340,3 +341,17 @@ class MtaStsPublishError(CertkeeperError):
         self.domain = domain
         self.detail = detail
         super().__init__(f"MTA-STS policy of {domain}: {detail}")
+
+
+class ReportSourceFailed(CertkeeperError):
+    """TLS reports could not be fetched or received: the source (``imaps://user@host/INBOX``), and what failed.
+
+    Nothing fetched is lost: a mail is marked seen (or deleted) only after its reports are stored.
+    """
+
+    exit_code = EX_UNAVAILABLE
+
+    def __init__(self, source: str, detail: str) -> None:
+        self.source = source
+        self.detail = detail
+        super().__init__(f"TLS reports from {source}: {detail}")

@@ -21,6 +21,7 @@ HOMES = {
     "dns": {"dnsclient.py"},
     "subprocess": {"process.py"},
     "ssl": {"tls.py"},
+    "imaplib": {"tlsrpt/imap.py"},
 }
 
 # The floors, top to bottom.  A module may import from its own floor's other packages only where listed in

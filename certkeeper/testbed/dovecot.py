@@ -71,6 +71,12 @@ class Dovecot(Server):
     def log_path(self) -> Path:
         return self.directory / "dovecot.log"
 
+    @property
+    def maildir(self) -> Path:
+        """:data:`USER`'s Maildir (``mail_location = maildir:~/Maildir``): where a local Postfix can deliver to
+        (see :func:`certkeeper.testbed.postfix.maildir_delivery`); Dovecot serves it over IMAP(S)."""
+        return self.directory / "home" / USER / "Maildir"
+
     def use_certificate(self, cert: Path, key: Path, alt_cert: Path | None = None, alt_key: Path | None = None) -> None:
         """Point Dovecot at other files (``alt_*``: a second key type); effective on :meth:`reload`."""
         lines = [f"ssl_cert = <{cert}", f"ssl_key = <{key}"]

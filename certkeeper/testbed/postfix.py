@@ -255,6 +255,28 @@ class Postfix(Server):
             os.kill(pid, 9)
 
 
+def maildir_delivery(mailboxes: Mapping[str, Path], owner: str = "nobody") -> tuple[dict[str, str], str]:
+    """``main_cf`` and ``master_cf_extra`` for :class:`Postfix` that deliver mail for each address to a Maildir.
+
+    Postfix's own virtual(8) agent writes the Maildir as ``owner`` (Dovecot's test user maps to nobody), so a
+    :class:`~certkeeper.testbed.dovecot.Dovecot` serves what this Postfix accepted: pass ``{address:
+    dovecot.maildir}``.  Addresses outside these domains are still relayed or refused as before.
+    """
+    account = pwd.getpwnam(owner)
+    domains = sorted({address.rpartition("@")[2] for address in mailboxes})
+    # A trailing "/" makes virtual(8) write Maildir format; the base "/" lets the map hold absolute paths.
+    entries = ", ".join(f"{address}={str(path).lstrip('/')}/" for address, path in sorted(mailboxes.items()))
+    main_cf = {
+        "virtual_mailbox_domains": ", ".join(domains),
+        "virtual_mailbox_base": "/",
+        "virtual_mailbox_maps": f"inline:{{ {entries} }}",
+        "virtual_uid_maps": f"static:{account.pw_uid}",
+        "virtual_gid_maps": f"static:{account.pw_gid}",
+        "virtual_transport": "virtual",
+    }
+    return main_cf, "virtual   unix  -       n       n       -       -       virtual\n"
+
+
 def run_on_terminal(command: Sequence[str]) -> tuple[int, str]:
     """Run a Postfix command with a terminal as its stderr; return exit code and output.
 

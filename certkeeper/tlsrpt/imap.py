@@ -1,0 +1,158 @@
+"""Fetching report mails over IMAPS (RFC 8460 section 5.3).  The only module that imports imaplib.
+
+IMAPS only (implicit TLS, RFC 8314), with the server's certificate verified against the system trust or the
+configured ``ca_file`` before the password is sent.  Each unseen mail is read with ``BODY.PEEK[]`` (which does not
+set ``\\Seen``), handed to ``handle`` and only then flagged ``\\Seen``: a crash in between means the mail is read
+again on the next pass, and the store drops the report as a duplicate of its ``report-id``.  A mail is deleted
+only with ``delete_after_import`` and only when every report in it was imported; a refused mail stays, seen, for
+a person to look at.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import imaplib
+import re
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from certkeeper.errors import ReportSourceFailed
+from certkeeper.tlsrpt.intake import MAX_MAIL_BYTES
+
+IMAPS_PORT = 993
+TIMEOUT = 30.0
+MAX_MAILS_PER_FETCH = 500  # a backlog drains over several passes instead of holding one for hours
+
+
+@dataclass(frozen=True)
+class ImapMailbox:
+    """``imaps://user@host[:port]/MAILBOX``, parsed."""
+
+    user: str
+    host: str
+    port: int
+    mailbox: str
+
+    @property
+    def url(self) -> str:
+        port = "" if self.port == IMAPS_PORT else f":{self.port}"
+        return f"imaps://{self.user}@{self.host}{port}/{self.mailbox}"
+
+
+def parse_imap_url(url: str) -> ImapMailbox:
+    """Raises ValueError with what is wrong (the config turns it into a located ConfigError)."""
+    parts = urlsplit(url)
+    if parts.scheme != "imaps":
+        raise ValueError("an imaps:// URL (IMAP over implicit TLS; the password never goes over plain IMAP)")
+    if parts.password is not None:
+        raise ValueError("a URL without a password (put it in password_file)")
+    if not parts.username or not parts.hostname:
+        raise ValueError("imaps://USER@HOST/MAILBOX")
+    try:
+        port = parts.port or IMAPS_PORT
+    except ValueError:
+        raise ValueError("a port from 1 to 65535") from None
+    mailbox = unquote(parts.path.lstrip("/")) or "INBOX"
+    return ImapMailbox(unquote(parts.username), parts.hostname, port, mailbox)
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """What one fetch did: mails read, marked seen, deleted."""
+
+    read: int = 0
+    seen: int = 0
+    deleted: int = 0
+
+
+# handle(where, mail bytes or None when too big to fetch, size) -> True when every report in it was imported
+MailHandler = Callable[[str, bytes | None, int], bool]
+
+
+def fetch_reports(mailbox: ImapMailbox, password_file: Path, handle: MailHandler, *,
+                  ca_file: Path | None = None, delete_after_import: bool = False,
+                  timeout: float = TIMEOUT) -> Fetched:
+    """Read every unseen mail in ``mailbox`` once, hand it to ``handle``, then flag it."""
+    password = _read_password(mailbox, password_file)
+    context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        client = imaplib.IMAP4_SSL(mailbox.host, mailbox.port, ssl_context=context, timeout=timeout)
+    except ssl.SSLCertVerificationError as exc:
+        raise ReportSourceFailed(mailbox.url, f"the server's certificate does not verify ({exc.verify_message}); "
+                                 "the password was not sent") from None
+    except (OSError, imaplib.IMAP4.error) as exc:
+        raise ReportSourceFailed(mailbox.url, f"cannot connect: {exc}") from None
+    try:
+        return _fetch(client, mailbox, password, handle, delete_after_import)
+    except imaplib.IMAP4.error as exc:
+        raise ReportSourceFailed(mailbox.url, f"the IMAP server said: {_text(exc)}") from None
+    except (TimeoutError, OSError) as exc:
+        raise ReportSourceFailed(mailbox.url, f"connection lost: {exc}") from None
+    finally:
+        with contextlib.suppress(OSError, imaplib.IMAP4.error):
+            client.logout()
+
+
+def _fetch(client: imaplib.IMAP4_SSL, mailbox: ImapMailbox, password: str, handle: MailHandler,
+           delete_after_import: bool) -> Fetched:
+    try:
+        client.login(mailbox.user, password)
+    except imaplib.IMAP4.error as exc:
+        raise ReportSourceFailed(mailbox.url, f"login refused: {_text(exc)}") from None
+    status, data = client.select(_quote(mailbox.mailbox))
+    if status != "OK":
+        raise ReportSourceFailed(mailbox.url, f"cannot open mailbox {mailbox.mailbox!r}: {_text(data)}")
+    status, data = client.uid("SEARCH", "UNSEEN")
+    uids = [u.decode() for u in data[0].split()] if status == "OK" and data and isinstance(data[0], bytes) else []
+    read = seen = deleted = 0
+    for uid in uids[:MAX_MAILS_PER_FETCH]:
+        where = f"{mailbox.url} UID {uid}"
+        size = _size(client, uid)
+        body = _body(client, uid) if size <= MAX_MAIL_BYTES else None
+        read += 1
+        imported = handle(where, body, size)
+        client.uid("STORE", uid, "+FLAGS.SILENT", r"(\Seen)")
+        seen += 1
+        if delete_after_import and imported:
+            client.uid("STORE", uid, "+FLAGS.SILENT", r"(\Deleted)")
+            deleted += 1
+    if deleted:
+        client.expunge()
+    return Fetched(read, seen, deleted)
+
+
+def _size(client: imaplib.IMAP4_SSL, uid: str) -> int:
+    status, data = client.uid("FETCH", uid, "(RFC822.SIZE)")
+    match = re.search(rb"RFC822\.SIZE (\d+)", data[0] if data and isinstance(data[0], bytes) else b"")
+    return int(match.group(1)) if status == "OK" and match else 0
+
+
+def _body(client: imaplib.IMAP4_SSL, uid: str) -> bytes:
+    status, data = client.uid("FETCH", uid, "(BODY.PEEK[])")
+    for item in data if status == "OK" else []:
+        if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], bytes):
+            return item[1]
+    return b""
+
+
+def _read_password(mailbox: ImapMailbox, path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise ReportSourceFailed(mailbox.url, f"cannot read the password file {path}: {exc.strerror}") from None
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _text(value: object) -> str:
+    if isinstance(value, list | tuple):
+        value = b" ".join(v for v in value if isinstance(v, bytes))
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    return str(value)

@@ -1,0 +1,88 @@
+"""Reports mailed through a real Postfix into a real Dovecot, fetched over IMAPS with a verified certificate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from certkeeper.errors import ReportSourceFailed
+from certkeeper.testbed.certs import TestCA
+from certkeeper.tlsrpt.imap import fetch_reports, parse_imap_url
+from certkeeper.tlsrpt.intake import read_mail
+from certkeeper.tlsrpt.report import TlsReport
+from tests.tlsrpt_fixtures import ReportMailbox, report_mailbox
+from tests.tlsrpt_reports import report, report_mail
+
+__all__ = ["report_mailbox"]  # fixture used by name
+
+
+class Collected:
+    def __init__(self) -> None:
+        self.reports: list[TlsReport] = []
+        self.refused: list[str] = []
+
+    def __call__(self, where: str, data: bytes | None, size: int) -> bool:
+        assert data is not None
+        intake = read_mail(data, where)
+        self.reports += intake.reports
+        self.refused += [str(r) for r in intake.refused]
+        return not intake.refused
+
+
+def test_unseen_report_mails_are_fetched_once_and_marked_seen(report_mailbox: ReportMailbox) -> None:
+    report_mailbox.mail(report_mail(report("imap-1")),
+                        report_mail(report("imap-2"), media_type="application/tlsrpt+json"),
+                        report_mail(report("imap-bad"), body=b"\x1f\x8b truncated"))
+    mailbox = parse_imap_url(report_mailbox.imap_url)
+    collected = Collected()
+    fetched = fetch_reports(mailbox, report_mailbox.password_file, collected, ca_file=report_mailbox.ca_file)
+    assert (fetched.read, fetched.seen, fetched.deleted) == (3, 3, 0)
+    assert sorted(r.report_id for r in collected.reports) == ["imap-1", "imap-2"]
+    assert len(collected.refused) == 1 and "not a valid gzip stream" in collected.refused[0]
+    assert report_mailbox.dovecot.maildir.joinpath("cur").is_dir()
+    again = Collected()
+    assert fetch_reports(mailbox, report_mailbox.password_file, again, ca_file=report_mailbox.ca_file).read == 0
+    assert report_mailbox.delivered() >= 3  # marked seen, never deleted
+
+
+def test_delete_after_import_deletes_only_what_was_imported(report_mailbox: ReportMailbox) -> None:
+    before = report_mailbox.delivered()
+    report_mailbox.mail(report_mail(report("imap-delete")),
+                        report_mail(None, body=b"{", media_type="application/tlsrpt+json"))
+    collected = Collected()
+    fetched = fetch_reports(parse_imap_url(report_mailbox.imap_url), report_mailbox.password_file, collected,
+                            ca_file=report_mailbox.ca_file, delete_after_import=True)
+    assert (fetched.read, fetched.deleted) == (2, 1)
+    assert [r.report_id for r in collected.reports] == ["imap-delete"]
+    assert report_mailbox.delivered() == before + 1  # the refused mail stays for a person to look at
+
+
+def test_an_unverified_certificate_gets_no_password(report_mailbox: ReportMailbox, tmp_path: Path) -> None:
+    other_ca = TestCA("not the CA of this Dovecot").write_cert(tmp_path / "other-ca.pem")
+    with pytest.raises(ReportSourceFailed, match=r"imaps://alice@127\.0\.0\.1:\d+/INBOX: the server's certificate "
+                                                 r"does not verify .*the password was not sent"):
+        fetch_reports(parse_imap_url(report_mailbox.imap_url), report_mailbox.password_file, Collected(),
+                      ca_file=other_ca)
+
+
+def test_a_wrong_password_is_a_clear_error(report_mailbox: ReportMailbox, tmp_path: Path) -> None:
+    wrong = tmp_path / "password"
+    wrong.write_text("not-the-password")
+    with pytest.raises(ReportSourceFailed, match="login refused"):
+        fetch_reports(parse_imap_url(report_mailbox.imap_url), wrong, Collected(), ca_file=report_mailbox.ca_file)
+
+
+@pytest.mark.parametrize(("url", "problem"), [
+    ("imap://reports@mail.example.org/INBOX", "an imaps:// URL"),
+    ("imaps://reports:secret@mail.example.org/INBOX", "without a password"),
+    ("imaps://mail.example.org/INBOX", "imaps://USER@HOST/MAILBOX"),
+])
+def test_only_imaps_urls_without_passwords_are_accepted(url: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        parse_imap_url(url)
+
+
+def test_the_documented_url_parses() -> None:
+    mailbox = parse_imap_url("imaps://reports@mail.example.org/INBOX")
+    assert (mailbox.user, mailbox.host, mailbox.port, mailbox.mailbox) == ("reports", "mail.example.org", 993, "INBOX")
