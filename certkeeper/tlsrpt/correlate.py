@@ -1,0 +1,187 @@
+"""What senders reported, set against what certkeeper did.  Pure: reports, history and names in; findings out.
+
+Failures are grouped by receiving MX and result type.  For each group the certificates whose names cover that MX
+(an exact name or a ``*.`` wildcard) are looked up, and their history (installs, rollbacks, failed renewals, as
+the store records them) in the report's window, and the day before it, since an install at 23:50 explains failures
+reported from 00:00.  The most likely explanation depends on the result type: an expired certificate is most
+likely one that was not replaced (a rollback, a failed renewal); a certificate that does not match its name,
+its chain or its TLSA records is most likely a new one (an install).  Nothing found says so in those words.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from certkeeper.tlsrpt.report import CERTIFICATE_RESULTS, TlsReport
+
+LOOKBACK = timedelta(days=1)
+NOTHING_EXPLAINS = "nothing certkeeper did explains this"
+# Which of certkeeper's actions explains which failure best (higher first).
+_EXPIRED_LIKE = {"rollback": 3, "failure": 2, "install": 1}
+_NEW_CERTIFICATE_LIKE = {"install": 3, "rollback": 2, "failure": 1}
+_KINDS = {"success": "install", "rollback": "rollback", "failure": "failure"}
+
+
+@dataclass(frozen=True)
+class CertkeeperAction:
+    """One entry of certkeeper's history for a certificate: an ``install``, a ``rollback`` or a ``failure``."""
+
+    at: datetime
+    certificate: str
+    kind: str
+    version: str = ""
+    detail: str = ""
+
+    def describe(self) -> str:
+        what = {"install": "installed version", "rollback": "rolled back version",
+                "failure": "failed to renew"}[self.kind]
+        version = f" {self.version}" if self.version else ""
+        if self.kind == "failure":
+            version = ""
+        detail = f" ({self.detail})" if self.detail else ""
+        return f"certificate {self.certificate!r}: {what}{version} at {_when(self.at)}{detail}"
+
+
+def actions_from_history(records: Iterable[tuple[str, datetime, str, str, str]]) -> list[CertkeeperAction]:
+    """``(name, at, result, version, detail)`` rows of the renewal history; dry runs are not actions."""
+    return [CertkeeperAction(at, name, _KINDS[result], version, detail)
+            for name, at, result, version, detail in records if result in _KINDS]
+
+
+@dataclass(frozen=True)
+class FailureGroup:
+    """Sessions that failed one way against one receiving MX, over every report considered."""
+
+    receiving_mx: str
+    result_type: str
+    sessions: int
+    organizations: tuple[str, ...]
+    start: datetime
+    end: datetime
+    policy_domains: tuple[str, ...]
+    report_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Correlation:
+    group: FailureGroup
+    certificates: tuple[str, ...]
+    explanation: CertkeeperAction | None
+
+    @property
+    def explained_by(self) -> str:
+        if self.explanation is not None:
+            return self.explanation.describe()
+        if not self.certificates:
+            return f"{NOTHING_EXPLAINS} (no managed certificate names {self.group.receiving_mx})"
+        return f"{NOTHING_EXPLAINS} (no install, rollback or failed renewal of " \
+               f"{', '.join(repr(c) for c in self.certificates)} from {_when(self.group.start - LOOKBACK)} on)"
+
+
+def group_failures(reports: Iterable[TlsReport], results: frozenset[str] = CERTIFICATE_RESULTS) -> list[FailureGroup]:
+    sessions: dict[tuple[str, str], int] = defaultdict(int)
+    organizations: dict[tuple[str, str], set[str]] = defaultdict(set)
+    domains: dict[tuple[str, str], set[str]] = defaultdict(set)
+    ids: dict[tuple[str, str], set[str]] = defaultdict(set)
+    windows: dict[tuple[str, str], tuple[datetime, datetime]] = {}
+    for report in reports:
+        for policy in report.policies:
+            for failure in policy.failures:
+                if failure.result_type not in results or failure.failed_session_count == 0:
+                    continue
+                key = (failure.receiving_mx_hostname or policy.policy_domain, failure.result_type)
+                sessions[key] += failure.failed_session_count
+                organizations[key].add(report.organization_name)
+                domains[key].add(policy.policy_domain)
+                ids[key].add(report.report_id)
+                start, end = windows.get(key, (report.start, report.end))
+                windows[key] = (min(start, report.start), max(end, report.end))
+    return [FailureGroup(mx, result, sessions[(mx, result)], tuple(sorted(organizations[(mx, result)])),
+                         *windows[(mx, result)], tuple(sorted(domains[(mx, result)])),
+                         tuple(sorted(ids[(mx, result)])))
+            for mx, result in sorted(sessions)]
+
+
+def certificates_for(mx: str, certificates: Mapping[str, Sequence[str]]) -> tuple[str, ...]:
+    """The certificates whose names cover host ``mx``."""
+    mx = mx.lower().rstrip(".")
+    return tuple(sorted(name for name, domains in certificates.items()
+                        if any(_covers(domain.lower(), mx) for domain in domains)))
+
+
+def _covers(name: str, host: str) -> bool:
+    if name.startswith("*."):
+        head, _, rest = host.partition(".")
+        return bool(head) and rest == name[2:]
+    return name == host
+
+
+def explain(group: FailureGroup, certificates: Sequence[str],
+            actions: Iterable[CertkeeperAction]) -> CertkeeperAction | None:
+    """The action of ``certificates`` that most likely explains ``group``, or None."""
+    weights = _EXPIRED_LIKE if group.result_type == "certificate-expired" else _NEW_CERTIFICATE_LIKE
+    candidates = [a for a in actions
+                  if a.certificate in certificates and group.start - LOOKBACK <= a.at <= group.end]
+    if not candidates:
+        return None
+
+    def likelihood(action: CertkeeperAction) -> tuple[int, int, float]:
+        before = action.at <= group.start  # an action before the first failure can cause all of them
+        closeness = -abs((group.start - action.at).total_seconds())
+        return weights[action.kind], int(before), closeness
+
+    return max(candidates, key=likelihood)
+
+
+def correlate(reports: Iterable[TlsReport], certificates: Mapping[str, Sequence[str]],
+              actions: Sequence[CertkeeperAction], *, threshold: int) -> list[Correlation]:
+    """The failure groups of at least ``threshold`` sessions, each with its most likely explanation."""
+    found = []
+    for group in group_failures(reports):
+        if group.sessions < threshold:
+            continue
+        names = certificates_for(group.receiving_mx, certificates)
+        found.append(Correlation(group, names, explain(group, names, actions)))
+    return found
+
+
+@dataclass(frozen=True)
+class TlsrptAlert:
+    """The alert a correlation owes: the key de-duplicates it per MX, result type and first day reported."""
+
+    key: str
+    subject: str
+    summary: str
+    facts: tuple[tuple[str, str], ...]
+    next_step: str
+
+
+def alert_for(correlation: Correlation) -> TlsrptAlert:
+    group = correlation.group
+    organizations = ", ".join(group.organizations)
+    return TlsrptAlert(
+        key=f"tlsrpt/{group.receiving_mx}/{group.result_type}/{group.start.astimezone(UTC):%Y-%m-%d}",
+        subject=f"{group.receiving_mx}: senders report {group.sessions} sessions failed with {group.result_type}",
+        summary=(f"{organizations} reported {group.sessions} failed TLS sessions to {group.receiving_mx} "
+                 f"({group.result_type}) between {_when(group.start)} and {_when(group.end)}: "
+                 f"{correlation.explained_by}."),
+        facts=(
+            ("receiving MX", group.receiving_mx),
+            ("result type", group.result_type),
+            ("failed sessions", str(group.sessions)),
+            ("reported by", organizations),
+            ("window", f"{_when(group.start)} to {_when(group.end)}"),
+            ("policy domains", ", ".join(group.policy_domains)),
+            ("most likely cause", correlation.explained_by),
+            ("report ids", ", ".join(group.report_ids[:10]) + (" ..." if len(group.report_ids) > 10 else "")),
+        ),
+        next_step=(f"check what {group.receiving_mx} serves now: certkeeper check smtp://{group.receiving_mx}:25 "
+                   "--dane; then certkeeper status and certkeeper tlsrpt summary"),
+    )
+
+
+def _when(value: datetime) -> str:
+    return f"{value.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
