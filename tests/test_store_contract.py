@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import time
 from collections.abc import Callable, Iterator
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from certkeeper.errors import LockBusy, SchemaTooNew
-from certkeeper.store import CertState, EndpointRecord, RenewalRecord, Store
+from certkeeper.store import CertState, EndpointRecord, RenewalRecord, Store, TlsReportRecord
 from certkeeper.store.budget import Limit
 from certkeeper.store.sqlite import SCHEMA_VERSION as SQLITE_SCHEMA
 from certkeeper.store.sqlite import SqliteStore
@@ -107,6 +108,27 @@ def test_recent_alerts_are_newest_first_sent_or_not(store: Store) -> None:
     assert store.recent_alerts()[0].sent_at is not None
 
 
+def tls_report(report_id: str, end: datetime, organization: str = "Google") -> TlsReportRecord:
+    return TlsReportRecord(report_id, organization, end - timedelta(days=1), end, NOW, "POST / from 127.0.0.1",
+                           json.dumps({"report-id": report_id}))
+
+
+def test_tls_reports_are_kept_once_per_report_id(store: Store) -> None:
+    first = tls_report("2026-12-01T00:00:00Z_example.test", NOW)
+    assert store.add_tls_report(first) is True
+    assert store.add_tls_report(tls_report(first.report_id, NOW, organization="a retry")) is False
+    assert store.tls_reports() == [first]
+
+
+def test_tls_reports_are_selected_by_the_end_of_their_window(store: Store) -> None:
+    old, recent = tls_report("old", NOW - timedelta(days=10)), tls_report("recent", NOW - timedelta(hours=1))
+    store.add_tls_report(recent)
+    store.add_tls_report(old)
+    assert store.tls_reports() == [old, recent]
+    assert store.tls_reports(NOW - timedelta(days=1)) == [recent]
+    assert store.tls_reports(NOW) == []
+
+
 def _hold_lock(open_store: StoreFactory, ready: multiprocessing.synchronize.Event, seconds: float) -> None:
     with open_store().lock("mail", wait=5):
         ready.set()
@@ -141,6 +163,25 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     store.close()
     with pytest.raises(SchemaTooNew, match=f"schema version 999, this certkeeper understands up to {SQLITE_SCHEMA}"):
         SqliteStore(tmp_path / "state")
+
+
+def test_a_version_1_store_is_migrated_keeping_its_history(tmp_path: Path) -> None:
+    import sqlite3
+
+    from certkeeper.store.sqlite import _MIGRATIONS
+
+    (tmp_path / "state").mkdir()
+    db = sqlite3.connect(tmp_path / "state" / "state.db", isolation_level=None)
+    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    for statement in _MIGRATIONS[1].split(";"):
+        db.execute(statement)
+    db.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    db.execute("INSERT INTO renewals (name, at, result) VALUES ('mail', '2026-11-29T12:00:00+00:00', 'success')")
+    db.close()
+    store = SqliteStore(tmp_path / "state")
+    assert [r.result for r in store.renewals("mail")] == ["success"]
+    assert store.add_tls_report(tls_report("after-migration", NOW))
+    store.close()
 
 
 def test_a_newer_postgres_schema_is_refused(postgres_db: Database) -> None:

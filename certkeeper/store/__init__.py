@@ -11,6 +11,7 @@ from certkeeper.store.base import (
     EndpointRecord,
     RenewalRecord,
     Store,
+    TlsReportRecord,
 )
 
-__all__ = ["AlertRecord", "CertState", "EndpointRecord", "RenewalRecord", "Store"]
+__all__ = ["AlertRecord", "CertState", "EndpointRecord", "RenewalRecord", "Store", "TlsReportRecord"]

@@ -72,6 +72,20 @@ class AlertRecord:
     sent_at: datetime | None = None
 
 
+@dataclass(frozen=True)
+class TlsReportRecord:
+    """A TLS report (RFC 8460) as stored: ``document`` is its JSON (:func:`certkeeper.tlsrpt.report.to_document`);
+    ``source`` says how it came (``imaps://reports@mail.example.org/INBOX UID 12``, ``POST / from 192.0.2.1``)."""
+
+    report_id: str
+    organization: str
+    start: datetime
+    end: datetime
+    received_at: datetime
+    source: str
+    document: str
+
+
 class Store(Protocol):
     """The state store contract, shared by SQLite and PostgreSQL."""
 
@@ -117,6 +131,14 @@ class Store(Protocol):
 
     def mark_alert_attempt(self, ids: Sequence[int], at: datetime, error: str | None) -> None:
         """Record a delivery attempt: ``error=None`` means the relay accepted it."""
+        ...
+
+    def add_tls_report(self, record: TlsReportRecord) -> bool:
+        """Keep a TLS report unless one with its ``report_id`` is kept already; True when it was new."""
+        ...
+
+    def tls_reports(self, since: datetime | None = None) -> Sequence[TlsReportRecord]:
+        """The TLS reports whose window ends at or after ``since`` (all without), oldest window first."""
         ...
 
     def lock(self, name: str, wait: float) -> AbstractContextManager[None]:

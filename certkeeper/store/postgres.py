@@ -33,11 +33,11 @@ from psycopg.types.json import Jsonb
 
 from certkeeper.errors import InputError, LockBusy, SchemaTooNew, StoreError
 from certkeeper.permissions import check_trusted_file
-from certkeeper.store.base import AlertRecord, CertState, EndpointRecord, RenewalRecord
+from certkeeper.store.base import AlertRecord, CertState, EndpointRecord, RenewalRecord, TlsReportRecord
 from certkeeper.store.budget import Bucket, Limit, Waiter, blocked, decide_spend
 from certkeeper.store.fleet_records import FleetPair, FleetVersion, LeaseHolder, NodeResult
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 CONNECT_TIMEOUT = 5
 _LOCK_CLASS = 0x63657274  # 'cert': the first key of every certkeeper advisory lock
 _MIGRATION_LOCK = 0x6d696772  # 'migr'
@@ -106,6 +106,14 @@ _MIGRATIONS: dict[int, tuple[LiteralString, ...]] = {
             key TEXT NOT NULL, name TEXT NOT NULL, count INTEGER NOT NULL, not_after TIMESTAMPTZ,
             since TIMESTAMPTZ NOT NULL, seen_at TIMESTAMPTZ NOT NULL, may_go_at TIMESTAMPTZ NOT NULL,
             PRIMARY KEY (key, name))""",
+    ),
+    # TLS reports (RFC 8460), one row per report-id: a report mailed twice or POSTed again is kept once.
+    4: (
+        """CREATE TABLE tls_reports (
+            report_id TEXT PRIMARY KEY, organization TEXT NOT NULL, start_at TIMESTAMPTZ NOT NULL,
+            end_at TIMESTAMPTZ NOT NULL, received_at TIMESTAMPTZ NOT NULL, source TEXT NOT NULL,
+            document TEXT NOT NULL)""",
+        "CREATE INDEX tls_reports_by_end ON tls_reports (end_at)",
     ),
 }
 
@@ -323,6 +331,22 @@ class PostgresStore:
         else:
             self._execute("UPDATE alerts SET attempts = attempts + 1, last_error = %s WHERE id = ANY(%s)",
                           (error, list(ids)))
+
+    # -- TLS reports -------------------------------------------------------------------------------------------
+
+    def add_tls_report(self, record: TlsReportRecord) -> bool:
+        return self._execute(
+            "INSERT INTO tls_reports VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (report_id) DO NOTHING",
+            (record.report_id, record.organization, record.start, record.end, record.received_at, record.source,
+             record.document)) == 1
+
+    def tls_reports(self, since: datetime | None = None) -> list[TlsReportRecord]:
+        if since is None:
+            rows = self._query("SELECT * FROM tls_reports ORDER BY start_at, report_id")
+        else:
+            rows = self._query("SELECT * FROM tls_reports WHERE end_at >= %s ORDER BY start_at, report_id",
+                               (since,))
+        return [TlsReportRecord(*row) for row in rows]
 
     # -- locks -------------------------------------------------------------------------------------------------
 

@@ -24,10 +24,10 @@ from typing import Any
 from certkeeper.errors import LockBusy, SchemaTooNew, StoreError, UnsafePath
 from certkeeper.permissions import check_trusted_dir, open_nofollow
 from certkeeper.store.atomic import make_dirs
-from certkeeper.store.base import AlertRecord, CertState, EndpointRecord, RenewalRecord
+from certkeeper.store.base import AlertRecord, CertState, EndpointRecord, RenewalRecord, TlsReportRecord
 from certkeeper.store.budget import Bucket, Limit, Waiter, blocked, decide_spend
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -70,6 +70,14 @@ _MIGRATIONS: dict[int, str] = {
         since TEXT NOT NULL, seen_at TEXT NOT NULL, may_go_at TEXT NOT NULL,
         PRIMARY KEY (key, name)
     );
+    """,
+    # TLS reports (RFC 8460), one row per report-id: a report mailed twice or POSTed again is kept once.
+    3: """
+    CREATE TABLE tls_reports (
+        report_id TEXT PRIMARY KEY, organization TEXT NOT NULL, start_at TEXT NOT NULL, end_at TEXT NOT NULL,
+        received_at TEXT NOT NULL, source TEXT NOT NULL, document TEXT NOT NULL
+    );
+    CREATE INDEX tls_reports_by_end ON tls_reports (end_at);
     """,
 }
 
@@ -249,6 +257,24 @@ class SqliteStore:
                 else:
                     db.execute("UPDATE alerts SET attempts = attempts + 1, last_error = ? WHERE id = ?",
                                (error, alert_id))
+
+    # -- TLS reports -------------------------------------------------------------------------------------------
+
+    def add_tls_report(self, record: TlsReportRecord) -> bool:
+        with self._transaction() as db:
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO tls_reports VALUES (?,?,?,?,?,?,?)",
+                (record.report_id, record.organization, _ts(record.start), _ts(record.end),
+                 _ts(record.received_at), record.source, record.document),
+            )
+            return cursor.rowcount == 1
+
+    def tls_reports(self, since: datetime | None = None) -> list[TlsReportRecord]:
+        # ISO 8601 in UTC with one offset format sorts as text in time order.
+        rows = self._query("SELECT * FROM tls_reports WHERE end_at >= ? ORDER BY start_at, report_id",
+                           (_ts(since) if since else "",))
+        return [TlsReportRecord(r[0], r[1], _dt(r[2]) or datetime.min, _dt(r[3]) or datetime.min,
+                                _dt(r[4]) or datetime.min, r[5], r[6]) for r in rows]
 
     # -- locks -------------------------------------------------------------------------------------------------
 
