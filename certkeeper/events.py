@@ -187,6 +187,38 @@ class TlsaMatchRecovered(Event):
     message: str
 
 
+@dataclass(frozen=True)
+class TlsReportImported(Event):
+    """TLS-RPT (RFC 8460): a sender's report was stored (``duplicate``: one with its report-id was already)."""
+
+    report_id: str
+    organization: str
+    source: str
+    failed_sessions: int
+    duplicate: bool = False
+
+
+@dataclass(frozen=True)
+class TlsReportRefused(Event):
+    """TLS-RPT: a report (or a whole mail) was not imported: where it came from and why."""
+
+    source: str
+    problem: str
+
+
+@dataclass(frozen=True)
+class TlsFailuresReported(Event):
+    """TLS-RPT: senders reported certificate-related failures to one MX above the alert threshold."""
+
+    receiving_mx: str
+    result_type: str
+    sessions: int
+    organizations: tuple[str, ...]
+    start: datetime
+    end: datetime
+    explained_by: str
+
+
 Subscriber = Callable[[Event], None]
 
 
@@ -211,6 +243,7 @@ def log_event(event: Event) -> None:
     """The journald-friendly subscriber: one line per event."""
     level = logging.WARNING if isinstance(event, RenewalFailed | ReloadHookFailed | RolledBack |
                                           ServedCertificateStale | EndpointFailed | ConfigReloadRejected |
-                                          TlsaUpdateFailed | UnsafeKeyRollover | TlsaMismatchObserved) \
+                                          TlsaUpdateFailed | UnsafeKeyRollover | TlsaMismatchObserved |
+                                          TlsReportRefused | TlsFailuresReported) \
         else logging.INFO
     logging.getLogger("certkeeper").log(level, "%s", event.describe())
