@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from certkeeper.monitoring.statuspage import CertificateView, EndpointView
     from certkeeper.renewal.observe import Observation
     from certkeeper.store.fleet import Fleet
+    from certkeeper.tlsrpt.service import Tlsrpt
 
 
 def open_store(config: Config) -> Store:
@@ -112,6 +113,7 @@ class App:
     notifier: Notifier | None = None
     fleet: Fleet | None = None
     mta_sts_wake: datetime | None = None  # when a pending MTA-STS narrowing becomes due
+    tlsrpt: Tlsrpt | None = None
 
     def observe_endpoints(self, names: Sequence[str] | None = None) -> list[Observation]:
         """Probe the managed endpoints (and, for a full pass, the ``[[watch]]`` ones); record and publish."""
@@ -258,4 +260,10 @@ def build_app(config: Config, *, store: Store | None = None,
         from certkeeper.alerts.notifier import subscribe_notifier
 
         notifier = subscribe_notifier(config, store, bus)
-    return App(config, store, bus, issuers, renewer, clock, notifier, fleet)
+    tlsrpt = None
+    if config.tlsrpt is not None:
+        from certkeeper.tlsrpt.service import Tlsrpt
+
+        certificates = {c.name: c.domains for c in config.certificates.values()}
+        tlsrpt = Tlsrpt(config.tlsrpt, store, bus, certificates, clock, notifier)
+    return App(config, store, bus, issuers, renewer, clock, notifier, fleet, tlsrpt)

@@ -38,6 +38,7 @@ log = logging.getLogger("certkeeper.daemon")
 
 PASS_JOB = "pass"
 ALERTS_JOB = "alerts"
+TLSRPT_JOB = "tlsrpt"
 ALERT_RETRY = timedelta(minutes=5)
 
 
@@ -67,6 +68,7 @@ class Daemon:
         self._wake = threading.Event()
         self._metrics_stop: Callable[[], None] | None = None
         self._policy_servers: list[Callable[[], None]] = []
+        self._tlsrpt_version = ""
         self.passes = 0
         self.scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(max_workers=1)},
@@ -103,12 +105,14 @@ class Daemon:
                                id=ALERTS_JOB, name="alert delivery")
         self._start_metrics()
         self._start_policy_servers()
+        self._start_tlsrpt()
 
     def stop(self) -> None:
         if self._metrics_stop is not None:
             self._metrics_stop()
             self._metrics_stop = None
         self._stop_policy_servers()
+        self._stop_tlsrpt()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)
         self.app.close()
@@ -142,11 +146,13 @@ class Daemon:
         self.scheduler.pause()
         try:
             old = self.app
+            self._stop_tlsrpt()
             self.app = build_app(config, clock=self.clock)
             old.close()
             self._restart_metrics()
             self._stop_policy_servers()
             self._start_policy_servers()
+            self._start_tlsrpt()
         finally:
             self.scheduler.resume()
         self._schedule_pass(self.clock())
@@ -169,6 +175,7 @@ class Daemon:
             log.exception("renewal pass failed unexpectedly")
         finally:
             self.passes += 1
+            self._serve_tlsrpt_certificate()
             if not self._stop.is_set():
                 self._schedule_pass(self._next_wake(app))
 
@@ -192,6 +199,60 @@ class Daemon:
     def next_pass_at(self) -> datetime | None:
         job = self.scheduler.get_job(PASS_JOB)
         return job.next_run_time if job else None
+
+    # -- TLS reports (RFC 8460) ------------------------------------------------------------------------------
+
+    def _start_tlsrpt(self) -> None:
+        tlsrpt = self.app.tlsrpt
+        if tlsrpt is None:
+            return
+        if tlsrpt.config.imap is not None:
+            self.scheduler.add_job(self._fetch_tlsrpt, IntervalTrigger(
+                seconds=tlsrpt.config.fetch_interval.total_seconds()), next_run_time=self.clock(),
+                id=TLSRPT_JOB, name="TLS report fetch", replace_existing=True)
+        self._serve_tlsrpt_certificate()
+
+    def _fetch_tlsrpt(self) -> None:
+        tlsrpt = self.app.tlsrpt
+        if tlsrpt is None:
+            return
+        try:
+            tlsrpt.fetch()
+        except CertkeeperError as exc:
+            log.error("%s", exc)
+        except Exception:
+            log.exception("fetching TLS reports failed unexpectedly")
+        if self.app.notifier is not None:
+            self.app.notifier.deliver(self.clock())
+
+    def _serve_tlsrpt_certificate(self) -> None:
+        """Start the POST endpoint once its certificate is installed; serve each new version from then on."""
+        tlsrpt = self.app.tlsrpt
+        if tlsrpt is None or tlsrpt.config.listen is None or tlsrpt.config.certificate is None:
+            return
+        certificate = self.app.config.certificates[tlsrpt.config.certificate]
+        current = self.app.renewer.home(certificate).current()
+        if current is None or not current.pairs:
+            log.warning("TLS report endpoint waits: certificate %r is not installed yet", certificate.name)
+            return
+        if current.id == self._tlsrpt_version:
+            return
+        pair = current.pairs[0]
+        try:
+            if tlsrpt.endpoint is None:
+                tlsrpt.start_endpoint(pair.fullchain, pair.privkey)
+            else:
+                tlsrpt.endpoint.use_certificate(pair.fullchain, pair.privkey)
+            self._tlsrpt_version = current.id
+        except (CertkeeperError, OSError) as exc:
+            log.error("TLS report endpoint: %s", exc)
+
+    def _stop_tlsrpt(self) -> None:
+        if self.app.tlsrpt is not None:
+            self.app.tlsrpt.stop_endpoint()
+        self._tlsrpt_version = ""
+        if self.scheduler.running and self.scheduler.get_job(TLSRPT_JOB) is not None:
+            self.scheduler.remove_job(TLSRPT_JOB)
 
     # -- metrics -----------------------------------------------------------------------------------------------
 

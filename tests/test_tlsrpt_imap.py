@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from certkeeper.config import parse_imap_url
 from certkeeper.errors import ReportSourceFailed
 from certkeeper.testbed.certs import TestCA
-from certkeeper.tlsrpt.imap import fetch_reports, parse_imap_url
+from certkeeper.tlsrpt.imap import fetch_reports
 from certkeeper.tlsrpt.intake import read_mail
 from certkeeper.tlsrpt.report import TlsReport
 from tests.tlsrpt_fixtures import ReportMailbox, report_mailbox

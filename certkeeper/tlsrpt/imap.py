@@ -17,46 +17,13 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
+from certkeeper.config import ImapMailbox
 from certkeeper.errors import ReportSourceFailed
 from certkeeper.tlsrpt.intake import MAX_MAIL_BYTES
 
-IMAPS_PORT = 993
 TIMEOUT = 30.0
 MAX_MAILS_PER_FETCH = 500  # a backlog drains over several passes instead of holding one for hours
-
-
-@dataclass(frozen=True)
-class ImapMailbox:
-    """``imaps://user@host[:port]/MAILBOX``, parsed."""
-
-    user: str
-    host: str
-    port: int
-    mailbox: str
-
-    @property
-    def url(self) -> str:
-        port = "" if self.port == IMAPS_PORT else f":{self.port}"
-        return f"imaps://{self.user}@{self.host}{port}/{self.mailbox}"
-
-
-def parse_imap_url(url: str) -> ImapMailbox:
-    """Raises ValueError with what is wrong (the config turns it into a located ConfigError)."""
-    parts = urlsplit(url)
-    if parts.scheme != "imaps":
-        raise ValueError("an imaps:// URL (IMAP over implicit TLS; the password never goes over plain IMAP)")
-    if parts.password is not None:
-        raise ValueError("a URL without a password (put it in password_file)")
-    if not parts.username or not parts.hostname:
-        raise ValueError("imaps://USER@HOST/MAILBOX")
-    try:
-        port = parts.port or IMAPS_PORT
-    except ValueError:
-        raise ValueError("a port from 1 to 65535") from None
-    mailbox = unquote(parts.path.lstrip("/")) or "INBOX"
-    return ImapMailbox(unquote(parts.username), parts.hostname, port, mailbox)
 
 
 @dataclass(frozen=True)
