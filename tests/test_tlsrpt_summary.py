@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from certkeeper.metrics import escape_label_value
+from certkeeper.monitoring.metrics import escape_label_value
 from certkeeper.tlsrpt.report import parse_document
 from certkeeper.tlsrpt.summary import StoredReport, render_metrics, render_text, session_counts, summarize
 from tests.tlsrpt_reports import RFC_EXAMPLE, report

@@ -42,8 +42,7 @@ def _since(text: str) -> timedelta:
 
 
 def run_summary(args: argparse.Namespace, context: Context) -> int:
-    from certkeeper.tlsrpt.service import stored_reports
-    from certkeeper.tlsrpt.summary import render_text, summarize
+    from certkeeper.tlsrpt.summary import render_text, stored_reports, summarize
 
     now = pki.now_utc()
     since = now - _since(args.since)

@@ -61,3 +61,12 @@ from certkeeper.config.load import (
 from certkeeper.config.mtasts import (
     MtaStsConfig as MtaStsConfig,
 )
+from certkeeper.config.tlsrpt import (
+    ImapMailbox as ImapMailbox,
+)
+from certkeeper.config.tlsrpt import (
+    TlsrptConfig as TlsrptConfig,
+)
+from certkeeper.config.tlsrpt import (
+    parse_imap_url as parse_imap_url,
+)

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import logging
 import socket
-import ssl
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from certkeeper import tls
 from certkeeper.errors import ReportRefused, ReportSourceFailed
 from certkeeper.tlsrpt.intake import GZIP_TYPE, JSON_TYPE, MAX_COMPRESSED_BYTES, read_body
 from certkeeper.tlsrpt.report import MAX_JSON_BYTES, TlsReport
@@ -35,17 +35,10 @@ Accept = Callable[[TlsReport, str], bool]
 Refused = Callable[[ReportRefused], None]
 
 
-def server_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(cert_file, key_file)
-    return context
-
-
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], context: ssl.SSLContext, accept: Accept, refused: Refused) -> None:
+    def __init__(self, address: tuple[str, int], context: tls.Context, accept: Accept, refused: Refused) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.context = context
         self.accept = accept
@@ -163,7 +156,7 @@ class ReportEndpoint:
 
     def use_certificate(self, cert_file: Path, key_file: Path) -> None:
         """Serve another certificate from the next connection on (a renewal of the configured certificate)."""
-        self._server.context = server_context(cert_file, key_file)
+        self._server.context = tls.server_context(cert_file, key_file)
 
     def stop(self) -> None:
         self._server.shutdown()
@@ -174,8 +167,8 @@ class ReportEndpoint:
 def start_report_endpoint(host: str, port: int, cert_file: Path, key_file: Path, accept: Accept,
                           refused: Refused) -> ReportEndpoint:
     try:
-        context = server_context(cert_file, key_file)
-    except (OSError, ssl.SSLError) as exc:
+        context = tls.server_context(cert_file, key_file)
+    except (OSError, tls.TlsError) as exc:
         raise ReportSourceFailed(f"https://{host}:{port}", f"cannot load the certificate {cert_file}: {exc}") \
             from None
     try:

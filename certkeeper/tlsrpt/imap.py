@@ -13,11 +13,11 @@ from __future__ import annotations
 import contextlib
 import imaplib
 import re
-import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from certkeeper import tls
 from certkeeper.config import ImapMailbox
 from certkeeper.errors import ReportSourceFailed
 from certkeeper.tlsrpt.intake import MAX_MAIL_BYTES
@@ -44,11 +44,10 @@ def fetch_reports(mailbox: ImapMailbox, password_file: Path, handle: MailHandler
                   timeout: float = TIMEOUT) -> Fetched:
     """Read every unseen mail in ``mailbox`` once, hand it to ``handle``, then flag it."""
     password = _read_password(mailbox, password_file)
-    context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context = tls.client_context(ca_file)  # verified, host name checked: the password follows the handshake
     try:
         client = imaplib.IMAP4_SSL(mailbox.host, mailbox.port, ssl_context=context, timeout=timeout)
-    except ssl.SSLCertVerificationError as exc:
+    except tls.CertificateVerifyFailed as exc:
         raise ReportSourceFailed(mailbox.url, f"the server's certificate does not verify ({exc.verify_message}); "
                                  "the password was not sent") from None
     except (OSError, imaplib.IMAP4.error) as exc:

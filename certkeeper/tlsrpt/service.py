@@ -23,11 +23,11 @@ from certkeeper.events import EventBus, TlsFailuresReported, TlsReportImported, 
 from certkeeper.store import Store, TlsReportRecord
 from certkeeper.tlsrpt.correlate import actions_from_history, alert_for, correlate
 from certkeeper.tlsrpt.intake import read_mail
-from certkeeper.tlsrpt.report import TlsReport, parse_document, to_document
-from certkeeper.tlsrpt.summary import StoredReport
+from certkeeper.tlsrpt.report import TlsReport, to_document
+from certkeeper.tlsrpt.summary import stored_reports
 
 if TYPE_CHECKING:
-    from certkeeper.alerts import Notifier
+    from certkeeper.alerts.notifier import Notifier
     from certkeeper.tlsrpt.http import ReportEndpoint
     from certkeeper.tlsrpt.imap import Fetched
 
@@ -36,15 +36,6 @@ log = logging.getLogger("certkeeper.tlsrpt")
 # Reports whose window ended this long ago still count towards an alert: senders mail daily, some a day late.
 ALERT_HORIZON = timedelta(days=3)
 HISTORY_LIMIT = 1000
-
-
-def stored_reports(store: Store, since: datetime | None) -> list[StoredReport]:
-    """The reports in the store whose window ends after ``since``, parsed again."""
-    found = []
-    for record in store.tls_reports(since):
-        report = parse_document(json.loads(record.document), f"{store.location}: report {record.report_id}")
-        found.append(StoredReport(report, record.received_at, record.source))
-    return found
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """Sessions counted per policy domain, receiving MX, result and reporter: ``certkeeper tlsrpt summary`` and the
-metrics.  Pure.
+metrics.  Pure, but for :func:`stored_reports`, which reads them back from the store.
 
 Successful sessions carry no MX in RFC 8460 (only failures name one), so they count under ``receiving_mx=""``
 and ``result="success"``.  Failed sessions count under their ``failure-details`` MX and result type; failures a
@@ -8,13 +8,15 @@ report summarises without details count under ``receiving_mx=""`` and ``result="
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from certkeeper.tlsrpt.report import TlsReport
+from certkeeper.store import Store
+from certkeeper.tlsrpt.report import TlsReport, parse_document
 
 SUCCESS = "success"
 UNDETAILED_FAILURE = "failure"
@@ -27,6 +29,15 @@ class StoredReport:
     report: TlsReport
     received_at: datetime
     source: str
+
+
+def stored_reports(store: Store, since: datetime | None) -> list[StoredReport]:
+    """The reports in the store whose window ends after ``since``, parsed again."""
+    found = []
+    for record in store.tls_reports(since):
+        report = parse_document(json.loads(record.document), f"{store.location}: report {record.report_id}")
+        found.append(StoredReport(report, record.received_at, record.source))
+    return found
 
 
 @dataclass(frozen=True)
