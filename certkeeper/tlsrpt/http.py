@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -68,7 +69,11 @@ class _Server(ThreadingHTTPServer):
             self.slots.release()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        log.info("TLS report endpoint: connection from %s failed", client_address[0], exc_info=True)
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):  # a failed handshake, a timeout, a client gone: theirs, not ours
+            log.info("TLS report endpoint: connection from %s failed: %s", client_address[0], error)
+        else:
+            log.error("TLS report endpoint: connection from %s failed", client_address[0], exc_info=True)
 
 
 class _Handler(BaseHTTPRequestHandler):
