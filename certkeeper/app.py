@@ -184,14 +184,7 @@ class App:
                 self.notifier.observe_endpoint(record, now, warn_days=watch[record.owner].warn_days)
 
     def render_metrics(self) -> str:
-        from certkeeper.monitoring.metrics import installed_certificates, render_store_metrics
-
-        statuses = []
-        if self.config.mta_sts:
-            from certkeeper.mtasts.status import domain_statuses
-
-            statuses = domain_statuses(self.config)
-        return render_store_metrics(self.store, installed_certificates(self.config), statuses)
+        return render_all_metrics(self.config, self.store)
 
     def render_status_page(self) -> str:
         """The status page at ``/`` (:mod:`certkeeper.monitoring.statuspage`), from the store and the installed
@@ -245,6 +238,25 @@ class App:
         if self.fleet is not None:
             self.fleet.close()
         self.store.close()
+
+
+def render_all_metrics(config: Config, store: Store) -> str:
+    """What the metrics listener and ``certkeeper metrics`` serve: the store's and the installed certificates'
+    families, then the TLS reports' (RFC 8460) when the store holds any."""
+    from certkeeper.monitoring.metrics import escape_label_value, installed_certificates, render_store_metrics
+    from certkeeper.tlsrpt.summary import render_metrics as render_tlsrpt_metrics
+    from certkeeper.tlsrpt.summary import stored_reports
+
+    statuses = []
+    if config.mta_sts:
+        from certkeeper.mtasts.status import domain_statuses
+
+        statuses = domain_statuses(config)
+    text = render_store_metrics(store, installed_certificates(config), statuses)
+    reports = stored_reports(store, None)
+    if reports:
+        text += render_tlsrpt_metrics(reports, escape_label_value)
+    return text
 
 
 def build_app(config: Config, *, store: Store | None = None,

@@ -48,8 +48,6 @@ SIDEWAYS = {
     ("mailserver", "store"): "doctor reads certkeeper's installed versions",
     ("monitoring", "store"): "metrics read the store and the installed versions",
     ("alerts", "store"): "the alert queue lives in the store",
-    ("monitoring", "tlsrpt"): "metrics count the sessions of the stored TLS reports",
-    ("tlsrpt", "alerts"): "failures senders report are raised as alerts",
     ("issuers", "store"): "issuers write CA files and accounts atomically (store.atomic)",
     ("monitoring", "mtasts"): "metrics show each domain's policy id, mode and whether every MX matches",
     ("mailserver", "mtasts"): "doctor runs the MTA-STS check for the configured domains",

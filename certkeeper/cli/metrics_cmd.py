@@ -27,11 +27,9 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
 
 
 def run_metrics(args: argparse.Namespace, context: Context) -> int:
-    from certkeeper.monitoring.metrics import installed_certificates, render_store_metrics
-    from certkeeper.mtasts.status import domain_statuses
+    from certkeeper.app import render_all_metrics
 
-    text = render_store_metrics(context.store, installed_certificates(context.config),
-                                domain_statuses(context.config))
+    text = render_all_metrics(context.config, context.store)
     if not args.output:
         sys.stdout.write(text)
         return 0

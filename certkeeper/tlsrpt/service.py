@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from certkeeper.config import TlsrptConfig
 from certkeeper.errors import ReportRefused
@@ -27,7 +27,6 @@ from certkeeper.tlsrpt.report import TlsReport, to_document
 from certkeeper.tlsrpt.summary import stored_reports
 
 if TYPE_CHECKING:
-    from certkeeper.alerts.notifier import Notifier
     from certkeeper.tlsrpt.http import ReportEndpoint
     from certkeeper.tlsrpt.imap import Fetched
 
@@ -38,6 +37,13 @@ ALERT_HORIZON = timedelta(days=3)
 HISTORY_LIMIT = 1000
 
 
+class AlertSink(Protocol):
+    """What raises an alert (:class:`certkeeper.alerts.notifier.Notifier`); the composition root passes it in."""
+
+    def raise_alert(self, key: str, severity: str, subject: str, now: datetime, *, summary: str = "",
+                    facts: Sequence[tuple[str, str]] = (), tried: str = "", next_step: str = "") -> object: ...
+
+
 @dataclass
 class Tlsrpt:
     config: TlsrptConfig
@@ -45,7 +51,7 @@ class Tlsrpt:
     bus: EventBus
     certificates: Mapping[str, Sequence[str]]
     clock: Callable[[], datetime]
-    notifier: Notifier | None = None
+    notifier: AlertSink | None = None
     endpoint: ReportEndpoint | None = None
     _alert_lock: threading.Lock = field(default_factory=threading.Lock)
 
