@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from certkeeper.testbed.certs import TestCA
 from certkeeper.tlsrpt.imap import fetch_reports
 from certkeeper.tlsrpt.intake import read_mail
 from certkeeper.tlsrpt.report import TlsReport
+from tests.lifecycle_helpers import run_cli, write_config
 from tests.tlsrpt_fixtures import ReportMailbox, report_mailbox
 from tests.tlsrpt_reports import report, report_mail
 
@@ -87,3 +89,43 @@ def test_only_imaps_urls_without_passwords_are_accepted(url: str, problem: str) 
 def test_the_documented_url_parses() -> None:
     mailbox = parse_imap_url("imaps://reports@mail.example.org/INBOX")
     assert (mailbox.user, mailbox.host, mailbox.port, mailbox.mailbox) == ("reports", "mail.example.org", 993, "INBOX")
+
+
+def test_tlsrpt_fetch_and_summary_on_the_command_line(report_mailbox: ReportMailbox, tmp_path: Path) -> None:
+    config = write_config(tmp_path, textwrap.dedent(f"""
+        [certificates.mail]
+        issuer = "internal"
+        domains = ["mail.example.test"]
+
+        [tlsrpt]
+        imap = "{report_mailbox.imap_url}"
+        password_file = "{report_mailbox.password_file}"
+        ca_file = "{report_mailbox.ca_file}"
+        """))
+    report_mailbox.mail(report_mail(report("cli-1", organization="Google", failed=3, succeeded=97)))
+    fetched = run_cli(config, "tlsrpt", "fetch")
+    assert fetched.returncode == 0, fetched.stderr
+    assert "1 mails read, 1 marked seen, 0 deleted" in fetched.stdout
+    summary = run_cli(config, "tlsrpt", "summary", "--since", "3650d")
+    assert summary.returncode == 0, summary.stderr
+    assert "  mail.example.test: 0 succeeded, 3 failed (certificate-expired 3)" in summary.stdout
+    assert "    Google: 0 succeeded, 3 failed" in summary.stdout
+    bad = run_cli(config, "tlsrpt", "summary", "--since", "a week")
+    assert bad.returncode == 64 and "--since 'a week': expected a duration such as 24h, 7d or 30d" in bad.stderr
+
+
+def test_an_unreachable_mailbox_exits_69(tmp_path: Path) -> None:
+    password = tmp_path / "password"
+    password.write_text("x")
+    config = write_config(tmp_path, textwrap.dedent(f"""
+        [certificates.mail]
+        issuer = "internal"
+        domains = ["mail.example.test"]
+
+        [tlsrpt]
+        imap = "imaps://reports@127.0.0.1:9/INBOX"
+        password_file = "{password}"
+        """))
+    fetched = run_cli(config, "tlsrpt", "fetch")
+    assert fetched.returncode == 69
+    assert "certkeeper: TLS reports from imaps://reports@127.0.0.1:9/INBOX: cannot connect:" in fetched.stderr

@@ -31,7 +31,7 @@ that the new certificate is served (rolling back if not), and alerts by email be
 EPILOG = """\
 configuration: -c PATH, else $CERTKEEPER_CONFIG, else /etc/certkeeper/certkeeper.toml
 exit status: 0 ok; 1 a renewal, hook or verification failed; 64 usage; 65 bad input file;
-             69 CA unavailable; 74 state store error; 75 lock busy; 77 an unsafe path
+             69 CA, relay or report mailbox unavailable; 74 state store error; 75 lock busy; 77 an unsafe path
              (state_dir, copy_to, hook or secret file others can change); 78 configuration error
              (check: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN, as monitoring plugins do)
 """
