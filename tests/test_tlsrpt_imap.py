@@ -129,3 +129,23 @@ def test_an_unreachable_mailbox_exits_69(tmp_path: Path) -> None:
     fetched = run_cli(config, "tlsrpt", "fetch")
     assert fetched.returncode == 69
     assert "certkeeper: TLS reports from imaps://reports@127.0.0.1:9/INBOX: cannot connect:" in fetched.stderr
+
+
+def test_a_mail_over_the_size_cap_is_refused_without_fetching_it(report_mailbox: ReportMailbox) -> None:
+    # Postfix refuses mail over message_size_limit (10 MB) at SMTP; a mailbox filled some other way may not.
+    big = report_mail(report("too-big"), body=b"\0" * (11 * 1024 * 1024), media_type="application/tlsrpt+json")
+    new = report_mailbox.dovecot.maildir / "new"
+    new.mkdir(parents=True, exist_ok=True)
+    (new / "1700000000.big.certkeeper").write_bytes(big)
+    seen: list[tuple[str, bool, int]] = []
+
+    def handle(where: str, data: bytes | None, size: int) -> bool:
+        seen.append((where, data is None, size))
+        return False
+
+    fetched = fetch_reports(parse_imap_url(report_mailbox.imap_url), report_mailbox.password_file, handle,
+                            ca_file=report_mailbox.ca_file, delete_after_import=True)
+    assert (fetched.read, fetched.deleted) == (1, 0)
+    ((where, skipped, size),) = seen
+    assert where.endswith("/INBOX UID 1") or " UID " in where
+    assert skipped and size > 11 * 1024 * 1024
