@@ -11,10 +11,18 @@ from typing import TYPE_CHECKING
 from certkeeper import pki
 from certkeeper.config import CaIssuerConfig, Config, IssuerConfig, Settings
 from certkeeper.errors import CertkeeperError, ConfigError
-from certkeeper.events import EventBus, MtaStsPolicyPublished, MtaStsPublishFailed, log_event
+from certkeeper.events import (
+    Event,
+    EventBus,
+    MtaStsPolicyPublished,
+    MtaStsPublishFailed,
+    Subscriber,
+    TlsaRecordsPublished,
+    log_event,
+)
 from certkeeper.issuers.base import Issuer
 from certkeeper.renewal.lifecycle import Outcome, Renewer
-from certkeeper.store import EndpointRecord, Store
+from certkeeper.store import EndpointRecord, HistoryRecord, Store
 
 if TYPE_CHECKING:
     from certkeeper.alerts.notifier import Notifier
@@ -259,11 +267,24 @@ def render_all_metrics(config: Config, store: Store) -> str:
     return text
 
 
+def remember_history(store: Store) -> Subscriber:
+    """The subscriber that keeps what certkeeper did besides renewing (TLSA publishes), for TLS-RPT correlation."""
+    def remember(event: Event) -> None:
+        if isinstance(event, TlsaRecordsPublished):
+            detail = "; ".join(part for part in (
+                "added " + ", ".join(event.added) if event.added else "",
+                "removed " + ", ".join(event.removed) if event.removed else "") if part)
+            store.add_history(HistoryRecord(event.name, event.at, "dane-publish", detail))
+
+    return remember
+
+
 def build_app(config: Config, *, store: Store | None = None,
               clock: Callable[[], datetime] = pki.now_utc) -> App:
     store = store or open_store(config)
     bus = EventBus()
     bus.subscribe(log_event)
+    bus.subscribe(remember_history(store))
     issuers = Issuers(config)
     fleet = open_fleet(config, store, clock)
     renewer = Renewer(config, store, issuers, bus, clock, fleet=fleet)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from certkeeper.errors import LockBusy, SchemaTooNew
-from certkeeper.store import CertState, EndpointRecord, RenewalRecord, Store, TlsReportRecord
+from certkeeper.store import CertState, EndpointRecord, HistoryRecord, RenewalRecord, Store, TlsReportRecord
 from certkeeper.store.budget import Limit
 from certkeeper.store.sqlite import SCHEMA_VERSION as SQLITE_SCHEMA
 from certkeeper.store.sqlite import SqliteStore
@@ -127,6 +127,15 @@ def test_tls_reports_are_selected_by_the_end_of_their_window(store: Store) -> No
     assert store.tls_reports() == [old, recent]
     assert store.tls_reports(NOW - timedelta(days=1)) == [recent]
     assert store.tls_reports(NOW) == []
+
+
+def test_history_is_oldest_first_and_selected_by_time(store: Store) -> None:
+    later = HistoryRecord("mail", NOW, "dane-publish", "added 3 1 1 aa; removed 3 1 1 cc")
+    earlier = HistoryRecord("mx", NOW - timedelta(days=2), "dane-publish", "added 3 1 1 bb")
+    store.add_history(later)
+    store.add_history(earlier)
+    assert store.history() == [earlier, later]
+    assert store.history(NOW - timedelta(days=1)) == [later]
 
 
 def _hold_lock(open_store: StoreFactory, ready: multiprocessing.synchronize.Event, seconds: float) -> None:

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+from certkeeper.app import remember_history
+from certkeeper.events import CertificateInstalled, EventBus, TlsaRecordsPublished
+from certkeeper.store import HistoryRecord
+from certkeeper.store.sqlite import SqliteStore
 from certkeeper.tlsrpt.correlate import (
     CertkeeperAction,
+    actions_from_history,
     alert_for,
     certificates_for,
     correlate,
@@ -80,7 +86,7 @@ def test_nothing_explains_failures_without_actions_or_certificates() -> None:
     reports = [parsed("a"), parsed("b", mx="partner.example.net")]
     found = correlate(reports, CERTIFICATES, old, threshold=1)
     assert [c.explained_by for c in found] == [
-        "nothing certkeeper did explains this (no install, rollback or failed renewal of 'mail' from "
+        "nothing certkeeper did explains this (no install, rollback, failed renewal or TLSA change of 'mail' from "
         "2026-11-30 00:00 UTC on)",
         "nothing certkeeper did explains this (no managed certificate names partner.example.net)",
     ]
@@ -88,3 +94,25 @@ def test_nothing_explains_failures_without_actions_or_certificates() -> None:
 
 def test_below_the_threshold_nothing_is_raised() -> None:
     assert correlate([parsed("a", failed=9)], CERTIFICATES, [], threshold=10) == []
+
+
+def test_tlsa_invalid_is_explained_by_the_tlsa_change_before_it() -> None:
+    actions = actions_from_history(
+        [("mail", DAY - timedelta(hours=1), "success", "v8", "")],
+        [("mail", DAY - timedelta(hours=2), "dane-publish", "added 3 1 1 aa; removed 3 1 1 cc")])
+    (found,) = correlate([parsed("a", result="tlsa-invalid", policy_type="tlsa")], CERTIFICATES, actions,
+                         threshold=1)
+    assert found.explained_by == ("certificate 'mail': published TLSA records at 2026-11-30 22:00 UTC "
+                                  "(added 3 1 1 aa; removed 3 1 1 cc)")
+
+
+def test_published_tlsa_records_are_remembered_in_the_store(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "state")
+    try:
+        bus = EventBus()
+        bus.subscribe(remember_history(store))
+        bus.publish(TlsaRecordsPublished(DAY, "mail", ("3 1 1 aa",), ("3 1 1 cc",)))
+        bus.publish(CertificateInstalled(DAY, "mail", "v1"))  # renewals have their own history
+        assert store.history() == [HistoryRecord("mail", DAY, "dane-publish", "added 3 1 1 aa; removed 3 1 1 cc")]
+    finally:
+        store.close()

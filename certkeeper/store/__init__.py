@@ -9,9 +9,10 @@ from certkeeper.store.base import (
     AlertRecord,
     CertState,
     EndpointRecord,
+    HistoryRecord,
     RenewalRecord,
     Store,
     TlsReportRecord,
 )
 
-__all__ = ["AlertRecord", "CertState", "EndpointRecord", "RenewalRecord", "Store", "TlsReportRecord"]
+__all__ = ["AlertRecord", "CertState", "EndpointRecord", "HistoryRecord", "RenewalRecord", "Store", "TlsReportRecord"]

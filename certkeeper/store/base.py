@@ -86,6 +86,17 @@ class TlsReportRecord:
     document: str
 
 
+@dataclass(frozen=True)
+class HistoryRecord:
+    """Something certkeeper did to a certificate other than a renewal attempt, for correlating what senders
+    report (``kind``: ``dane-publish``, TLSA records added or removed)."""
+
+    name: str
+    at: datetime
+    kind: str
+    detail: str = ""
+
+
 class Store(Protocol):
     """The state store contract, shared by SQLite and PostgreSQL."""
 
@@ -139,6 +150,12 @@ class Store(Protocol):
 
     def tls_reports(self, since: datetime | None = None) -> Sequence[TlsReportRecord]:
         """The TLS reports whose window ends at or after ``since`` (all without), oldest window first."""
+        ...
+
+    def add_history(self, record: HistoryRecord) -> None: ...
+
+    def history(self, since: datetime | None = None) -> Sequence[HistoryRecord]:
+        """The records at or after ``since`` (all without), oldest first."""
         ...
 
     def lock(self, name: str, wait: float) -> AbstractContextManager[None]:

@@ -33,7 +33,7 @@ from psycopg.types.json import Jsonb
 
 from certkeeper.errors import InputError, LockBusy, SchemaTooNew, StoreError
 from certkeeper.permissions import check_trusted_file
-from certkeeper.store.base import AlertRecord, CertState, EndpointRecord, RenewalRecord, TlsReportRecord
+from certkeeper.store.base import AlertRecord, CertState, EndpointRecord, HistoryRecord, RenewalRecord, TlsReportRecord
 from certkeeper.store.budget import Bucket, Limit, Waiter, blocked, decide_spend
 from certkeeper.store.fleet_records import FleetPair, FleetVersion, LeaseHolder, NodeResult
 
@@ -114,6 +114,10 @@ _MIGRATIONS: dict[int, tuple[LiteralString, ...]] = {
             end_at TIMESTAMPTZ NOT NULL, received_at TIMESTAMPTZ NOT NULL, source TEXT NOT NULL,
             document TEXT NOT NULL)""",
         "CREATE INDEX tls_reports_by_end ON tls_reports (end_at)",
+        """CREATE TABLE history (
+            id BIGSERIAL PRIMARY KEY,
+            name TEXT NOT NULL, at TIMESTAMPTZ NOT NULL, kind TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '')""",
+        "CREATE INDEX history_by_at ON history (at)",
     ),
 }
 
@@ -331,6 +335,18 @@ class PostgresStore:
         else:
             self._execute("UPDATE alerts SET attempts = attempts + 1, last_error = %s WHERE id = ANY(%s)",
                           (error, list(ids)))
+
+    def add_history(self, record: HistoryRecord) -> None:
+        self._execute("INSERT INTO history (name, at, kind, detail) VALUES (%s, %s, %s, %s)",
+                      (record.name, record.at, record.kind, record.detail))
+
+    def history(self, since: datetime | None = None) -> list[HistoryRecord]:
+        if since is None:
+            rows = self._query("SELECT name, at, kind, detail FROM history ORDER BY at, id")
+        else:
+            rows = self._query("SELECT name, at, kind, detail FROM history WHERE at >= %s ORDER BY at, id",
+                               (since,))
+        return [HistoryRecord(*row) for row in rows]
 
     # -- TLS reports -------------------------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from typing import Any
 from certkeeper.errors import LockBusy, SchemaTooNew, StoreError, UnsafePath
 from certkeeper.permissions import check_trusted_dir, open_nofollow
 from certkeeper.store.atomic import make_dirs
-from certkeeper.store.base import AlertRecord, CertState, EndpointRecord, RenewalRecord, TlsReportRecord
+from certkeeper.store.base import AlertRecord, CertState, EndpointRecord, HistoryRecord, RenewalRecord, TlsReportRecord
 from certkeeper.store.budget import Bucket, Limit, Waiter, blocked, decide_spend
 
 SCHEMA_VERSION = 3
@@ -78,6 +78,11 @@ _MIGRATIONS: dict[int, str] = {
         received_at TEXT NOT NULL, source TEXT NOT NULL, document TEXT NOT NULL
     );
     CREATE INDEX tls_reports_by_end ON tls_reports (end_at);
+    CREATE TABLE history (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL, at TEXT NOT NULL, kind TEXT NOT NULL, detail TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX history_by_at ON history (at);
     """,
 }
 
@@ -257,6 +262,16 @@ class SqliteStore:
                 else:
                     db.execute("UPDATE alerts SET attempts = attempts + 1, last_error = ? WHERE id = ?",
                                (error, alert_id))
+
+    def add_history(self, record: HistoryRecord) -> None:
+        with self._transaction() as db:
+            db.execute("INSERT INTO history (name, at, kind, detail) VALUES (?,?,?,?)",
+                       (record.name, _ts(record.at), record.kind, record.detail))
+
+    def history(self, since: datetime | None = None) -> list[HistoryRecord]:
+        rows = self._query("SELECT name, at, kind, detail FROM history WHERE at >= ? ORDER BY at, id",
+                           (_ts(since) if since else "",))
+        return [HistoryRecord(r[0], _dt(r[1]) or datetime.min, r[2], r[3]) for r in rows]
 
     # -- TLS reports -------------------------------------------------------------------------------------------
 

@@ -3,9 +3,11 @@
 Failures are grouped by receiving MX and result type.  For each group the certificates whose names cover that MX
 (an exact name or a ``*.`` wildcard) are looked up, and their history (installs, rollbacks, failed renewals, as
 the store records them) in the report's window, and the day before it, since an install at 23:50 explains failures
-reported from 00:00.  The most likely explanation depends on the result type: an expired certificate is most
-likely one that was not replaced (a rollback, a failed renewal); a certificate that does not match its name,
-its chain or its TLSA records is most likely a new one (an install).  Nothing found says so in those words.
+reported from 00:00; and the other things certkeeper did to them (TLSA records published for DANE).  The most
+likely explanation depends on the result type: an expired certificate is most likely one that was not replaced
+(a rollback, a failed renewal); ``tlsa-invalid`` and the other DANE results most likely a TLSA change; a
+certificate that does not match its name or chain most likely a new one (an install).  Nothing found says so
+in those words.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from certkeeper.tlsrpt.report import CERTIFICATE_RESULTS, TlsReport
 LOOKBACK = timedelta(days=1)
 NOTHING_EXPLAINS = "nothing certkeeper did explains this"
 # Which of certkeeper's actions explains which failure best (higher first).
-_EXPIRED_LIKE = {"rollback": 3, "failure": 2, "install": 1}
-_NEW_CERTIFICATE_LIKE = {"install": 3, "rollback": 2, "failure": 1}
+_EXPIRED_LIKE = {"rollback": 4, "failure": 3, "install": 2, "dane-publish": 1}
+_DANE_LIKE = {"dane-publish": 4, "install": 3, "rollback": 2, "failure": 1}
+_NEW_CERTIFICATE_LIKE = {"install": 4, "rollback": 3, "failure": 2, "dane-publish": 1}
+_DANE_RESULTS = frozenset({"tlsa-invalid", "dnssec-invalid", "dane-required"})
 _KINDS = {"success": "install", "rollback": "rollback", "failure": "failure"}
 
 
@@ -37,18 +41,19 @@ class CertkeeperAction:
 
     def describe(self) -> str:
         what = {"install": "installed version", "rollback": "rolled back version",
-                "failure": "failed to renew"}[self.kind]
-        version = f" {self.version}" if self.version else ""
-        if self.kind == "failure":
-            version = ""
+                "failure": "failed to renew", "dane-publish": "published TLSA records"}.get(self.kind, self.kind)
+        version = f" {self.version}" if self.version and self.kind in ("install", "rollback") else ""
         detail = f" ({self.detail})" if self.detail else ""
         return f"certificate {self.certificate!r}: {what}{version} at {_when(self.at)}{detail}"
 
 
-def actions_from_history(records: Iterable[tuple[str, datetime, str, str, str]]) -> list[CertkeeperAction]:
-    """``(name, at, result, version, detail)`` rows of the renewal history; dry runs are not actions."""
-    return [CertkeeperAction(at, name, _KINDS[result], version, detail)
-            for name, at, result, version, detail in records if result in _KINDS]
+def actions_from_history(renewals: Iterable[tuple[str, datetime, str, str, str]],
+                         others: Iterable[tuple[str, datetime, str, str]] = ()) -> list[CertkeeperAction]:
+    """``(name, at, result, version, detail)`` rows of the renewal history (dry runs are not actions), and
+    ``(name, at, kind, detail)`` rows of the other history (``dane-publish``)."""
+    actions = [CertkeeperAction(at, name, _KINDS[result], version, detail)
+               for name, at, result, version, detail in renewals if result in _KINDS]
+    return actions + [CertkeeperAction(at, name, kind, "", detail) for name, at, kind, detail in others]
 
 
 @dataclass(frozen=True)
@@ -77,7 +82,7 @@ class Correlation:
             return self.explanation.describe()
         if not self.certificates:
             return f"{NOTHING_EXPLAINS} (no managed certificate names {self.group.receiving_mx})"
-        return f"{NOTHING_EXPLAINS} (no install, rollback or failed renewal of " \
+        return f"{NOTHING_EXPLAINS} (no install, rollback, failed renewal or TLSA change of " \
                f"{', '.join(repr(c) for c in self.certificates)} from {_when(self.group.start - LOOKBACK)} on)"
 
 
@@ -122,7 +127,8 @@ def _covers(name: str, host: str) -> bool:
 def explain(group: FailureGroup, certificates: Sequence[str],
             actions: Iterable[CertkeeperAction]) -> CertkeeperAction | None:
     """The action of ``certificates`` that most likely explains ``group``, or None."""
-    weights = _EXPIRED_LIKE if group.result_type == "certificate-expired" else _NEW_CERTIFICATE_LIKE
+    weights = _EXPIRED_LIKE if group.result_type == "certificate-expired" else \
+        _DANE_LIKE if group.result_type in _DANE_RESULTS else _NEW_CERTIFICATE_LIKE
     candidates = [a for a in actions
                   if a.certificate in certificates and group.start - LOOKBACK <= a.at <= group.end]
     if not candidates:
@@ -131,7 +137,7 @@ def explain(group: FailureGroup, certificates: Sequence[str],
     def likelihood(action: CertkeeperAction) -> tuple[int, int, float]:
         before = action.at <= group.start  # an action before the first failure can cause all of them
         closeness = -abs((group.start - action.at).total_seconds())
-        return weights[action.kind], int(before), closeness
+        return weights.get(action.kind, 0), int(before), closeness
 
     return max(candidates, key=likelihood)
 

@@ -21,7 +21,7 @@ from certkeeper.config import TlsrptConfig
 from certkeeper.errors import ReportRefused
 from certkeeper.events import EventBus, TlsFailuresReported, TlsReportImported, TlsReportRefused
 from certkeeper.store import Store, TlsReportRecord
-from certkeeper.tlsrpt.correlate import actions_from_history, alert_for, correlate
+from certkeeper.tlsrpt.correlate import LOOKBACK, actions_from_history, alert_for, correlate
 from certkeeper.tlsrpt.intake import read_mail
 from certkeeper.tlsrpt.report import TlsReport, to_document
 from certkeeper.tlsrpt.summary import stored_reports
@@ -125,9 +125,10 @@ class Tlsrpt:
         with self._alert_lock:
             now = self.clock()
             reports = [s.report for s in stored_reports(self.store, now - ALERT_HORIZON)]
-            history = [(r.name, r.at, r.result, r.version, r.detail)
-                       for r in self.store.renewals(limit=HISTORY_LIMIT)]
-            for found in correlate(reports, self.certificates, actions_from_history(history),
+            renewals = [(r.name, r.at, r.result, r.version, r.detail)
+                        for r in self.store.renewals(limit=HISTORY_LIMIT)]
+            others = [(h.name, h.at, h.kind, h.detail) for h in self.store.history(now - ALERT_HORIZON - LOOKBACK)]
+            for found in correlate(reports, self.certificates, actions_from_history(renewals, others),
                                    threshold=self.config.alert_threshold):
                 group = found.group
                 alert = alert_for(found)
