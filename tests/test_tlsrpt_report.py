@@ -196,3 +196,22 @@ def test_a_mail_without_a_report_part_is_refused() -> None:
 def test_an_oversized_mail_is_refused_before_parsing() -> None:
     intake = read_mail(b"x" * (11 * 1024 * 1024), "mail 5")
     assert "a mail of 11,534,336 bytes, more than the 10,485,760 accepted" in str(intake.refused[0])
+
+
+def test_multipart_nested_past_the_parser_is_refused() -> None:
+    body = b"".join(b"--b%d\nContent-Type: multipart/mixed; boundary=b%d\n\n" % (i, i + 1) for i in range(3000))
+    intake = read_mail(b"From: a@b\nContent-Type: multipart/mixed; boundary=b0\n\n" + body, "mail 8")
+    assert [str(r) for r in intake.refused] == [
+        "mail 8: TLS report refused: multipart nested too deeply to parse: not a report mail, nothing in it imported"]
+
+
+def test_multipart_nested_a_little_too_deep_is_refused() -> None:
+    body = b"".join(b"--b%d\nContent-Type: multipart/mixed; boundary=b%d\n\n" % (i, i + 1) for i in range(12))
+    intake = read_mail(b"From: a@b\nContent-Type: multipart/mixed; boundary=b0\n\n" + body, "mail 8")
+    assert "multipart nested more than 8 deep" in str(intake.refused[0])
+
+
+def test_contact_info_may_be_missing() -> None:
+    document = json.loads(json.dumps(RFC_EXAMPLE))
+    del document["contact-info"]
+    assert parse_document(document, "POST").contact_info == ""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import imaplib
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,8 +20,10 @@ from pathlib import Path
 
 from certkeeper import tls
 from certkeeper.config import ImapMailbox
-from certkeeper.errors import ReportSourceFailed
+from certkeeper.errors import ReportSourceFailed, StoreError
 from certkeeper.tlsrpt.intake import MAX_MAIL_BYTES
+
+log = logging.getLogger("certkeeper.tlsrpt")
 
 TIMEOUT = 30.0
 MAX_MAILS_PER_FETCH = 500  # a backlog drains over several passes instead of holding one for hours
@@ -80,7 +83,13 @@ def _fetch(client: imaplib.IMAP4_SSL, mailbox: ImapMailbox, password: str, handl
         size = _size(client, uid)
         body = _body(client, uid) if size <= MAX_MAIL_BYTES else None
         read += 1
-        imported = handle(where, body, size)
+        try:
+            imported = handle(where, body, size)
+        except StoreError:
+            raise  # not flagged: the mail is read again once the store is back
+        except Exception:  # a bug meeting one hostile mail must not block the mailbox: kept, seen, logged
+            log.exception("%s: importing this mail failed; it stays in the mailbox, marked seen", where)
+            imported = False
         client.uid("STORE", uid, "+FLAGS.SILENT", r"(\Seen)")
         seen += 1
         if delete_after_import and imported:

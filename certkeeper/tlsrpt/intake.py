@@ -72,9 +72,12 @@ def read_mail(data: bytes, where: str, *, max_bytes: int = MAX_MAIL_BYTES, max_p
     if len(data) > max_bytes:
         return Intake(refused=(ReportRefused(where, "", f"a mail of {len(data):,} bytes, more than the "
                                                         f"{max_bytes:,} accepted"),))
-    message = BytesParser(policy=policy.default).parsebytes(data)
     try:
+        message = BytesParser(policy=policy.default).parsebytes(data)
         parts = _parts(message, max_parts + 1, where)
+    except RecursionError:  # the email parser recurses per multipart level
+        return Intake(refused=(ReportRefused(where, "", "multipart nested too deeply to parse: not a report "
+                                                        "mail, nothing in it imported"),))
     except ReportRefused as exc:
         return Intake(refused=(exc,))
     if len(parts) > max_parts:

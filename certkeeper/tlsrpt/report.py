@@ -144,7 +144,7 @@ def parse_document(document: Any, where: str) -> TlsReport:
     return TlsReport(
         report_id=root.field("report-id").string(),
         organization_name=root.field("organization-name").string(),
-        contact_info=root.field("contact-info").string(),
+        contact_info=_optional_text(root, "contact-info"),
         start=start,
         end=end,
         policies=policies,
@@ -178,22 +178,22 @@ def _failure(node: _Node) -> FailureDetail:
     result_type = result_node.string()
     if not _TOKEN.fullmatch(result_type):
         result_node.refuse(f"{result_type!r}", "a result type such as " + ", ".join(RESULT_TYPES[:3]))
-
-    def text(key: str) -> str:
-        value = node.optional(key)
-        return value.string(allow_empty=True) if value else ""
-
     mx = node.optional("receiving-mx-hostname")
     return FailureDetail(
         result_type=result_type,
         failed_session_count=node.field("failed-session-count").count(),
         receiving_mx_hostname=mx.hostname() if mx else "",
-        receiving_mx_helo=text("receiving-mx-helo"),
-        receiving_ip=text("receiving-ip"),
-        sending_mta_ip=text("sending-mta-ip"),
-        failure_reason_code=text("failure-reason-code"),
-        additional_information=text("additional-information"),
+        receiving_mx_helo=_optional_text(node, "receiving-mx-helo"),
+        receiving_ip=_optional_text(node, "receiving-ip"),
+        sending_mta_ip=_optional_text(node, "sending-mta-ip"),
+        failure_reason_code=_optional_text(node, "failure-reason-code"),
+        additional_information=_optional_text(node, "additional-information"),
     )
+
+
+def _optional_text(node: _Node, key: str) -> str:
+    value = node.optional(key)
+    return value.string(allow_empty=True) if value else ""
 
 
 def _strings(node: _Node) -> tuple[str, ...]:
