@@ -146,7 +146,9 @@ def test_reports_by_imaps_and_https_explain_a_failed_install(rolled_back: tuple[
         assert wait_for(lambda: {"google-1", "microsoft-1"} <= stored_ids(config), 60), daemon_log(config)
         assert wait_for(lambda: tlsrpt_alerts(config), 30), daemon_log(config)
         ca_file = config.path.parent / "ca" / "root.pem"
-        port = int(load_config(config.path).tlsrpt.listen[1])  # type: ignore[union-attr]
+        tlsrpt = load_config(config.path).tlsrpt
+        assert tlsrpt is not None and tlsrpt.listen is not None
+        port = tlsrpt.listen[1]
         assert wait_for(lambda: _listening(port), 30), daemon_log(config)
         assert post(port, ca_file, gzipped(first)).startswith("HTTP/1.1 200 ")  # stored already: no retry
         assert post(port, ca_file, gzipped(expired("yahoo-1", "Yahoo", 5))).startswith("HTTP/1.1 201 ")
@@ -181,8 +183,8 @@ def test_reports_by_imaps_and_https_explain_a_failed_install(rolled_back: tuple[
 def _listening(port: int) -> bool:
     try:
         socket.create_connection((LOOPBACK, port), timeout=1).close()
-        return True
     except OSError:
         return False
+    return True
 
 

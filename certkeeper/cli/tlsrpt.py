@@ -38,7 +38,8 @@ def _since(text: str) -> timedelta:
     try:
         return parse_duration(text)
     except ValueError:
-        raise UsageError(f"--since {text!r}: expected a duration such as 24h, 7d or 30d") from None
+        msg = f"--since {text!r}: expected a duration such as 24h, 7d or 30d"
+        raise UsageError(msg) from None
 
 
 def run_summary(args: argparse.Namespace, context: Context) -> int:

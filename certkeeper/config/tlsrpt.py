@@ -33,16 +33,21 @@ IMAPS_PORT = 993
 def parse_imap_url(url: str) -> ImapMailbox:
     """Raises ValueError saying what was expected."""
     parts = urlsplit(url)
+    expected = ""
     if parts.scheme != "imaps":
-        raise ValueError("an imaps:// URL (IMAP over implicit TLS: the password never travels over plain IMAP)")
-    if parts.password is not None:
-        raise ValueError("a URL without a password (the password goes in password_file)")
-    if not parts.username or not parts.hostname:
-        raise ValueError("imaps://USER@HOST/MAILBOX")
+        expected = "an imaps:// URL (IMAP over implicit TLS: the password never travels over plain IMAP)"
+    elif parts.password is not None:
+        expected = "a URL without a password (the password goes in password_file)"
+    elif not parts.username or not parts.hostname:
+        expected = "imaps://USER@HOST/MAILBOX"
+    if expected:
+        raise ValueError(expected)
     try:
         port = parts.port or IMAPS_PORT
     except ValueError:
-        raise ValueError("a port from 1 to 65535") from None
+        expected = "a port from 1 to 65535"
+        raise ValueError(expected) from None
+    assert parts.username is not None and parts.hostname is not None
     return ImapMailbox(unquote(parts.username), parts.hostname, port, unquote(parts.path.lstrip("/")) or "INBOX")
 
 

@@ -68,7 +68,7 @@ class _Server(ThreadingHTTPServer):
         finally:
             self.slots.release()
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
+    def handle_error(self, request: Any, client_address: Any) -> None:  # noqa: ARG002 - socketserver's signature
         error = sys.exc_info()[1]
         if isinstance(error, OSError):  # a failed handshake, a timeout, a client gone: theirs, not ours
             log.info("TLS report endpoint: connection from %s failed: %s", client_address[0], error)
@@ -171,15 +171,17 @@ class ReportEndpoint:
 
 def start_report_endpoint(host: str, port: int, cert_file: Path, key_file: Path, accept: Accept,
                           refused: Refused) -> ReportEndpoint:
+    where = f"https://{host}:{port}"
     try:
         context = tls.server_context(cert_file, key_file)
     except (OSError, tls.TlsError) as exc:
-        raise ReportSourceFailed(f"https://{host}:{port}", f"cannot load the certificate {cert_file}: {exc}") \
-            from None
+        problem = f"cannot load the certificate {cert_file}: {exc}"
+        raise ReportSourceFailed(where, problem) from None
     try:
         server = _Server((host, port), context, accept, refused)
     except OSError as exc:
-        raise ReportSourceFailed(f"https://{host}:{port}", f"cannot listen: {exc.strerror}") from None
+        problem = f"cannot listen: {exc.strerror}"
+        raise ReportSourceFailed(where, problem) from None
     thread = threading.Thread(target=server.serve_forever, name="tlsrpt-endpoint", daemon=True)
     thread.start()
     return ReportEndpoint(server, thread)

@@ -119,7 +119,7 @@ def _parts(message: Message, limit: int, where: str) -> list[Message]:
                                                "not a report mail, nothing in it imported")
             children = part.get_payload()
             if isinstance(children, list):
-                stack.extend((child, depth + 1) for child in reversed(children))
+                stack.extend((child, depth + 1) for child in reversed(children) if isinstance(child, Message))
         else:
             found.append(part)
     return found

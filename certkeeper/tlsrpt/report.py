@@ -128,7 +128,8 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
+    msg = f"{name} is not a JSON number"
+    raise ValueError(msg)
 
 
 def parse_document(document: Any, where: str) -> TlsReport:
