@@ -50,3 +50,12 @@ def test_each_tlsrpt_mistake_is_located(tmp_path: Path, table: str, message: str
 def test_the_imap_url_keeps_port_and_mailbox() -> None:
     assert parse_imap_url("imaps://tls%2Breports@127.0.0.1:10993/Reports%20TLS") == ImapMailbox(
         "tls+reports", "127.0.0.1", 10993, "Reports TLS")
+
+
+def test_config_check_shows_the_resolved_tlsrpt_settings() -> None:
+    from certkeeper.cli.config_cmd import describe_config
+
+    shown = describe_config(load_config(EXAMPLE))["tlsrpt"]
+    assert shown["imap"] == "imaps://reports@mail.example.org/INBOX"
+    assert shown["listen"] == ["127.0.0.1", 8444]
+    assert shown["password_file"] == "/etc/certkeeper/tlsrpt-imap.pass"  # the file's name, never its content

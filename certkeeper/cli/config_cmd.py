@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from certkeeper.cli.context import Context
-from certkeeper.config import AcmeIssuerConfig, Config
+from certkeeper.config import AcmeIssuerConfig, Config, ImapMailbox
 from certkeeper.model import KeyType, RenewBefore, format_duration
 from certkeeper.targets import Target
 
@@ -120,6 +120,7 @@ def describe_config(config: Config) -> dict[str, Any]:
         "certificates": {name: _plain(cert) for name, cert in config.certificates.items()},
         "watch": [_plain(w) for w in config.watch],
         "mta_sts": {domain: _plain(mta) for domain, mta in config.mta_sts.items()},
+        "tlsrpt": _plain(config.tlsrpt) if config.tlsrpt else None,
     }
 
 
@@ -127,6 +128,8 @@ _MASKED = {"database"}
 
 
 def _plain(value: Any) -> Any:
+    if isinstance(value, ImapMailbox):
+        return value.url
     if is_dataclass(value) and not isinstance(value, type):
         out = {}
         for f in fields(value):
