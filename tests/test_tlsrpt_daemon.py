@@ -23,9 +23,8 @@ from certkeeper.store.sqlite import SqliteStore
 from certkeeper.testbed.server import LOOPBACK, allocate_port
 from tests.lifecycle_helpers import run_cli, write_config
 from tests.test_daemon import daemon, daemon_log, wait_for
-from tests.test_tlsrpt_report import gzip_bomb
 from tests.tlsrpt_fixtures import ReportMailbox, report_mailbox
-from tests.tlsrpt_reports import gzipped, report, report_mail
+from tests.tlsrpt_reports import gzip_bomb, gzipped, report, report_mail
 
 __all__ = ["report_mailbox"]  # fixture used by name
 pytestmark = pytest.mark.testbed

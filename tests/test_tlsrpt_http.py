@@ -14,8 +14,7 @@ from certkeeper.errors import ReportRefused
 from certkeeper.testbed.certs import TestCA
 from certkeeper.tlsrpt.http import ReportEndpoint, start_report_endpoint
 from certkeeper.tlsrpt.report import TlsReport
-from tests.test_tlsrpt_report import gzip_bomb
-from tests.tlsrpt_reports import RFC_EXAMPLE, encode, every_result_type, gzipped
+from tests.tlsrpt_reports import RFC_EXAMPLE, encode, every_result_type, gzip_bomb, gzipped
 
 
 class Received:

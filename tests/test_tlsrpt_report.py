@@ -12,7 +12,7 @@ import pytest
 from certkeeper.errors import InputError, ReportRefused
 from certkeeper.tlsrpt.intake import MAX_PARTS, inflate, read_body, read_mail
 from certkeeper.tlsrpt.report import MAX_JSON_BYTES, RESULT_TYPES, parse_document, parse_report, to_document
-from tests.tlsrpt_reports import RFC_EXAMPLE, encode, every_result_type, gzipped, report, report_mail
+from tests.tlsrpt_reports import RFC_EXAMPLE, encode, every_result_type, gzip_bomb, gzipped, report, report_mail
 
 
 def test_the_rfc_example_parses_into_typed_records() -> None:
@@ -105,16 +105,6 @@ def test_a_100_mb_json_is_refused_by_its_size_before_decoding() -> None:
     huge = b'{"report-id": "' + b"a" * (100 * 1024 * 1024) + b'"}'
     with pytest.raises(ReportRefused, match=f"104,857,617 bytes of JSON, more than the {MAX_JSON_BYTES:,} accepted"):
         parse_report(huge, "POST")
-
-
-def gzip_bomb(gibibytes: int) -> bytes:
-    """gzip of ``gibibytes`` GiB of zeros, built in milliseconds: after a full flush every 1 MiB of zeros compresses
-    to the same bytes, so one block is repeated (the trailer's CRC is left zero: nothing reads that far)."""
-    compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-    head = compressor.compress(b"\0" * (1024 * 1024)) + compressor.flush(zlib.Z_FULL_FLUSH)
-    block = compressor.compress(b"\0" * (1024 * 1024)) + compressor.flush(zlib.Z_FULL_FLUSH)
-    tail = compressor.flush()
-    return head + block * (1024 * gibibytes - 2) + tail[:-8] + b"\0" * 8
 
 
 def test_a_gzip_bomb_is_refused_after_inflating_no_more_than_the_cap() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import gzip
 import json
+import zlib
 from email.message import EmailMessage
 from typing import Any
 
@@ -103,3 +104,13 @@ def report_mail(document: dict[str, Any] | None, *, sender: str = "tlsrpt@compan
     message.replace_header("Content-Type", 'multipart/report; report-type="tlsrpt"')
     message.set_boundary("certkeeper-report-boundary")
     return message.as_bytes()
+
+
+def gzip_bomb(gibibytes: int) -> bytes:
+    """gzip of ``gibibytes`` GiB of zeros, built in milliseconds: after a full flush every 1 MiB of zeros compresses
+    to the same bytes, so one block is repeated (the trailer's CRC is left zero: nothing reads that far)."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    head = compressor.compress(b"\0" * (1024 * 1024)) + compressor.flush(zlib.Z_FULL_FLUSH)
+    block = compressor.compress(b"\0" * (1024 * 1024)) + compressor.flush(zlib.Z_FULL_FLUSH)
+    tail = compressor.flush()
+    return head + block * (1024 * gibibytes - 2) + tail[:-8] + b"\0" * 8

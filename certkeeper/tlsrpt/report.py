@@ -134,7 +134,7 @@ def _no_constant(name: str) -> Any:
 
 def parse_document(document: Any, where: str) -> TlsReport:
     """A decoded JSON document to a :class:`TlsReport`, every field checked against RFC 8460 section 4."""
-    root = _Node(document, "$", where)
+    root = _Node(document, where)
     date_range = root.field("date-range")
     start = date_range.field("start-datetime").datetime()
     end = date_range.field("end-datetime").datetime()
@@ -194,7 +194,11 @@ def _failure(node: _Node) -> FailureDetail:
 
 def _optional_text(node: _Node, key: str) -> str:
     value = node.optional(key)
-    return value.string(allow_empty=True) if value else ""
+    if value is None:
+        return ""
+    if isinstance(value.value, str):
+        return value.value
+    return value.string()
 
 
 def _strings(node: _Node) -> tuple[str, ...]:
@@ -204,12 +208,27 @@ def _strings(node: _Node) -> tuple[str, ...]:
 
 
 class _Node:
-    """A value at a JSON path, with typed accessors that refuse naming the path."""
+    """A value at a JSON path, with typed accessors that refuse naming the path.
 
-    def __init__(self, value: Any, path: str, where: str) -> None:
+    The path is spelled only when a refusal needs it (a large report has tens of thousands of values).
+    """
+
+    __slots__ = ("parent", "step", "value", "where")
+
+    def __init__(self, value: Any, where: str, parent: _Node | None = None, step: str = "$") -> None:
         self.value = value
-        self.path = path
         self.where = where
+        self.parent = parent
+        self.step = step
+
+    @property
+    def path(self) -> str:
+        steps = []
+        node: _Node | None = self
+        while node is not None:
+            steps.append(node.step)
+            node = node.parent
+        return "".join(reversed(steps))
 
     def refuse(self, found: str, expected: str = "") -> None:
         problem = f"found {found}" + (f", expected {expected}" if expected else "")
@@ -224,11 +243,12 @@ class _Node:
         fields = self._object()
         if key not in fields:
             raise ReportRefused(self.where, f"{self.path}.{key}", "missing (RFC 8460 section 4 requires it)")
-        return _Node(fields[key], f"{self.path}.{key}", self.where)
+        return _Node(fields[key], self.where, self, f".{key}")
 
     def optional(self, key: str) -> _Node | None:
         fields = self._object()
-        return _Node(fields[key], f"{self.path}.{key}", self.where) if fields.get(key) is not None else None
+        value = fields.get(key)
+        return _Node(value, self.where, self, f".{key}") if value is not None else None
 
     def items(self, limit: int) -> list[_Node]:
         if not isinstance(self.value, list):
@@ -236,7 +256,7 @@ class _Node:
         values: Sequence[Any] = self.value
         if len(values) > limit:
             self.refuse(f"an array of {len(values):,} entries", f"at most {limit:,}")
-        return [_Node(value, f"{self.path}[{i}]", self.where) for i, value in enumerate(values)]
+        return [_Node(value, self.where, self, f"[{i}]") for i, value in enumerate(values)]
 
     def string(self, *, allow_empty: bool = False) -> str:
         if not isinstance(self.value, str) or (not self.value and not allow_empty):
