@@ -253,7 +253,6 @@ def render_all_metrics(config: Config, store: Store) -> str:
     families, then the TLS reports' (RFC 8460) when the store holds any."""
     from certkeeper.monitoring.metrics import escape_label_value, installed_certificates, render_store_metrics
     from certkeeper.tlsrpt.summary import render_metrics as render_tlsrpt_metrics
-    from certkeeper.tlsrpt.summary import stored_reports
 
     statuses = []
     if config.mta_sts:
@@ -261,9 +260,9 @@ def render_all_metrics(config: Config, store: Store) -> str:
 
         statuses = domain_statuses(config)
     text = render_store_metrics(store, installed_certificates(config), statuses)
-    reports = stored_reports(store, None)
-    if reports:
-        text += render_tlsrpt_metrics(reports, escape_label_value)
+    totals = store.tls_session_totals()
+    if totals:
+        text += render_tlsrpt_metrics(totals, store.tls_last_reports(), escape_label_value)
     return text
 
 

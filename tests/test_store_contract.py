@@ -6,13 +6,22 @@ import json
 import multiprocessing
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from certkeeper.errors import LockBusy, SchemaTooNew
-from certkeeper.store import CertState, EndpointRecord, HistoryRecord, RenewalRecord, Store, TlsReportRecord
+from certkeeper.store import (
+    CertState,
+    EndpointRecord,
+    HistoryRecord,
+    RenewalRecord,
+    Store,
+    TlsReportRecord,
+    TlsSessionCount,
+)
 from certkeeper.store.budget import Limit
 from certkeeper.store.sqlite import SCHEMA_VERSION as SQLITE_SCHEMA
 from certkeeper.store.sqlite import SqliteStore
@@ -118,6 +127,20 @@ def test_tls_reports_are_kept_once_per_report_id(store: Store) -> None:
     assert store.add_tls_report(first) is True
     assert store.add_tls_report(tls_report(first.report_id, NOW, organization="a retry")) is False
     assert store.tls_reports() == [first]
+
+
+def test_tls_sessions_are_summed_once_per_report(store: Store) -> None:
+    sessions = (TlsSessionCount("example.test", "", "success", "Google", 90),
+                TlsSessionCount("example.test", "mx1.example.test", "certificate-expired", "Google", 10))
+    first = replace(tls_report("g1", NOW - timedelta(hours=2)), sessions=sessions)
+    assert store.add_tls_report(first)
+    assert not store.add_tls_report(first)  # a duplicate adds nothing
+    assert store.add_tls_report(replace(tls_report("m1", NOW, "Microsoft"), sessions=(
+        TlsSessionCount("example.test", "mx1.example.test", "certificate-expired", "Microsoft", 5),)))
+    assert store.tls_session_totals() == {("example.test", "", "success"): 90,
+                                          ("example.test", "mx1.example.test", "certificate-expired"): 15}
+    assert store.tls_last_reports() == {"Google": NOW, "Microsoft": NOW}
+    assert [r.sessions for r in store.tls_reports()] == [(), ()]  # summed by the store, not read back
 
 
 def test_tls_reports_are_selected_by_the_end_of_their_window(store: Store) -> None:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
+from pathlib import Path
 
 from certkeeper.monitoring.metrics import escape_label_value
-from certkeeper.tlsrpt.report import parse_document
+from certkeeper.store import TlsReportRecord
+from certkeeper.store.sqlite import SqliteStore
+from certkeeper.tlsrpt.report import parse_document, to_document
 from certkeeper.tlsrpt.summary import StoredReport, render_metrics, render_text, session_counts, summarize
 from tests.tlsrpt_reports import RFC_EXAMPLE, report
 
@@ -44,8 +48,22 @@ def test_the_summary_document_counts_per_domain_mx_and_reporter() -> None:
     assert "  mail.example.test: 0 succeeded, 35 failed (certificate-expired 35)" in text
 
 
-def test_the_metrics_are_the_issue_s_names_and_labels() -> None:
-    text = render_metrics(stored(), escape_label_value)
+def metrics_text(tmp_path: Path) -> str:
+    """The reports stored as the daemon stores them, and the metrics rendered from the store's sums."""
+    store = SqliteStore(tmp_path / "state")
+    try:
+        for item in stored():
+            report = item.report
+            assert store.add_tls_report(TlsReportRecord(
+                report.report_id, report.organization_name, report.start, report.end, item.received_at,
+                item.source, json.dumps(to_document(report)), tuple(session_counts([report]))))
+        return render_metrics(store.tls_session_totals(), store.tls_last_reports(), escape_label_value)
+    finally:
+        store.close()
+
+
+def test_the_metrics_are_the_issue_s_names_and_labels(tmp_path: Path) -> None:
+    text = metrics_text(tmp_path)
     assert ('certkeeper_tlsrpt_sessions_total{policy_domain="example.test",receiving_mx="mail.example.test",'
             'result="certificate-expired"} 35') in text
     assert 'certkeeper_tlsrpt_sessions_total{policy_domain="example.test",receiving_mx="",result="success"} 1025' \
@@ -54,10 +72,10 @@ def test_the_metrics_are_the_issue_s_names_and_labels() -> None:
            f'{datetime(2026, 12, 2, 3, tzinfo=UTC).timestamp():.0f}' in text
 
 
-def test_a_prometheus_parser_reads_the_metrics() -> None:
+def test_a_prometheus_parser_reads_the_metrics(tmp_path: Path) -> None:
     from prometheus_client.parser import text_string_to_metric_families
 
-    families = {f.name: f for f in text_string_to_metric_families(render_metrics(stored(), escape_label_value))}
+    families = {f.name: f for f in text_string_to_metric_families(metrics_text(tmp_path))}
     sessions = {(s.labels["receiving_mx"], s.labels["result"]): s.value
                 for s in families["certkeeper_tlsrpt_sessions"].samples}
     assert sessions == {("", "success"): 1025, ("mail.example.test", "certificate-expired"): 35}

@@ -13,6 +13,16 @@ from certkeeper.store.base import (
     RenewalRecord,
     Store,
     TlsReportRecord,
+    TlsSessionCount,
 )
 
-__all__ = ["AlertRecord", "CertState", "EndpointRecord", "HistoryRecord", "RenewalRecord", "Store", "TlsReportRecord"]
+__all__ = [
+    "AlertRecord",
+    "CertState",
+    "EndpointRecord",
+    "HistoryRecord",
+    "RenewalRecord",
+    "Store",
+    "TlsReportRecord",
+    "TlsSessionCount",
+]

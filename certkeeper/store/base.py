@@ -73,6 +73,18 @@ class AlertRecord:
 
 
 @dataclass(frozen=True)
+class TlsSessionCount:
+    """Sessions of one report for one policy domain, receiving MX (``""``: not named) and result (``success``,
+    a result type, or ``failure`` for failures reported without details), by reporting organization."""
+
+    policy_domain: str
+    receiving_mx: str
+    result: str
+    organization: str
+    sessions: int
+
+
+@dataclass(frozen=True)
 class TlsReportRecord:
     """A TLS report (RFC 8460) as stored: ``document`` is its JSON (:func:`certkeeper.tlsrpt.report.to_document`);
     ``source`` says how it came (``imaps://reports@mail.example.org/INBOX UID 12``, ``POST / from 192.0.2.1``)."""
@@ -84,6 +96,8 @@ class TlsReportRecord:
     received_at: datetime
     source: str
     document: str
+    # Written with the report and summed by the store (the metrics); not read back by tls_reports().
+    sessions: tuple[TlsSessionCount, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -150,6 +164,14 @@ class Store(Protocol):
 
     def tls_reports(self, since: datetime | None = None) -> Sequence[TlsReportRecord]:
         """The TLS reports whose window ends at or after ``since`` (all without), oldest window first."""
+        ...
+
+    def tls_session_totals(self) -> dict[tuple[str, str, str], int]:
+        """``{(policy_domain, receiving_mx, result): sessions}`` over every report kept."""
+        ...
+
+    def tls_last_reports(self) -> dict[str, datetime]:
+        """``{organization: when its newest report arrived}``."""
         ...
 
     def add_history(self, record: HistoryRecord) -> None: ...

@@ -114,6 +114,10 @@ _MIGRATIONS: dict[int, tuple[LiteralString, ...]] = {
             end_at TIMESTAMPTZ NOT NULL, received_at TIMESTAMPTZ NOT NULL, source TEXT NOT NULL,
             document TEXT NOT NULL)""",
         "CREATE INDEX tls_reports_by_end ON tls_reports (end_at)",
+        """CREATE TABLE tls_sessions (
+            report_id TEXT NOT NULL REFERENCES tls_reports ON DELETE CASCADE, policy_domain TEXT NOT NULL,
+            receiving_mx TEXT NOT NULL, result TEXT NOT NULL, organization TEXT NOT NULL, sessions BIGINT NOT NULL,
+            PRIMARY KEY (report_id, policy_domain, receiving_mx, result))""",
         """CREATE TABLE history (
             id BIGSERIAL PRIMARY KEY,
             name TEXT NOT NULL, at TIMESTAMPTZ NOT NULL, kind TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '')""",
@@ -351,10 +355,19 @@ class PostgresStore:
     # -- TLS reports -------------------------------------------------------------------------------------------
 
     def add_tls_report(self, record: TlsReportRecord) -> bool:
-        return self._execute(
-            "INSERT INTO tls_reports VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (report_id) DO NOTHING",
-            (record.report_id, record.organization, record.start, record.end, record.received_at, record.source,
-             record.document)) == 1
+        with self._session() as conn, conn.transaction():
+            self.queries += 1 + len(record.sessions)
+            inserted = conn.execute(
+                "INSERT INTO tls_reports VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (report_id) DO NOTHING",
+                (record.report_id, record.organization, record.start, record.end, record.received_at,
+                 record.source, record.document)).rowcount == 1
+            if inserted and record.sessions:
+                with conn.cursor() as cursor:
+                    cursor.executemany(
+                        "INSERT INTO tls_sessions VALUES (%s, %s, %s, %s, %s, %s)",
+                        [(record.report_id, c.policy_domain, c.receiving_mx, c.result, c.organization, c.sessions)
+                         for c in record.sessions])
+            return inserted
 
     def tls_reports(self, since: datetime | None = None) -> list[TlsReportRecord]:
         if since is None:
@@ -363,6 +376,15 @@ class PostgresStore:
             rows = self._query("SELECT * FROM tls_reports WHERE end_at >= %s ORDER BY start_at, report_id",
                                (since,))
         return [TlsReportRecord(*row) for row in rows]
+
+    def tls_session_totals(self) -> dict[tuple[str, str, str], int]:
+        rows = self._query("SELECT policy_domain, receiving_mx, result, SUM(sessions) FROM tls_sessions "
+                           "GROUP BY policy_domain, receiving_mx, result")
+        return {(r[0], r[1], r[2]): int(r[3]) for r in rows}
+
+    def tls_last_reports(self) -> dict[str, datetime]:
+        rows = self._query("SELECT organization, MAX(received_at) FROM tls_reports GROUP BY organization")
+        return {r[0]: r[1] for r in rows}
 
     # -- locks -------------------------------------------------------------------------------------------------
 

@@ -78,6 +78,11 @@ _MIGRATIONS: dict[int, str] = {
         received_at TEXT NOT NULL, source TEXT NOT NULL, document TEXT NOT NULL
     );
     CREATE INDEX tls_reports_by_end ON tls_reports (end_at);
+    CREATE TABLE tls_sessions (
+        report_id TEXT NOT NULL REFERENCES tls_reports ON DELETE CASCADE, policy_domain TEXT NOT NULL,
+        receiving_mx TEXT NOT NULL, result TEXT NOT NULL, organization TEXT NOT NULL, sessions INTEGER NOT NULL,
+        PRIMARY KEY (report_id, policy_domain, receiving_mx, result)
+    );
     CREATE TABLE history (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         name TEXT NOT NULL, at TEXT NOT NULL, kind TEXT NOT NULL, detail TEXT NOT NULL DEFAULT ''
@@ -282,7 +287,13 @@ class SqliteStore:
                 (record.report_id, record.organization, _ts(record.start), _ts(record.end),
                  _ts(record.received_at), record.source, record.document),
             )
-            return cursor.rowcount == 1
+            if cursor.rowcount != 1:
+                return False
+            for count in record.sessions:
+                db.execute("INSERT INTO tls_sessions VALUES (?,?,?,?,?,?)",
+                           (record.report_id, count.policy_domain, count.receiving_mx, count.result,
+                            count.organization, count.sessions))
+            return True
 
     def tls_reports(self, since: datetime | None = None) -> list[TlsReportRecord]:
         # ISO 8601 in UTC with one offset format sorts as text in time order.
@@ -290,6 +301,15 @@ class SqliteStore:
                            (_ts(since) if since else "",))
         return [TlsReportRecord(r[0], r[1], _dt(r[2]) or datetime.min, _dt(r[3]) or datetime.min,
                                 _dt(r[4]) or datetime.min, r[5], r[6]) for r in rows]
+
+    def tls_session_totals(self) -> dict[tuple[str, str, str], int]:
+        rows = self._query("SELECT policy_domain, receiving_mx, result, SUM(sessions) FROM tls_sessions "
+                           "GROUP BY policy_domain, receiving_mx, result")
+        return {(r[0], r[1], r[2]): int(r[3]) for r in rows}
+
+    def tls_last_reports(self) -> dict[str, datetime]:
+        rows = self._query("SELECT organization, MAX(received_at) FROM tls_reports GROUP BY organization")
+        return {r[0]: _dt(r[1]) or datetime.min for r in rows}
 
     # -- locks -------------------------------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from certkeeper.store import Store, TlsReportRecord
 from certkeeper.tlsrpt.correlate import LOOKBACK, actions_from_history, alert_for, correlate
 from certkeeper.tlsrpt.intake import read_mail
 from certkeeper.tlsrpt.report import TlsReport, to_document
-from certkeeper.tlsrpt.summary import stored_reports
+from certkeeper.tlsrpt.summary import session_counts, stored_reports
 
 if TYPE_CHECKING:
     from certkeeper.tlsrpt.http import ReportEndpoint
@@ -60,7 +60,8 @@ class Tlsrpt:
     def import_report(self, report: TlsReport, where: str) -> bool:
         """Store ``report``; False when a report with its ``report-id`` was stored before."""
         record = TlsReportRecord(report.report_id, report.organization_name, report.start, report.end,
-                                 self.clock(), where, json.dumps(to_document(report), separators=(",", ":")))
+                                 self.clock(), where, json.dumps(to_document(report), separators=(",", ":")),
+                                 tuple(session_counts([report])))
         new = self.store.add_tls_report(record)
         self.bus.publish(TlsReportImported(self.clock(), report.report_id, report.organization_name, where,
                                            report.failed_sessions, duplicate=not new))

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from certkeeper.store import Store
+from certkeeper.store import Store, TlsSessionCount
 from certkeeper.tlsrpt.report import TlsReport, parse_document
 
 SUCCESS = "success"
@@ -40,16 +40,7 @@ def stored_reports(store: Store, since: datetime | None) -> list[StoredReport]:
     return found
 
 
-@dataclass(frozen=True)
-class SessionCount:
-    policy_domain: str
-    receiving_mx: str
-    result: str
-    organization: str
-    sessions: int
-
-
-def session_counts(reports: Iterable[TlsReport]) -> list[SessionCount]:
+def session_counts(reports: Iterable[TlsReport]) -> list[TlsSessionCount]:
     totals: dict[tuple[str, str, str, str], int] = defaultdict(int)
     for report in reports:
         for policy in report.policies:
@@ -64,7 +55,7 @@ def session_counts(reports: Iterable[TlsReport]) -> list[SessionCount]:
             if policy.failed_sessions > detailed:
                 totals[(policy.policy_domain, "", UNDETAILED_FAILURE, report.organization_name)] += \
                     policy.failed_sessions - detailed
-    return [SessionCount(*key, sessions) for key, sessions in sorted(totals.items())]
+    return [TlsSessionCount(*key, sessions) for key, sessions in sorted(totals.items())]
 
 
 def summarize(stored: Sequence[StoredReport], since: datetime | None, now: datetime) -> dict[str, Any]:
@@ -119,11 +110,10 @@ def render_text(document: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def render_metrics(stored: Sequence[StoredReport], escape: Any) -> str:
-    """The two TLS-RPT families in Prometheus text format; ``escape`` quotes a label value."""
-    totals: dict[tuple[str, str, str], int] = defaultdict(int)
-    for count in session_counts(s.report for s in stored):
-        totals[(count.policy_domain, count.receiving_mx, count.result)] += count.sessions
+def render_metrics(totals: Mapping[tuple[str, str, str], int], last_reports: Mapping[str, datetime],
+                   escape: Callable[[str], str]) -> str:
+    """The two TLS-RPT families in Prometheus text format, from the store's sums (:meth:`Store.tls_session_totals`,
+    :meth:`Store.tls_last_reports`: no report is parsed again); ``escape`` quotes a label value."""
     lines = ["# HELP certkeeper_tlsrpt_sessions_total TLS sessions senders reported (RFC 8460), by result",
              "# TYPE certkeeper_tlsrpt_sessions_total counter"]
     for (domain, mx, result), sessions in sorted(totals.items()):
@@ -131,7 +121,7 @@ def render_metrics(stored: Sequence[StoredReport], escape: Any) -> str:
                      f'receiving_mx="{escape(mx)}",result="{escape(result)}"}} {sessions}')
     lines += ["# HELP certkeeper_tlsrpt_last_report_timestamp_seconds When the last report of each reporter "
               "arrived", "# TYPE certkeeper_tlsrpt_last_report_timestamp_seconds gauge"]
-    for name, at in sorted(_latest(stored).items()):
+    for name, at in sorted(last_reports.items()):
         lines.append(f'certkeeper_tlsrpt_last_report_timestamp_seconds{{reporter="{escape(name)}"}} '
                      f"{at.timestamp():.0f}")
     return "\n".join(lines) + "\n"

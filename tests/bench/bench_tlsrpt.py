@@ -2,7 +2,7 @@
 
 1. Parsing: :func:`certkeeper.tlsrpt.report.parse_report` (UTF-8 check, duplicate-key hook, every field typed)
    against a bare ``json.loads`` of the same report (a large sender's day: 2,000 failure details).  Goal: at most
-   10x ``json.loads`` (the metrics and the summary parse the stored reports again).
+   10x ``json.loads`` (the summary and the correlation parse the stored reports of their window again).
 2. A gzip bomb (4 GiB of zeros in ~4 MiB): :func:`certkeeper.tlsrpt.intake.inflate` refusing it, against
    inflating the whole of it with ``zlib`` (what an unbounded reader does).  Goal: under 0.05x.
 
