@@ -297,5 +297,5 @@ def build_app(config: Config, *, store: Store | None = None,
         from certkeeper.tlsrpt.service import Tlsrpt
 
         certificates = {c.name: c.domains for c in config.certificates.values()}
-        tlsrpt = Tlsrpt(config.tlsrpt, store, bus, certificates, clock, notifier)
+        tlsrpt = Tlsrpt(config.tlsrpt, store, bus, certificates, clock)
     return App(config, store, bus, issuers, renewer, clock, notifier, fleet, tlsrpt)

@@ -217,6 +217,8 @@ class TlsFailuresReported(Event):
     start: datetime
     end: datetime
     explained_by: str
+    policy_domains: tuple[str, ...] = ()
+    report_ids: tuple[str, ...] = ()
 
 
 Subscriber = Callable[[Event], None]

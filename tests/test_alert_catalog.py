@@ -15,6 +15,8 @@ SILENT = {
     events.CertificateIssued: "its serial and expiry go into the installed mail",
     events.CertificateInstalled: "handled with its issuance event (recovered / notify_success)",
     events.RenewalWaitingForTlsa: "waiting is the DANE rollover working; UnsafeKeyRollover alerts when it cannot",
+    events.TlsReportImported: "a report stored is the intake working; TlsFailuresReported alerts on what it says",
+    events.TlsReportRefused: "logged: a sender's broken or hostile input must not become mail of its own",
 }
 
 

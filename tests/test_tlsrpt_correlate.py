@@ -6,14 +6,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from certkeeper.alerts import catalog
+from certkeeper.alerts.rules import Severity
 from certkeeper.app import remember_history
-from certkeeper.events import CertificateInstalled, EventBus, TlsaRecordsPublished
+from certkeeper.events import CertificateInstalled, EventBus, TlsaRecordsPublished, TlsFailuresReported
 from certkeeper.store import HistoryRecord
 from certkeeper.store.sqlite import SqliteStore
 from certkeeper.tlsrpt.correlate import (
     CertkeeperAction,
     actions_from_history,
-    alert_for,
     certificates_for,
     correlate,
     group_failures,
@@ -64,8 +65,12 @@ def test_an_expired_certificate_is_explained_by_the_rollback_before_it() -> None
     ]
     (found,) = correlate([parsed("a", failed=50)], CERTIFICATES, actions, threshold=10)
     assert found.explanation == actions[1]
-    alert = alert_for(found)
-    assert alert.key == "tlsrpt/mail.example.test/certificate-expired/2026-12-01"
+    group = found.group
+    event = TlsFailuresReported(DAY, group.receiving_mx, group.result_type, group.sessions, group.organizations,
+                                group.start, group.end, found.explained_by, group.policy_domains, group.report_ids)
+    alert = catalog.alert_for(event).alert
+    assert alert is not None and alert.severity is Severity.CRITICAL
+    assert alert.key == "tlsrpt:mail.example.test:certificate-expired:2026-12-01"
     facts = dict(alert.facts)
     assert facts["most likely cause"] == (
         "certificate 'mail': rolled back version 20261130-1 at 2026-11-30 23:58 UTC "

@@ -130,7 +130,7 @@ def stored_ids(config: Config) -> set[str]:
 def tlsrpt_alerts(config: Config) -> list[tuple[str, AlertContent]]:
     store = SqliteStore(config.settings.state_dir)
     try:
-        return [(a.key, AlertContent.from_body(a.body)) for a in store.pending_alerts() if a.key.startswith("tlsrpt/")]
+        return [(a.key, AlertContent.from_body(a.body)) for a in store.pending_alerts() if a.key.startswith("tlsrpt:")]
     finally:
         store.close()
 
@@ -157,7 +157,7 @@ def test_reports_by_imaps_and_https_explain_a_failed_install(rolled_back: tuple[
     assert stored_ids(config) == {"google-1", "microsoft-1", "yahoo-1"}
     ((key, alert),) = tlsrpt_alerts(config)
     facts = dict(alert.facts)
-    assert key.startswith(f"tlsrpt/{MX}/certificate-expired/")
+    assert key.startswith(f"tlsrpt:{MX}:certificate-expired:")
     assert facts["reported by"] == "Google, Microsoft"
     assert facts["failed sessions"] == "65"
     assert facts["most likely cause"].startswith(f"certificate 'mail': rolled back version {version} at ")

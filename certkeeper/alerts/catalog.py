@@ -45,6 +45,7 @@ from certkeeper.events import (
     TlsaMismatchObserved,
     TlsaRecordsPublished,
     TlsaUpdateFailed,
+    TlsFailuresReported,
     UnsafeKeyRollover,
 )
 
@@ -271,6 +272,26 @@ def _alert_mail_sent(event: AlertMailSent) -> AlertAction:
 
 
 # event type -> its rule; an event type not listed owes no alert.
+def _tls_failures_reported(event: TlsFailuresReported) -> AlertAction:
+    """Once per MX, result type and first day reported: the reports of the next days alert again if it goes on."""
+    organizations = ", ".join(event.organizations)
+    window = f"{when(event.start)} to {when(event.end)}"
+    ids = ", ".join(event.report_ids[:10]) + (" ..." if len(event.report_ids) > 10 else "")
+    return AlertAction(Alert(
+        f"tlsrpt:{event.receiving_mx}:{event.result_type}:{event.start.astimezone(UTC):%Y-%m-%d}",
+        Severity.CRITICAL,
+        f"{event.receiving_mx}: senders report {event.sessions} sessions failed with {event.result_type}",
+        f"{organizations} reported {event.sessions} failed TLS sessions to {event.receiving_mx} "
+        f"({event.result_type}) from {window}: {event.explained_by}.",
+        (("receiving MX", event.receiving_mx), ("result type", event.result_type),
+         ("failed sessions", str(event.sessions)), ("reported by", organizations), ("window", window),
+         ("policy domains", ", ".join(event.policy_domains)), ("most likely cause", event.explained_by),
+         ("report ids", ids)),
+        "grouped the TLS reports (RFC 8460) of the last three days by MX and result type, and compared them with "
+        "certkeeper's installs, rollbacks, failed renewals and TLSA changes of the certificates naming that MX",
+        f"certkeeper check smtp://{event.receiving_mx}:25 --dane; certkeeper status; certkeeper tlsrpt summary"))
+
+
 RULES: dict[type[Any], Callable[[Any], AlertAction]] = {
     RenewalFailed: _renewal_failed,
     ReloadHookFailed: _hook_failed,
@@ -289,4 +310,5 @@ RULES: dict[type[Any], Callable[[Any], AlertAction]] = {
     TlsaMatchRecovered: _tlsa_recovered,
     ConfigReloadRejected: _config_rejected,
     AlertMailSent: _alert_mail_sent,
+    TlsFailuresReported: _tls_failures_reported,
 }

@@ -154,40 +154,5 @@ def correlate(reports: Iterable[TlsReport], certificates: Mapping[str, Sequence[
     return found
 
 
-@dataclass(frozen=True)
-class TlsrptAlert:
-    """The alert a correlation owes: the key de-duplicates it per MX, result type and first day reported."""
-
-    key: str
-    subject: str
-    summary: str
-    facts: tuple[tuple[str, str], ...]
-    next_step: str
-
-
-def alert_for(correlation: Correlation) -> TlsrptAlert:
-    group = correlation.group
-    organizations = ", ".join(group.organizations)
-    return TlsrptAlert(
-        key=f"tlsrpt/{group.receiving_mx}/{group.result_type}/{group.start.astimezone(UTC):%Y-%m-%d}",
-        subject=f"{group.receiving_mx}: senders report {group.sessions} sessions failed with {group.result_type}",
-        summary=(f"{organizations} reported {group.sessions} failed TLS sessions to {group.receiving_mx} "
-                 f"({group.result_type}) between {_when(group.start)} and {_when(group.end)}: "
-                 f"{correlation.explained_by}."),
-        facts=(
-            ("receiving MX", group.receiving_mx),
-            ("result type", group.result_type),
-            ("failed sessions", str(group.sessions)),
-            ("reported by", organizations),
-            ("window", f"{_when(group.start)} to {_when(group.end)}"),
-            ("policy domains", ", ".join(group.policy_domains)),
-            ("most likely cause", correlation.explained_by),
-            ("report ids", ", ".join(group.report_ids[:10]) + (" ..." if len(group.report_ids) > 10 else "")),
-        ),
-        next_step=(f"check what {group.receiving_mx} serves now: certkeeper check smtp://{group.receiving_mx}:25 "
-                   "--dane; then certkeeper status and certkeeper tlsrpt summary"),
-    )
-
-
 def _when(value: datetime) -> str:
     return f"{value.astimezone(UTC):%Y-%m-%d %H:%M} UTC"

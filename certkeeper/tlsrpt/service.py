@@ -15,13 +15,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from certkeeper.config import TlsrptConfig
 from certkeeper.errors import ReportRefused
 from certkeeper.events import EventBus, TlsFailuresReported, TlsReportImported, TlsReportRefused
 from certkeeper.store import Store, TlsReportRecord
-from certkeeper.tlsrpt.correlate import LOOKBACK, actions_from_history, alert_for, correlate
+from certkeeper.tlsrpt.correlate import LOOKBACK, actions_from_history, correlate
 from certkeeper.tlsrpt.intake import read_mail
 from certkeeper.tlsrpt.report import TlsReport, to_document
 from certkeeper.tlsrpt.summary import session_counts, stored_reports
@@ -37,13 +37,6 @@ ALERT_HORIZON = timedelta(days=3)
 HISTORY_LIMIT = 1000
 
 
-class AlertSink(Protocol):
-    """What raises an alert (:class:`certkeeper.alerts.notifier.Notifier`); the composition root passes it in."""
-
-    def raise_alert(self, key: str, severity: str, subject: str, now: datetime, *, summary: str = "",
-                    facts: Sequence[tuple[str, str]] = (), tried: str = "", next_step: str = "") -> object: ...
-
-
 @dataclass
 class Tlsrpt:
     config: TlsrptConfig
@@ -51,7 +44,6 @@ class Tlsrpt:
     bus: EventBus
     certificates: Mapping[str, Sequence[str]]
     clock: Callable[[], datetime]
-    notifier: AlertSink | None = None
     endpoint: ReportEndpoint | None = None
     _alert_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -132,12 +124,9 @@ class Tlsrpt:
             for found in correlate(reports, self.certificates, actions_from_history(renewals, others),
                                    threshold=self.config.alert_threshold):
                 group = found.group
-                alert = alert_for(found)
-                if self.store.alert_seen(alert.key):
-                    continue
+                # The alert catalog turns this into one alert per MX, result type and first day (de-duplicated
+                # in the store), so publishing it again after the next import raises nothing twice.
                 self.bus.publish(TlsFailuresReported(now, group.receiving_mx, group.result_type, group.sessions,
                                                      group.organizations, group.start, group.end,
-                                                     found.explained_by))
-                if self.notifier is not None:
-                    self.notifier.raise_alert(alert.key, "CRITICAL", alert.subject, now, summary=alert.summary,
-                                              facts=alert.facts, next_step=alert.next_step)
+                                                     found.explained_by, group.policy_domains,
+                                                     group.report_ids))
