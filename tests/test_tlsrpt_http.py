@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from certkeeper.errors import ReportRefused
+from certkeeper.errors import ReportRefused, ReportSourceFailed, StoreError
 from certkeeper.testbed.certs import TestCA
-from certkeeper.tlsrpt.http import ReportEndpoint, start_report_endpoint
+from certkeeper.testbed.server import wait_until
+from certkeeper.tlsrpt.http import MAX_CONNECTIONS, ReportEndpoint, start_report_endpoint
 from certkeeper.tlsrpt.report import TlsReport
 from tests.tlsrpt_reports import RFC_EXAMPLE, encode, every_result_type, gzip_bomb, gzipped
 
@@ -102,3 +103,58 @@ def test_a_100_mb_body_is_refused_413_before_it_is_sent(endpoint: tuple[ReportEn
 
 def test_other_methods_are_told_to_post(endpoint: tuple[ReportEndpoint, Received, ssl.SSLContext]) -> None:
     assert post(endpoint, b"", method="GET")[0] == 405
+
+
+def raw_post(endpoint: tuple[ReportEndpoint, Received, ssl.SSLContext], head: bytes) -> str:
+    running, _, context = endpoint
+    with socket.create_connection(("127.0.0.1", running.port), timeout=30) as raw, \
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        tls.sendall(head)
+        chunks = []
+        while chunk := tls.recv(4096):
+            chunks.append(chunk)
+    return b"".join(chunks).decode()
+
+
+def test_a_body_without_a_length_is_refused(endpoint: tuple[ReportEndpoint, Received, ssl.SSLContext]) -> None:
+    chunked = raw_post(endpoint, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/tlsrpt+json\r\n"
+                                 b"Transfer-Encoding: chunked\r\n\r\n")
+    assert chunked.startswith("HTTP/1.1 411 ") and "a Content-Length is required" in chunked
+
+
+def test_a_store_that_fails_answers_503_so_the_sender_retries(tmp_path: Path, ca: TestCA) -> None:
+    key_file, cert_file = ca.issue(["127.0.0.1"]).write(tmp_path, "endpoint")
+
+    def broken(report: TlsReport, where: str) -> bool:
+        msg = "state.db: disk I/O error"
+        raise StoreError(msg)
+
+    running = start_report_endpoint("127.0.0.1", 0, cert_file, key_file, broken, Received().refuse)
+    try:
+        client = ssl.create_default_context(cafile=str(ca.write_cert(tmp_path / "ca.pem")))
+        assert post((running, Received(), client), gzipped(RFC_EXAMPLE)) == (
+            503, "the report could not be stored; please retry later\n")
+    finally:
+        running.stop()
+
+
+def test_connections_beyond_the_limit_are_closed_at_once(endpoint: tuple[ReportEndpoint, Received,
+                                                                         ssl.SSLContext]) -> None:
+    running = endpoint[0]
+    idle = [socket.create_connection(("127.0.0.1", running.port), timeout=30) for _ in range(MAX_CONNECTIONS)]
+    try:
+        # Every slot is held by a client that never completes its handshake; one more is closed unanswered.
+        extra = socket.create_connection(("127.0.0.1", running.port), timeout=30)
+        with extra:
+            assert extra.recv(1) == b""
+    finally:
+        for sock in idle:
+            sock.close()
+    assert wait_until(lambda: post(endpoint, gzipped(RFC_EXAMPLE))[0] in (200, 201), timeout=30,
+                      alive=lambda: True)
+
+
+def test_a_certificate_that_cannot_be_loaded_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ReportSourceFailed, match=r"https://127\.0\.0\.1:0: cannot load the certificate "):
+        start_report_endpoint("127.0.0.1", 0, tmp_path / "missing.pem", tmp_path / "missing.key",
+                              Received().accept, Received().refuse)

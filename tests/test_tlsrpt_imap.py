@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from certkeeper.config import parse_imap_url
-from certkeeper.errors import ReportSourceFailed
+from certkeeper.errors import ReportSourceFailed, StoreError
 from certkeeper.testbed.certs import TestCA
 from certkeeper.tlsrpt.imap import fetch_reports
 from certkeeper.tlsrpt.intake import read_mail
@@ -149,3 +149,40 @@ def test_a_mail_over_the_size_cap_is_refused_without_fetching_it(report_mailbox:
     ((where, skipped, size),) = seen
     assert where.endswith("/INBOX UID 1") or " UID " in where
     assert skipped and size > 11 * 1024 * 1024
+
+
+def test_a_mail_that_breaks_the_import_is_marked_seen_and_the_next_imported(report_mailbox: ReportMailbox) -> None:
+    report_mailbox.mail(report_mail(report("poison")), report_mail(report("after-poison")))
+    collected = Collected()
+
+    def handle(where: str, data: bytes | None, size: int) -> bool:
+        assert data is not None
+        if b"poison" in data and b"after-poison" not in data:
+            msg = "a bug meeting a hostile mail"
+            raise RuntimeError(msg)
+        return collected(where, data, size)
+
+    fetched = fetch_reports(parse_imap_url(report_mailbox.imap_url), report_mailbox.password_file, handle,
+                            ca_file=report_mailbox.ca_file, delete_after_import=True)
+    assert (fetched.read, fetched.seen, fetched.deleted) == (2, 2, 1)
+    assert [r.report_id for r in collected.reports] == ["after-poison"]
+
+
+def test_a_store_error_leaves_the_mail_unseen_for_the_next_pass(report_mailbox: ReportMailbox) -> None:
+    report_mailbox.mail(report_mail(report("store-down")))
+
+    def store_down(where: str, data: bytes | None, size: int) -> bool:
+        msg = "state.db: disk I/O error"
+        raise StoreError(msg)
+
+    mailbox = parse_imap_url(report_mailbox.imap_url)
+    with pytest.raises(StoreError):
+        fetch_reports(mailbox, report_mailbox.password_file, store_down, ca_file=report_mailbox.ca_file)
+    collected = Collected()
+    fetch_reports(mailbox, report_mailbox.password_file, collected, ca_file=report_mailbox.ca_file)
+    assert [r.report_id for r in collected.reports] == ["store-down"]
+
+
+def test_a_missing_password_file_is_named(report_mailbox: ReportMailbox, tmp_path: Path) -> None:
+    with pytest.raises(ReportSourceFailed, match=r"cannot read the password file .*/nothing-here: No such file"):
+        fetch_reports(parse_imap_url(report_mailbox.imap_url), tmp_path / "nothing-here", Collected())
