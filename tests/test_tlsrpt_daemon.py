@@ -5,6 +5,7 @@ and by HTTPS POST; the daemon imports them past hostile mails and raises the ale
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import ssl
 import textwrap
@@ -154,6 +155,9 @@ def test_reports_by_imaps_and_https_explain_a_failed_install(rolled_back: tuple[
         refused = post(port, ca_file, gzip_bomb(1))
         assert refused.startswith("HTTP/1.1 400 ") and "inflates to more than" in refused
         assert process.poll() is None, daemon_log(config)
+        process.send_signal(signal.SIGHUP)  # the endpoint closes with the old configuration and opens again
+        assert wait_for(lambda: "configuration reloaded" in daemon_log(config), 30), daemon_log(config)
+        assert wait_for(lambda: _answers(port, ca_file), 30), daemon_log(config)
     assert stored_ids(config) == {"google-1", "microsoft-1", "yahoo-1"}
     ((key, alert),) = tlsrpt_alerts(config)
     facts = dict(alert.facts)
@@ -177,6 +181,13 @@ def test_reports_by_imaps_and_https_explain_a_failed_install(rolled_back: tuple[
     metrics = run_cli(config, "metrics")
     assert (f'certkeeper_tlsrpt_sessions_total{{policy_domain="example.test",receiving_mx="{MX}",'
             'result="certificate-expired"} 70') in metrics.stdout
+
+
+def _answers(port: int, ca_file: Path) -> bool:
+    try:
+        return post(port, ca_file, gzipped(expired("yahoo-1", "Yahoo", 5))).startswith("HTTP/1.1 200 ")
+    except OSError:
+        return False
 
 
 def _listening(port: int) -> bool:
