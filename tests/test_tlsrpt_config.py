@@ -59,3 +59,12 @@ def test_config_check_shows_the_resolved_tlsrpt_settings() -> None:
     assert shown["imap"] == "imaps://reports@mail.example.org/INBOX"
     assert shown["listen"] == ["127.0.0.1", 8444]
     assert shown["password_file"] == "/etc/certkeeper/tlsrpt-imap.pass"  # the file's name, never its content
+
+
+def test_the_config_schema_lists_every_tlsrpt_key() -> None:
+    from certkeeper.config.schema import json_schema
+
+    tlsrpt = json_schema()["properties"]["tlsrpt"]
+    assert sorted(tlsrpt["properties"]) == ["alert_threshold", "ca_file", "certificate", "delete_after_import",
+                                            "fetch_interval", "imap", "listen", "password_file"]
+    assert tlsrpt["additionalProperties"] is False

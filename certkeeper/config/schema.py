@@ -15,8 +15,7 @@ from typing import Any
 from certkeeper.config.load import parse_config
 
 # One table of every kind the parser has (both issuer types, a certificate with DANE and copies, a watch entry,
-# an MTA-STS domain),
-# so that every getter runs.  The values only need to parse.
+# an MTA-STS domain, TLS reports), so that every getter runs.  The values only need to parse.
 SAMPLE = """
 [certkeeper]
 state_dir = "/var/lib/certkeeper"
@@ -38,6 +37,11 @@ dane = { tlsa = ["3 1 1"] }
 endpoints = ["smtps://mail.example.org:465"]
 [mta_sts."example.org"]
 webroot = "/var/www/mta-sts"
+[tlsrpt]
+imap = "imaps://reports@mail.example.org/INBOX"
+password_file = "/etc/certkeeper/tlsrpt-imap.pass"
+listen = "127.0.0.1:8444"
+certificate = "mail"
 """
 
 
