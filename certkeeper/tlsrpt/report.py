@@ -193,12 +193,12 @@ def _failure(node: _Node) -> FailureDetail:
 
 
 def _optional_text(node: _Node, key: str) -> str:
-    value = node.optional(key)
+    value = node._object().get(key)  # the common case without a node: a string, or nothing
     if value is None:
         return ""
-    if isinstance(value.value, str):
-        return value.value
-    return value.string()
+    if isinstance(value, str):
+        return value
+    return _Node(value, node.where, node, f".{key}").string()
 
 
 def _strings(node: _Node) -> tuple[str, ...]:
