@@ -298,4 +298,4 @@ def build_app(config: Config, *, store: Store | None = None,
 
         certificates = {c.name: c.domains for c in config.certificates.values()}
         tlsrpt = Tlsrpt(config.tlsrpt, store, bus, certificates, clock)
-    return App(config, store, bus, issuers, renewer, clock, notifier, fleet, tlsrpt)
+    return App(config, store, bus, issuers, renewer, clock, notifier, fleet, tlsrpt=tlsrpt)
