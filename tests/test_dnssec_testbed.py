@@ -11,7 +11,7 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from certkeeper.issuers.challenges import Rfc2136Dns01, parse_tsig_key
+from certkeeper import dnsclient
 from certkeeper.testbed.dnssec import LOOPBACK, SECONDARY, SignedZone
 from certkeeper.testbed.server import wait_until
 from tests.dane_fixtures import signed_zone
@@ -33,9 +33,8 @@ def addresses(address: str, port: int, name: str) -> set[str]:
 
 
 def add_a(zone: SignedZone, origin: str, name: str, address: str) -> None:
-    client = Rfc2136Dns01(zone.nameserver, parse_tsig_key(zone.tsig_key_file.read_text(), "zone"), zone=origin,
-                          timeout=5)
-    client.send_update(LOOPBACK, dns.name.from_text(origin), add=[(name, dns.rdatatype.A, address)])
+    key = dnsclient.parse_tsig_key(zone.tsig_key_file.read_text(), "zone")
+    dnsclient.send_update(LOOPBACK, zone.port, origin, key, ttl=30, add=[(name, "A", address)])
 
 
 @pytest.mark.testbed

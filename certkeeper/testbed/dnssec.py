@@ -41,22 +41,23 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 
-from certkeeper.testbed.server import LOOPBACK, Server, run_checked, spawn, terminate, wait_until
+from certkeeper.testbed.server import LOOPBACK, Server, allocate_port, run_checked, spawn, terminate, wait_until
 
 NAMED = "/usr/sbin/named"
 RNDC = "/usr/sbin/rndc"
 SECONDARY = "::1"
 # SOA refresh and retry of an hour: the secondary only transfers on NOTIFY, so a held transfer stays held.
-SOA_TIMERS = "3600 3600 86400 30"
+# Negative TTL (and so the NSEC records' TTL, RFC 4035 section 2.3) of 2 s: a resolver that proved a TLSA name
+# absent, from an NSEC record it cached (aggressive use, RFC 8198), sees the new records 2 s later, not 30.
+SOA_TIMERS = "3600 3600 86400 2"
 
 
 def allocate_shared_port(addresses: tuple[str, ...]) -> int:
-    """A port free for TCP and UDP on every one of ``addresses`` (IPv4 and IPv6 loopback)."""
+    """A claimed port (:func:`~certkeeper.testbed.server.allocate_port`, free on 127.0.0.1) that is also free for
+    TCP and UDP on every other one of ``addresses`` (the IPv6 loopback)."""
     while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.bind((addresses[0], 0))
-            port: int = probe.getsockname()[1]
-        if all(_free(address, port, kind) for address in addresses
+        port = allocate_port(udp_too=True)
+        if all(_free(address, port, kind) for address in addresses if address != LOOPBACK
                for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM)):
             return port
 
@@ -105,7 +106,7 @@ class _Named(Server):
 
     def _allocate_ports(self) -> None:
         # The DNS port is shared and chosen by SignedZone; only the control channel is this server's own.
-        self.rndc_port = allocate_shared_port((LOOPBACK,))
+        self.rndc_port = allocate_port()
 
     def _common(self, listen: str) -> str:
         self.rndc_key_file.write_text(
@@ -195,6 +196,8 @@ class SignedPrimary(_Named):
             f'    allow-update {{ key "{self.tsig_key_name}"; }};\n'
             f"    allow-transfer {{ {transfer}; }};\n"
             "    notify explicit;\n"
+            # BIND holds a NOTIFY back up to 5 s after the previous one by default; a test bed tells at once.
+            "    notify-delay 0;\n"
             f"    also-notify {{ {SECONDARY} port {self.port}; }};\n"
             "};\n"
             f'zone "{self.unsigned_zone}" {{\n'
@@ -283,7 +286,7 @@ class ValidatingResolver(_Named):
 
     def _allocate_ports(self) -> None:
         super()._allocate_ports()
-        self.port = allocate_shared_port((LOOPBACK,))
+        self.port = allocate_port(udp_too=True)
 
     def _ready(self) -> bool:
         query = dns.message.make_query(self.zone, dns.rdatatype.SOA)
