@@ -15,6 +15,7 @@ SILENT = {
     events.CertificateIssued: "its serial and expiry go into the installed mail",
     events.CertificateInstalled: "handled with its issuance event (recovered / notify_success)",
     events.RenewalWaitingForTlsa: "waiting is the DANE rollover working; UnsafeKeyRollover alerts when it cannot",
+    events.TlsaRecordsRetiring: "keeping the old key's records over the dwell is the rollover working",
 }
 
 

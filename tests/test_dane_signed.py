@@ -28,8 +28,9 @@ from certkeeper.app import App, build_app
 from certkeeper.config import Config
 from certkeeper.events import Event, RenewalWaitingForTlsa, TlsaPropagationLagging, TlsaRecordsPublished
 from certkeeper.store.versions import CertificateHome
-from certkeeper.testbed.dnssec import LOOPBACK, SignedZone
+from certkeeper.testbed.dnssec import SignedZone
 from certkeeper.testbed.postfix import Postfix
+from certkeeper.testbed.server import LOOPBACK
 from tests.dane_fixtures import signed_zone
 from tests.lifecycle_helpers import write_config
 
@@ -206,6 +207,7 @@ def test_every_key_served_during_a_rollover_matches_a_record_its_sender_saw_vali
                            capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0, shown.stderr
     assert f"{name} {TTL} IN TLSA 3 1 1 {first_key} ; retiring" in shown.stdout.splitlines()
+    assert "has served the new key for 0:00:05" in shown.stdout  # max_idle (5 s) beats retire_after (2 s)
     status = subprocess.run([sys.executable, "-m", "certkeeper", "-c", str(config.path), "status", "--json"],
                             capture_output=True, text=True, timeout=60)
     [row] = json.loads(status.stdout)

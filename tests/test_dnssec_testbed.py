@@ -12,8 +12,8 @@ import dns.rdatatype
 import pytest
 
 from certkeeper import dnsclient
-from certkeeper.testbed.dnssec import LOOPBACK, SECONDARY, SignedZone
-from certkeeper.testbed.server import wait_until
+from certkeeper.testbed.dnssec import SECONDARY, SignedZone
+from certkeeper.testbed.server import LOOPBACK, wait_until
 from tests.dane_fixtures import signed_zone
 
 __all__ = ["signed_zone"]

@@ -44,7 +44,8 @@ def run_show(args: argparse.Namespace, context: Context) -> int:
         raise UsageError(msg)
     home = app.renewer.home(certificate)
     rollover = DaneRollover(certificate, home, context.config.issuers.get(certificate.issuer), app.bus.publish,
-                            app.clock, lambda: server_process_lifetime(certificate.reload, certificate.hook_env),
+                            app.clock,
+                            process_lifetime=lambda: server_process_lifetime(certificate.reload, certificate.hook_env),
                             store=context.store)
     # The lock: a next key made here must be the one a concurrent renewal would make, not a second one.
     with context.store.lock(certificate.name, context.config.settings.lock_timeout.total_seconds()):

@@ -88,7 +88,7 @@ class RecordSets:
 
 class DaneRollover:
     def __init__(self, certificate: CertificateConfig, home: CertificateHome, issuer: IssuerConfig | None,
-                 publish_event: Callable[[Event], None], clock: Callable[[], datetime],
+                 publish_event: Callable[[Event], None], clock: Callable[[], datetime], *,
                  process_lifetime: Callable[[], timedelta | None] = lambda: None, store: Store | None = None) -> None:
         """``process_lifetime``: how long a server process started before a reload may still present the old
         key (Postfix's ``max_idle``, read by the renewal layer: :func:`certkeeper.mailserver.config.

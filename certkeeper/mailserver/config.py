@@ -151,7 +151,8 @@ def postfix_duration(value: str) -> timedelta:
     unit = text[-1] if text and text[-1] in _POSTFIX_TIME_UNITS else "s"
     number = text[:-1] if text and text[-1] in _POSTFIX_TIME_UNITS else text
     if not number.isdigit():
-        raise ValueError(f"not a Postfix time value: {value!r}")
+        msg = f"not a Postfix time value: {value!r}"
+        raise ValueError(msg)
     return timedelta(seconds=int(number) * _POSTFIX_TIME_UNITS[unit])
 
 

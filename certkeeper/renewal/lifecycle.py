@@ -522,7 +522,8 @@ class Renewer:
         from certkeeper.mailserver.config import server_process_lifetime
 
         return DaneRollover(certificate, home, self.config.issuers.get(certificate.issuer), self.bus.publish,
-                            self.clock, lambda: server_process_lifetime(certificate.reload, certificate.hook_env),
+                            self.clock,
+                            process_lifetime=lambda: server_process_lifetime(certificate.reload, certificate.hook_env),
                             store=self.store)
 
     def _dane_next_look(self, certificate: CertificateConfig) -> datetime | None:

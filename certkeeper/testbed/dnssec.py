@@ -135,7 +135,8 @@ class _Named(Server):
         self._process = spawn([NAMED, "-g", "-c", str(self.config_file)], self.log_path)
         process = self._process
         if not wait_until(self._ready, timeout=self.start_timeout, alive=lambda: process.poll() is None):
-            raise self.fail(f"not ready for {self.zone}")
+            reason = f"not ready for {self.zone}"
+            raise self.fail(reason)
 
     def _terminate(self) -> None:
         terminate(self._process)
