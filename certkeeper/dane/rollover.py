@@ -136,7 +136,7 @@ class DaneRollover:
         return {key_type.value: self._next_key(key_type) for key_type in self.certificate.key_types}
 
     def after_install(self, now: datetime) -> RolloverStep:
-        """The new certificate is served: make new next keys, publish current + next, remove the old key's."""
+        """The new certificate is served: make new next keys, publish current + next; the old key's records retire."""
         return self.synchronise(now)
 
     def synchronise(self, now: datetime) -> RolloverStep:  # noqa: ARG002 - one signature for every step
@@ -250,7 +250,7 @@ class DaneRollover:
         return RolloverStep("next-published", "confirm", reason)
 
     def out_of_step(self) -> bool:
-        """Whether DNS owes something (a record to add, remove, confirm or retire): cheap, files only."""
+        """Whether DNS owes something (a record to add, remove, confirm or retire): cheap, no DNS asked."""
         try:
             state = self.load_state()
             records = self.record_sets(create=False)
@@ -259,7 +259,7 @@ class DaneRollover:
         return bool(state.published - records.desired) or self.decide(state, records).action in ("publish", "confirm")
 
     def next_look(self) -> datetime | None:
-        """When the retiring records want their next probe (files only); None when nothing retires."""
+        """When the retiring records want their next probe (no DNS asked); None when nothing retires."""
         retirement = self.load_state().retirement
         return retirement.next_probe_at if retirement is not None else None
 
