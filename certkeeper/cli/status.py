@@ -72,8 +72,7 @@ def collect(context: Context, now: datetime) -> list[dict[str, Any]]:
             "last_result": ({"result": last[0].result, "at": last[0].at.isoformat(), "detail": last[0].detail}
                             if last else None),
         })
-        if certificate.dane is not None:
-            rows[-1]["dane"] = _dane_row(certificate, home, context, now)
+        rows[-1].update(_dane_fields(certificate, home, context, now))
         if app.fleet is not None:
             rows[-1]["nodes"] = [{"node": r.node, "version": r.version, "serials": r.serials, "result": r.result,
                                   "at": r.at.isoformat(), "detail": r.detail}
@@ -98,8 +97,11 @@ def collect(context: Context, now: datetime) -> list[dict[str, Any]]:
     return rows
 
 
-def _dane_row(certificate: Any, home: Any, context: Context, now: datetime) -> dict[str, Any]:
-    """The DANE rollover from its state file (no DNS): records retiring and servers lagging at the last look."""
+def _dane_fields(certificate: Any, home: Any, context: Context, now: datetime) -> dict[str, Any]:
+    """``{"dane": ...}``: the DANE rollover from the store (no DNS asked), records retiring and servers lagging
+    at the last look; nothing for a certificate without ``dane``."""
+    if certificate.dane is None:
+        return {}
     from certkeeper.dane.propagation import lagging_servers
     from certkeeper.dane.rollover import DaneRollover
 
@@ -107,14 +109,14 @@ def _dane_row(certificate: Any, home: Any, context: Context, now: datetime) -> d
                             lambda: now, store=context.store)
     state = rollover.load_state()
     retirement = state.retirement
-    return {
+    return {"dane": {
         "published": sorted(r.rdata for r in state.published),
         "retiring": [{"name": r.name, "rdata": r.rdata} for r in sorted(retirement.records)] if retirement else [],
         "retiring_since": retirement.since.isoformat() if retirement else None,
         "lagging": list(lagging_servers(state.lagging)),
         "lagging_reasons": list(state.lagging),
         "last_error": state.last_error,
-    }
+    }}
 
 
 def run(args: argparse.Namespace, context: Context) -> int:
