@@ -130,6 +130,26 @@ class MtaStsPolicyPublished(Event):
 
 
 @dataclass(frozen=True)
+class TlsaPropagationLagging(Event):
+    """DANE: published TLSA records are not answered yet by every authoritative server of the zone, or not
+    returned DNSSEC-validated (AD) by the validating resolver; the two-TTL wait starts only when they are."""
+
+    name: str
+    servers: tuple[str, ...]  # "ns2.example.org. [2001:db8::53]:53", "resolver 127.0.0.1:53"
+    reason: str  # each lagging server with why: its serial and the records it misses, or no AD
+
+
+@dataclass(frozen=True)
+class TlsaRecordsRetiring(Event):
+    """DANE: records of a key no longer wanted stay published until every address of every MX host has
+    presented the new key over the dwell time (``dane.retire_after``)."""
+
+    name: str
+    records: tuple[str, ...]
+    reason: str
+
+
+@dataclass(frozen=True)
 class MtaStsPublishFailed(Event):
     """MTA-STS: the policy file or the TXT records of a domain could not be written."""
 
@@ -246,6 +266,6 @@ def log_event(event: Event) -> None:
     level = logging.WARNING if isinstance(event, RenewalFailed | ReloadHookFailed | RolledBack |
                                           ServedCertificateStale | EndpointFailed | ConfigReloadRejected |
                                           TlsaUpdateFailed | UnsafeKeyRollover | TlsaMismatchObserved |
-                                          TlsReportRefused | TlsFailuresReported) \
+                                          TlsReportRefused | TlsFailuresReported | TlsaPropagationLagging) \
         else logging.INFO
     logging.getLogger("certkeeper").log(level, "%s", event.describe())

@@ -17,6 +17,7 @@ SILENT = {
     events.RenewalWaitingForTlsa: "waiting is the DANE rollover working; UnsafeKeyRollover alerts when it cannot",
     events.TlsReportImported: "a report stored is the intake working; TlsFailuresReported alerts on what it says",
     events.TlsReportRefused: "logged: a sender's broken or hostile input must not become mail of its own",
+    events.TlsaRecordsRetiring: "keeping the old key's records over the dwell is the rollover working",
 }
 
 

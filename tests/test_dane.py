@@ -30,18 +30,16 @@ from certkeeper.alerts.notifier import AlertContent
 from certkeeper.app import App, build_app
 from certkeeper.config import AcmeIssuerConfig, CertificateConfig, Config, DaneConfig, load_config
 from certkeeper.dane import records as dane
-from certkeeper.dane.observe import (
+from certkeeper.dane.judge import (
     WITH_SNI,
     WITHOUT_SNI,
-    DaneWatch,
     LookupResult,
     Mismatch,
     PresentedChain,
     ServedView,
-    dane_watch_for,
     judge_tlsa,
-    tlsa_events,
 )
+from certkeeper.dane.observe import DaneWatch, dane_watch_for, tlsa_events
 from certkeeper.dane.publish import DnsSettings, TlsaPublisher, dns_settings
 from certkeeper.dane.records import Presented, RolloverState, TlsaParameters, TlsaRecord, decide_rollover, gate_renewal
 from certkeeper.dnsclient import parse_tsig_key
@@ -143,11 +141,15 @@ def test_the_next_key_is_ready_two_ttls_after_its_records_became_visible() -> No
     assert ready.phase == "ready"
 
 
-def test_after_the_rollover_the_old_key_is_removed_and_a_new_next_key_added() -> None:
+def test_after_the_rollover_the_old_key_retires_and_is_removed_only_once_retired() -> None:
     newer = record("dd" * 32)
     state = RolloverState(frozenset({OLD, CURRENT}), {OLD: T0, CURRENT: T0})
-    step = decide_rollover(state, desired=frozenset({CURRENT, newer}), needed=frozenset({newer}),
-                           current=frozenset({CURRENT}), now=T0, ttl=60)
+    kwargs: dict[str, Any] = {"desired": frozenset({CURRENT, newer}), "needed": frozenset({newer}),
+                              "current": frozenset({CURRENT}), "now": T0, "ttl": 60}
+    step = decide_rollover(state, **kwargs)
+    assert (step.phase, step.add, step.remove, step.retiring) == ("unpublished", frozenset({newer}), frozenset(),
+                                                                  frozenset({OLD}))
+    step = decide_rollover(state, retired=frozenset({OLD}), **kwargs)
     assert (step.phase, step.add, step.remove) == ("cleanup", frozenset({newer}), frozenset({OLD}))
 
 
@@ -369,7 +371,9 @@ def next_spki(home: CertificateHome) -> str:
 @dataclass
 class RolloverWatcher:
     """Probes Postfix's port-25 listener again and again, and checks each presented key against the TLSA records
-    BIND answers just before and just after the handshake: a DANE sender's view at every moment."""
+    BIND answered when the connection was opened: a DANE sender looks its records up before connecting, so a
+    session opened before a reload that completes its handshake with the old key later is still judged by
+    what its sender saw (the old record, which stays until the dwell is over: certkeeper.dane.retire)."""
 
     postfix: Postfix
     bind: Bind
@@ -398,7 +402,7 @@ class RolloverWatcher:
 
     @property
     def mismatches(self) -> list[tuple[str, set[str], set[str]]]:
-        return [s for s in self.samples if s[0] not in s[1] or s[0] not in s[2]]
+        return [s for s in self.samples if s[0] not in s[1]]
 
 
 @pytest.fixture
@@ -474,7 +478,7 @@ def test_a_new_key_is_published_before_it_is_served_and_every_served_key_matches
     assert renewed.result == "renewed", renewed.detail
     third_key = next_spki(home)
     assert current_spki(home) == second_key == served_spki(postfix)
-    assert tlsa_data(bind, name) == {second_key, third_key}  # the old key's record is gone
+    assert tlsa_data(bind, name) == {first_key, second_key, third_key}  # the old key's record is retiring
 
     watcher.wait_for(second_key)
     watcher.stop.set()
@@ -487,6 +491,7 @@ def test_a_new_key_is_published_before_it_is_served_and_every_served_key_matches
     assert shown.returncode == 0, shown.stderr
     assert f"{name} 30 IN TLSA 3 1 1 {second_key} ; current" in shown.stdout.splitlines()
     assert f"{name} 30 IN TLSA 3 1 1 {third_key} ; next" in shown.stdout.splitlines()
+    assert f"{name} 30 IN TLSA 3 1 1 {first_key} ; retiring" in shown.stdout.splitlines()
 
 
 @pytest.mark.testbed

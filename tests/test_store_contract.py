@@ -93,6 +93,17 @@ def test_endpoint_record_is_replaced_per_owner_and_endpoint(store: Store) -> Non
     assert store.endpoints() == [second]
 
 
+def test_the_dane_rollover_state_is_replaced_per_certificate(store: Store) -> None:
+    assert store.get_dane_state("mail") is None
+    first = {"published": [{"name": "_25._tcp.mx.", "rdata": "3 1 1 aa"}], "retiring": {"since": "2026-05-01"}}
+    store.put_dane_state("mail", first)
+    store.put_dane_state("relay", {"published": []})
+    assert store.get_dane_state("mail") == first
+    store.put_dane_state("mail", {"published": [], "lagging": ["ns2. [::1]:53: serial 7"]})
+    assert store.get_dane_state("mail") == {"published": [], "lagging": ["ns2. [::1]:53: serial 7"]}
+    assert store.get_dane_state("relay") == {"published": []}
+
+
 def test_alerts_are_deduplicated_and_stay_pending_until_sent(store: Store) -> None:
     first = store.enqueue_alert("mail/expiring/14", "WARNING", "subject", "body", NOW)
     assert first is not None

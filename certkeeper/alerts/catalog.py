@@ -43,6 +43,7 @@ from certkeeper.events import (
     ServedCertificateStale,
     TlsaMatchRecovered,
     TlsaMismatchObserved,
+    TlsaPropagationLagging,
     TlsaRecordsPublished,
     TlsaUpdateFailed,
     TlsFailuresReported,
@@ -187,6 +188,19 @@ def _tlsa_update_failed(event: TlsaUpdateFailed) -> AlertAction:
         f"certkeeper dane show {event.name}"))
 
 
+def _tlsa_lagging(event: TlsaPropagationLagging) -> AlertAction:
+    servers = ", ".join(event.servers)
+    return AlertAction(Alert(
+        f"tlsa:{event.name}:lagging:{_short(servers)}", Severity.WARNING,
+        f"TLSA records of {event.name} not visible on {servers}",
+        f"The DANE key rollover of {event.name} waits: {event.reason}",
+        (("certificate", event.name), ("lagging", servers), ("why", event.reason)),
+        "asked every authoritative server of the zone (each address, SOA serial and TLSA RRset) and the validating "
+        "resolver (AD bit); the two-TTL wait starts only when all of them answer the records",
+        f"check zone transfers (NOTIFY, allow-transfer) to the lagging server, or the primary's signing; "
+        f"certkeeper dane show {event.name}"))
+
+
 def _tlsa_published(event: TlsaRecordsPublished) -> AlertAction:
     return AlertAction(forget=(f"tlsa:{event.name}:",))
 
@@ -301,6 +315,7 @@ RULES: dict[type[Any], Callable[[Any], AlertAction]] = {
     EndpointRecovered: _endpoint_recovered,
     CertificateVerified: _verified,
     TlsaUpdateFailed: _tlsa_update_failed,
+    TlsaPropagationLagging: _tlsa_lagging,
     TlsaRecordsPublished: _tlsa_published,
     UnsafeKeyRollover: _unsafe_rollover,
     MtaStsPublishFailed: _mta_sts_failed,

@@ -33,7 +33,9 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
 
 def run_show(args: argparse.Namespace, context: Context) -> int:
     from certkeeper.app import build_app
+    from certkeeper.dane.records import CROWDED_NAME, crowded_names
     from certkeeper.dane.rollover import DaneRollover
+    from certkeeper.mailserver.config import server_process_lifetime
 
     app = build_app(context.config, store=context.store)
     certificate = app.renewer.select([args.name])[0]
@@ -42,17 +44,29 @@ def run_show(args: argparse.Namespace, context: Context) -> int:
         raise UsageError(msg)
     home = app.renewer.home(certificate)
     rollover = DaneRollover(certificate, home, context.config.issuers.get(certificate.issuer), app.bus.publish,
-                            app.clock)
+                            app.clock,
+                            process_lifetime=lambda: server_process_lifetime(certificate.reload, certificate.hook_env),
+                            store=context.store)
     # The lock: a next key made here must be the one a concurrent renewal would make, not a second one.
     with context.store.lock(certificate.name, context.config.settings.lock_timeout.total_seconds()):
         records = rollover.record_sets()
-        step = rollover.decide(rollover.load_state(), records)
+        state = rollover.load_state()
+        step = rollover.decide(state, records)
     dane = certificate.dane
+    retiring = state.published - records.desired
     lines = [f"; TLSA records of certificate {certificate.name} ({', '.join(dane.tlsa)}; ports "
              f"{', '.join(map(str, dane.ports))}), RFC 7672",
              f"; rollover: {step.phase}: {step.reason}"]
-    for record in sorted(records.desired):
-        role = "issuing CA" if record.usage == 2 else "current" if record in records.current else "next"
+    lines += [f"; lagging: {line}" for line in state.lagging]
+    if retiring:
+        lines.append(f"; retiring: kept until every address has served the new key for {rollover.dwell()} "
+                     f"(dane.retire_after, at least the server processes' lifetime)")
+    for record in sorted(records.desired | retiring):
+        role = ("retiring" if record in retiring else "issuing CA" if record.usage == 2
+                else "current" if record in records.current else "next")
         lines.append(f"{record.zone_line(dane.ttl)} ; {role}")
     sys.stdout.write("\n".join(lines) + "\n")
+    for name, count in crowded_names(records.desired | retiring):
+        sys.stderr.write(f"warning: {name} would carry {count} TLSA records, more than {CROWDED_NAME}: some large "
+                         f"senders handle no more than about a dozen; list fewer dane.issuers or key types\n")
     return 0

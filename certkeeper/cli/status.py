@@ -72,6 +72,7 @@ def collect(context: Context, now: datetime) -> list[dict[str, Any]]:
             "last_result": ({"result": last[0].result, "at": last[0].at.isoformat(), "detail": last[0].detail}
                             if last else None),
         })
+        rows[-1].update(_dane_fields(certificate, home, context, now))
         if app.fleet is not None:
             rows[-1]["nodes"] = [{"node": r.node, "version": r.version, "serials": r.serials, "result": r.result,
                                   "at": r.at.isoformat(), "detail": r.detail}
@@ -96,6 +97,28 @@ def collect(context: Context, now: datetime) -> list[dict[str, Any]]:
     return rows
 
 
+def _dane_fields(certificate: Any, home: Any, context: Context, now: datetime) -> dict[str, Any]:
+    """``{"dane": ...}``: the DANE rollover from the store (no DNS asked), records retiring and servers lagging
+    at the last look; nothing for a certificate without ``dane``."""
+    if certificate.dane is None:
+        return {}
+    from certkeeper.dane.propagation import lagging_servers
+    from certkeeper.dane.rollover import DaneRollover
+
+    rollover = DaneRollover(certificate, home, context.config.issuers.get(certificate.issuer), lambda _: None,
+                            lambda: now, store=context.store)
+    state = rollover.load_state()
+    retirement = state.retirement
+    return {"dane": {
+        "published": sorted(r.rdata for r in state.published),
+        "retiring": [{"name": r.name, "rdata": r.rdata} for r in sorted(retirement.records)] if retirement else [],
+        "retiring_since": retirement.since.isoformat() if retirement else None,
+        "lagging": list(lagging_servers(state.lagging)),
+        "lagging_reasons": list(state.lagging),
+        "last_error": state.last_error,
+    }}
+
+
 def run(args: argparse.Namespace, context: Context) -> int:
     from certkeeper.pki import now_utc
 
@@ -115,6 +138,13 @@ def run(args: argparse.Namespace, context: Context) -> int:
             last = row["last_result"]
             detail = f": {last['detail']}" if last["detail"] and last["result"] != "success" else ""
             print(f"  last renewal: {last['result']} at {last['at'][:16]}{detail}")
+        dane = row.get("dane")
+        if dane:
+            for record in dane["retiring"]:
+                print(f"  TLSA {record['name']} {record['rdata'][:24]}...: retiring since "
+                      f"{dane['retiring_since'][:19]}")
+            for reason in dane["lagging_reasons"]:
+                print(f"  TLSA lagging: {reason}")
         if row["reload_pending"]:
             print(f"  reload pending: {row['last_error']}")
         if "fleet_store" in row:

@@ -150,6 +150,10 @@ class DaneConfig:
     tsig_key_file: Path | None = None
     ttl: int = 3600
     unsafe_rollover_days: int = 3
+    resolver: str | None = None  # a validating resolver: records count as visible only with its AD bit
+    retire_after: timedelta | None = None  # the dwell before the old key's records go; None: two TTLs
+    retire_probes: int = 3  # clean probes of every address, spread over the dwell, before they go
+    issuers: tuple[Path, ...] = ()  # PEM files of the CAs that may sign the next certificate (2 x y records)
 
 
 @dataclass(frozen=True)
@@ -541,7 +545,15 @@ def _parse_dane(t: Table) -> DaneConfig:
         tsig_key_file=t.path("tsig_key_file", None),
         ttl=t.integer("ttl", d.ttl, minimum=1),
         unsafe_rollover_days=t.integer("unsafe_rollover_days", d.unsafe_rollover_days, minimum=0),
+        resolver=t.string("resolver", None),
+        retire_after=t.duration("retire_after", None, minimum=timedelta(seconds=1)),
+        retire_probes=t.integer("retire_probes", d.retire_probes, minimum=1),
+        issuers=tuple(Path(p) for p in t.string_list("issuers", ()) or ()),
     )
+    for i, issuer in enumerate(dane.issuers):
+        if not issuer.is_file():
+            t.error(f"issuers[{i}]", f'"{issuer}", which does not exist or is not a file',
+                    "a PEM file of a CA certificate that may sign the next certificate")
     t.finish()
     return dane
 

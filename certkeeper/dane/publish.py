@@ -17,6 +17,7 @@ from pathlib import Path
 
 from certkeeper import dnsclient
 from certkeeper.config import AcmeIssuerConfig, DaneConfig, IssuerConfig
+from certkeeper.dane.propagation import Visibility, authoritative_answers, judge_visibility, resolver_answers
 from certkeeper.dane.records import TlsaRecord, absolute
 from certkeeper.dnsclient import parse_server, parse_tsig_key
 from certkeeper.errors import DnsError, InputError, TlsaDnsError
@@ -82,33 +83,38 @@ class TlsaPublisher:
                 msg = f"TLSA update of {zone} ({self.host}:{self.port}): {exc.detail}"
                 raise TlsaDnsError(msg) from None
 
-    def visible(self, records: Iterable[TlsaRecord]) -> set[TlsaRecord]:
-        """The records every authoritative server of their zone answers now (one query per server and name)."""
+    def visibility(self, records: Iterable[TlsaRecord], *, resolver: str | None = None) -> Visibility:
+        """Which of ``records`` every authoritative server of their zone answers now (each NS, every address,
+        its SOA serial compared), and, with ``resolver``, the validating resolver returns with AD."""
         address = self._address()
-        wanted = set(records)
+        wanted = frozenset(records)
         by_zone: dict[str, set[TlsaRecord]] = defaultdict(set)
         for record in wanted:
             by_zone[self._zone(address, record.name)].add(record)
-        seen = set(wanted)
+        visible: set[TlsaRecord] = set()
+        lagging: list[str] = []
         for zone, members in by_zone.items():
-            try:
-                servers = dnsclient.authoritative_addresses(address, self.port, zone)
-            except DnsError as exc:
-                raise TlsaDnsError(str(exc)) from None
-            for server in servers:
-                for name in {r.name for r in members}:
-                    answered = self._answered(server, name)
-                    seen -= {r for r in members if r.name == name and r not in answered}
-        return seen
+            names = {r.name for r in members}
+            servers = authoritative_answers(address, self.port, zone, names)
+            answers = resolver_answers(resolver, names, timeout=min(self.timeout, 5.0)) if resolver else None
+            judged = judge_visibility(frozenset(members), servers, answers)
+            visible |= judged.visible
+            lagging += judged.lagging
+        return Visibility(frozenset(visible), tuple(lagging))
 
-    def wait_visible(self, records: Iterable[TlsaRecord]) -> set[TlsaRecord]:
-        """:meth:`visible`, asked again with backoff until all are visible or ``timeout`` has passed."""
-        wanted = set(records)
-        deadline = self._clock() + self.timeout
+    def visible(self, records: Iterable[TlsaRecord]) -> set[TlsaRecord]:
+        """The records every authoritative server of their zone answers now."""
+        return set(self.visibility(records).visible)
+
+    def wait_visible(self, records: Iterable[TlsaRecord], *, resolver: str | None = None,
+                     timeout: float | None = None) -> Visibility:
+        """:meth:`visibility`, asked again with backoff until all are visible or ``timeout`` has passed."""
+        wanted = frozenset(records)
+        deadline = self._clock() + (self.timeout if timeout is None else timeout)
         delay = 0.05
         while True:
-            seen = self.visible(wanted)
-            if seen == wanted or self._clock() + delay > deadline:
+            seen = self.visibility(wanted, resolver=resolver)
+            if seen.visible == wanted or self._clock() + delay > deadline:
                 return seen
             self._sleep(delay)
             delay = min(delay * 2, 2.0)

@@ -170,6 +170,19 @@ def records_for(parameters: Sequence[TlsaParameters], names: Sequence[str], *, e
     return frozenset(records)
 
 
+# More TLSA records at one name than this draws a warning: some large senders handle no more than about a dozen
+# (issue 16), and current + next per key type plus the issuing CAs add up quickly.
+CROWDED_NAME = 8
+
+
+def crowded_names(records: Iterable[TlsaRecord], limit: int = CROWDED_NAME) -> list[tuple[str, int]]:
+    """Each TLSA name that would carry more than ``limit`` records, with how many."""
+    counts: dict[str, int] = {}
+    for record in records:
+        counts[record.name] = counts.get(record.name, 0) + 1
+    return sorted((name, count) for name, count in counts.items() if count > limit)
+
+
 def issuing_cas(chain: Iterable[x509.Certificate]) -> list[x509.Certificate]:
     """The CA certificates of ``chain`` a DANE-TA record may name: intermediates, not self-signed roots.
 
@@ -190,19 +203,70 @@ def issuing_cas(chain: Iterable[x509.Certificate]) -> list[x509.Certificate]:
 # -- the rollover state machine -------------------------------------------------------------------------------
 
 
+# -- the retirement of records no longer wanted (decided in certkeeper.dane.retire) --------------------------
+
+
+@dataclass(frozen=True, order=True)
+class ProbePoint:
+    """One place a sender may reach: an address of an MX host on a DANE port, with or without SNI."""
+
+    host: str
+    address: str
+    port: int
+    sni: bool
+
+    @property
+    def label(self) -> str:
+        where = f"[{self.address}]:{self.port}" if ":" in self.address else f"{self.address}:{self.port}"
+        return f"{self.host} {where} {'with SNI' if self.sni else 'without SNI'}"
+
+    @property
+    def key(self) -> str:
+        """The point as stored in the rollover state (the store's ``dane_state``)."""
+        return f"{self.host}|{self.address}|{self.port}|{int(self.sni)}"
+
+    @classmethod
+    def from_key(cls, text: str) -> ProbePoint:
+        host, address, port, sni = text.split("|")
+        return cls(host, address, int(port), sni == "1")
+
+
+@dataclass(frozen=True)
+class Streak:
+    """Consecutive probes of one point that presented no retiring key, and when the first of them ran."""
+
+    count: int
+    first_at: datetime
+
+
+@dataclass(frozen=True)
+class Retirement:
+    """Records still published for keys no longer wanted, since when, and the probe streaks since then."""
+
+    records: frozenset[TlsaRecord]
+    since: datetime
+    streaks: Mapping[ProbePoint, Streak] = field(default_factory=dict)
+    next_probe_at: datetime | None = None  # when the shell should probe again (the daemon wakes for it)
+
+
 @dataclass(frozen=True)
 class RolloverState:
-    """What was published, and since when each record has been answered by every authoritative server."""
+    """What was published, since when each record has been answered by every authoritative server (and the
+    validating resolver), the retirement of records no longer wanted, and who lagged at the last look."""
 
     published: frozenset[TlsaRecord] = frozenset()
     visible_since: Mapping[TlsaRecord, datetime] = field(default_factory=dict)
     last_error: str = ""
+    retirement: Retirement | None = None
+    lagging: tuple[str, ...] = ()  # servers (or the resolver) that did not answer the records, with why
 
 
 @dataclass(frozen=True)
 class RolloverStep:
     """Where a rollover stands at ``now`` and what to do: ``publish``, ``confirm`` (ask the authoritative
-    servers), ``wait`` (until ``until``) or ``none``."""
+    servers), ``wait`` (until ``until``) or ``none``.  ``retiring``: records no longer wanted that stay published
+    until every address has served the new key over the dwell time (:mod:`certkeeper.dane.retire`); the shell
+    probes for them whatever the action."""
 
     phase: Phase
     action: Literal["publish", "confirm", "wait", "none"]
@@ -210,35 +274,46 @@ class RolloverStep:
     until: datetime | None = None
     add: frozenset[TlsaRecord] = frozenset()
     remove: frozenset[TlsaRecord] = frozenset()
+    retiring: frozenset[TlsaRecord] = frozenset()
 
 
 def decide_rollover(state: RolloverState, *, desired: frozenset[TlsaRecord], needed: frozenset[TlsaRecord],
-                    current: frozenset[TlsaRecord], now: datetime, ttl: int) -> RolloverStep:
+                    current: frozenset[TlsaRecord], now: datetime, ttl: int,
+                    retired: frozenset[TlsaRecord] = frozenset()) -> RolloverStep:
     """The next step towards publishing ``desired`` (current + next keys + CAs).
 
     ``needed`` are the records the certificate of the next renewal will match (the next key's, or the current
-    key's with ``reuse_key``), ``current`` those the certificate served now matches.
+    key's with ``reuse_key``), ``current`` those the certificate served now matches.  A published record no
+    longer desired is removed only once it is in ``retired`` (its retirement is over: see
+    :func:`certkeeper.dane.retire.decide_retirement`); until then it is *retiring*.
     """
+    stale = state.published - desired
+    remove = stale & retired
+    retiring = stale - remove
     add = desired - state.published
-    remove = state.published - desired
     if add or remove:
         phase: Phase = "cleanup" if remove else "unpublished"
         what = [f"{len(add)} to add"] * bool(add) + [f"{len(remove)} to remove"] * bool(remove)
-        return RolloverStep(phase, "publish", f"TLSA records: {', '.join(what)}", add=add, remove=remove)
+        return RolloverStep(phase, "publish", f"TLSA records: {', '.join(what)}", add=add, remove=remove,
+                            retiring=retiring)
     unseen = sorted(r for r in desired if r not in state.visible_since)
     if unseen:
+        where = f": {state.lagging[0]}" if state.lagging else ""
         return RolloverStep("next-published", "confirm",
-                            f"waiting until every authoritative server answers {unseen[0].name} {unseen[0].rdata}")
+                            f"waiting until every authoritative server answers {unseen[0].name} {unseen[0].rdata}"
+                            f"{where}", retiring=retiring)
     if needed <= current:
-        return RolloverStep("stable", "none", "a renewal changes no TLSA record")
+        return RolloverStep("stable", "none", "a renewal changes no TLSA record", retiring=retiring)
     ready_at = rollover_ready_at(state, needed, ttl)
     if ready_at is None:
-        return RolloverStep("unpublished", "publish", "the next key's records are not published", add=needed)
+        return RolloverStep("unpublished", "publish", "the next key's records are not published", add=needed,
+                            retiring=retiring)
     if now < ready_at:
         return RolloverStep("next-published", "wait",
                             f"waiting two TTLs ({2 * ttl} s) after the next key's TLSA records became visible",
-                            until=ready_at)
-    return RolloverStep("ready", "none", "the next key's TLSA records have been visible for two TTLs")
+                            until=ready_at, retiring=retiring)
+    return RolloverStep("ready", "none", "the next key's TLSA records have been visible for two TTLs",
+                        retiring=retiring)
 
 
 def rollover_ready_at(state: RolloverState, needed: frozenset[TlsaRecord], ttl: int) -> datetime | None:

@@ -3,13 +3,17 @@
 Files, beside the version folders of :class:`~certkeeper.store.versions.CertificateHome`::
 
     certs/<name>/next/<key-type>.key     the key the next renewal will use (0600, written whole by rename)
-    certs/<name>/next/dane.json          the records published and since when each is visible everywhere
+
+and in the state store (``dane_state``, one JSON document per certificate): the records published, since when
+each is visible everywhere, the records retiring with their probe streaks, the servers that lagged.  (Before the
+store held it, the state was ``next/dane.json``; it is read from there once.)
 
 The lifecycle calls three things: :meth:`DaneRollover.gate` when a renewal is due (publish, confirm, then
 go / wait / go unsafely), :meth:`DaneRollover.keys_for_renewal` for the key to certify, and
 :meth:`DaneRollover.after_install` once the new certificate is served (a new next key; current + next published,
-the old key's records removed: RFC 7671 section 8.1).  :meth:`DaneRollover.synchronise` also runs on passes
-with nothing due, so a failed cleanup is retried without waiting for the next renewal.
+RFC 7671 section 8.1; the old key's records retire: :mod:`certkeeper.dane.retire`).
+:meth:`DaneRollover.synchronise` also runs on passes with nothing due: a failed publication is retried and
+retiring records are probed without waiting for the next renewal.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
@@ -26,23 +30,50 @@ from cryptography import x509
 from certkeeper import pki
 from certkeeper.config import AcmeIssuerConfig, CertificateConfig, IssuerConfig
 from certkeeper.dane import records as dane
+from certkeeper.dane.propagation import lagging_servers
 from certkeeper.dane.publish import TlsaPublisher, dns_settings
-from certkeeper.dane.records import EndEntity, Gate, RolloverState, RolloverStep, TlsaParameters, TlsaRecord
+from certkeeper.dane.records import (
+    EndEntity,
+    Gate,
+    ProbePoint,
+    Retirement,
+    RolloverState,
+    RolloverStep,
+    Streak,
+    TlsaParameters,
+    TlsaRecord,
+)
+from certkeeper.dane.retire import (
+    begin_retirement,
+    decide_retirement,
+    note_probes,
+    points_for,
+    retire_dwell,
+)
+from certkeeper.dane.served import clean_samples, probe_points, resolve_addresses
 from certkeeper.errors import CertkeeperError, InputError, TlsaDnsError
 from certkeeper.events import (
     Event,
     RenewalWaitingForTlsa,
+    TlsaPropagationLagging,
     TlsaRecordsPublished,
+    TlsaRecordsRetiring,
     TlsaUpdateFailed,
     UnsafeKeyRollover,
 )
 from certkeeper.model import KeyType
 from certkeeper.store.atomic import make_dirs, write_atomic
+from certkeeper.store.base import Store
 from certkeeper.store.versions import CertificateHome, Version
 
 log = logging.getLogger("certkeeper.dane.records")
 
 DEFAULT_DNS_TIMEOUT = 120.0
+PROBE_TIMEOUT = 10.0
+
+
+def _servers(lagging: tuple[str, ...]) -> tuple[str, ...]:
+    return lagging_servers(lagging)
 
 
 @dataclass(frozen=True)
@@ -57,7 +88,12 @@ class RecordSets:
 
 class DaneRollover:
     def __init__(self, certificate: CertificateConfig, home: CertificateHome, issuer: IssuerConfig | None,
-                 publish_event: Callable[[Event], None], clock: Callable[[], datetime]) -> None:
+                 publish_event: Callable[[Event], None], clock: Callable[[], datetime], *,
+                 process_lifetime: Callable[[], timedelta | None] = lambda: None, store: Store | None = None) -> None:
+        """``process_lifetime``: how long a server process started before a reload may still present the old
+        key (Postfix's ``max_idle``, read by the renewal layer: :func:`certkeeper.mailserver.config.
+        server_process_lifetime`); asked once, when a retirement needs its dwell.  ``store``: where the rollover
+        state lives across passes (the state store; ``next/dane.json`` without one)."""
         assert certificate.dane is not None
         self.certificate = certificate
         self.config = certificate.dane
@@ -69,6 +105,9 @@ class DaneRollover:
         self.names = dane.record_names(self.config.hosts or certificate.domains, self.config.ports)
         self.next_dir = home.root / "next"
         self.state_file = self.next_dir / "dane.json"
+        self.process_lifetime = process_lifetime
+        self.store = store
+        self._lifetime: timedelta | None = None
 
     @property
     def uses_next_key(self) -> bool:
@@ -97,22 +136,26 @@ class DaneRollover:
         return {key_type.value: self._next_key(key_type) for key_type in self.certificate.key_types}
 
     def after_install(self, now: datetime) -> RolloverStep:
-        """The new certificate is served: make new next keys, publish current + next, remove the old key's."""
+        """The new certificate is served: make new next keys, publish current + next; the old key's records retire."""
         return self.synchronise(now)
 
     def synchronise(self, now: datetime) -> RolloverStep:  # noqa: ARG002 - one signature for every step
-        """Publish what is missing or stale, confirm it on every authoritative server, record since when.
+        """Publish what is missing, confirm it on every authoritative server (and the validating resolver),
+        record since when; probe every address while records retire, and remove them when their dwell is over.
 
-        Failures become :class:`TlsaUpdateFailed` events (and the returned step still says what is owed);
-        nothing raises into the pass.
+        Failures become :class:`TlsaUpdateFailed` (or :class:`TlsaPropagationLagging`) events, and the returned
+        step still says what is owed; nothing raises into the pass.
         """
         try:
             records = self.record_sets()
         except CertkeeperError as exc:
             return self._failed(None, str(exc), "unpublished")
         state = self.load_state()
+        state = replace(state, retirement=begin_retirement(state.retirement, state.published - records.desired,
+                                                           self.clock()))
         step = self.decide(state, records)
-        if step.action not in ("publish", "confirm"):
+        if step.action not in ("publish", "confirm") and not step.retiring:
+            self._save_if_changed(state)
             return step
         settings = dns_settings(self.config, self.issuer)
         if settings is None:
@@ -122,35 +165,103 @@ class DaneRollover:
         try:
             publisher = TlsaPublisher(settings, ttl=self.config.ttl, timeout=self._dns_timeout())
             if step.action == "publish":
-                publisher.publish(step.add, step.remove)
-                state = RolloverState(records.desired, {r: t for r, t in state.visible_since.items()
-                                                        if r in records.desired})
-                self.save_state(state)
-                self.publish_event(TlsaRecordsPublished(self.clock(), self.certificate.name,
-                                                        tuple(r.rdata for r in sorted(step.add)),
-                                                        tuple(r.rdata for r in sorted(step.remove))))
+                for name, count in dane.crowded_names(state.published | step.add):
+                    log.warning("%s: %s would carry %d TLSA records, more than %d: some large senders handle no "
+                                "more than about a dozen", self.certificate.name, name, count, dane.CROWDED_NAME)
+                state = self._publish(publisher, state, step.add, step.remove)
             unseen = {r for r in records.desired if r not in state.visible_since}
-            seen = publisher.wait_visible(unseen) if unseen else set()
+            if unseen:
+                state = self._confirm(publisher, state, unseen)
+            if state.retirement is not None:
+                state = self._retire(publisher, settings.server, state, records)
         except TlsaDnsError as exc:
             return self._failed(state, str(exc), step.phase)
-        state = replace(state, visible_since={**state.visible_since, **dict.fromkeys(seen, self.clock())},
-                        last_error="")
         self.save_state(state)
-        if seen != unseen:
-            missing = sorted(unseen - seen)
-            return self._failed(state, f"{len(missing)} TLSA record(s) not answered by every authoritative server "
-                                       f"of {settings.zone or 'the zone'} after {self._dns_timeout():g} s, e.g. "
-                                       f"{missing[0].name} {missing[0].rdata}; check zone transfers",
-                                "next-published")
+        if state.lagging and any(r not in state.visible_since for r in records.desired):
+            return self._lagging(state, settings.zone)
         return self.decide(state, records)
 
+    def _publish(self, publisher: TlsaPublisher, state: RolloverState, add: frozenset[TlsaRecord],
+                 remove: frozenset[TlsaRecord]) -> RolloverState:
+        publisher.publish(add, remove)
+        published = (state.published | add) - remove
+        retirement = state.retirement
+        if retirement is not None and remove:
+            left = retirement.records - remove
+            retirement = replace(retirement, records=left) if left else None
+        state = replace(state, published=published, retirement=retirement,
+                        visible_since={r: t for r, t in state.visible_since.items() if r in published})
+        self.save_state(state)
+        self.publish_event(TlsaRecordsPublished(self.clock(), self.certificate.name,
+                                                tuple(r.rdata for r in sorted(add)),
+                                                tuple(r.rdata for r in sorted(remove))))
+        return state
+
+    def _confirm(self, publisher: TlsaPublisher, state: RolloverState, unseen: set[TlsaRecord]) -> RolloverState:
+        """Ask every authoritative address and the resolver; the records all of them answer are visible from now."""
+        seen = publisher.wait_visible(unseen, resolver=self.config.resolver, timeout=self._confirm_timeout())
+        moment = self.clock()
+        state = replace(state, visible_since={**state.visible_since, **dict.fromkeys(seen.visible, moment)},
+                        lagging=seen.lagging if seen.visible != unseen else (), last_error="")
+        if state.lagging:
+            self.publish_event(TlsaPropagationLagging(moment, self.certificate.name,
+                                                      _servers(state.lagging), "; ".join(state.lagging)))
+        return state
+
+    def _retire(self, publisher: TlsaPublisher, dns_server: str, state: RolloverState,
+                records: RecordSets) -> RolloverState:
+        """Probe every address with and without SNI; remove the retiring records once the dwell is over."""
+        retirement = state.retirement
+        assert retirement is not None
+        now = self.clock()
+        hosts = [h for h in (self.config.hosts or self.certificate.domains) if not h.startswith("*.")]
+        addresses = resolve_addresses(hosts, resolver=self.config.resolver, dns_server=dns_server,
+                                      timeout=min(self._dns_timeout(), 5.0))
+        points = points_for(hosts, self.config.ports, addresses)
+        results = probe_points(points, now=now, timeout=PROBE_TIMEOUT, ca_file=None,
+                               dual=len(self.certificate.key_types) > 1)
+        retirement = note_probes(retirement, clean_samples(results, retiring=retirement.records,
+                                                           kept=records.desired), now)
+        decision = decide_retirement(retirement, points, now=now, dwell=self.dwell(),
+                                     probes=self.config.retire_probes)
+        state = replace(state, retirement=retirement)
+        if not decision.done:
+            self.save_state(state)
+            self.publish_event(TlsaRecordsRetiring(now, self.certificate.name,
+                                                   tuple(r.rdata for r in sorted(retirement.records)),
+                                                   decision.reason))
+            return replace(state, retirement=replace(retirement, next_probe_at=decision.probe_at))
+        log.info("%s: %s; removing the old key's TLSA records", self.certificate.name, decision.reason)
+        return self._publish(publisher, state, frozenset(), retirement.records)
+
+    def dwell(self) -> timedelta:
+        """``dane.retire_after`` (default two TTLs), at least the server processes' lifetime."""
+        return retire_dwell(ttl=self.config.ttl, retire_after=self.config.retire_after,
+                            process_lifetime=self._process_lifetime())
+
+    def _process_lifetime(self) -> timedelta | None:
+        if self._lifetime is None:
+            self._lifetime = self.process_lifetime()
+        return self._lifetime
+
+    def _lagging(self, state: RolloverState, zone: str | None) -> RolloverStep:
+        reason = (f"TLSA records not yet visible everywhere in {zone or 'the zone'}: " + "; ".join(state.lagging))
+        log.warning("%s: %s", self.certificate.name, reason)
+        return RolloverStep("next-published", "confirm", reason)
+
     def out_of_step(self) -> bool:
-        """Whether DNS owes something (a record to add, remove or confirm): cheap, files only."""
+        """Whether DNS owes something (a record to add, remove, confirm or retire): cheap, no DNS asked."""
         try:
-            step = self.decide(self.load_state(), self.record_sets(create=False))
+            state = self.load_state()
+            records = self.record_sets(create=False)
         except CertkeeperError:
             return True
-        return step.action in ("publish", "confirm")
+        return bool(state.published - records.desired) or self.decide(state, records).action in ("publish", "confirm")
+
+    def next_look(self) -> datetime | None:
+        """When the retiring records want their next probe (no DNS asked); None when nothing retires."""
+        retirement = self.load_state().retirement
+        return retirement.next_probe_at if retirement is not None else None
 
     # -- records ------------------------------------------------------------------------------------------------
 
@@ -164,7 +275,10 @@ class DaneRollover:
             current_entities.append(EndEntity(dane.certificate_spki_der(certificate),
                                               dane.certificate_der(certificate)))
             chain += self._chain(pair.directory / "chain.pem")
-        cas = dane.issuing_cas(chain + self._issuer_intermediates())
+        # DANE-TA: the CAs of the chain served now (its records must stay while it is served), and those that may
+        # sign the next certificate: dane.issuers when listed, else the ACME issuer's trust_roots intermediates.
+        upcoming_cas = [c for path in self.config.issuers for c in self._chain(path)] or self._issuer_intermediates()
+        cas = dane.issuing_cas(chain + upcoming_cas)
         next_entities = []
         if self.uses_next_key:
             for key_type in self.certificate.key_types:
@@ -177,6 +291,7 @@ class DaneRollover:
         return RecordSets(current | upcoming, needed, current)
 
     def decide(self, state: RolloverState, records: RecordSets) -> RolloverStep:
+        # Retired records are removed by _retire, after their dwell: none is removed by the decision alone.
         return dane.decide_rollover(state, desired=records.desired, needed=records.needed, current=records.current,
                                     now=self.clock(), ttl=self.config.ttl)
 
@@ -206,6 +321,11 @@ class DaneRollover:
         if isinstance(self.issuer, AcmeIssuerConfig):
             return self.issuer.dns_timeout.total_seconds()
         return DEFAULT_DNS_TIMEOUT
+
+    def _confirm_timeout(self) -> float:
+        """How long one pass waits for the records to show everywhere: two TTLs at most (a resolver's cache of
+        the old RRset is gone after one); the next pass asks again."""
+        return min(self._dns_timeout(), max(2.0 * self.config.ttl, 5.0))
 
     # -- next keys ----------------------------------------------------------------------------------------------
 
@@ -244,12 +364,17 @@ class DaneRollover:
     # -- state --------------------------------------------------------------------------------------------------
 
     def load_state(self) -> RolloverState:
+        """The rollover state from the store; from ``next/dane.json`` when the store has none yet (written there
+        before the state moved into the store)."""
         try:
-            data = json.loads(self.state_file.read_text())
+            stored = self.store.get_dane_state(self.certificate.name) if self.store is not None else None
+            data = stored if stored is not None else json.loads(self.state_file.read_text())
             published = frozenset(TlsaRecord.from_text(r["name"], r["rdata"]) for r in data["published"])
             visible = {TlsaRecord.from_text(r["name"], r["rdata"]): datetime.fromisoformat(r["since"])
                        for r in data["visible_since"]}
-            return RolloverState(published, visible, str(data.get("last_error", "")))
+            retirement = _load_retirement(data.get("retiring"))
+            return RolloverState(published, visible, str(data.get("last_error", "")), retirement,
+                                 tuple(str(line) for line in data.get("lagging", ())))
         except FileNotFoundError:
             return RolloverState()
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -259,11 +384,43 @@ class DaneRollover:
             return RolloverState()
 
     def save_state(self, state: RolloverState) -> None:
-        data = {
-            "published": [{"name": r.name, "rdata": r.rdata} for r in sorted(state.published)],
-            "visible_since": [{"name": r.name, "rdata": r.rdata, "since": t.isoformat()}
-                              for r, t in sorted(state.visible_since.items())],
-            "last_error": state.last_error,
-        }
+        if self.store is not None:
+            self.store.put_dane_state(self.certificate.name, _state_json(state))
+            return
         make_dirs(self.next_dir, mode=0o700)
-        write_atomic(self.state_file, json.dumps(data, indent=2).encode(), mode=0o600)
+        write_atomic(self.state_file, json.dumps(_state_json(state), indent=2).encode(), mode=0o600)
+
+    def _save_if_changed(self, state: RolloverState) -> None:
+        if state != self.load_state():
+            self.save_state(state)
+
+
+def _state_json(state: RolloverState) -> dict[str, object]:
+    data: dict[str, object] = {
+        "published": [{"name": r.name, "rdata": r.rdata} for r in sorted(state.published)],
+        "visible_since": [{"name": r.name, "rdata": r.rdata, "since": t.isoformat()}
+                          for r, t in sorted(state.visible_since.items())],
+        "last_error": state.last_error,
+        "lagging": list(state.lagging),
+    }
+    retirement = state.retirement
+    if retirement is not None:
+        data["retiring"] = {
+            "records": [{"name": r.name, "rdata": r.rdata} for r in sorted(retirement.records)],
+            "since": retirement.since.isoformat(),
+            "next_probe_at": retirement.next_probe_at.isoformat() if retirement.next_probe_at else None,
+            "streaks": [{"point": p.key, "count": s.count, "first_at": s.first_at.isoformat()}
+                        for p, s in sorted(retirement.streaks.items())],
+        }
+    return data
+
+
+def _load_retirement(data: dict[str, object] | None) -> Retirement | None:
+    if not data:
+        return None
+    records = frozenset(TlsaRecord.from_text(r["name"], r["rdata"]) for r in data["records"])  # type: ignore[attr-defined]
+    streaks = {ProbePoint.from_key(s["point"]): Streak(int(s["count"]), datetime.fromisoformat(s["first_at"]))
+               for s in data.get("streaks", ())}  # type: ignore[attr-defined]
+    next_probe = data.get("next_probe_at")
+    return Retirement(records, datetime.fromisoformat(str(data["since"])), streaks,
+                      datetime.fromisoformat(str(next_probe)) if next_probe else None)

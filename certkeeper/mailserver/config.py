@@ -17,15 +17,19 @@ tests feed them text.  Along with :mod:`certkeeper.mailserver.setup` this is the
 
 from __future__ import annotations
 
+import logging
 import re
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 from certkeeper.errors import MailToolFailed
 from certkeeper.process import run_program
 from certkeeper.targets import Target
+
+log = logging.getLogger("certkeeper.mailserver")
 
 POSTCONF = "postconf"
 DOVECONF = "doveconf"
@@ -136,6 +140,38 @@ def read_postfix(config_dir: Path | None, *, timeout: float = TOOL_TIMEOUT) -> P
     return PostfixConfig(Path(values.get("config_directory") or config_dir or DEFAULT_POSTFIX_DIR),
                          parse_settings(explicit.stdout), values, parse_master(services, parameters),
                          tuple(dict.fromkeys(warnings)))
+
+
+_POSTFIX_TIME_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def postfix_duration(value: str) -> timedelta:
+    """A Postfix time value (``100s``, ``5m``, a bare number in seconds: postconf(5), "time units")."""
+    text = value.strip().lower()
+    unit = text[-1] if text and text[-1] in _POSTFIX_TIME_UNITS else "s"
+    number = text[:-1] if text and text[-1] in _POSTFIX_TIME_UNITS else text
+    if not number.isdigit():
+        msg = f"not a Postfix time value: {value!r}"
+        raise ValueError(msg)
+    return timedelta(seconds=int(number) * _POSTFIX_TIME_UNITS[unit])
+
+
+POSTFIX_DEFAULT_MAX_IDLE = timedelta(seconds=100)  # postconf(5) max_idle
+
+
+def server_process_lifetime(reload_hooks: Sequence[str], hook_env: Mapping[str, str]) -> timedelta | None:
+    """How long a mail server process started before a reload may still present the old certificate: Postfix's
+    ``max_idle`` when a Postfix reload hook is configured (an smtpd takes new sessions, with the key it loaded,
+    until it has been idle that long); None for other servers.  Postfix's default when postconf fails."""
+    if not any(Path(hook).name == "postfix" for hook in reload_hooks):
+        return None
+    directory = hook_env.get("POSTFIX_CONFIG_DIR")
+    try:
+        return postfix_duration(read_postfix(Path(directory) if directory else None).effective.get("max_idle",
+                                                                                                   "100s"))
+    except (MailToolFailed, ValueError) as exc:
+        log.warning("cannot read Postfix's max_idle (%s); assuming its default, 100 s", exc)
+        return POSTFIX_DEFAULT_MAX_IDLE
 
 
 def postfix_port(name: str) -> tuple[str | None, int | None]:

@@ -149,6 +149,10 @@ class Renewer:
         """When to look at ``certificate`` again: its decision, sooner when a reload is still owed."""
         decision = self.decide(certificate, now)
         state = self.store.get_state(certificate.name)
+        dane_look = self._dane_next_look(certificate)
+        if dane_look is not None:  # retiring TLSA records want their next probe (certkeeper.dane.retire)
+            soonest = max(dane_look, now + timedelta(seconds=1))
+            decision = replace(decision, next_check=min(decision.next_check, soonest))
         if state is None or not state.reload_pending:
             return decision.next_check
         retry = (state.last_attempt_at or now) + backoff_delay(max(state.failures, 1), certificate.name)
@@ -515,9 +519,16 @@ class Renewer:
         if certificate.dane is None:
             return None
         from certkeeper.dane.rollover import DaneRollover
+        from certkeeper.mailserver.config import server_process_lifetime
 
         return DaneRollover(certificate, home, self.config.issuers.get(certificate.issuer), self.bus.publish,
-                            self.clock)
+                            self.clock,
+                            process_lifetime=lambda: server_process_lifetime(certificate.reload, certificate.hook_env),
+                            store=self.store)
+
+    def _dane_next_look(self, certificate: CertificateConfig) -> datetime | None:
+        rollover = self._dane_for(certificate, self.home(certificate))
+        return rollover.next_look() if rollover is not None else None
 
     def _dane_gate(self, work: _Work, *, dry_run: bool) -> Outcome | None:
         """A "waiting" outcome while the next key's TLSA records are not ready and the served certificate is

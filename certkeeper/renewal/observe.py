@@ -20,8 +20,8 @@ from certkeeper.store import EndpointRecord, Store
 from certkeeper.targets import Target
 
 if TYPE_CHECKING:
-    from certkeeper.dane.observe import DaneOutcome, DaneWatch, LookupResult, ServedView
-    from certkeeper.dane.publish import TlsaAnswer
+    from certkeeper.dane.judge import DaneOutcome, LookupResult
+    from certkeeper.dane.observe import DaneWatch
     from certkeeper.probe import ProbeResult
 
 
@@ -122,13 +122,13 @@ def _details(observation: Observation) -> dict[str, Any]:
     return details
 
 
-# -- DANE: a probe without SNI, TLSA lookups, the verdict of :func:`certkeeper.dane.observe.judge_tlsa` ----
+# -- DANE: a probe without SNI, TLSA lookups, the verdict of the one TLSA judge (certkeeper.dane.judge) ----
 
 
 def observe_dane(observations: Sequence[Observation], *, now: datetime, timeout: float,
                  concurrency: int) -> list[Observation]:
     """``observations`` with a DANE verdict on those whose :class:`Watched` has a :class:`DaneWatch`."""
-    from certkeeper.dane.observe import WITH_SNI, WITHOUT_SNI, judge_tlsa
+    from certkeeper.dane.judge import WITH_SNI, WITHOUT_SNI, judge_tlsa, look_up, served_view
     from certkeeper.probe import ProbeOptions, probe_sync
 
     watched = [o for o in observations if o.watched.dane is not None]
@@ -152,33 +152,9 @@ def observe_dane(observations: Sequence[Observation], *, now: datetime, timeout:
         assert watch is not None
         for name in watch.names:
             if (name, watch.resolver) not in answers:
-                answers[(name, watch.resolver)] = _look_up(name, watch.resolver, timeout)
-        views = [_view(WITH_SNI, observation.result)]
+                answers[(name, watch.resolver)] = look_up(name, watch.resolver, timeout)
+        views = [served_view(WITH_SNI, observation.result)]
         if id(observation) in without_sni:
-            views.append(_view(WITHOUT_SNI, without_sni[id(observation)]))
+            views.append(served_view(WITHOUT_SNI, without_sni[id(observation)]))
         judged[id(observation)] = judge_tlsa([answers[(n, watch.resolver)] for n in watch.names], views)
     return [replace(o, dane=judged.get(id(o))) for o in observations]
-
-
-def _view(view: str, result: ProbeResult) -> ServedView:
-    from certkeeper.dane.observe import PresentedChain, ServedView
-    from certkeeper.dane.records import Presented
-
-    leaves = result.served or ((result.certificate,) if result.certificate else ())
-    # The probe keeps the whole chain of the first handshake only (the leaf of result.certificate).
-    above = tuple(Presented(s.spki_sha256, s.fingerprint_sha256) for s in result.chain[1:])
-    return ServedView(view, tuple(
-        PresentedChain(Presented(s.spki_sha256, s.fingerprint_sha256), above if s == result.certificate else None)
-        for s in leaves))
-
-
-def _look_up(name: str, resolver: str | None, timeout: float) -> LookupResult:
-    from certkeeper.dane.observe import LookupResult
-    from certkeeper.dane.publish import lookup_tlsa
-    from certkeeper.errors import TlsaDnsError
-
-    try:
-        answer: TlsaAnswer = lookup_tlsa(name, resolver, timeout=timeout)
-    except TlsaDnsError as exc:
-        return LookupResult(name, error=str(exc), resolver=resolver or "")
-    return LookupResult(answer.name, answer.records, answer.authenticated, answer.resolver)

@@ -180,6 +180,15 @@ class Store(Protocol):
         """The records at or after ``since`` (all without), oldest first."""
         ...
 
+    def get_dane_state(self, name: str) -> dict[str, Any] | None:
+        """The DANE rollover state of one certificate as :mod:`certkeeper.dane.rollover` stored it (records
+        published, visible since, retiring, lagging), or None."""
+        ...
+
+    def put_dane_state(self, name: str, data: dict[str, Any]) -> None:
+        """Replace the DANE rollover state of one certificate (a JSON-able document)."""
+        ...
+
     def lock(self, name: str, wait: float) -> AbstractContextManager[None]:
         """Exclusive per-certificate lock shared by every certkeeper process on this store.
 

@@ -37,7 +37,7 @@ from certkeeper.store.base import AlertRecord, CertState, EndpointRecord, Histor
 from certkeeper.store.budget import Bucket, Limit, Waiter, blocked, decide_spend
 from certkeeper.store.fleet_records import FleetPair, FleetVersion, LeaseHolder, NodeResult
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 CONNECT_TIMEOUT = 5
 _LOCK_CLASS = 0x63657274  # 'cert': the first key of every certkeeper advisory lock
 _MIGRATION_LOCK = 0x6d696772  # 'migr'
@@ -123,6 +123,8 @@ _MIGRATIONS: dict[int, tuple[LiteralString, ...]] = {
             name TEXT NOT NULL, at TIMESTAMPTZ NOT NULL, kind TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '')""",
         "CREATE INDEX history_by_at ON history (at)",
     ),
+    # The DANE rollover state (certkeeper.dane.rollover): one JSON document per certificate.
+    5: ("CREATE TABLE dane_state (name TEXT PRIMARY KEY, data JSONB NOT NULL)",),
 }
 
 
@@ -296,6 +298,16 @@ class PostgresStore:
     def endpoints(self) -> list[EndpointRecord]:
         rows = self._query("SELECT * FROM endpoints ORDER BY owner, endpoint")
         return [EndpointRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], dict(r[8])) for r in rows]
+
+    # -- DANE rollover state ------------------------------------------------------------------------------------
+
+    def get_dane_state(self, name: str) -> dict[str, Any] | None:
+        rows = self._query("SELECT data FROM dane_state WHERE name = %s", (name,))
+        return dict(rows[0][0]) if rows else None
+
+    def put_dane_state(self, name: str, data: dict[str, Any]) -> None:
+        self._execute("INSERT INTO dane_state VALUES (%s, %s) ON CONFLICT (name) DO UPDATE SET data = EXCLUDED.data",
+                      (name, Jsonb(data)))
 
     # -- alerts ------------------------------------------------------------------------------------------------
 

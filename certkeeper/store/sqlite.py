@@ -27,7 +27,7 @@ from certkeeper.store.atomic import make_dirs
 from certkeeper.store.base import AlertRecord, CertState, EndpointRecord, HistoryRecord, RenewalRecord, TlsReportRecord
 from certkeeper.store.budget import Bucket, Limit, Waiter, blocked, decide_spend
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -88,6 +88,10 @@ _MIGRATIONS: dict[int, str] = {
         name TEXT NOT NULL, at TEXT NOT NULL, kind TEXT NOT NULL, detail TEXT NOT NULL DEFAULT ''
     );
     CREATE INDEX history_by_at ON history (at);
+    """,
+    # The DANE rollover state (certkeeper.dane.rollover): one JSON document per certificate.
+    4: """
+    CREATE TABLE dane_state (name TEXT PRIMARY KEY, data TEXT NOT NULL);
     """,
 }
 
@@ -220,6 +224,16 @@ class SqliteStore:
                            json.loads(r[8]))
             for r in rows
         ]
+
+    # -- DANE rollover state ------------------------------------------------------------------------------------
+
+    def get_dane_state(self, name: str) -> dict[str, Any] | None:
+        rows = self._query("SELECT data FROM dane_state WHERE name = ?", (name,))
+        return dict(json.loads(rows[0][0])) if rows else None
+
+    def put_dane_state(self, name: str, data: dict[str, Any]) -> None:
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO dane_state VALUES (?, ?)", (name, json.dumps(data)))
 
     # -- alerts ------------------------------------------------------------------------------------------------
 

@@ -1,0 +1,117 @@
+"""DANE records per key and per issuing CA: a dual RSA + ECDSA certificate has current and next records for each
+key, ``dane.issuers`` adds the CAs that may sign the next certificate, and a crowded name draws a warning."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from certkeeper import pki
+from certkeeper.app import build_app
+from certkeeper.config import load_config
+from certkeeper.dane.records import TlsaRecord, crowded_names
+from certkeeper.dane.served import presented_clean
+from certkeeper.errors import ConfigErrors
+from certkeeper.mailserver.config import postfix_duration, server_process_lifetime
+from certkeeper.probe.result import CertificateSummary, ProbeResult
+from certkeeper.store.versions import CertificateHome
+from certkeeper.targets import parse_target
+from certkeeper.testbed.certs import TestCA
+from tests.lifecycle_helpers import run_cli, write_config
+
+NAME = "_25._tcp.mx.example.test."
+T0 = datetime(2026, 5, 1, tzinfo=UTC)
+
+
+def summary(spki: str) -> CertificateSummary:
+    return CertificateSummary("CN=mx", "CN=ca", "01", T0, T0, 30.0, spki * 2, ("mx.example.test",), "ecdsa-p256",
+                              21, 7, spki)
+
+
+def test_each_key_of_a_dual_certificate_is_judged_on_its_own_leaf() -> None:
+    rsa, ecdsa, old_rsa = "aa" * 32, "bb" * 32, "cc" * 32
+    kept = [TlsaRecord(NAME, 3, 1, 1, rsa), TlsaRecord(NAME, 3, 1, 1, ecdsa)]
+    retiring = [TlsaRecord(NAME, 3, 1, 1, old_rsa)]
+    target = parse_target("smtp://mx.example.test:25")
+    both_new = ProbeResult(target, "OK", "", certificate=summary(ecdsa), served=(summary(ecdsa), summary(rsa)))
+    rsa_old = ProbeResult(target, "OK", "", certificate=summary(ecdsa), served=(summary(ecdsa), summary(old_rsa)))
+    assert presented_clean(both_new, retiring=retiring, kept=kept)
+    assert not presented_clean(rsa_old, retiring=retiring, kept=kept)  # the RSA key still serves the old one
+    assert not presented_clean(ProbeResult(target, "CRITICAL", "refused"), retiring=retiring, kept=kept)
+
+
+def test_a_dual_certificate_gets_current_and_next_records_per_key_and_the_listed_issuers(tmp_path: Path) -> None:
+    extra = TestCA("next issuing root").intermediate("next issuing intermediate")
+    issuer_file = extra.write_cert(tmp_path / "next-intermediate.pem")
+    config = write_config(tmp_path, f"""
+        [certificates.mail]
+        issuer = "internal"
+        domains = ["mx.example.test"]
+        key_types = ["ecdsa-p256", "rsa-2048"]
+        dane = {{ tlsa = ["3 1 1", "2 1 1"], issuers = ["{issuer_file}"], ttl = 60 }}
+        """)
+    [outcome] = build_app(config).run_pass()
+    assert outcome.result == "renewed", outcome.detail
+    home = CertificateHome(config.settings.state_dir, "mail")
+    version = home.current()
+    assert version is not None
+    served = {pki.spki_sha256(home.load_pair_certificate(pair)) for pair in version.pairs}
+    nexts = {hashlib.sha256(pki.public_key_der(pki.load_key(p.read_bytes()))).hexdigest()
+             for p in (home.root / "next").glob("*.key")}
+    shown = run_cli(config, "dane", "show", "mail")
+    assert shown.returncode == 0, shown.stderr
+    lines = [line for line in shown.stdout.splitlines() if " IN TLSA " in line]
+    current = {line.split()[7] for line in lines if line.endswith("; current")}
+    upcoming = [line for line in lines if line.endswith("; next")]
+    cas = {line.split()[7] for line in lines if line.endswith("; issuing CA")}
+    assert current == served and len(served) == 2  # one record per key
+    assert {line.split()[7] for line in upcoming} == nexts and len(nexts) == 2  # a next key per key type
+    assert pki.spki_sha256(extra.certificate) in cas and len(cas) == 2  # the served chain's CA and the listed one
+    assert shown.stderr == ""
+
+
+def test_a_name_with_more_than_eight_records_draws_a_warning(tmp_path: Path) -> None:
+    files = [TestCA(f"root {i}").intermediate(f"intermediate {i}").write_cert(tmp_path / f"ca-{i}.pem")
+             for i in range(6)]
+    config = write_config(tmp_path, f"""
+        [certificates.mail]
+        issuer = "internal"
+        domains = ["mx.example.test"]
+        dane = {{ tlsa = ["3 1 1", "2 1 1"], issuers = {[str(f) for f in files]}, ttl = 60 }}
+        """.replace("'", '"'))
+    assert build_app(config).run_pass()[0].result == "renewed"
+    shown = run_cli(config, "dane", "show", "mail")
+    assert shown.returncode == 0, shown.stderr
+    assert "warning: _25._tcp.mx.example.test. would carry 9 TLSA records, more than 8" in shown.stderr
+    assert crowded_names([TlsaRecord(NAME, 3, 1, 1, f"{i:064x}") for i in range(8)]) == []
+
+
+def test_the_new_dane_keys_parse_and_a_missing_issuer_file_is_located(tmp_path: Path) -> None:
+    config = write_config(tmp_path, """
+        [certificates.mail]
+        issuer = "internal"
+        domains = ["mx.example.test"]
+        dane = { resolver = "127.0.0.1:5353", retire_after = "90s", retire_probes = 4 }
+        """)
+    dane = config.certificates["mail"].dane
+    assert dane is not None
+    assert (dane.resolver, dane.retire_after, dane.retire_probes, dane.issuers) == (
+        "127.0.0.1:5353", timedelta(seconds=90), 4, ())
+    bad = config.path.read_text().replace('retire_probes = 4', f'retire_probes = 0, issuers = ["{tmp_path}/nope.pem"]')
+    config.path.write_text(bad)
+    with pytest.raises(ConfigErrors) as raised:
+        load_config(config.path)
+    text = str(raised.value)
+    assert "certificates.mail.dane.issuers[0]" in text and "nope.pem" in text
+    assert "certificates.mail.dane.retire_probes" in text
+
+
+def test_postfix_time_values_and_the_lifetime_only_with_a_postfix_reload_hook() -> None:
+    assert [postfix_duration(v) for v in ("100s", "5m", "30", "1h")] == [
+        timedelta(seconds=100), timedelta(minutes=5), timedelta(seconds=30), timedelta(hours=1)]
+    with pytest.raises(ValueError, match="not a Postfix time value"):
+        postfix_duration("soon")
+    assert server_process_lifetime(("dovecot",), {}) is None
