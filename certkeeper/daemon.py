@@ -1,9 +1,9 @@
 """``certkeeper daemon``: the long-running form.  The only module that imports APScheduler.
 
 One job does the work: a pass (:meth:`certkeeper.app.App.run_pass`) that observes every endpoint, renews what
-is due and reloads what is stale.  After each pass the job is scheduled again for the earliest moment any
-certificate's decision asks to be looked at (at the latest ``check_interval`` from now), so a daemon with
-nothing due sleeps until then: idle means idle, no polling.  Pending alert mail is retried on its own timer.
+is due and reloads what is stale.  After each pass the job is scheduled again for the earliest ``next_check``
+the pass's outcomes carry (at the latest ``check_interval`` from now; the daemon decides nothing itself), so a
+daemon with nothing due sleeps until then: idle means idle, no polling.  Pending alert mail is retried on its own timer.
 
 Signals: SIGHUP re-reads the configuration (an invalid one is rejected, the old one kept, and an alert
 raised); SIGTERM and SIGINT let a pass in flight finish (every step of a pass leaves a consistent install:
@@ -33,6 +33,8 @@ from certkeeper.app import App, build_app
 from certkeeper.config import Config, load_config
 from certkeeper.errors import CertkeeperError
 from certkeeper.events import ConfigReloadRejected
+from certkeeper.renewal.lifecycle import Outcome
+from certkeeper.renewal.policy import MIN_RETRY, Result
 
 log = logging.getLogger("certkeeper.daemon")
 
@@ -164,10 +166,11 @@ class Daemon:
 
     def _pass(self) -> None:
         app = self.app
+        outcomes: list[Outcome] = []
         try:
             outcomes = app.run_pass()
             for outcome in outcomes:
-                if outcome.result != "not-due":
+                if outcome.result != Result.NOT_DUE:
                     log.info("%s: %s: %s", outcome.name, outcome.result, outcome.detail)
         except CertkeeperError as exc:
             log.error("renewal pass failed: %s", exc)
@@ -177,16 +180,19 @@ class Daemon:
             self.passes += 1
             self._serve_tlsrpt_certificate()
             if not self._stop.is_set():
-                self._schedule_pass(self._next_wake(app))
+                self._schedule_pass(self._next_wake(app, outcomes))
 
     def _deliver_alerts(self) -> None:
         if self.app.notifier is not None:
             self.app.notifier.deliver(self.clock())
 
-    def _next_wake(self, app: App) -> datetime:
+    def _next_wake(self, app: App, outcomes: list[Outcome]) -> datetime:
+        """The earliest ``next_check`` of the pass; after a pass that failed as a whole, the shortest retry."""
         now = self.clock()
         ceiling = now + app.config.settings.check_interval
-        moments = [app.renewer.next_check(c, now) for c in app.config.certificates.values()]
+        moments = [o.next_check for o in outcomes if o.next_check is not None]
+        if len(outcomes) < len(app.config.certificates):  # the pass failed as a whole: the shortest retry
+            moments.append(now + MIN_RETRY)
         if app.mta_sts_wake is not None:
             moments.append(max(app.mta_sts_wake, now))
         return min([*moments, ceiling])

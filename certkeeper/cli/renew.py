@@ -36,15 +36,17 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, context: Context) -> int:
     from certkeeper.app import build_app
+    from certkeeper.renewal.policy import Result
 
     app = build_app(context.config, store=context.store)
     outcomes = app.run_pass(args.names, force=args.force, dry_run=args.dry_run)
     if args.json:
         print(json.dumps([{"name": o.name, "result": o.result, "detail": o.detail, "version": o.version}
                           for o in outcomes], indent=2))
-    elif not (args.quiet and all(o.result == "not-due" for o in outcomes)):
+    elif not (args.quiet and all(o.result == Result.NOT_DUE for o in outcomes)):
         for outcome in outcomes:
             print(f"{outcome.name}: {outcome.result}: {outcome.detail}")
-    if any(o.result == "busy" for o in outcomes) and not any(o.failed and o.result != "busy" for o in outcomes):
+    if any(o.result == Result.BUSY for o in outcomes) and \
+            not any(o.failed and o.result != Result.BUSY for o in outcomes):
         return 75
     return 1 if any(o.failed for o in outcomes) else 0

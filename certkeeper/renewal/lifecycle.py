@@ -4,12 +4,20 @@ roll back.  The daemon and ``certkeeper renew`` both run :meth:`Renewer.run`.
 A pass goes in phases, so that a daemon serving five renewed certificates is reloaded once:
 
 1. observe: what is installed (version folders) and what endpoints serve (stale detection);
-2. decide (:func:`certkeeper.renewal.policy.decide_renewal`), then take each due certificate's lock and decide again;
+2. decide (:func:`certkeeper.renewal.policy.decide_renewal`) once per certificate, with one ``now`` for the pass;
+   take each due certificate's lock, re-read what another certkeeper may have changed meanwhile (the state row
+   and the ``current`` link) and decide again only if it did;
 3. issue concurrently, gate each pair (:func:`certkeeper.store.versions.check_pairs`), write version folders;
 4. flip ``current`` for every staged certificate, then run each distinct reload hook once;
 5. verify every endpoint; reload once more where the old certificate is still served; roll back what still
    fails, reload, and verify that the previous certificate is served again;
-6. record the outcome (state, history, events) and prune old versions.
+6. record the outcome (state, history, events) and prune old versions; each outcome carries ``next_check``,
+   when to look at the certificate again (the daemon schedules its next pass from it).
+
+The pass reads the clock once for its decisions (``now``), and once more after issuing, for what it records
+and decides about the new certificates (a CA may make them valid only from the moment of issue); events use
+the same two readings.  Two checks watch real time instead: the install gate and the wait for an endpoint to
+serve the new certificate.
 """
 
 from __future__ import annotations
@@ -55,7 +63,17 @@ from certkeeper.issuers.base import Issuer, IssueRequest, RenewalInfoSource, crl
 from certkeeper.model import KeyType
 from certkeeper.renewal.hooks import HookContext, run_hook
 from certkeeper.renewal.observe import Watched
-from certkeeper.renewal.policy import MIN_RETRY, Decision, History, Installed, Wanted, backoff_delay, decide_renewal
+from certkeeper.renewal.policy import (
+    Decision,
+    History,
+    Installed,
+    Result,
+    Wanted,
+    caught_up,
+    decide_renewal,
+    fleet_may_catch_up,
+    next_check_with_reload,
+)
 from certkeeper.store import CertState, RenewalRecord, Store
 from certkeeper.store.budget import obtain_within_budget
 from certkeeper.store.versions import CertificateHome, InstalledPair, KeyPair, Ownership, Version, check_pairs
@@ -75,13 +93,23 @@ class Outcome:
     """What a pass did with one certificate.  ``failed`` outcomes make ``certkeeper renew`` exit non-zero."""
 
     name: str
-    result: str  # renewed | not-due | failed | rolled-back | reloaded | dry-run | busy | verified
+    result: Result
     detail: str = ""
     version: str = ""
+    next_check: datetime | None = None  # when to look at it again (set by Renewer.run)
 
     @property
     def failed(self) -> bool:
-        return self.result in {"failed", "rolled-back", "busy"}
+        return self.result.failed
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """What is installed, read once: the ``current`` link as written, its version, and the decision's facts."""
+
+    link: str | None
+    version: Version | None
+    installed: Installed | None
 
 
 @dataclass
@@ -92,6 +120,10 @@ class _Work:
     home: CertificateHome
     previous: Version | None
     new: Version | None = None
+    state: CertState | None = None  # the state row as last read or written in this pass
+    seen: _Seen | None = None  # what was installed when the pass decided
+    installed: Installed | None = None  # the facts of what is current now (after a flip: the new version)
+    decision: Decision | None = None
     hook_error: str = ""
     outcome: Outcome | None = None
     reload_only: bool = False
@@ -127,51 +159,40 @@ class Renewer:
         return [self.config.certificates[n] for n in names]
 
     def decide(self, certificate: CertificateConfig, now: datetime) -> Decision:
-        installed = self.installed_facts(certificate)
+        """The decision for ``certificate`` at ``now`` from what is installed and stored (``certkeeper status``)."""
+        home = self.home(certificate)
         state = self.store.get_state(certificate.name) or CertState(certificate.name)
-        history = History(state.failures, state.last_attempt_at, state.ari_start, state.ari_end)
-        wanted = Wanted(certificate.name, certificate.domains, tuple(k.value for k in certificate.key_types),
-                        certificate.renew_before or self.settings.renew_before)
-        decision = decide_renewal(installed, wanted, history, now=now, check_interval=self.settings.check_interval)
-        # Fleet integration: another node stored a newer certificate; install it (nothing is ordered), but not
-        # sooner than the failure backoff allows.
-        if self.fleet is not None and not decision.due and (
-                state.failures == 0 or state.last_attempt_at is None
-                or now >= state.last_attempt_at + backoff_delay(state.failures, certificate.name)):
-            newer = self.fleet.catch_up(certificate, self.home(certificate), now)
+        return self._decide(certificate, home, self._look(certificate, home), state, now)
+
+    def _decide(self, certificate: CertificateConfig, home: CertificateHome, seen: _Seen, state: CertState,
+                now: datetime) -> Decision:
+        history = _history(state)
+        decision = decide_renewal(seen.installed, self._wanted(certificate), history, now=now,
+                                  check_interval=self.settings.check_interval)
+        # Fleet integration: another node stored a newer certificate; install it (nothing is ordered).
+        if self.fleet is not None and fleet_may_catch_up(decision, history, name=certificate.name, now=now):
+            newer = self.fleet.catch_up(certificate, home, now)
             if newer is not None:
-                return replace(decision, due=True, next_check=now + MIN_RETRY,
-                               reason=f"fleet has a newer certificate (version {newer.version}, "
-                                      f"ordered by {newer.ordered_by})")
+                return caught_up(decision, version=newer.version, ordered_by=newer.ordered_by, now=now)
         return decision
 
-    def next_check(self, certificate: CertificateConfig, now: datetime) -> datetime:
-        """When to look at ``certificate`` again: its decision, sooner when a reload is still owed."""
-        decision = self.decide(certificate, now)
-        state = self.store.get_state(certificate.name)
-        dane_look = self._dane_next_look(certificate)
-        if dane_look is not None:  # retiring TLSA records want their next probe (certkeeper.dane.retire)
-            soonest = max(dane_look, now + timedelta(seconds=1))
-            decision = replace(decision, next_check=min(decision.next_check, soonest))
-        if state is None or not state.reload_pending:
-            return decision.next_check
-        retry = (state.last_attempt_at or now) + backoff_delay(max(state.failures, 1), certificate.name)
-        return min(decision.next_check, max(retry, now + timedelta(seconds=1)))
+    def _wanted(self, certificate: CertificateConfig) -> Wanted:
+        return Wanted(certificate.name, certificate.domains, tuple(k.value for k in certificate.key_types),
+                      certificate.renew_before or self.settings.renew_before)
 
-    def installed_facts(self, certificate: CertificateConfig) -> Installed | None:
-        home = self.home(certificate)
+    def _look(self, certificate: CertificateConfig, home: CertificateHome) -> _Seen:
+        """What is installed; an unreadable install is reported and counts as nothing installed."""
+        link = _read_link(home.current_link)
         try:
             version = home.current()
             if version is None:
-                return None
+                return _Seen(link, None, None)
             matches = all(_pair_matches(home, version, p) for p in version.pairs)
         except CertkeeperError as exc:
             log.warning("%s: the installed version cannot be read (%s); treating it as missing",
                         certificate.name, exc)
-            return None
-        first = version.pairs[0]
-        return Installed(first.fingerprint, version.not_before, version.not_after, version.domains,
-                         tuple(p.key_type for p in version.pairs), matches)
+            return _Seen(link, None, None)
+        return _Seen(link, version, _facts(version, key_matches=matches))
 
     def watched(self, certificates: Sequence[CertificateConfig]) -> list[Watched]:
         """Every managed endpoint, with the fingerprints ``current`` says it should serve."""
@@ -205,52 +226,84 @@ class Renewer:
         outcomes: dict[str, Outcome] = {}
         with contextlib.ExitStack() as locks:
             for certificate in certificates:
+                name = certificate.name
                 home = self.home(certificate)
-                state = self.store.get_state(certificate.name) or CertState(certificate.name)
-                self._refresh_renewal_info(certificate, home, state, now)
-                decision = self.decide(certificate, now)
-                needs_reload = state.reload_pending or (certificate.name in stale and not dry_run)
+                state = self.store.get_state(name) or CertState(name)
+                state = self._refresh_renewal_info(certificate, home, state, now)
+                seen = self._look(certificate, home)
+                decision = self._decide(certificate, home, seen, state, now)
+                needs_reload = state.reload_pending or (name in stale and not dry_run)
                 if not (force or decision.due or needs_reload):
-                    self._remember_decision(certificate.name, decision)
-                    outcomes[certificate.name] = Outcome(certificate.name, "not-due", decision.reason)
-                    self._keep_tlsa_in_step(certificate, dry_run=dry_run)
+                    self._remember_decision(name, decision, known=state)
+                    outcomes[name] = Outcome(name, Result.NOT_DUE, decision.reason, next_check=decision.next_check)
+                    self._keep_tlsa_in_step(certificate, dry_run=dry_run, now=now)
                     continue
                 try:
-                    locks.enter_context(self.store.lock(certificate.name, self.settings.lock_timeout.total_seconds()))
+                    locks.enter_context(self.store.lock(name, self.settings.lock_timeout.total_seconds()))
                 except LockBusy as exc:
-                    outcomes[certificate.name] = Outcome(certificate.name, "busy", str(exc))
+                    outcomes[name] = Outcome(name, Result.BUSY, str(exc),
+                                             next_check=self._next_check(name, decision, state, now))
                     continue
                 # Only the lock holder may clean up: an .incoming folder may be another process's work.
                 for leftover in home.recover():
-                    log.warning("%s: removed %s left by an interrupted install", certificate.name, leftover)
-                # Lock, then decide again: another certkeeper may have renewed it while we waited.
-                decision = self.decide(certificate, self.clock())
-                work = _Work(certificate, home, home.current())
+                    log.warning("%s: removed %s left by an interrupted install", name, leftover)
+                # Lock, then re-check: another certkeeper may have renewed it while we waited.  Only the state
+                # row and the current link can have changed; decide again only if one did.
+                fresh = self.store.get_state(name) or CertState(name)
+                if fresh != state or _read_link(home.current_link) != seen.link:
+                    state, seen = fresh, self._look(certificate, home)
+                    decision = self._decide(certificate, home, seen, state, now)
+                work = _Work(certificate, home, seen.version, state=state, seen=seen, installed=seen.installed,
+                             decision=decision)
                 if force or decision.due:
-                    waiting = self._dane_gate(work, dry_run=dry_run)
+                    waiting = self._dane_gate(work, dry_run=dry_run, now=now)
                     if waiting is not None:
-                        outcomes[certificate.name] = waiting
+                        outcomes[name] = replace(waiting, next_check=self._next_check(name, decision, state, now))
                         continue
-                    works[certificate.name] = work
+                    works[name] = work
                 elif needs_reload:
                     work.reload_only = True
                     work.new = work.previous
-                    works[certificate.name] = work
+                    works[name] = work
                 else:
-                    outcomes[certificate.name] = Outcome(certificate.name, "not-due", decision.reason)
+                    outcomes[name] = Outcome(name, Result.NOT_DUE, decision.reason,
+                                             next_check=self._next_check(name, decision, state, now))
             to_issue = [w for w in works.values() if not w.reload_only]
-            self._issue_all(to_issue, dry_run=dry_run)
+            self._issue_all(to_issue, dry_run=dry_run, now=now)
+            # What follows concerns certificates issued since the pass began (a CA may make them valid only
+            # from the moment of issue): it is recorded and decided at one second reading, when the work is done.
+            done = self.clock() if to_issue else now
             if not dry_run:
-                self._install_reload_verify([w for w in works.values() if w.outcome is None])
+                self._install_reload_verify([w for w in works.values() if w.outcome is None], done)
         for work in works.values():
             assert work.outcome is not None
-            outcomes[work.config.name] = work.outcome
+            outcomes[work.config.name] = replace(work.outcome, next_check=self._closing_check(work, done))
+        for certificate in certificates:  # retiring TLSA records want their next probe (certkeeper.dane.retire)
+            look = self._dane_next_look(certificate) if certificate.dane is not None else None
+            outcome = outcomes[certificate.name]
+            if look is not None and outcome.next_check is not None:
+                soonest = max(look, done + timedelta(seconds=1))
+                outcomes[certificate.name] = replace(outcome, next_check=min(outcome.next_check, soonest))
         if self.fleet is not None and not dry_run:  # fleet integration: every node's state per certificate
             from certkeeper.store.fleet import PassResult
 
-            self.fleet.record_pass([PassResult(c.name, self.home(c).current(), outcomes[c.name].result,
+            self.fleet.record_pass([PassResult(c.name, self.home(c).current(), outcomes[c.name].result.value,
                                                outcomes[c.name].detail) for c in certificates])
         return [outcomes[c.name] for c in certificates]
+
+    def _next_check(self, name: str, decision: Decision, state: CertState, now: datetime) -> datetime:
+        return next_check_with_reload(decision, _history(state), name=name, reload_owed=state.reload_pending,
+                                      now=now)
+
+    def _closing_check(self, work: _Work, now: datetime) -> datetime:
+        """When to look again after the pass worked on ``work``: decided afresh (a pure call, nothing read) where
+        the pass changed what is installed or stored."""
+        assert work.outcome is not None and work.decision is not None and work.state is not None
+        decision = work.decision
+        if work.outcome.result not in {Result.BUSY, Result.DRY_RUN}:
+            decision = decide_renewal(work.installed, self._wanted(work.config), _history(work.state), now=now,
+                                      check_interval=self.settings.check_interval)
+        return self._next_check(work.config.name, decision, work.state, now)
 
     def rollback(self, name: str, to: str | None = None) -> Outcome:
         """Flip ``current`` back (to the previous version, or ``to``), reload and verify."""
@@ -270,16 +323,17 @@ class Renewer:
                     )
                     raise CertkeeperError(msg)
                 target = older[-1]
+            now = self.clock()
             work = _Work(certificate, home, current, target)
             home.activate(target)
-            self._reload([work])
+            self._reload([work], now)
             result = self._verify([work])[name]
             if not result.ok:
                 detail = "; ".join(s.describe() for s in result.wrong(target.fingerprints))
                 raise VerificationFailed(name, target.id, f"rolled back to {target.id}", f"not served: {detail}")
-            self.bus.publish(RolledBack(self.clock(), name, current.id if current else "", target.id, "by request"))
-            self.store.add_renewal(RenewalRecord(name, self.clock(), "rollback", target.id, "", "by request"))
-            return Outcome(name, "rolled-back", f"now serving {target.id}", target.id)
+            self.bus.publish(RolledBack(now, name, current.id if current else "", target.id, "by request"))
+            self.store.add_renewal(RenewalRecord(name, now, "rollback", target.id, "", "by request"))
+            return Outcome(name, Result.ROLLED_BACK, f"now serving {target.id}", target.id)
 
     def test_hooks(self, name: str) -> Outcome:
         """Run the reload hooks against the current certificate and verify every endpoint, renewing nothing."""
@@ -291,7 +345,7 @@ class Renewer:
             raise CertkeeperError(msg)
         with self.store.lock(name, self.settings.lock_timeout.total_seconds()):
             work = _Work(certificate, home, current, current)
-            self._reload([work])
+            self._reload([work], self.clock())
             if work.hook_error:
                 msg = f"certificate {name!r}: {work.hook_error}"
                 raise CertkeeperError(msg)
@@ -299,19 +353,18 @@ class Renewer:
         if not result.ok:
             detail = "; ".join(s.describe() for s in result.wrong(current.fingerprints))
             raise VerificationFailed(name, current.id, "hooks ran", detail)
-        return Outcome(name, "verified", f"{len(result.seen)} probe points serve {current.id}", current.id)
+        return Outcome(name, Result.VERIFIED, f"{len(result.seen)} probe points serve {current.id}", current.id)
 
     # -- phases ------------------------------------------------------------------------------------------------
 
-    def _issue_all(self, works: Sequence[_Work], *, dry_run: bool) -> None:
+    def _issue_all(self, works: Sequence[_Work], *, dry_run: bool, now: datetime) -> None:
         if not works:
             return
         with ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="issue") as pool:
-            list(pool.map(lambda w: self._issue(w, dry_run=dry_run), works))
+            list(pool.map(lambda w: self._issue(w, dry_run=dry_run, now=now), works))
 
-    def _issue(self, work: _Work, *, dry_run: bool) -> None:
+    def _issue(self, work: _Work, *, dry_run: bool, now: datetime) -> None:
         certificate = work.config
-        now = self.clock()
         try:
             # Before ordering: a copy_to folder others can change fails the certificate with nothing installed.
             work.home.check_copy_targets(certificate.copy_to)
@@ -325,11 +378,13 @@ class Renewer:
                     issued = issuer.issue(IssueRequest(certificate.name, certificate.domains, key, key_type,
                                                        replaces=replaces, dry_run=dry_run))
                     pairs.append(KeyPair(key_type, key, issued.certificate, issued.chain))
-                    self.bus.publish(CertificateIssued(self.clock(), certificate.name, key_type.value, issuer.name,
+                    self.bus.publish(CertificateIssued(now, certificate.name, key_type.value, issuer.name,
                                                        pki.serial_hex(issued.certificate),
                                                        pki.not_after(issued.certificate)))
                     for record_name, until in issued.persist_records_expiring:
                         self.bus.publish(PersistRecordExpiring(self.clock(), certificate.name, record_name, until))
+                # Checked at the moment of the check, not the pass's now: a CA may issue with notBefore = the
+                # moment of issue (Pebble does), which is after the pass began.
                 check_pairs(certificate.name, pairs, certificate.domains, roots, now=self.clock())
                 self._check_mta_sts(certificate, pairs)
                 return pairs
@@ -345,14 +400,15 @@ class Renewer:
                 pairs = order()
             if dry_run:
                 serials = ", ".join(pki.serial_hex(p.certificate) for p in pairs)
-                work.outcome = Outcome(certificate.name, "dry-run", f"issued and checked {serials}; not installed")
+                work.outcome = Outcome(certificate.name, Result.DRY_RUN,
+                                       f"issued and checked {serials}; not installed")
                 self.store.add_renewal(RenewalRecord(certificate.name, now, "dry-run", "", serials))
                 return
             work.new = work.home.write_version(pairs, issuer=issuer.name, domains=certificate.domains, now=now)
         except OrderWaiting as exc:  # the order budget is spent: not a failure; it goes at exc.go_at
             work.outcome = Outcome(certificate.name, "waiting", str(exc))
         except (LockBusy, FleetStoreDown) as exc:  # fleet integration: another node orders, or the fleet store
-            work.outcome = Outcome(certificate.name, "busy", str(exc))  # is down: not a failure; look again
+            work.outcome = Outcome(certificate.name, Result.BUSY, str(exc))  # is down: not a failure; look again
         except CertkeeperError as exc:
             self._fail(work, str(exc), now)
         except Exception as exc:  # a bug or an unexpected library error: fail this certificate, not the pass
@@ -389,28 +445,29 @@ class Renewer:
             return work.home.load_pair_key(pair), replaces
         return pki.generate_key(KeyType(key_type)), replaces
 
-    def _install_reload_verify(self, works: list[_Work]) -> None:
+    def _install_reload_verify(self, works: list[_Work], now: datetime) -> None:
         if not works:
             return
         for work in works:
             if not work.reload_only and work.new is not None:
                 work.home.activate(work.new)
+                work.installed = _facts(work.new, key_matches=True)  # check_pairs held it before it was written
                 if work.config.copy_to:
                     work.home.copy_to(work.new, work.config.copy_to)
-                self.bus.publish(CertificateInstalled(self.clock(), work.config.name, work.new.id))
-        self._reload(works)
+                self.bus.publish(CertificateInstalled(now, work.config.name, work.new.id))
+        self._reload(works, now)
         results = self._verify(works)
         wrong = [w for w in works if not results[w.config.name].ok]
         if wrong:
             log.warning("not served yet after reload: %s; reloading once more",
                         ", ".join(w.config.name for w in wrong))
-            self._reload(wrong)
+            self._reload(wrong, now)
             results.update(self._verify(wrong))
         for work in works:
-            self._conclude(work, results[work.config.name])
+            self._conclude(work, results[work.config.name], now)
 
-    def _conclude(self, work: _Work, result: Verification) -> None:
-        name, now = work.config.name, self.clock()
+    def _conclude(self, work: _Work, result: Verification, now: datetime) -> None:
+        name = work.config.name
         assert work.new is not None
         if result.ok:
             self.bus.publish(CertificateVerified(now, name, work.new.id,
@@ -419,16 +476,17 @@ class Renewer:
                 self._fail(work, work.hook_error, now, reload_pending=True)
                 return
             if work.reload_only:
-                work.outcome = Outcome(name, "reloaded", f"endpoints now serve {work.new.id}", work.new.id)
-                self._update_state(name, reload_pending=False)
+                work.outcome = Outcome(name, Result.RELOADED, f"endpoints now serve {work.new.id}", work.new.id)
+                work.state = self._update_state(name, reload_pending=False)
                 return
-            work.outcome = Outcome(name, "renewed", f"installed and verified {work.new.id}", work.new.id)
+            work.outcome = Outcome(name, Result.RENEWED, f"installed and verified {work.new.id}", work.new.id)
             if work.dane is not None:  # served now: a new next key; current + next in DNS, the old key's removed
                 work.dane.after_install(now)
             self.store.add_renewal(RenewalRecord(name, now, "success", work.new.id,
                                                  ",".join(p.serial for p in work.new.pairs)))
-            self._update_state(name, last_attempt_at=now, last_success_at=now, failures=0, last_error="",
-                               reload_pending=False, ari_start=None, ari_end=None, ari_retry_after=None)
+            work.state = self._update_state(name, last_attempt_at=now, last_success_at=now, failures=0,
+                                            last_error="", reload_pending=False, ari_start=None, ari_end=None,
+                                            ari_retry_after=None)
             for removed in work.home.prune(self.settings.keep_versions):
                 log.info("%s: removed old version %s", name, removed)
             return
@@ -436,17 +494,17 @@ class Renewer:
         if work.reload_only or work.previous is None or work.previous.id == work.new.id:
             self._fail(work, f"{work.new.id} is not served: {seen}", now, reload_pending=True)
             return
-        self._roll_back(work, seen)
+        self._roll_back(work, seen, now)
 
-    def _roll_back(self, work: _Work, seen: str) -> None:
+    def _roll_back(self, work: _Work, seen: str, now: datetime) -> None:
         name = work.config.name
         assert work.new is not None and work.previous is not None
         failed_version = work.new
         work.home.activate(work.previous)
         work.new = work.previous
-        self._reload([work])
+        work.installed = work.seen.installed if work.seen else None
+        self._reload([work], now)
         restored = self._verify([work])[name]
-        now = self.clock()
         after = "the previous certificate is served again" if restored.ok else \
             "and the previous certificate is NOT served either: " + \
             "; ".join(s.describe() for s in restored.wrong(work.previous.fingerprints))
@@ -454,11 +512,11 @@ class Renewer:
                  f"{work.previous.id}, {after}"
         self.bus.publish(RolledBack(now, name, failed_version.id, work.previous.id, reason))
         self.store.add_renewal(RenewalRecord(name, now, "rollback", failed_version.id, "", reason))
-        state = self._bump_failures(name, reason, now)
-        work.outcome = Outcome(name, "rolled-back", reason, work.previous.id)
-        self.bus.publish(RenewalFailed(now, name, reason, state.next_check_at))
+        retry_at = self._bump_failures(work, reason, now)
+        work.outcome = Outcome(name, Result.ROLLED_BACK, reason, work.previous.id)
+        self.bus.publish(RenewalFailed(now, name, reason, retry_at))
 
-    def _reload(self, works: Iterable[_Work]) -> None:
+    def _reload(self, works: Iterable[_Work], now: datetime) -> None:
         """Run each distinct hook (program + environment) once for all the certificates it serves."""
         groups: dict[tuple[Path, tuple[tuple[str, str], ...]], list[_Work]] = defaultdict(list)
         for work in works:
@@ -474,7 +532,7 @@ class Renewer:
                 cert_dir=first.home.current_link / _subdir(first.new), names=tuple(m.config.name for m in members),
                 extra_env=dict(env),
             )
-            self._run_hook(hook, context, members)
+            self._run_hook(hook, context, members, now)
         for work in works:  # certbot-style deploy hooks: once per certificate and key type, as certbot runs them
             assert work.new is not None
             for reference in work.config.deploy_hooks:
@@ -484,15 +542,15 @@ class Renewer:
                     lineage = work.home.current_link / pair.directory.relative_to(work.new.path)
                     context = HookContext(name=work.config.name, domains=work.config.domains, version=work.new.id,
                                           cert_dir=lineage, extra_env=dict(work.config.hook_env))
-                    self._run_hook(hook, context, [work])
+                    self._run_hook(hook, context, [work], now)
 
-    def _run_hook(self, hook: Path, context: HookContext, members: Sequence[_Work]) -> None:
+    def _run_hook(self, hook: Path, context: HookContext, members: Sequence[_Work], now: datetime) -> None:
         try:
             run_hook(hook, context, timeout=self.settings.hook_timeout.total_seconds())
         except HookFailed as exc:
             for member in members:
                 member.hook_error = str(exc)
-                self.bus.publish(ReloadHookFailed(self.clock(), member.config.name, str(hook), str(exc)))
+                self.bus.publish(ReloadHookFailed(now, member.config.name, str(hook), str(exc)))
 
     def _verify(self, works: Sequence[_Work]) -> dict[str, Verification]:
         # Imported here: a pass with nothing to verify (cron, nothing due) never loads the probe.
@@ -530,83 +588,112 @@ class Renewer:
         rollover = self._dane_for(certificate, self.home(certificate))
         return rollover.next_look() if rollover is not None else None
 
-    def _dane_gate(self, work: _Work, *, dry_run: bool) -> Outcome | None:
+    def _dane_gate(self, work: _Work, *, dry_run: bool, now: datetime) -> Outcome | None:
         """A "waiting" outcome while the next key's TLSA records are not ready and the served certificate is
         safe; otherwise None, with the key to certify in ``work.next_keys``."""
         work.dane = None if dry_run else self._dane_for(work.config, work.home)
         if work.dane is None:
             return None
         try:
-            gate = work.dane.gate(work.previous, self.clock())
+            gate = work.dane.gate(work.previous, now)
             if not gate.proceed:
                 self._update_state(work.config.name, next_check_at=gate.retry_at, next_reason=gate.reason)
-                return Outcome(work.config.name, "waiting", f"waiting for TLSA records to be visible: {gate.reason}")
+                return Outcome(work.config.name, Result.WAITING,
+                               f"waiting for TLSA records to be visible: {gate.reason}")
             work.next_keys = work.dane.keys_for_renewal()
         except (CertkeeperError, OSError) as exc:  # an unreadable next key: fail this certificate, not the pass
-            self._fail(work, f"DANE key rollover: {exc}", self.clock())
+            self._fail(work, f"DANE key rollover: {exc}", now)
             return work.outcome
         return None
 
-    def _keep_tlsa_in_step(self, certificate: CertificateConfig, *, dry_run: bool) -> None:
+    def _keep_tlsa_in_step(self, certificate: CertificateConfig, *, dry_run: bool, now: datetime) -> None:
         """Retry a TLSA publication or cleanup that failed, without waiting for the next renewal."""
         rollover = None if dry_run else self._dane_for(certificate, self.home(certificate))
         if rollover is None or not rollover.out_of_step():
             return
         try:
             with self.store.lock(certificate.name, self.settings.lock_timeout.total_seconds()):
-                rollover.synchronise(self.clock())
+                rollover.synchronise(now)
         except LockBusy:
             log.info("%s: TLSA records left for the next pass: another certkeeper holds the lock", certificate.name)
 
     # -- observation and bookkeeping ---------------------------------------------------------------------------
 
     def _refresh_renewal_info(self, certificate: CertificateConfig, home: CertificateHome, state: CertState,
-                              now: datetime) -> None:
-        """Ask the CA for its renewal window (ARI) when the last answer's Retry-After has passed."""
+                              now: datetime) -> CertState:
+        """Ask the CA for its renewal window (ARI) when the last answer's Retry-After has passed; the state after."""
         if state.ari_retry_after is not None and now < state.ari_retry_after:
-            return
+            return state
         if self.config.issuers[certificate.issuer].type != "acme":  # only ACME CAs publish windows (RFC 9773):
-            return  # building another issuer here would only cost time (the internal CA's imports, keys)
+            return state  # building another issuer here would only cost time (the internal CA's imports, keys)
         current = home.current()
         if current is None:
-            return
+            return state
         try:
             issuer = self.issuer_for(certificate.issuer)
             if not isinstance(issuer, RenewalInfoSource):
-                return
+                return state
             window = issuer.renewal_window(home.load_pair_certificate(current.pairs[0]), now)
         except CertkeeperError as exc:
             log.warning("%s: no renewal information from the CA: %s", certificate.name, exc)
-            return
-        if window is not None:
-            self._update_state(certificate.name, ari_start=window.start, ari_end=window.end,
-                               ari_retry_after=window.retry_after)
+            return state
+        if window is None:
+            return state
+        return self._update_state(certificate.name, ari_start=window.start, ari_end=window.end,
+                                  ari_retry_after=window.retry_after)
 
     def _fail(self, work: _Work, error: str, now: datetime, *, reload_pending: bool = False) -> None:
         name = work.config.name
-        state = self._bump_failures(name, error, now, reload_pending=reload_pending)
+        retry_at = self._bump_failures(work, error, now, reload_pending=reload_pending)
         self.store.add_renewal(RenewalRecord(name, now, "failure", work.new.id if work.new else "", "", error))
-        work.outcome = Outcome(name, "failed", error)
-        self.bus.publish(RenewalFailed(now, name, error, state.next_check_at))
+        work.outcome = Outcome(name, Result.FAILED, error)
+        self.bus.publish(RenewalFailed(now, name, error, retry_at))
 
-    def _bump_failures(self, name: str, error: str, now: datetime, *, reload_pending: bool = False) -> CertState:
+    def _bump_failures(self, work: _Work, error: str, now: datetime, *, reload_pending: bool = False) -> datetime:
+        """Count a failure; returns when it will be retried."""
+        name = work.config.name
         state = self.store.get_state(name) or CertState(name)
         state = replace(state, failures=state.failures + 1, last_attempt_at=now, last_error=error,
                         reload_pending=reload_pending or state.reload_pending)
         self.store.put_state(state)
-        certificate = self.config.certificates[name]
-        decision = self.decide(certificate, now)
-        self._remember_decision(name, decision)
-        return replace(state, next_check_at=decision.renew_at)
+        decision = decide_renewal(work.installed, self._wanted(work.config), _history(state), now=now,
+                                  check_interval=self.settings.check_interval)
+        work.state = self._remember_decision(name, decision)
+        return decision.renew_at
 
-    def _remember_decision(self, name: str, decision: Decision) -> None:
-        self._update_state(name, next_check_at=decision.renew_at, next_reason=decision.reason)
+    def _remember_decision(self, name: str, decision: Decision, *, known: CertState | None = None) -> CertState:
+        return self._update_state(name, known=known, next_check_at=decision.renew_at, next_reason=decision.reason)
 
-    def _update_state(self, name: str, **changes: object) -> None:
+    def _update_state(self, name: str, *, known: CertState | None = None, **changes: object) -> CertState:
+        """Change some fields of the stored row.  Read again before writing (another process may have changed
+        other fields), but not when the row as ``known`` in this pass already holds the changes."""
+        if known is not None and replace(known, **changes) == known:  # type: ignore[arg-type]
+            return known
         state = self.store.get_state(name) or CertState(name)
         changed = replace(state, **changes)  # type: ignore[arg-type]
         if changed != state:  # a pass with nothing due writes nothing: no commit, no fsync per certificate
             self.store.put_state(changed)
+        return changed
+
+
+def _history(state: CertState) -> History:
+    return History(state.failures, state.last_attempt_at, state.ari_start, state.ari_end)
+
+
+def _facts(version: Version, *, key_matches: bool) -> Installed:
+    first = version.pairs[0]
+    return Installed(first.fingerprint, version.not_before, version.not_after, version.domains,
+                     tuple(p.key_type for p in version.pairs), key_matches)
+
+
+def _read_link(link: Path) -> str | None:
+    """What ``current`` says, as written (None when absent): compared after taking the lock."""
+    try:
+        return str(link.readlink())
+    except FileNotFoundError:
+        return None
+    except OSError as exc:  # not a symbolic link: compared as such; reading the version reports it
+        return f"<{exc.strerror}>"
 
 
 def _pair_matches(home: CertificateHome, version: Version, pair: InstalledPair) -> bool:

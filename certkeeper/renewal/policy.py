@@ -15,13 +15,19 @@ The order of the rules (the first that applies wins):
 4. after failures: exponential backoff with jitter from 10 minutes, up to 12 h or a twentieth of the lifetime
    (8 h for a 160-hour certificate), never later than the critical point (a tenth of the lifetime before
    expiry) and never more often than every 10 minutes (CA rate limits).
+
+Two rules sit beside the decision, also pure: the fleet gate (:func:`fleet_may_catch_up`: a node asks the
+fleet for a newer certificate only when nothing is due and the failure backoff has passed) and the reload
+retry (:func:`next_check_with_reload`: a reload still owed is retried on the backoff, sooner than the
+renewal point).  What a pass did with a certificate is a :class:`Result`.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from enum import StrEnum
 
 from certkeeper.model import RenewBefore
 
@@ -32,6 +38,25 @@ SPREAD_FRACTION = 0.02
 ARI_BACKSTOP_FRACTION = 0.1
 CRITICAL_FRACTION = 0.1
 RETRY_CAP_FRACTION = 0.05
+
+
+class Result(StrEnum):
+    """What a pass did with one certificate; the value is what ``renew`` prints and its JSON carries."""
+
+    RENEWED = "renewed"
+    NOT_DUE = "not-due"
+    FAILED = "failed"
+    ROLLED_BACK = "rolled-back"
+    RELOADED = "reloaded"
+    DRY_RUN = "dry-run"
+    BUSY = "busy"
+    VERIFIED = "verified"
+    WAITING = "waiting"  # DANE (RFC 7672): the next key's TLSA records are not visible long enough yet
+
+    @property
+    def failed(self) -> bool:
+        """Whether ``certkeeper renew`` exits non-zero for it."""
+        return self in {Result.FAILED, Result.ROLLED_BACK, Result.BUSY}
 
 
 @dataclass(frozen=True)
@@ -136,6 +161,31 @@ def _retry_point(installed: Installed | None, wanted: Wanted, history: History) 
         critical = installed.not_after - installed.lifetime * CRITICAL_FRACTION
         retry_at = min(retry_at, max(critical, history.last_attempt_at + MIN_RETRY))
     return retry_at
+
+
+def fleet_may_catch_up(decision: Decision, history: History, *, name: str, now: datetime) -> bool:
+    """The fleet gate: ask the fleet for a newer certificate only when nothing is due here, and not sooner than
+    the failure backoff allows (a node whose install of the fleet's version failed is not retried every pass)."""
+    if decision.due:
+        return False
+    if history.failures == 0 or history.last_attempt_at is None:
+        return True
+    return now >= history.last_attempt_at + backoff_delay(history.failures, name)
+
+
+def caught_up(decision: Decision, *, version: int, ordered_by: str, now: datetime) -> Decision:
+    """The decision once the fleet has a newer certificate: due now (it is installed, nothing is ordered)."""
+    return replace(decision, due=True, next_check=now + MIN_RETRY,
+                   reason=f"fleet has a newer certificate (version {version}, ordered by {ordered_by})")
+
+
+def next_check_with_reload(decision: Decision, history: History, *, name: str, reload_owed: bool,
+                           now: datetime) -> datetime:
+    """When to look again: the decision's moment, sooner when a reload is still owed (retried on the backoff)."""
+    if not reload_owed:
+        return decision.next_check
+    retry = (history.last_attempt_at or now) + backoff_delay(max(history.failures, 1), name)
+    return min(decision.next_check, max(retry, now + timedelta(seconds=1)))
 
 
 def backoff_delay(failures: int, name: str, *, cap: timedelta = MAX_RETRY) -> timedelta:
