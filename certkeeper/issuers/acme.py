@@ -163,10 +163,14 @@ def may_order_without_replaces(problem_type: str, detail: str) -> bool:
     replaced (``alreadyReplaced``) or, as Let's Encrypt and Pebble do, one ordered by another account
     (``unauthorized``: "requester account did not request the certificate being replaced").  In a fleet the
     installed certificate is often another node's, ordered under that node's account.  Renewal matters more than
-    the ARI rate-limit exemption, so such an order is placed again without ``replaces``.
+    the ARI rate-limit exemption, so such an order is placed again without ``replaces``.  So is one whose
+    ``replaces`` the CA cannot parse or place (Pebble after a restart, or a certificate from another CA:
+    "parsing ARI CertID failed: no known issuer matches the provided Authority Key Identifier").
     """
     short = problem_type.rsplit(":", 1)[-1]
-    return short == "alreadyReplaced" or (short in ("unauthorized", "malformed") and "replace" in detail.lower())
+    words = detail.lower()
+    about_replaces = any(w in words for w in ("replace", "ari certid", "authority key identifier"))
+    return short == "alreadyReplaced" or (short in ("unauthorized", "malformed") and about_replaces)
 
 
 def describe_profile_refusal(directory_url: str, profile: str, offered: Iterable[str]) -> str:
@@ -515,7 +519,7 @@ class AcmeIssuer:
         url = self._directory_url(request)
         csr = pki.make_csr(request.key, request.domains).public_bytes(serialization.Encoding.PEM)
         deadline = time.monotonic() + self.config.timeout.total_seconds()
-        replaces = self._certificate_id(request.replaces, request.certificate) if request.replaces else None
+        replaces = self._replaces(request)
         with self._translated(request.certificate, url):
             directory = self._directory(url)
             if self.config.caa_resolver:
@@ -668,6 +672,17 @@ class AcmeIssuer:
                 home = account_home(self.state_dir, self.name, url)
                 found = self._directories[url] = _Directory(url, self.config, home)
             return found
+
+    def _replaces(self, request: IssueRequest) -> str | None:
+        """The ARI identifier of the certificate being replaced; None (logged) when it has none: renewing matters
+        more than the ARI exemption."""
+        if request.replaces is None:
+            return None
+        try:
+            return ari_certificate_id(request.replaces)
+        except ValueError as exc:
+            log.info("certificate %r: ordering without replaces: %s", request.certificate, exc)
+            return None
 
     def _certificate_id(self, certificate: x509.Certificate, label: str) -> str:
         try:

@@ -40,10 +40,12 @@ from certkeeper.config import CertificateConfig, Config
 from certkeeper.config.resolve import resolve_hook
 from certkeeper.dane.observe import dane_watch_for
 from certkeeper.errors import (
+    CaUnavailable,
     CertkeeperError,
     FleetStoreDown,
     HookFailed,
     InstallRefused,
+    IssuanceError,
     LockBusy,
     OrderWaiting,
     UsageError,
@@ -374,7 +376,7 @@ class Renewer:
             def order() -> list[KeyPair]:
                 pairs = []
                 for key_type in certificate.key_types:
-                    key, replaces = self._key_for(work, key_type.value)
+                    key, replaces = self._key_for(work, key_type.value, issuer.name)
                     issued = issuer.issue(IssueRequest(certificate.name, certificate.domains, key, key_type,
                                                        replaces=replaces, dry_run=dry_run))
                     pairs.append(KeyPair(key_type, key, issued.certificate, issued.chain))
@@ -434,16 +436,31 @@ class Renewer:
                 if refusal is not None:
                     raise InstallRefused(certificate.name, f"the {pair.key_type.value} certificate: {refusal}")
 
-    def _key_for(self, work: _Work, key_type: str) -> tuple[pki.PrivateKey, x509.Certificate | None]:
+    def _key_for(self, work: _Work, key_type: str, issuer: str) -> tuple[pki.PrivateKey, x509.Certificate | None]:
         """A fresh key, or the installed one with ``reuse_key``; and the certificate being replaced (ARI)."""
         previous = work.previous
         pair = next((p for p in previous.pairs if p.key_type == key_type), None) if previous else None
-        replaces = work.home.load_pair_certificate(pair) if pair else None
+        replaces = self._replaces(work, pair, issuer)
         if key_type in work.next_keys:  # DANE: the key whose TLSA records have been visible for two TTLs
             return work.next_keys[key_type], replaces
         if work.config.reuse_key and pair is not None:
             return work.home.load_pair_key(pair), replaces
         return pki.generate_key(KeyType(key_type)), replaces
+
+    def _replaces(self, work: _Work, pair: InstalledPair | None, issuer: str) -> x509.Certificate | None:
+        """The installed certificate, for ARI's ``replaces`` (RFC 9773 section 5): only one this issuer issued and
+        that can be read.  A problem with it never blocks the renewal: the order goes without ``replaces``."""
+        if pair is None or work.previous is None:
+            return None
+        if work.previous.issuer != issuer:
+            log.info("%s: ordering without replaces: the installed certificate came from issuer %r, not %r",
+                     work.config.name, work.previous.issuer, issuer)
+            return None
+        try:
+            return work.home.load_pair_certificate(pair)
+        except CertkeeperError as exc:
+            log.warning("%s: ordering without replaces: %s", work.config.name, exc)
+            return None
 
     def _install_reload_verify(self, works: list[_Work], now: datetime) -> None:
         if not works:
@@ -626,14 +643,24 @@ class Renewer:
             return state
         if self.config.issuers[certificate.issuer].type != "acme":  # only ACME CAs publish windows (RFC 9773):
             return state  # building another issuer here would only cost time (the internal CA's imports, keys)
-        current = home.current()
-        if current is None:
+        try:
+            current = home.current()
+        except CertkeeperError:  # nothing usable installed: nothing to ask about (the pass reports it)
+            return state
+        if current is None or current.issuer != certificate.issuer:  # a CA has no window for another CA's
             return state
         try:
             issuer = self.issuer_for(certificate.issuer)
             if not isinstance(issuer, RenewalInfoSource):
                 return state
             window = issuer.renewal_window(home.load_pair_certificate(current.pairs[0]), now)
+        except CaUnavailable as exc:  # unreachable or busy: ask again next pass
+            log.warning("%s: no renewal information from the CA: %s", certificate.name, exc)
+            return state
+        except IssuanceError as exc:  # the CA refused (it does not know this certificate): skip ARI for it
+            log.warning("%s: no renewal information from the CA: %s; not asking again for this certificate",
+                        certificate.name, exc)
+            return self._update_state(certificate.name, known=state, ari_retry_after=current.not_after)
         except CertkeeperError as exc:
             log.warning("%s: no renewal information from the CA: %s", certificate.name, exc)
             return state
