@@ -182,7 +182,7 @@ class App:
         assert self.notifier is not None
         now = self.clock()
         for certificate in self.config.certificates.values():
-            current = self.renewer.home(certificate).current()
+            current = self.renewer.home(certificate).readable_current()
             for pair in current.pairs if current else ():
                 self.notifier.observe_certificate(certificate.name, certificate.domains[0], pair.not_before,
                                                   pair.not_after, now, names=certificate.domains)

@@ -44,6 +44,7 @@ from certkeeper.errors import (
     CertkeeperError,
     FleetStoreDown,
     HookFailed,
+    InputError,
     InstallRefused,
     IssuanceError,
     LockBusy,
@@ -202,7 +203,7 @@ class Renewer:
         for certificate in certificates:
             if not certificate.endpoints:
                 continue
-            current = self.home(certificate).current()
+            current = self.home(certificate).readable_current()
             # Judged against what the certificate chains to: the issuer's roots (internal CA, trust_roots) and
             # the certificate's ca_file; the system store only when neither is there (a public ACME CA).
             issuer = self.config.issuers.get(certificate.issuer)
@@ -289,7 +290,7 @@ class Renewer:
         if self.fleet is not None and not dry_run:  # fleet integration: every node's state per certificate
             from certkeeper.store.fleet import PassResult
 
-            self.fleet.record_pass([PassResult(c.name, self.home(c).current(), outcomes[c.name].result.value,
+            self.fleet.record_pass([PassResult(c.name, self.home(c).readable_current(), outcomes[c.name].result.value,
                                                outcomes[c.name].detail) for c in certificates])
         return [outcomes[c.name] for c in certificates]
 
@@ -727,9 +728,16 @@ def _pair_matches(home: CertificateHome, version: Version, pair: InstalledPair) 
     """Whether the pair's key matches its certificate.
 
     The install gate (:func:`certkeeper.store.versions.check_pairs`) checked that before ``version.json`` was written
-    last into the folder; files untouched since are trusted, so a pass with nothing due loads no keys (an RSA
-    key costs milliseconds).  Anything changed afterwards is loaded and compared.
+    last into the folder, with each file's size and SHA-256: files unchanged since are trusted, so a pass with
+    nothing due loads no keys (an RSA key costs milliseconds); a changed, missing or truncated one raises
+    :class:`InputError` naming it.  Versions written before the hashes were recorded fall back to mtimes: anything
+    changed afterwards is loaded and compared.
     """
+    if pair.files:  # sizes and hashes recorded at install: any change to any file a daemon reads is seen
+        changed = home.changed_files(pair)
+        if changed:
+            raise InputError(changed[0], "changed since it was installed (size or SHA-256 differs from version.json)")
+        return True
     try:
         written = (version.path / "version.json").stat().st_mtime_ns
         if all(path.stat().st_mtime_ns <= written for path in (pair.privkey, pair.fullchain)):

@@ -8,6 +8,10 @@ Layout under ``state_dir/certs/<name>/``::
         ecdsa/… rsa/…                the same five files per key family (two key types)
     current -> versions/<version>    the one symlink daemons read through
 
+``version.json`` records each file's size and SHA-256, so a pass sees a file changed, truncated or swapped after
+the install (mtime kept or not) without loading a key: such a version, or a ``current`` that is not a relative
+link to a complete version folder, is "nothing usable installed" (:class:`InputError` naming the path).
+
 A version is written into ``versions/.incoming-<version>``, every file fsynced, the folder renamed into place,
 and only then is ``current`` replaced by ``rename(2)`` of a fresh symlink: a reader sees the whole old pair
 or the whole new pair, never a mix.  A crash leaves at worst an ``.incoming-*`` folder, removed by
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import grp
+import hashlib
 import json
 import os
 import shutil
@@ -61,6 +66,7 @@ class InstalledPair:
     not_before: datetime
     not_after: datetime
     directory: Path
+    files: tuple[tuple[str, int, str], ...] = ()  # (file name, size, SHA-256 hex) as installed; () before 0.x
 
     @property
     def fullchain(self) -> Path:
@@ -154,25 +160,53 @@ class CertificateHome:
     # -- reading -----------------------------------------------------------------------------------------------
 
     def current(self) -> Version | None:
-        """The installed version, or None before the first install."""
+        """The installed version, or None before the first install.
+
+        Raises :class:`InputError` naming the path when ``current`` is not a relative link to a complete version
+        folder (a file or folder in its place, absolute, dangling or looping) or that version's metadata is bad.
+        """
         try:
-            target = str(self.current_link.readlink())
+            target = self.current_link.readlink()
         except FileNotFoundError:
             return None
-        parts = Path(target).parts
+        except OSError as exc:  # a file or a folder where the link belongs
+            raise InputError(str(self.current_link), f"not a symbolic link to a version ({exc.strerror})") from None
+        parts = target.parts
         if len(parts) != 2 or parts[0] != "versions" or parts[1].startswith("."):
-            raise InputError(str(self.current_link), f"points to {target!r}, not to a folder in versions/; "
+            raise InputError(str(self.current_link), f"points to {str(target)!r}, not to a folder in versions/; "
                              "certkeeper only ever links versions/<version> (restore it with certkeeper rollback)")
+        if not (self.root / target).is_dir():
+            raise InputError(str(self.current_link), f"points to {str(target)!r}, which does not exist")
         return self._load(self.root / target)
 
+    def readable_current(self) -> Version | None:
+        """:meth:`current`, or None when what is installed cannot be read (the renewal pass reports it)."""
+        try:
+            return self.current()
+        except InputError:
+            return None
+
+    def changed_files(self, pair: InstalledPair) -> list[str]:
+        """The pair's files whose size or content differ from what ``version.json`` recorded at install."""
+        changed = []
+        for filename, size, digest in pair.files:
+            path = pair.directory / filename
+            try:
+                if path.stat().st_size != size or hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+                    changed.append(str(path))
+            except OSError:
+                changed.append(str(path))
+        return changed
+
     def versions(self) -> list[Version]:
-        """Complete versions, oldest first."""
+        """Complete versions, oldest first; one whose metadata cannot be read is left out (``current`` reports it)."""
         if not self.versions_dir.is_dir():
             return []
         found = []
         for entry in sorted(self.versions_dir.iterdir()):
             if not entry.name.startswith(".") and (entry / "version.json").is_file():
-                found.append(self._load(entry))
+                with contextlib.suppress(InputError):
+                    found.append(self._load(entry))
         return found
 
     def version(self, version_id: str) -> Version:
@@ -205,9 +239,13 @@ class CertificateHome:
                     not_before=datetime.fromisoformat(p["not_before"]),
                     not_after=datetime.fromisoformat(p["not_after"]),
                     directory=path / p["subdir"] if p["subdir"] else path,
+                    files=tuple((str(name), int(size), str(digest)) for name, (size, digest)
+                                in p.get("files", {}).items()),
                 )
                 for p in meta["pairs"]
             )
+            if not pairs:
+                raise ValueError("no key pairs listed")
             return Version(self.name, path.name, path, datetime.fromisoformat(meta["created_at"]),
                            meta["issuer"], tuple(meta["domains"]), pairs)
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -231,12 +269,13 @@ class CertificateHome:
             if subdir:
                 folder.mkdir()
                 self._set_mode(folder)
-            self._write_pair_files(folder, pair)
+            written = self._write_pair_files(folder, pair)
             meta_pairs.append({
                 "key_type": pair.key_type.value, "subdir": subdir,
                 "serial": pki.serial_hex(pair.certificate), "fingerprint": pki.fingerprint(pair.certificate),
                 "not_before": pki.not_before(pair.certificate).isoformat(),
                 "not_after": pki.not_after(pair.certificate).isoformat(),
+                "files": {name: [len(data), hashlib.sha256(data).hexdigest()] for name, data in written.items()},
             })
         meta = {"created_at": now.isoformat(), "issuer": issuer, "domains": list(domains), "pairs": meta_pairs}
         write_atomic(incoming / "version.json", json.dumps(meta, indent=2).encode(), mode=0o644)
@@ -247,7 +286,9 @@ class CertificateHome:
         return self._load(final)
 
     def activate(self, version: Version) -> None:
-        """Point ``current`` at ``version`` with one atomic rename."""
+        """Point ``current`` at ``version`` with one atomic rename (a folder in its place is removed first)."""
+        if self.current_link.is_dir() and not self.current_link.is_symlink():
+            shutil.rmtree(self.current_link)  # no daemon can be reading a whole pair from it: it was never flipped
         relative = os.path.relpath(version.path, self.root)
         temporary = self.root / f".current-{os.getpid()}-{version.id}"
         with contextlib.suppress(FileNotFoundError):
@@ -299,7 +340,7 @@ class CertificateHome:
             write_atomic(destination, read_nofollow(source), mode=self.ownership.key_mode if secret else 0o644,
                          gid=self.ownership.gid if secret else -1)
 
-    def _write_pair_files(self, folder: Path, pair: KeyPair) -> None:
+    def _write_pair_files(self, folder: Path, pair: KeyPair) -> dict[str, bytes]:
         key_pem = pki.key_to_pem(pair.key)
         cert_pem = pki.cert_to_pem(pair.certificate)
         chain_pem = b"".join(pki.cert_to_pem(c) for c in pair.chain)
@@ -316,6 +357,7 @@ class CertificateHome:
             secret = filename in _SECRET_FILES
             write_atomic(folder / filename, contents[filename], mode=self.ownership.key_mode if secret else 0o644,
                          gid=gid if secret else -1)
+        return contents
 
     def _ensure_dirs(self) -> None:
         # certs/ itself only lists names (0755); each certificate's folder carries the restrictive mode.  Modes
