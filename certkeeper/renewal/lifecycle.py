@@ -42,6 +42,7 @@ from certkeeper.dane.observe import dane_watch_for
 from certkeeper.errors import (
     CaUnavailable,
     CertkeeperError,
+    ConfigError,
     FleetStoreDown,
     HookFailed,
     InputError,
@@ -464,9 +465,17 @@ class Renewer:
             return None
 
     def _install_reload_verify(self, works: list[_Work], now: datetime) -> None:
+        for work in works:  # a hook that cannot run would leave the flip unreloaded: nothing is flipped for it
+            problem = self._unrunnable_hook(work)
+            if problem:
+                self._fail(work, problem, now)
+        works = [w for w in works if w.outcome is None]
         if not works:
             return
         for work in works:
+            # The reload is owed from before the flip until a verified reload: a crash or a failed hook in
+            # between leaves it recorded, and the next pass reloads (and verifies) without renewing.
+            work.state = self._update_state(work.config.name, reload_pending=True)
             if not work.reload_only and work.new is not None:
                 work.home.activate(work.new)
                 work.installed = _facts(work.new, key_matches=True)  # check_pairs held it before it was written
@@ -483,6 +492,14 @@ class Renewer:
             results.update(self._verify(wrong))
         for work in works:
             self._conclude(work, results[work.config.name], now)
+
+    def _unrunnable_hook(self, work: _Work) -> str:
+        for reference in work.config.reload:
+            try:
+                resolve_hook(reference, self.settings.hooks_dir, self.config.path)
+            except ConfigError as exc:
+                return str(exc)
+        return ""
 
     def _conclude(self, work: _Work, result: Verification, now: datetime) -> None:
         name = work.config.name
@@ -530,7 +547,8 @@ class Renewer:
                  f"{work.previous.id}, {after}"
         self.bus.publish(RolledBack(now, name, failed_version.id, work.previous.id, reason))
         self.store.add_renewal(RenewalRecord(name, now, "rollback", failed_version.id, "", reason))
-        retry_at = self._bump_failures(work, reason, now)
+        # The previous certificate served again: nothing owed; otherwise its reload is retried next pass.
+        retry_at = self._bump_failures(work, reason, now, reload_pending=not restored.ok)
         work.outcome = Outcome(name, Result.ROLLED_BACK, reason, work.previous.id)
         self.bus.publish(RenewalFailed(now, name, reason, retry_at))
 
@@ -670,19 +688,19 @@ class Renewer:
         return self._update_state(certificate.name, ari_start=window.start, ari_end=window.end,
                                   ari_retry_after=window.retry_after)
 
-    def _fail(self, work: _Work, error: str, now: datetime, *, reload_pending: bool = False) -> None:
+    def _fail(self, work: _Work, error: str, now: datetime, *, reload_pending: bool | None = None) -> None:
         name = work.config.name
         retry_at = self._bump_failures(work, error, now, reload_pending=reload_pending)
         self.store.add_renewal(RenewalRecord(name, now, "failure", work.new.id if work.new else "", "", error))
         work.outcome = Outcome(name, Result.FAILED, error)
         self.bus.publish(RenewalFailed(now, name, error, retry_at))
 
-    def _bump_failures(self, work: _Work, error: str, now: datetime, *, reload_pending: bool = False) -> datetime:
-        """Count a failure; returns when it will be retried."""
+    def _bump_failures(self, work: _Work, error: str, now: datetime, *, reload_pending: bool | None = None) -> datetime:
+        """Count a failure; returns when it will be retried.  ``reload_pending`` None keeps what is recorded."""
         name = work.config.name
         state = self.store.get_state(name) or CertState(name)
         state = replace(state, failures=state.failures + 1, last_attempt_at=now, last_error=error,
-                        reload_pending=reload_pending or state.reload_pending)
+                        reload_pending=state.reload_pending if reload_pending is None else reload_pending)
         self.store.put_state(state)
         decision = decide_renewal(work.installed, self._wanted(work.config), _history(state), now=now,
                                   check_interval=self.settings.check_interval)
