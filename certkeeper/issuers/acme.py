@@ -49,6 +49,7 @@ from certkeeper import __version__, pki
 from certkeeper.config import AcmeIssuerConfig
 from certkeeper.dnsclient import parse_tsig_key
 from certkeeper.errors import CaUnavailable, ChallengeFailed, InputError, IssuanceError, UsageError
+from certkeeper.issuers import journal
 from certkeeper.issuers.base import IssuedCertificate, IssueRequest, RenewalWindow
 from certkeeper.issuers.caa import CaaVerdict, caa_preflight
 from certkeeper.issuers.challenges import (
@@ -794,6 +795,36 @@ class AcmeIssuer:
             pending.append((authorization, challenge, self._answer(directory, challenge, name)))
         if not pending:
             return
+        answers = [answer for _, _, answer in pending]
+        entries = [(a.identifier, a.token, a.key_authorization) for a in answers]
+        dns01 = isinstance(responder, Rfc2136Dns01 | HookDns01)
+        if dns01:  # durably, before publishing: a crash from here on leaves them for remove_leftovers
+            journal.record(self.state_dir, certificate, entries)
+        try:
+            self._validate(directory, certificate, deadline, responder, pending)
+        finally:
+            if dns01:
+                journal.forget(self.state_dir, certificate, entries)
+
+    def remove_leftovers(self, certificate: str) -> list[str]:
+        """Remove the dns-01 values an interrupted order of ``certificate`` left published (see
+        :mod:`certkeeper.issuers.journal`); returns the names cleaned.  Raises :class:`IssuanceError`."""
+        entries = journal.pending(self.state_dir, certificate)
+        if not entries:
+            return []
+        answers = [ChallengeAnswer(identifier=i, token=t, key_authorization=k) for i, t, k in entries]
+        try:
+            responder = self._responder()
+            if isinstance(responder, Rfc2136Dns01 | HookDns01):
+                responder.remove(answers)
+        except ChallengeFailed as exc:
+            raise IssuanceError(self.name, certificate, f"stray dns-01 values not removed yet: {exc}") from None
+        journal.forget(self.state_dir, certificate, entries)
+        return sorted({a.dns_name for a in answers})
+
+    def _validate(self, directory: _Directory, certificate: str, deadline: float, responder: Responder,
+                  pending: list[tuple[messages.AuthorizationResource, messages.ChallengeBody, ChallengeAnswer]],
+                  ) -> None:
         with responder.published([answer for _, _, answer in pending]):
             for _, challenge, _ in pending:
                 if isinstance(challenge.chall, challenges.UnrecognizedChallenge):

@@ -98,3 +98,11 @@ class RenewalInfoSource(Protocol):
     def renewal_window(self, certificate: x509.Certificate, now: datetime) -> RenewalWindow | None:
         """The CA's window for ``certificate``, or None when the CA does not offer renewal information."""
         ...
+
+
+@runtime_checkable
+class LeftoverRemover(Protocol):
+    def remove_leftovers(self, certificate: str) -> list[str]:
+        """Take down what an interrupted order of ``certificate`` left published (dns-01 TXT values); returns
+        the names cleaned.  Raises :class:`certkeeper.errors.IssuanceError` when that cannot be done yet."""
+        ...

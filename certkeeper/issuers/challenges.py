@@ -295,6 +295,17 @@ class Rfc2136Dns01:
                 except ChallengeFailed as exc:
                     log.warning("dns-01: could not remove TXT records from %s: %s", zone, exc)
 
+    def remove(self, answers: Sequence[ChallengeAnswer]) -> None:
+        """Remove exactly these values (left by an interrupted order); raises :class:`ChallengeFailed`."""
+        try:
+            address = resolve_address(self.host)
+            zones = {answer: self.zone or dnsclient.find_zone(address, self.port, answer.dns_name)
+                     for answer in answers}
+        except DnsError as exc:
+            raise ChallengeFailed(f"dns-01: {exc}") from None
+        for zone in dict.fromkeys(zones.values()):
+            self._update(address, zone, [a for a in answers if zones[a] == zone], add=False)
+
     def _update(self, address: str, zone: str, answers: Sequence[ChallengeAnswer], *, add: bool) -> None:
         # Only these values on removal: a wildcard and its base name share one owner name (RFC 8555 8.4).
         records = [(answer.dns_name, "TXT", f'"{answer.dns_value}"') for answer in answers]
@@ -446,6 +457,11 @@ class HookDns01:
                     self._run("cleanup", answer)
                 except ChallengeFailed as exc:
                     log.warning("dns-01: %s", exc)
+
+    def remove(self, answers: Sequence[ChallengeAnswer]) -> None:
+        """``cleanup`` for values left by an interrupted order; raises :class:`ChallengeFailed`."""
+        for answer in answers:
+            self._run("cleanup", answer)
 
     def _run(self, action: str, answer: ChallengeAnswer) -> None:
         command = [str(self.program), action, answer.dns_name, answer.dns_value]

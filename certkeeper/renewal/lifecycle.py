@@ -63,7 +63,8 @@ from certkeeper.events import (
     RenewalFailed,
     RolledBack,
 )
-from certkeeper.issuers.base import Issuer, IssueRequest, RenewalInfoSource, crl_files, root_files
+from certkeeper.issuers.base import Issuer, IssueRequest, LeftoverRemover, RenewalInfoSource, crl_files, root_files
+from certkeeper.issuers.journal import has_pending
 from certkeeper.model import KeyType
 from certkeeper.renewal.hooks import HookContext, run_hook
 from certkeeper.renewal.observe import Watched
@@ -238,6 +239,7 @@ class Renewer:
                 decision = self._decide(certificate, home, seen, state, now)
                 needs_reload = state.reload_pending or (name in stale and not dry_run)
                 if not (force or decision.due or needs_reload):
+                    self._clean_up_idle(certificate, home)
                     self._remember_decision(name, decision, known=state)
                     outcomes[name] = Outcome(name, Result.NOT_DUE, decision.reason, next_check=decision.next_check)
                     self._keep_tlsa_in_step(certificate, dry_run=dry_run, now=now)
@@ -248,9 +250,7 @@ class Renewer:
                     outcomes[name] = Outcome(name, Result.BUSY, str(exc),
                                              next_check=self._next_check(name, decision, state, now))
                     continue
-                # Only the lock holder may clean up: an .incoming folder may be another process's work.
-                for leftover in home.recover():
-                    log.warning("%s: removed %s left by an interrupted install", name, leftover)
+                self._clean_up(certificate, home)
                 # Lock, then re-check: another certkeeper may have renewed it while we waited.  Only the state
                 # row and the current link can have changed; decide again only if one did.
                 fresh = self.store.get_state(name) or CertState(name)
@@ -294,6 +294,34 @@ class Renewer:
             self.fleet.record_pass([PassResult(c.name, self.home(c).readable_current(), outcomes[c.name].result.value,
                                                outcomes[c.name].detail) for c in certificates])
         return [outcomes[c.name] for c in certificates]
+
+    def _clean_up(self, certificate: CertificateConfig, home: CertificateHome) -> None:
+        """What an interrupted run left: ``.incoming-*`` folders (they hold a private key) and dns-01 values.
+
+        Only the lock holder may: an .incoming folder or a published value may be another process's work.
+        """
+        for leftover in home.recover():
+            log.warning("%s: removed %s left by an interrupted install", certificate.name, leftover)
+        if not has_pending(self.settings.state_dir, certificate.name):
+            return
+        try:
+            issuer = self.issuer_for(certificate.issuer)
+            if isinstance(issuer, LeftoverRemover):
+                for name in issuer.remove_leftovers(certificate.name):
+                    log.warning("%s: removed the dns-01 values an interrupted order left at %s", certificate.name,
+                                name)
+        except CertkeeperError as exc:  # tried again by the next run; the order itself may still succeed
+            log.warning("%s: %s", certificate.name, exc)
+
+    def _clean_up_idle(self, certificate: CertificateConfig, home: CertificateHome) -> None:
+        """Clean up for a certificate with nothing due, too: under its lock, and only when something was left."""
+        if not (home.has_leftovers() or has_pending(self.settings.state_dir, certificate.name)):
+            return
+        try:
+            with self.store.lock(certificate.name, self.settings.lock_timeout.total_seconds()):
+                self._clean_up(certificate, home)
+        except LockBusy:
+            log.info("%s: leftovers stay for the lock holder to clean up", certificate.name)
 
     def _next_check(self, name: str, decision: Decision, state: CertState, now: datetime) -> datetime:
         return next_check_with_reload(decision, _history(state), name=name, reload_owed=state.reload_pending,

@@ -326,6 +326,14 @@ class CertificateHome:
         for kind, destination in targets.items():
             check_trusted_dir(destination.parent, f"copy_to.{kind} folder")
 
+    def has_leftovers(self) -> bool:
+        """Whether :meth:`recover` has anything to remove (cheap: two folder listings)."""
+        for folder, prefix in ((self.versions_dir, _INCOMING), (self.root, ".current-")):
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                if any(entry.name.startswith(prefix) for entry in folder.iterdir()):
+                    return True
+        return False
+
     def copy_to(self, version: Version, targets: Mapping[CopyTarget, Path]) -> None:
         """Replace each fixed-path copy by an atomic rename in its own directory (single key type only).
 
