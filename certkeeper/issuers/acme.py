@@ -732,7 +732,10 @@ class AcmeIssuer:
     def _responder(self) -> Responder:
         c = self.config
         if c.challenge == "http-01":
-            return WebrootHttp01(c.webroot) if c.webroot else StandaloneHttp01(c.http_address, c.http_port)
+            if c.webroot:
+                return WebrootHttp01(c.webroot)
+            # Half the order's time for another certkeeper process to finish its own validation on the port.
+            return StandaloneHttp01(c.http_address, c.http_port, wait=c.timeout.total_seconds() / 2)
         if c.challenge == "dns-persist-01":
             if not c.dns_server:
                 msg = "dns-persist-01 needs dns_server, to check the records before an order"

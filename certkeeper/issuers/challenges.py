@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import hashlib
 import http.server
 import logging
@@ -131,22 +132,30 @@ class _ChallengeHandler(http.server.BaseHTTPRequestHandler):
 class _SharedListener:
     """One bound socket and the tokens of every order using it; counted so the last user stops it."""
 
-    def __init__(self, address: str, port: int) -> None:
+    def __init__(self, address: str, port: int, *, wait: float = 0.0) -> None:
         family = socket.AF_INET6 if address == "" and socket.has_dualstack_ipv6() else socket.AF_INET
         if ":" in address:
             family = socket.AF_INET6
         host = address or ("::" if family == socket.AF_INET6 else "0.0.0.0")
         server_class = _ChallengeServer6 if family == socket.AF_INET6 else _ChallengeServer
-        try:
-            self.server = server_class((host, port), _ChallengeHandler)
-        except OSError as exc:
-            where = f"{address or '*'}:{port}"
-            msg = (
-                f"cannot listen on {where} for http-01 ({exc.strerror}); another web server may hold the port: "
-                f"stop it, or use webroot, or set http_port to a port it forwards"
-            )
-            raise ChallengeFailed(
-                msg) from None
+        # Another certkeeper process validating another certificate holds the port for a few seconds (issue
+        # 21.6: `renew mail & renew other`): wait for it, up to ``wait`` seconds, before giving up.
+        deadline = time.monotonic() + wait
+        delay = 0.05
+        while True:
+            try:
+                self.server = server_class((host, port), _ChallengeHandler)
+                break
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE and time.monotonic() + delay < deadline:
+                    time.sleep(delay)
+                    delay = min(delay * 2, 1.0)
+                    continue
+                where = f"{address or '*'}:{port}"
+                waited = f" for {wait:g} s" if exc.errno == errno.EADDRINUSE and wait else ""
+                msg = (f"cannot listen on {where} for http-01 ({exc.strerror}{waited}); another web server may "
+                       f"hold the port: stop it, or use webroot, or set http_port to a port it forwards")
+                raise ChallengeFailed(msg) from None
         self.server.tokens = {}
         self.users = 0
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02},
@@ -171,12 +180,13 @@ class Http01Listeners:
         self._listeners: dict[tuple[str, int], _SharedListener] = {}
 
     @contextlib.contextmanager
-    def serving(self, address: str, port: int, answers: Sequence[ChallengeAnswer]) -> Iterator[None]:
+    def serving(self, address: str, port: int, answers: Sequence[ChallengeAnswer], *,
+                wait: float = 0.0) -> Iterator[None]:
         key = (address, port)
         with self._lock:
             listener = self._listeners.get(key)
             if listener is None:
-                listener = _SharedListener(address, port)
+                listener = _SharedListener(address, port, wait=wait)
                 self._listeners[key] = listener
             listener.users += 1
             for answer in answers:
@@ -206,10 +216,11 @@ class StandaloneHttp01:
     address: str
     port: int
     listeners: Http01Listeners = PROCESS_LISTENERS
+    wait: float = 0.0  # how long to wait for another process to free the port
     challenge_type: ClassVar[str] = "http-01"
 
     def published(self, answers: Sequence[ChallengeAnswer]) -> contextlib.AbstractContextManager[None]:
-        return self.listeners.serving(self.address, self.port, answers)
+        return self.listeners.serving(self.address, self.port, answers, wait=self.wait)
 
 
 # -- http-01, webroot -----------------------------------------------------------------------------------------
