@@ -71,6 +71,9 @@ class Daemon:
         self._metrics_stop: Callable[[], None] | None = None
         self._policy_servers: list[Callable[[], None]] = []
         self._tlsrpt_version = ""
+        # Held by a pass from start to end: a SIGHUP swaps the app only between passes, so a pass in flight
+        # finishes on the app (store, issuers) it started with (issue 21.7: "Cannot operate on a closed database").
+        self._pass_lock = threading.Lock()
         self.passes = 0
         self.scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(max_workers=1)},
@@ -147,9 +150,10 @@ class Daemon:
         # Let a pass in flight finish with the old configuration before swapping.
         self.scheduler.pause()
         try:
-            old = self.app
-            self._stop_tlsrpt()
-            self.app = build_app(config, clock=self.clock)
+            new = build_app(config, clock=self.clock)
+            with self._pass_lock:
+                self._stop_tlsrpt()
+                old, self.app = self.app, new
             old.close()
             self._restart_metrics()
             self._stop_policy_servers()
@@ -165,7 +169,10 @@ class Daemon:
     # -- jobs --------------------------------------------------------------------------------------------------
 
     def _pass(self) -> None:
-        app = self.app
+        with self._pass_lock:
+            self._pass_with(self.app)
+
+    def _pass_with(self, app: App) -> None:
         outcomes: list[Outcome] = []
         try:
             outcomes = app.run_pass()
