@@ -29,14 +29,14 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cryptography import x509
 
 from certkeeper import pki
-from certkeeper.config import CertificateConfig, Config
+from certkeeper.config import CaIssuerConfig, CertificateConfig, Config
 from certkeeper.config.resolve import resolve_hook
 from certkeeper.dane.observe import dane_watch_for
 from certkeeper.errors import (
@@ -171,7 +171,7 @@ class Renewer:
 
     def _decide(self, certificate: CertificateConfig, home: CertificateHome, seen: _Seen, state: CertState,
                 now: datetime) -> Decision:
-        history = _history(state)
+        history = _history(state, inputs_changed=self._inputs_changed(certificate, state))
         decision = decide_renewal(seen.installed, self._wanted(certificate), history, now=now,
                                   check_interval=self.settings.check_interval)
         # Fleet integration: another node stored a newer certificate; install it (nothing is ordered).
@@ -180,6 +180,21 @@ class Renewer:
             if newer is not None:
                 return caught_up(decision, version=newer.version, ordered_by=newer.ordered_by, now=now)
         return decision
+
+    def _inputs_changed(self, certificate: CertificateConfig, state: CertState) -> bool:
+        """Whether the configuration file or the issuer's files (an internal CA's folder: ``ca init``) changed
+        after the last failed attempt: then the backoff is over (issue 21.9).  Two stats, only after failures."""
+        if state.failures == 0 or state.last_attempt_at is None:
+            return False
+        paths = [self.config.path]
+        issuer = self.config.issuers.get(certificate.issuer)
+        if isinstance(issuer, CaIssuerConfig):
+            paths.append(issuer.ca_dir)
+        for path in paths:
+            with contextlib.suppress(OSError):
+                if datetime.fromtimestamp(path.stat().st_mtime, UTC) > state.last_attempt_at:
+                    return True
+        return False
 
     def _wanted(self, certificate: CertificateConfig) -> Wanted:
         return Wanted(certificate.name, certificate.domains, tuple(k.value for k in certificate.key_types),
@@ -241,7 +256,7 @@ class Renewer:
                 if not (force or decision.due or needs_reload):
                     self._clean_up_idle(certificate, home)
                     self._remember_decision(name, decision, known=state)
-                    outcomes[name] = Outcome(name, Result.NOT_DUE, decision.reason, next_check=decision.next_check)
+                    outcomes[name] = _waiting_out(name, seen, state, decision)
                     self._keep_tlsa_in_step(certificate, dry_run=dry_run, now=now)
                     continue
                 try:
@@ -750,8 +765,17 @@ class Renewer:
         return changed
 
 
-def _history(state: CertState) -> History:
-    return History(state.failures, state.last_attempt_at, state.ari_start, state.ari_end)
+def _waiting_out(name: str, seen: _Seen, state: CertState, decision: Decision) -> Outcome:
+    """Nothing to do now: not due; or, with nothing usable installed, a failure waiting out its backoff (still a
+    failure: ``renew`` exits non-zero while nothing is installed)."""
+    if seen.installed is None:
+        return Outcome(name, Result.FAILED, f"{decision.reason}; last error: {state.last_error or 'unknown'}",
+                       next_check=decision.next_check)
+    return Outcome(name, Result.NOT_DUE, decision.reason, next_check=decision.next_check)
+
+
+def _history(state: CertState, *, inputs_changed: bool = False) -> History:
+    return History(state.failures, state.last_attempt_at, state.ari_start, state.ari_end, inputs_changed)
 
 
 def _facts(version: Version, *, key_matches: bool) -> Installed:

@@ -14,7 +14,8 @@ The order of the rules (the first that applies wins):
 3. ``renew_before`` reached, less a spread of up to 2 % of the lifetime (at most 12 h);
 4. after failures: exponential backoff with jitter from 10 minutes, up to 12 h or a twentieth of the lifetime
    (8 h for a 160-hour certificate), never later than the critical point (a tenth of the lifetime before
-   expiry) and never more often than every 10 minutes (CA rate limits).
+   expiry) and never more often than every 10 minutes (CA rate limits); none once the configuration or the
+   issuer changed since the last attempt (the fix is tried at once).
 
 Two rules sit beside the decision, also pure: the fleet gate (:func:`fleet_may_catch_up`: a node asks the
 fleet for a newer certificate only when nothing is due and the failure backoff has passed) and the reload
@@ -93,6 +94,7 @@ class History:
     last_attempt_at: datetime | None = None
     ari_start: datetime | None = None
     ari_end: datetime | None = None
+    inputs_changed: bool = False  # the configuration or the issuer changed after the last attempt
 
 
 @dataclass(frozen=True)
@@ -152,7 +154,7 @@ def _ari_moment(installed: Installed, wanted: Wanted, history: History) -> datet
 
 
 def _retry_point(installed: Installed | None, wanted: Wanted, history: History) -> datetime | None:
-    if history.failures <= 0 or history.last_attempt_at is None:
+    if history.failures <= 0 or history.last_attempt_at is None or history.inputs_changed:
         return None
     cap = MAX_RETRY if installed is None else min(MAX_RETRY, installed.lifetime * RETRY_CAP_FRACTION)
     delay = backoff_delay(history.failures, wanted.name, cap=cap)
