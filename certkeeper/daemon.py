@@ -278,9 +278,13 @@ class Daemon:
         settings = self.app.config.settings
         security = ListenerSecurity(settings.metrics_tls_cert_file, settings.metrics_tls_key_file,
                                     settings.metrics_basic_auth_file)
-        # Lambdas for late binding: SIGHUP replaces self.app.
-        server = start_metrics_server(listen, lambda: self.app.render_metrics(), security,  # noqa: PLW0108
-                                      page=lambda: self.app.render_status_page())  # noqa: PLW0108
+        try:
+            # Lambdas for late binding: SIGHUP replaces self.app.
+            server = start_metrics_server(listen, lambda: self.app.render_metrics(), security,  # noqa: PLW0108
+                                          page=lambda: self.app.render_status_page())  # noqa: PLW0108
+        except (OSError, ValueError) as exc:  # a busy port: say so, and keep renewing without the endpoint
+            log.error("metrics endpoint not started on %s: %s; renewing goes on without it", listen, exc)
+            return
         self._metrics_stop = server.stop
 
     def _restart_metrics(self) -> None:

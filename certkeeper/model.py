@@ -27,6 +27,9 @@ class KeyType(enum.StrEnum):
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# Longer than any certificate, CA or wait needs, and far from datetime's limits: ``now + duration`` always works.
+MAX_DURATION = timedelta(days=100 * 366)
+MAX_NAME_LENGTH = 100  # names become file names (with suffixes); NAME_MAX is 255 bytes
 
 
 def parse_duration(text: str) -> timedelta:
@@ -35,7 +38,11 @@ def parse_duration(text: str) -> timedelta:
     if not match:
         msg = f"not a duration: {text!r}"
         raise ValueError(msg)
-    return timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+    seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds > MAX_DURATION.total_seconds():
+        msg = f"duration {text!r} is longer than {MAX_DURATION.days} days"
+        raise ValueError(msg)
+    return timedelta(seconds=seconds)
 
 
 def format_duration(value: timedelta) -> str:
@@ -95,8 +102,21 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
 def is_safe_name(name: str) -> bool:
-    """Names of certificates and issuers become directory names: only ``[A-Za-z0-9._-]``, never . or .."""
-    return bool(NAME_PATTERN.match(name)) and name not in {".", ".."}
+    """Names of certificates and issuers become directory names: only ``[A-Za-z0-9._-]``, never . or .., and
+    at most :data:`MAX_NAME_LENGTH` characters."""
+    return bool(NAME_PATTERN.match(name)) and name not in {".", ".."} and len(name) <= MAX_NAME_LENGTH
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``127.0.0.1:9466``, ``[::1]:9466``, ``localhost:9466``, ``:9466`` (every address) -> (host, port)."""
+    host, sep, port_text = listen.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"metrics_listen {listen!r}: expected host:port such as 127.0.0.1:9466")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if any(c.isspace() or c in "/[]" for c in host):
+        raise ValueError(f"metrics_listen {listen!r}: {host!r} is not a host name or address")
+    return host, int(port_text)
 
 
 # -- MTA-STS (RFC 8461) values the configuration checks and certkeeper.mtasts works with ------------------------

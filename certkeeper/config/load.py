@@ -23,7 +23,7 @@ from certkeeper.config.mtasts import MtaStsConfig, parse_mta_sts
 from certkeeper.config.table import Table, did_you_mean
 from certkeeper.config.tlsrpt import TlsrptConfig, parse_tlsrpt
 from certkeeper.errors import ConfigError, ConfigErrors
-from certkeeper.model import KeyType, RenewBefore, format_duration
+from certkeeper.model import KeyType, RenewBefore, format_duration, parse_listen
 from certkeeper.targets import Target
 
 DEFAULT_CONFIG_PATH = Path("/etc/certkeeper/certkeeper.toml")
@@ -208,9 +208,20 @@ def config_path(explicit: str | Path | None = None) -> Path:
     return Path(env) if env else DEFAULT_CONFIG_PATH
 
 
+MAX_CONFIG_BYTES = 1 << 20  # far above any real configuration; -c /dev/zero must not read until memory runs out
+
+
+def _listen(t: Table, key: str) -> str | None:
+    value = t.parsed(key, parse_listen, None, "host:port such as 127.0.0.1:9466, [::1]:9466 or :9466")
+    return t.string(key, None) if value is not None else None
+
+
 def load_config(path: Path) -> Config:
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(path, "", f"more than {MAX_CONFIG_BYTES} bytes", "a certkeeper configuration file")
     except FileNotFoundError:
         raise ConfigError(path, "", "no such file", "a certkeeper configuration file",
                           f"pass -c PATH or set {CONFIG_ENV}") from None
@@ -267,7 +278,7 @@ def _parse_settings(t: Table) -> Settings:
         lock_timeout=t.duration("lock_timeout", d.lock_timeout),
         concurrency=t.integer("concurrency", d.concurrency, minimum=1),
         hooks_dir=t.path("hooks_dir", None),
-        metrics_listen=t.string("metrics_listen", None),
+        metrics_listen=_listen(t, "metrics_listen"),
         metrics_tls_cert_file=t.path("metrics_tls_cert_file", None),
         metrics_tls_key_file=t.path("metrics_tls_key_file", None),
         metrics_basic_auth_file=t.path("metrics_basic_auth_file", None),

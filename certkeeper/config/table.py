@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from certkeeper.errors import ConfigError
-from certkeeper.model import format_duration, is_safe_name, parse_duration
+from certkeeper.model import MAX_NAME_LENGTH, format_duration, is_safe_name, parse_duration
 from certkeeper.targets import Target, parse_target
 
 
@@ -257,8 +257,8 @@ class Table:
         for name, value in group.data.items():
             group.seen.add(name)
             if not is_safe_name(name):
-                group.error(name, repr(name), "a name made of letters, digits, '.', '_' and '-' (not . or ..)",
-                            "names become directory names")
+                group.error(name, repr(name), f"a name of at most {MAX_NAME_LENGTH} letters, digits, '.', '_' "
+                            "and '-' (not . or ..)", "names become directory names")
                 continue
             if not isinstance(value, dict):
                 group.error(name, describe(value), "a table")
