@@ -79,7 +79,7 @@ from certkeeper.renewal.policy import (
     fleet_may_catch_up,
     next_check_with_reload,
 )
-from certkeeper.store import CertState, RenewalRecord, Store
+from certkeeper.store import CertState, EndpointRecord, RenewalRecord, Store
 from certkeeper.store.budget import obtain_within_budget
 from certkeeper.store.versions import CertificateHome, InstalledPair, KeyPair, Ownership, Version, check_pairs
 
@@ -400,6 +400,9 @@ class Renewer:
         if not result.ok:
             detail = "; ".join(s.describe() for s in result.wrong(current.fingerprints))
             raise VerificationFailed(name, current.id, "hooks ran", detail)
+        now = self.clock()
+        self._record_verification(certificate, current, result, now)
+        self._update_state(name, reload_pending=False)  # reloaded and verified: nothing owed any more
         return Outcome(name, Result.VERIFIED, f"{len(result.seen)} probe points serve {current.id}", current.id)
 
     # -- phases ------------------------------------------------------------------------------------------------
@@ -536,6 +539,25 @@ class Renewer:
         for work in works:
             self._conclude(work, results[work.config.name], now)
 
+    def _record_verification(self, certificate: CertificateConfig, version: Version, result: Verification,
+                             now: datetime) -> None:
+        """A verification is an observation: each endpoint's record says what it served just now, so ``status``
+        does not show the previous certificate as stale until the next probe (issue 21.10)."""
+        known = {(r.owner, r.endpoint): r for r in self.store.endpoints() if r.owner == certificate.name}
+        first = version.pairs[0]
+        for target in certificate.endpoints:
+            seen = [s for s in result.seen if s.point.target.text == target.text]
+            if not seen:
+                continue
+            looked = next((s for s in seen if s.point.sni), seen[0])
+            before = known.get((certificate.name, target.text))
+            fingerprint = first.fingerprint if first.fingerprint in looked.fingerprints else \
+                next(iter(sorted(looked.fingerprints)), "")
+            self.store.put_endpoint(EndpointRecord(
+                owner=certificate.name, endpoint=target.text, at=now, status=looked.status, message=looked.message,
+                fingerprint=fingerprint, not_after=first.not_after, stale=False,
+                details=before.details if before else {}))
+
     def _unrunnable_hook(self, work: _Work) -> str:
         for reference in work.config.reload:
             try:
@@ -558,6 +580,7 @@ class Renewer:
                 work.state = self._update_state(name, reload_pending=False)
                 return
             work.outcome = Outcome(name, Result.RENEWED, f"installed and verified {work.new.id}", work.new.id)
+            self._record_verification(work.config, work.new, result, now)
             if work.dane is not None:  # served now: a new next key; current + next in DNS, the old key's removed
                 work.dane.after_install(now)
             self.store.add_renewal(RenewalRecord(name, now, "success", work.new.id,
