@@ -111,11 +111,13 @@ def parse_listen(listen: str) -> tuple[str, int]:
     """``127.0.0.1:9466``, ``[::1]:9466``, ``localhost:9466``, ``:9466`` (every address) -> (host, port)."""
     host, sep, port_text = listen.rpartition(":")
     if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(f"metrics_listen {listen!r}: expected host:port such as 127.0.0.1:9466")
+        msg = f"metrics_listen {listen!r}: expected host:port such as 127.0.0.1:9466"
+        raise ValueError(msg)
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     if any(c.isspace() or c in "/[]" for c in host):
-        raise ValueError(f"metrics_listen {listen!r}: {host!r} is not a host name or address")
+        msg = f"metrics_listen {listen!r}: {host!r} is not a host name or address"
+        raise ValueError(msg)
     return host, int(port_text)
 
 

@@ -41,7 +41,7 @@ def toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
-        return repr(value) if not isinstance(value, float) or value == value else "nan"
+        return repr(value)  # TOML spells inf and -inf as Python does; NaN is never drawn
     if isinstance(value, str):
         return json.dumps(value)
     if isinstance(value, list):

@@ -313,7 +313,8 @@ class Rfc2136Dns01:
             zones = {answer: self.zone or dnsclient.find_zone(address, self.port, answer.dns_name)
                      for answer in answers}
         except DnsError as exc:
-            raise ChallengeFailed(f"dns-01: {exc}") from None
+            msg = f"dns-01: {exc}"
+            raise ChallengeFailed(msg) from None
         for zone in dict.fromkeys(zones.values()):
             self._update(address, zone, [a for a in answers if zones[a] == zone], add=False)
 

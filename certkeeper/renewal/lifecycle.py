@@ -246,47 +246,12 @@ class Renewer:
         outcomes: dict[str, Outcome] = {}
         with contextlib.ExitStack() as locks:
             for certificate in certificates:
-                name = certificate.name
-                home = self.home(certificate)
-                state = self.store.get_state(name) or CertState(name)
-                state = self._refresh_renewal_info(certificate, home, state, now)
-                seen = self._look(certificate, home)
-                decision = self._decide(certificate, home, seen, state, now)
-                needs_reload = state.reload_pending or (name in stale and not dry_run)
-                if not (force or decision.due or needs_reload):
-                    self._clean_up_idle(certificate, home)
-                    self._remember_decision(name, decision, known=state)
-                    outcomes[name] = _waiting_out(name, seen, state, decision)
-                    self._keep_tlsa_in_step(certificate, dry_run=dry_run, now=now)
-                    continue
-                try:
-                    locks.enter_context(self.store.lock(name, self.settings.lock_timeout.total_seconds()))
-                except LockBusy as exc:
-                    outcomes[name] = Outcome(name, Result.BUSY, str(exc),
-                                             next_check=self._next_check(name, decision, state, now))
-                    continue
-                self._clean_up(certificate, home)
-                # Lock, then re-check: another certkeeper may have renewed it while we waited.  Only the state
-                # row and the current link can have changed; decide again only if one did.
-                fresh = self.store.get_state(name) or CertState(name)
-                if fresh != state or _read_link(home.current_link) != seen.link:
-                    state, seen = fresh, self._look(certificate, home)
-                    decision = self._decide(certificate, home, seen, state, now)
-                work = _Work(certificate, home, seen.version, state=state, seen=seen, installed=seen.installed,
-                             decision=decision)
-                if force or decision.due:
-                    waiting = self._dane_gate(work, dry_run=dry_run, now=now)
-                    if waiting is not None:
-                        outcomes[name] = replace(waiting, next_check=self._next_check(name, decision, state, now))
-                        continue
-                    works[name] = work
-                elif needs_reload:
-                    work.reload_only = True
-                    work.new = work.previous
-                    works[name] = work
+                taken = self._take_on(certificate, locks, now, force=force, dry_run=dry_run,
+                                      stale=certificate.name in stale and not dry_run)
+                if isinstance(taken, Outcome):
+                    outcomes[certificate.name] = taken
                 else:
-                    outcomes[name] = Outcome(name, Result.NOT_DUE, decision.reason,
-                                             next_check=self._next_check(name, decision, state, now))
+                    works[certificate.name] = taken
             to_issue = [w for w in works.values() if not w.reload_only]
             self._issue_all(to_issue, dry_run=dry_run, now=now)
             # What follows concerns certificates issued since the pass began (a CA may make them valid only
@@ -309,6 +274,45 @@ class Renewer:
             self.fleet.record_pass([PassResult(c.name, self.home(c).readable_current(), outcomes[c.name].result.value,
                                                outcomes[c.name].detail) for c in certificates])
         return [outcomes[c.name] for c in certificates]
+
+    def _take_on(self, certificate: CertificateConfig, locks: contextlib.ExitStack, now: datetime, *, force: bool,
+                 dry_run: bool, stale: bool) -> _Work | Outcome:
+        """Decide about one certificate; a due one is locked, re-checked and handed back as work to do."""
+        name = certificate.name
+        home = self.home(certificate)
+        state = self.store.get_state(name) or CertState(name)
+        state = self._refresh_renewal_info(certificate, home, state, now)
+        seen = self._look(certificate, home)
+        decision = self._decide(certificate, home, seen, state, now)
+        needs_reload = state.reload_pending or stale
+        if not (force or decision.due or needs_reload):
+            self._clean_up_idle(certificate, home)
+            self._remember_decision(name, decision, known=state)
+            self._keep_tlsa_in_step(certificate, dry_run=dry_run, now=now)
+            return _waiting_out(name, seen, state, decision)
+        try:
+            locks.enter_context(self.store.lock(name, self.settings.lock_timeout.total_seconds()))
+        except LockBusy as exc:
+            return Outcome(name, Result.BUSY, str(exc), next_check=self._next_check(name, decision, state, now))
+        self._clean_up(certificate, home)
+        # Lock, then re-check: another certkeeper may have renewed it while we waited.  Only the state row and
+        # the current link can have changed; decide again only if one did.
+        fresh = self.store.get_state(name) or CertState(name)
+        if fresh != state or _read_link(home.current_link) != seen.link:
+            state, seen = fresh, self._look(certificate, home)
+            decision = self._decide(certificate, home, seen, state, now)
+        work = _Work(certificate, home, seen.version, state=state, seen=seen, installed=seen.installed,
+                     decision=decision)
+        if force or decision.due:
+            waiting = self._dane_gate(work, dry_run=dry_run, now=now)
+            if waiting is not None:
+                return replace(waiting, next_check=self._next_check(name, decision, state, now))
+            return work
+        if needs_reload:
+            work.reload_only = True
+            work.new = work.previous
+            return work
+        return Outcome(name, Result.NOT_DUE, decision.reason, next_check=self._next_check(name, decision, state, now))
 
     def _clean_up(self, certificate: CertificateConfig, home: CertificateHome) -> None:
         """What an interrupted run left: ``.incoming-*`` folders (they hold a private key) and dns-01 values.
@@ -559,11 +563,13 @@ class Renewer:
                 details=before.details if before else {}))
 
     def _unrunnable_hook(self, work: _Work) -> str:
-        for reference in work.config.reload:
-            try:
-                resolve_hook(reference, self.settings.hooks_dir, self.config.path)
-            except ConfigError as exc:
-                return str(exc)
+        for key, references in (("reload", work.config.reload), ("deploy_hooks", work.config.deploy_hooks)):
+            for reference in references:
+                try:
+                    resolve_hook(reference, self.settings.hooks_dir, self.config.path,
+                                 f"certificates.{work.config.name}.{key}")
+                except ConfigError as exc:
+                    return str(exc)
         return ""
 
     def _conclude(self, work: _Work, result: Verification, now: datetime) -> None:
@@ -728,10 +734,7 @@ class Renewer:
             return state
         if self.config.issuers[certificate.issuer].type != "acme":  # only ACME CAs publish windows (RFC 9773):
             return state  # building another issuer here would only cost time (the internal CA's imports, keys)
-        try:
-            current = home.current()
-        except CertkeeperError:  # nothing usable installed: nothing to ask about (the pass reports it)
-            return state
+        current = home.readable_current()  # nothing usable installed: nothing to ask about (the pass reports it)
         if current is None or current.issuer != certificate.issuer:  # a CA has no window for another CA's
             return state
         try:
@@ -739,16 +742,14 @@ class Renewer:
             if not isinstance(issuer, RenewalInfoSource):
                 return state
             window = issuer.renewal_window(home.load_pair_certificate(current.pairs[0]), now)
-        except CaUnavailable as exc:  # unreachable or busy: ask again next pass
-            log.warning("%s: no renewal information from the CA: %s", certificate.name, exc)
-            return state
-        except IssuanceError as exc:  # the CA refused (it does not know this certificate): skip ARI for it
-            log.warning("%s: no renewal information from the CA: %s; not asking again for this certificate",
-                        certificate.name, exc)
-            return self._update_state(certificate.name, known=state, ari_retry_after=current.not_after)
         except CertkeeperError as exc:
-            log.warning("%s: no renewal information from the CA: %s", certificate.name, exc)
-            return state
+            # The CA refused (it does not know this certificate): skip ARI for it until the next certificate.
+            # Unreachable or busy (CaUnavailable), or anything else: ask again next pass.
+            refused = isinstance(exc, IssuanceError) and not isinstance(exc, CaUnavailable)
+            log.warning("%s: no renewal information from the CA: %s%s", certificate.name, exc,
+                        "; not asking again for this certificate" if refused else "")
+            return self._update_state(certificate.name, known=state, ari_retry_after=current.not_after) \
+                if refused else state
         if window is None:
             return state
         return self._update_state(certificate.name, ari_start=window.start, ari_end=window.end,

@@ -244,12 +244,13 @@ class CertificateHome:
                 )
                 for p in meta["pairs"]
             )
-            if not pairs:
-                raise ValueError("no key pairs listed")
-            return Version(self.name, path.name, path, datetime.fromisoformat(meta["created_at"]),
-                           meta["issuer"], tuple(meta["domains"]), pairs)
+            version = Version(self.name, path.name, path, datetime.fromisoformat(meta["created_at"]),
+                              meta["issuer"], tuple(meta["domains"]), pairs)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise InputError(str(meta_path), f"unreadable version metadata ({exc})") from None
+        if not pairs:
+            raise InputError(str(meta_path), "unreadable version metadata (no key pairs listed)")
+        return version
 
     # -- writing -----------------------------------------------------------------------------------------------
 
