@@ -247,6 +247,20 @@ def _read_list(name: str) -> list[tuple[str, str]]:
     return entries
 
 
+def _check_servername(name: str) -> None:
+    """A name SNI can carry (RFC 6066 section 3: a DNS host name): labels of 1 to 63 octets, 253 in all; checked
+    here so that ``a..b`` is a usage error, not the IDNA codec's UnicodeError deep in the handshake."""
+    try:
+        encoded = name.rstrip(".").encode("idna")
+    except UnicodeError as exc:
+        msg = f"--servername {name!r}: not a host name ({exc})"
+        raise _BadArguments(msg) from None
+    labels = encoded.split(b".")
+    if not encoded or len(encoded) > 253 or any(not 0 < len(label) <= 63 for label in labels):
+        msg = f"--servername {name!r}: not a host name (labels of 1 to 63 characters, at most 253 in all)"
+        raise _BadArguments(msg)
+
+
 def _options(args: argparse.Namespace) -> ProbeOptions:
     from certkeeper.probe import ProbeOptions
     from certkeeper.probe.result import refused_versions
@@ -260,6 +274,8 @@ def _options(args: argparse.Namespace) -> ProbeOptions:
     if args.concurrency < 1:
         msg = "--concurrency must be at least 1"
         raise _BadArguments(msg)
+    if args.servername is not None:
+        _check_servername(args.servername)
     return ProbeOptions(
         timeout=args.timeout,
         servername=args.servername,

@@ -84,15 +84,18 @@ def summarize(certificate: x509.Certificate, *, now: datetime, warning_days: flo
     not_before, not_after = pki.not_before(certificate), pki.not_after(certificate)
     warning, critical = thresholds_for((not_after - not_before).total_seconds() / _DAY, warning_days, critical_days,
                                        scale=scale)
+    names = pki.subject_alternative_names(certificate)
     return CertificateSummary(
-        subject=pki.common_name(certificate.subject),
+        # Certificates without a subject CN are common now (RFC 5280 4.2.1.6; Let's Encrypt's short-lived ones):
+        # name them by their first SAN rather than as ''.
+        subject=pki.common_name(certificate.subject) or (names[0] if names else "(no subject name)"),
         issuer=pki.common_name(certificate.issuer),
         serial=pki.serial_hex(certificate),
         not_before=not_before,
         not_after=not_after,
         days_left=(not_after - now).total_seconds() / _DAY,  # exact: whole_days() truncates, JSON rounds
         fingerprint_sha256=pki.fingerprint(certificate),
-        subject_alternative_names=tuple(pki.subject_alternative_names(certificate)),
+        subject_alternative_names=tuple(names),
         key_type=pki.key_type_of(certificate.public_key()),  # type: ignore[arg-type]
         warning_days=round(warning, 6),
         critical_days=round(critical, 6),
