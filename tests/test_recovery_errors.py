@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -37,3 +38,43 @@ def test_a_certificate_without_a_subject_cn_is_named_by_its_first_san() -> None:
     )
     summary = summarize(certificate, now=now, warning_days=14, critical_days=7)
     assert summary.subject == "mail.example.test"
+
+
+def test_a_ca_answering_http_500_is_reported_with_what_it_answered(tmp_path: Path) -> None:
+    """A stand-in for a CA in trouble (Pebble cannot be made to answer 500 on demand): a loopback HTTP server
+    answering every request with an RFC 7807 problem and status 500."""
+    import http.server
+    import threading
+    from datetime import timedelta
+
+    from certkeeper.config import AcmeIssuerConfig
+    from certkeeper.errors import CaUnavailable
+    from certkeeper.issuers.acme import AcmeIssuer
+    from tests.test_acme import request_for
+
+    class Broken(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b'{"type": "urn:ietf:params:acme:error:serverInternal", "detail": "database is on fire"}'
+            self.send_response(500)
+            self.send_header("Content-Type", "application/problem+json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_HEAD = do_GET
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Broken)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/dir"
+        config = AcmeIssuerConfig(name="broken", directory=url, timeout=timedelta(seconds=2))
+        with pytest.raises(CaUnavailable, match=r"answered HTTP 500 urn:ietf:params:acme:error:serverInternal: "
+                                                r"database is on fire, also when asked again"):
+            AcmeIssuer(config, tmp_path).issue(request_for("mail.example.test"))
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -210,20 +210,22 @@ def describe_validation_failure(problem_type: str, detail: str, challenge_type: 
 
 
 class _Transient(Exception):
-    def __init__(self, reason: str, retry_after: float | None) -> None:
+    def __init__(self, reason: str, retry_after: float | None, *, answered: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
+        self.answered = answered  # the CA answered (an HTTP error status), as opposed to no connection
 
 
 class _Unreachable(Exception):
     """Retries exhausted; becomes :class:`CaUnavailable` once the issuer and certificate are known."""
 
-    def __init__(self, url: str, reason: str, retry_after: float | None) -> None:
+    def __init__(self, url: str, reason: str, retry_after: float | None, *, answered: bool = False) -> None:
         super().__init__(f"{url}: {reason}")
         self.url = url
         self.reason = reason
         self.retry_after = retry_after
+        self.answered = answered
 
 
 class _ResilientNetwork(acme_client.ClientNetwork):
@@ -264,7 +266,8 @@ class _ResilientNetwork(acme_client.ClientNetwork):
             with contextlib.suppress(ValueError):
                 problem = response.json()
                 reason += f" {problem.get('type', '')}: {problem.get('detail', '')}"
-            raise _Transient(reason, parse_retry_after(response.headers.get("Retry-After"), pki.now_utc()))
+            raise _Transient(reason, parse_retry_after(response.headers.get("Retry-After"), pki.now_utc()),
+                             answered=True)
         return response
 
     @classmethod
@@ -288,7 +291,8 @@ class _ResilientNetwork(acme_client.ClientNetwork):
                 delay = retry_delay(self.policy, attempt, time.monotonic() - started, transient.retry_after,
                                     self._rng())
                 if delay is None:
-                    raise _Unreachable(url, transient.reason, transient.retry_after) from None
+                    raise _Unreachable(url, transient.reason, transient.retry_after,
+                                       answered=transient.answered) from None
                 log.info("ACME request to %s failed (%s); retry %d in %.2f s", url, transient.reason, attempt, delay)
                 self._sleep(delay)
 
@@ -920,7 +924,10 @@ class AcmeIssuer:
         try:
             yield
         except _Unreachable as exc:
-            raise CaUnavailable(self.name, certificate, f"the CA at {url} could not be reached: {exc.reason}",
+            # What the CA answered, when it did (an HTTP 500 is the CA's own trouble, not the network's).
+            what = f"answered {exc.reason}, also when asked again" if exc.answered else \
+                f"could not be reached: {exc.reason}"
+            raise CaUnavailable(self.name, certificate, f"the CA at {url} {what}",
                                 retry_after=exc.retry_after) from None
         except messages.Error as error:
             kind = CaUnavailable if error.code in ("rateLimited", "serverInternal") else IssuanceError
