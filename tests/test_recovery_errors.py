@@ -78,3 +78,26 @@ def test_a_ca_answering_http_500_is_reported_with_what_it_answered(tmp_path: Pat
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_locked_state_store_is_a_store_error_naming_the_file(tmp_path: Path) -> None:
+    """Another process holding the database past busy_timeout (30 s; shortened here so the test is quick)."""
+    import sqlite3
+
+    from certkeeper.errors import StoreError
+    from certkeeper.store import CertState
+    from certkeeper.store.sqlite import SqliteStore
+
+    store = SqliteStore(tmp_path)
+    other = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
+    try:
+        store._db.execute("PRAGMA busy_timeout=200")  # test only: the 30 s wait is the behaviour being cut short
+        other.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(StoreError, match=r"state.db: cannot write the state store: database is locked"):
+            store.put_state(CertState("mail", failures=1))
+        other.execute("ROLLBACK")
+        store.put_state(CertState("mail", failures=1))  # usable again once the other process let go
+        assert store.get_state("mail") == CertState("mail", failures=1)
+    finally:
+        other.close()
+        store.close()

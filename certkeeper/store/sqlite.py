@@ -150,14 +150,28 @@ class SqliteStore:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[_Cursor]:
+        """One write transaction.  SQLite's own failures (disk full, locked past busy_timeout, I/O errors) become
+        :class:`StoreError` naming the file: a clear error, never a traceback (issue 21)."""
         with self._mutex:
-            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                msg = f"{self.path}: cannot write the state store: {exc}"
+                raise StoreError(msg) from None
             try:
                 yield _Cursor(self._db)
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                msg = f"{self.path}: cannot write the state store: {exc}"
+                raise StoreError(msg) from None
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._rollback()
                 raise
-            self._db.execute("COMMIT")
+
+    def _rollback(self) -> None:
+        with contextlib.suppress(sqlite3.Error):  # a failed COMMIT may have ended the transaction already
+            self._db.execute("ROLLBACK")
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._mutex:
