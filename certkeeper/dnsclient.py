@@ -140,6 +140,9 @@ def query(address: str, port: int, name: str, rdtype: str, *, recursive: bool = 
         message.flags &= ~dns.flags.RD
     try:
         reply, _ = dns.query.udp_with_fallback(message, address, port=port, timeout=timeout)
+    except dns.exception.Timeout:
+        msg = f"{address}:{port}"
+        raise DnsError(msg, f"the query {name} {rdtype} got no answer within {timeout:g} s") from None
     except (dns.exception.DNSException, OSError) as exc:
         msg = f"{address}:{port}"
         raise DnsError(msg, f"the query {name} {rdtype} failed: {exc}") from None

@@ -189,7 +189,7 @@ def check_dane(results: Sequence[ProbeResult], options: ProbeOptions, *, now: da
         else:
             [name] = record_names([host], [result.target.port])
             if name not in lookups:
-                lookups[name] = look_up(name, resolver)
+                lookups[name] = look_up(name, resolver, options.timeout)
             views = [served_view(WITH_SNI, result)]
             other = unsent.get(id(result))
             if other is not None and other.certificate is None:
