@@ -7,12 +7,15 @@ import subprocess
 import sys
 import textwrap
 import urllib.request
+from pathlib import Path
 
 import pytest
 
 from certkeeper.errors import ChallengeFailed
 from certkeeper.issuers.challenges import ChallengeAnswer, Http01Listeners, StandaloneHttp01
+from certkeeper.testbed.pebble import Pebble
 from certkeeper.testbed.server import allocate_port
+from tests.lifecycle_helpers import write_config
 
 
 def hold_port(port: int, seconds: float) -> subprocess.Popen[str]:
@@ -71,3 +74,35 @@ def test_twenty_test_bed_ports_are_unique_here_and_across_two_processes() -> Non
                            capture_output=True, text=True, check=True, timeout=60)
     theirs = [int(p) for p in other.stdout.split()]
     assert len(set(theirs)) == 20 and not set(mine) & set(theirs)
+
+
+@pytest.mark.testbed
+def test_two_processes_renewing_two_http01_certificates_at_once_both_succeed(tmp_path: Path, pebble: Pebble) -> None:
+    """`renew --force mail & renew --force other` (issue 21.6): the second process waits for the port."""
+    trust = pebble.write_issuer_chain(tmp_path / "pebble-chain.pem")
+    config = write_config(tmp_path, f"""
+        [issuers.pebble]
+        type = "acme"
+        directory = "{pebble.directory_url}"
+        ca_bundle = "{pebble.ca_file}"
+        trust_roots = "{trust}"
+        challenge = "http-01"
+        http_address = "127.0.0.1"
+        http_port = {pebble.http_port}
+        timeout = "60s"
+
+        [certificates.mail]
+        issuer = "pebble"
+        domains = ["mail.example.test"]
+
+        [certificates.other]
+        issuer = "pebble"
+        domains = ["other.example.test"]
+        """)
+    for _ in range(2):
+        runs = [subprocess.Popen([sys.executable, "-m", "certkeeper", "-c", str(config.path), "renew", "--force",
+                                  name], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                for name in ("mail", "other")]
+        outputs = [run.communicate(timeout=120)[0] for run in runs]
+        assert [run.returncode for run in runs] == [0, 0], outputs
+        assert not any("cannot listen" in output for output in outputs), outputs
