@@ -35,3 +35,22 @@ def test_sighup_during_a_pass_lets_it_finish_and_record_its_history(tmp_path: Pa
     finally:
         store.close()
     assert record.result == "success" and state is not None and not state.reload_pending
+
+
+def test_a_busy_metrics_port_is_logged_and_the_daemon_keeps_renewing(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = write_config(tmp_path, """
+            [certificates.mail]
+            issuer = "internal"
+            domains = ["mail.example.test"]
+            """, settings=f'metrics_listen = "127.0.0.1:{port}"')
+        with daemon(config) as process:
+            assert wait_for(lambda: successes(config) >= 1, 60), daemon_log(config)
+            assert process.poll() is None
+        log = daemon_log(config)
+    assert f"metrics endpoint not started on 127.0.0.1:{port}" in log and "internal error" not in log, log
