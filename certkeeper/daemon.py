@@ -32,7 +32,7 @@ from certkeeper import pki
 from certkeeper.app import App, build_app
 from certkeeper.config import Config, load_config
 from certkeeper.errors import CertkeeperError
-from certkeeper.events import ConfigReloadRejected
+from certkeeper.events import ConfigReloadRejected, MetricsEndpointFailed
 from certkeeper.renewal.lifecycle import Outcome
 from certkeeper.renewal.policy import MIN_RETRY, Result
 
@@ -284,6 +284,7 @@ class Daemon:
                                           page=lambda: self.app.render_status_page())  # noqa: PLW0108
         except (OSError, ValueError) as exc:  # a busy port: say so, and keep renewing without the endpoint
             log.error("metrics endpoint not started on %s: %s; renewing goes on without it", listen, exc)
+            self.app.bus.publish(MetricsEndpointFailed(self.clock(), listen, str(exc)))
             return
         self._metrics_stop = server.stop
 

@@ -103,6 +103,14 @@ class AlertMailSent(Event):
 
 
 @dataclass(frozen=True)
+class MetricsEndpointFailed(Event):
+    """The daemon could not serve ``metrics_listen`` (a busy port); it keeps renewing without it."""
+
+    listen: str
+    error: str
+
+
+@dataclass(frozen=True)
 class TlsaRecordsPublished(Event):
     """DANE (RFC 7672): TLSA records of a certificate were added or removed on the primary."""
 
@@ -265,6 +273,7 @@ def log_event(event: Event) -> None:
     """The journald-friendly subscriber: one line per event."""
     level = logging.WARNING if isinstance(event, RenewalFailed | ReloadHookFailed | RolledBack |
                                           ServedCertificateStale | EndpointFailed | ConfigReloadRejected |
+                                          MetricsEndpointFailed |
                                           TlsaUpdateFailed | UnsafeKeyRollover | TlsaMismatchObserved |
                                           TlsReportRefused | TlsFailuresReported | TlsaPropagationLagging) \
         else logging.INFO

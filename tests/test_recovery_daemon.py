@@ -54,3 +54,15 @@ def test_a_busy_metrics_port_is_logged_and_the_daemon_keeps_renewing(tmp_path: P
             assert process.poll() is None
         log = daemon_log(config)
     assert f"metrics endpoint not started on 127.0.0.1:{port}" in log and "internal error" not in log, log
+    assert f"MetricsEndpointFailed listen=127.0.0.1:{port}" in log
+
+
+def test_a_metrics_endpoint_that_could_not_start_owes_a_warning() -> None:
+    from certkeeper import pki
+    from certkeeper.alerts.catalog import alert_for
+    from certkeeper.alerts.rules import Severity
+    from certkeeper.events import MetricsEndpointFailed
+
+    action = alert_for(MetricsEndpointFailed(pki.now_utc(), "127.0.0.1:9466", "Address already in use"))
+    assert action.alert is not None and action.alert.severity == Severity.WARNING
+    assert action.alert.subject == "metrics endpoint 127.0.0.1:9466 down"

@@ -34,6 +34,7 @@ from certkeeper.events import (
     EndpointFailed,
     EndpointRecovered,
     Event,
+    MetricsEndpointFailed,
     MtaStsPolicyPublished,
     MtaStsPublishFailed,
     PersistRecordExpiring,
@@ -285,6 +286,14 @@ def _alert_mail_sent(event: AlertMailSent) -> AlertAction:
         "renew or fix the relay's certificate, or set smtp_ca_bundle / fallback_smtp_host"))
 
 
+def _metrics_failed(event: MetricsEndpointFailed) -> AlertAction:
+    return AlertAction(Alert(
+        f"metrics:{event.listen}:{_short(event.error)}", Severity.WARNING, f"metrics endpoint {event.listen} down",
+        f"The daemon could not listen on {event.listen} for Prometheus: {event.error}; it keeps renewing",
+        (("metrics_listen", event.listen), ("error", event.error)),
+        "kept renewing without the metrics endpoint", "free the port or change metrics_listen, then SIGHUP"))
+
+
 # event type -> its rule; an event type not listed owes no alert.
 def _tls_failures_reported(event: TlsFailuresReported) -> AlertAction:
     """Once per MX, result type and first day reported: the reports of the next days alert again if it goes on."""
@@ -326,4 +335,5 @@ RULES: dict[type[Any], Callable[[Any], AlertAction]] = {
     ConfigReloadRejected: _config_rejected,
     AlertMailSent: _alert_mail_sent,
     TlsFailuresReported: _tls_failures_reported,
+    MetricsEndpointFailed: _metrics_failed,
 }
