@@ -142,7 +142,7 @@ def query(address: str, port: int, name: str, rdtype: str, *, recursive: bool = 
         reply, _ = dns.query.udp_with_fallback(message, address, port=port, timeout=timeout)
     except dns.exception.Timeout:
         msg = f"{address}:{port}"
-        raise DnsError(msg, f"the query {name} {rdtype} got no answer within {timeout:g} s") from None
+        raise DnsError(msg, f"the query {name} {rdtype} failed: no answer within {timeout:g} s") from None
     except (dns.exception.DNSException, OSError) as exc:
         msg = f"{address}:{port}"
         raise DnsError(msg, f"the query {name} {rdtype} failed: {exc}") from None
