@@ -71,7 +71,11 @@ class RenewBefore:
     def parse(cls, text: str) -> RenewBefore:
         text = text.strip()
         if "/" in text or text.startswith("0."):
-            fraction = Fraction(text)
+            try:
+                fraction = Fraction(text)
+            except ZeroDivisionError:  # "0/0", "1/0": found by the configuration fuzzer
+                msg = f"not a fraction: {text!r}"
+                raise ValueError(msg) from None
             if not 0 < fraction < 1:
                 msg = f"fraction must be between 0 and 1: {text!r}"
                 raise ValueError(msg)

@@ -107,6 +107,7 @@ def test_the_reported_reproductions_are_located_errors(tmp_path: Path) -> None:
     cases = {
         'check_interval = "99999999999d"\n': "check_interval",
         'metrics_listen = "bad"\n': "metrics_listen",
+        'renew_before = "0/0"\n': "renew_before",
         '[issuers.internal]\ntype = "ca"\nca_dir = "/nonexistent"\n'
         f'[certificates.{"a" * 300}]\nissuer = "internal"\ndomains = ["mail.example.test"]\n': "certificates",
     }
