@@ -51,6 +51,26 @@ def forced_renewal(config: Config) -> int:
     return pid
 
 
+def wait_for_orphaned_hooks(hook: Path) -> None:
+    """A hook runs in a session of its own (certkeeper.process), so it outlives a killed certkeeper and may
+    append its line late; under load that line would land after the next run's.  Wait until none runs."""
+    needle = str(hook).encode()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        running = False
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    running = needle in (entry / "cmdline").read_bytes()
+                except OSError:
+                    continue
+                if running:
+                    break
+        if not running:
+            return
+        time.sleep(0.01)
+
+
 @dataclass
 class Faults:
     config: Config
@@ -79,6 +99,7 @@ class Faults:
             self.kills += 1
         else:
             self.completed += 1
+        wait_for_orphaned_hooks(self.hooks_dir / "reload")
         self.check_after_fault()
 
     def check_after_fault(self) -> None:
