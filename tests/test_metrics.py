@@ -13,8 +13,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from certkeeper.model import parse_listen
-from certkeeper.monitoring.metrics import InstalledCertificate, render_metrics, start_metrics_server
+from certkeeper.monitoring.metrics import InstalledCertificate, parse_listen, render_metrics, start_metrics_server
 from certkeeper.store import CertState, EndpointRecord, RenewalRecord
 from certkeeper.store.sqlite import SqliteStore
 from tests.configs import internal_ca_config

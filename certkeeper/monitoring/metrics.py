@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography.x509.oid import NameOID
 
-from certkeeper import tls
+from certkeeper import model, tls
 from certkeeper.config import Config
 from certkeeper.errors import CertkeeperError, InputError
 from certkeeper.monitoring.blackbox import chain_info_labels, list_label, reason_code, tls_version_label
@@ -330,15 +330,11 @@ class ListenerSecurity:
 def parse_listen(listen: str) -> tuple[str, int]:
     """``127.0.0.1:9466``, ``[::1]:9466``, ``localhost:9466``, ``:9466`` (loopback) -> (host, port).
 
-    Every address only when asked for by name: ``0.0.0.0:9466`` or ``[::]:9466``.
+    Every address only when asked for by name: ``0.0.0.0:9466`` or ``[::]:9466``.  The syntax is
+    :func:`certkeeper.model.parse_listen`'s, which the configuration checks.
     """
-    host, sep, port_text = listen.rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        msg = f"metrics_listen {listen!r}: expected host:port such as 127.0.0.1:9466"
-        raise ValueError(msg)
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host or LOOPBACK, int(port_text)
+    host, port = model.parse_listen(listen)
+    return host or LOOPBACK, port
 
 
 class MetricsServer:
