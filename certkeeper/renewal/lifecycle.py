@@ -351,7 +351,7 @@ class Renewer:
         the pass changed what is installed or stored."""
         assert work.outcome is not None and work.decision is not None and work.state is not None
         decision = work.decision
-        if work.outcome.result not in {Result.BUSY, Result.DRY_RUN}:
+        if work.outcome.result not in {Result.BUSY, Result.DRY_RUN, Result.WAITING}:
             decision = decide_renewal(work.installed, self._wanted(work.config), _history(work.state), now=now,
                                       check_interval=self.settings.check_interval)
         return self._next_check(work.config.name, decision, work.state, now)
@@ -460,7 +460,7 @@ class Renewer:
                 return
             work.new = work.home.write_version(pairs, issuer=issuer.name, domains=certificate.domains, now=now)
         except OrderWaiting as exc:  # the order budget is spent: not a failure; it goes at exc.go_at
-            work.outcome = Outcome(certificate.name, "waiting", str(exc))
+            work.outcome = Outcome(certificate.name, Result.WAITING, str(exc))
         except (LockBusy, FleetStoreDown) as exc:  # fleet integration: another node orders, or the fleet store
             work.outcome = Outcome(certificate.name, Result.BUSY, str(exc))  # is down: not a failure; look again
         except CertkeeperError as exc:
