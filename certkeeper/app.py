@@ -267,13 +267,17 @@ def render_all_metrics(config: Config, store: Store) -> str:
 
 
 def remember_history(store: Store) -> Subscriber:
-    """The subscriber that keeps what certkeeper did besides renewing (TLSA publishes), for TLS-RPT correlation."""
+    """The subscriber that keeps what certkeeper did besides renewing (TLSA publishes, MTA-STS policies), for
+    TLS-RPT correlation."""
     def remember(event: Event) -> None:
         if isinstance(event, TlsaRecordsPublished):
             detail = "; ".join(part for part in (
                 "added " + ", ".join(event.added) if event.added else "",
                 "removed " + ", ".join(event.removed) if event.removed else "") if part)
             store.add_history(HistoryRecord(event.name, event.at, "dane-publish", detail))
+        elif isinstance(event, MtaStsPolicyPublished):
+            detail = f"id {event.policy_id}, mx {', '.join(event.mx)}; {event.reason}"
+            store.add_history(HistoryRecord(event.domain, event.at, "mta-sts-policy", detail))  # name: the domain
 
     return remember
 

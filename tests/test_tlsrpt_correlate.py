@@ -9,7 +9,14 @@ from typing import Any
 from certkeeper.alerts import catalog
 from certkeeper.alerts.rules import Severity
 from certkeeper.app import remember_history
-from certkeeper.events import CertificateInstalled, EventBus, TlsaRecordsPublished, TlsFailuresReported
+from certkeeper.config import TlsrptConfig
+from certkeeper.events import (
+    CertificateInstalled,
+    EventBus,
+    MtaStsPolicyPublished,
+    TlsaRecordsPublished,
+    TlsFailuresReported,
+)
 from certkeeper.store import HistoryRecord
 from certkeeper.store.sqlite import SqliteStore
 from certkeeper.tlsrpt.correlate import (
@@ -20,6 +27,7 @@ from certkeeper.tlsrpt.correlate import (
     group_failures,
 )
 from certkeeper.tlsrpt.report import TlsReport, parse_document
+from certkeeper.tlsrpt.service import Tlsrpt
 from tests.tlsrpt_reports import RFC_EXAMPLE, report
 
 DAY = datetime(2026, 12, 1, tzinfo=UTC)
@@ -91,8 +99,8 @@ def test_nothing_explains_failures_without_actions_or_certificates() -> None:
     reports = [parsed("a"), parsed("b", mx="partner.example.net")]
     found = correlate(reports, CERTIFICATES, old, threshold=1)
     assert [c.explained_by for c in found] == [
-        "nothing certkeeper did explains this (no install, rollback, failed renewal or TLSA change of 'mail' from "
-        "2026-11-30 00:00 UTC on)",
+        "nothing certkeeper did explains this (no install, rollback, failed renewal or TLSA change of 'mail', nor "
+        "MTA-STS policy change of 'example.test', from 2026-11-30 00:00 UTC on)",
         "nothing certkeeper did explains this (no managed certificate names partner.example.net)",
     ]
 
@@ -119,5 +127,44 @@ def test_published_tlsa_records_are_remembered_in_the_store(tmp_path: Path) -> N
         bus.publish(TlsaRecordsPublished(DAY, "mail", ("3 1 1 aa",), ("3 1 1 cc",)))
         bus.publish(CertificateInstalled(DAY, "mail", "v1"))  # renewals have their own history
         assert store.history() == [HistoryRecord("mail", DAY, "dane-publish", "added 3 1 1 aa; removed 3 1 1 cc")]
+    finally:
+        store.close()
+
+
+def test_an_sts_failure_is_explained_by_the_policy_change_of_its_domain() -> None:
+    actions = actions_from_history(
+        [("mail", DAY - timedelta(hours=3), "success", "v9", "")],
+        [("example.test", DAY - timedelta(hours=1), "mta-sts-policy", "id 20261130T2300, mx mail.example.test"),
+         ("other.test", DAY - timedelta(minutes=5), "mta-sts-policy", "id x")])
+    (found,) = correlate([parsed("a", result="sts-webpki-invalid")], CERTIFICATES, actions, threshold=1)
+    assert found.explained_by == ("MTA-STS policy of 'example.test': published at 2026-11-30 23:00 UTC "
+                                  "(id 20261130T2300, mx mail.example.test)")
+    # A failure about the certificate itself is still best explained by the certificate's own history.
+    (expired,) = correlate([parsed("b")], CERTIFICATES, actions, threshold=1)
+    assert expired.explained_by == "certificate 'mail': installed version v9 at 2026-11-30 21:00 UTC"
+
+
+def test_a_published_policy_is_remembered_and_explains_what_senders_report_later(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "state")
+    try:
+        bus = EventBus()
+        bus.subscribe(remember_history(store))
+        raised: list[TlsFailuresReported] = []
+        bus.subscribe(lambda event: raised.append(event) if isinstance(event, TlsFailuresReported) else None)
+        published = DAY + timedelta(hours=1)
+        bus.publish(MtaStsPolicyPublished(published, "example.test", "20261201T0100", ("mail.example.test",),
+                                          "narrowed to mail.example.test"))
+        assert store.history() == [HistoryRecord("example.test", published, "mta-sts-policy",
+                                                 "id 20261201T0100, mx mail.example.test; "
+                                                 "narrowed to mail.example.test")]
+        tlsrpt = Tlsrpt(TlsrptConfig(alert_threshold=5), store, bus, dict(CERTIFICATES),
+                        lambda: DAY + timedelta(days=1, hours=2))
+        tlsrpt.import_report(parsed("late", organization="Google", result="sts-policy-invalid", failed=7,
+                                    start="2026-12-01T00:00:00Z"), "https POST")
+        tlsrpt.raise_alerts()
+        (event,) = raised
+        assert (event.receiving_mx, event.result_type, event.sessions) == ("mail.example.test",
+                                                                           "sts-policy-invalid", 7)
+        assert event.explained_by.startswith("MTA-STS policy of 'example.test': published at 2026-12-01 01:00 UTC")
     finally:
         store.close()

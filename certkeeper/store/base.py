@@ -102,8 +102,9 @@ class TlsReportRecord:
 
 @dataclass(frozen=True)
 class HistoryRecord:
-    """Something certkeeper did to a certificate other than a renewal attempt, for correlating what senders
-    report (``kind``: ``dane-publish``, TLSA records added or removed)."""
+    """Something certkeeper did other than a renewal attempt, for correlating what senders report (``kind``:
+    ``dane-publish``, TLSA records of certificate ``name`` added or removed; ``mta-sts-policy``, a new MTA-STS
+    policy published for domain ``name``)."""
 
     name: str
     at: datetime
