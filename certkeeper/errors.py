@@ -127,6 +127,16 @@ class StoreError(CertkeeperError):
     exit_code = EX_IOERR
 
 
+class VersionWriteFailed(StoreError):
+    """A new version folder (or the ``current`` flip) could not be written, e.g. on a full disk; the pair that
+    was current stays current, and the half-written folder is removed."""
+
+    def __init__(self, path: Path, error: str) -> None:
+        self.path = path
+        self.error = error
+        super().__init__(f"{path}: cannot write the new version: {error}; the installed pair stays current")
+
+
 class SchemaTooNew(StoreError):
     def __init__(self, location: str, found: int, supported: int) -> None:
         self.location = location

@@ -52,6 +52,7 @@ from certkeeper.errors import (
     OrderWaiting,
     UsageError,
     VerificationFailed,
+    VersionWriteFailed,
 )
 from certkeeper.events import (
     CertificateInstalled,
@@ -527,11 +528,16 @@ class Renewer:
             # between leaves it recorded, and the next pass reloads (and verifies) without renewing.
             work.state = self._update_state(work.config.name, reload_pending=True)
             if not work.reload_only and work.new is not None:
-                work.home.activate(work.new)
+                try:
+                    work.home.activate(work.new)
+                except VersionWriteFailed as exc:  # a full disk: the old pair stays current, the reload owed
+                    self._fail(work, str(exc), now, reload_pending=True)
+                    continue
                 work.installed = _facts(work.new, key_matches=True)  # check_pairs held it before it was written
                 if work.config.copy_to:
                     work.home.copy_to(work.new, work.config.copy_to)
                 self.bus.publish(CertificateInstalled(now, work.config.name, work.new.id))
+        works = [w for w in works if w.outcome is None]
         self._reload(works, now)
         results = self._verify(works)
         wrong = [w for w in works if not results[w.config.name].ok]

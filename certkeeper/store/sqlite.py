@@ -131,7 +131,7 @@ class SqliteStore:
             self._db.execute("PRAGMA busy_timeout=30000")
             self._migrate()
         except sqlite3.Error as exc:
-            msg = f"{self.path}: cannot open the state store: {exc}"
+            msg = f"{self.path}: cannot open the state store: {exc}{_space_hint(self.path.parent)}"
             raise StoreError(msg) from None
         except OSError as exc:
             msg = f"{state_dir}: cannot create the state directory: {exc.strerror}{_permission_hint(state_dir, exc)}"
@@ -156,14 +156,14 @@ class SqliteStore:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
-                msg = f"{self.path}: cannot write the state store: {exc}"
+                msg = f"{self.path}: cannot write the state store: {exc}{_space_hint(self.path.parent)}"
                 raise StoreError(msg) from None
             try:
                 yield _Cursor(self._db)
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback()
-                msg = f"{self.path}: cannot write the state store: {exc}"
+                msg = f"{self.path}: cannot write the state store: {exc}{_space_hint(self.path.parent)}"
                 raise StoreError(msg) from None
             except BaseException:
                 self._rollback()
@@ -178,7 +178,7 @@ class SqliteStore:
             try:
                 return self._db.execute(sql, params).fetchall()
             except sqlite3.Error as exc:
-                msg = f"{self.path}: {exc}"
+                msg = f"{self.path}: {exc}{_space_hint(self.path.parent)}"
                 raise StoreError(msg) from None
 
     # -- certificate state -------------------------------------------------------------------------------------
@@ -394,7 +394,7 @@ class SqliteStore:
                                (key, name, count, _ts(not_after), _ts(now), _ts(now), _ts(go_at)))
                 return go_at
         except sqlite3.Error as exc:
-            msg = f"{self.path}: order budget: {exc}"
+            msg = f"{self.path}: order budget: {exc}{_space_hint(self.path.parent)}"
             raise StoreError(msg) from None
 
     def block_budget(self, limits: Sequence[Limit], until: datetime, now: datetime) -> None:
@@ -456,6 +456,18 @@ def _state(row: tuple[Any, ...]) -> CertState:
         ari_end=_dt(row[8]), ari_retry_after=_dt(row[9]), ari_chosen_at=_dt(row[10]),
         reload_pending=bool(row[11]),
     )
+
+
+def _space_hint(folder: Path) -> str:
+    """SQLite reports a full disk as "disk I/O error" when it cannot grow its shared-memory or WAL file: say so."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return ""
+    free = st.f_bavail * st.f_frsize
+    if free >= 1024 * 1024:
+        return ""
+    return f" (the file system of {folder} has {free:,} bytes free: free some space; the next run repairs the rest)"
 
 
 def _permission_hint(state_dir: Path, exc: OSError) -> str:

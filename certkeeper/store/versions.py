@@ -36,7 +36,7 @@ from cryptography import x509
 
 from certkeeper import pki
 from certkeeper.config import CopyTarget
-from certkeeper.errors import CertkeeperError, InputError, InstallRefused
+from certkeeper.errors import CertkeeperError, InputError, InstallRefused, VersionWriteFailed
 from certkeeper.model import KeyType
 from certkeeper.permissions import check_trusted_dir, read_nofollow
 from certkeeper.store.atomic import fsync_dir, make_dirs, set_dir_mode, write_atomic
@@ -256,10 +256,19 @@ class CertificateHome:
 
     def write_version(self, pairs: Sequence[KeyPair], *, issuer: str, domains: Sequence[str],
                       now: datetime) -> Version:
-        """Write a complete version folder (not yet current) and return it."""
+        """Write a complete version folder (not yet current) and return it.  A write that fails (a full disk)
+        removes what it wrote, the private key with it, and raises :class:`VersionWriteFailed`."""
         self._ensure_dirs()
         version_id = self._new_version_id(now)
         incoming = self.versions_dir / f"{_INCOMING}{version_id}"
+        try:
+            return self._write_version(incoming, version_id, pairs, issuer=issuer, domains=domains, now=now)
+        except OSError as exc:
+            shutil.rmtree(incoming, ignore_errors=True)
+            raise VersionWriteFailed(incoming, exc.strerror or str(exc)) from None
+
+    def _write_version(self, incoming: Path, version_id: str, pairs: Sequence[KeyPair], *, issuer: str,
+                       domains: Sequence[str], now: datetime) -> Version:
         incoming.mkdir()
         self._set_mode(incoming)
         dual = len(pairs) > 1
@@ -294,8 +303,13 @@ class CertificateHome:
         temporary = self.root / f".current-{os.getpid()}-{version.id}"
         with contextlib.suppress(FileNotFoundError):
             temporary.unlink()
-        temporary.symlink_to(relative)
-        temporary.replace(self.current_link)
+        try:
+            temporary.symlink_to(relative)
+            temporary.replace(self.current_link)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+            raise VersionWriteFailed(self.current_link, exc.strerror or str(exc)) from None
         fsync_dir(self.root)
 
     def prune(self, keep: int) -> list[str]:
