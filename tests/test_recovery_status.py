@@ -41,14 +41,27 @@ def test_status_after_a_verified_renewal_and_a_passing_hooks_test(
     assert cli_json(config, "renew", "--force")[0]["result"] == "renewed"
     [row] = cli_json(config, "status")
     assert {s["served"] for s in row["endpoints"]} == {"current"}, row["endpoints"]
-    store = SqliteStore(config.settings.state_dir)
-    try:
-        state = store.get_state("mail")
-        assert state is not None
-        store.put_state(dataclasses.replace(state, reload_pending=True))  # a reload left owed
-    finally:
-        store.close()
+    owe_a_reload(config)
     hooks = run_cli(config, "hooks", "test", "mail")
     assert hooks.returncode == 0, hooks.stdout + hooks.stderr
     [row] = cli_json(config, "status")
     assert row["reload_pending"] is False
+
+    # A pass that only reloads (the reload was owed, nothing is due) verifies, and status says what it saw.
+    owe_a_reload(config)
+    [outcome] = cli_json(config, "renew")
+    assert outcome["result"] == "reloaded", outcome
+    [row] = cli_json(config, "status")
+    assert row["reload_pending"] is False and row["version"] == outcome["version"]
+    assert {s["served"] for s in row["endpoints"]} == {"current"}, row["endpoints"]
+    assert row["last_result"]["result"] == "success", row["last_result"]
+
+
+def owe_a_reload(config: Config) -> None:
+    store = SqliteStore(config.settings.state_dir)
+    try:
+        state = store.get_state("mail")
+        assert state is not None
+        store.put_state(dataclasses.replace(state, reload_pending=True))
+    finally:
+        store.close()
