@@ -115,3 +115,16 @@ def test_check_dane_gives_a_silent_resolver_the_timeout_asked_for() -> None:
         port = silent.getsockname()[1]
         result = look_up("_25._tcp.mail.example.test.", f"127.0.0.1:{port}", 1.0)
     assert "TLSA failed: no answer within 1 s" in result.error, result.error
+
+
+@pytest.mark.parametrize("command", [("renew", "nosuch"), ("acme", "persist-record", "nosuch"),
+                                     ("revoke", "nosuch"), ("rollback", "nosuch")])
+def test_an_unknown_certificate_name_is_a_usage_error_listing_the_known_ones(command: tuple[str, ...],
+                                                                             tmp_path: Path) -> None:
+    from tests.configs import internal_ca_config
+
+    config = internal_ca_config(tmp_path)
+    result = subprocess.run([sys.executable, "-m", "certkeeper", "-c", str(config), *command],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 64, result.stdout + result.stderr
+    assert f"no certificate named 'nosuch' in {config} (known: mail)" in result.stderr, result.stderr

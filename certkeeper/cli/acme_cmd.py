@@ -43,11 +43,7 @@ def run_persist_record(args: argparse.Namespace, context: Context) -> int:
     from certkeeper.issuers.challenges import publish_persist_records, read_secret_file
 
     config = context.config
-    certificate = config.certificates.get(args.name)
-    if certificate is None:
-        known = ", ".join(sorted(config.certificates)) or "none"
-        msg = f"no certificate named {args.name!r} in {config.path} (known: {known})"
-        raise UsageError(msg)
+    [certificate] = config.named([args.name])
     issuer_config = config.issuers[certificate.issuer]
     if not isinstance(issuer_config, AcmeIssuerConfig):
         msg = f"issuer {certificate.issuer!r} of {args.name!r} is not an ACME issuer"

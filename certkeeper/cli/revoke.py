@@ -32,11 +32,7 @@ def run_revoke(args: argparse.Namespace, context: Context) -> int:
     from certkeeper.store.versions import CertificateHome
 
     config = context.config
-    certificate = config.certificates.get(args.name)
-    if certificate is None:
-        known = ", ".join(sorted(config.certificates)) or "none"
-        msg = f"no certificate named {args.name!r} in {config.path} (known: {known})"
-        raise UsageError(msg)
+    [certificate] = config.named([args.name])
     issuer = build_issuer(config.issuers[certificate.issuer], config.settings)
     if not isinstance(issuer, Revoker):
         msg = f"issuer {certificate.issuer!r} of {args.name!r} cannot revoke certificates"

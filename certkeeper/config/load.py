@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from certkeeper.config.mtasts import MtaStsConfig, parse_mta_sts
 from certkeeper.config.table import Table, did_you_mean
 from certkeeper.config.tlsrpt import TlsrptConfig, parse_tlsrpt
-from certkeeper.errors import ConfigError, ConfigErrors
+from certkeeper.errors import ConfigError, ConfigErrors, UsageError
 from certkeeper.model import KeyType, RenewBefore, format_duration, parse_listen
 from certkeeper.targets import Target
 
@@ -198,6 +198,16 @@ class Config:
     watch: tuple[WatchConfig, ...] = ()
     mta_sts: Mapping[str, MtaStsConfig] = field(default_factory=dict)
     tlsrpt: TlsrptConfig | None = None
+
+    def named(self, names: Sequence[str]) -> list[CertificateConfig]:
+        """The ``[certificates.NAME]`` tables of ``names``, in that order; an unknown name is a usage error
+        (exit 64) listing the known ones."""
+        unknown = [n for n in names if n not in self.certificates]
+        if unknown:
+            known = ", ".join(sorted(self.certificates)) or "none"
+            msg = f"no certificate named {', '.join(repr(n) for n in unknown)} in {self.path} (known: {known})"
+            raise UsageError(msg)
+        return [self.certificates[n] for n in names]
 
 
 def config_path(explicit: str | Path | None = None) -> Path:

@@ -50,7 +50,6 @@ from certkeeper.errors import (
     IssuanceError,
     LockBusy,
     OrderWaiting,
-    UsageError,
     VerificationFailed,
     VersionWriteFailed,
 )
@@ -157,12 +156,7 @@ class Renewer:
     def select(self, names: Sequence[str] | None) -> list[CertificateConfig]:
         if not names:
             return list(self.config.certificates.values())
-        unknown = [n for n in names if n not in self.config.certificates]
-        if unknown:
-            known = ", ".join(self.config.certificates) or "none"
-            msg = f"no certificate named {', '.join(unknown)} in {self.config.path} (known: {known})"
-            raise UsageError(msg)
-        return [self.config.certificates[n] for n in names]
+        return self.config.named(names)
 
     def decide(self, certificate: CertificateConfig, now: datetime) -> Decision:
         """The decision for ``certificate`` at ``now`` from what is installed and stored (``certkeeper status``)."""
