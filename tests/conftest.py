@@ -22,6 +22,7 @@ from certkeeper.testbed.pebble import Pebble
 from certkeeper.testbed.postfix import Postfix
 from certkeeper.testbed.server import Server, read_log_tail
 from certkeeper.testbed.smtp_sink import SmtpSink
+from tests.probe_servers import Pki, ServerLoop
 
 SINK_USERNAME = "certkeeper"
 SINK_PASSWORD = "alert-password"
@@ -147,3 +148,18 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     used = [value for value in getattr(item, "funcargs", {}).values() if isinstance(value, Server)]
     for server in used + item.stash.get(_MADE_SERVERS, []):
         report.sections.append((f"{server.name} log ({server.log_path})", read_log_tail(server.log_path)))
+
+
+# --- the probe tests' own loopback servers (tests/probe_servers.py) ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[ServerLoop]:
+    loop = ServerLoop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return Pki.create(tmp_path_factory.mktemp("ca"))

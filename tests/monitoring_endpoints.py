@@ -19,7 +19,7 @@ import pytest
 from certkeeper.testbed.certs import TestCA
 from certkeeper.testbed.dovecot import Dovecot
 from certkeeper.testbed.postfix import Postfix
-from tests.test_probe_servers import Pki, ServerLoop, _hold
+from tests.probe_servers import Pki, ServerLoop, _hold
 
 HOST = "mail.example.test"
 

@@ -6,26 +6,11 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from tests.test_probe_servers import NOW, Pki, ServerLoop, _hold
+from tests.probe_servers import NOW, Pki, ServerLoop, _hold
 
 __all__ = ["NOW"]
-
-
-@pytest.fixture(scope="module")
-def servers() -> Iterator[ServerLoop]:
-    loop = ServerLoop()
-    yield loop
-    loop.close()
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return Pki.create(tmp_path_factory.mktemp("ca"))
 
 
 def check_certkeeper(*args: str) -> subprocess.CompletedProcess[str]:

@@ -52,7 +52,7 @@ def test_internal_ca_endpoints_are_trusted_through_the_ca_root(
 
 def test_issuer_roots_and_ca_file_are_trusted_together(tmp_path: Path) -> None:
     """Both bundles load, the system store does not, and messages name both sources."""
-    from tests.test_probe_servers import Pki
+    from tests.probe_servers import Pki
 
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()

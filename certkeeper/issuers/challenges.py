@@ -283,13 +283,7 @@ class Rfc2136Dns01:
 
     @contextlib.contextmanager
     def published(self, answers: Sequence[ChallengeAnswer]) -> Iterator[None]:
-        try:
-            address = resolve_address(self.host)
-            zones = {answer: self.zone or dnsclient.find_zone(address, self.port, answer.dns_name)
-                     for answer in answers}
-        except DnsError as exc:
-            msg = f"dns-01: {exc}"
-            raise ChallengeFailed(msg) from None
+        address, zones = self._zones(answers)
         added: list[ChallengeAnswer] = []
         try:
             for zone in dict.fromkeys(zones.values()):
@@ -308,15 +302,19 @@ class Rfc2136Dns01:
 
     def remove(self, answers: Sequence[ChallengeAnswer]) -> None:
         """Remove exactly these values (left by an interrupted order); raises :class:`ChallengeFailed`."""
+        address, zones = self._zones(answers)
+        for zone in dict.fromkeys(zones.values()):
+            self._update(address, zone, [a for a in answers if zones[a] == zone], add=False)
+
+    def _zones(self, answers: Sequence[ChallengeAnswer]) -> tuple[str, dict[ChallengeAnswer, str]]:
+        """The server's address and the zone of each answer's name (the configured ``zone``, or found by SOA)."""
         try:
             address = resolve_address(self.host)
-            zones = {answer: self.zone or dnsclient.find_zone(address, self.port, answer.dns_name)
-                     for answer in answers}
+            return address, {answer: self.zone or dnsclient.find_zone(address, self.port, answer.dns_name)
+                             for answer in answers}
         except DnsError as exc:
             msg = f"dns-01: {exc}"
             raise ChallengeFailed(msg) from None
-        for zone in dict.fromkeys(zones.values()):
-            self._update(address, zone, [a for a in answers if zones[a] == zone], add=False)
 
     def _update(self, address: str, zone: str, answers: Sequence[ChallengeAnswer], *, add: bool) -> None:
         # Only these values on removal: a wildcard and its base name share one owner name (RFC 8555 8.4).

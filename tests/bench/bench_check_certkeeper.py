@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.test_probe_servers import Pki, ServerLoop, _hold, smtp_server  # noqa: E402
+from tests.probe_servers import Pki, ServerLoop, _hold, smtp_server  # noqa: E402
 
 CHECK_SSL_CERT = "/usr/lib/nagios/plugins/check_ssl_cert"
 
