@@ -12,7 +12,8 @@ The tree::
     │   └── FleetStoreDown          exit 74  the fleet's database is unreachable; renewals wait for fleet_grace
     ├── UnsafePath                  exit 77  a trusted path (state_dir, copy_to, hook, secret) others could change
     ├── LockBusy                    exit 75  another certkeeper holds the certificate's lock (EX_TEMPFAIL)
-    ├── OrderWaiting                exit 75  the order budget (orders_per_3h, duplicates_per_week) is spent
+    ├── OrderWaiting                exit 75  the order budget (orders_per_3h, duplicates_per_week,
+    │                                        certificates_per_domain_week) is spent
     ├── IssuanceError               exit 1   the CA did not issue: issuer, certificate, what the CA said
     │   ├── CaUnavailable           exit 69  the CA could not be reached or is rate limiting (EX_UNAVAILABLE)
     │   └── CaError                 exit 1   the internal CA itself is broken: init, passphrase, files
@@ -193,7 +194,8 @@ class OrderWaiting(CertkeeperError):
         self.go_at = go_at
         super().__init__(
             f"certificate {name!r}: waiting for the order budget of issuer {issuer!r} (orders_per_3h, "
-            f"duplicates_per_week, or the CA's Retry-After); it may go at {go_at:%Y-%m-%d %H:%M:%S} UTC")
+            f"duplicates_per_week, certificates_per_domain_week, or the CA's Retry-After); it may go at "
+            f"{go_at:%Y-%m-%d %H:%M:%S} UTC")
 
 
 class IssuanceError(CertkeeperError):

@@ -36,7 +36,7 @@ FLOORS: list[set[str]] = [
     {"mailserver", "dane", "alerts", "monitoring", "adopt", "mtasts", "tlsrpt"},
     {"issuers", "store", "probe"},
     {"config", "dnsclient.py", "process.py", "tls.py", "permissions.py"},
-    {"pki.py", "targets.py"},
+    {"pki.py", "targets.py", "public_suffix.py"},
     {"model.py", "events.py", "errors.py", "__init__.py"},
 ]
 # Same-floor arrows that are part of the design (importer -> imported).

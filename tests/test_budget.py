@@ -10,9 +10,21 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from certkeeper.config import AcmeIssuerConfig, load_config
+from certkeeper.config import AcmeIssuerConfig, CertificateConfig, load_config
 from certkeeper.errors import CaUnavailable, ConfigError, IssuanceError
-from certkeeper.store.budget import Bucket, Limit, Waiter, decide_spend, level, rate_limit_pause
+from certkeeper.public_suffix import parse_suffix_list
+from certkeeper.store.budget import (
+    Bucket,
+    Limit,
+    Waiter,
+    decide_spend,
+    is_renewal,
+    level,
+    limits_for,
+    rate_limit_pause,
+    registered_domains,
+)
+from certkeeper.store.versions import Version
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 ORDERS = Limit("orders le", 300, timedelta(hours=3))
@@ -30,16 +42,54 @@ def _config(tmp_path: Path, directory: str, extra: str = "") -> AcmeIssuerConfig
 
 def test_lets_encrypts_directory_gets_its_documented_limits_and_other_cas_none(tmp_path: Path) -> None:
     letsencrypt = _config(tmp_path, "https://acme-v02.api.letsencrypt.org/directory")
-    assert (letsencrypt.orders_per_3h, letsencrypt.duplicates_per_week) == (300, 5)
+    assert (letsencrypt.orders_per_3h, letsencrypt.duplicates_per_week,
+            letsencrypt.certificates_per_domain_week) == (300, 5, 50)
     other = _config(tmp_path, "https://acme.example.test/directory")
-    assert (other.orders_per_3h, other.duplicates_per_week) == (0, 0)
-    chosen = _config(tmp_path, "https://acme.example.test/directory", "orders_per_3h = 50\nduplicates_per_week = 2")
-    assert (chosen.orders_per_3h, chosen.duplicates_per_week) == (50, 2)
+    assert (other.orders_per_3h, other.duplicates_per_week, other.certificates_per_domain_week) == (0, 0, 0)
+    chosen = _config(tmp_path, "https://acme.example.test/directory",
+                     "orders_per_3h = 50\nduplicates_per_week = 2\ncertificates_per_domain_week = 20")
+    assert (chosen.orders_per_3h, chosen.duplicates_per_week, chosen.certificates_per_domain_week) == (50, 2, 20)
 
 
 def test_a_negative_budget_is_refused_with_its_key_path(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"issuers\.ca\.orders_per_3h.*-1.*at least 0"):
         _config(tmp_path, "https://acme.example.test/directory", "orders_per_3h = -1")
+    with pytest.raises(ConfigError, match=r"issuers\.ca\.certificates_per_domain_week.*at least 0"):
+        _config(tmp_path, "https://acme.example.test/directory", "certificates_per_domain_week = -5")
+    with pytest.raises(ConfigError, match=r"issuers\.ca\.certificates_per_domain_week"):
+        _config(tmp_path, "https://acme.example.test/directory", 'certificates_per_domain_week = "fifty"')
+
+
+SUFFIXES = parse_suffix_list("uk\nco.uk\norg\n")
+LE = AcmeIssuerConfig(name="le", directory="https://acme-v02.api.letsencrypt.org/directory", orders_per_3h=300,
+                      duplicates_per_week=5, certificates_per_domain_week=50)
+MAIL = CertificateConfig(name="mail", issuer="le", domains=("mx1.example.co.uk", "MX2.example.co.uk",
+                                                           "mail.example.org"))
+
+
+def test_a_new_certificate_spends_one_token_from_each_registered_domain_it_names() -> None:
+    keys = [(limit.key, limit.capacity, limit.period) for limit in limits_for(LE, MAIL, suffixes=SUFFIXES)]
+    assert keys[2:] == [("domain acme-v02.api.letsencrypt.org example.co.uk", 50, timedelta(days=7)),
+                        ("domain acme-v02.api.letsencrypt.org example.org", 50, timedelta(days=7))]
+    assert [key for key, _, _ in keys[:2]] == [
+        "orders le", "duplicates le mail.example.org,mx1.example.co.uk,mx2.example.co.uk"]
+    renewal = [limit.key for limit in limits_for(LE, MAIL, renewal=True, suffixes=SUFFIXES)]
+    assert renewal == [key for key, _, _ in keys[:2]]  # a renewal is exempt from the registered domains' limit
+
+
+def test_ip_addresses_count_as_their_own_registered_domain_and_ipv6_by_its_64() -> None:
+    names = ["192.0.2.7", "2001:db8::1", "2001:db8:0:0:ffff::2", "*.mail.example.co.uk", "co.uk"]
+    assert registered_domains(names, SUFFIXES) == ["192.0.2.7", "2001:db8::/64", "co.uk", "example.co.uk"]
+
+
+def test_a_renewal_is_the_installed_certificates_exact_set_of_names_from_the_same_issuer(tmp_path: Path) -> None:
+    def installed(issuer: str, domains: tuple[str, ...]) -> Version:
+        return Version("mail", "v1", tmp_path, NOW, issuer, domains, ())
+
+    assert is_renewal(installed("le", ("mail.example.org", "mx2.example.co.uk", "mx1.example.co.uk")), MAIL)
+    assert not is_renewal(None, MAIL)  # nothing installed: a new certificate
+    assert not is_renewal(installed("le", ("mx1.example.co.uk",)), MAIL)  # names added: a new set
+    assert not is_renewal(installed("other", MAIL.domains), MAIL)  # another CA issued it
 
 
 def test_a_full_bucket_spends_and_an_empty_one_names_the_moment_a_token_is_back() -> None:

@@ -143,3 +143,35 @@ def test_a_single_host_without_a_database_keeps_the_same_budget_in_its_sqlite_st
     again = run_cli(config, "renew")  # another process on the same host: the same bucket, still empty
     assert "b: waiting" in again.stdout
     assert len(re.findall(r'Added order "[^"]+" to the db', pebble.log_path.read_text())) == 1
+
+
+class DomainFleet(PebbleFleet):
+    """Nodes sharing two certificates in one registered domain (example.test), one certificate per 7 days."""
+
+    def issuer_section(self, passphrase: Path | None = None) -> str:
+        return super().issuer_section(passphrase) + "certificates_per_domain_week = 1\n" + textwrap.dedent("""
+            [certificates.m1]
+            issuer = "pebble"
+            domains = ["m1.example.test"]
+            key_types = ["ecdsa-p256"]
+            """)
+
+
+def test_the_registered_domains_budget_lets_one_new_certificate_through_and_exempts_its_renewal(
+    tmp_path: Path, postgres_db: Database, pebble_factory: Callable[..., Pebble]
+) -> None:
+    fleet = DomainFleet(tmp_path, postgres_db, pebble_factory(), fleet_lease="30s", settings="concurrency = 1")
+    done = run_cli(fleet.configs["mx1"], "renew")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert fleet.orders() == 1 and done.stdout.count("waiting for the order budget") == 1, done.stdout
+    [(ordered,)] = fleet.rows("SELECT name FROM fleet_versions")
+    status = json.loads(run_cli(fleet.configs["mx2"], "db", "status", "--json").stdout)["budget"]
+    [domain] = [b for b in status["buckets"] if b["key"].startswith("domain ")]
+    assert domain["key"].endswith(" example.test") and (domain["capacity"], domain["used"]) == (1, 1)
+    assert [w["name"] for w in status["waiting"]] == [{"mail", "m1"}.difference({ordered}).pop()]
+    text = run_cli(fleet.configs["mx2"], "db", "status").stdout
+    assert f"{domain['key']}: 1 of 1 used" in text
+    # The same names again from the same issuer: a renewal, exempt from the empty registered domain's bucket.
+    again = run_cli(fleet.configs["mx1"], "renew", "--force", str(ordered))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert fleet.orders() == 2 and "waiting" not in again.stdout, again.stdout

@@ -291,3 +291,14 @@ def test_a_rate_limit_blocks_the_budget_until_its_retry_after(store: Store) -> N
     store.block_budget([off], NOW + timedelta(minutes=30), NOW)
     assert store.spend_budget([off], "a", 1, None, NOW + timedelta(minutes=10)) == NOW + timedelta(minutes=30)
     assert store.spend_budget([off], "a", 1, None, NOW + timedelta(minutes=30)) is None
+
+
+def test_a_short_registered_domain_bucket_makes_the_order_wait_and_spends_from_no_bucket(store: Store) -> None:
+    orders = Limit("orders le", 300, timedelta(hours=3))
+    domain = Limit("domain acme-v02.api.letsencrypt.org example.org", 2, timedelta(days=7))
+    for name in ("a", "b"):  # one transaction spends from both buckets
+        assert store.spend_budget([orders, domain], name, 1, None, NOW) is None
+    go_at = store.spend_budget([orders, domain], "c", 1, None, NOW)
+    assert go_at == NOW + timedelta(days=7) / 2  # one certificate back every 7 days / 2
+    assert {b.key: b.tokens for b in store.budget()[0]} == {orders.key: 298.0, domain.key: 0.0}  # nothing taken
+    assert store.spend_budget([orders], "renewal", 1, None, NOW) is None  # a renewal spends no domain token

@@ -112,6 +112,7 @@ class AcmeIssuerConfig:
     timeout: timedelta = timedelta(seconds=300)
     orders_per_3h: int = 0  # the order budget (certkeeper.store.budget); 0 = off
     duplicates_per_week: int = 0
+    certificates_per_domain_week: int = 0
     type: Literal["acme"] = "acme"
 
 
@@ -413,6 +414,8 @@ def _parse_acme_issuer(name: str, t: Table) -> AcmeIssuerConfig:
         timeout=t.duration("timeout", d.timeout, minimum=timedelta(seconds=10)),
         orders_per_3h=_budget(t, "orders_per_3h", directory, LETSENCRYPT_ORDERS_PER_3H),
         duplicates_per_week=_budget(t, "duplicates_per_week", directory, LETSENCRYPT_DUPLICATES_PER_WEEK),
+        certificates_per_domain_week=_budget(t, "certificates_per_domain_week", directory,
+                                             LETSENCRYPT_CERTIFICATES_PER_DOMAIN_WEEK),
     )
     if challenge in ("dns-01", "dns-account-01") and not (issuer.dns_hook or (issuer.dns_server
                                                                               and issuer.tsig_key_file)):
@@ -436,9 +439,11 @@ def _parse_acme_issuer(name: str, t: Table) -> AcmeIssuerConfig:
 
 
 # Let's Encrypt's documented limits (https://letsencrypt.org/docs/rate-limits/): "New Orders per Account" and
-# "New Certificates per Exact Set of Identifiers"; the defaults of the order budget for its directory.
+# "New Certificates per Exact Set of Identifiers", "New Certificates per Registered Domain" (50 per 7 days, one
+# back every 202 minutes); the defaults of the order budget for its directory.
 LETSENCRYPT_ORDERS_PER_3H = 300
 LETSENCRYPT_DUPLICATES_PER_WEEK = 5
+LETSENCRYPT_CERTIFICATES_PER_DOMAIN_WEEK = 50
 
 
 def is_letsencrypt(directory: str) -> bool:

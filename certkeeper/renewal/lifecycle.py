@@ -444,7 +444,7 @@ class Renewer:
                 self._check_mta_sts(certificate, pairs)
             elif not dry_run:  # the order budget of a single host (certkeeper.store.budget)
                 pairs = obtain_within_budget(self.store, self.config.issuers.get(certificate.issuer), certificate,
-                                             work.previous.not_after if work.previous else None, order, now)
+                                             work.previous, order, now)
             else:
                 pairs = order()
             if dry_run:

@@ -1,18 +1,28 @@
 """The order budget: how many orders a CA still accepts, kept as token buckets shared by every node.
 
 Let's Encrypt documents its limits as token buckets (https://letsencrypt.org/docs/rate-limits/): "New Orders per
-Account", 300 per 3 hours refilled one every 36 s, and "New Certificates per Exact Set of Identifiers", 5 per
-7 days refilled one every ~34 h.  certkeeper keeps the same buckets on its side, so a fleet (or one host) never
-sends an order the CA would refuse:
+Account", 300 per 3 hours refilled one every 36 s, "New Certificates per Exact Set of Identifiers", 5 per
+7 days refilled one every ~34 h, and "New Certificates per Registered Domain", 50 per 7 days refilled one every
+202 minutes.  certkeeper keeps the same buckets on its side, so a fleet (or one host) never sends an order the CA
+would refuse:
 
 * ``[issuers.X] orders_per_3h``: one bucket per issuer (the fleet's use of that CA's account), every order of
   every certificate of that issuer spends one token (one per key type: each is its own order);
 * ``[issuers.X] duplicates_per_week``: one bucket per certificate's exact set of identifiers, every certificate
-  issued for it spends one.
+  issued for it spends one;
+* ``[issuers.X] certificates_per_domain_week``: one bucket per registered domain (the Public Suffix List's,
+  :mod:`certkeeper.public_suffix`; an IPv4 address, an IPv6 /64) at the CA's directory (the CA counts every
+  account's certificates there): a certificate spends one token from each registered domain it names.  A
+  renewal is exempt, as Let's Encrypt documents: an order for the exact set of identifiers of the certificate
+  installed from the same issuer (:func:`is_renewal`).
 
-Both default to Let's Encrypt's figures when ``directory`` is Let's Encrypt's production directory and are off
-(0) otherwise.  Modelled conservatively: Let's Encrypt exempts some renewals (ARI-coordinated ones) from some
-limits; certkeeper counts every order, so it never relies on an exemption the CA may not grant.
+All three default to Let's Encrypt's figures when ``directory`` is Let's Encrypt's production directory and are
+off (0) otherwise.  Modelled conservatively where the CA's exemption depends on what certkeeper cannot see
+before the order: Let's Encrypt also exempts renewals from "New Orders per Account", and an ARI-coordinated
+renewal (``replaces`` within the suggested window, RFC 9773) from every limit; certkeeper counts every order in
+``orders_per_3h`` and counts a changed set of identifiers in ``certificates_per_domain_week`` even when it
+carries ``replaces`` (the CA may refuse the replacement, then the order is a new one), so it never relies on an
+exemption the CA may not grant.
 
 A renewal that finds a bucket short waits (:class:`OrderWaiting`, reported ``waiting``) until the moment the
 bucket will hold its tokens, and registers itself as waiting, with the ``not_after`` of the certificate it has:
@@ -26,18 +36,26 @@ rows and call them inside one transaction.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import functools
+import ipaddress
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
+from urllib.parse import urlsplit
 
 from certkeeper.config import AcmeIssuerConfig, CertificateConfig, IssuerConfig
 from certkeeper.errors import IssuanceError, OrderWaiting
+from certkeeper.public_suffix import SuffixList, ascii_name, load_suffix_list, registered_domain
+
+if TYPE_CHECKING:
+    from certkeeper.store.versions import Version
 
 T = TypeVar("T")
 
 ORDERS_PERIOD = timedelta(hours=3)
 DUPLICATES_PERIOD = timedelta(days=7)
+DOMAIN_PERIOD = timedelta(days=7)
 RATE_LIMITED_PAUSE = timedelta(hours=1)  # a rateLimited problem without Retry-After: wait this long
 # A waiting renewal is looked at again every 10 minutes (the policy's MIN_RETRY); one not seen for an hour has
 # gone (certificate removed, node stopped) and no longer holds the others back.
@@ -76,8 +94,10 @@ class Waiter:
     may_go_at: datetime
 
 
-def limits_for(issuer: IssuerConfig | None, certificate: CertificateConfig) -> list[Limit]:
-    """The buckets an order of ``certificate`` spends from.  The issuer's bucket always (a 429 blocks it)."""
+def limits_for(issuer: IssuerConfig | None, certificate: CertificateConfig, *, renewal: bool = False,
+               suffixes: SuffixList | None = None) -> list[Limit]:
+    """The buckets an order of ``certificate`` spends from.  The issuer's bucket always (a 429 blocks it); the
+    registered domains' unless the order is a ``renewal`` (:func:`is_renewal`)."""
     if not isinstance(issuer, AcmeIssuerConfig):
         return []
     identifiers = ",".join(sorted(d.lower() for d in certificate.domains))
@@ -85,7 +105,43 @@ def limits_for(issuer: IssuerConfig | None, certificate: CertificateConfig) -> l
     if issuer.duplicates_per_week:
         limits.append(Limit(f"duplicates {issuer.name} {identifiers}", issuer.duplicates_per_week,
                             DUPLICATES_PERIOD))
+    if issuer.certificates_per_domain_week and not renewal:
+        ca = urlsplit(issuer.directory).hostname or issuer.directory
+        domains = registered_domains(certificate.domains, suffixes or system_suffixes())
+        limits.extend(Limit(f"domain {ca} {domain}", issuer.certificates_per_domain_week, DOMAIN_PERIOD)
+                      for domain in domains)
     return limits
+
+
+@functools.cache
+def system_suffixes() -> SuffixList:
+    """Debian's Public Suffix List, read once per process (a few tens of milliseconds)."""
+    return load_suffix_list()
+
+
+def registered_domains(names: Iterable[str], suffixes: SuffixList) -> list[str]:
+    """The registered domains ``names`` count against, in A-label form: the Public Suffix List's for a name
+    (the name itself when it is a public suffix: the CA refuses it anyway), the address for IPv4, the /64 for
+    IPv6 (as Let's Encrypt counts IP address certificates)."""
+    found = set()
+    for name in names:
+        try:
+            address = ipaddress.ip_address(name)
+        except ValueError:
+            found.add(ascii_name(registered_domain(name, suffixes) or name.removeprefix("*.").lower()))
+            continue
+        if isinstance(address, ipaddress.IPv6Address):
+            found.add(str(ipaddress.ip_network(f"{address}/64", strict=False)))
+        else:
+            found.add(str(address))
+    return sorted(found)
+
+
+def is_renewal(previous: Version | None, certificate: CertificateConfig) -> bool:
+    """An order Let's Encrypt counts as a renewal: the exact set of identifiers (case and order aside) of a
+    certificate issued before, here the one installed, from the same issuer."""
+    return (previous is not None and previous.issuer == certificate.issuer
+            and {d.lower() for d in previous.domains} == {d.lower() for d in certificate.domains})
 
 
 def level(limit: Limit, bucket: Bucket | None, now: datetime) -> float:
@@ -161,11 +217,13 @@ class BudgetLedger(Protocol):
 
 
 def spend_or_wait(ledger: BudgetLedger, issuer: IssuerConfig | None, certificate: CertificateConfig,
-                  not_after: datetime | None, now: datetime) -> None:
-    """Spend the tokens for one renewal of ``certificate`` or raise :class:`OrderWaiting`."""
-    limits = limits_for(issuer, certificate)
+                  previous: Version | None, now: datetime) -> None:
+    """Spend the tokens for one order of ``certificate`` (``previous``: the version installed, if any) or raise
+    :class:`OrderWaiting`."""
+    limits = limits_for(issuer, certificate, renewal=is_renewal(previous, certificate))
     if not limits:
         return
+    not_after = previous.not_after if previous is not None else None
     go_at = ledger.spend_budget(limits, certificate.name, len(certificate.key_types), not_after, now)
     if go_at is not None:
         raise OrderWaiting(certificate.name, certificate.issuer, go_at)
@@ -191,9 +249,9 @@ def record_rate_limit(ledger: BudgetLedger, issuer: IssuerConfig | None, certifi
 
 
 def obtain_within_budget(ledger: BudgetLedger, issuer: IssuerConfig | None, certificate: CertificateConfig,
-                         not_after: datetime | None, issue: Callable[[], T], now: datetime) -> T:
+                         previous: Version | None, issue: Callable[[], T], now: datetime) -> T:
     """``issue()`` once the budget allows it (else :class:`OrderWaiting`); a 429 it meets blocks the budget."""
-    spend_or_wait(ledger, issuer, certificate, not_after, now)
+    spend_or_wait(ledger, issuer, certificate, previous, now)
     try:
         return issue()
     except IssuanceError as exc:

@@ -51,8 +51,9 @@ Worked through in ``deploy/FLEET.md``, backed by ``tests/bench/bench_fleet.py``.
   moment).  Waiters poll the lease row with backoff (0.2 s growing to 5 s) for at most ``lock_timeout``.  The
   benchmark races 100 nodes for every renewal and holds orders per renewal at exactly 1.0.
 * The CA sees one client, within a fleet-wide order budget (:mod:`certkeeper.store.budget`): the node holding
-  the lease spends a token of ``orders_per_3h`` / ``duplicates_per_week`` before it orders, or the renewal
-  waits (``waiting``), closest to expiry first; a CA's 429 blocks every node until its Retry-After.
+  the lease spends a token of ``orders_per_3h`` / ``duplicates_per_week`` / ``certificates_per_domain_week``
+  before it orders, or the renewal waits (``waiting``), closest to expiry first; a CA's 429 blocks every node
+  until its Retry-After.
 """
 
 from __future__ import annotations
@@ -198,10 +199,6 @@ def local_is_newer(head: FleetVersion | None, current: Version | None, certifica
     if head is None:
         return True
     return current.fingerprints != head.fingerprints and current.not_before > head.not_before
-
-
-def _expiry(current: Version | None) -> datetime | None:
-    return current.not_after if current is not None else None
 
 
 def may_renew_alone(down_since: datetime, now: datetime, grace: timedelta) -> bool:
@@ -411,7 +408,7 @@ class Fleet:
                 if found is not None:
                     return found
                 # The fleet's order budget, under the lease: OrderWaiting when it is spent (the lease goes back).
-                spend_or_wait(database, issuer, certificate, _expiry(current), self.clock())
+                spend_or_wait(database, issuer, certificate, current, self.clock())
             try:
                 with self._heartbeat(database, name, token):
                     pairs = list(issue())
@@ -461,7 +458,7 @@ class Fleet:
                     certificate.name, since.isoformat())
         # Alone, the budget is this node's own (its SQLite store): it cannot know what the others spend.
         return list(obtain_within_budget(self.local, self.issuers.get(certificate.issuer), certificate,
-                                         _expiry(current), issue, now))
+                                         current, issue, now))
 
     def _fleet_pairs(self, database: FleetDatabase, certificate: CertificateConfig,
                      current: Version | None) -> list[KeyPair] | None:

@@ -48,6 +48,7 @@ DEBIAN_PACKAGES = (
     "bind9-dnsutils",
     "postgresql",
     "openssl",
+    "publicsuffix",  # the Public Suffix List: registered domains of the order budget (certkeeper.public_suffix)
     "nginx",  # serves MTA-STS policies from a webroot over HTTPS (tests/test_mtasts_*.py)
     "systemd",  # systemd-analyze verify checks the unit files in deploy/
     "python3-venv",  # deploy/debian/build makes the package's virtualenv with the system python3
