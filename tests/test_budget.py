@@ -75,6 +75,7 @@ def test_a_new_certificate_spends_one_token_from_each_registered_domain_it_names
         "orders le", "duplicates le mail.example.org,mx1.example.co.uk,mx2.example.co.uk"]
     renewal = [limit.key for limit in limits_for(LE, MAIL, renewal=True, suffixes=SUFFIXES)]
     assert renewal == [key for key, _, _ in keys[:2]]  # a renewal is exempt from the registered domains' limit
+    assert [limit.key for limit in limits_for(LE, MAIL)] == [key for key, _, _ in keys]  # Debian's list agrees
 
 
 def test_ip_addresses_count_as_their_own_registered_domain_and_ipv6_by_its_64() -> None:
