@@ -173,3 +173,14 @@ def _protocol_for_port(port: int, starttls: str, raw: str) -> str:
         known = WELL_KNOWN_PORTS.get(port)
         return known if known and PROTOCOLS[known].tls == "implicit" else "tls"
     return starttls
+
+
+def encode_host_name(name: str) -> bytes:
+    """``name`` as SNI and certificates carry it (A-labels, RFC 5890); UnicodeError when it is not a host name.
+
+    An ASCII name with labels of 1 to 63 octets is its own encoding (what the ``idna`` codec returns for it), so
+    ``certkeeper check`` on such a name never loads the codec and its Unicode tables (milliseconds per process).
+    """
+    if name.isascii() and all(0 < len(label) <= 63 for label in name.removesuffix(".").split(".")):
+        return name.encode("ascii")
+    return name.encode("idna")

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import logging
-import pkgutil
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -51,6 +52,29 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(self.usage_status)
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """argparse's, reading the terminal width as :func:`shutil.get_terminal_size` does without importing shutil
+    (and the compression modules it loads): argparse builds a formatter for every ``add_argument``, so every
+    command would pay for it, ``certkeeper check`` under Nagios included."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position, _columns() - 2 if width is None else width)
+
+
+def _columns() -> int:
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
 class _Version(argparse.Action):
     """``--version``, reading the package metadata only when asked (see ``certkeeper.__getattr__``)."""
 
@@ -74,20 +98,18 @@ def build_parser(command: str | None = None) -> Parser:
     """
     parser = Parser(
         prog="certkeeper", description=DESCRIPTION, epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action=_Version, help="show the version and exit")
     parser.add_argument("-c", "--config", metavar="PATH", help="configuration file (TOML)")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
-    common = argparse.ArgumentParser(add_help=False)
+    common = argparse.ArgumentParser(add_help=False, formatter_class=HelpFormatter)
     common.add_argument("-c", "--config", metavar="PATH", default=argparse.SUPPRESS,
                         help="configuration file (TOML)")
     common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
                         help="more log output (-vv for debug)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
-    names = [info.name for info in pkgutil.iter_modules(__path__)]
-    if command is not None:
-        names = [n for n in names if n in (command, f"{command}_cmd")] or names
+    names = _command_modules(command)
     modules = []
     for name in names:
         module = importlib.import_module(f"{__name__}.{name}")
@@ -96,6 +118,17 @@ def build_parser(command: str | None = None) -> Parser:
     for module in sorted(modules, key=lambda m: (getattr(m, "ORDER", 100), m.__name__)):
         module.register(subparsers, common)
     return parser
+
+
+def _command_modules(command: str | None) -> list[str]:
+    """The module holding ``command`` when there is one (looked up by file name, listing nothing), else all."""
+    if command is not None and command.isidentifier():
+        for name in (command, f"{command}_cmd"):
+            if importlib.util.find_spec(f"{__name__}.{name}") is not None:
+                return [name]
+    import pkgutil
+
+    return [info.name for info in pkgutil.iter_modules(__path__)]
 
 
 def _command_word(argv: Sequence[str]) -> str | None:

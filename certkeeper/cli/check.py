@@ -6,11 +6,13 @@ import argparse
 import json
 import re
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from certkeeper.cli import HelpFormatter
 from certkeeper.cli.context import Context
-from certkeeper.targets import STARTTLS_CHOICES, Target, parse_target
+from certkeeper.targets import STARTTLS_CHOICES, Target, encode_host_name, parse_target
 
 if TYPE_CHECKING:
     from certkeeper.probe import ProbeOptions
@@ -48,7 +50,7 @@ invalid arguments or an internal error.  -v adds the protocol dialogue and the c
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     parser = subparsers.add_parser(
         "check", help="probe mail TLS endpoints (Nagios plugin output)", parents=[common],
-        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=DESCRIPTION, formatter_class=HelpFormatter,
     )
     parser.add_argument("targets", nargs="*", metavar="TARGET", help="host:port or URL (smtps://host, ...)")
     parser.add_argument("--file", metavar="LIST", action="append", default=[],
@@ -132,8 +134,7 @@ def run_check(args: argparse.Namespace, context: Context) -> int:
         print(f"certkeeper check: {exc}", file=sys.stderr)
         return EXIT_UNKNOWN
     if args.json:
-        json.dump([result_to_json(result) for result in results], sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        _write_json_array(result_to_json(result) for result in results)
     else:
         lines = []
         for result in results:
@@ -143,6 +144,16 @@ def run_check(args: argparse.Namespace, context: Context) -> int:
                 lines += [f"  {line}" for line in result.transcript]
         sys.stdout.write("\n".join(lines) + "\n")
     return max(result.exit_code for result in results)
+
+
+def _write_json_array(objects: Iterable[object]) -> None:
+    """A JSON array with one object per line: what ``json.dump(indent=2)`` held, written by the C encoder (the
+    indenting one is pure Python: a tenth of a 5,000-endpoint run) line by line, and one line per target."""
+    separator = "[\n"
+    for item in objects:
+        sys.stdout.write(separator + json.dumps(item))
+        separator = ",\n"
+    sys.stdout.write("[\n]\n" if separator == "[\n" else "\n]\n")
 
 
 def _run_mta_sts(args: argparse.Namespace) -> int:
@@ -251,7 +262,7 @@ def _check_servername(name: str) -> None:
     """A name SNI can carry (RFC 6066 section 3: a DNS host name): labels of 1 to 63 octets, 253 in all; checked
     here so that ``a..b`` is a usage error, not the IDNA codec's UnicodeError deep in the handshake."""
     try:
-        encoded = name.rstrip(".").encode("idna")
+        encoded = encode_host_name(name.rstrip("."))
     except UnicodeError as exc:
         msg = f"--servername {name!r}: not a host name ({exc})"
         raise _BadArguments(msg) from None

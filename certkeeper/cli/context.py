@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from certkeeper.config import Config, config_path, load_config
-
 if TYPE_CHECKING:
+    from certkeeper.config import Config
     from certkeeper.store import Store
 
 
@@ -19,11 +18,16 @@ class Context:
 
     @property
     def config_path(self) -> Path:
+        # Imported on first use: ``certkeeper check`` reads no configuration (the parser costs tens of ms).
+        from certkeeper.config import config_path
+
         return config_path(self._explicit)
 
     @property
     def config(self) -> Config:
         if self._config is None:
+            from certkeeper.config import load_config
+
             self._config = load_config(self.config_path)
         return self._config
 

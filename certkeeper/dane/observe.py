@@ -23,13 +23,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from certkeeper.config import CertificateConfig, IssuerConfig
-from certkeeper.dane.judge import TLSA_VALID, DaneOutcome
 from certkeeper.dane.records import record_names
 from certkeeper.events import Event, TlsaMatchRecovered, TlsaMismatchObserved
 from certkeeper.targets import Target
+
+if TYPE_CHECKING:  # the judge brings the probe and dnspython: a pass without DANE endpoints loads neither
+    from certkeeper.dane.judge import DaneOutcome
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,8 @@ def tlsa_events(owner: str, endpoint: str, outcome: DaneOutcome | None, previous
     """
     if outcome is None:
         return []
+    from certkeeper.dane.judge import TLSA_VALID
+
     if outcome.mismatches:
         return [TlsaMismatchObserved(now, owner, endpoint, m.name, m.spki_sha256, m.published,
                                      ", ".join(m.views), outcome.dnssec_validated) for m in outcome.mismatches]

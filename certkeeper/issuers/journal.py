@@ -31,6 +31,15 @@ def has_pending(state_dir: Path, certificate: str) -> bool:
     return journal_path(state_dir, certificate).exists()
 
 
+def certificates_pending(state_dir: Path) -> frozenset[str]:
+    """Every certificate with values pending, from one folder listing (a pass asks once, not per certificate)."""
+    try:
+        return frozenset(entry.name.removesuffix(".json") for entry in (state_dir / "challenges").iterdir()
+                         if entry.name.endswith(".json"))
+    except (FileNotFoundError, NotADirectoryError):
+        return frozenset()
+
+
 def pending(state_dir: Path, certificate: str) -> list[Entry]:
     path = journal_path(state_dir, certificate)
     try:

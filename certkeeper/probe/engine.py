@@ -53,7 +53,7 @@ from certkeeper.probe.result import (
     ProbeResult,
     worst_status,
 )
-from certkeeper.targets import Target
+from certkeeper.targets import Target, encode_host_name
 
 log = logging.getLogger("certkeeper.probe")
 
@@ -332,7 +332,7 @@ class Prober:
         connection = SSL.Connection(context, None)
         connection.set_connect_state()
         if server_name:
-            connection.set_tlsext_host_name(server_name.encode("idna"))  # RFC 6066 §3: never for IP literals
+            connection.set_tlsext_host_name(encode_host_name(server_name))  # RFC 6066 §3: never for IP literals
         received = 0
         first = b""
         while True:

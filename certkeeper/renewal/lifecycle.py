@@ -64,7 +64,7 @@ from certkeeper.events import (
     RolledBack,
 )
 from certkeeper.issuers.base import Issuer, IssueRequest, LeftoverRemover, RenewalInfoSource, crl_files, root_files
-from certkeeper.issuers.journal import has_pending
+from certkeeper.issuers.journal import certificates_pending, has_pending
 from certkeeper.model import KeyType
 from certkeeper.renewal.hooks import HookContext, run_hook
 from certkeeper.renewal.observe import Watched
@@ -81,7 +81,16 @@ from certkeeper.renewal.policy import (
 )
 from certkeeper.store import CertState, EndpointRecord, RenewalRecord, Store
 from certkeeper.store.budget import obtain_within_budget
-from certkeeper.store.versions import CertificateHome, InstalledPair, KeyPair, Ownership, Version, check_pairs
+from certkeeper.store.versions import (
+    CertificateHome,
+    InstalledPair,
+    KeyPair,
+    KnownVersions,
+    Ownership,
+    VerifiedFiles,
+    Version,
+    check_pairs,
+)
 
 if TYPE_CHECKING:
     from certkeeper.dane.rollover import DaneRollover
@@ -147,6 +156,9 @@ class Renewer:
         self.clock = clock
         self.settings = config.settings
         self.fleet = fleet  # fleet integration: shared certificates through PostgreSQL (certkeeper.store.fleet)
+        # Installed files hashed once, then only stat-ed while unchanged (a daemon keeps it between passes).
+        self.verified = VerifiedFiles(self.settings.state_dir / "verified-files.json")
+        self.known_versions = KnownVersions()  # each version.json parsed once while it is unchanged
 
     # -- public ------------------------------------------------------------------------------------------------
 
@@ -199,10 +211,10 @@ class Renewer:
         """What is installed; an unreadable install is reported and counts as nothing installed."""
         link = _read_link(home.current_link)
         try:
-            version = home.current()
+            version = home.current(self.known_versions)
             if version is None:
                 return _Seen(link, None, None)
-            matches = all(_pair_matches(home, version, p) for p in version.pairs)
+            matches = all(_pair_matches(home, version, p, self.verified) for p in version.pairs)
         except CertkeeperError as exc:
             log.warning("%s: the installed version cannot be read (%s); treating it as missing",
                         certificate.name, exc)
@@ -240,9 +252,10 @@ class Renewer:
         works: dict[str, _Work] = {}
         outcomes: dict[str, Outcome] = {}
         with contextlib.ExitStack() as locks:
+            pending = certificates_pending(self.settings.state_dir)
             for certificate in certificates:
                 taken = self._take_on(certificate, locks, now, force=force, dry_run=dry_run,
-                                      stale=certificate.name in stale and not dry_run)
+                                      stale=certificate.name in stale and not dry_run, pending=pending)
                 if isinstance(taken, Outcome):
                     outcomes[certificate.name] = taken
                 else:
@@ -268,10 +281,14 @@ class Renewer:
 
             self.fleet.record_pass([PassResult(c.name, self.home(c).readable_current(), outcomes[c.name].result.value,
                                                outcomes[c.name].detail) for c in certificates])
+        if not dry_run:
+            self.verified.save(prune=not names)
+        if not names:
+            self.known_versions.forget_untouched()
         return [outcomes[c.name] for c in certificates]
 
     def _take_on(self, certificate: CertificateConfig, locks: contextlib.ExitStack, now: datetime, *, force: bool,
-                 dry_run: bool, stale: bool) -> _Work | Outcome:
+                 dry_run: bool, stale: bool, pending: frozenset[str]) -> _Work | Outcome:
         """Decide about one certificate; a due one is locked, re-checked and handed back as work to do."""
         name = certificate.name
         home = self.home(certificate)
@@ -281,7 +298,7 @@ class Renewer:
         decision = self._decide(certificate, home, seen, state, now)
         needs_reload = state.reload_pending or stale
         if not (force or decision.due or needs_reload):
-            self._clean_up_idle(certificate, home)
+            self._clean_up_idle(certificate, home, pending)
             self._remember_decision(name, decision, known=state)
             self._keep_tlsa_in_step(certificate, dry_run=dry_run, now=now)
             return _waiting_out(name, seen, state, decision)
@@ -327,9 +344,10 @@ class Renewer:
         except CertkeeperError as exc:  # tried again by the next run; the order itself may still succeed
             log.warning("%s: %s", certificate.name, exc)
 
-    def _clean_up_idle(self, certificate: CertificateConfig, home: CertificateHome) -> None:
-        """Clean up for a certificate with nothing due, too: under its lock, and only when something was left."""
-        if not (home.has_leftovers() or has_pending(self.settings.state_dir, certificate.name)):
+    def _clean_up_idle(self, certificate: CertificateConfig, home: CertificateHome, pending: frozenset[str]) -> None:
+        """Clean up for a certificate with nothing due, too: under its lock, and only when something was left
+        (``pending``: the certificates with dns-01 values left, listed once at the start of the pass)."""
+        if not (certificate.name in pending or home.has_leftovers()):
             return
         try:
             with self.store.lock(certificate.name, self.settings.lock_timeout.total_seconds()):
@@ -716,7 +734,9 @@ class Renewer:
 
     def _keep_tlsa_in_step(self, certificate: CertificateConfig, *, dry_run: bool, now: datetime) -> None:
         """Retry a TLSA publication or cleanup that failed, without waiting for the next renewal."""
-        rollover = None if dry_run else self._dane_for(certificate, self.home(certificate))
+        if dry_run or certificate.dane is None:
+            return
+        rollover = self._dane_for(certificate, self.home(certificate))
         if rollover is None or not rollover.out_of_step():
             return
         try:
@@ -818,7 +838,7 @@ def _read_link(link: Path) -> str | None:
         return f"<{exc.strerror}>"
 
 
-def _pair_matches(home: CertificateHome, version: Version, pair: InstalledPair) -> bool:
+def _pair_matches(home: CertificateHome, version: Version, pair: InstalledPair, verified: VerifiedFiles) -> bool:
     """Whether the pair's key matches its certificate.
 
     The install gate (:func:`certkeeper.store.versions.check_pairs`) checked that before ``version.json`` was written
@@ -828,7 +848,7 @@ def _pair_matches(home: CertificateHome, version: Version, pair: InstalledPair) 
     changed afterwards is loaded and compared.
     """
     if pair.files:  # sizes and hashes recorded at install: any change to any file a daemon reads is seen
-        changed = home.changed_files(pair)
+        changed = home.changed_files(pair, verified)
         if changed:
             raise InputError(changed[0], "changed since it was installed (size or SHA-256 differs from version.json)")
         return True

@@ -27,7 +27,8 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -147,6 +148,96 @@ def check_pairs(name: str, pairs: Sequence[KeyPair], domains: Sequence[str],
             raise InstallRefused(name, f"the chain of the {label} does not verify: {check.error}")
 
 
+class VerifiedFiles:
+    """Installed files whose SHA-256 matched ``version.json``, by identity (device, inode, size, mtime, ctime),
+    so that a pass with nothing due stats each file instead of reading and hashing it.
+
+    Only the kernel sets ``st_ctime``: any write, rename over, chmod or ``touch`` of a file moves it, so a file
+    whose identity is unchanged is the file that was hashed.  As git's index does for "racily clean" entries, a
+    file changed less than :data:`RACY_SECONDS` before it was hashed is hashed again next time (a change in the
+    same clock tick as the hash would leave ctime as it was).  Kept in ``state_dir/verified-files.json``: losing
+    or garbling it only costs one hash per file; it is rewritten only when an entry was added.
+    """
+
+    RACY_SECONDS = 2
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path
+        self._entries: dict[str, list[object]] = {}
+        self._added = False
+        self._touched: set[str] = set()
+        self._prefix = f"{path.parent}/" if path is not None else ""  # keys relative to the state folder
+        if path is not None:
+            try:
+                loaded = json.loads(path.read_bytes())
+                if isinstance(loaded, dict):
+                    self._entries = loaded
+            except (OSError, ValueError):
+                pass
+
+    @staticmethod
+    def _identity(digest: str, status: os.stat_result) -> list[object]:
+        return [digest[:16], status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns]
+
+    def _key(self, path: str) -> str:
+        return path.removeprefix(self._prefix)
+
+    def unchanged(self, path: str, digest: str, status: os.stat_result) -> bool:
+        key = self._key(path)
+        self._touched.add(key)
+        return self._entries.get(key) == self._identity(digest, status)
+
+    def record(self, path: str, digest: str, status: os.stat_result) -> None:
+        key = self._key(path)
+        self._touched.add(key)
+        if status.st_ctime_ns < time.time_ns() - self.RACY_SECONDS * 1_000_000_000:
+            self._entries[key] = self._identity(digest, status)
+            self._added = True
+
+    def save(self, *, prune: bool) -> None:
+        """Write the entries when one was added; ``prune`` (a pass over every certificate) keeps only the files
+        looked at since the last save, so versions pruned or replaced drop out."""
+        if self.path is None or not self._added:
+            return
+        if prune:
+            self._entries = {k: v for k, v in self._entries.items() if k in self._touched}
+        with contextlib.suppress(OSError):  # a cache: not written now, hashed again next time
+            write_atomic(self.path, json.dumps(self._entries, separators=(",", ":")).encode(), mode=0o600)
+        self._added = False
+        self._touched = set()
+
+
+class KnownVersions:
+    """Versions read in earlier passes of this process, by folder, with the identity of their ``version.json``: a
+    complete version folder is never changed by certkeeper, so an unchanged ``version.json`` (ctime included: only
+    the kernel sets it) is the metadata already read."""
+
+    def __init__(self) -> None:
+        self._read: dict[str, tuple[tuple[int, ...], Version]] = {}
+        self._touched: set[str] = set()
+
+    def load(self, folder: Path, read: Callable[[Path], Version]) -> Version:
+        key = str(folder)
+        self._touched.add(key)
+        try:
+            status = os.lstat(f"{key}/version.json")
+        except OSError:
+            return read(folder)  # says what is wrong, in words
+        identity = (status.st_mode, status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns,
+                    status.st_ctime_ns)
+        seen = self._read.get(key)
+        if seen is not None and seen[0] == identity:
+            return seen[1]
+        version = read(folder)
+        self._read[key] = (identity, version)
+        return version
+
+    def forget_untouched(self) -> None:
+        """After a pass over every certificate: drop the versions it did not read (pruned, replaced)."""
+        self._read = {k: v for k, v in self._read.items() if k in self._touched}
+        self._touched = set()
+
+
 class CertificateHome:
     """The folder of one managed certificate: its versions and its ``current`` link."""
 
@@ -159,11 +250,13 @@ class CertificateHome:
 
     # -- reading -----------------------------------------------------------------------------------------------
 
-    def current(self) -> Version | None:
+    def current(self, known: KnownVersions | None = None) -> Version | None:
         """The installed version, or None before the first install.
 
         Raises :class:`InputError` naming the path when ``current`` is not a relative link to a complete version
         folder (a file or folder in its place, absolute, dangling or looping) or that version's metadata is bad.
+        With ``known``, a ``version.json`` whose identity (inode, size, mtime, ctime) is as when it was last read
+        is not read again.
         """
         try:
             target = self.current_link.readlink()
@@ -175,9 +268,12 @@ class CertificateHome:
         if len(parts) != 2 or parts[0] != "versions" or parts[1].startswith("."):
             raise InputError(str(self.current_link), f"points to {str(target)!r}, not to a folder in versions/; "
                              "certkeeper only ever links versions/<version> (restore it with certkeeper rollback)")
-        if not (self.root / target).is_dir():
-            raise InputError(str(self.current_link), f"points to {str(target)!r}, which does not exist")
-        return self._load(self.root / target)
+        try:
+            return self._load(self.root / target) if known is None else known.load(self.root / target, self._load)
+        except InputError:
+            if not (self.root / target).is_dir():  # asked only now: a pass reads each version once, not twice
+                raise InputError(str(self.current_link), f"points to {str(target)!r}, which does not exist") from None
+            raise
 
     def readable_current(self) -> Version | None:
         """:meth:`current`, or None when what is installed cannot be read (the renewal pass reports it)."""
@@ -186,16 +282,27 @@ class CertificateHome:
         except InputError:
             return None
 
-    def changed_files(self, pair: InstalledPair) -> list[str]:
-        """The pair's files whose size or content differ from what ``version.json`` recorded at install."""
+    def changed_files(self, pair: InstalledPair, verified: VerifiedFiles | None = None) -> list[str]:
+        """The pair's files whose size or content differ from what ``version.json`` recorded at install.
+
+        With ``verified``, a file whose identity is as when its hash last matched is not read again.
+        """
         changed = []
+        directory = str(pair.directory)
         for filename, size, digest in pair.files:
-            path = pair.directory / filename
+            path = f"{directory}/{filename}"
             try:
-                if path.stat().st_size != size or hashlib.sha256(path.read_bytes()).hexdigest() != digest:
-                    changed.append(str(path))
+                status = os.stat(path)  # noqa: PTH116 (str paths: no Path built per file, 5,000 a pass)
+                if status.st_size != size:
+                    changed.append(path)
+                elif verified is None or not verified.unchanged(path, digest, status):
+                    with open(path, "rb") as file:  # noqa: PTH123 (a str path: 1,000 pairs a pass)
+                        if hashlib.sha256(file.read()).hexdigest() != digest:
+                            changed.append(path)
+                        elif verified is not None:
+                            verified.record(path, digest, status)
             except OSError:
-                changed.append(str(path))
+                changed.append(path)
         return changed
 
     def versions(self) -> list[Version]:
@@ -342,10 +449,10 @@ class CertificateHome:
             check_trusted_dir(destination.parent, f"copy_to.{kind} folder")
 
     def has_leftovers(self) -> bool:
-        """Whether :meth:`recover` has anything to remove (cheap: two folder listings)."""
+        """Whether :meth:`recover` has anything to remove (cheap: two folder listings, names only)."""
         for folder, prefix in ((self.versions_dir, _INCOMING), (self.root, ".current-")):
             with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-                if any(entry.name.startswith(prefix) for entry in folder.iterdir()):
+                if any(name.startswith(prefix) for name in os.listdir(folder)):  # noqa: PTH208 (names only)
                     return True
         return False
 

@@ -28,6 +28,10 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.bench.rounds import report
+
 HOST = "127.0.0.1"
 NAME = "bench.test"
 
@@ -151,6 +155,51 @@ async def raw_loop(targets: list[tuple[str, int]], ca: str, concurrency: int) ->
     return sum(results)
 
 
+async def pyopenssl_loop(targets: list[tuple[str, int]], concurrency: int) -> int:
+    """The floor of issue 23: the same handshakes with pyOpenSSL over memory BIOs (as the probe does them), the
+    served chain read as DER; no judging, no output."""
+    from OpenSSL import SSL, crypto
+
+    context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    context.set_verify(SSL.VERIFY_NONE)
+    semaphore = asyncio.Semaphore(concurrency)
+
+    async def handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
+        connection = SSL.Connection(context, None)
+        connection.set_connect_state()
+        connection.set_tlsext_host_name(NAME.encode())
+        while True:
+            try:
+                connection.do_handshake()
+                done = True
+            except SSL.WantReadError:
+                done = False
+            with contextlib.suppress(SSL.WantReadError):
+                writer.write(connection.bio_read(65536))
+            if done:
+                break
+            connection.bio_write(await reader.read(65536))
+        return len([crypto.dump_certificate(crypto.FILETYPE_ASN1, c) for c in connection.get_peer_cert_chain() or []])
+
+    async def one(scheme: str, port: int) -> bool:
+        async with semaphore:
+            reader, writer = await asyncio.open_connection(HOST, port)
+            if scheme != "smtps":
+                while not (await reader.readline()).startswith(b"220 "):
+                    pass
+                writer.write(b"EHLO [127.0.0.1]\r\n")
+                while not (await reader.readline()).startswith(b"250 "):
+                    pass
+                writer.write(b"STARTTLS\r\n")
+                await reader.readline()
+            served = await handshake(reader, writer)
+            writer.close()
+            return served > 0
+
+    results = await asyncio.gather(*(one(scheme, port) for scheme, port in targets))
+    return sum(results)
+
+
 # --- the measurement ---------------------------------------------------------------------------------
 
 
@@ -185,6 +234,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--serve", choices=("implicit", "smtp"), help=argparse.SUPPRESS)
+    parser.add_argument("--floor", choices=("pyopenssl", "ssl"), default="pyopenssl",
+                        help="the loop to compare with: pyOpenSSL handshakes (issue 23) or asyncio + ssl (issue 3)")
+    parser.add_argument("--json", action="store_true", help="certkeeper check --json instead of Nagios lines")
     parser.add_argument("--raw", metavar="LIST", help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--chain", help=argparse.SUPPRESS)
@@ -200,7 +252,8 @@ def main() -> None:
         for line in Path(args.raw).read_text().splitlines():
             scheme, rest = line.split("://")
             targets.append((scheme, int(rest.rsplit(":", 1)[1])))
-        done = asyncio.run(raw_loop(targets, args.ca, args.concurrency))
+        done = asyncio.run(pyopenssl_loop(targets, args.concurrency) if args.floor == "pyopenssl"
+                           else raw_loop(targets, args.ca, args.concurrency))
         print(f"{done} handshakes")
         sys.exit(0 if done == len(targets) else 1)
 
@@ -222,10 +275,11 @@ def main() -> None:
                            + "".join(f"smtp://{HOST}:{port}\n" for port in ports["smtp"]))
         cli = [sys.executable, "-c", PEAK_WRAPPER.format(
             argv=["certkeeper", "check", "--file", str(listing), "--ca-file", str(ca), "--servername", NAME,
-                  "--concurrency", str(args.concurrency), "--timeout", "30"],
+                  "--concurrency", str(args.concurrency), "--timeout", "30", *(["--json"] if args.json else [])],
             body="from certkeeper.cli import main; code = main()\n    sys.stdout.flush()")]
         raw = [sys.executable, "-c", PEAK_WRAPPER.format(
-            argv=[__file__, "--raw", str(listing), "--ca", str(ca), "--concurrency", str(args.concurrency)],
+            argv=[__file__, "--raw", str(listing), "--ca", str(ca), "--concurrency", str(args.concurrency),
+                  "--floor", args.floor],
             body=f"runpy.run_path({__file__!r}, run_name='__main__')")]
         try:
             cli_times, raw_times, cli_peaks, raw_peaks = [], [], [], []
@@ -234,7 +288,8 @@ def main() -> None:
                 raw_times.append(seconds)
                 raw_peaks.append(peak)
                 seconds, peak, out = run_measured(cli)
-                ok = sum(1 for line in out.splitlines() if line.startswith("CERTKEEPER OK - "))
+                ok = (sum(1 for item in json.loads(out) if item["status"] == "OK") if args.json
+                      else sum(1 for line in out.splitlines() if line.startswith("CERTKEEPER OK - ")))
                 if ok != args.endpoints:
                     print(f"warning: only {ok} of {args.endpoints} OK lines from the CLI:\n" + out[-1500:])
                 cli_times.append(seconds)
@@ -246,11 +301,14 @@ def main() -> None:
     cli_best, raw_best = min(cli_times), min(raw_times)
     print(f"endpoints: {args.endpoints} ({half} smtps, {args.endpoints - half} smtp STARTTLS), "
           f"concurrency {args.concurrency}, {args.rounds} rounds, best round shown")
-    print(f"raw asyncio+ssl loop : {raw_best:6.2f} s  {args.endpoints / raw_best:7.0f} endpoints/s  "
+    print(f"raw {args.floor + ' loop':<17}: {raw_best:6.2f} s  {args.endpoints / raw_best:7.0f} endpoints/s  "
           f"peak {max(raw_peaks):5.1f} MB   (rounds: {', '.join(f'{t:.2f}' for t in raw_times)})")
     print(f"certkeeper check     : {cli_best:6.2f} s  {args.endpoints / cli_best:7.0f} endpoints/s  "
           f"peak {max(cli_peaks):5.1f} MB   (rounds: {', '.join(f'{t:.2f}' for t in cli_times)})")
     print(f"ratio (certkeeper / raw throughput): {raw_best / cli_best:.2f}  (goal >= 0.70; peak goal < 200 MB)")
+    report(f"issue 23, check --file {args.endpoints} endpoints{' --json' if args.json else ''} vs a bare {args.floor} "
+           "handshake loop", {"floor": raw_times, "certkeeper": cli_times}, goal=1.1)
+    print(f"  peak RSS certkeeper {max(cli_peaks):.1f} MB (goal <= 60 MB), floor {max(raw_peaks):.1f} MB")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,93 @@
+"""Issue 23, row 2: one ``certkeeper check smtps://...`` as a process (what Nagios runs) against ``openssl
+s_client`` once, on the same loopback endpoint.
+
+Run: ``python tests/bench/bench_check_process.py [--rounds 10]``.
+
+Both verify the served chain against the same throwaway CA and the name ``mail.test``; s_client with ``-brief``
+and stdin closed (one handshake, then it quits).  Also timed, for what the remainder is made of: the interpreter
+alone (``python -c pass``) and the interpreter importing pyOpenSSL, which a probe that must see the served chain
+needs (Python 3.11's ``ssl`` hands out only the leaf).  Each runs once to warm up, then all alternately.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from tests.bench.rounds import interleave, report  # noqa: E402
+from tests.test_probe_servers import Pki, ServerLoop, _hold  # noqa: E402
+
+# Byte code is used, as after any install (this machine sets PYTHONDONTWRITEBYTECODE).
+ENVIRONMENT = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
+def certkeeper_command() -> list[str]:
+    script = Path(sys.executable).with_name("certkeeper")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "certkeeper"]
+
+
+def timed(command: list[str], source: str | None = None) -> float:
+    """Seconds of one run; ``source``: a folder holding another ``certkeeper`` package to run instead."""
+    environment = {**ENVIRONMENT, "PYTHONPATH": source} if source else ENVIRONMENT
+    started = time.perf_counter()
+    done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False,
+                          env=environment, timeout=60)
+    elapsed = time.perf_counter() - started
+    if done.returncode != 0:
+        msg = f"{command[0]} exited {done.returncode}: {done.stdout}{done.stderr}"
+        raise SystemExit(msg)
+    return elapsed
+
+
+def side(command: list[str], source: str | None = None) -> Callable[[int], float]:
+    return lambda _: timed(command, source)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--base", metavar="SRC", help="also time the certkeeper package in SRC (e.g. `git archive "
+                        "main certkeeper | tar -x -C SRC`), as the side 'before'")
+    args = parser.parse_args()
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        print("no openssl on PATH", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="bench-check-") as scratch:
+        pki = Pki.create(Path(scratch))
+        loop = ServerLoop()
+        try:
+            port = loop.serve(_hold, pki.context(pki.leaf("mail.test")))
+            s_client = [openssl, "s_client", "-connect", f"127.0.0.1:{port}", "-servername", "mail.test",
+                        "-verify_hostname", "mail.test", "-CAfile", str(pki.ca_file), "-verify_return_error",
+                        "-brief"]
+            check = [*certkeeper_command(), "check", f"smtps://127.0.0.1:{port}", "--servername", "mail.test",
+                     "--ca-file", str(pki.ca_file)]
+            python = [sys.executable, "-c", "pass"]
+            pyopenssl = [sys.executable, "-c", "import OpenSSL.SSL"]
+            commands = {"s_client": s_client, "certkeeper": check, "python": python, "+pyOpenSSL": pyopenssl}
+            for command in commands.values():
+                timed(command)  # warm-up: byte code, page cache
+            sides = {name: side(command) for name, command in commands.items()}
+            if args.base:
+                timed(check, args.base)
+                sides["before"] = side(check, args.base)
+            times = interleave(args.rounds, sides)
+        finally:
+            loop.close()
+    report("one check as a process, smtps on 127.0.0.1 (start-up included)", times, baseline="s_client", goal=5)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

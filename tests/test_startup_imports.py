@@ -1,0 +1,73 @@
+"""What one ``certkeeper check`` process loads: the probe and nothing of the renewal machinery (issue 23).
+
+Nagios starts a process per check; its cost is mostly imports.  These tests run the real command in a fresh
+interpreter and look at ``sys.modules`` afterwards; nothing is timed.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+
+# Libraries and certkeeper parts that a check never needs: ACME, the scheduler, DNS, the configuration and the
+# store (check reads neither), the parsers of TOML and of the other commands.
+NOT_FOR_CHECK = ("acme", "josepy", "apscheduler", "dns", "psycopg", "tomllib", "sqlite3", "shutil",
+                 "certkeeper.config", "certkeeper.store", "certkeeper.issuers", "certkeeper.renewal",
+                 "certkeeper.app", "certkeeper.daemon", "certkeeper.cli.renew", "certkeeper.cli.status")
+
+RUN_AND_LIST = """
+import json, runpy, sys
+sys.argv = ["certkeeper", *sys.argv[1:]]
+try:
+    runpy.run_module("certkeeper", run_name="__main__", alter_sys=True)
+except SystemExit as exc:
+    status = exc.code
+print(json.dumps({"status": status, "modules": sorted(sys.modules)}))
+"""
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def modules_after(*arguments: str) -> tuple[int, set[str]]:
+    done = subprocess.run([sys.executable, "-c", RUN_AND_LIST, *arguments], capture_output=True, text=True,
+                          timeout=60, check=False)
+    report = json.loads(done.stdout.splitlines()[-1])
+    return int(report["status"]), set(report["modules"])
+
+
+def loaded(modules: set[str], name: str) -> bool:
+    return any(m == name or m.startswith(name + ".") for m in modules)
+
+
+def test_check_loads_the_probe_and_nothing_of_acme_the_daemon_or_the_configuration() -> None:
+    status, modules = modules_after("check", f"smtps://mail.test:{closed_port()}", "--servername", "mail.test",
+                                    "--timeout", "2")
+    assert status == 2  # CRITICAL: nothing listens there; the probe really ran
+    assert "certkeeper.probe.engine" in modules
+    assert [name for name in NOT_FOR_CHECK if loaded(modules, name)] == []
+
+
+def test_check_json_loads_no_more_than_the_nagios_line() -> None:
+    status, modules = modules_after("check", "--json", f"smtps://127.0.0.1:{closed_port()}", "--servername",
+                                    "mail.test")
+    assert status == 2
+    # An address and an ASCII server name: no host name to resolve, so not even the IDNA codec is loaded.
+    assert [name for name in (*NOT_FOR_CHECK, "encodings.idna") if loaded(modules, name)] == []
+
+
+def test_check_json_is_an_array_with_one_object_per_line() -> None:
+    port = closed_port()
+    done = subprocess.run([sys.executable, "-m", "certkeeper", "check", "--json", f"smtps://127.0.0.1:{port}",
+                           f"imaps://127.0.0.1:{port}"], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2
+    lines = done.stdout.splitlines()
+    assert lines[0] == "[" and lines[-1] == "]" and len(lines) == 4
+    results = json.loads(done.stdout)
+    assert [r["status"] for r in results] == ["CRITICAL", "CRITICAL"]
+    assert [json.loads(line.rstrip(",")) for line in lines[1:-1]] == results
