@@ -1,0 +1,82 @@
+"""A pass with nothing due reads each installed file once per process and then only stats it (issue 23), and still
+sees every broken install that the full reading sees (issue 21): in the next pass of the same daemon, and in the
+next ``certkeeper renew`` (a new process, with the identities kept in ``state_dir/verified-files.json``)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from certkeeper.app import build_app
+from certkeeper.renewal.policy import Result
+from certkeeper.store.versions import CertificateHome, VerifiedFiles
+from tests import test_recovery_install
+from tests.test_recovery_install import CORRUPTIONS, copy_of
+
+installed = test_recovery_install.installed  # the fixture: two certificates installed once
+
+
+@pytest.fixture
+def trust_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files written by the fixture a moment ago count as old enough to be trusted by identity."""
+    monkeypatch.setattr(VerifiedFiles, "RACY_SECONDS", -60)
+
+
+@pytest.mark.usefixtures("trust_at_once")
+@pytest.mark.parametrize("process", ["same daemon", "next renew"])
+@pytest.mark.parametrize("case", list(CORRUPTIONS))
+def test_a_file_broken_after_it_was_verified_is_seen_by_the_next_pass(case: str, process: str, installed: Path,
+                                                                       tmp_path: Path) -> None:
+    config = copy_of(installed, tmp_path)
+    app = build_app(config)
+    assert [o.result for o in app.run_pass()] == [Result.NOT_DUE] * 2  # every file hashed and remembered
+    remembered = json.loads((config.settings.state_dir / "verified-files.json").read_text())
+    assert len(remembered) == 10  # five files of each of the two certificates
+    home = CertificateHome(config.settings.state_dir, "mail")
+    before = home.current()
+    assert before is not None
+    CORRUPTIONS[case](home, before)
+    if process == "next renew":
+        app.close()
+        app = build_app(config)
+    outcomes = app.run_pass()
+    assert [(o.name, o.result) for o in outcomes] == [("mail", Result.RENEWED), ("other", Result.NOT_DUE)], \
+        [o.detail for o in outcomes]
+    app.close()
+
+
+def test_a_file_changed_just_before_its_hash_is_not_trusted_by_identity(installed: Path, tmp_path: Path) -> None:
+    """git's racily-clean rule: the fixture's files are seconds old, so they are hashed again next time."""
+    config = copy_of(installed, tmp_path)
+    (config.settings.state_dir / "verified-files.json").unlink(missing_ok=True)
+    app = build_app(config)
+    assert [o.result for o in app.run_pass()] == [Result.NOT_DUE] * 2
+    assert not (config.settings.state_dir / "verified-files.json").exists()
+    app.close()
+
+
+@pytest.mark.usefixtures("trust_at_once")
+def test_a_pass_with_nothing_due_reads_no_installed_file_twice(installed: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    config = copy_of(installed, tmp_path)
+    app = build_app(config)
+    app.run_pass()
+    opened: list[str] = []
+    real_open, real_os_open = open, os.open
+
+    def counting_open(file: object, *args: object, **kwargs: object) -> object:
+        opened.append(str(file))
+        return real_open(file, *args, **kwargs)  # type: ignore[call-overload]
+
+    def counting_os_open(path: object, *args: object, **kwargs: object) -> int:
+        opened.append(str(path))
+        return real_os_open(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("builtins.open", counting_open)
+    monkeypatch.setattr(os, "open", counting_os_open)  # version.json is read with O_NOFOLLOW
+    assert [o.result for o in app.run_pass()] == [Result.NOT_DUE] * 2
+    assert [path for path in opened if "/certs/" in path] == []
+    app.close()
