@@ -214,11 +214,15 @@ class KnownVersions:
 
     def __init__(self) -> None:
         self._read: dict[str, tuple[tuple[int, ...], Version]] = {}
+        self._once: set[str] = set()
         self._touched: set[str] = set()
 
     def load(self, folder: Path, read: Callable[[Path], Version]) -> Version:
         key = str(folder)
         self._touched.add(key)
+        if key not in self._read and key not in self._once:
+            self._once.add(key)  # read once only (a single ``renew``): no stat spent on remembering it
+            return read(folder)
         try:
             status = os.lstat(f"{key}/version.json")
         except OSError:
@@ -235,6 +239,7 @@ class KnownVersions:
     def forget_untouched(self) -> None:
         """After a pass over every certificate: drop the versions it did not read (pruned, replaced)."""
         self._read = {k: v for k, v in self._read.items() if k in self._touched}
+        self._once &= self._touched
         self._touched = set()
 
 
