@@ -253,9 +253,12 @@ class Renewer:
         outcomes: dict[str, Outcome] = {}
         with contextlib.ExitStack() as locks:
             pending = certificates_pending(self.settings.state_dir)
+            # Every state row in one query (re-read under the lock before anything is done about a due one).
+            stored = {state.name: state for state in self.store.states()} if len(certificates) > 1 else {}
             for certificate in certificates:
                 taken = self._take_on(certificate, locks, now, force=force, dry_run=dry_run,
-                                      stale=certificate.name in stale and not dry_run, pending=pending)
+                                      stale=certificate.name in stale and not dry_run, pending=pending,
+                                      stored=stored.get(certificate.name))
                 if isinstance(taken, Outcome):
                     outcomes[certificate.name] = taken
                 else:
@@ -288,11 +291,12 @@ class Renewer:
         return [outcomes[c.name] for c in certificates]
 
     def _take_on(self, certificate: CertificateConfig, locks: contextlib.ExitStack, now: datetime, *, force: bool,
-                 dry_run: bool, stale: bool, pending: frozenset[str]) -> _Work | Outcome:
-        """Decide about one certificate; a due one is locked, re-checked and handed back as work to do."""
+                 dry_run: bool, stale: bool, pending: frozenset[str], stored: CertState | None) -> _Work | Outcome:
+        """Decide about one certificate; a due one is locked, re-checked and handed back as work to do.
+        ``stored``: its state row as read at the start of the pass (None: read it now)."""
         name = certificate.name
         home = self.home(certificate)
-        state = self.store.get_state(name) or CertState(name)
+        state = stored or self.store.get_state(name) or CertState(name)
         state = self._refresh_renewal_info(certificate, home, state, now)
         seen = self._look(certificate, home)
         decision = self._decide(certificate, home, seen, state, now)

@@ -10,7 +10,9 @@ Layout under ``state_dir/certs/<name>/``::
 
 ``version.json`` records each file's size and SHA-256, so a pass sees a file changed, truncated or swapped after
 the install (mtime kept or not) without loading a key: such a version, or a ``current`` that is not a relative
-link to a complete version folder, is "nothing usable installed" (:class:`InputError` naming the path).
+link to a complete version folder, is "nothing usable installed" (:class:`InputError` naming the path).  A file
+whose hash matched is then trusted while its identity (inode, size, mtime, ctime) stays as it was
+(:class:`VerifiedFiles`), so a pass with nothing due stats files instead of reading them.
 
 A version is written into ``versions/.incoming-<version>``, every file fsynced, the folder renamed into place,
 and only then is ``current`` replaced by ``rename(2)`` of a fresh symlink: a reader sees the whole old pair

@@ -15,7 +15,7 @@ import argparse
 import sys
 import tempfile
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
@@ -56,6 +56,14 @@ def main() -> int:
         config_path = write_config(Path(scratch), args.count)
         clock = SimulatedClock()
         daemon = Daemon(config_path, load_config(config_path), clock=clock)
+        wakes: list[datetime] = []
+        schedule = daemon._schedule_pass
+
+        def remember(when: datetime) -> None:  # the scheduler is not started here: the wake is read off the call
+            wakes.append(when)
+            schedule(when)
+
+        daemon._schedule_pass = remember  # type: ignore[method-assign]
         daemon._pass()  # the first pass at start: every installed file hashed once
 
         def job(_: int) -> float:
@@ -63,8 +71,7 @@ def main() -> int:
             started = time.perf_counter()
             daemon._pass()
             elapsed = time.perf_counter() - started
-            wake = daemon.next_pass_at()
-            assert wake is not None and wake > clock.now
+            assert wakes[-1] > clock.now
             return elapsed
 
         certs = Path(scratch) / "state" / "certs"
