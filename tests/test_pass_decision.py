@@ -1,4 +1,5 @@
-"""One decision per certificate per pass: one ``now``, the state read once, ``next_check`` on the outcome."""
+"""One decision per certificate per pass: one ``now``, the state read once (one query for all), ``next_check`` on the
+outcome."""
 
 from __future__ import annotations
 
@@ -51,13 +52,21 @@ def test_a_reload_owed_is_looked_at_again_on_the_backoff_not_at_the_renewal_poin
 
 
 class CountingStore(SqliteStore):
-    """The real SQLite store, counting how often the pass reads a state row."""
+    """The real SQLite store, counting how many state rows the pass reads, and in how many queries."""
 
     reads = 0
+    queries = 0
 
     def get_state(self, name: str) -> CertState | None:
         self.reads += 1
+        self.queries += 1
         return super().get_state(name)
+
+    def states(self) -> list[CertState]:
+        rows = super().states()
+        self.reads += len(rows)
+        self.queries += 1
+        return rows
 
 
 def test_a_quiet_pass_reads_the_clock_once_and_each_state_row_once_and_carries_next_check(tmp_path: Path) -> None:
@@ -83,10 +92,10 @@ def test_a_quiet_pass_reads_the_clock_once_and_each_state_row_once_and_carries_n
         assert outcome.next_check is not None
         assert reads[-1] < outcome.next_check <= reads[-1] + config.settings.check_interval
     app.renewer.run()  # the first quiet pass records each decision
-    store.reads, reads[:] = 0, []
+    store.reads, store.queries, reads[:] = 0, 0, []
     quiet = app.renewer.run()
     assert [o.result for o in quiet] == [Result.NOT_DUE] * 3
-    assert len(reads) == 1 and store.reads == 3
+    assert len(reads) == 1 and store.reads == 3 and store.queries == 1  # every row in one query
     assert all(o.next_check is not None and reads[0] < o.next_check for o in quiet)
 
 

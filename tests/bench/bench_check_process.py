@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from tests.bench.rounds import interleave, report  # noqa: E402
-from tests.test_probe_servers import Pki, ServerLoop, _hold  # noqa: E402
+from tests.probe_servers import Pki, ServerLoop, _hold  # noqa: E402
 
 # Byte code is used, as after any install (this machine sets PYTHONDONTWRITEBYTECODE).
 ENVIRONMENT = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
