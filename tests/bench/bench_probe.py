@@ -218,13 +218,17 @@ def run_measured(command: list[str]) -> tuple[float, float, str]:
     return elapsed, peak, stdout.decode(errors="replace")
 
 
+# VmHWM, the high-water mark of this process's own memory: ru_maxrss keeps, across exec, the peak of the forking
+# parent (Linux's signal_struct maxrss), so every client would report at least this script's own size.
 PEAK_WRAPPER = """
-import resource, runpy, sys
+import runpy, sys
 sys.argv = {argv!r}
 try:
     {body}
 finally:
-    print("PEAK_RSS_KB=%d" % resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+    with open("/proc/self/status") as status:
+        peak = next(line.split()[1] for line in status if line.startswith("VmHWM:"))
+    print("PEAK_RSS_KB=" + peak, file=sys.stderr)
 """
 
 
