@@ -6,8 +6,10 @@ import enum
 import re
 from dataclasses import dataclass
 from datetime import timedelta
-from fractions import Fraction
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:  # fractions brings decimal and numbers: not loaded by ``certkeeper check``, which parses none
+    from fractions import Fraction
 
 
 class KeyType(enum.StrEnum):
@@ -71,6 +73,8 @@ class RenewBefore:
     def parse(cls, text: str) -> RenewBefore:
         text = text.strip()
         if "/" in text or text.startswith("0."):
+            from fractions import Fraction
+
             try:
                 fraction = Fraction(text)
             except ZeroDivisionError:  # "0/0", "1/0": found by the configuration fuzzer

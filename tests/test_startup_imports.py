@@ -13,7 +13,7 @@ import sys
 
 # Libraries and certkeeper parts that a check never needs: ACME, the scheduler, DNS, the configuration and the
 # store (check reads neither), the parsers of TOML and of the other commands.
-NOT_FOR_CHECK = ("acme", "josepy", "apscheduler", "dns", "psycopg", "tomllib", "sqlite3", "shutil",
+NOT_FOR_CHECK = ("acme", "josepy", "apscheduler", "dns", "psycopg", "tomllib", "sqlite3", "shutil", "fractions",
                  "certkeeper.config", "certkeeper.store", "certkeeper.issuers", "certkeeper.renewal",
                  "certkeeper.app", "certkeeper.daemon", "certkeeper.cli.renew", "certkeeper.cli.status")
 
