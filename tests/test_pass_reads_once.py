@@ -84,3 +84,14 @@ def test_a_daemon_with_nothing_due_stops_reading_installed_files(installed: Path
     assert [o.result for o in app.run_pass()] == [Result.NOT_DUE] * 2
     assert [path for path in opened if "/certs/" in path] == []
     app.close()
+
+
+@pytest.mark.usefixtures("trust_at_once")
+def test_a_garbled_list_of_verified_files_only_costs_one_hash_per_file(installed: Path, tmp_path: Path) -> None:
+    config = copy_of(installed, tmp_path)
+    remembered = config.settings.state_dir / "verified-files.json"
+    remembered.write_text("{not json")
+    app = build_app(config)
+    assert [o.result for o in app.run_pass()] == [Result.NOT_DUE] * 2
+    assert len(json.loads(remembered.read_text())) == 10  # hashed again and written afresh
+    app.close()
