@@ -39,7 +39,7 @@ from cryptography import x509
 
 from certkeeper import pki
 from certkeeper.config import CopyTarget
-from certkeeper.errors import CertkeeperError, InputError, InstallRefused, VersionWriteFailed
+from certkeeper.errors import CertkeeperError, InputError, InstallRefused, UnsafePath, VersionWriteFailed
 from certkeeper.model import KeyType
 from certkeeper.permissions import check_trusted_dir, read_nofollow
 from certkeeper.store.atomic import fsync_dir, make_dirs, set_dir_mode, write_atomic
@@ -171,10 +171,10 @@ class VerifiedFiles:
         self._prefix = f"{path.parent}/" if path is not None else ""  # keys relative to the state folder
         if path is not None:
             try:
-                loaded = json.loads(path.read_bytes())
+                loaded = json.loads(read_nofollow(path))  # in the state dir: never through a link
                 if isinstance(loaded, dict):
                     self._entries = loaded
-            except (OSError, ValueError):
+            except (OSError, ValueError, UnsafePath):  # a link is replaced, not followed, by the next save
                 pass
 
     @staticmethod
