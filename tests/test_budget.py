@@ -3,6 +3,7 @@ nodes on Pebble: tests/test_fleet_budget.py)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 from certkeeper.config import AcmeIssuerConfig, CertificateConfig, load_config
 from certkeeper.errors import CaUnavailable, ConfigError, IssuanceError
 from certkeeper.public_suffix import parse_suffix_list
+from certkeeper.renewal.policy import BUDGET_JITTER, Decision, wait_for_budget
 from certkeeper.store.budget import (
     Bucket,
     Limit,
@@ -73,8 +75,9 @@ def test_a_new_certificate_spends_one_token_from_each_registered_domain_it_names
                         ("domain acme-v02.api.letsencrypt.org example.org", 50, timedelta(days=7))]
     assert [key for key, _, _ in keys[:2]] == [
         "orders le", "duplicates le mail.example.org,mx1.example.co.uk,mx2.example.co.uk"]
-    renewal = [limit.key for limit in limits_for(LE, MAIL, renewal=True, suffixes=SUFFIXES)]
-    assert renewal == [key for key, _, _ in keys[:2]]  # a renewal is exempt from the registered domains' limit
+    renewal = limits_for(LE, MAIL, renewal=True, suffixes=SUFFIXES)
+    assert [limit.key for limit in renewal] == [key for key, _, _ in keys[:2]]  # no registered domain's limit
+    assert [limit.exempt for limit in renewal] == [True, False]  # nor orders: only a 429 on it holds a renewal
     assert [limit.key for limit in limits_for(LE, MAIL)] == [key for key, _, _ in keys]  # Debian's list agrees
 
 
@@ -109,8 +112,33 @@ def test_a_waiting_certificate_that_expires_sooner_is_served_first() -> None:
     assert go_at is not None  # the one token is owed to "soon"
     spent, go_at = decide_spend([ORDERS], bucket, [soon], name="soon", count=1, not_after=soon.not_after, now=NOW)
     assert go_at is None and spent[0].tokens == 0.0
-    gone = Waiter("orders le", "soon", 1, NOW, NOW - timedelta(hours=2), NOW - timedelta(hours=2), NOW)
+    # A waiter comes back at the moment it was told: until an hour after it, it still holds its place.
+    told = Waiter("orders le", "soon", 1, NOW, NOW - timedelta(hours=2), NOW - timedelta(hours=2), NOW)
+    assert decide_spend([ORDERS], bucket, [told], name="late", count=1, not_after=NOW + timedelta(days=3),
+                        now=NOW)[1] is not None
+    gone = replace(told, may_go_at=NOW - timedelta(minutes=61))
     assert decide_spend([ORDERS], bucket, [gone], name="late", count=1, not_after=NOW, now=NOW)[1] is None
+
+
+def test_a_renewal_spends_nothing_from_the_issuers_bucket_yet_a_429_on_it_holds_it() -> None:
+    renewal = replace(ORDERS, exempt=True)
+    empty = {"orders le": Bucket("orders le", 0.0, NOW)}
+    assert decide_spend([renewal], empty, [], name="a", count=1, not_after=NOW, now=NOW) == ([], None)
+    assert decide_spend([ORDERS], empty, [], name="b", count=1, not_after=None, now=NOW)[1] is not None
+    blocked = {"orders le": Bucket("orders le", 300.0, NOW, NOW + timedelta(minutes=5))}
+    assert decide_spend([renewal], blocked, [], name="a", count=1, not_after=NOW, now=NOW) == (
+        [], NOW + timedelta(minutes=5))
+
+
+def test_a_renewal_told_to_wait_is_not_due_before_that_moment_then_due_again() -> None:
+    due = Decision(True, "renew_before (1/3 of the lifetime left)", NOW, NOW + timedelta(minutes=10))
+    until = NOW + timedelta(hours=2)
+    waiting = wait_for_budget(due, until, name="mail", now=NOW)
+    assert not waiting.due and waiting.renew_at == until and "waiting for the order budget" in waiting.reason
+    assert until <= waiting.next_check < until + BUDGET_JITTER
+    assert wait_for_budget(due, until, name="other", now=NOW).next_check != waiting.next_check  # spread
+    assert wait_for_budget(due, until, name="mail", now=until) == due
+    assert wait_for_budget(due, None, name="mail", now=NOW) == due
 
 
 def test_a_429_pauses_for_its_retry_after_and_a_rate_limited_problem_for_an_hour() -> None:

@@ -7,15 +7,17 @@ import json
 import re
 import textwrap
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from certkeeper import pki
-from certkeeper.app import open_store
+from certkeeper.app import build_app, open_store
 from certkeeper.config import AcmeIssuerConfig, load_config
 from certkeeper.errors import CaUnavailable, OrderWaiting
+from certkeeper.renewal.policy import Result
 from certkeeper.store.fleet import open_fleet
 from certkeeper.store.versions import KeyPair
 from certkeeper.testbed.pebble import Pebble
@@ -76,6 +78,14 @@ def test_a_rollout_larger_than_the_budget_places_exactly_the_budget_and_the_rest
     assert fleet.orders() == BUDGET + 1
     assert fleet.rows("SELECT name, ordered_by FROM fleet_versions ORDER BY created_at DESC LIMIT 1") == [
         (waiting[0], "mx3")]
+    # The bucket is empty again.  A renewal (the same names from the same issuer) is exempt from it, as Let's
+    # Encrypt exempts renewals from New Orders per Account; the new certificate still waiting is not.
+    renewed = run_cli(fleet.configs["mx3"], "renew", "--force", waiting[0])
+    assert renewed.returncode == 0 and "waiting" not in renewed.stdout, renewed.stdout + renewed.stderr
+    assert fleet.orders() == BUDGET + 2
+    held = run_cli(fleet.configs["mx1"], "renew")  # installs the fleet's two versions of waiting[0], orders none
+    assert held.returncode == 0, held.stdout + held.stderr
+    assert held.stdout.count("waiting for the order budget") == 5 - BUDGET - 1 and fleet.orders() == BUDGET + 2
 
 
 def test_a_429_seen_by_one_node_stops_the_others_until_its_retry_after(tmp_path: Path,
@@ -115,7 +125,7 @@ def test_a_429_seen_by_one_node_stops_the_others_until_its_retry_after(tmp_path:
 
 
 def test_a_single_host_without_a_database_keeps_the_same_budget_in_its_sqlite_store(
-    tmp_path: Path, pebble_factory: Callable[..., Pebble]
+    tmp_path: Path, pebble_factory: Callable[..., Pebble], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pebble = pebble_factory()
     roots = pebble.write_issuer_chain(tmp_path / "pebble-roots.pem")
@@ -143,6 +153,28 @@ def test_a_single_host_without_a_database_keeps_the_same_budget_in_its_sqlite_st
     again = run_cli(config, "renew")  # another process on the same host: the same bucket, still empty
     assert "b: waiting" in again.stdout
     assert len(re.findall(r'Added order "[^"]+" to the db', pebble.log_path.read_text())) == 1
+    # The daemon's form: told to wait, "b" is not asked again before the moment named, its next check.
+    shift = timedelta()
+    app = build_app(config, clock=lambda: pki.now_utc() + shift)
+    asked: list[str] = []
+    spend = app.store.spend_budget
+
+    def counted(*args: Any) -> datetime | None:
+        asked.append(args[1])
+        return spend(*args)
+
+    monkeypatch.setattr(app.store, "spend_budget", counted)
+    try:
+        first = {o.name: o for o in app.run_pass()}
+        waited = first["b"]
+        assert waited.result == Result.WAITING and asked == ["b"]
+        assert waited.next_check is not None and waited.next_check > pki.now_utc() + timedelta(hours=2)
+        assert {o.name: o.result for o in app.run_pass()}["b"] == Result.WAITING and asked == ["b"]
+        shift = waited.next_check - pki.now_utc()  # that moment: the token is back, "b" is ordered
+        assert {o.name: o.result for o in app.run_pass()}["b"] == Result.RENEWED and asked == ["b", "b"]
+    finally:
+        app.close()
+    assert len(re.findall(r'Added order "[^"]+" to the db', pebble.log_path.read_text())) == 2
 
 
 class DomainFleet(PebbleFleet):

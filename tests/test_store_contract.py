@@ -302,3 +302,21 @@ def test_a_short_registered_domain_bucket_makes_the_order_wait_and_spends_from_n
     assert go_at == NOW + timedelta(days=7) / 2  # one certificate back every 7 days / 2
     assert {b.key: b.tokens for b in store.budget()[0]} == {orders.key: 298.0, domain.key: 0.0}  # nothing taken
     assert store.spend_budget([orders], "renewal", 1, None, NOW) is None  # a renewal spends no domain token
+
+
+def test_a_renewal_is_not_held_by_a_spent_orders_bucket_but_by_a_429_and_its_duplicates(store: Store) -> None:
+    renewal = replace(ORDERS, exempt=True)  # limits_for(..., renewal=True): the same bucket, spent from by none
+    duplicates = Limit("duplicates pebble mail.example.test", 1, timedelta(days=7))
+    assert store.spend_budget([renewal, duplicates], "mail", 1, NOW, NOW) is None  # nothing used yet: no row made
+    assert [(b.key, b.tokens) for b in store.budget()[0]] == [(duplicates.key, 0.0)]
+    for name in ("a", "b", "c"):
+        assert store.spend_budget([ORDERS], name, 1, None, NOW) is None
+    assert store.spend_budget([ORDERS], "new", 1, None, NOW) is not None  # a new certificate waits
+    assert store.spend_budget([renewal], "other", 1, NOW, NOW) is None  # a renewal goes, spending nothing
+    assert store.spend_budget([renewal, duplicates], "mail", 1, NOW, NOW) == NOW + timedelta(days=7)
+    buckets, waiters = store.budget()
+    assert {b.key: b.tokens for b in buckets} == {ORDERS.key: 0.0, duplicates.key: 0.0}
+    assert sorted((w.key, w.name) for w in waiters) == [(duplicates.key, "mail"), (ORDERS.key, "new")]
+    store.block_budget([ORDERS], NOW + timedelta(minutes=30), NOW)  # a CA's 429 holds renewals too
+    assert store.spend_budget([renewal], "other", 1, NOW, NOW + timedelta(minutes=10)) == NOW + timedelta(minutes=30)
+    assert (ORDERS.key, "other") in {(w.key, w.name) for w in store.budget()[1]}  # listed where it waits

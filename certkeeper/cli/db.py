@@ -45,13 +45,13 @@ def _open(context: Context) -> Any:
 def _budget(context: Context, store: Any) -> dict[str, Any]:
     """The order budget: each bucket's orders used and next free slot, and the renewals waiting for it."""
     from certkeeper import pki
-    from certkeeper.store.budget import WAIT_FORGOTTEN_AFTER, limits_for, report_buckets
+    from certkeeper.store.budget import limits_for, report_buckets
 
     config = context.config
     now = pki.now_utc()
     limits = [limit for c in config.certificates.values() for limit in limits_for(config.issuers.get(c.issuer), c)]
     buckets, waiters = store.budget()
-    waiting = sorted({w.name: w for w in waiters if now - w.seen_at <= WAIT_FORGOTTEN_AFTER}.values(),
+    waiting = sorted({w.name: w for w in waiters if not w.gone(now)}.values(),
                      key=lambda w: (w.not_after is not None, w.not_after or now, w.name))
     return {
         "buckets": [{"key": b.key, "capacity": b.capacity, "used": b.used, "next_free_at": b.next_free_at.isoformat(),

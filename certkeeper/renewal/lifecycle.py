@@ -78,6 +78,7 @@ from certkeeper.renewal.policy import (
     decide_renewal,
     fleet_may_catch_up,
     next_check_with_reload,
+    wait_for_budget,
 )
 from certkeeper.store import CertState, EndpointRecord, RenewalRecord, Store
 from certkeeper.store.budget import obtain_within_budget
@@ -159,6 +160,9 @@ class Renewer:
         # Installed files hashed once, then only stat-ed while unchanged (a daemon keeps it between passes).
         self.verified = VerifiedFiles(self.settings.state_dir / "verified-files.json")
         self.known_versions = KnownVersions()  # each version.json parsed once while it is unchanged
+        # The moment the order budget named to a certificate told to wait (OrderWaiting): not asked again before
+        # then (certkeeper.store.budget).  Kept for the process's life: a restarted daemon asks once more.
+        self._budget_waits: dict[str, datetime] = {}
 
     # -- public ------------------------------------------------------------------------------------------------
 
@@ -181,6 +185,7 @@ class Renewer:
         history = _history(state, inputs_changed=self._inputs_changed(certificate, state))
         decision = decide_renewal(seen.installed, self._wanted(certificate), history, now=now,
                                   check_interval=self.settings.check_interval)
+        decision = wait_for_budget(decision, self._budget_waits.get(certificate.name), name=certificate.name, now=now)
         # Fleet integration: another node stored a newer certificate; install it (nothing is ordered).
         if self.fleet is not None and fleet_may_catch_up(decision, history, name=certificate.name, now=now):
             newer = self.fleet.catch_up(certificate, home, now)
@@ -305,7 +310,7 @@ class Renewer:
             self._clean_up_idle(certificate, home, pending)
             self._remember_decision(name, decision, known=state)
             self._keep_tlsa_in_step(certificate, dry_run=dry_run, now=now)
-            return _waiting_out(name, seen, state, decision)
+            return _waiting_out(name, seen, state, decision, budget=self._budget_waits.get(name, now) > now)
         try:
             locks.enter_context(self.store.lock(name, self.settings.lock_timeout.total_seconds()))
         except LockBusy as exc:
@@ -371,7 +376,9 @@ class Renewer:
         if work.outcome.result not in {Result.BUSY, Result.DRY_RUN, Result.WAITING}:
             decision = decide_renewal(work.installed, self._wanted(work.config), _history(work.state), now=now,
                                       check_interval=self.settings.check_interval)
-        return self._next_check(work.config.name, decision, work.state, now)
+        name = work.config.name
+        decision = wait_for_budget(decision, self._budget_waits.get(name), name=name, now=now)
+        return self._next_check(name, decision, work.state, now)
 
     def rollback(self, name: str, to: str | None = None) -> Outcome:
         """Flip ``current`` back (to the previous version, or ``to``), reload and verify."""
@@ -436,6 +443,7 @@ class Renewer:
 
     def _issue(self, work: _Work, *, dry_run: bool, now: datetime) -> None:
         certificate = work.config
+        self._budget_waits.pop(certificate.name, None)
         try:
             # Before ordering: a copy_to folder others can change fails the certificate with nothing installed.
             work.home.check_copy_targets(certificate.copy_to)
@@ -476,7 +484,8 @@ class Renewer:
                 self.store.add_renewal(RenewalRecord(certificate.name, now, "dry-run", "", serials))
                 return
             work.new = work.home.write_version(pairs, issuer=issuer.name, domains=certificate.domains, now=now)
-        except OrderWaiting as exc:  # the order budget is spent: not a failure; it goes at exc.go_at
+        except OrderWaiting as exc:  # the order budget is spent: not a failure; not asked again before exc.go_at
+            self._budget_waits[certificate.name] = exc.go_at
             work.outcome = Outcome(certificate.name, Result.WAITING, str(exc))
         except (LockBusy, FleetStoreDown) as exc:  # fleet integration: another node orders, or the fleet store
             work.outcome = Outcome(certificate.name, Result.BUSY, str(exc))  # is down: not a failure; look again
@@ -813,9 +822,11 @@ class Renewer:
         return changed
 
 
-def _waiting_out(name: str, seen: _Seen, state: CertState, decision: Decision) -> Outcome:
-    """Nothing to do now: not due; or, with nothing usable installed, a failure waiting out its backoff (still a
-    failure: ``renew`` exits non-zero while nothing is installed)."""
+def _waiting_out(name: str, seen: _Seen, state: CertState, decision: Decision, *, budget: bool) -> Outcome:
+    """Nothing to do now: not due; waiting for the order budget (``budget``); or, with nothing usable installed,
+    a failure waiting out its backoff (still a failure: ``renew`` exits non-zero while nothing is installed)."""
+    if budget:
+        return Outcome(name, Result.WAITING, decision.reason, next_check=decision.next_check)
     if seen.installed is None:
         return Outcome(name, Result.FAILED, f"{decision.reason}; last error: {state.last_error or 'unknown'}",
                        next_check=decision.next_check)

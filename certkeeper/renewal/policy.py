@@ -17,6 +17,9 @@ The order of the rules (the first that applies wins):
    expiry) and never more often than every 10 minutes (CA rate limits); none once the configuration or the
    issuer changed since the last attempt (the fix is tried at once).
 
+A due certificate the order budget told to wait (:func:`wait_for_budget`) is not due again before the moment it
+was named, plus a jitter of up to 30 s: the budget is not asked again before then.
+
 Two rules sit beside the decision, also pure: the fleet gate (:func:`fleet_may_catch_up`: a node asks the
 fleet for a newer certificate only when nothing is due and the failure backoff has passed) and the reload
 retry (:func:`next_check_with_reload`: a reload still owed is retried on the backoff, sooner than the
@@ -35,6 +38,7 @@ from certkeeper.model import RenewBefore
 MIN_RETRY = timedelta(minutes=10)
 MAX_RETRY = timedelta(hours=12)
 MAX_SPREAD = timedelta(hours=12)
+BUDGET_JITTER = timedelta(seconds=30)
 SPREAD_FRACTION = 0.02
 ARI_BACKSTOP_FRACTION = 0.1
 CRITICAL_FRACTION = 0.1
@@ -52,7 +56,7 @@ class Result(StrEnum):
     DRY_RUN = "dry-run"
     BUSY = "busy"
     VERIFIED = "verified"
-    WAITING = "waiting"  # DANE (RFC 7672): the next key's TLSA records are not visible long enough yet
+    WAITING = "waiting"  # the order budget, or DANE (RFC 7672): the next key's TLSA records not visible yet
 
     @property
     def failed(self) -> bool:
@@ -163,6 +167,17 @@ def _retry_point(installed: Installed | None, wanted: Wanted, history: History) 
         critical = installed.not_after - installed.lifetime * CRITICAL_FRACTION
         retry_at = min(retry_at, max(critical, history.last_attempt_at + MIN_RETRY))
     return retry_at
+
+
+def wait_for_budget(decision: Decision, until: datetime | None, *, name: str, now: datetime) -> Decision:
+    """A due ``decision`` once the order budget said it may go at ``until``: not due before then, looked at again
+    then plus a jitter of up to :data:`BUDGET_JITTER` (renewals a CA's Retry-After released at the same moment do
+    not all ask in the same second); as it was once ``until`` has passed."""
+    if not decision.due or until is None or now >= until:
+        return decision
+    at = until + BUDGET_JITTER * _unit_hash(name, until.isoformat(), "budget")
+    return Decision(False, f"{decision.reason}; waiting for the order budget until {until:%Y-%m-%d %H:%M:%S} UTC",
+                    until, at)
 
 
 def fleet_may_catch_up(decision: Decision, history: History, *, name: str, now: datetime) -> bool:

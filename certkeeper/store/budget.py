@@ -7,28 +7,35 @@ Account", 300 per 3 hours refilled one every 36 s, "New Certificates per Exact S
 would refuse:
 
 * ``[issuers.X] orders_per_3h``: one bucket per issuer (the fleet's use of that CA's account), every order of
-  every certificate of that issuer spends one token (one per key type: each is its own order);
+  a new certificate of that issuer spends one token (one per key type: each is its own order); a renewal is
+  exempt, as Let's Encrypt documents (below), yet a CA's 429 on this bucket holds it too;
 * ``[issuers.X] duplicates_per_week``: one bucket per certificate's exact set of identifiers, every certificate
   issued for it spends one;
 * ``[issuers.X] certificates_per_domain_week``: one bucket per registered domain (the Public Suffix List's,
   :mod:`certkeeper.public_suffix`; an IPv4 address, an IPv6 /64) at the CA's directory (the CA counts every
-  account's certificates there): a certificate spends one token from each registered domain it names.  A
-  renewal is exempt, as Let's Encrypt documents: an order for the exact set of identifiers of the certificate
-  installed from the same issuer (:func:`is_renewal`).
+  account's certificates there): a certificate spends one token from each registered domain it names.
+
+A renewal, an order for the exact set of identifiers of the certificate installed from the same issuer
+(:func:`is_renewal`), is exempt from ``orders_per_3h`` and ``certificates_per_domain_week``, as Let's Encrypt
+documents ("renewals are exempt" from New Orders per Account and New Certificates per Registered Domain, by an
+exact match of the set of identifiers); it still spends from ``duplicates_per_week`` (New Certificates per Exact
+Set of Identifiers counts renewals), and a CA's 429 on the issuer's bucket holds it like every other order.
+Modelled conservatively where the exemption depends on what certkeeper cannot see before the order: an
+ARI-coordinated renewal (``replaces`` within the suggested window, RFC 9773) is exempt from every limit at Let's
+Encrypt, yet certkeeper still spends its duplicate token, and counts a changed set of identifiers as a new
+certificate even when it carries ``replaces`` (the CA may refuse the replacement, then the order is a new
+one), so it never relies on an exemption the CA may not grant.
 
 All three default to Let's Encrypt's figures when ``directory`` is Let's Encrypt's production directory and are
-off (0) otherwise.  Modelled conservatively where the CA's exemption depends on what certkeeper cannot see
-before the order: Let's Encrypt also exempts renewals from "New Orders per Account", and an ARI-coordinated
-renewal (``replaces`` within the suggested window, RFC 9773) from every limit; certkeeper counts every order in
-``orders_per_3h`` and counts a changed set of identifiers in ``certificates_per_domain_week`` even when it
-carries ``replaces`` (the CA may refuse the replacement, then the order is a new one), so it never relies on an
-exemption the CA may not grant.
+off (0) otherwise.
 
-A renewal that finds a bucket short waits (:class:`OrderWaiting`, reported ``waiting``) until the moment the
+An order that finds a bucket short waits (:class:`OrderWaiting`, reported ``waiting``) until the moment the
 bucket will hold its tokens, and registers itself as waiting, with the ``not_after`` of the certificate it has:
 a later attempt of a certificate that expires later leaves the tokens to those that expire sooner, so the
-closest to expiry go first, fleet-wide.  A CA's 429 with Retry-After blocks the issuer's bucket until then for
-every node (:meth:`BudgetLedger.block_budget`).
+closest to expiry go first, fleet-wide.  It does not ask again before that moment (the renewer remembers it:
+:func:`certkeeper.renewal.policy.wait_for_budget`), so its row counts as waiting until an hour after it.  A CA's
+429 with Retry-After blocks the issuer's bucket until then for every node
+(:meth:`BudgetLedger.block_budget`).
 
 Pure decisions here (:func:`decide_spend`); the ledgers (PostgreSQL for a fleet, SQLite for one host) store the
 rows and call them inside one transaction.
@@ -57,18 +64,20 @@ ORDERS_PERIOD = timedelta(hours=3)
 DUPLICATES_PERIOD = timedelta(days=7)
 DOMAIN_PERIOD = timedelta(days=7)
 RATE_LIMITED_PAUSE = timedelta(hours=1)  # a rateLimited problem without Retry-After: wait this long
-# A waiting renewal is looked at again every 10 minutes (the policy's MIN_RETRY); one not seen for an hour has
-# gone (certificate removed, node stopped) and no longer holds the others back.
+# A waiting order comes back at the moment it was told (may_go_at); one not seen for an hour after that moment
+# has gone (certificate removed, node stopped) and no longer holds the others back.
 WAIT_FORGOTTEN_AFTER = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
 class Limit:
-    """``capacity`` tokens, refilled evenly over ``period``; capacity 0 means no limit (a 429 still blocks)."""
+    """``capacity`` tokens, refilled evenly over ``period``; capacity 0 means no limit (a 429 still blocks).
+    ``exempt``: the order spends nothing here (a renewal on the issuer's bucket), only a 429's block holds it."""
 
     key: str
     capacity: int
     period: timedelta
+    exempt: bool = False
 
 
 @dataclass(frozen=True)
@@ -93,15 +102,20 @@ class Waiter:
     seen_at: datetime
     may_go_at: datetime
 
+    def gone(self, now: datetime) -> bool:
+        """Not back an hour after the moment it was told (or last seen): it no longer holds the others back."""
+        return now - max(self.seen_at, self.may_go_at) > WAIT_FORGOTTEN_AFTER
+
 
 def limits_for(issuer: IssuerConfig | None, certificate: CertificateConfig, *, renewal: bool = False,
                suffixes: SuffixList | None = None) -> list[Limit]:
-    """The buckets an order of ``certificate`` spends from.  The issuer's bucket always (a 429 blocks it); the
-    registered domains' unless the order is a ``renewal`` (:func:`is_renewal`)."""
+    """The buckets an order of ``certificate`` spends from: the issuer's (always listed, a 429 blocks it; a
+    ``renewal``, :func:`is_renewal`, is exempt from its tokens), the exact set of identifiers', and the
+    registered domains' unless the order is a renewal."""
     if not isinstance(issuer, AcmeIssuerConfig):
         return []
     identifiers = ",".join(sorted(d.lower() for d in certificate.domains))
-    limits = [Limit(f"orders {issuer.name}", issuer.orders_per_3h, ORDERS_PERIOD)]
+    limits = [Limit(f"orders {issuer.name}", issuer.orders_per_3h, ORDERS_PERIOD, exempt=renewal)]
     if issuer.duplicates_per_week:
         limits.append(Limit(f"duplicates {issuer.name} {identifiers}", issuer.duplicates_per_week,
                             DUPLICATES_PERIOD))
@@ -159,8 +173,7 @@ def _ahead(waiters: Sequence[Waiter], limit: Limit, name: str, not_after: dateti
 
     mine = rank(not_after, name)
     return sum(w.count for w in waiters
-               if w.key == limit.key and w.name != name and now - w.seen_at <= WAIT_FORGOTTEN_AFTER
-               and rank(w.not_after, w.name) < mine)
+               if w.key == limit.key and w.name != name and not w.gone(now) and rank(w.not_after, w.name) < mine)
 
 
 def decide_spend(limits: Sequence[Limit], buckets: dict[str, Bucket], waiters: Sequence[Waiter], *, name: str,
@@ -168,14 +181,15 @@ def decide_spend(limits: Sequence[Limit], buckets: dict[str, Bucket], waiters: S
     """Spend ``count`` tokens from every bucket of ``limits``, or say when that will be possible.
 
     Returns (the buckets to write, None) when spent, or ([], the moment it may go) when it must wait.  Tokens
-    owed to waiting renewals that expire sooner are not spent (closest to expiry first).
+    owed to waiting renewals that expire sooner are not spent (closest to expiry first).  An ``exempt`` limit
+    is only checked for a CA's block and never written.
     """
     go_at = now
     for limit in limits:
         bucket = buckets.get(limit.key)
         if bucket is not None and bucket.blocked_until is not None and bucket.blocked_until > now:
             go_at = max(go_at, bucket.blocked_until)
-        if not limit.capacity:
+        if not limit.capacity or limit.exempt:
             continue
         need = count + _ahead(waiters, limit, name, not_after, now)
         have = level(limit, bucket, now)
@@ -186,12 +200,23 @@ def decide_spend(limits: Sequence[Limit], buckets: dict[str, Bucket], waiters: S
     if go_at > now:
         return [], go_at
     spent = []
-    for limit in limits:
+    for limit in spending(limits):
         bucket = buckets.get(limit.key)
         blocked = bucket.blocked_until if bucket is not None else None
         tokens = level(limit, bucket, now) - count if limit.capacity else 0.0
         spent.append(Bucket(limit.key, max(0.0, tokens), now, blocked))
     return spent, None
+
+
+def spending(limits: Sequence[Limit]) -> list[Limit]:
+    """The limits an order spends tokens from (the rows a ledger creates and writes)."""
+    return [limit for limit in limits if not limit.exempt]
+
+
+def wait_keys(limits: Sequence[Limit]) -> list[str]:
+    """The buckets a waiting order is listed under: those it spends from, or, for a renewal spending from none
+    (``duplicates_per_week`` off) held by a CA's 429, the issuer's."""
+    return sorted(limit.key for limit in spending(limits) or limits)
 
 
 def blocked(limit_key: str, bucket: Bucket | None, until: datetime, now: datetime) -> Bucket:

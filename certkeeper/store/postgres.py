@@ -34,7 +34,7 @@ from psycopg.types.json import Jsonb
 from certkeeper.errors import InputError, LockBusy, SchemaTooNew, StoreError
 from certkeeper.permissions import check_trusted_file
 from certkeeper.store.base import AlertRecord, CertState, EndpointRecord, HistoryRecord, RenewalRecord, TlsReportRecord
-from certkeeper.store.budget import Bucket, Limit, Waiter, blocked, decide_spend
+from certkeeper.store.budget import Bucket, Limit, Waiter, blocked, decide_spend, spending, wait_keys
 from certkeeper.store.fleet_records import FleetPair, FleetVersion, LeaseHolder, NodeResult
 
 SCHEMA_VERSION = 5
@@ -544,7 +544,7 @@ class PostgresStore:
             self.queries += 4
             with conn.cursor() as cursor:
                 cursor.executemany("INSERT INTO order_budget VALUES (%s, %s, %s, NULL) ON CONFLICT (key) DO NOTHING",
-                                   [(limit.key, float(limit.capacity), now) for limit in limits])
+                                   [(limit.key, float(limit.capacity), now) for limit in spending(limits)])
             buckets = {r[0]: Bucket(*r) for r in conn.execute(
                 "SELECT * FROM order_budget WHERE key = ANY(%s) ORDER BY key FOR UPDATE", (keys,)).fetchall()}
             waiters = [Waiter(*r) for r in conn.execute(
@@ -561,7 +561,7 @@ class PostgresStore:
                     "INSERT INTO order_waits VALUES (%s,%s,%s,%s,%s,%s,%s) ON CONFLICT (key, name) DO UPDATE SET "
                     "count = EXCLUDED.count, not_after = EXCLUDED.not_after, seen_at = EXCLUDED.seen_at, "
                     "may_go_at = EXCLUDED.may_go_at",
-                    [(key, name, count, not_after, now, now, go_at) for key in keys])
+                    [(key, name, count, not_after, now, now, go_at) for key in wait_keys(limits)])
             return go_at
 
     def block_budget(self, limits: Sequence[Limit], until: datetime, now: datetime) -> None:

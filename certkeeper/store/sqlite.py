@@ -25,7 +25,7 @@ from certkeeper.errors import LockBusy, SchemaTooNew, StoreError, UnsafePath
 from certkeeper.permissions import check_trusted_dir, open_nofollow
 from certkeeper.store.atomic import make_dirs
 from certkeeper.store.base import AlertRecord, CertState, EndpointRecord, HistoryRecord, RenewalRecord, TlsReportRecord
-from certkeeper.store.budget import Bucket, Limit, Waiter, blocked, decide_spend
+from certkeeper.store.budget import Bucket, Limit, Waiter, blocked, decide_spend, wait_keys
 
 SCHEMA_VERSION = 4
 
@@ -387,7 +387,7 @@ class SqliteStore:
                 if go_at is None:
                     db.execute("DELETE FROM order_waits WHERE name = ?", (name,))
                     return None
-                for key in keys:
+                for key in wait_keys(limits):
                     db.execute("INSERT INTO order_waits VALUES (?,?,?,?,?,?,?) ON CONFLICT (key, name) DO UPDATE "
                                "SET count = excluded.count, not_after = excluded.not_after, "
                                "seen_at = excluded.seen_at, may_go_at = excluded.may_go_at",

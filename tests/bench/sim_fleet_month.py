@@ -16,29 +16,28 @@ What is real and what is simulated:
 
 * the renewal decision is the real pure policy, :func:`certkeeper.renewal.policy.decide_renewal`, with the
   simulated clock passed in (``check_interval`` 12 h, ``renew_before`` 1/3, the hash spread); a node wakes at the
-  earliest next check of its certificates, at most every 12 h, like the daemon; a waiting renewal is looked at
-  again 10 minutes later (the policy's ``MIN_RETRY``), by every node that serves it;
+  earliest next check of its certificates, at most every 12 h, like the daemon; an order told to wait is not
+  asked again by that node before the moment the answer named (``may_go_at``): the real
+  :func:`certkeeper.renewal.policy.wait_for_budget` makes it not due until then and sets its next check (with
+  its jitter), as the renewer does; meanwhile the node still installs a version another node ordered;
 * the budget is the real pure token-bucket core: :func:`certkeeper.store.budget.limits_for` (real registered
-  domains, real renewal exemption: :func:`is_renewal`) and :func:`decide_spend`, called as the stores call it,
-  one transaction per attempt.  Not PostgreSQL: the month makes ~10^6 to 10^7 budget transactions, hours on the
-  test machine.  The ledger here keeps the rows in memory and hands :func:`decide_spend` the waiting renewals
+  domains, real renewal exemptions: :func:`is_renewal`, exempt from ``orders_per_3h`` and the registered
+  domain's bucket, not from ``duplicates_per_week``) and :func:`decide_spend`, called as the stores call it,
+  one transaction per attempt.  Not PostgreSQL: the month makes ~10^5 budget transactions, too many for a
+  test run.  The ledger here keeps the rows in memory and hands :func:`decide_spend` the waiting orders
   ahead of the caller as one row with their count (the only thing it reads from them), found by bisection in a
   list sorted the way :func:`certkeeper.store.budget._ahead` ranks; every ``--check-every``-th call is decided a
   second time with the full list of waiting rows, and both answers must agree;
-* a waiting renewal is asked again every 10 minutes by every node serving it, and each ask is counted as the
-  transaction it is; only the asks before the moment the last answer named (``may_go_at``) are not run through
-  :func:`decide_spend`, because their answer is known: until then a bucket's level can only have grown by its
-  refill, while what is owed ahead shrinks only by tokens spent (one each) and grows with newcomers ahead, so
-  the answer is "wait" (every ``--check-every``-th such ask is run anyway and must say so).  The month's
-  ~10^7 asks would otherwise take an hour;
 * the database is a query counter: each operation adds what :class:`certkeeper.store.postgres.PostgresStore`
   counts on that path of :class:`certkeeper.store.fleet.Fleet` (see :data:`QUERIES`); the lease is modelled as
   taken at once (an order is instantaneous on this clock), so orders per renewal is 1 by construction here
   (``bench_fleet.py`` measures it with real nodes racing on a real PostgreSQL);
-* the CA is a separate model of Let's Encrypt's documented buckets, written here from its numbers, that checks
-  every order certkeeper lets through: none may be one the CA would refuse.
+* the CA is a separate model of Let's Encrypt's documented buckets, written here from its numbers (renewals
+  exempt from New Orders per Account and New Certificates per Registered Domain), that checks every order
+  certkeeper lets through: none may be one the CA would refuse.
 
-Prints peak orders per 3 h (any 3 h window, and the token-bucket bound), orders per renewal, waiting attempts,
+Prints peak orders per 3 h (any 3 h window: all orders, and those of new certificates, which the token bucket
+bounds), orders per renewal, waiting attempts,
 renewal delay beyond the renewal point, certificates that expired, and database queries per second over the
 simulated month (queries in the simulated period / simulated seconds) with the peak hour.
 """
@@ -57,13 +56,21 @@ from pathlib import Path
 
 from certkeeper.config import AcmeIssuerConfig, CertificateConfig
 from certkeeper.model import RenewBefore
-from certkeeper.renewal.policy import MIN_RETRY, History, Installed, Wanted, decide_renewal
-from certkeeper.store.budget import Bucket, Limit, Waiter, decide_spend, is_renewal, limits_for, system_suffixes
+from certkeeper.renewal.policy import Decision, History, Installed, Wanted, decide_renewal, wait_for_budget
+from certkeeper.store.budget import (
+    Bucket,
+    Limit,
+    Waiter,
+    decide_spend,
+    is_renewal,
+    limits_for,
+    system_suffixes,
+    wait_keys,
+)
 from certkeeper.store.versions import Version
 
 START = datetime(2026, 12, 1, tzinfo=UTC)
 CHECK_INTERVAL = timedelta(hours=12)
-RETRY = MIN_RETRY.total_seconds()  # a waiting renewal is looked at again this much later (the policy's)
 # Queries PostgresStore counts on each path of Fleet (certkeeper/store/fleet.py), an order being instantaneous:
 QUERIES = {
     "pass": 2,  # fleet_heads (all heads, one read) + put_node_results (one write)
@@ -88,8 +95,6 @@ class Ledger:
     waiting: dict[str, tuple[tuple[int, float, str], list[str], datetime, datetime]] = field(default_factory=dict)
     calls: int = 0
     checked: int = 0
-    skipped: int = 0
-    probed: int = 0
 
     def spend_budget(self, limits: Sequence[Limit], name: str, count: int, not_after: datetime | None,
                      now: datetime) -> datetime | None:
@@ -112,24 +117,12 @@ class Ledger:
             self.buckets[bucket.key] = bucket
         self._forget(name)
         if go_at is not None:
-            keys = [limit.key for limit in limits]
+            keys = wait_keys(limits)
             since = self.waiting.get(name, (rank, keys, now, now))[2]
             for key in keys:
                 bisect.insort(self.waits.setdefault(key, []), rank)
             self.waiting[name] = (rank, keys, since, go_at)
         return go_at
-
-    def still_waits(self, limits: Sequence[Limit], name: str, not_after: datetime | None, now: datetime) -> None:
-        """A waiting renewal asked again before the moment its last answer named: the answer is "wait" (see the
-        module docstring), so the transaction is counted, not run; every ``check_every``-th is run, unwritten."""
-        self.skipped += 1
-        if self.skipped % self.check_every == 0:
-            self.probed += 1
-            rank = _rank(not_after, name)
-            ahead = [Waiter(limit.key, "", position, None, now, now, now) for limit in limits
-                     if (position := bisect.bisect_left(self.waits.get(limit.key, []), rank))]
-            spent, go_at = decide_spend(limits, self.buckets, ahead, name=name, count=1, not_after=not_after, now=now)
-            assert go_at is not None and not spent, (name, now)
 
     def _forget(self, name: str) -> None:
         found = self.waiting.pop(name, None)
@@ -140,8 +133,8 @@ class Ledger:
                 del ranks[bisect.bisect_left(ranks, rank)]
 
     def _rows(self, limits: Sequence[Limit], now: datetime) -> list[Waiter]:
-        """The rows ``SELECT * FROM order_waits WHERE key = ANY(...)`` returns (every waiter is re-seen every
-        10 minutes by its nodes, so none is forgotten)."""
+        """The rows ``SELECT * FROM order_waits WHERE key = ANY(...)`` returns (every waiter comes back at the
+        moment it was told, so none is forgotten)."""
         keys = {limit.key for limit in limits}
         return [Waiter(key, who, 1, None if rank[0] == 0 else datetime.fromtimestamp(rank[1], UTC), since, now,
                        go_at)
@@ -158,9 +151,9 @@ class CaBuckets:
         self.refused = 0
 
     def order(self, at: float, account: str, identifiers: str, domains: Sequence[str], renewal: bool) -> None:
-        spend = [("orders", account), ("duplicates", identifiers)]
+        spend = [("duplicates", identifiers)]
         if not renewal:  # "renewals are exempt": the exact set of identifiers of an earlier certificate
-            spend += [("domain", domain) for domain in domains]
+            spend += [("orders", account), *(("domain", domain) for domain in domains)]
         levels = {}
         for kind, scope in spend:
             capacity, period = self.rules[kind]
@@ -183,6 +176,7 @@ class Served:
     due: bool = False  # decided due: stays due until something is installed (a property of the policy)
     due_since: float = 0.0
     expires: datetime | None = None  # the installed certificate's not_after
+    wait_until: float = 0.0  # the moment the budget's last answer to this node named (not asked before then)
 
 
 class Simulation:
@@ -208,12 +202,11 @@ class Simulation:
         # The fleet: each certificate's versions (not_before, not_after, the Version a node installs).
         self.fleet: list[list[tuple[datetime, datetime, Version]]] = [[] for _ in range(args.certs)]
         self.ledger = Ledger(args.check_every)
-        self.wait_until = [0.0] * args.certs  # the moment the last answer to a waiting renewal named
         self.ca = CaBuckets(args.orders_per_3h, 5, 50)
         self.queries: Counter[str] = Counter()
         self.hourly: Counter[int] = Counter()
-        self.orders: list[float] = []
-        self.delays: list[float] = []
+        self.orders: list[tuple[float, bool]] = []  # (when, a renewal)
+        self.delays: dict[bool, list[float]] = {False: [], True: []}  # first issuances, renewals
         self.expired: set[int] = set()
         self.end = args.days * 86400.0
         self.wakes = [(node * 600.0 / args.nodes, node) for node in range(args.nodes)]  # nodes start over 10 min
@@ -259,22 +252,20 @@ class Simulation:
         waited = 0
         soonest = at + CHECK_INTERVAL.total_seconds()
         for i, copy in self.mine[node]:
-            if copy.due and at < self.wait_until[i]:  # the hot path: a renewal still waiting for the budget
-                waited += 1
-                self.ledger.still_waits(self.limits[i, copy.version > 0], self.certificates[i].name, copy.expires,
-                                        now)
-                copy.next_check = at + RETRY
-                soonest = min(soonest, copy.next_check)
-                continue
             if copy.version < len(self.fleet[i]):
-                # The pass's heads show a newer fleet version: this node installs it (no order), decides again.
+                # The pass's heads show a newer fleet version: this node installs it (no order), decides again
+                # (also while it waits for the budget: waiting, the certificate is not due, the fleet is asked).
                 self.count("install", at)
                 copy.version = len(self.fleet[i])
+                copy.wait_until = 0.0
                 self.decide(i, copy, at)
             elif copy.next_check <= at and not copy.due:
                 self.decide(i, copy, at)
             if copy.expires is not None and copy.expires <= now:
                 self.expired.add(i)
+            if copy.due and at < copy.wait_until:  # told to wait: not asked again before that moment
+                soonest = min(soonest, copy.next_check)
+                continue
             if copy.due:
                 waited += self.attempt(node, i, copy, at, now)
             soonest = min(soonest, max(copy.next_check, at + 1.0))
@@ -287,14 +278,15 @@ class Simulation:
         previous = self.fleet[i][copy.version - 1][2] if copy.version else None
         renewal = is_renewal(previous, certificate)
         go_at = self.ledger.spend_budget(self.limits[i, renewal], certificate.name, 1, copy.expires, now)
-        if go_at is not None:
-            self.wait_until[i] = (go_at - START).total_seconds()
-            copy.next_check = at + RETRY
+        if go_at is not None:  # as the renewer: not due before go_at, looked at again then (with the jitter)
+            copy.wait_until = (go_at - START).total_seconds()
+            waiting = wait_for_budget(Decision(True, "", now, now), go_at, name=certificate.name, now=now)
+            copy.next_check = (waiting.next_check - START).total_seconds()
             return 1
-        self.wait_until[i] = 0.0
+        copy.wait_until = 0.0
         self.count("order", at)
-        self.orders.append(at)
-        self.delays.append(at - copy.due_since)
+        self.orders.append((at, renewal))
+        self.delays[renewal].append(at - copy.due_since)
         self.ca.order(at, "le", certificate.domains[0],
                       [limit.key for limit in self.limits[i, renewal] if limit.key.startswith("domain ")], renewal)
         version = Version(certificate.name, f"{i}-{len(self.fleet[i]) + 1}", Path("/dev/null"), now, "le",
@@ -310,42 +302,53 @@ class Simulation:
 
     def report(self, elapsed: float) -> None:
         args, orders = self.args, self.orders
-        window: deque[float] = deque()
-        peak = peak_steady = 0
-        rollout_end = orders[args.certs - 1] if len(orders) >= args.certs else self.end
-        for at in orders:
-            window.append(at)
-            while window[0] <= at - 3 * 3600:
-                window.popleft()
-            peak = max(peak, len(window))
-            if at - 3 * 3600 >= rollout_end:
-                peak_steady = max(peak_steady, len(window))
+        new = [at for at, renewal in orders if not renewal]
+        rollout_end = new[args.certs - 1] if len(new) >= args.certs else self.end
+        peak, peak_rollout, peak_steady = _peak([at for at, _ in orders], rollout_end)
+        peak_new = _peak(new, rollout_end)[0]
         renewals = sum(len(versions) for versions in self.fleet)
         total = sum(QUERIES[kind] * n for kind, n in self.queries.items())
         bound = 2 * args.orders_per_3h  # a full bucket, then what it refills in 3 h
-        ledger, delays = self.ledger, sorted(self.delays)
+        ledger = self.ledger
         print(f"{args.nodes} nodes x {args.certs} certificates of {args.lifetime_days:g} days, each on {args.share} "
               f"nodes, {args.per_domain} per registered domain, {args.days:g} simulated days "
               f"({elapsed:.0f} s real time)")
         print(f"orders: {len(orders)}   fleet versions (renewals): {renewals}   orders per renewal: "
               f"{len(orders) / max(renewals, 1):.3f}   every certificate first issued by day {rollout_end / 86400:.2f}")
-        print(f"peak orders per 3 h: {peak} in any 3 h window (orders_per_3h = {args.orders_per_3h}: a full bucket "
-              f"and its refill allow at most {bound}), {peak_steady} after the rollout; orders the CA would "
-              f"refuse: {self.ca.refused}")
-        if delays:
-            print(f"delay beyond the renewal point (waiting for the budget): median "
-                  f"{delays[len(delays) // 2] / 3600:.1f} h, p99 {delays[int(len(delays) * 0.99)] / 3600:.1f} h, "
-                  f"max {delays[-1] / 3600:.1f} h   certificates that expired while installed: {len(self.expired)}")
-        print(f"budget transactions: {ledger.calls + ledger.skipped} ({self.queries['wait']} waited: re-asked every "
-              f"10 minutes by each node serving the certificate; {ledger.calls} run through decide_spend, "
-              f"{ledger.checked} of them twice, with every waiting row: the same answers; {ledger.skipped} before "
-              f"their may_go_at, {ledger.probed} of them run: all wait)")
+        print(f"peak orders per 3 h: {peak} in any 3 h window ({peak_rollout} in the rollout, {peak_steady} after "
+              f"it), {peak_new} of new certificates (orders_per_3h = {args.orders_per_3h}: a full bucket and its "
+              f"refill allow at most {bound}; renewals are exempt); orders the CA would refuse: {self.ca.refused}")
+        for renewal, what in ((True, "renewals"), (False, "first issuances")):
+            if delays := sorted(self.delays[renewal]):
+                print(f"delay beyond the renewal point (waiting for the budget), {what}: median "
+                      f"{delays[len(delays) // 2] / 3600:.1f} h, p99 {delays[int(len(delays) * 0.99)] / 3600:.1f} h, "
+                      f"max {delays[-1] / 3600:.1f} h")
+        print(f"certificates that expired while installed: {len(self.expired)}")
+        print(f"budget transactions: {ledger.calls} ({self.queries['wait']} told to wait, each not asked again by "
+              f"its node before the moment named; every one run through decide_spend, {ledger.checked} of them "
+              f"twice, with every waiting row: the same answers)")
         print(f"database queries: {total} in {args.days:g} days = {total / self.end:.1f} queries/s on average, "
               f"peak hour {max(self.hourly.values()) / 3600:.1f}/s; by operation: "
               + ", ".join(f"{kind} {n} x {QUERIES[kind]}" for kind, n in sorted(self.queries.items())))
         assert self.ca.refused == 0, "an order the CA would have refused"
-        assert peak <= bound, f"{peak} orders in 3 h, above the token bucket's {bound}"
+        assert peak_new <= bound, f"{peak_new} orders of new certificates in 3 h, above the token bucket's {bound}"
         assert len(orders) == renewals
+
+
+def _peak(times: Sequence[float], rollout_end: float) -> tuple[int, int, int]:
+    """The most of ``times`` in any 3 h window: overall, in windows ending by ``rollout_end``, after it."""
+    window: deque[float] = deque()
+    peak = rollout = steady = 0
+    for at in times:
+        window.append(at)
+        while window[0] <= at - 3 * 3600:
+            window.popleft()
+        peak = max(peak, len(window))
+        if at <= rollout_end:
+            rollout = max(rollout, len(window))
+        elif at - 3 * 3600 >= rollout_end:
+            steady = max(steady, len(window))
+    return peak, rollout, steady
 
 
 def main() -> None:
