@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -194,19 +195,23 @@ class Renewer:
         return decision
 
     def _inputs_changed(self, certificate: CertificateConfig, state: CertState) -> bool:
-        """Whether the configuration file or the issuer's files (an internal CA's folder: ``ca init``) changed
-        after the last failed attempt: then the backoff is over (issue 21.9).  Two stats, only after failures."""
-        if state.failures == 0 or state.last_attempt_at is None:
+        """Whether what the last failed attempt was made with changed since: then the backoff is over (issue
+        21.9).  Computed only after failures."""
+        if state.failures == 0 or state.last_attempt_at is None or not state.failed_inputs:
             return False
-        paths = [self.config.path]
+        return state.failed_inputs != self._inputs(certificate)
+
+    def _inputs(self, certificate: CertificateConfig) -> str:
+        """A digest of what an attempt for ``certificate`` is made with: its ``[certificates.NAME]`` table and its
+        issuer's table as parsed (file names, not secrets), and for an internal CA the files in ``ca_dir``
+        (``ca init`` creates them).  Editing another table, or touching the file, changes nothing."""
         issuer = self.config.issuers.get(certificate.issuer)
+        parts = [repr(certificate), repr(issuer)]
         if isinstance(issuer, CaIssuerConfig):
-            paths.append(issuer.ca_dir)
-        for path in paths:
             with contextlib.suppress(OSError):
-                if datetime.fromtimestamp(path.stat().st_mtime, UTC) > state.last_attempt_at:
-                    return True
-        return False
+                parts += sorted(f"{entry.name} {entry.stat().st_size} {entry.stat().st_mtime_ns}"
+                                for entry in issuer.ca_dir.iterdir())
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 
     def _wanted(self, certificate: CertificateConfig) -> Wanted:
         return Wanted(certificate.name, certificate.domains, tuple(k.value for k in certificate.key_types),
@@ -800,7 +805,8 @@ class Renewer:
         name = work.config.name
         state = self.store.get_state(name) or CertState(name)
         state = replace(state, failures=state.failures + 1, last_attempt_at=now, last_error=error,
-                        reload_pending=state.reload_pending if reload_pending is None else reload_pending)
+                        reload_pending=state.reload_pending if reload_pending is None else reload_pending,
+                        failed_inputs=self._inputs(work.config))
         self.store.put_state(state)
         decision = decide_renewal(work.installed, self._wanted(work.config), _history(state), now=now,
                                   check_interval=self.settings.check_interval)

@@ -28,6 +28,9 @@ class CertState:
     ari_retry_after: datetime | None = None
     ari_chosen_at: datetime | None = None
     reload_pending: bool = False
+    # A digest of what the last failed attempt was made with (its tables of the configuration, the issuer's
+    # files): another digest now ends the failure backoff (issue 21.9).
+    failed_inputs: str = ""
 
 
 @dataclass(frozen=True)

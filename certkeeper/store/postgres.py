@@ -37,7 +37,7 @@ from certkeeper.store.base import AlertRecord, CertState, EndpointRecord, Histor
 from certkeeper.store.budget import Bucket, Limit, Waiter, blocked, decide_spend, spending, wait_keys
 from certkeeper.store.fleet_records import FleetPair, FleetVersion, LeaseHolder, NodeResult
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 CONNECT_TIMEOUT = 5
 _LOCK_CLASS = 0x63657274  # 'cert': the first key of every certkeeper advisory lock
 _MIGRATION_LOCK = 0x6d696772  # 'migr'
@@ -125,6 +125,8 @@ _MIGRATIONS: dict[int, tuple[LiteralString, ...]] = {
     ),
     # The DANE rollover state (certkeeper.dane.rollover): one JSON document per certificate.
     5: ("CREATE TABLE dane_state (name TEXT PRIMARY KEY, data JSONB NOT NULL)",),
+    # What a failed attempt was made with (certkeeper.renewal.lifecycle): a change ends its backoff.
+    6: ("ALTER TABLE cert_state ADD COLUMN failed_inputs TEXT NOT NULL DEFAULT ''",),
 }
 
 
@@ -250,16 +252,16 @@ class PostgresStore:
 
     def put_state(self, state: CertState) -> None:
         self._execute(
-            "INSERT INTO cert_state VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT (name) DO UPDATE SET "
+            "INSERT INTO cert_state VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT (name) DO UPDATE SET "
             "last_attempt_at = EXCLUDED.last_attempt_at, last_success_at = EXCLUDED.last_success_at, "
             "failures = EXCLUDED.failures, last_error = EXCLUDED.last_error, "
             "next_check_at = EXCLUDED.next_check_at, next_reason = EXCLUDED.next_reason, "
             "ari_start = EXCLUDED.ari_start, ari_end = EXCLUDED.ari_end, "
             "ari_retry_after = EXCLUDED.ari_retry_after, ari_chosen_at = EXCLUDED.ari_chosen_at, "
-            "reload_pending = EXCLUDED.reload_pending",
+            "reload_pending = EXCLUDED.reload_pending, failed_inputs = EXCLUDED.failed_inputs",
             (state.name, state.last_attempt_at, state.last_success_at, state.failures, state.last_error,
              state.next_check_at, state.next_reason, state.ari_start, state.ari_end, state.ari_retry_after,
-             state.ari_chosen_at, state.reload_pending),
+             state.ari_chosen_at, state.reload_pending, state.failed_inputs),
         )
 
     # -- history -----------------------------------------------------------------------------------------------
@@ -607,7 +609,7 @@ def _state(row: tuple[Any, ...]) -> CertState:
     return CertState(
         name=row[0], last_attempt_at=row[1], last_success_at=row[2], failures=row[3], last_error=row[4],
         next_check_at=row[5], next_reason=row[6], ari_start=row[7], ari_end=row[8], ari_retry_after=row[9],
-        ari_chosen_at=row[10], reload_pending=bool(row[11]),
+        ari_chosen_at=row[10], reload_pending=bool(row[11]), failed_inputs=row[12],
     )
 
 

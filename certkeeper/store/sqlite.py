@@ -27,7 +27,7 @@ from certkeeper.store.atomic import make_dirs
 from certkeeper.store.base import AlertRecord, CertState, EndpointRecord, HistoryRecord, RenewalRecord, TlsReportRecord
 from certkeeper.store.budget import Bucket, Limit, Waiter, blocked, decide_spend, wait_keys
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -92,6 +92,10 @@ _MIGRATIONS: dict[int, str] = {
     # The DANE rollover state (certkeeper.dane.rollover): one JSON document per certificate.
     4: """
     CREATE TABLE dane_state (name TEXT PRIMARY KEY, data TEXT NOT NULL);
+    """,
+    # What a failed attempt was made with (certkeeper.renewal.lifecycle): a change ends its backoff.
+    5: """
+    ALTER TABLE cert_state ADD COLUMN failed_inputs TEXT NOT NULL DEFAULT '';
     """,
 }
 
@@ -193,11 +197,11 @@ class SqliteStore:
     def put_state(self, state: CertState) -> None:
         with self._transaction() as db:
             db.execute(
-                "INSERT OR REPLACE INTO cert_state VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT OR REPLACE INTO cert_state VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (state.name, _ts(state.last_attempt_at), _ts(state.last_success_at), state.failures,
                  state.last_error, _ts(state.next_check_at), state.next_reason, _ts(state.ari_start),
                  _ts(state.ari_end), _ts(state.ari_retry_after), _ts(state.ari_chosen_at),
-                 int(state.reload_pending)),
+                 int(state.reload_pending), state.failed_inputs),
             )
 
     # -- history -----------------------------------------------------------------------------------------------
@@ -454,7 +458,7 @@ def _state(row: tuple[Any, ...]) -> CertState:
         name=row[0], last_attempt_at=_dt(row[1]), last_success_at=_dt(row[2]), failures=row[3],
         last_error=row[4], next_check_at=_dt(row[5]), next_reason=row[6], ari_start=_dt(row[7]),
         ari_end=_dt(row[8]), ari_retry_after=_dt(row[9]), ari_chosen_at=_dt(row[10]),
-        reload_pending=bool(row[11]),
+        reload_pending=bool(row[11]), failed_inputs=row[12],
     )
 
 
