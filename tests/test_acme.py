@@ -13,6 +13,7 @@ import json
 import logging
 import secrets
 import threading
+import time
 import urllib.error
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +31,7 @@ import pytest
 from certkeeper import pki
 from certkeeper.config import AcmeIssuerConfig
 from certkeeper.errors import CaUnavailable, IssuanceError
-from certkeeper.issuers.acme import AcmeIssuer
+from certkeeper.issuers.acme import AcmeIssuer, PollPolicy
 from certkeeper.issuers.base import IssueRequest, RenewalInfoSource, Revoker
 from certkeeper.model import KeyType
 from certkeeper.testbed.bind import Bind
@@ -249,6 +250,36 @@ def test_chaos_half_the_nonces_rejected_every_issuance_succeeds(own_pebble: Pebb
         issued = list(pool.map(issuer.issue, requests))
     for certificate, request in zip(issued, requests, strict=True):
         assert_valid(certificate, request, pebble)
+
+
+def test_the_retry_after_of_a_ca_is_honoured_when_polling(own_pebble: PebbleFactory, tmp_path: Path) -> None:
+    pebble = own_pebble(retry_after=2)  # on a processing order (after finalize) and a pending authorization
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        time.sleep(seconds)
+
+    issuer = make_issuer(pebble, tmp_path)
+    issuer = AcmeIssuer(issuer.config, tmp_path, poll=PollPolicy(first=0.005, growth=2.0, cap=0.05), sleep=sleep)
+    request = request_for("patient.example.test")
+    assert_valid(issuer.issue(request), request, pebble)
+    # The policy alone never waits longer than 0.05 s: a longer wait is the CA's (2 s, or an HTTP-date within it).
+    assert max(waits) >= 1.0
+
+
+def test_polling_starts_within_milliseconds_when_the_ca_names_no_retry_after(acme_server: Pebble,
+                                                                            tmp_path: Path) -> None:
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        time.sleep(seconds)
+
+    issuer = AcmeIssuer(make_issuer(acme_server, tmp_path).config, tmp_path, sleep=sleep)
+    request = request_for("eager.example.test")
+    assert_valid(issuer.issue(request), request, acme_server)
+    assert waits and waits[0] == pytest.approx(PollPolicy().first)
 
 
 def test_unreachable_directory_is_ca_unavailable_with_the_url(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import socket
 import threading
 import urllib.error
@@ -20,6 +21,7 @@ from cryptography.x509.oid import NameOID
 from certkeeper.dnsclient import parse_server, parse_tsig_key
 from certkeeper.errors import ChallengeFailed, InputError
 from certkeeper.issuers.acme import (
+    PollPolicy,
     RetryPolicy,
     ari_certificate_id,
     describe_validation_failure,
@@ -75,10 +77,39 @@ def test_retry_after_from_the_server_wins_unless_it_exceeds_the_budget() -> None
     assert retry_delay(policy, 1, 0.0, 3600.0, jitter=0.0) is None
 
 
-def test_polling_grows_from_milliseconds_and_honours_retry_after() -> None:
-    assert next_poll_delay(0.05, None) == pytest.approx(0.075)
-    assert next_poll_delay(2.5, None) == 3.0
-    assert next_poll_delay(0.05, 1.0) == 1.0
+def test_polling_starts_at_milliseconds_and_grows_geometrically_to_its_cap() -> None:
+    policy = PollPolicy()
+    delays = [next_poll_delay(policy, waited, None, remaining=60.0) for waited in range(8)]
+    assert delays[0] == pytest.approx(0.005)
+    assert delays[1] == pytest.approx(0.015)
+    assert delays[-1] == 3.0
+    assert all(b is not None and a is not None and b >= a for a, b in itertools.pairwise(delays))
+
+
+def test_polling_never_looks_more_than_five_times_in_a_second_or_once_a_second_later() -> None:
+    policy = PollPolicy()
+    looks, clock = [], 0.0
+    for waited in range(40):
+        delay = next_poll_delay(policy, waited, None, remaining=3600.0)
+        assert delay is not None
+        clock += delay
+        looks.append(clock)
+    assert max(sum(1 for t in looks if start <= t < start + 1.0) for start in looks) <= 5
+    assert all(b - a >= 1.0 for a, b in itertools.pairwise(looks[6:]))
+
+
+def test_retry_after_is_always_honoured_but_never_below_the_first_wait() -> None:
+    policy = PollPolicy()
+    assert next_poll_delay(policy, 0, 1.0, remaining=60.0) == 1.0  # even on the first look
+    assert next_poll_delay(policy, 7, 0.5, remaining=60.0) == 0.5  # even when the adaptive wait is longer
+    assert next_poll_delay(policy, 0, 0.0, remaining=60.0) == pytest.approx(0.005)  # no busy loop
+
+
+def test_polling_stops_when_the_wait_would_pass_the_order_deadline() -> None:
+    policy = PollPolicy()
+    assert next_poll_delay(policy, 0, 30.0, remaining=10.0) is None
+    assert next_poll_delay(policy, 20, None, remaining=2.0) is None
+    assert next_poll_delay(policy, 0, None, remaining=0.004) is None
 
 
 def test_an_order_refused_for_its_replaces_field_is_placed_again_without_it() -> None:

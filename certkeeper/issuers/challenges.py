@@ -158,7 +158,7 @@ class _SharedListener:
                 raise ChallengeFailed(msg) from None
         self.server.tokens = {}
         self.users = 0
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02},
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.005},
                                        name=f"http-01 {address or '*'}:{port}", daemon=True)
         self.thread.start()
 

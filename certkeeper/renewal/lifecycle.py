@@ -39,7 +39,6 @@ from cryptography import x509
 from certkeeper import pki
 from certkeeper.config import CaIssuerConfig, CertificateConfig, Config
 from certkeeper.config.resolve import resolve_hook
-from certkeeper.dane.observe import dane_watch_for
 from certkeeper.errors import (
     CaUnavailable,
     CertkeeperError,
@@ -95,9 +94,12 @@ from certkeeper.store.versions import (
 )
 
 if TYPE_CHECKING:
+    from certkeeper.config import IssuerConfig
+    from certkeeper.dane.observe import DaneWatch
     from certkeeper.dane.rollover import DaneRollover
     from certkeeper.renewal.verify import Verification
     from certkeeper.store.fleet import Fleet
+    from certkeeper.targets import Target
 
 log = logging.getLogger("certkeeper.renewal.lifecycle")
 
@@ -250,8 +252,7 @@ class Renewer:
                 items.append(Watched(certificate.name, target, current.fingerprints if current else None,
                                      dual=len(certificate.key_types) > 1, servername=servername,
                                      ca_file=certificate.ca_file, issuer_roots=issuer_roots, crl_files=crls,
-                                     dane=dane_watch_for(certificate, target,
-                                                         self.config.issuers.get(certificate.issuer))))
+                                     dane=_dane_watch(certificate, target, issuer)))
         return items
 
     def run(self, names: Sequence[str] | None = None, *, force: bool = False, dry_run: bool = False,
@@ -826,6 +827,15 @@ class Renewer:
         if changed != state:  # a pass with nothing due writes nothing: no commit, no fsync per certificate
             self.store.put_state(changed)
         return changed
+
+
+def _dane_watch(certificate: CertificateConfig, target: Target, issuer: IssuerConfig | None) -> DaneWatch | None:
+    if certificate.dane is None:
+        return None
+    # The DANE judge brings dnspython and the prober: only for certificates with DANE (a third of `renew`'s start).
+    from certkeeper.dane.observe import dane_watch_for
+
+    return dane_watch_for(certificate, target, issuer)
 
 
 def _waiting_out(name: str, seen: _Seen, state: CertState, decision: Decision, *, budget: bool) -> Outcome:

@@ -72,6 +72,7 @@ class Pebble(Server):
         eab_keys: Mapping[str, str] | None = None,
         binary: Path | None = None,
         start_timeout: float = 15.0,
+        retry_after: int = 0,
     ) -> None:
         """Configure an instance; nothing runs until :meth:`start`.
 
@@ -82,6 +83,8 @@ class Pebble(Server):
         ``default`` profile). ``profiles``: name -> :class:`Profile` instead (e.g. :data:`TODAYS_PROFILES`).
         ``caa_identities``: the issuer domain names of the CA (CAA, dns-persist-01's issuer-domain-name).
         ``eab_keys``: key ID -> base64url HMAC key; when given, external account binding is required.
+        ``retry_after``: the seconds of the ``Retry-After`` Pebble sends with a pending authorization and a
+        processing order (0: none; clients honour it, so the suite would pay it on every order).
         """
         super().__init__(directory)
         self.bind = bind
@@ -95,6 +98,7 @@ class Pebble(Server):
         self.eab_keys = dict(eab_keys or {})
         self.binary = binary or pebble_binary()
         self.start_timeout = start_timeout
+        self.retry_after = retry_after
         self.ca_file = self.directory / "ca.pem"
         self.config_file = self.directory / "pebble-config.json"
         self.port = 0
@@ -178,7 +182,7 @@ class Pebble(Server):
             "tlsPort": self.tls_port,
             "ocspResponderURL": "",
             "externalAccountBindingRequired": bool(self.eab_keys),
-            "retryAfter": {"authz": 1, "order": 1},
+            "retryAfter": {"authz": self.retry_after, "order": self.retry_after},
         }
         if self.eab_keys:
             settings["externalAccountMACKeys"] = self.eab_keys
