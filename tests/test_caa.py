@@ -16,8 +16,9 @@ import dns.update
 import pytest
 
 from certkeeper import pki
-from certkeeper.config import AcmeIssuerConfig
-from certkeeper.errors import IssuanceError
+from certkeeper.config import AcmeIssuerConfig, load_config
+from certkeeper.config.load import caa_resolver_for
+from certkeeper.errors import ConfigError, IssuanceError
 from certkeeper.issuers.acme import AcmeIssuer
 from certkeeper.issuers.base import IssueRequest
 from certkeeper.issuers.caa import judge_caa, parse_caa, relevant_caa
@@ -61,6 +62,49 @@ def test_caa_rules() -> None:
     account = {"example.org.": [f'0 issue "pebble.letsencrypt.org; accounturi={ME}"']}
     assert verdict(account, "example.org").allowed
     assert parse_caa('0 issue "letsencrypt.org; accounturi=x"') is not None
+
+
+# --- the default: on for public CAs (resolved at load time, nothing asked) ---------------------------------
+
+
+LE = "https://acme-v02.api.letsencrypt.org/directory"
+PRIVATE = "https://acme.internal.example/directory"
+
+
+def test_the_preflight_is_on_by_default_for_public_cas_and_off_for_others() -> None:
+    assert caa_resolver_for(LE, caa=None, resolver=None) == "system"
+    assert caa_resolver_for("https://acme-staging-v02.api.letsencrypt.org/directory", caa=None, resolver=None) \
+        == "system"
+    assert caa_resolver_for("https://acme.zerossl.com/v2/DV90", caa=None, resolver=None) == "system"
+    assert caa_resolver_for("https://dv.acme-v02.api.pki.goog/directory", caa=None, resolver=None) == "system"
+    assert caa_resolver_for(PRIVATE, caa=None, resolver=None) is None
+    assert caa_resolver_for("https://127.0.0.1:14000/dir", caa=None, resolver=None) is None
+
+
+def test_caa_resolver_or_caa_true_turns_it_on_and_caa_false_off() -> None:
+    assert caa_resolver_for(PRIVATE, caa=None, resolver="192.0.2.53:5353") == "192.0.2.53:5353"
+    assert caa_resolver_for(LE, caa=None, resolver="192.0.2.53") == "192.0.2.53"
+    assert caa_resolver_for(PRIVATE, caa=True, resolver=None) == "system"
+    assert caa_resolver_for(LE, caa=False, resolver=None) is None
+
+
+def _issuer(tmp_path: Path, directory: str, extra: str = "") -> AcmeIssuerConfig:
+    path = tmp_path / "certkeeper.toml"
+    path.write_text(f'[certkeeper]\nstate_dir = "{tmp_path}"\n\n[issuers.ca]\ntype = "acme"\n'
+                    f'directory = "{directory}"\n{extra}\n\n'
+                    '[certificates.mail]\nissuer = "ca"\ndomains = ["mail.example.test"]\n')
+    issuer = load_config(path).issuers["ca"]
+    assert isinstance(issuer, AcmeIssuerConfig)
+    return issuer
+
+
+def test_the_configuration_resolves_the_default_and_refuses_caa_false_with_a_resolver(tmp_path: Path) -> None:
+    assert _issuer(tmp_path, LE).caa_resolver == "system"
+    assert _issuer(tmp_path, LE, "caa = false").caa_resolver is None
+    assert _issuer(tmp_path, PRIVATE).caa_resolver is None
+    assert _issuer(tmp_path, PRIVATE, "caa = true").caa_resolver == "system"
+    with pytest.raises(ConfigError, match=r"issuers\.ca\.caa.*false while caa_resolver is set"):
+        _issuer(tmp_path, LE, 'caa = false\ncaa_resolver = "system"')
 
 
 # --- against BIND and Pebble -------------------------------------------------------------------------------

@@ -106,7 +106,9 @@ class AcmeIssuerConfig:
     profile: str | None = None
     persist_until: datetime | None = None  # dns-persist-01: the persistUntil the records carry
     persist_warning: timedelta = timedelta(days=30)  # alert when persistUntil is closer than this
-    caa_resolver: str | None = None  # CAA pre-flight before each order: "host[:port]" or "system"; None: off
+    # CAA pre-flight before each order: "host[:port]" or "system"; None: off (the default resolved at load time:
+    # "system" for a public CA's directory, see caa_resolver_for)
+    caa_resolver: str | None = None
     eab_kid: str | None = None
     eab_hmac_key_file: Path | None = None
     timeout: timedelta = timedelta(seconds=300)
@@ -408,7 +410,7 @@ def _parse_acme_issuer(name: str, t: Table) -> AcmeIssuerConfig:
         persist_until=t.parsed("persist_until", _parse_instant, None,
                                'a moment such as "2027-12-31T00:00:00Z" (UTC when no offset is given)'),
         persist_warning=t.duration("persist_warning", d.persist_warning),
-        caa_resolver=t.string("caa_resolver", None),
+        caa_resolver=_caa_resolver(t, directory),
         eab_kid=t.string("eab_kid", None),
         eab_hmac_key_file=t.path("eab_hmac_key_file", None),
         timeout=t.duration("timeout", d.timeout, minimum=timedelta(seconds=10)),
@@ -449,6 +451,44 @@ LETSENCRYPT_CERTIFICATES_PER_DOMAIN_WEEK = 50
 def is_letsencrypt(directory: str) -> bool:
     """Let's Encrypt's production directory (staging has far higher limits: the budget stays off there)."""
     return (urlsplit(directory).hostname or "") == "acme-v02.api.letsencrypt.org"
+
+
+# ACME directories of public CAs (hosts), which check CAA on every name (RFC 8659 section 1, CA/Browser Forum
+# Baseline Requirements 3.2.2.8): the CAA pre-flight is on by default for them.  Production and staging.
+PUBLIC_ACME_HOSTS = frozenset({
+    "acme-v02.api.letsencrypt.org", "acme-staging-v02.api.letsencrypt.org",  # Let's Encrypt
+    "acme.zerossl.com",  # ZeroSSL
+    "dv.acme-v02.api.pki.goog", "dv.acme-v02.test-api.pki.goog",  # Google Trust Services
+    "api.buypass.com", "api.test4.buypass.no",  # Buypass
+    "acme.ssl.com",  # SSL.com
+    "acme.digicert.com",  # DigiCert
+    "acme.sectigo.com",  # Sectigo
+})
+
+
+def caa_resolver_for(directory: str, *, caa: bool | None, resolver: str | None) -> str | None:
+    """The resolver of the CAA pre-flight, or None when it is off.
+
+    ``caa_resolver`` when set; else ``"system"`` when ``caa = true`` or, with ``caa`` unset, when the directory
+    is a public CA's (:data:`PUBLIC_ACME_HOSTS`), whose CAA check would otherwise spend the order; off with
+    ``caa = false``, and for other directories (a private or test CA rarely looks at CAA, and its names are
+    often in no public DNS).
+    """
+    if caa is False:
+        return None
+    if resolver:
+        return resolver
+    public = (urlsplit(directory).hostname or "").lower() in PUBLIC_ACME_HOSTS
+    return "system" if caa or (caa is None and public) else None
+
+
+def _caa_resolver(t: Table, directory: str) -> str | None:
+    given = "caa" in t.data
+    caa = t.boolean("caa", True)  # asked always, so that the schema lists the key
+    resolver = t.string("caa_resolver", None)
+    if given and not caa and resolver:
+        t.error("caa", "false while caa_resolver is set", "one of them: caa = false turns the CAA pre-flight off")
+    return caa_resolver_for(directory, caa=caa if given else None, resolver=resolver)
 
 
 def _budget(t: Table, key: str, directory: str, letsencrypt: int) -> int:

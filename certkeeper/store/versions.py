@@ -14,11 +14,12 @@ link to a complete version folder, is "nothing usable installed" (:class:`InputE
 whose hash matched is then trusted while its identity (inode, size, mtime, ctime) stays as it was
 (:class:`VerifiedFiles`), so a pass with nothing due stats files instead of reading them.
 
-A version is written into ``versions/.incoming-<version>``, every file fsynced, the folder renamed into place,
-and only then is ``current`` replaced by ``rename(2)`` of a fresh symlink: a reader sees the whole old pair
-or the whole new pair, never a mix.  A crash leaves at worst an ``.incoming-*`` folder, removed by
-:func:`recover`.  certbot flips four symlinks one at a time; lego and acme.sh overwrite files in place; both
-have produced key/certificate mismatches in the field.
+A version is written into ``versions/.incoming-<version>``, every file fsynced, the folder fsynced once (its
+files need no rename of their own: nothing reads the folder before it is complete), the folder renamed into
+place and ``versions/`` fsynced, and only then is ``current`` replaced by ``rename(2)`` of a fresh symlink: a
+reader sees the whole old pair or the whole new pair, never a mix.  A crash leaves at worst an ``.incoming-*``
+folder, removed by :func:`recover`.  certbot flips four symlinks one at a time; lego and acme.sh overwrite files
+in place; both have produced key/certificate mismatches in the field.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from certkeeper.config import CopyTarget
 from certkeeper.errors import CertkeeperError, InputError, InstallRefused, UnsafePath, VersionWriteFailed
 from certkeeper.model import KeyType
 from certkeeper.permissions import check_trusted_dir, read_nofollow
-from certkeeper.store.atomic import fsync_dir, make_dirs, set_dir_mode, write_atomic
+from certkeeper.store.atomic import fsync_dir, make_dirs, set_dir_mode, write_atomic, write_new
 
 FILES = ("privkey.pem", "cert.pem", "chain.pem", "fullchain.pem", "combined.pem")
 _SECRET_FILES = {"privkey.pem", "combined.pem"}
@@ -394,6 +395,8 @@ class CertificateHome:
                 folder.mkdir()
                 self._set_mode(folder)
             written = self._write_pair_files(folder, pair)
+            if subdir:
+                fsync_dir(folder)
             meta_pairs.append({
                 "key_type": pair.key_type.value, "subdir": subdir,
                 "serial": pki.serial_hex(pair.certificate), "fingerprint": pki.fingerprint(pair.certificate),
@@ -402,8 +405,8 @@ class CertificateHome:
                 "files": {name: [len(data), hashlib.sha256(data).hexdigest()] for name, data in written.items()},
             })
         meta = {"created_at": now.isoformat(), "issuer": issuer, "domains": list(domains), "pairs": meta_pairs}
-        write_atomic(incoming / "version.json", json.dumps(meta, indent=2).encode(), mode=0o644)
-        fsync_dir(incoming)
+        write_new(incoming / "version.json", json.dumps(meta, indent=2).encode(), mode=0o644)
+        fsync_dir(incoming)  # once for every file in it: their names are durable before the folder is renamed
         final = self.versions_dir / version_id
         incoming.rename(final)
         fsync_dir(self.versions_dir)
@@ -492,8 +495,8 @@ class CertificateHome:
         gid = self.ownership.gid
         for filename in FILES:
             secret = filename in _SECRET_FILES
-            write_atomic(folder / filename, contents[filename], mode=self.ownership.key_mode if secret else 0o644,
-                         gid=gid if secret else -1)
+            write_new(folder / filename, contents[filename], mode=self.ownership.key_mode if secret else 0o644,
+                      gid=gid if secret else -1)
         return contents
 
     def _ensure_dirs(self) -> None:
