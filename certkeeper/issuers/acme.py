@@ -49,7 +49,6 @@ from josepy.util import ComparableRSAKey
 
 from certkeeper import __version__, pki
 from certkeeper.config import AcmeIssuerConfig
-from certkeeper.dnsclient import parse_tsig_key
 from certkeeper.errors import CaUnavailable, ChallengeFailed, InputError, IssuanceError, UsageError
 from certkeeper.issuers import journal
 from certkeeper.issuers.base import IssuedCertificate, IssueRequest, RenewalWindow
@@ -790,6 +789,8 @@ class AcmeIssuer:
         if not (c.dns_server and c.tsig_key_file):
             msg = f"{c.challenge} needs dns_server and tsig_key_file, or dns_hook"
             raise ChallengeFailed(msg)
+        from certkeeper.dnsclient import parse_tsig_key  # dnspython only for the DNS challenges (startup)
+
         key = parse_tsig_key(read_secret_file(c.tsig_key_file, "the TSIG key"), str(c.tsig_key_file))
         return Rfc2136Dns01(c.dns_server, key, zone=c.dns_zone, timeout=c.dns_timeout.total_seconds(),
                             challenge_type=c.challenge)

@@ -20,7 +20,6 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from certkeeper import dnsclient
 from certkeeper.errors import DnsError
 
 log = logging.getLogger("certkeeper.issuers.caa")
@@ -144,6 +143,8 @@ def caa_preflight(domains: Sequence[str], *, resolver: str, issuer_domain_names:
 
     The CA looks itself: a resolver that cannot be asked skips the pre-flight (logged), it never stops a renewal.
     """
+    from certkeeper import dnsclient  # here, not at the top: an order without the pre-flight needs no dnspython
+
     try:
         if resolver == "system":
             host, port = dnsclient.default_resolver(), 53

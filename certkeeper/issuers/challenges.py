@@ -33,14 +33,15 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from certkeeper import dnsclient
-from certkeeper.dnsclient import TsigKey, parse_server, resolve_address
 from certkeeper.errors import ChallengeFailed, DnsError, InputError
 from certkeeper.permissions import check_trusted_file
 from certkeeper.process import redact, run_program
 from certkeeper.store.atomic import make_dirs
+
+if TYPE_CHECKING:
+    from certkeeper.dnsclient import TsigKey
 
 log = logging.getLogger("certkeeper.issuers.challenges")
 
@@ -271,7 +272,8 @@ class Rfc2136Dns01:
     def __init__(self, server: str, key: TsigKey, *, zone: str | None, timeout: float, ttl: int = 60,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
                  challenge_type: str = "dns-01") -> None:
-        host, self.port = parse_server(server)
+        from certkeeper import dnsclient  # here, not at the top: http-01 needs no dnspython (startup)
+        host, self.port = dnsclient.parse_server(server)
         self.host = host
         self.challenge_type = challenge_type  # dns-01 or dns-account-01: the answers carry the record name
         self.key = key
@@ -308,8 +310,9 @@ class Rfc2136Dns01:
 
     def _zones(self, answers: Sequence[ChallengeAnswer]) -> tuple[str, dict[ChallengeAnswer, str]]:
         """The server's address and the zone of each answer's name (the configured ``zone``, or found by SOA)."""
+        from certkeeper import dnsclient
         try:
-            address = resolve_address(self.host)
+            address = dnsclient.resolve_address(self.host)
             return address, {answer: self.zone or dnsclient.find_zone(address, self.port, answer.dns_name)
                              for answer in answers}
         except DnsError as exc:
@@ -317,6 +320,7 @@ class Rfc2136Dns01:
             raise ChallengeFailed(msg) from None
 
     def _update(self, address: str, zone: str, answers: Sequence[ChallengeAnswer], *, add: bool) -> None:
+        from certkeeper import dnsclient
         # Only these values on removal: a wildcard and its base name share one owner name (RFC 8555 8.4).
         records = [(answer.dns_name, "TXT", f'"{answer.dns_value}"') for answer in answers]
         try:
@@ -327,6 +331,7 @@ class Rfc2136Dns01:
             raise ChallengeFailed(msg) from None
 
     def _wait_for_authoritatives(self, address: str, zone: str, answers: Sequence[ChallengeAnswer]) -> None:
+        from certkeeper import dnsclient
         port = self.port  # see the class docstring: a non-standard port of dns_server applies to all of them
         try:
             servers = dnsclient.authoritative_addresses(address, port, zone)
@@ -354,6 +359,7 @@ class Rfc2136Dns01:
             delay = min(delay * 2, 2.0)
 
     def _has_value(self, server: str, port: int, answer: ChallengeAnswer) -> bool:
+        from certkeeper import dnsclient
         try:
             return answer.dns_value in dnsclient.query(server, port, answer.dns_name, "TXT").values
         except DnsError:
@@ -375,7 +381,8 @@ class PersistDns01:
 
     def __init__(self, server: str, *, zone: str | None,
                  judge: Callable[[ChallengeAnswer, Sequence[str]], str | None]) -> None:
-        self.host, self.port = parse_server(server)
+        from certkeeper import dnsclient
+        self.host, self.port = dnsclient.parse_server(server)
         self.zone = zone
         self._judge = judge
 
@@ -389,10 +396,11 @@ class PersistDns01:
 
         Returns each record name's TXT values as the authoritative servers serve them (all passed).
         """
+        from certkeeper import dnsclient
         problems: list[str] = []
         seen: dict[str, list[str]] = {}
         try:
-            address = resolve_address(self.host)
+            address = dnsclient.resolve_address(self.host)
             for answer in answers:
                 name = persist_record_name(answer.identifier)
                 zone = self.zone or dnsclient.find_zone(address, self.port, name)
@@ -412,9 +420,10 @@ class PersistDns01:
 
 def publish_persist_records(server: str, zone: str | None, key: TsigKey, records: Sequence[tuple[str, str]]) -> None:
     """Add ``(name, value)`` TXT records once, with TSIG-signed updates (``acme persist-record --publish``)."""
-    host, port = parse_server(server)
+    from certkeeper import dnsclient
+    host, port = dnsclient.parse_server(server)
     try:
-        address = resolve_address(host)
+        address = dnsclient.resolve_address(host)
         for name, value in records:
             found = zone or dnsclient.find_zone(address, port, name)
             dnsclient.send_update(address, port, found, key, ttl=3600, add=[(name, "TXT", _quoted_txt(value))])

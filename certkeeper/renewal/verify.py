@@ -13,9 +13,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-from certkeeper.probe import ProbeOptions, ProbeResult, probe_target
 from certkeeper.targets import Target
+
+if TYPE_CHECKING:
+    from certkeeper.probe import ProbeResult
 
 POLL_INTERVAL = 0.5
 
@@ -79,6 +82,9 @@ def _served(result: ProbeResult) -> frozenset[str]:
 
 async def look(points: Sequence[ProbePoint], *, dual: bool, timeout: float, now: datetime) -> list[Seen]:
     """One round: what every point serves right now."""
+    # Here, not at the top: an install with no endpoints to verify never loads the prober (startup is measured).
+    from certkeeper.probe import ProbeOptions, probe_target
+
     options = ProbeOptions(timeout=timeout, key_type="all" if dual else None)
     without_sni = ProbeOptions(timeout=timeout, key_type="all" if dual else None, sni=False)
 
