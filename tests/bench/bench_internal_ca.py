@@ -121,7 +121,7 @@ def write_config(root: Path, state: Path, count: int) -> Path:
     return config
 
 
-def renew_rounds(count: int, rounds: int) -> dict[str, tuple[float, float]]:
+def renew_rounds(count: int, rounds: int, before: str | None = None) -> dict[str, tuple[float, float]]:
     """Row 6: ``certkeeper renew`` of ``count`` new certificates against the floor, in interleaved rounds."""
     with tempfile.TemporaryDirectory(prefix="bench-ca-") as tmp:
         root = Path(tmp)
@@ -129,11 +129,11 @@ def renew_rounds(count: int, rounds: int) -> dict[str, tuple[float, float]]:
         subprocess.run([*certkeeper_command(), "-c", str(write_config(root, root / "init", 1)), "ca", "init"],
                        check=True, capture_output=True, env=ENVIRONMENT)
 
-        def certkeeper(round_number: int) -> float:
-            config = write_config(root, root / f"state-{round_number}", count)
+        def renew(command: list[str], state: str) -> float:
+            config = write_config(root, root / state, count)
             started = time.perf_counter()
-            subprocess.run([*certkeeper_command(), "-c", str(config), "renew", "--quiet"], check=True,
-                           capture_output=True, env=ENVIRONMENT)
+            subprocess.run([*command, "-c", str(config), "renew", "--quiet"], check=True, capture_output=True,
+                           env=ENVIRONMENT)
             return time.perf_counter() - started
 
         def floor(round_number: int) -> float:
@@ -143,7 +143,10 @@ def renew_rounds(count: int, rounds: int) -> dict[str, tuple[float, float]]:
                            check=True, env=ENVIRONMENT, cwd=Path(__file__).resolve().parents[2])
             return time.perf_counter() - started
 
-        results = interleave(rounds, {"floor": floor, "certkeeper": certkeeper})
+        sides = {"floor": floor, "certkeeper": lambda r: renew(certkeeper_command(), f"state-{r}")}
+        if before is not None:  # another certkeeper (e.g. main's) in the same rounds
+            sides["before"] = lambda r: renew([before, "-m", "certkeeper"], f"before-{r}")
+        results = interleave(rounds, sides)
     return report(f"renew of {count} internal-CA certificates, end to end", results, goal=1.1)
 
 
@@ -152,10 +155,11 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--issue-only", action="store_true", help="issue() against a bare cryptography loop")
+    parser.add_argument("--before", help="a Python whose `-m certkeeper` is measured too, as side 'before'")
     args = parser.parse_args()
     if args.issue_only:
         return 0 if issue_loop(args.count) >= 0.8 else 1
-    low, _ = renew_rounds(args.count, args.rounds)["certkeeper"]
+    low, _ = renew_rounds(args.count, args.rounds, args.before)["certkeeper"]
     return 0 if low <= 1.1 else 1
 
 

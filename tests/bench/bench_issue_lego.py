@@ -58,7 +58,8 @@ def run_floor(pebble: Pebble, domains: Sequence[str]) -> float:
     return time.perf_counter() - started
 
 
-def make_sides(pebble: Pebble, root: Path, count: int, lego: Path | None, certbot: Path | None) -> dict[str, Side]:
+def make_sides(pebble: Pebble, root: Path, count: int, lego: Path | None, certbot: Path | None,
+               before: str | None = None) -> dict[str, Side]:
     """Each side issues ``count`` certificates for names of its own, fresh every round."""
     def names(side: str, round_number: int) -> list[str]:
         return [f"{side}{count}-{round_number}-{i}.example.test" for i in range(count)]
@@ -70,6 +71,8 @@ def make_sides(pebble: Pebble, root: Path, count: int, lego: Path | None, certbo
         return run_certkeeper(pebble, root / f"ck-{count}-{r}", names("ck", r))
 
     sides: dict[str, Side] = {"floor": floor, "certkeeper": certkeeper}
+    if before is not None:  # another certkeeper (e.g. main's) in the same rounds
+        sides["before"] = lambda r: run_certkeeper(pebble, root / f"before-{count}-{r}", names("bf", r), before)
     if lego is not None:
         sides["lego"] = lambda r: run_lego(lego, pebble, root / f"lego-{count}-{r}", names("lego", r))
     if certbot is not None:
@@ -83,6 +86,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--certbot", type=Path, default=Path("/tmp/certbot-venv/bin/certbot"))
     parser.add_argument("--floor-only", action="store_true", help="only certkeeper and the floor (quick iterations)")
+    parser.add_argument("--before", help="a Python whose `-m certkeeper` is measured too, as side 'before'")
     args = parser.parse_args()
     lego = lego_binary()
     if not lego.is_file() and not args.floor_only:
@@ -93,7 +97,7 @@ def main() -> int:
         root = Path(scratch)
         with Bind(root / "bind") as bind, Pebble(root / "pebble", bind=bind, nonce_reject_percent=0) as pebble:
             for count in args.counts:
-                sides = make_sides(pebble, root, count, None if args.floor_only else lego, certbot)
+                sides = make_sides(pebble, root, count, None if args.floor_only else lego, certbot, args.before)
                 results = interleave(args.rounds, sides)
                 print(json.dumps({"certificates": count, **{k: [round(v, 3) for v in t] for k, t in results.items()}}),
                       file=sys.stderr)
