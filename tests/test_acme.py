@@ -268,6 +268,14 @@ def test_the_retry_after_of_a_ca_is_honoured_when_polling(own_pebble: PebbleFact
     assert max(waits) >= 1.0
 
 
+def test_a_retry_after_beyond_the_order_timeout_fails_the_order_at_once(own_pebble: PebbleFactory,
+                                                                         tmp_path: Path) -> None:
+    pebble = own_pebble(retry_after=3600)
+    issuer = make_issuer(pebble, tmp_path, timeout=timedelta(seconds=10))
+    with pytest.raises(IssuanceError, match=r"did not finish .* within 10 s .*asked to look again in \d+"):
+        issuer.issue(request_for("slow.example.test"))
+
+
 def test_polling_starts_within_milliseconds_when_the_ca_names_no_retry_after(acme_server: Pebble,
                                                                             tmp_path: Path) -> None:
     waits: list[float] = []
