@@ -38,6 +38,7 @@ from certkeeper.dane.judge import (
     PresentedChain,
     ServedView,
     judge_tlsa,
+    outcome_findings,
 )
 from certkeeper.dane.observe import DaneWatch, dane_watch_for, tlsa_events
 from certkeeper.dane.publish import DnsSettings, TlsaPublisher, dns_settings
@@ -261,6 +262,16 @@ def test_no_records_a_failed_lookup_or_no_certificate_are_no_mismatch() -> None:
     failed = LookupResult(NAME, error="the TLSA query timed out")
     assert judge_tlsa([failed], [view(LEAF)]).status == "tlsa-lookup-failed"
     assert judge_tlsa([lookup(CURRENT)], [ServedView(WITH_SNI, ())]).status == "not-checked"
+
+
+def test_a_record_of_a_matching_type_certkeeper_cannot_check_is_reported_unchecked() -> None:
+    sha512 = TlsaRecord(NAME, 3, 1, 2, "ab" * 64)
+    outcome = judge_tlsa([lookup(record(LEAF.spki_sha256), sha512)], [view(LEAF)])
+    assert (outcome.status, outcome.unchecked) == ("tlsa-valid", (sha512,))
+    [warning] = [f for f in outcome_findings(outcome) if f.code == "not-checked"]
+    assert warning.severity == "WARNING" and f"1 TLSA record(s) at {NAME} (3 1 2)" in warning.message
+    assert judge_tlsa([lookup(sha512)], [view(LEAF)]).status != "tlsa-invalid"  # never a mismatch
+    assert outcome.to_json()["unchecked"] == [{"name": NAME, "rdata": sha512.rdata}]
 
 
 def test_a_mismatch_is_reported_every_pass_and_a_match_after_anything_else_is_a_recovery() -> None:

@@ -12,8 +12,9 @@ import pytest
 from certkeeper import pki
 from certkeeper.app import build_app
 from certkeeper.config import load_config
-from certkeeper.dane.records import TlsaRecord, crowded_names
-from certkeeper.dane.served import presented_clean
+from certkeeper.dane.records import ProbePoint, RolloverState, TlsaRecord, crowded_names, decide_rollover
+from certkeeper.dane.retire import begin_retirements, decide_retirement, note_probes
+from certkeeper.dane.served import clean_samples, presented_clean
 from certkeeper.errors import ConfigErrors
 from certkeeper.mailserver.config import postfix_duration, server_process_lifetime
 from certkeeper.probe.result import CertificateSummary, ProbeResult
@@ -41,6 +42,51 @@ def test_each_key_of_a_dual_certificate_is_judged_on_its_own_leaf() -> None:
     assert presented_clean(both_new, retiring=retiring, kept=kept)
     assert not presented_clean(rsa_old, retiring=retiring, kept=kept)  # the RSA key still serves the old one
     assert not presented_clean(ProbeResult(target, "CRITICAL", "refused"), retiring=retiring, kept=kept)
+
+
+RSA, ECDSA = "rsa-2048", "ecdsa-p256"
+OLD_RSA, NEW_RSA, NEXT_RSA, OLD_EC, NEW_EC, NEXT_EC = (TlsaRecord(NAME, 3, 1, 1, c * 64) for c in "123456")
+
+
+def test_each_key_type_rolls_when_its_own_next_records_are_ready_and_the_other_keeps_its_key() -> None:
+    state = RolloverState(frozenset({NEW_RSA, NEXT_RSA, NEW_EC, NEXT_EC}),
+                          dict.fromkeys([NEW_RSA, NEXT_RSA, NEW_EC], T0) | {NEXT_EC: T0 + timedelta(seconds=100)})
+    kwargs = {"desired": state.published, "needed": frozenset({NEXT_RSA, NEXT_EC}),
+              "current": frozenset({NEW_RSA, NEW_EC}), "ttl": 60,
+              "needed_by_key": {RSA: frozenset({NEXT_RSA}), ECDSA: frozenset({NEXT_EC})}}
+    step = decide_rollover(state, now=T0 + timedelta(seconds=120), installed_keys=frozenset({RSA, ECDSA}),
+                           **kwargs)  # type: ignore[arg-type]
+    assert (step.phase, step.rolling) == ("ready", (RSA,))
+    assert "ecdsa-p256 keeps its key this renewal" in step.reason
+    # An ECDSA key not installed yet cannot be kept: the renewal waits for its records.
+    step = decide_rollover(state, now=T0 + timedelta(seconds=120), installed_keys=frozenset({RSA}),
+                           **kwargs)  # type: ignore[arg-type]
+    assert (step.phase, step.until) == ("next-published", T0 + timedelta(seconds=220))
+    both = decide_rollover(state, now=T0 + timedelta(seconds=220), installed_keys=frozenset({RSA, ECDSA}),
+                           **kwargs)  # type: ignore[arg-type]
+    assert (both.phase, both.rolling) == ("ready", ())
+
+
+def test_each_key_types_old_records_retire_on_their_own_once_its_new_key_is_served_everywhere() -> None:
+    owners = {OLD_RSA: RSA, NEW_RSA: RSA, OLD_EC: ECDSA, NEW_EC: ECDSA}
+    [ec, rsa] = begin_retirements((), frozenset({OLD_RSA, OLD_EC}), owners, T0)
+    assert (ec.key, ec.records, rsa.key, rsa.records) == (ECDSA, frozenset({OLD_EC}), RSA, frozenset({OLD_RSA}))
+    assert begin_retirements((ec, rsa), frozenset({OLD_RSA, OLD_EC}), owners, T0 + timedelta(seconds=9)) == (ec, rsa)
+    target = parse_target("smtp://mx.example.test:25")
+    point = ProbePoint("mx.example.test", "::1", 25, sni=True)
+    rsa_lags = {point: ProbeResult(target, "OK", "", certificate=summary(NEW_EC.data),
+                                   served=(summary(NEW_EC.data), summary(OLD_RSA.data)))}
+    kept = frozenset({NEW_RSA, NEW_EC})
+    dwell = timedelta(seconds=10)
+    for moment in (T0, T0 + dwell):
+        ec = note_probes(ec, clean_samples(rsa_lags, retiring=ec.records, kept=kept, own=frozenset({NEW_EC})), moment)
+        rsa = note_probes(rsa, clean_samples(rsa_lags, retiring=rsa.records, kept=kept, own=frozenset({NEW_RSA})),
+                          moment)
+    assert decide_retirement(ec, [point], now=T0 + dwell, dwell=dwell, probes=2).done
+    held = decide_retirement(rsa, [point], now=T0 + dwell, dwell=dwell, probes=2)
+    assert not held.done and "mx.example.test [::1]:25 with SNI: no probe without the old key yet" in held.reason
+    # A key type dropped from the certificate: its records go once no address serves its old key.
+    assert presented_clean(rsa_lags[point], retiring=[OLD_EC], kept=[NEW_RSA], own=[])
 
 
 def test_a_dual_certificate_gets_current_and_next_records_per_key_and_the_listed_issuers(tmp_path: Path) -> None:

@@ -108,11 +108,11 @@ def _dane_fields(certificate: Any, home: Any, context: Context, now: datetime) -
     rollover = DaneRollover(certificate, home, context.config.issuers.get(certificate.issuer), lambda _: None,
                             lambda: now, store=context.store)
     state = rollover.load_state()
-    retirement = state.retirement
     return {"dane": {
         "published": sorted(r.rdata for r in state.published),
-        "retiring": [{"name": r.name, "rdata": r.rdata} for r in sorted(retirement.records)] if retirement else [],
-        "retiring_since": retirement.since.isoformat() if retirement else None,
+        "retiring": [{"name": r.name, "rdata": r.rdata, "key": retirement.key}
+                     for retirement in state.retirements for r in sorted(retirement.records)],
+        "retiring_since": min(r.since for r in state.retirements).isoformat() if state.retirements else None,
         "lagging": list(lagging_servers(state.lagging)),
         "lagging_reasons": list(state.lagging),
         "last_error": state.last_error,

@@ -85,6 +85,7 @@ class DaneOutcome:
     lookups: tuple[LookupResult, ...] = ()
     views: tuple[ServedView, ...] = ()
     mismatches: tuple[Mismatch, ...] = ()
+    unchecked: tuple[TlsaRecord, ...] = ()  # records of a matching type the probe cannot check (not SHA-256)
 
     @property
     def dnssec_validated(self) -> bool:
@@ -103,6 +104,7 @@ class DaneOutcome:
                        for view in self.views],
             "mismatches": [{"name": m.name, "spki_sha256": m.spki_sha256, "views": list(m.views),
                             "published": list(m.published)} for m in self.mismatches],
+            "unchecked": [{"name": r.name, "rdata": r.rdata} for r in self.unchecked],
         }
 
 
@@ -112,8 +114,18 @@ def judge_tlsa(lookups: Sequence[LookupResult], views: Sequence[ServedView]) -> 
     ``tlsa-invalid`` when a name has records and a leaf matches none of them (DANE-EE against the leaf, DANE-TA
     against the CA certificates sent above it: :func:`certkeeper.dane.records.match_presented`); otherwise
     ``tlsa-lookup-failed``, ``tlsa-missing`` (no records: senders fall back to opportunistic TLS) or
-    ``tlsa-valid``.  Records of matching types the probe cannot check (not SHA-256) are never a mismatch.
+    ``tlsa-valid``.  Records of matching types the probe cannot check (not SHA-256) are never a mismatch: they
+    are listed in :attr:`DaneOutcome.unchecked`, for a warning (:func:`outcome_findings`).
     """
+    outcome = _judge(lookups, views)
+    unchecked = sorted({r for lookup in lookups for r in match_presented(lookup.records, _NOBODY, ()).unchecked})
+    return replace(outcome, unchecked=tuple(unchecked)) if unchecked else outcome
+
+
+_NOBODY = Presented("", "")
+
+
+def _judge(lookups: Sequence[LookupResult], views: Sequence[ServedView]) -> DaneOutcome:
     if not any(view.chains for view in views):
         return DaneOutcome(NOT_CHECKED, "no certificate was presented", tuple(lookups), tuple(views))
     found: dict[tuple[str, str], Mismatch] = {}
@@ -211,6 +223,14 @@ def outcome_findings(outcome: DaneOutcome) -> list[Finding]:
             findings.append(Finding(DNSSEC_NOT_VALIDATED, "WARNING",
                                     f"the TLSA answer for {lookup.name} from {lookup.resolver} is not "
                                     f"DNSSEC-validated (AD bit clear): sending MTAs ignore it (RFC 7672 section 2.2)"))
+    names = dict.fromkeys(r.name for r in outcome.unchecked)
+    for name in names:
+        here = [r for r in outcome.unchecked if r.name == name]
+        kinds = ", ".join(sorted({f"{r.usage} {r.selector} {r.matching_type}" for r in here}))
+        findings.append(Finding(NOT_CHECKED, "WARNING",
+                                f"{len(here)} TLSA record(s) at {name} ({kinds}) use a matching type certkeeper "
+                                f"cannot check (only SHA-256, matching type 1): unchecked, neither a match nor a "
+                                f"mismatch"))
     if outcome.status == TLSA_INVALID:
         for mismatch in outcome.mismatches:
             published = ", ".join(r[:24] + "..." for r in mismatch.published)

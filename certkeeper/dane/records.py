@@ -247,6 +247,8 @@ class Retirement:
     since: datetime
     streaks: Mapping[ProbePoint, Streak] = field(default_factory=dict)
     next_probe_at: datetime | None = None  # when the shell should probe again (the daemon wakes for it)
+    # Whose records: a key type ("rsa-2048"), each retiring on its own; CA for DANE-TA records; "" not known.
+    key: str = ""
 
 
 @dataclass(frozen=True)
@@ -257,8 +259,13 @@ class RolloverState:
     published: frozenset[TlsaRecord] = frozenset()
     visible_since: Mapping[TlsaRecord, datetime] = field(default_factory=dict)
     last_error: str = ""
-    retirement: Retirement | None = None
+    retirements: tuple[Retirement, ...] = ()  # one per key (type): each key's old records retire on their own
     lagging: tuple[str, ...] = ()  # servers (or the resolver) that did not answer the records, with why
+    owners: Mapping[TlsaRecord, str] = field(default_factory=dict)  # the key type (or CA) each record names
+
+    @property
+    def retiring(self) -> frozenset[TlsaRecord]:
+        return frozenset(r for retirement in self.retirements for r in retirement.records)
 
 
 @dataclass(frozen=True)
@@ -275,17 +282,30 @@ class RolloverStep:
     add: frozenset[TlsaRecord] = frozenset()
     remove: frozenset[TlsaRecord] = frozenset()
     retiring: frozenset[TlsaRecord] = frozenset()
+    rolling: tuple[str, ...] = ()  # "ready" for these key types only; the others keep their key (empty: all)
+
+
+# Who DANE-TA records belong to in :attr:`RolloverState.owners`: the CA, not a key of ours.
+CA_OWNER = "ca"
 
 
 def decide_rollover(state: RolloverState, *, desired: frozenset[TlsaRecord], needed: frozenset[TlsaRecord],
                     current: frozenset[TlsaRecord], now: datetime, ttl: int,
-                    retired: frozenset[TlsaRecord] = frozenset()) -> RolloverStep:
+                    retired: frozenset[TlsaRecord] = frozenset(),
+                    needed_by_key: Mapping[str, frozenset[TlsaRecord]] | None = None,
+                    installed_keys: frozenset[str] = frozenset()) -> RolloverStep:
     """The next step towards publishing ``desired`` (current + next keys + CAs).
 
     ``needed`` are the records the certificate of the next renewal will match (the next key's, or the current
     key's with ``reuse_key``), ``current`` those the certificate served now matches.  A published record no
     longer desired is removed only once it is in ``retired`` (its retirement is over: see
     :func:`certkeeper.dane.retire.decide_retirement`); until then it is *retiring*.
+
+    Per key (a dual RSA + ECDSA certificate): ``needed_by_key`` splits ``needed`` by key type.  When some key
+    types' next records have been visible for two TTLs and the others' not yet, the step is ``ready`` for those
+    (:attr:`RolloverStep.rolling`): the renewal certifies their next keys and the others' installed keys, whose
+    records stay published (``installed_keys``: the key types installed now; a key type not installed yet
+    cannot be kept, and then the renewal waits for it).
     """
     stale = state.published - desired
     remove = stale & retired
@@ -309,11 +329,28 @@ def decide_rollover(state: RolloverState, *, desired: frozenset[TlsaRecord], nee
         return RolloverStep("unpublished", "publish", "the next key's records are not published", add=needed,
                             retiring=retiring)
     if now < ready_at:
+        rolling = _ready_keys(state, needed_by_key or {}, ttl, now)
+        waiting = set(needed_by_key or {}) - set(rolling)
+        if rolling and waiting <= installed_keys:
+            return RolloverStep("ready", "none", f"the next {', '.join(rolling)} key's TLSA records have been "
+                                f"visible for two TTLs; {', '.join(sorted(waiting))} keeps its key this renewal",
+                                retiring=retiring, rolling=rolling)
         return RolloverStep("next-published", "wait",
                             f"waiting two TTLs ({2 * ttl} s) after the next key's TLSA records became visible",
                             until=ready_at, retiring=retiring)
     return RolloverStep("ready", "none", "the next key's TLSA records have been visible for two TTLs",
                         retiring=retiring)
+
+
+def _ready_keys(state: RolloverState, needed_by_key: Mapping[str, frozenset[TlsaRecord]], ttl: int,
+                now: datetime) -> tuple[str, ...]:
+    """The key types whose next records have been visible for two TTLs at ``now``."""
+    ready = []
+    for key, needed in sorted(needed_by_key.items()):
+        at = rollover_ready_at(state, needed, ttl)
+        if at is not None and now >= at:
+            ready.append(key)
+    return tuple(ready)
 
 
 def rollover_ready_at(state: RolloverState, needed: frozenset[TlsaRecord], ttl: int) -> datetime | None:

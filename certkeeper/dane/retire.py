@@ -52,6 +52,22 @@ def begin_retirement(previous: Retirement | None, stale: frozenset[TlsaRecord], 
     return Retirement(stale, now)
 
 
+def begin_retirements(previous: Sequence[Retirement], stale: frozenset[TlsaRecord], owners: Mapping[TlsaRecord, str],
+                      now: datetime) -> tuple[Retirement, ...]:
+    """One retirement per key (``owners``: each record's key type, or CA), each begun and counted on its own: the
+    old ECDSA key's records go once every address presents the new ECDSA key, however the RSA side lags."""
+    groups: dict[str, set[TlsaRecord]] = {}
+    for record in stale:
+        groups.setdefault(owners.get(record, ""), set()).add(record)
+    before = {retirement.key: retirement for retirement in previous}
+    found = []
+    for key, records in sorted(groups.items()):
+        retirement = begin_retirement(before.get(key), frozenset(records), now)
+        if retirement is not None:
+            found.append(replace(retirement, key=key))
+    return tuple(found)
+
+
 def note_probes(retirement: Retirement, samples: Mapping[ProbePoint, bool], now: datetime) -> Retirement:
     """The streaks after one probe of each point: ``True`` when it presented no retiring key (and a current one).
 

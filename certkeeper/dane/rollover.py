@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -44,7 +44,7 @@ from certkeeper.dane.records import (
     TlsaRecord,
 )
 from certkeeper.dane.retire import (
-    begin_retirement,
+    begin_retirements,
     decide_retirement,
     note_probes,
     points_for,
@@ -84,6 +84,9 @@ class RecordSets:
     desired: frozenset[TlsaRecord]
     needed: frozenset[TlsaRecord]
     current: frozenset[TlsaRecord]
+    owners: Mapping[TlsaRecord, str] = field(default_factory=dict)  # key type (or CA) of each desired record
+    needed_by_key: Mapping[str, frozenset[TlsaRecord]] = field(default_factory=dict)
+    installed_keys: frozenset[str] = frozenset()  # the key types of the certificate installed now
 
 
 class DaneRollover:
@@ -108,6 +111,7 @@ class DaneRollover:
         self.process_lifetime = process_lifetime
         self.store = store
         self._lifetime: timedelta | None = None
+        self._rolling: tuple[str, ...] = ()  # the gate's: key types whose next key the renewal certifies
 
     @property
     def uses_next_key(self) -> bool:
@@ -120,9 +124,11 @@ class DaneRollover:
     def gate(self, previous: Version | None, now: datetime) -> Gate:
         """Bring DNS one step further, then decide whether the due renewal may change the key now."""
         step = self.synchronise(now)
+        self._rolling = step.rolling
         gate = dane.gate_renewal(step, now=self.clock(), not_after=previous.not_after if previous else None,
                                  unsafe_rollover_days=self.config.unsafe_rollover_days)
         if gate.unsafe:
+            self._rolling = ()
             self.publish_event(UnsafeKeyRollover(self.clock(), self.certificate.name, gate.reason))
         elif not gate.proceed:
             self.publish_event(RenewalWaitingForTlsa(self.clock(), self.certificate.name, step.phase, gate.reason,
@@ -130,10 +136,22 @@ class DaneRollover:
         return gate
 
     def keys_for_renewal(self) -> dict[str, pki.PrivateKey]:
-        """The next keys by key type, for the renewal to certify; empty when renewals keep the key."""
+        """The keys by key type for the renewal to certify: the next key of each key type the gate let roll, the
+        installed key of the others (their next records are not ready: they roll at a later renewal); empty
+        when renewals keep the key."""
         if not self.uses_next_key:
             return {}
-        return {key_type.value: self._next_key(key_type) for key_type in self.certificate.key_types}
+        keys = {}
+        current = self.home.current()
+        for key_type in self.certificate.key_types:
+            pair = next((p for p in current.pairs if p.key_type == key_type.value), None) if current else None
+            if self._rolling and key_type.value not in self._rolling and pair is not None:
+                log.info("%s: the %s key is kept this renewal: its next key's TLSA records are not ready",
+                         self.certificate.name, key_type.value)
+                keys[key_type.value] = self.home.load_pair_key(pair)
+            else:
+                keys[key_type.value] = self._next_key(key_type)
+        return keys
 
     def after_install(self, now: datetime) -> RolloverStep:
         """The new certificate is served: make new next keys, publish current + next; the old key's records retire."""
@@ -151,8 +169,9 @@ class DaneRollover:
         except CertkeeperError as exc:
             return self._failed(None, str(exc), "unpublished")
         state = self.load_state()
-        state = replace(state, retirement=begin_retirement(state.retirement, state.published - records.desired,
-                                                           self.clock()))
+        owners = {r: o for r, o in {**state.owners, **records.owners}.items() if r in state.published | records.desired}
+        state = replace(state, owners=owners, retirements=begin_retirements(
+            state.retirements, state.published - records.desired, owners, self.clock()))
         step = self.decide(state, records)
         if step.action not in ("publish", "confirm") and not step.retiring:
             self._save_if_changed(state)
@@ -172,7 +191,7 @@ class DaneRollover:
             unseen = {r for r in records.desired if r not in state.visible_since}
             if unseen:
                 state = self._confirm(publisher, state, unseen)
-            if state.retirement is not None:
+            if state.retirements:
                 state = self._retire(publisher, settings.server, state, records)
         except TlsaDnsError as exc:
             return self._failed(state, str(exc), step.phase)
@@ -185,11 +204,9 @@ class DaneRollover:
                  remove: frozenset[TlsaRecord]) -> RolloverState:
         publisher.publish(add, remove)
         published = (state.published | add) - remove
-        retirement = state.retirement
-        if retirement is not None and remove:
-            left = retirement.records - remove
-            retirement = replace(retirement, records=left) if left else None
-        state = replace(state, published=published, retirement=retirement,
+        retirements = tuple(replace(r, records=r.records - remove) for r in state.retirements if r.records - remove)
+        state = replace(state, published=published, retirements=retirements,
+                        owners={r: o for r, o in state.owners.items() if r in published},
                         visible_since={r: t for r, t in state.visible_since.items() if r in published})
         self.save_state(state)
         self.publish_event(TlsaRecordsPublished(self.clock(), self.certificate.name,
@@ -210,9 +227,7 @@ class DaneRollover:
 
     def _retire(self, publisher: TlsaPublisher, dns_server: str, state: RolloverState,
                 records: RecordSets) -> RolloverState:
-        """Probe every address with and without SNI; remove the retiring records once the dwell is over."""
-        retirement = state.retirement
-        assert retirement is not None
+        """Probe every address with and without SNI; remove each key's retiring records once its dwell is over."""
         now = self.clock()
         hosts = [h for h in (self.config.hosts or self.certificate.domains) if not h.startswith("*.")]
         addresses = resolve_addresses(hosts, resolver=self.config.resolver, dns_server=dns_server,
@@ -220,19 +235,32 @@ class DaneRollover:
         points = points_for(hosts, self.config.ports, addresses)
         results = probe_points(points, now=now, timeout=PROBE_TIMEOUT, ca_file=None,
                                dual=len(self.certificate.key_types) > 1)
-        retirement = note_probes(retirement, clean_samples(results, retiring=retirement.records,
-                                                           kept=records.desired), now)
-        decision = decide_retirement(retirement, points, now=now, dwell=self.dwell(),
-                                     probes=self.config.retire_probes)
-        state = replace(state, retirement=retirement)
-        if not decision.done:
+        kept: list[Retirement] = []
+        done: set[TlsaRecord] = set()
+        waiting: list[str] = []
+        for before in state.retirements:
+            # A key type's retirement asks only about its own leaf (the records of that key type kept).
+            own = (frozenset(r for r in records.desired if records.owners.get(r) == before.key)
+                   if before.key not in ("", dane.CA_OWNER) else None)
+            retirement = note_probes(before, clean_samples(results, retiring=before.records, kept=records.desired,
+                                                           own=own), now)
+            decision = decide_retirement(retirement, points, now=now, dwell=self.dwell(),
+                                         probes=self.config.retire_probes)
+            if decision.done:
+                log.info("%s: %s%s; removing the old key's TLSA records", self.certificate.name,
+                         f"{before.key} key: " * bool(before.key), decision.reason)
+                done |= retirement.records
+            else:
+                waiting.append(f"{before.key} key: {decision.reason}" if before.key else decision.reason)
+                kept.append(replace(retirement, next_probe_at=decision.probe_at))
+        state = replace(state, retirements=tuple(kept))
+        if waiting:
             self.save_state(state)
             self.publish_event(TlsaRecordsRetiring(now, self.certificate.name,
-                                                   tuple(r.rdata for r in sorted(retirement.records)),
-                                                   decision.reason))
-            return replace(state, retirement=replace(retirement, next_probe_at=decision.probe_at))
-        log.info("%s: %s; removing the old key's TLSA records", self.certificate.name, decision.reason)
-        return self._publish(publisher, state, frozenset(), retirement.records)
+                                                   tuple(r.rdata for r in sorted(state.retiring)), "; ".join(waiting)))
+        if done:
+            return self._publish(publisher, state, frozenset(), frozenset(done))
+        return state
 
     def dwell(self) -> timedelta:
         """``dane.retire_after`` (default two TTLs), at least the server processes' lifetime."""
@@ -260,40 +288,54 @@ class DaneRollover:
 
     def next_look(self) -> datetime | None:
         """When the retiring records want their next probe (no DNS asked); None when nothing retires."""
-        retirement = self.load_state().retirement
-        return retirement.next_probe_at if retirement is not None else None
+        looks = [r.next_probe_at for r in self.load_state().retirements if r.next_probe_at is not None]
+        return min(looks, default=None)
 
     # -- records ------------------------------------------------------------------------------------------------
 
     def record_sets(self, *, create: bool = True) -> RecordSets:
         """Desired, needed and current records from the installed version, the next keys and the issuing CAs."""
         current_version = self.home.current()
-        current_entities: list[EndEntity] = []
+        current_entities: dict[str, EndEntity] = {}
         chain: list[x509.Certificate] = []
         for pair in current_version.pairs if current_version else ():
             certificate = self.home.load_pair_certificate(pair)
-            current_entities.append(EndEntity(dane.certificate_spki_der(certificate),
-                                              dane.certificate_der(certificate)))
+            current_entities[pair.key_type] = EndEntity(dane.certificate_spki_der(certificate),
+                                                        dane.certificate_der(certificate))
             chain += self._chain(pair.directory / "chain.pem")
         # DANE-TA: the CAs of the chain served now (its records must stay while it is served), and those that may
         # sign the next certificate: dane.issuers when listed, else the ACME issuer's trust_roots intermediates.
         upcoming_cas = [c for path in self.config.issuers for c in self._chain(path)] or self._issuer_intermediates()
         cas = dane.issuing_cas(chain + upcoming_cas)
-        next_entities = []
+        next_entities: dict[str, EndEntity] = {}
         if self.uses_next_key:
             for key_type in self.certificate.key_types:
                 key = self._next_key(key_type) if create else self._load_next_key(key_type)
                 if key is not None:
-                    next_entities.append(EndEntity(pki.public_key_der(key)))
-        current = dane.records_for(self.parameters, self.names, end_entities=current_entities, issuing_cas=cas)
-        upcoming = dane.records_for(self.parameters, self.names, end_entities=next_entities, issuing_cas=cas)
+                    next_entities[key_type.value] = EndEntity(pki.public_key_der(key))
+        current = dane.records_for(self.parameters, self.names, end_entities=list(current_entities.values()),
+                                   issuing_cas=cas)
+        upcoming = dane.records_for(self.parameters, self.names, end_entities=list(next_entities.values()),
+                                    issuing_cas=cas)
+        owners = dict.fromkeys(dane.records_for(self.parameters, self.names, end_entities=[], issuing_cas=cas),
+                               dane.CA_OWNER)
+        needed_by_key: dict[str, frozenset[TlsaRecord]] = {}
+        for kind in {*current_entities, *next_entities}:
+            entities = [e for e in (current_entities.get(kind), next_entities.get(kind)) if e is not None]
+            for record in dane.records_for(self.parameters, self.names, end_entities=entities, issuing_cas=[]):
+                owners[record] = kind
+            if kind in next_entities:
+                needed_by_key[kind] = dane.records_for(self.parameters, self.names,
+                                                       end_entities=[next_entities[kind]], issuing_cas=[])
         needed = upcoming if self.uses_next_key else current
-        return RecordSets(current | upcoming, needed, current)
+        return RecordSets(current | upcoming, needed, current, owners, needed_by_key if self.uses_next_key else {},
+                          frozenset(current_entities))
 
     def decide(self, state: RolloverState, records: RecordSets) -> RolloverStep:
         # Retired records are removed by _retire, after their dwell: none is removed by the decision alone.
         return dane.decide_rollover(state, desired=records.desired, needed=records.needed, current=records.current,
-                                    now=self.clock(), ttl=self.config.ttl)
+                                    now=self.clock(), ttl=self.config.ttl, needed_by_key=records.needed_by_key,
+                                    installed_keys=records.installed_keys)
 
     def _failed(self, state: RolloverState | None, error: str, phase: dane.Phase) -> RolloverStep:
         log.warning("%s: %s", self.certificate.name, error)
@@ -372,9 +414,12 @@ class DaneRollover:
             published = frozenset(TlsaRecord.from_text(r["name"], r["rdata"]) for r in data["published"])
             visible = {TlsaRecord.from_text(r["name"], r["rdata"]): datetime.fromisoformat(r["since"])
                        for r in data["visible_since"]}
-            retirement = _load_retirement(data.get("retiring"))
-            return RolloverState(published, visible, str(data.get("last_error", "")), retirement,
-                                 tuple(str(line) for line in data.get("lagging", ())))
+            # One retirement per key; before they were per key, one ("retiring") for all.
+            retirements = tuple(r for r in map(_load_retirement, data.get("retirements", [data.get("retiring")]))
+                                if r is not None)
+            owners = {TlsaRecord.from_text(r["name"], r["rdata"]): str(r["owner"]) for r in data.get("owners", ())}
+            return RolloverState(published, visible, str(data.get("last_error", "")), retirements,
+                                 tuple(str(line) for line in data.get("lagging", ())), owners)
         except FileNotFoundError:
             return RolloverState()
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -402,16 +447,16 @@ def _state_json(state: RolloverState) -> dict[str, object]:
                           for r, t in sorted(state.visible_since.items())],
         "last_error": state.last_error,
         "lagging": list(state.lagging),
-    }
-    retirement = state.retirement
-    if retirement is not None:
-        data["retiring"] = {
+        "owners": [{"name": r.name, "rdata": r.rdata, "owner": o} for r, o in sorted(state.owners.items())],
+        "retirements": [{
+            "key": retirement.key,
             "records": [{"name": r.name, "rdata": r.rdata} for r in sorted(retirement.records)],
             "since": retirement.since.isoformat(),
             "next_probe_at": retirement.next_probe_at.isoformat() if retirement.next_probe_at else None,
             "streaks": [{"point": p.key, "count": s.count, "first_at": s.first_at.isoformat()}
                         for p, s in sorted(retirement.streaks.items())],
-        }
+        } for retirement in state.retirements],
+    }
     return data
 
 
@@ -423,4 +468,4 @@ def _load_retirement(data: dict[str, object] | None) -> Retirement | None:
                for s in data.get("streaks", ())}  # type: ignore[attr-defined]
     next_probe = data.get("next_probe_at")
     return Retirement(records, datetime.fromisoformat(str(data["since"])), streaks,
-                      datetime.fromisoformat(str(next_probe)) if next_probe else None)
+                      datetime.fromisoformat(str(next_probe)) if next_probe else None, str(data.get("key", "")))

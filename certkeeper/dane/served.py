@@ -24,21 +24,28 @@ from certkeeper.targets import parse_target
 IMPLICIT_TLS_PORTS = frozenset({465})
 
 
-def presented_clean(result: ProbeResult, *, retiring: Iterable[TlsaRecord], kept: Iterable[TlsaRecord]) -> bool:
+def presented_clean(result: ProbeResult, *, retiring: Iterable[TlsaRecord], kept: Iterable[TlsaRecord],
+                    own: Iterable[TlsaRecord] | None = None) -> bool:
     """Pure: every leaf presented (one per key type) matches a kept record and no retiring one.  A probe that
-    presented nothing proves nothing."""
+    presented nothing proves nothing.
+
+    ``own``: the kept records of the retiring key's type, when the records retire per key: then no leaf may
+    match a retiring record and one leaf must match ``own`` (the new key of that type is served; none when the
+    key type was dropped); the other key type's leaves are its own retirement's business."""
     leaves = result.served or ((result.certificate,) if result.certificate else ())
     if not leaves:
         return False
     retiring, kept = list(retiring), list(kept)
     above = [Presented(s.spki_sha256, s.fingerprint_sha256) for s in result.chain[1:]]
-    for leaf in leaves:
-        presented = Presented(leaf.spki_sha256, leaf.fingerprint_sha256)
-        # The probe keeps the chain of the first handshake only; DANE-TA records are judged on that one.
-        chain = above if leaf == result.certificate else []
-        if match_presented(retiring, presented, chain).matched or not match_presented(kept, presented, chain).matched:
-            return False
-    return True
+    # The probe keeps the chain of the first handshake only; DANE-TA records are judged on that one.
+    presented = [(Presented(leaf.spki_sha256, leaf.fingerprint_sha256), above if leaf == result.certificate else [])
+                 for leaf in leaves]
+    if any(match_presented(retiring, leaf, chain).matched for leaf, chain in presented):
+        return False
+    if own is not None:
+        own = list(own)
+        return not own or any(match_presented(own, leaf, chain).matched for leaf, chain in presented)
+    return all(match_presented(kept, leaf, chain).matched for leaf, chain in presented)
 
 
 def resolve_addresses(hosts: Sequence[str], *, resolver: str | None, dns_server: str | None,
@@ -84,11 +91,13 @@ async def _probe(point: ProbePoint, now: datetime, timeout: float, ca_file: Path
 
 
 def clean_samples(results: Mapping[ProbePoint, ProbeResult], *, retiring: frozenset[TlsaRecord],
-                  kept: frozenset[TlsaRecord]) -> dict[ProbePoint, bool]:
-    """Each point's verdict against the records at its own TLSA name (``_<port>._tcp.<host>``)."""
+                  kept: frozenset[TlsaRecord], own: frozenset[TlsaRecord] | None = None) -> dict[ProbePoint, bool]:
+    """Each point's verdict against the records at its own TLSA name (``_<port>._tcp.<host>``); ``own``: see
+    :func:`presented_clean`."""
     verdicts: dict[ProbePoint, bool] = {}
     for point, result in results.items():
         name = f"_{point.port}._tcp.{point.host.rstrip('.').lower()}."
         verdicts[point] = presented_clean(result, retiring=[r for r in retiring if r.name == name],
-                                          kept=[r for r in kept if r.name == name])
+                                          kept=[r for r in kept if r.name == name],
+                                          own=None if own is None else [r for r in own if r.name == name])
     return verdicts
