@@ -26,11 +26,17 @@ import pytest
 from certkeeper import dnsclient, pki
 from certkeeper.app import App, build_app
 from certkeeper.config import Config
-from certkeeper.events import Event, RenewalWaitingForTlsa, TlsaPropagationLagging, TlsaRecordsPublished
+from certkeeper.events import (
+    Event,
+    RenewalWaitingForTlsa,
+    TlsaPropagationLagging,
+    TlsaRecordsPublished,
+    TlsaRecordsRetiring,
+)
 from certkeeper.store.versions import CertificateHome
 from certkeeper.testbed.dnssec import SignedZone
 from certkeeper.testbed.postfix import Postfix
-from certkeeper.testbed.server import LOOPBACK
+from certkeeper.testbed.server import IPV6_LOOPBACK, LOOPBACK
 from tests.dane_fixtures import signed_zone
 from tests.lifecycle_helpers import write_config
 
@@ -53,12 +59,13 @@ class Clock:
         return pki.now_utc() + self.offset
 
 
-def add_host(zone: SignedZone, origin: str) -> str:
-    """A fresh MX host name with its own A record (``_25._tcp.<host>`` would make it an empty non-terminal,
-    which the zone's wildcard A no longer covers: RFC 4592 section 2.2.2)."""
+def add_host(zone: SignedZone, origin: str, *, ipv6: bool = False) -> str:
+    """A fresh MX host name with its own A record, and AAAA ``::1`` with ``ipv6`` (``_25._tcp.<host>`` would make
+    it an empty non-terminal, which the zone's wildcard A no longer covers: RFC 4592 section 2.2.2)."""
     host = f"mx-{secrets.token_hex(4)}.{origin}"
     key = dnsclient.parse_tsig_key(zone.tsig_key_file.read_text(), "zone")
-    dnsclient.send_update(LOOPBACK, zone.port, origin, key, ttl=30, add=[(host, "A", LOOPBACK)])
+    dnsclient.send_update(LOOPBACK, zone.port, origin, key, ttl=30,
+                          add=[(host, "A", LOOPBACK)] + [(host, "AAAA", IPV6_LOOPBACK)] * ipv6)
     return host.rstrip(".")
 
 
@@ -71,15 +78,15 @@ def primary_tlsa(zone: SignedZone, name: str) -> set[str]:
 
 
 def dane_config(tmp_path: Path, zone: SignedZone, host: str, postfix: Postfix | None, *, port: int,
-                extra: str = "", settings: str = "") -> Config:
+                extra: str = "", settings: str = "", endpoints: bool = True) -> Config:
     table = [
         "[certificates.mail]", 'issuer = "internal"', f'domains = ["{host}"]',
         f'dane = {{ tlsa = ["3 1 1"], ports = [{port}], dns_server = "{zone.nameserver}", '
         f'tsig_key_file = "{zone.tsig_key_file}", ttl = {TTL}, resolver = "{zone.resolver_address}"{extra} }}',
     ]
     if postfix is not None:
-        table += ['reload = ["postfix"]', f'hook_env = {{ POSTFIX_CONFIG_DIR = "{postfix.config_dir}" }}',
-                  f'endpoints = ["smtp://127.0.0.1:{port}"]']
+        table += ['reload = ["postfix"]', f'hook_env = {{ POSTFIX_CONFIG_DIR = "{postfix.config_dir}" }}']
+        table += [f'endpoints = ["smtp://127.0.0.1:{port}"]'] * endpoints
     return write_config(tmp_path, "\n".join(table) + "\n" + settings)
 
 
@@ -96,8 +103,23 @@ def current_spki(home: CertificateHome) -> str:
     return pki.spki_sha256(home.load_pair_certificate(version.pairs[0]))
 
 
+def spki_of(home: CertificateHome, key_type: str) -> str:
+    version = home.current()
+    assert version is not None
+    [pair] = [p for p in version.pairs if p.key_type == key_type]
+    return pki.spki_sha256(home.load_pair_certificate(pair))
+
+
+def retiring_reasons(events: list[Event]) -> list[str]:
+    return [e.reason for e in events if isinstance(e, TlsaRecordsRetiring)]
+
+
 def next_spki(home: CertificateHome) -> str:
-    key = pki.load_key((home.root / "next" / "ecdsa-p256.key").read_bytes())
+    return next_of(home, "ecdsa-p256")
+
+
+def next_of(home: CertificateHome, key_type: str) -> str:
+    key = pki.load_key((home.root / "next" / f"{key_type}.key").read_bytes())
     return hashlib.sha256(pki.public_key_der(key)).hexdigest()
 
 
@@ -289,3 +311,87 @@ def test_an_unsigned_answer_from_the_primary_is_not_counted_as_visible(tmp_path:
     assert "without the AD bit" in waiting.detail
     assert any(isinstance(e, RenewalWaitingForTlsa) for e in events)
     assert current_spki(home) != next_spki(home)
+
+
+@pytest.mark.testbed
+@pytest.mark.slow
+def test_an_ipv6_address_still_serving_the_old_key_holds_the_retirement_back_and_is_named(
+        tmp_path: Path, signed_zone: SignedZone, postfix_factory: Callable[..., Postfix]) -> None:
+    zone = signed_zone
+    host = add_host(zone, zone.zone, ipv6=True)  # A 127.0.0.1, AAAA ::1: two Postfix instances on one port
+    lagging = postfix_factory(address=IPV6_LOOPBACK, listeners=["smtp"])  # not reloaded by certkeeper
+    port = lagging.ports["smtp"]
+    postfix = postfix_factory(listeners=["smtp"], fixed_ports={"smtp": port})
+    postfix.postconf(max_idle="2s")
+    config = dane_config(tmp_path, zone, host, postfix, port=port, extra=', retire_after = "2s", retire_probes = 2')
+    home = CertificateHome(config.settings.state_dir, "mail")
+    postfix.use_certificate(home.current_link / "privkey.pem", home.current_link / "fullchain.pem")
+    clock = Clock()
+    app, events = app_with(config, clock)
+    [first] = app.run_pass()
+    assert first.result == "renewed", first.detail
+    old_key, version = current_spki(home), home.current()
+    assert version is not None
+    lagging.use_certificate(version.pairs[0].directory / "privkey.pem", version.pairs[0].directory / "fullchain.pem")
+    lagging.reload()  # [::1] serves the first key, and keeps serving it after the rollover
+
+    clock.offset = timedelta(seconds=2 * TTL + 1)
+    [renewed] = app.run_pass(force=True)
+    assert renewed.result == "renewed", renewed.detail
+    ipv6 = f"{host} [::1]:{port}"
+    # Points are judged in order (127.0.0.1 before ::1): [::1] named first means IPv4 has served its dwell.
+    run_passes_until(app, lambda: any(f"retiring: {ipv6}" in r for r in retiring_reasons(events)), limit=30)
+    assert old_key in primary_tlsa(zone, f"_{port}._tcp.{host}."), retiring_reasons(events)[-3:]
+    assert f"retiring: {ipv6} without SNI: no probe without the old key yet" in retiring_reasons(events)[-1]
+
+    lagging.use_certificate(home.current_link / "privkey.pem", home.current_link / "fullchain.pem")
+    lagging.reload()
+    run_passes_until(app, lambda: old_key not in primary_tlsa(zone, f"_{port}._tcp.{host}."), limit=30)
+    assert old_key not in primary_tlsa(zone, f"_{port}._tcp.{host}."), retiring_reasons(events)[-3:]
+
+
+@pytest.mark.testbed
+@pytest.mark.slow
+def test_each_key_of_a_dual_certificate_retires_once_every_address_serves_its_new_key_whatever_the_other_does(
+        tmp_path: Path, signed_zone: SignedZone, postfix_factory: Callable[..., Postfix]) -> None:
+    zone = signed_zone
+    host = add_host(zone, zone.zone, ipv6=True)
+    postfix = postfix_factory(listeners=["smtp"], ipv6=True)  # 127.0.0.1 and [::1], both key types
+    postfix.postconf(max_idle="2s")
+    port = postfix.ports["smtp"]
+    name = f"_{port}._tcp.{host}."
+    # No endpoint to observe: the lagging RSA key would make each pass reload Postfix instead (a served key not
+    # installed is a reload owed), and passes with a reload owed leave the TLSA records alone.
+    config = dane_config(tmp_path, zone, host, postfix, port=port, extra=', retire_after = "3s", retire_probes = 2',
+                         settings='key_types = ["ecdsa-p256", "rsa-2048"]\n', endpoints=False)
+    home = CertificateHome(config.settings.state_dir, "mail")
+
+    def serve(ecdsa: Path, rsa: Path) -> None:
+        postfix.postconf(smtpd_tls_chain_files=f"{ecdsa}/privkey.pem, {ecdsa}/fullchain.pem, "
+                                               f"{rsa}/privkey.pem, {rsa}/fullchain.pem")
+
+    serve(home.current_link / "ecdsa", home.current_link / "rsa")
+    clock = Clock()
+    app, events = app_with(config, clock)
+    [first] = app.run_pass()
+    assert first.result == "renewed", first.detail
+    old_ecdsa, old_rsa, first_version = spki_of(home, "ecdsa-p256"), spki_of(home, "rsa-2048"), home.current()
+    assert first_version is not None
+    assert len(primary_tlsa(zone, name)) == 4  # current + next per key
+
+    clock.offset = timedelta(seconds=2 * TTL + 1)
+    [renewed] = app.run_pass(force=True)
+    assert renewed.result == "renewed", renewed.detail
+    # Now the RSA side lags (an instance that was not updated): it serves the old RSA key on every address.
+    serve(home.current_link / "ecdsa", first_version.path / "rsa")
+    postfix.reload()
+    run_passes_until(app, lambda: old_ecdsa not in primary_tlsa(zone, name), limit=30)
+    published = primary_tlsa(zone, name)
+    assert old_ecdsa not in published and old_rsa in published, retiring_reasons(events)[-3:]
+    assert "rsa-2048 key: the old key's TLSA records are retiring" in retiring_reasons(events)[-1]
+
+    serve(home.current_link / "ecdsa", home.current_link / "rsa")
+    postfix.reload()
+    run_passes_until(app, lambda: old_rsa not in primary_tlsa(zone, name), limit=30)
+    assert primary_tlsa(zone, name) == {spki_of(home, "ecdsa-p256"), spki_of(home, "rsa-2048"),
+                                        *(next_of(home, k) for k in ("ecdsa-p256", "rsa-2048"))}

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import base64
 import secrets
-import socket
 import subprocess
 from pathlib import Path
 from types import TracebackType
@@ -41,7 +40,16 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 
-from certkeeper.testbed.server import LOOPBACK, Server, allocate_port, run_checked, spawn, terminate, wait_until
+from certkeeper.testbed.server import (
+    LOOPBACK,
+    Server,
+    allocate_port,
+    allocate_shared_port,
+    run_checked,
+    spawn,
+    terminate,
+    wait_until,
+)
 
 NAMED = "/usr/sbin/named"
 RNDC = "/usr/sbin/rndc"
@@ -50,26 +58,6 @@ SECONDARY = "::1"
 # Negative TTL (and so the NSEC records' TTL, RFC 4035 section 2.3) of 2 s: a resolver that proved a TLSA name
 # absent, from an NSEC record it cached (aggressive use, RFC 8198), sees the new records 2 s later, not 30.
 SOA_TIMERS = "3600 3600 86400 2"
-
-
-def allocate_shared_port(addresses: tuple[str, ...]) -> int:
-    """A claimed port (:func:`~certkeeper.testbed.server.allocate_port`, free on 127.0.0.1) that is also free for
-    TCP and UDP on every other one of ``addresses`` (the IPv6 loopback)."""
-    while True:
-        port = allocate_port(udp_too=True)
-        if all(_free(address, port, kind) for address in addresses if address != LOOPBACK
-               for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM)):
-            return port
-
-
-def _free(address: str, port: int, kind: int) -> bool:
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    with socket.socket(family, kind) as sock:
-        try:
-            sock.bind((address, port))
-        except OSError:
-            return False
-    return True
 
 
 def answers_soa(zone: str, address: str, port: int) -> int | None:

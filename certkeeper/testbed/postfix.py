@@ -31,10 +31,12 @@ from pathlib import Path
 
 from certkeeper.testbed.certs import TestCA
 from certkeeper.testbed.server import (
+    IPV6_LOOPBACK,
     LOOPBACK,
     Server,
     accepts_tcp,
     allocate_port,
+    allocate_shared_port,
     make_traversable,
     run_checked,
     wait_until,
@@ -96,6 +98,7 @@ class Postfix(Server):
         start_timeout: float = 15.0,
         address: str = LOOPBACK,
         fixed_ports: Mapping[str, int] | None = None,
+        ipv6: bool = False,
     ) -> None:
         """Configure an instance; nothing runs until :meth:`start`.
 
@@ -106,6 +109,8 @@ class Postfix(Server):
         ``master_cf_extra``: raw lines appended to ``master.cf``.
         ``address``: the loopback address to listen on (see :func:`~certkeeper.testbed.server.allocate_address`).
         ``fixed_ports``: listeners on a fixed port instead of a free one (``{"smtp": 25}`` for an MX host).
+        ``ipv6``: each listener on ``[::1]`` too, on the same port (``inet_protocols = all``), as an MX host with
+        an A and an AAAA record; ``address="::1"`` listens on the IPv6 loopback alone.
         """
         super().__init__(directory)
         make_traversable(self.directory)
@@ -119,6 +124,7 @@ class Postfix(Server):
         self.listeners = tuple(name for name in LISTENERS if name in listeners)
         self.ports: dict[str, int] = {}
         self.address = address
+        self.ipv6 = ipv6
         self._fixed_ports = dict(fixed_ports or {})
         self.start_timeout = start_timeout
         self._main_cf_overrides = dict(main_cf or {})
@@ -136,8 +142,14 @@ class Postfix(Server):
         return self.directory / "postfix.log"
 
     def _allocate_ports(self) -> None:
-        self.ports = {name: self._fixed_ports.get(name) or allocate_port()
-                      for name in self.listeners}
+        # A port free on the IPv6 loopback too when the listeners bind it.
+        def allocate() -> int:
+            return allocate_shared_port((IPV6_LOOPBACK,)) if IPV6_LOOPBACK in self._addresses else allocate_port()
+        self.ports = {name: self._fixed_ports.get(name) or allocate() for name in self.listeners}
+
+    @property
+    def _addresses(self) -> list[str]:
+        return [self.address, IPV6_LOOPBACK] if self.ipv6 and self.address != IPV6_LOOPBACK else [self.address]
 
     def _main_cf(self) -> dict[str, str]:
         settings = {
@@ -156,7 +168,7 @@ class Postfix(Server):
             # Postfix accepts only addresses configured on an interface here (lo has 127.0.0.1 alone); the
             # master.cf listeners bind the address themselves.
             "inet_interfaces": LOOPBACK if self.address == LOOPBACK else "all",
-            "inet_protocols": "ipv4",
+            "inet_protocols": "all" if self.ipv6 or ":" in self.address else "ipv4",
             "alias_maps": "",
             "alias_database": "",
             "relayhost": "",
@@ -176,8 +188,10 @@ class Postfix(Server):
     def _master_cf(self) -> str:
         lines = []
         for name in self.listeners:
-            lines.append(f"{self.address}:{self.ports[name]} inet n - n - - smtpd")
-            lines += [f"  -o {key}={value}" for key, value in self._listener_options[name].items()]
+            for address in self._addresses:
+                where = f"[{address}]" if ":" in address else address
+                lines.append(f"{where}:{self.ports[name]} inet n - n - - smtpd")
+                lines += [f"  -o {key}={value}" for key, value in self._listener_options[name].items()]
         return "\n".join(lines) + "\n" + _SERVICES + self._master_cf_extra
 
     def write_config(self) -> Path:
@@ -237,7 +251,7 @@ class Postfix(Server):
             msg = f"postfix start exited {returncode}"
             raise self.fail(msg)
         ready = wait_until(
-            lambda: all(accepts_tcp(port, self.address) for port in self.ports.values()),
+            lambda: all(accepts_tcp(port, address) for port in self.ports.values() for address in self._addresses),
             timeout=self.start_timeout,
             alive=self._master_alive,
         )

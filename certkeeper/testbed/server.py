@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import Self
 
 LOOPBACK = "127.0.0.1"
+IPV6_LOOPBACK = "::1"
 _START_ATTEMPTS = 3
 _STOP_TIMEOUT = 10.0
 _ADDRESS_IN_USE_MARKERS = ("address already in use", "address in use", "addrinuse")
@@ -94,6 +95,26 @@ def _bindable(port: int, *, udp_too: bool) -> bool:
     return True
 
 
+
+
+def allocate_shared_port(addresses: tuple[str, ...]) -> int:
+    """A claimed port (:func:`allocate_port`, free on 127.0.0.1) that is also free for
+    TCP and UDP on every other one of ``addresses`` (the IPv6 loopback)."""
+    while True:
+        port = allocate_port(udp_too=True)
+        if all(_free(address, port, kind) for address in addresses if address != LOOPBACK
+               for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM)):
+            return port
+
+
+def _free(address: str, port: int, kind: int) -> bool:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, kind) as sock:
+        try:
+            sock.bind((address, port))
+        except OSError:
+            return False
+    return True
 
 
 def allocate_address(ports: Sequence[int]) -> str:
