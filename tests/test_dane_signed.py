@@ -295,7 +295,7 @@ def test_a_secondary_that_lags_delays_the_rollover_and_is_named(tmp_path: Path, 
 
 @pytest.mark.testbed
 @pytest.mark.slow
-def test_an_unsigned_answer_from_the_primary_is_not_counted_as_visible(tmp_path: Path,
+def test_an_unsigned_answer_from_the_primary_is_not_counted_as_visible_until_it_signs(tmp_path: Path,
                                                                          signed_zone: SignedZone) -> None:
     zone = signed_zone
     host = add_host(zone, zone.unsigned_zone)
@@ -311,6 +311,13 @@ def test_an_unsigned_answer_from_the_primary_is_not_counted_as_visible(tmp_path:
     assert "without the AD bit" in waiting.detail
     assert any(isinstance(e, RenewalWaitingForTlsa) for e in events)
     assert current_spki(home) != next_spki(home)
+    # The primary signs late: from then on the resolver validates, and the two-TTL wait starts.
+    assert zone.sign_unsigned_zone()
+    [confirmed] = app.run_pass(force=True)
+    assert confirmed.result == "waiting" and "waiting two TTLs" in confirmed.detail, confirmed.detail
+    clock.offset += timedelta(seconds=2 * TTL + 1)
+    [renewed] = app.run_pass(force=True)
+    assert renewed.result == "renewed", renewed.detail
 
 
 @pytest.mark.testbed

@@ -11,10 +11,12 @@ certkeeper does with a ``dns_server`` on a high port, reaches each of them)::
     resolver 127.0.0.1:R    BIND, recursion for the zone only (forwarded to ns1 and ns2), DNSSEC validation
                             with the zone's DNSKEY as its trust anchor: it sets AD on what it validated
 
-A second zone, :attr:`SignedZone.unsigned_zone` (``unsigned.test.``), stands for a zone whose primary has not
-signed (yet): ns1 serves it without signatures, updates accepted with the same key, while the resolver holds a
-trust anchor for it (the signed zone's key) as for a zone whose parent publishes a DS.  Its answers through the
-resolver are therefore bogus (SERVFAIL, never AD), however correct the primary's unsigned answer is.
+A second zone, :attr:`SignedZone.unsigned_zone` (``unsigned.test.``), is a zone whose primary has not signed
+yet: ns1 signs it inline (``auto-dnssec maintain``) from a key folder that stays empty, so it serves the zone and
+its updates without signatures, while the resolver holds a trust anchor for it (the signed zone's key) as for a
+zone whose parent publishes a DS.  Its answers through the resolver are therefore bogus (SERVFAIL, never AD),
+however correct the primary's unsigned answer is, until :meth:`SignedZone.sign_unsigned_zone` puts a copy of the
+signed zone's key there and runs ``rndc sign``: from then on the resolver validates them.
 
 :meth:`SignedZone.hold_transfers` refuses zone transfers on the primary (``allow-transfer { none; }``, then
 ``rndc reconfig``): ns2 keeps serving the old serial, as a lagging secondary does, until
@@ -160,6 +162,21 @@ class SignedPrimary(_Named):
             return []
         return [rdata.to_text() for rrset in reply.answer if rrset.rdtype == dns.rdatatype.DNSKEY for rdata in rrset]
 
+    @property
+    def unsigned_keys(self) -> Path:
+        return self.directory / "unsigned-keys"
+
+    def sign_unsigned_zone(self) -> None:
+        """Sign the unsigned zone now, with a copy of the signed zone's key (the resolver's trust anchor for both
+        zones), as a primary does that signs late."""
+        for path in self.directory.glob(f"K{self.zone}+*"):
+            if path.suffix in (".key", ".private"):
+                text = path.read_text()
+                if path.suffix == ".key":  # the owner name is in the DNSKEY record; the key tag does not cover it
+                    text = text.replace(f"{self.zone} ", f"{self.unsigned_zone} ")
+                (self.unsigned_keys / path.name.replace(self.zone, self.unsigned_zone)).write_text(text)
+        self.rndc("sign", self.unsigned_zone)
+
     def write_config(self) -> None:
         transfer = "any" if self.transfers_allowed else "none"
         self.config_file.write_text(
@@ -192,6 +209,11 @@ class SignedPrimary(_Named):
             f'zone "{self.unsigned_zone}" {{\n'
             "    type primary;\n"
             f'    file "{self.unsigned_file}";\n'
+            # Signed inline from keys in a folder that stays empty until sign_unsigned_zone(): a primary that has
+            # not signed yet (dnssec-policy would make its own keys at once; auto-dnssec waits for them).
+            "    inline-signing yes;\n"
+            "    auto-dnssec maintain;\n"
+            f'    key-directory "{self.unsigned_keys}";\n'
             f'    allow-update {{ key "{self.tsig_key_name}"; }};\n'
             "    notify no;\n"
             "};\n"
@@ -201,8 +223,9 @@ class SignedPrimary(_Named):
         # Journals, keys and the signed copy of a previous start: each start signs afresh.
         for stale in [*self.directory.glob("zone.db.*"), *self.directory.glob("unsigned.db.*")]:
             stale.unlink()
-        for key in self.directory.glob("K*"):
+        for key in [*self.directory.glob("K*"), *self.unsigned_keys.glob("K*")]:
             key.unlink()
+        self.unsigned_keys.mkdir(exist_ok=True)
         self.zone_file.write_text(
             f"$ORIGIN {self.zone}\n"
             "$TTL 30\n"
@@ -399,6 +422,22 @@ class SignedZone:
         self.primary.write_config()
         self.primary.rndc("reconfig")
         self.primary.rndc("notify", self.zone)
+
+    def sign_unsigned_zone(self, timeout: float = 10.0) -> bool:
+        """The primary signs :attr:`unsigned_zone` now; True once the resolver validates its SOA (AD set)."""
+        assert self.primary is not None and self.resolver is not None
+        self.primary.sign_unsigned_zone()
+        resolver = self.resolver
+
+        def validated() -> bool:
+            resolver.flush()
+            query = dns.message.make_query(self.unsigned_zone, dns.rdatatype.SOA, want_dnssec=True)
+            try:
+                reply = dns.query.udp(query, LOOPBACK, port=resolver.port, timeout=1)
+            except (dns.exception.DNSException, OSError):
+                return False
+            return bool(reply.flags & dns.flags.AD)
+        return wait_until(validated, timeout=timeout, alive=lambda: True)
 
     def __enter__(self) -> Self:
         return self.start()
