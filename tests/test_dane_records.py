@@ -14,6 +14,7 @@ from certkeeper.app import build_app
 from certkeeper.config import load_config
 from certkeeper.dane.records import ProbePoint, RolloverState, TlsaRecord, crowded_names, decide_rollover
 from certkeeper.dane.retire import begin_retirements, decide_retirement, note_probes
+from certkeeper.dane.rollover import DaneRollover
 from certkeeper.dane.served import clean_samples, presented_clean
 from certkeeper.errors import ConfigErrors
 from certkeeper.mailserver.config import postfix_duration, server_process_lifetime
@@ -117,6 +118,39 @@ def test_a_dual_certificate_gets_current_and_next_records_per_key_and_the_listed
     assert {line.split()[7] for line in upcoming} == nexts and len(nexts) == 2  # a next key per key type
     assert pki.spki_sha256(extra.certificate) in cas and len(cas) == 2  # the served chain's CA and the listed one
     assert shown.stderr == ""
+
+
+def test_a_renewal_rolls_the_key_type_whose_next_records_are_ready_and_keeps_the_other_key(tmp_path: Path) -> None:
+    config = write_config(tmp_path, """
+        [certificates.mail]
+        issuer = "internal"
+        domains = ["mx.example.test"]
+        key_types = ["ecdsa-p256", "rsa-2048"]
+        dane = { tlsa = ["3 1 1"], ttl = 60 }
+        """)
+    app = build_app(config)
+    assert app.run_pass()[0].result == "renewed"  # no DNS server: published by hand (`dane show`)
+    home = CertificateHome(config.settings.state_dir, "mail")
+    certificate = app.renewer.select(["mail"])[0]
+    rollover = DaneRollover(certificate, home, None, lambda _: None, pki.now_utc, store=app.store)
+    records = rollover.record_sets()
+    long_ago, just_now = pki.now_utc() - timedelta(days=1), pki.now_utc()
+    # The RSA key's next records have been visible for a day; the ECDSA key's only just.
+    rollover.save_state(RolloverState(records.desired, {r: just_now if r in records.needed_by_key[ECDSA] else long_ago
+                                                        for r in records.desired}))
+
+    def key_of(key_type: str, *, installed: bool) -> bytes:
+        version = home.current()
+        assert version is not None
+        [pair] = [p for p in version.pairs if p.key_type == key_type]
+        key = home.load_pair_key(pair) if installed else pki.load_key((home.root / "next" / f"{key_type}.key")
+                                                                      .read_bytes())
+        return pki.public_key_der(key)
+
+    ecdsa_installed, rsa_next = key_of(ECDSA, installed=True), key_of(RSA, installed=False)
+    [renewed] = app.run_pass(force=True)
+    assert renewed.result == "renewed", renewed.detail
+    assert (key_of(ECDSA, installed=True), key_of(RSA, installed=True)) == (ecdsa_installed, rsa_next)
 
 
 def test_a_name_with_more_than_eight_records_draws_a_warning(tmp_path: Path) -> None:
