@@ -153,6 +153,23 @@ def test_a_renewal_rolls_the_key_type_whose_next_records_are_ready_and_keeps_the
     assert (key_of(ECDSA, installed=True), key_of(RSA, installed=True)) == (ecdsa_installed, rsa_next)
 
 
+def test_a_retirement_stored_before_retirements_were_per_key_is_read_as_one_of_unknown_key(tmp_path: Path) -> None:
+    config = write_config(tmp_path, """
+        [certificates.mail]
+        issuer = "internal"
+        domains = ["mx.example.test"]
+        dane = { tlsa = ["3 1 1"], ttl = 60 }
+        """)
+    app = build_app(config)
+    certificate = app.renewer.select(["mail"])[0]
+    app.store.put_dane_state("mail", {"published": [], "visible_since": [], "retiring": {
+        "records": [{"name": NAME, "rdata": OLD_RSA.rdata}], "since": T0.isoformat(), "streaks": []}})
+    rollover = DaneRollover(certificate, app.renewer.home(certificate), None, lambda _: None, pki.now_utc,
+                            store=app.store)
+    [retirement] = rollover.load_state().retirements
+    assert (retirement.key, retirement.records, retirement.since) == ("", frozenset({OLD_RSA}), T0)
+
+
 def test_a_name_with_more_than_eight_records_draws_a_warning(tmp_path: Path) -> None:
     files = [TestCA(f"root {i}").intermediate(f"intermediate {i}").write_cert(tmp_path / f"ca-{i}.pem")
              for i in range(6)]
