@@ -1,11 +1,13 @@
-"""The minimal configuration CLI tests start from: a state folder, an internal CA issuer named ``internal`` and
-one certificate ``mail``.  One copy, so a new required key changes one place."""
+"""The minimal configurations tests start from: a state folder, an internal CA issuer named ``internal`` (or an
+ACME issuer named ``ca``) and one certificate ``mail``.  One copy, so a new required key changes one place."""
 
 from __future__ import annotations
 
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
+
+from certkeeper.config import AcmeIssuerConfig, load_config
 
 
 def internal_ca_config(tmp_path: Path, *, domains: Sequence[str] = ("mail.example.org",), settings: str = "",
@@ -19,3 +21,14 @@ def internal_ca_config(tmp_path: Path, *, domains: Sequence[str] = ("mail.exampl
         f'[certificates.mail]\nissuer = "internal"\ndomains = [{names}]\n{textwrap.dedent(certificate).strip()}\n'
         + textwrap.dedent(rest))
     return path
+
+
+def acme_issuer_config(tmp_path: Path, directory: str, extra: str = "") -> AcmeIssuerConfig:
+    """The ``[issuers.ca]`` ACME issuer of directory ``directory`` as parsed, ``extra`` lines added to its table."""
+    path = tmp_path / "certkeeper.toml"
+    path.write_text(f'[certkeeper]\nstate_dir = "{tmp_path}"\n\n[issuers.ca]\ntype = "acme"\n'
+                    f'directory = "{directory}"\n{extra}\n\n'
+                    '[certificates.mail]\nissuer = "ca"\ndomains = ["mail.example.test"]\n')
+    issuer = load_config(path).issuers["ca"]
+    assert isinstance(issuer, AcmeIssuerConfig)
+    return issuer

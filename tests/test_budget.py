@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from certkeeper.config import AcmeIssuerConfig, CertificateConfig, load_config
+from certkeeper.config import AcmeIssuerConfig, CertificateConfig
 from certkeeper.errors import CaUnavailable, ConfigError, IssuanceError
 from certkeeper.public_suffix import parse_suffix_list
 from certkeeper.renewal.policy import BUDGET_JITTER, Decision, wait_for_budget
@@ -27,39 +27,30 @@ from certkeeper.store.budget import (
     registered_domains,
 )
 from certkeeper.store.versions import Version
+from tests.configs import acme_issuer_config
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 ORDERS = Limit("orders le", 300, timedelta(hours=3))
 
 
-def _config(tmp_path: Path, directory: str, extra: str = "") -> AcmeIssuerConfig:
-    path = tmp_path / "certkeeper.toml"
-    path.write_text(f'[certkeeper]\nstate_dir = "{tmp_path}"\n\n[issuers.ca]\ntype = "acme"\n'
-                    f'directory = "{directory}"\n{extra}\n\n'
-                    '[certificates.mail]\nissuer = "ca"\ndomains = ["mail.example.test"]\n')
-    issuer = load_config(path).issuers["ca"]
-    assert isinstance(issuer, AcmeIssuerConfig)
-    return issuer
-
-
 def test_lets_encrypts_directory_gets_its_documented_limits_and_other_cas_none(tmp_path: Path) -> None:
-    letsencrypt = _config(tmp_path, "https://acme-v02.api.letsencrypt.org/directory")
+    letsencrypt = acme_issuer_config(tmp_path, "https://acme-v02.api.letsencrypt.org/directory")
     assert (letsencrypt.orders_per_3h, letsencrypt.duplicates_per_week,
             letsencrypt.certificates_per_domain_week) == (300, 5, 50)
-    other = _config(tmp_path, "https://acme.example.test/directory")
+    other = acme_issuer_config(tmp_path, "https://acme.example.test/directory")
     assert (other.orders_per_3h, other.duplicates_per_week, other.certificates_per_domain_week) == (0, 0, 0)
-    chosen = _config(tmp_path, "https://acme.example.test/directory",
+    chosen = acme_issuer_config(tmp_path, "https://acme.example.test/directory",
                      "orders_per_3h = 50\nduplicates_per_week = 2\ncertificates_per_domain_week = 20")
     assert (chosen.orders_per_3h, chosen.duplicates_per_week, chosen.certificates_per_domain_week) == (50, 2, 20)
 
 
 def test_a_negative_budget_is_refused_with_its_key_path(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"issuers\.ca\.orders_per_3h.*-1.*at least 0"):
-        _config(tmp_path, "https://acme.example.test/directory", "orders_per_3h = -1")
+        acme_issuer_config(tmp_path, "https://acme.example.test/directory", "orders_per_3h = -1")
     with pytest.raises(ConfigError, match=r"issuers\.ca\.certificates_per_domain_week.*at least 0"):
-        _config(tmp_path, "https://acme.example.test/directory", "certificates_per_domain_week = -5")
+        acme_issuer_config(tmp_path, "https://acme.example.test/directory", "certificates_per_domain_week = -5")
     with pytest.raises(ConfigError, match=r"issuers\.ca\.certificates_per_domain_week"):
-        _config(tmp_path, "https://acme.example.test/directory", 'certificates_per_domain_week = "fifty"')
+        acme_issuer_config(tmp_path, "https://acme.example.test/directory", 'certificates_per_domain_week = "fifty"')
 
 
 SUFFIXES = parse_suffix_list("uk\nco.uk\norg\n")

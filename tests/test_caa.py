@@ -16,7 +16,7 @@ import dns.update
 import pytest
 
 from certkeeper import pki
-from certkeeper.config import AcmeIssuerConfig, load_config
+from certkeeper.config import AcmeIssuerConfig
 from certkeeper.config.load import caa_resolver_for
 from certkeeper.errors import ConfigError, IssuanceError
 from certkeeper.issuers.acme import AcmeIssuer
@@ -25,6 +25,7 @@ from certkeeper.issuers.caa import judge_caa, parse_caa, relevant_caa
 from certkeeper.model import KeyType
 from certkeeper.testbed.bind import Bind
 from certkeeper.testbed.pebble import Pebble
+from tests.configs import acme_issuer_config
 
 CA = ("pebble.letsencrypt.org",)
 ME = "https://ca.example/acct/1"
@@ -88,23 +89,13 @@ def test_caa_resolver_or_caa_true_turns_it_on_and_caa_false_off() -> None:
     assert caa_resolver_for(LE, caa=False, resolver=None) is None
 
 
-def _issuer(tmp_path: Path, directory: str, extra: str = "") -> AcmeIssuerConfig:
-    path = tmp_path / "certkeeper.toml"
-    path.write_text(f'[certkeeper]\nstate_dir = "{tmp_path}"\n\n[issuers.ca]\ntype = "acme"\n'
-                    f'directory = "{directory}"\n{extra}\n\n'
-                    '[certificates.mail]\nissuer = "ca"\ndomains = ["mail.example.test"]\n')
-    issuer = load_config(path).issuers["ca"]
-    assert isinstance(issuer, AcmeIssuerConfig)
-    return issuer
-
-
 def test_the_configuration_resolves_the_default_and_refuses_caa_false_with_a_resolver(tmp_path: Path) -> None:
-    assert _issuer(tmp_path, LE).caa_resolver == "system"
-    assert _issuer(tmp_path, LE, "caa = false").caa_resolver is None
-    assert _issuer(tmp_path, PRIVATE).caa_resolver is None
-    assert _issuer(tmp_path, PRIVATE, "caa = true").caa_resolver == "system"
+    assert acme_issuer_config(tmp_path, LE).caa_resolver == "system"
+    assert acme_issuer_config(tmp_path, LE, "caa = false").caa_resolver is None
+    assert acme_issuer_config(tmp_path, PRIVATE).caa_resolver is None
+    assert acme_issuer_config(tmp_path, PRIVATE, "caa = true").caa_resolver == "system"
     with pytest.raises(ConfigError, match=r"issuers\.ca\.caa.*false while caa_resolver is set"):
-        _issuer(tmp_path, LE, 'caa = false\ncaa_resolver = "system"')
+        acme_issuer_config(tmp_path, LE, 'caa = false\ncaa_resolver = "system"')
 
 
 # --- against BIND and Pebble -------------------------------------------------------------------------------

@@ -12,15 +12,13 @@ import contextlib
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from certkeeper.config import Config
 from certkeeper.store.versions import CertificateHome
-from tests.lifecycle_helpers import write_config
+from tests.lifecycle_helpers import run_cli, write_config
 from tests.test_recovery_install import assert_whole_pair_current
 
 ONE = """
@@ -41,11 +39,6 @@ def small_disk(where: Path) -> Iterator[Path]:
         yield where
     finally:
         subprocess.run(["umount", "-l", str(where)], check=True)
-
-
-def certkeeper(config: Config, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "certkeeper", "-c", str(config.path), *args],
-                          capture_output=True, text=True, timeout=120, check=False)
 
 
 def fill(disk: Path, leave: int) -> Path:
@@ -73,13 +66,13 @@ def test_a_full_state_disk_never_loses_the_installed_pair_and_the_next_run_repai
                                                                                     tmp_path: Path) -> None:
     with small_disk(tmp_path / "state"):
         config = write_config(tmp_path, ONE)
-        first = certkeeper(config, "renew")
+        first = run_cli(config, "renew")
         assert first.returncode == 0, first.stderr
         home = CertificateHome(config.settings.state_dir, "mail")
         before = assert_whole_pair_current(home)
 
         filler = fill(tmp_path / "state", leave)
-        full = certkeeper(config, "renew", "--force")
+        full = run_cli(config, "renew", "--force")
         output = full.stdout + full.stderr
         assert "Traceback" not in output and "internal error" not in output, output
         if full.returncode != 0:
@@ -88,10 +81,10 @@ def test_a_full_state_disk_never_loses_the_installed_pair_and_the_next_run_repai
         assert during.id in (before.id, *(v.id for v in home.versions()))
 
         filler.unlink()
-        again = certkeeper(config, "renew")
+        again = run_cli(config, "renew")
         assert again.returncode == 0, again.stdout + again.stderr
         current = assert_whole_pair_current(home)
-        status = certkeeper(config, "status", "--json")
+        status = run_cli(config, "status", "--json")
         assert status.returncode == 0, status.stderr
         (entry,) = json.loads(status.stdout)
         # What is served is what status names, and no reload is owed for it: the full disk cost nothing lasting.
