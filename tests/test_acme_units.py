@@ -6,6 +6,7 @@ import base64
 import hashlib
 import itertools
 import socket
+import subprocess
 import threading
 import urllib.error
 import urllib.request
@@ -200,6 +201,18 @@ def test_standalone_listener_survives_many_threads() -> None:
     for thread in threads:
         thread.join()
     assert failures == [] and listeners.active() == []
+
+
+def test_the_standalone_listener_queues_a_burst_of_validators() -> None:
+    """A CA validates each challenge from several vantage points at once (Pebble 2.10: three), so four orders in
+    flight open a dozen connections together.  socketserver's default backlog of 5 dropped the SYNs beyond it,
+    and each dropped SYN stalled a validation by the kernel's one-second retransmission (issue 23).  The queue
+    length is the kernel's own figure for the listening socket (ss's Send-Q)."""
+    port = allocate_port()
+    with StandaloneHttp01("127.0.0.1", port, Http01Listeners()).published([ChallengeAnswer("x", "t", "k")]):
+        listing = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True)
+    backlog = int(listing.stdout.split()[2])  # State Recv-Q Send-Q ...: Send-Q is the backlog when listening
+    assert backlog >= 64
 
 
 def test_a_taken_port_is_reported_clearly() -> None:

@@ -94,6 +94,10 @@ class Responder(Protocol):
 class _ChallengeServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True  # a listener stopped a moment ago leaves TIME_WAIT sockets behind
+    # A CA validates every challenge from several vantage points at once (Pebble 2.10 and Let's Encrypt: three
+    # and more), so concurrent orders open a dozen connections together; socketserver's backlog of 5 drops the
+    # SYNs beyond it, and each dropped one costs the validator a one-second retransmission (issue 23).
+    request_queue_size = socket.SOMAXCONN
     tokens: dict[str, str]
 
     def server_bind(self) -> None:

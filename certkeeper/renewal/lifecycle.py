@@ -698,13 +698,14 @@ class Renewer:
                 self.bus.publish(ReloadHookFailed(now, member.config.name, str(hook), str(exc)))
 
     def _verify(self, works: Sequence[_Work]) -> dict[str, Verification]:
-        # Imported here: a pass with nothing to verify (cron, nothing due) never loads the probe.
+        # Imported here: a pass with nothing to verify (cron, nothing due, no endpoints) never loads the probe.
+        from certkeeper.renewal.verify import Verification
+
+        if not any(w.config.endpoints for w in works):  # nothing to look at: no event loop, no asyncio
+            return {w.config.name: Verification(True, ()) for w in works}
         import asyncio
 
-        from certkeeper.renewal.verify import Verification, probe_points, wait_until_served
-
-        if not any(w.config.endpoints for w in works):  # nothing to look at: no event loop per certificate
-            return {w.config.name: Verification(True, ()) for w in works}
+        from certkeeper.renewal.verify import probe_points, wait_until_served
 
         async def all_of() -> list[Verification]:
             return list(await asyncio.gather(*(

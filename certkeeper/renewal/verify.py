@@ -7,7 +7,6 @@ waits, with a deadline, until each place serves the expected fingerprints.
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -82,7 +81,10 @@ def _served(result: ProbeResult) -> frozenset[str]:
 
 async def look(points: Sequence[ProbePoint], *, dual: bool, timeout: float, now: datetime) -> list[Seen]:
     """One round: what every point serves right now."""
-    # Here, not at the top: an install with no endpoints to verify never loads the prober (startup is measured).
+    # Here, not at the top: an install with no endpoints to verify loads neither the prober nor asyncio (startup
+    # is measured, issue 23).
+    import asyncio
+
     from certkeeper.probe import ProbeOptions, probe_target
 
     options = ProbeOptions(timeout=timeout, key_type="all" if dual else None)
@@ -119,4 +121,6 @@ async def wait_until_served(points: Sequence[ProbePoint], expected: frozenset[st
             return Verification(True, tuple(seen))
         if monotonic() + POLL_INTERVAL >= end:
             return Verification(False, tuple(seen))
+        import asyncio  # see look()
+
         await asyncio.sleep(POLL_INTERVAL)
