@@ -31,7 +31,8 @@ import pytest
 from certkeeper import pki
 from certkeeper.config import AcmeIssuerConfig
 from certkeeper.errors import CaUnavailable, IssuanceError
-from certkeeper.issuers.acme import AcmeIssuer, PollPolicy
+from certkeeper.issuers.acme import AcmeIssuer
+from certkeeper.issuers.acme_rules import PollPolicy
 from certkeeper.issuers.base import IssueRequest, RenewalInfoSource, Revoker
 from certkeeper.model import KeyType
 from certkeeper.testbed.bind import Bind

@@ -21,7 +21,7 @@ from cryptography.x509.oid import NameOID
 
 from certkeeper.dnsclient import parse_server, parse_tsig_key
 from certkeeper.errors import ChallengeFailed, InputError
-from certkeeper.issuers.acme import (
+from certkeeper.issuers.acme_rules import (
     PollPolicy,
     RetryPolicy,
     ari_certificate_id,
