@@ -1,7 +1,5 @@
 """``python -m certkeeper``: the same as the ``certkeeper`` command."""
 
-import sys
+from certkeeper.cli import run
 
-from certkeeper.cli import main
-
-sys.exit(main())
+run()

@@ -10,6 +10,7 @@ nothing due starts fast.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import importlib.util
 import logging
@@ -178,3 +179,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return result
     finally:
         context.close()
+
+
+def run() -> NoReturn:
+    """The process: ``certkeeper`` and ``python -m certkeeper`` (:func:`main` is for callers in Python).
+
+    Before the interpreter tears itself down, every object is taken out of the cyclic garbage collector's reach
+    (``gc.freeze``): the collections of the teardown walk every object the libraries made (cryptography, requests,
+    the acme library, the configuration), which was a fifth of the CPU of a ``renew`` ordering one certificate
+    (issue 23).  Nothing else changes: atexit handlers run and files are flushed and closed as before; only
+    reference cycles are left to the operating system, which is about to reclaim the whole process.
+    """
+    status = main()
+    gc.freeze()
+    sys.exit(status)
+

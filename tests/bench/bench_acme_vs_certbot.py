@@ -70,7 +70,9 @@ def run_certkeeper(pebble: Pebble, work: Path, domains: list[str], python: str =
     started = time.perf_counter()
     # Byte code written and used, as after any install (see bench_renew_none_due.ENVIRONMENT).
     environment = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    done = subprocess.run([python, "-m", "certkeeper", "-c", str(config), "renew"],
+    # Run from the work folder: from the checkout, ``-m certkeeper`` would find the checkout's package whichever
+    # Python runs it (``--before`` would time this tree twice).
+    done = subprocess.run([python, "-m", "certkeeper", "-c", str(config), "renew"], cwd=work,
                           capture_output=True, text=True, timeout=600, check=False, env=environment)
     elapsed = time.perf_counter() - started
     renewed = sum(1 for line in done.stdout.splitlines() if ": renewed" in line)
