@@ -132,8 +132,10 @@ def renew_rounds(count: int, rounds: int, before: str | None = None) -> dict[str
         def renew(command: list[str], state: str) -> float:
             config = write_config(root, root / state, count)
             started = time.perf_counter()
+            # From the scratch folder: from the checkout, ``-m certkeeper`` finds the checkout's package whichever
+            # Python runs it, and ``--before`` would time this tree twice.
             subprocess.run([*command, "-c", str(config), "renew", "--quiet"], check=True, capture_output=True,
-                           env=ENVIRONMENT)
+                           env=ENVIRONMENT, cwd=root)
             return time.perf_counter() - started
 
         def floor(round_number: int) -> float:
