@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Literal
@@ -155,3 +156,18 @@ def mx_pattern_problem(pattern: str) -> str:
     if not all(_MX_LABEL.match(label) for label in labels):
         return "not a host name (letters, digits and inner hyphens, labels of 1 to 63 characters)"
     return ""
+
+
+def names_cover(names: Sequence[str], domains: Sequence[str]) -> list[str]:
+    """Which of ``domains`` the certificate names do NOT cover (wildcards match one label, RFC 6125)."""
+    lowered = [n.lower() for n in names]
+    missing = []
+    for domain in domains:
+        d = domain.lower()
+        if d in lowered:
+            continue
+        parent = d.split(".", 1)[1] if "." in d else ""
+        if not d.startswith("*.") and parent and f"*.{parent}" in lowered:
+            continue
+        missing.append(domain)
+    return missing

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
+from certkeeper import model
 from certkeeper.model import KeyType
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
@@ -258,19 +259,8 @@ def verify_chain(
     return ChainCheck(True)
 
 
-def names_cover(names: Sequence[str], domains: Sequence[str]) -> list[str]:
-    """Which of ``domains`` the certificate names do NOT cover (wildcards match one label, RFC 6125)."""
-    lowered = [n.lower() for n in names]
-    missing = []
-    for domain in domains:
-        d = domain.lower()
-        if d in lowered:
-            continue
-        parent = d.split(".", 1)[1] if "." in d else ""
-        if not d.startswith("*.") and parent and f"*.{parent}" in lowered:
-            continue
-        missing.append(domain)
-    return missing
+# Pure (no certificate library): it lives in the model, for the lean check path; callers keep pki's name.
+names_cover = model.names_cover
 
 
 def now_utc() -> datetime:

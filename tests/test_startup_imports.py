@@ -12,11 +12,17 @@ import socket
 import subprocess
 import sys
 
+from tests.probe_servers import Pki, ServerLoop, _hold, smtp_server
+
 # Libraries and certkeeper parts that a check never needs: ACME, the scheduler, DNS, the configuration and the
 # store (check reads neither), the parsers of TOML and of the other commands.
 NOT_FOR_CHECK = ("acme", "josepy", "apscheduler", "dns", "psycopg", "tomllib", "sqlite3", "shutil", "fractions",
                  "certkeeper.config", "certkeeper.store", "certkeeper.issuers", "certkeeper.renewal",
                  "certkeeper.app", "certkeeper.daemon", "certkeeper.cli.renew", "certkeeper.cli.status")
+# One endpoint (what Nagios runs) takes the lean path: none of the engine's libraries either (issue 23: importing
+# them costs ten times the handshake), nor logging, which only the engine's runs set up.
+NOT_FOR_ONE_CHECK = (*NOT_FOR_CHECK, "asyncio", "OpenSSL", "cryptography", "certkeeper.probe.engine",
+                     "certkeeper.probe.judge", "certkeeper.pki", "logging", "encodings.idna")
 
 RUN_AND_LIST = """
 import json, runpy, sys
@@ -49,11 +55,30 @@ def loaded(modules: set[str], name: str) -> bool:
 
 
 def test_check_loads_the_probe_and_nothing_of_acme_the_daemon_or_the_configuration() -> None:
-    status, modules = modules_after("check", f"smtps://mail.test:{closed_port()}", "--servername", "mail.test",
-                                    "--timeout", "2")
+    port = closed_port()
+    status, modules = modules_after("check", f"smtps://mail.test:{port}", f"imaps://mail.test:{port}",
+                                    "--servername", "mail.test", "--timeout", "2")
     assert status == 2  # CRITICAL: nothing listens there; the probe really ran
-    assert "certkeeper.probe.engine" in modules
+    assert "certkeeper.probe.engine" in modules  # two endpoints: the full engine
     assert [name for name in NOT_FOR_CHECK if loaded(modules, name)] == []
+
+
+def test_one_check_loads_neither_asyncio_nor_pyopenssl_nor_cryptography(servers: ServerLoop, pki: Pki) -> None:
+    for scheme, handler, context in (("smtps", _hold, pki.context(pki.leaf("mail.test"))),
+                                     ("smtp", smtp_server(pki.context(pki.leaf("mail.test"))), None)):
+        port = servers.serve(handler, context)
+        status, modules = modules_after("check", f"{scheme}://127.0.0.1:{port}", "--servername", "mail.test",
+                                        "--ca-file", str(pki.ca_file))
+        assert status == 0  # OK: the chain was read and verified
+        assert "certkeeper.probe.lean" in modules
+        assert [name for name in NOT_FOR_ONE_CHECK if loaded(modules, name)] == []
+
+
+def test_one_check_that_fails_before_tls_loads_no_more(pki: Pki) -> None:
+    status, modules = modules_after("check", f"smtp://127.0.0.1:{closed_port()}", "--servername", "mail.test",
+                                    "--ca-file", str(pki.ca_file))
+    assert status == 2
+    assert [name for name in NOT_FOR_ONE_CHECK if loaded(modules, name)] == []
 
 
 def test_check_json_loads_no_more_than_the_nagios_line() -> None:
@@ -61,7 +86,7 @@ def test_check_json_loads_no_more_than_the_nagios_line() -> None:
                                     "mail.test")
     assert status == 2
     # An address and an ASCII server name: no host name to resolve, so not even the IDNA codec is loaded.
-    assert [name for name in (*NOT_FOR_CHECK, "encodings.idna") if loaded(modules, name)] == []
+    assert [name for name in NOT_FOR_ONE_CHECK if loaded(modules, name)] == []
 
 
 def test_check_json_is_an_array_with_one_object_per_line() -> None:

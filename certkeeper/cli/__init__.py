@@ -13,7 +13,6 @@ import argparse
 import gc
 import importlib
 import importlib.util
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -91,6 +90,14 @@ class _Version(argparse.Action):
         parser.exit()
 
 
+def configure_logging(verbose: int) -> None:
+    """Log records to stderr, WARNING and up (-v INFO, -vv DEBUG); once per process (later calls change nothing)."""
+    import logging
+
+    logging.basicConfig(level=logging.WARNING - 10 * min(verbose, 2), format="%(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+
+
 def build_parser(command: str | None = None) -> Parser:
     """The parser with every command, or with just ``command`` when its module is known by name.
 
@@ -156,11 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 0
-    logging.basicConfig(
-        level=logging.WARNING - 10 * min(args.verbose, 2),
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    if not getattr(args, "own_logging", False):  # check sets it up only when it runs the full engine
+        configure_logging(args.verbose)
     context = Context(config_path=args.config)
     try:
         result: int = args.handler(args, context)
@@ -173,6 +177,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return 0
     except Exception:  # an internal failure: say so plainly, with the traceback for a bug report
+        import logging
+
+        configure_logging(args.verbose)
         logging.getLogger("certkeeper").exception("internal error (please report it with this traceback)")
         return EX_SOFTWARE
     else:

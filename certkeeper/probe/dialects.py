@@ -1,10 +1,14 @@
 """The plaintext dialogues that come before TLS: SMTP, IMAP, POP3 and ManageSieve STARTTLS.
 
-Two layers.  The reply parsers (``parse_*``, :class:`SmtpReplyReader`) are pure functions of text lines, so
+Three layers.  The reply parsers (``parse_*``, :class:`SmtpReplyReader`) are pure functions of text lines, so
 Hypothesis can throw any junk at them; they raise :class:`DialogueError` and nothing else.  The dialogues
-(:func:`negotiate_starttls`) are async and talk through a :class:`Conversation`, which the engine implements
-over a socket with bounded line length, bounded total bytes and the target's deadline: this module never
-touches a socket, so everything here is testable with a list of lines.
+(:func:`dialogue`) are generators, one state machine per protocol: each step yields a line to send, or
+:data:`READ` to be handed the server's next line, and returns when the TLS handshake may start.  Two drivers
+run them: :func:`negotiate_starttls` over an async :class:`Conversation` (the asyncio engine) and
+:func:`negotiate_starttls_sync` over a blocking :class:`SyncConversation` (``certkeeper check`` of one
+endpoint, :mod:`certkeeper.probe.lean`); both conversations bound line length and total bytes with
+:class:`Progress`, and the target's deadline.  This module never touches a socket, so everything here is
+testable with a list of lines.
 
 The servers are not ours: every reply may be malformed, multi-line in any order and case, or missing.
 """
@@ -12,6 +16,7 @@ The servers are not ours: every reply may be malformed, multi-line in any order 
 from __future__ import annotations
 
 import re
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -20,6 +25,13 @@ from certkeeper.targets import Dialect
 
 # A reply longer than this many lines is not a mail server talking (Postfix's EHLO has about 10).
 MAX_REPLY_LINES = 200
+MAX_LINE = 8192  # RFC 5321 §4.5.3.1.5 allows 512 per reply line; IMAP lines are longer, junk is longer still
+MAX_DIALOGUE_BYTES = 64 * 1024
+MAX_TRANSCRIPT_LINES = 200
+
+# What a dialogue step yields to be handed the server's next line; any other value is a line to send.
+READ = None
+Dialogue = Generator[str | None, str, None]
 
 
 class DialogueError(Exception):
@@ -40,6 +52,59 @@ class Conversation(Protocol):
 
     async def send_line(self, line: str) -> None:
         ...
+
+
+class SyncConversation(Protocol):
+    """:class:`Conversation` for a blocking socket."""
+
+    def read_line(self) -> str:
+        ...
+
+    def send_line(self, line: str) -> None:
+        ...
+
+
+class Progress:
+    """Where a target's probe is (so a timeout can say what the server failed to do), the bytes received before
+    TLS, and the transcript when one is kept; shared by both conversations, so their limits and words agree."""
+
+    def __init__(self, *, transcript: list[str] | None = None) -> None:
+        self.stage = "connecting"
+        self.received = 0
+        self.transcript = transcript
+        self.last_sent = ""
+
+    def record(self, line: str) -> None:
+        if self.transcript is not None and len(self.transcript) < MAX_TRANSCRIPT_LINES:
+            self.transcript.append(line if len(line) <= 300 else line[:300] + "...")
+
+    def waiting(self, dialect: str) -> None:
+        self.stage = f"waiting for the {dialect} server's " + (
+            f"reply to {self.last_sent}" if self.last_sent else "greeting")
+
+    def closed(self, partial: bytes) -> DialogueError:
+        """The server closed the connection after ``partial`` (bytes of a line never ended)."""
+        said = f" after {partial[:80]!r}" if partial else ""
+        return DialogueError(CONNECTION_FAILED, f"the server closed the connection while {self.stage}{said}")
+
+    def too_long(self, dialect: str) -> DialogueError:
+        return DialogueError(PROTOCOL_ERROR, f"the server sent a line longer than {MAX_LINE} bytes while "
+                                             f"{self.stage}; this is not a {dialect} server")
+
+    def received_line(self, data: bytes, dialect: str) -> str:
+        """One line as read (with its LF), counted against :data:`MAX_DIALOGUE_BYTES` and recorded."""
+        self.received += len(data)
+        if self.received > MAX_DIALOGUE_BYTES:
+            raise DialogueError(PROTOCOL_ERROR, f"the server sent more than {MAX_DIALOGUE_BYTES // 1024} KiB before "
+                                                f"TLS; this is not a {dialect} server")
+        line = data.rstrip(b"\r\n").decode("utf-8", "replace")
+        self.record(f"S: {line}")
+        return line
+
+    def sending(self, line: str) -> bytes:
+        self.last_sent = line[:60]
+        self.record(f"C: {line}")
+        return line.encode("ascii") + b"\r\n"
 
 
 def _shorten(text: str, limit: int = 160) -> str:
@@ -103,27 +168,27 @@ def smtp_extensions(ehlo: SmtpReply) -> frozenset[str]:
     return frozenset(line.split()[0].upper() for line in ehlo.lines[1:] if line.split())
 
 
-async def _read_smtp_reply(conversation: Conversation) -> SmtpReply:
+def _read_smtp_reply() -> Generator[str | None, str, SmtpReply]:
     reader = SmtpReplyReader()
     while True:
-        reply = reader.feed(await conversation.read_line())
+        reply = reader.feed((yield READ))
         if reply is not None:
             return reply
 
 
-async def smtp_starttls(conversation: Conversation, ehlo_name: str) -> None:
+def smtp_starttls(ehlo_name: str) -> Dialogue:
     """Greeting, EHLO, STARTTLS; returns when the server said 220 to STARTTLS (RFC 3207 §4)."""
-    greeting = await _read_smtp_reply(conversation)
+    greeting = yield from _read_smtp_reply()
     if greeting.code != 220:
         raise DialogueError(PROTOCOL_ERROR, f"the server refused the session: {greeting.code} {greeting.text}")
-    await conversation.send_line(f"EHLO {ehlo_name}")
-    ehlo = await _read_smtp_reply(conversation)
+    yield f"EHLO {ehlo_name}"
+    ehlo = yield from _read_smtp_reply()
     if ehlo.code != 250:
         raise DialogueError(PROTOCOL_ERROR, f"EHLO was answered {ehlo.code} {ehlo.text}")
     if "STARTTLS" not in smtp_extensions(ehlo):
         raise DialogueError(STARTTLS_NOT_SUPPORTED, "the server does not offer STARTTLS in its EHLO reply")
-    await conversation.send_line("STARTTLS")
-    reply = await _read_smtp_reply(conversation)
+    yield "STARTTLS"
+    reply = yield from _read_smtp_reply()
     if reply.code != 220:
         # RFC 3207 §4: 454 "TLS not available due to temporary reason", 501 syntax error.
         raise DialogueError(STARTTLS_NOT_SUPPORTED, f"STARTTLS was refused: {reply.code} {reply.text}")
@@ -158,12 +223,12 @@ def imap_capabilities(response: ImapResponse) -> frozenset[str] | None:
     return None
 
 
-async def _imap_command(conversation: Conversation, tag: str, command: str) -> tuple[ImapResponse, frozenset[str]]:
+def _imap_command(tag: str, command: str) -> Generator[str | None, str, tuple[ImapResponse, frozenset[str]]]:
     """Send a tagged command; the tagged completion and any capabilities seen on the way."""
-    await conversation.send_line(f"{tag} {command}")
+    yield f"{tag} {command}"
     capabilities: frozenset[str] = frozenset()
     for _ in range(MAX_REPLY_LINES):
-        response = parse_imap_line(await conversation.read_line())
+        response = parse_imap_line((yield READ))
         found = imap_capabilities(response)
         if found is not None:
             capabilities |= found
@@ -174,8 +239,8 @@ async def _imap_command(conversation: Conversation, tag: str, command: str) -> t
     raise DialogueError(PROTOCOL_ERROR, f"no tagged reply to {command} within {MAX_REPLY_LINES} lines")
 
 
-async def imap_starttls(conversation: Conversation) -> None:
-    greeting = parse_imap_line(await conversation.read_line())
+def imap_starttls() -> Dialogue:
+    greeting = parse_imap_line((yield READ))
     if greeting.tag != "*" or greeting.kind not in {"OK", "PREAUTH"}:
         said = f"{greeting.tag} {greeting.kind} {greeting.text}"
         raise DialogueError(PROTOCOL_ERROR, f"unexpected IMAP greeting: {_shorten(said)}{_wrong_protocol_hint(said)}")
@@ -184,13 +249,13 @@ async def imap_starttls(conversation: Conversation) -> None:
         raise DialogueError(STARTTLS_NOT_SUPPORTED, "the server pre-authenticated the session: no STARTTLS possible")
     capabilities = imap_capabilities(greeting)
     if capabilities is None:
-        completion, capabilities = await _imap_command(conversation, "c1", "CAPABILITY")
+        completion, capabilities = yield from _imap_command("c1", "CAPABILITY")
         if completion.kind != "OK":
             said = f"{completion.kind} {_shorten(completion.text)}"
             raise DialogueError(PROTOCOL_ERROR, f"CAPABILITY was answered {said}")
     if "STARTTLS" not in capabilities:
         raise DialogueError(STARTTLS_NOT_SUPPORTED, "the server does not advertise STARTTLS in its CAPABILITY")
-    completion, _ = await _imap_command(conversation, "c2", "STARTTLS")
+    completion, _ = yield from _imap_command("c2", "STARTTLS")
     if completion.kind != "OK":
         said = f"{completion.kind} {_shorten(completion.text)}"
         raise DialogueError(STARTTLS_NOT_SUPPORTED, f"STARTTLS was refused: {said}")
@@ -209,16 +274,16 @@ def parse_pop3_status(line: str) -> tuple[bool, str]:
     raise DialogueError(PROTOCOL_ERROR, f"not a POP3 status line: {_shorten(line)!r}{_wrong_protocol_hint(line)}")
 
 
-async def pop3_starttls(conversation: Conversation) -> None:
-    ok, text = parse_pop3_status(await conversation.read_line())
+def pop3_starttls() -> Dialogue:
+    ok, text = parse_pop3_status((yield READ))
     if not ok:
         raise DialogueError(PROTOCOL_ERROR, f"the server refused the session: -ERR {_shorten(text)}")
-    await conversation.send_line("CAPA")
-    ok, _ = parse_pop3_status(await conversation.read_line())
+    yield "CAPA"
+    ok, _ = parse_pop3_status((yield READ))
     if ok:
         capabilities = set()
         for _ in range(MAX_REPLY_LINES):
-            line = await conversation.read_line()
+            line = yield READ
             if line == ".":  # RFC 1939 §3: a multi-line response ends with a lone dot
                 break
             if line.split():
@@ -228,8 +293,8 @@ async def pop3_starttls(conversation: Conversation) -> None:
         if "STLS" not in capabilities:
             raise DialogueError(STARTTLS_NOT_SUPPORTED, "the server does not advertise STLS in its CAPA list")
     # Without CAPA (servers older than RFC 2449) the only way to know is to try STLS.
-    await conversation.send_line("STLS")
-    ok, text = parse_pop3_status(await conversation.read_line())
+    yield "STLS"
+    ok, text = parse_pop3_status((yield READ))
     if not ok:
         raise DialogueError(STARTTLS_NOT_SUPPORTED, f"STLS was refused: -ERR {_shorten(text)}")
 
@@ -251,10 +316,10 @@ def parse_sieve_line(line: str) -> tuple[str, str]:
     raise DialogueError(PROTOCOL_ERROR, f"not a ManageSieve response: {_shorten(line)!r}{_wrong_protocol_hint(line)}")
 
 
-async def _read_sieve_capabilities(conversation: Conversation) -> tuple[str, str, frozenset[str]]:
+def _read_sieve_capabilities() -> Generator[str | None, str, tuple[str, str, frozenset[str]]]:
     capabilities = set()
     for _ in range(MAX_REPLY_LINES):
-        kind, text = parse_sieve_line(await conversation.read_line())
+        kind, text = parse_sieve_line((yield READ))
         if kind == "CAPABILITY":
             capabilities.add(text)
         else:
@@ -262,28 +327,57 @@ async def _read_sieve_capabilities(conversation: Conversation) -> tuple[str, str
     raise DialogueError(PROTOCOL_ERROR, f"ManageSieve capability list longer than {MAX_REPLY_LINES} lines")
 
 
-async def sieve_starttls(conversation: Conversation) -> None:
-    kind, text, capabilities = await _read_sieve_capabilities(conversation)
+def sieve_starttls() -> Dialogue:
+    kind, text, capabilities = yield from _read_sieve_capabilities()
     if kind != "OK":
         raise DialogueError(PROTOCOL_ERROR, f"the server refused the session: {kind} {_shorten(text)}")
     if "STARTTLS" not in capabilities:
         raise DialogueError(STARTTLS_NOT_SUPPORTED, "the server does not advertise STARTTLS in its capabilities")
-    await conversation.send_line("STARTTLS")
-    kind, text = parse_sieve_line(await conversation.read_line())
+    yield "STARTTLS"
+    kind, text = parse_sieve_line((yield READ))
     if kind != "OK":
         raise DialogueError(STARTTLS_NOT_SUPPORTED, f"STARTTLS was refused: {kind} {_shorten(text)}")
 
 
-async def negotiate_starttls(dialect: Dialect, conversation: Conversation, *, ehlo_name: str) -> None:
-    """Run the dialect's dialogue up to the point where the TLS handshake starts."""
+def dialogue(dialect: Dialect, *, ehlo_name: str) -> Dialogue:
+    """The dialect's dialogue up to the point where the TLS handshake starts, as a state machine."""
     if dialect == "smtp":
-        await smtp_starttls(conversation, ehlo_name)
-    elif dialect == "imap":
-        await imap_starttls(conversation)
-    elif dialect == "pop3":
-        await pop3_starttls(conversation)
-    else:
-        await sieve_starttls(conversation)
+        return smtp_starttls(ehlo_name)
+    if dialect == "imap":
+        return imap_starttls()
+    if dialect == "pop3":
+        return pop3_starttls()
+    return sieve_starttls()
+
+
+async def negotiate_starttls(dialect: Dialect, conversation: Conversation, *, ehlo_name: str) -> None:
+    """Run the dialect's dialogue over an async conversation."""
+    steps = dialogue(dialect, ehlo_name=ehlo_name)
+    try:
+        step = next(steps)
+        while True:
+            if step is READ:
+                step = steps.send(await conversation.read_line())
+            else:
+                await conversation.send_line(step)
+                step = steps.send("")
+    except StopIteration:
+        return
+
+
+def negotiate_starttls_sync(dialect: Dialect, conversation: SyncConversation, *, ehlo_name: str) -> None:
+    """Run the dialect's dialogue over a blocking conversation."""
+    steps = dialogue(dialect, ehlo_name=ehlo_name)
+    try:
+        step = next(steps)
+        while True:
+            if step is READ:
+                step = steps.send(conversation.read_line())
+            else:
+                conversation.send_line(step)
+                step = steps.send("")
+    except StopIteration:
+        return
 
 
 def _wrong_protocol_hint(line: str) -> str:

@@ -22,15 +22,12 @@ Limits against hostile servers
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
-import os
-import socket
 import threading
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -39,28 +36,32 @@ from OpenSSL import SSL, crypto
 
 from certkeeper import tls
 from certkeeper.errors import InputError
-from certkeeper.probe.dialects import DialogueError, negotiate_starttls
-from certkeeper.probe.judge import ChainJudgement, judge_chain, problem_message, stale_finding
+from certkeeper.probe.dialects import MAX_LINE, DialogueError, Progress, negotiate_starttls
+from certkeeper.probe.judge import ChainJudgement, judge_chain
 from certkeeper.probe.result import (
     CONNECTION_FAILED,
     INTERNAL_ERROR,
     PROTOCOL_ERROR,
-    TIMEOUT,
     TLS_HANDSHAKE_FAILED,
     TLS_VERSION_TOO_OLD,
     Finding,
     ProbeOptions,
     ProbeResult,
-    worst_status,
+)
+from certkeeper.probe.verdict import (
+    Fetch,
+    assemble,
+    connecting_stage,
+    ehlo_name,
+    is_ip,
+    os_reason,
+    timeout_finding,
 )
 from certkeeper.targets import Target, encode_host_name
 
 log = logging.getLogger("certkeeper.probe")
 
-MAX_LINE = 8192  # RFC 5321 §4.5.3.1.5 allows 512 per reply line; IMAP lines are longer, junk is longer still
-MAX_DIALOGUE_BYTES = 64 * 1024
 MAX_HANDSHAKE_BYTES = 1024 * 1024
-MAX_TRANSCRIPT_LINES = 200
 SYSTEM_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
 # Cipher strings for --key-type: in TLS 1.2 the cipher suite names the server's authentication, so offering
@@ -83,60 +84,26 @@ class _ProbeFailure(Exception):
 
 
 @dataclass
-class _Progress:
-    """Where a target's probe is, so a timeout can say what the server failed to do."""
-
-    stage: str = "connecting"
-    received: int = 0
-    transcript: list[str] | None = None
-
-    def record(self, line: str) -> None:
-        if self.transcript is not None and len(self.transcript) < MAX_TRANSCRIPT_LINES:
-            self.transcript.append(line if len(line) <= 300 else line[:300] + "...")
-
-
-@dataclass(frozen=True)
-class _Fetch:
-    key_type: str | None
-    tls_version: str
-    cipher: str
-    judgement: ChainJudgement
-
-
-@dataclass
 class _StreamConversation:
     """:class:`certkeeper.probe.dialects.Conversation` over an asyncio stream, with the byte limits."""
 
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
-    progress: _Progress
+    progress: Progress
     dialect: str
-    last_sent: str = field(default="")
 
     async def read_line(self) -> str:
-        self.progress.stage = f"waiting for the {self.dialect} server's " + (
-            f"reply to {self.last_sent}" if self.last_sent else "greeting")
+        self.progress.waiting(self.dialect)
         try:
             data = await self.reader.readuntil(b"\n")
         except asyncio.IncompleteReadError as exc:
-            said = f" after {exc.partial[:80]!r}" if exc.partial else ""
-            raise DialogueError(CONNECTION_FAILED, f"the server closed the connection while {self.progress.stage}"
-                                                   f"{said}") from None
+            raise self.progress.closed(exc.partial) from None
         except asyncio.LimitOverrunError:
-            raise DialogueError(PROTOCOL_ERROR, f"the server sent a line longer than {MAX_LINE} bytes while "
-                                                f"{self.progress.stage}; this is not a {self.dialect} server") from None
-        self.progress.received += len(data)
-        if self.progress.received > MAX_DIALOGUE_BYTES:
-            raise DialogueError(PROTOCOL_ERROR, f"the server sent more than {MAX_DIALOGUE_BYTES // 1024} KiB before "
-                                                f"TLS; this is not a {self.dialect} server")
-        line = data.rstrip(b"\r\n").decode("utf-8", "replace")
-        self.progress.record(f"S: {line}")
-        return line
+            raise self.progress.too_long(self.dialect) from None
+        return self.progress.received_line(data, self.dialect)
 
     async def send_line(self, line: str) -> None:
-        self.last_sent = line[:60]
-        self.progress.record(f"C: {line}")
-        self.writer.write(line.encode("ascii") + b"\r\n")
+        self.writer.write(self.progress.sending(line))
         await self.writer.drain()
 
 
@@ -164,7 +131,7 @@ def load_trust_anchors(ca_file: Path | None,
         try:
             return _load_pem_bundle(ca_file), str(ca_file)
         except OSError as exc:
-            raise InputError(str(ca_file), f"cannot read the CA file: {_os_reason(exc)}") from None
+            raise InputError(str(ca_file), f"cannot read the CA file: {os_reason(exc)}") from None
         except ValueError as exc:
             raise InputError(str(ca_file), f"not a PEM certificate bundle ({exc})") from None
     bundle = tls.system_bundle() or SYSTEM_BUNDLE
@@ -201,15 +168,6 @@ def _load_pem_bundle(path: Path) -> list[x509.Certificate]:
         # about each, which would drown the output (and fail tests run with warnings as errors).
         warnings.simplefilter("ignore")
         return x509.load_pem_x509_certificates(path.read_bytes())
-
-
-def _os_reason(exc: OSError) -> str:
-    """``Connection refused`` rather than asyncio's ``Connect call failed ('127.0.0.1', 1)``."""
-    if isinstance(exc, socket.gaierror):
-        return f"cannot resolve the name ({exc.strerror})"
-    if exc.errno and exc.errno > 0:
-        return os.strerror(exc.errno)
-    return str(exc) or type(exc).__name__
 
 
 def _tls_context(key_type: str | None) -> SSL.Context:
@@ -252,8 +210,8 @@ class Prober:
 
     async def probe(self, target: Target, *, address: str | None = None) -> ProbeResult:
         started = time.perf_counter()
-        progress = _Progress(transcript=[] if self.options.verbose else None)
-        fetches: list[_Fetch] = []
+        progress = Progress(transcript=[] if self.options.verbose else None)
+        fetches: list[Fetch] = []
         failures: list[Finding] = []
         try:
             async with asyncio.timeout(self.options.timeout):
@@ -270,11 +228,7 @@ class Prober:
                 if fetches:
                     failures += await self._check_floor(target, address, progress)
         except TimeoutError:
-            hint = ""
-            if progress.received == 0 and target.tls == "starttls" and "greeting" in progress.stage:
-                hint = "; the server never spoke: is this an implicit-TLS port (try smtps://, imaps://, pop3s://)?"
-            failures.append(Finding(TIMEOUT, "CRITICAL", f"no answer within {self.options.timeout:g} s while "
-                                                         f"{progress.stage}{hint}"))
+            failures.append(timeout_finding(target, self.options.timeout, progress.stage, progress.received))
         except _ProbeFailure as failure:
             failures.append(Finding(failure.code, "CRITICAL", failure.message))
         except Exception as exc:  # a bug in certkeeper, not a server problem: UNKNOWN, as plugins do
@@ -284,7 +238,7 @@ class Prober:
             failures = [Finding(TLS_HANDSHAKE_FAILED, "CRITICAL", "; ".join(f.message for f in failures))]
         return self._result(target, address, fetches, failures, progress, time.perf_counter() - started)
 
-    async def _check_floor(self, target: Target, address: str | None, progress: _Progress) -> list[Finding]:
+    async def _check_floor(self, target: Target, address: str | None, progress: Progress) -> list[Finding]:
         """One handshake capped at each refused version (``--require-no-tls1_1``): accepted is CRITICAL."""
         findings = []
         for version, context in self.floor_contexts.items():
@@ -300,35 +254,36 @@ class Prober:
         return findings
 
     async def _fetch(self, target: Target, address: str | None, key_type: str | None,
-                     progress: _Progress, *, context: SSL.Context | None = None) -> _Fetch:
+                     progress: Progress, *, context: SSL.Context | None = None) -> Fetch:
         host = address or target.host
-        progress.stage = f"connecting to {target.address}" + (f" ({address})" if address else "")
+        progress.stage = connecting_stage(target, address)
         try:
             reader, writer = await asyncio.open_connection(host, target.port, limit=MAX_LINE)
         except OSError as exc:
             raise _ProbeFailure(CONNECTION_FAILED, f"cannot connect to {target.address}"
-                                f"{f' ({address})' if address else ''}: {_os_reason(exc)}") from None
+                                f"{f' ({address})' if address else ''}: {os_reason(exc)}") from None
         try:
             if target.tls == "starttls" and target.dialect is not None:
                 conversation = _StreamConversation(reader, writer, progress, target.dialect)
                 try:
-                    await negotiate_starttls(target.dialect, conversation, ehlo_name=_ehlo_name(writer))
+                    await negotiate_starttls(target.dialect, conversation,
+                                             ehlo_name=ehlo_name(writer.get_extra_info("sockname")))
                 except DialogueError as exc:
                     raise _ProbeFailure(exc.code, exc.message) from None
                 except OSError as exc:
                     raise _ProbeFailure(CONNECTION_FAILED, f"the connection failed while {progress.stage}: "
-                                                           f"{_os_reason(exc)}") from None
+                                                           f"{os_reason(exc)}") from None
             progress.stage = "in the TLS handshake" + (f" (offering only {key_type} certificates)" if key_type else "")
             server_name = self.options.servername or target.host
-            send_sni = self.options.sni and not _is_ip(server_name)
+            send_sni = self.options.sni and not is_ip(server_name)
             ders, version, cipher = await self._handshake(reader, writer, context or self.contexts[key_type],
                                                           server_name if send_sni else None, progress)
         finally:
             writer.close()
-        return _Fetch(key_type, version, cipher, self._judge(ders, self.options.servername or target.host))
+        return Fetch(key_type, version, cipher, self._judge(ders, self.options.servername or target.host))
 
     async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, context: SSL.Context,
-                         server_name: str | None, progress: _Progress) -> tuple[tuple[bytes, ...], str, str]:
+                         server_name: str | None, progress: Progress) -> tuple[tuple[bytes, ...], str, str]:
         connection = SSL.Connection(context, None)
         connection.set_connect_state()
         if server_name:
@@ -354,7 +309,7 @@ class Prober:
                 data = await reader.read(65536)
             except OSError as exc:
                 raise _ProbeFailure(TLS_HANDSHAKE_FAILED, f"the connection failed in the TLS handshake: "
-                                                          f"{_os_reason(exc)}{_plaintext_hint(first)}") from None
+                                                          f"{os_reason(exc)}{_plaintext_hint(first)}") from None
             if not data:
                 raise _ProbeFailure(TLS_HANDSHAKE_FAILED, "the server closed the connection in the TLS handshake"
                                                           f"{_plaintext_hint(first)}")
@@ -393,40 +348,16 @@ class Prober:
             self._judgements[key] = judgement
         return judgement
 
-    def _result(self, target: Target, address: str | None, fetches: list[_Fetch], failures: list[Finding],
-                progress: _Progress, elapsed: float) -> ProbeResult:
-        findings: list[Finding] = []
-        for fetch in fetches:
-            prefix = f"[{fetch.key_type}] " if len(self.key_types) > 1 else ""
-            own = list(fetch.judgement.findings)
-            stale = stale_finding(fetch.judgement.chain[0], self.options.expected_fingerprints)
-            if stale is not None:
-                own.append(stale)
-            findings += [Finding(f.code, f.severity, prefix + f.message) for f in own]
-        findings += failures
-        first = fetches[0] if fetches else None
-        leaf = first.judgement.chain[0] if first else None
-        if progress.transcript is not None and first is not None:
-            for index, summary in enumerate(first.judgement.chain, 1):
+    def _result(self, target: Target, address: str | None, fetches: list[Fetch], failures: list[Finding],
+                progress: Progress, elapsed: float) -> ProbeResult:
+        if progress.transcript is not None and fetches:
+            for index, summary in enumerate(fetches[0].judgement.chain, 1):
                 progress.record(f"chain #{index}: '{summary.subject}' from '{summary.issuer}' until "
                                 f"{summary.not_after:%Y-%m-%d %H:%M} UTC, {summary.key_type}, "
                                 f"sha256 {summary.fingerprint_sha256}")
-        return ProbeResult(
-            target=target,
-            status=worst_status([f.severity for f in findings]),
-            message=problem_message(findings, leaf),
-            tls_version=first.tls_version if first else None,
-            cipher=first.cipher if first else None,
-            chain_valid=all(f.judgement.chain_valid for f in fetches) if fetches else None,
-            hostname_valid=all(f.judgement.hostname_valid for f in fetches) if fetches else None,
-            certificate=leaf,
-            chain=first.judgement.chain if first else (),
-            findings=tuple(findings),
-            elapsed_ms=round(elapsed * 1000, 1),
-            transcript=tuple(progress.transcript or ()),
-            served=tuple(f.judgement.chain[0] for f in fetches),
-            address=address,
-        )
+        return assemble(target, address, fetches, failures, several_key_types=len(self.key_types) > 1,
+                        expected_fingerprints=self.options.expected_fingerprints,
+                        transcript=progress.transcript or (), elapsed=elapsed)
 
 
 def _drain(connection: SSL.Connection) -> bytes:
@@ -464,23 +395,6 @@ def _plaintext_hint(first: bytes) -> str:
         return (f" (the server answered in plain text, {line!r}: this port uses STARTTLS; "
                 "try smtp://, imap://, pop3://, sieve:// or --starttls)")
     return f" (the server answered with non-TLS data {first[:16]!r})"
-
-
-def _ehlo_name(writer: asyncio.StreamWriter) -> str:
-    """Our own address as an RFC 5321 §4.1.3 address literal: always valid, reveals nothing new."""
-    sockname = writer.get_extra_info("sockname")
-    if not sockname:
-        return "[127.0.0.1]"
-    host = str(sockname[0])
-    return f"[IPv6:{host}]" if ":" in host else f"[{host}]"
-
-
-def _is_ip(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
 
 
 async def probe_target(target: Target, options: ProbeOptions, *, now: datetime,

@@ -21,10 +21,7 @@ Days as people and graphs read them
 
 from __future__ import annotations
 
-import ipaddress
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from cryptography import x509
@@ -33,17 +30,12 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from certkeeper import pki
-from certkeeper.model import SHORT_LIVED_FACTOR
 from certkeeper.probe.result import (
-    CERTIFICATE_EXPIRED,
     CERTIFICATE_EXPIRING,
-    CERTIFICATE_HOST_MISMATCH,
     CERTIFICATE_NOT_TRUSTED,
-    CERTIFICATE_NOT_YET_VALID,
     CERTIFICATE_REVOKED,
     CHAIN_INCOMPLETE,
     SELF_SIGNED,
-    SERVED_CERTIFICATE_STALE,
     WEAK_KEY,
     WEAK_SIGNATURE,
     WRONG_PURPOSE,
@@ -52,85 +44,41 @@ from certkeeper.probe.result import (
     Severity,
 )
 
-_DAY = 86400.0
+# The pure half lives in verdict (shared with the lean path of one check); its names stay importable from here.
+from certkeeper.probe.verdict import (
+    ChainJudgement,
+    Facts,
+    date_finding,
+    describe,
+    hostname_matches,
+    name_findings,
+    problem_message,
+    stale_finding,
+    summarize_facts,
+    thresholds_for,
+    whole_days,
+)
 
-
-@dataclass(frozen=True)
-class ChainJudgement:
-    """Everything that depends on the served certificates only; cached per distinct chain and name."""
-
-    chain: tuple[CertificateSummary, ...]
-    findings: tuple[Finding, ...]
-    chain_valid: bool
-    hostname_valid: bool
-
-
-def thresholds_for(lifetime_days: float, warning_days: float, critical_days: float, *,
-                   scale: bool = True) -> tuple[float, float]:
-    """(warning, critical) days for a certificate of this lifetime; scaled down for short-lived ones."""
-    if scale and warning_days > 0 and 0 < lifetime_days < SHORT_LIVED_FACTOR * warning_days:
-        factor = lifetime_days / (SHORT_LIVED_FACTOR * warning_days)
-        return warning_days * factor, critical_days * factor
-    return warning_days, critical_days
-
-
-def whole_days(days_left: float) -> int:
-    """Whole days left, truncated toward zero (59.99 -> 59, -1.5 -> -1): the one rounding of text and perfdata."""
-    return math.trunc(days_left)
+__all__ = ["ChainJudgement", "describe", "hostname_matches", "judge_chain", "problem_message", "purpose_finding",
+           "revocation_finding", "stale_finding", "summarize", "thresholds_for", "whole_days"]
 
 
 def summarize(certificate: x509.Certificate, *, now: datetime, warning_days: float,
               critical_days: float, scale: bool = True) -> CertificateSummary:
-    not_before, not_after = pki.not_before(certificate), pki.not_after(certificate)
-    warning, critical = thresholds_for((not_after - not_before).total_seconds() / _DAY, warning_days, critical_days,
-                                       scale=scale)
-    names = pki.subject_alternative_names(certificate)
-    return CertificateSummary(
-        # Certificates without a subject CN are common now (RFC 5280 4.2.1.6; Let's Encrypt's short-lived ones):
-        # name them by their first SAN rather than as ''.
-        subject=pki.common_name(certificate.subject) or (names[0] if names else "(no subject name)"),
+    facts = Facts(
+        subject_name=pki.common_name(certificate.subject),
         issuer=pki.common_name(certificate.issuer),
         serial=pki.serial_hex(certificate),
-        not_before=not_before,
-        not_after=not_after,
-        days_left=(not_after - now).total_seconds() / _DAY,  # exact: whole_days() truncates, JSON rounds
-        fingerprint_sha256=pki.fingerprint(certificate),
-        subject_alternative_names=tuple(names),
+        not_before=pki.not_before(certificate),
+        not_after=pki.not_after(certificate),
+        names=tuple(pki.subject_alternative_names(certificate)),
+        fingerprint=pki.fingerprint(certificate),
         key_type=pki.key_type_of(certificate.public_key()),  # type: ignore[arg-type]
-        warning_days=round(warning, 6),
-        critical_days=round(critical, 6),
         spki_sha256=pki.spki_sha256(certificate),
         subject_dn=pki.distinguished_name(certificate.subject),
         issuer_dn=pki.distinguished_name(certificate.issuer),
     )
-
-
-def describe(summary: CertificateSummary) -> str:
-    """``'mail.example.org' from 'R11' valid until 2027-02-01 (expires in 64 days)``, as the Nagios line says it."""
-    until = summary.not_after.strftime("%Y-%m-%d %H:%M UTC")
-    return f"'{summary.subject}' from '{summary.issuer}' valid until {until} (expires in {_days(summary.days_left)})"
-
-
-def _days(days: float) -> str:
-    if abs(days) >= 2:
-        return f"{whole_days(days)} days"
-    hours = days * 24
-    return f"{hours:.0f} hours" if abs(hours) >= 1 else f"{days * 1440:.0f} minutes"
-
-
-def hostname_matches(names: Sequence[str], hostname: str) -> bool:
-    """RFC 6125 §6.4: exact DNS name or a left-most ``*`` label; IP addresses compare as addresses."""
-    try:
-        address = ipaddress.ip_address(hostname.strip("[]"))
-    except ValueError:
-        return not pki.names_cover(list(names), [hostname.rstrip(".")])
-    for name in names:
-        try:
-            if ipaddress.ip_address(name) == address:
-                return True
-        except ValueError:
-            continue
-    return False
+    return summarize_facts(facts, now=now, warning_days=warning_days, critical_days=critical_days, scale=scale)
 
 
 def judge_chain(
@@ -156,7 +104,7 @@ def judge_chain(
     for index, (certificate, summary) in enumerate(zip(certificates, summaries, strict=True)):
         if index > 0 and pki.is_self_signed(certificate):
             continue  # a root sent along is ignored by clients: they use their own copy of the anchor
-        finding = _date_finding(summary, index, now)
+        finding = date_finding(summary, index, now)
         if finding is not None:
             findings.append(finding)
             dated = dated or finding.code != CERTIFICATE_EXPIRING
@@ -168,11 +116,9 @@ def judge_chain(
     revoked = revocation_finding(certificates, crls)
     if revoked is not None:
         findings.append(revoked)
-    hostname_valid = hostname_matches(summaries[0].subject_alternative_names, hostname)
-    if not hostname_valid:
-        names = ", ".join(summaries[0].subject_alternative_names) or "no subject alternative names"
-        findings.append(Finding(CERTIFICATE_HOST_MISMATCH, "CRITICAL",
-                                f"the certificate names {names}, not {hostname!r}"))
+    hostname_valid, mismatch = name_findings(summaries[0], hostname)
+    if mismatch is not None:
+        findings.append(mismatch)
 
     check = pki.verify_chain(leaf, rest, roots, at=now)
     if not check.valid:
@@ -180,25 +126,6 @@ def judge_chain(
         if trust is not None:
             findings.append(trust)
     return ChainJudgement(summaries, tuple(findings), check.valid, hostname_valid)
-
-
-def _date_finding(summary: CertificateSummary, index: int, now: datetime) -> Finding | None:
-    what = "the certificate" if index == 0 else f"chain certificate #{index + 1}"
-    who = f"{what} '{summary.subject}' from '{summary.issuer}'"
-    if now < summary.not_before:
-        return Finding(CERTIFICATE_NOT_YET_VALID, "CRITICAL",
-                       f"{who} is not valid before {summary.not_before:%Y-%m-%d %H:%M} UTC")
-    if now >= summary.not_after:
-        return Finding(CERTIFICATE_EXPIRED, "CRITICAL",
-                       f"{who} expired on {summary.not_after:%Y-%m-%d %H:%M} UTC ({_days(-summary.days_left)} ago)")
-    # Exact, not the rounded days_left: a certificate living minutes (tests, demos) would read 0 days left
-    # against 0 critical days, CRITICAL from its first second.
-    left = (summary.not_after - now).total_seconds() / _DAY
-    if left <= summary.critical_days or left <= summary.warning_days:
-        severity: Severity = "CRITICAL" if left <= summary.critical_days else "WARNING"
-        return Finding(CERTIFICATE_EXPIRING, severity,
-                       f"{who} expires in {_days(summary.days_left)} ({summary.not_after:%Y-%m-%d %H:%M} UTC)")
-    return None
 
 
 # SHA-1 signatures: refused by current clients (and OpenSSL at its default security level 1 since 3.0 for
@@ -315,21 +242,3 @@ def _last_served_issuer(certificates: Sequence[x509.Certificate]) -> x509.Certif
     return current
 
 
-def stale_finding(leaf: CertificateSummary, expected: frozenset[str] | None) -> Finding | None:
-    """A managed endpoint that serves something other than what certkeeper installed."""
-    if expected is None or leaf.fingerprint_sha256 in expected:
-        return None
-    return Finding(SERVED_CERTIFICATE_STALE, "CRITICAL",
-                   f"the server still serves {leaf.fingerprint_sha256[:16]}... ('{leaf.subject}', serial "
-                   f"{leaf.serial}), not the installed certificate: reload the service")
-
-
-def problem_message(findings: Sequence[Finding], leaf: CertificateSummary | None) -> str:
-    """The message part of the status line: the problems, worst first, else the certificate's description."""
-    order = {"UNKNOWN": 0, "CRITICAL": 1, "WARNING": 2, "INFO": 3}
-    problems = [f for f in findings if f.severity != "INFO"]
-    if problems:
-        return "; ".join(f"{f.code}: {f.message}" for f in sorted(problems, key=lambda f: order[f.severity]))
-    if leaf is not None:
-        return describe(leaf)
-    return "no certificate received"

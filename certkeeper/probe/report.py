@@ -2,7 +2,7 @@
 
 The Nagios line follows the monitoring-plugins development guidelines: ``SERVICE STATUS - text|perfdata``,
 perfdata as ``'label'=value;warn;crit;min;max``.  One ``days_chain_elemN`` per served certificate, so a graph
-shows an intermediate running out as well as the leaf; its value is :func:`~certkeeper.probe.judge.whole_days`,
+shows an intermediate running out as well as the leaf; its value is :func:`~certkeeper.probe.verdict.whole_days`,
 the same number the text says.
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from certkeeper.probe.judge import whole_days
 from certkeeper.probe.result import CertificateSummary, ProbeResult
+from certkeeper.probe.verdict import whole_days
 
 
 def _iso(moment: datetime) -> str:

@@ -4,9 +4,13 @@ s_client`` once, on the same loopback endpoint.
 Run: ``python tests/bench/bench_check_process.py [--rounds 10]``.
 
 Both verify the served chain against the same throwaway CA and the name ``mail.test``; s_client with ``-brief``
-and stdin closed (one handshake, then it quits).  Also timed, for what the remainder is made of: the interpreter
-alone (``python -c pass``) and the interpreter importing pyOpenSSL, which a probe that must see the served chain
-needs (Python 3.11's ``ssl`` hands out only the leaf).  Each runs once to warm up, then all alternately.
+and stdin closed (one handshake, then it quits).  certkeeper is timed as a user runs it: installed, not editable,
+in a fresh venv made once per run in the temporary folder (``python -m venv``, ``pip install --no-deps`` of this
+tree from the local wheels, the dev venv's site-packages reachable through a ``.pth`` for the dependencies the
+full engine needs); the dev venv's editable ``certkeeper`` (its ``.pth`` files run at every start) is timed too.
+Also timed, for what the remainder is made of: the fresh venv's interpreter alone (``python -c pass``, the floor
+of any Python command) and it importing pyOpenSSL (what the full engine loads).  Each runs once to warm up, then
+all alternately.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from collections.abc import Callable
@@ -34,6 +39,19 @@ ENVIRONMENT = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTEC
 def certkeeper_command() -> list[str]:
     script = Path(sys.executable).with_name("certkeeper")
     return [str(script)] if script.exists() else [sys.executable, "-m", "certkeeper"]
+
+
+def installed_venv(folder: Path) -> Path:
+    """A fresh venv in ``folder`` with this tree installed as a user installs it (not editable); the dev venv's
+    site-packages appended to its path for the dependencies (cryptography, pyOpenSSL) the full engine needs."""
+    subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True, env=ENVIRONMENT, timeout=300)
+    python = folder / "bin" / "python"
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", str(ROOT)], check=True,
+                   env=ENVIRONMENT, timeout=600, capture_output=True)
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             check=True, capture_output=True, text=True, timeout=60).stdout.strip()
+    Path(purelib, "zz-dev-dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n", encoding="utf-8")
+    return folder
 
 
 def timed(command: list[str], source: str | None = None) -> float:
@@ -58,6 +76,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--base", metavar="SRC", help="also time the certkeeper package in SRC (e.g. `git archive "
                         "main certkeeper | tar -x -C SRC`), as the side 'before'")
+    parser.add_argument("--no-dev", action="store_true", help="leave out the dev venv's editable certkeeper")
     args = parser.parse_args()
     openssl = shutil.which("openssl")
     if openssl is None:
@@ -71,17 +90,22 @@ def main() -> int:
             s_client = [openssl, "s_client", "-connect", f"127.0.0.1:{port}", "-servername", "mail.test",
                         "-verify_hostname", "mail.test", "-CAfile", str(pki.ca_file), "-verify_return_error",
                         "-brief"]
-            check = [*certkeeper_command(), "check", f"smtps://127.0.0.1:{port}", "--servername", "mail.test",
-                     "--ca-file", str(pki.ca_file)]
-            python = [sys.executable, "-c", "pass"]
-            pyopenssl = [sys.executable, "-c", "import OpenSSL.SSL"]
+            arguments = ["check", f"smtps://127.0.0.1:{port}", "--servername", "mail.test", "--ca-file",
+                         str(pki.ca_file)]
+            venv = installed_venv(Path(scratch, "venv"))
+            check = [str(venv / "bin" / "certkeeper"), *arguments]
+            python = [str(venv / "bin" / "python"), "-c", "pass"]
+            pyopenssl = [str(venv / "bin" / "python"), "-c", "import OpenSSL.SSL"]
             commands = {"s_client": s_client, "certkeeper": check, "python": python, "+pyOpenSSL": pyopenssl}
+            if not args.no_dev:
+                commands["dev-editable"] = [*certkeeper_command(), *arguments]
             for command in commands.values():
                 timed(command)  # warm-up: byte code, page cache
             sides = {name: side(command) for name, command in commands.items()}
             if args.base:
-                timed(check, args.base)
-                sides["before"] = side(check, args.base)
+                before = [str(venv / "bin" / "python"), "-m", "certkeeper", *arguments]  # the fresh venv, SRC first
+                timed(before, args.base)
+                sides["before"] = side(before, args.base)
             times = interleave(args.rounds, sides)
         finally:
             loop.close()

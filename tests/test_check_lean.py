@@ -1,0 +1,242 @@
+"""The lean path of one ``certkeeper check`` (certkeeper.probe.lean: blocking socket, stdlib ssl, the DER reader)
+against the full engine (asyncio, pyOpenSSL, cryptography) on the same real loopback servers: the same result,
+field for field, or the lean path hands the endpoint to the engine (None) where only the engine has the words."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import ssl
+import subprocess
+import sys
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from certkeeper.probe import ProbeOptions, ProbeResult, nagios_line, probe_sync, result_to_json
+from certkeeper.probe.lean import check_one, covers
+from certkeeper.targets import parse_target
+from tests.probe_servers import (
+    NOW,
+    Handler,
+    Pki,
+    ServerLoop,
+    _hold,
+    _load_pems,
+    imap_server,
+    pop3_server,
+    sieve_server,
+    smtp_server,
+)
+
+
+def both(text: str, pki: Pki, **options: object) -> tuple[ProbeResult | None, ProbeResult]:
+    settings: dict[str, object] = {"ca_file": pki.ca_file, "servername": "mail.test", "timeout": 3.0}
+    settings.update(options)
+    probe_options = ProbeOptions(**settings)  # type: ignore[arg-type]
+    target = parse_target(text)
+    assert covers(probe_options, [target])
+    return check_one(target, probe_options, now=NOW), probe_sync([target], probe_options, now=NOW)[0]
+
+
+def same(lean: ProbeResult | None, full: ProbeResult) -> ProbeResult:
+    """The two agree in everything but the time taken; the lean result."""
+    assert lean is not None, "the lean path handed the endpoint over"
+    lean, full = dataclasses.replace(lean, elapsed_ms=0), dataclasses.replace(full, elapsed_ms=0)
+    assert lean == full
+    assert result_to_json(lean) == result_to_json(full)
+    assert nagios_line(lean) == nagios_line(full)
+    return lean
+
+
+def codes(result: ProbeResult) -> list[str]:
+    return [finding.code for finding in result.findings]
+
+
+def self_signed_context(name: str = "mail.test") -> ssl.SSLContext:
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, name)])
+    certificate = (
+        x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(NOW - timedelta(days=1))
+        .not_valid_after(NOW + timedelta(days=300))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    _load_pems(context, certificate.public_bytes(serialization.Encoding.PEM),
+               key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption()))
+    return context
+
+
+CRLF = b"\r\n"
+Make = Callable[[Pki], tuple[Handler, ssl.SSLContext | None]]
+
+
+def implicit(**leaf: object) -> Make:
+    return lambda p: (_hold, p.context(p.leaf("mail.test", **leaf)))  # type: ignore[arg-type]
+
+
+def starttls(server: Callable[..., Handler], **settings: object) -> Make:
+    return lambda p: (server(p.context(p.leaf("mail.test")), **settings), None)
+
+
+# name -> (scheme, how to serve it, expected status, expected finding codes)
+CASES: dict[str, tuple[str, Make, str, list[str]]] = {
+    "valid": ("smtps", implicit(), "OK", []),
+    "valid rsa, wildcard": ("imaps", lambda p: (_hold, p.context(p.leaf("*.test", key_type="rsa"))), "OK", []),
+    "expired": ("smtps", implicit(days_before=90, days_after=-1), "CRITICAL", ["certificate-expired"]),
+    "not yet valid": ("pop3s", implicit(days_before=-2), "CRITICAL", ["certificate-not-yet-valid"]),
+    "wrong name": ("smtps", lambda p: (_hold, p.context(p.leaf("other.test"))), "CRITICAL",
+                   ["certificate-host-mismatch"]),
+    "incomplete chain": ("smtps", lambda p: (_hold, p.context(p.leaf("mail.test"), with_chain=False)), "CRITICAL",
+                         ["chain-incomplete"]),
+    "self-signed": ("smtps", lambda _: (_hold, self_signed_context()), "CRITICAL", ["self-signed"]),
+    "warning": ("smtps", implicit(days_before=100, days_after=10), "WARNING", ["certificate-expiring"]),
+    "critical": ("smtps", implicit(days_before=100, days_after=3), "CRITICAL", ["certificate-expiring"]),
+    "short-lived, thresholds scaled": ("smtps", implicit(days_before=1, days_after=5), "OK", []),
+    "smtp starttls": ("smtp", starttls(smtp_server), "OK", []),
+    "imap starttls": ("imap", starttls(imap_server), "OK", []),
+    "pop3 starttls": ("pop3", starttls(pop3_server), "OK", []),
+    "sieve starttls": ("sieve", starttls(sieve_server), "OK", []),
+    "smtp, expired after starttls": (
+        "smtp", lambda p: (smtp_server(p.context(p.leaf("mail.test", days_before=90, days_after=-1))), None),
+        "CRITICAL", ["certificate-expired"]),
+    "smtp without starttls": ("smtp", starttls(smtp_server, ehlo=[b"250-mail.test" + CRLF, b"250 SIZE 1" + CRLF]),
+                              "CRITICAL", ["starttls-not-supported"]),
+    "smtp starttls refused": ("smtp", starttls(smtp_server, starttls_reply=b"454 4.7.0 not now" + CRLF), "CRITICAL",
+                              ["starttls-not-supported"]),
+    "imap without starttls": ("imap", starttls(imap_server, capability=b"IMAP4rev1"), "CRITICAL",
+                              ["starttls-not-supported"]),
+    "pop3 without stls": ("pop3", starttls(pop3_server, stls=False), "CRITICAL", ["starttls-not-supported"]),
+    "sieve starttls refused": ("sieve", starttls(sieve_server, refuse=True), "CRITICAL", ["starttls-not-supported"]),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_the_lean_path_and_the_engine_agree(servers: ServerLoop, pki: Pki, case: str) -> None:
+    scheme, make, status, expected = CASES[case]
+    handler, context = make(pki)
+    lean, full = both(f"{scheme}://127.0.0.1:{servers.serve(handler, context)}", pki)
+    result = same(lean, full)
+    assert (result.status, codes(result)) == (status, expected)
+
+
+def garbage(lines: list[bytes]) -> Handler:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.writelines(lines)
+        await writer.drain()
+        await reader.read(1)
+
+    return handle
+
+
+def test_a_server_sending_garbage_before_starttls(servers: ServerLoop, pki: Pki) -> None:
+    port = servers.serve(garbage([b"HTTP/1.1 400 Bad Request\r\n", b"\r\n"]))
+    result = same(*both(f"smtp://127.0.0.1:{port}", pki))
+    assert codes(result) == ["protocol-error"] and "HTTP server" in result.message
+
+
+def test_a_line_longer_than_the_limit(servers: ServerLoop, pki: Pki) -> None:
+    port = servers.serve(garbage([b"220-" + b"x" * 9000 + b"\r\n"]))
+    result = same(*both(f"smtp://127.0.0.1:{port}", pki))
+    assert codes(result) == ["protocol-error"]
+
+
+def test_a_server_closing_in_the_dialogue(servers: ServerLoop, pki: Pki) -> None:
+    async def close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220-half a greeting\r\n")
+        await writer.drain()
+
+    port = servers.serve(close)
+    result = same(*both(f"smtp://127.0.0.1:{port}", pki))
+    assert codes(result) == ["connection-failed"]
+
+
+def test_connection_refused(pki: Pki) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = same(*both(f"smtps://127.0.0.1:{port}", pki))
+    assert codes(result) == ["connection-failed"] and "Connection refused" in result.message
+
+
+@pytest.mark.parametrize("scheme", ["smtp", "smtps"])
+def test_a_server_that_hangs_times_out_alike(servers: ServerLoop, pki: Pki, scheme: str) -> None:
+    async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # until the client gives up: never a word, nor a ServerHello
+
+    port = servers.serve(hang)
+    result = same(*both(f"{scheme}://127.0.0.1:{port}", pki, timeout=0.5))
+    assert codes(result) == ["timeout"]
+
+
+# --- what the lean path leaves to the engine ------------------------------------------------------------------
+
+
+def test_an_untrusted_ca_is_left_to_the_engine(servers: ServerLoop, pki: Pki, tmp_path: Path) -> None:
+    other = Pki.create(tmp_path, "Other Root")
+    port = servers.serve(_hold, pki.context(pki.leaf("mail.test")))
+    lean, full = both(f"smtps://127.0.0.1:{port}", pki, ca_file=other.ca_file)
+    assert lean is None and codes(full) == ["certificate-not-trusted"]
+
+
+def test_garbage_instead_of_a_tls_handshake_is_left_to_the_engine(servers: ServerLoop, pki: Pki) -> None:
+    port = servers.serve(garbage([b"220 mail.test ESMTP\r\n"]))
+    lean, full = both(f"smtps://127.0.0.1:{port}", pki)
+    assert lean is None and codes(full) == ["tls-handshake-failed"]
+
+
+def test_a_leaf_without_server_auth_is_left_to_the_engine(servers: ServerLoop, pki: Pki) -> None:
+    leaf = pki.leaf("mail.test", purposes=(x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH,))
+    port = servers.serve(_hold, pki.context(leaf))
+    lean, full = both(f"smtps://127.0.0.1:{port}", pki)
+    assert lean is None and "certificate-wrong-purpose" in codes(full)
+
+
+def test_an_unreadable_ca_file_is_left_to_the_engine(pki: Pki, tmp_path: Path) -> None:
+    lean = check_one(parse_target("smtps://127.0.0.1:1"), ProbeOptions(ca_file=tmp_path / "missing.pem"), now=NOW)
+    assert lean is None
+
+
+def test_what_the_lean_path_covers() -> None:
+    one = [parse_target("smtps://mail.test")]
+    assert covers(ProbeOptions(), one)
+    assert not covers(ProbeOptions(), one * 2)
+    assert not covers(ProbeOptions(verbose=True), one)
+    assert not covers(ProbeOptions(key_type="all"), one)
+    assert not covers(ProbeOptions(refuse_tls=("TLSv1",)), one)
+
+
+# --- the command ---------------------------------------------------------------------------------------------------
+
+
+def run_check(*arguments: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "certkeeper", "check", *arguments], capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+def test_the_command_prints_what_the_engine_prints(servers: ServerLoop, pki: Pki) -> None:
+    """`check` of one endpoint (the lean path) and of the same endpoint twice (the engine, for several targets)."""
+    port = servers.serve(_hold, pki.context(pki.leaf("mail.test", days_before=100, days_after=10)))
+    target = f"smtps://127.0.0.1:{port}"
+    one = run_check(target, "--servername", "mail.test", "--ca-file", str(pki.ca_file))
+    two = run_check(target, target, "--servername", "mail.test", "--ca-file", str(pki.ca_file))
+    assert one.returncode == two.returncode == 1
+    assert one.stdout.rsplit(" time=", 1)[0] == two.stdout.splitlines()[0].rsplit(" time=", 1)[0]
+    lean_json = run_check("--json", target, "--servername", "mail.test", "--ca-file", str(pki.ca_file))
+    assert lean_json.returncode == 1 and '"status": "WARNING"' in lean_json.stdout
+
+
+def test_the_command_hands_an_untrusted_chain_to_the_engine(servers: ServerLoop, pki: Pki) -> None:
+    port = servers.serve(_hold, pki.context(pki.leaf("mail.test")))
+    done = run_check(f"smtps://127.0.0.1:{port}", "--servername", "mail.test")  # the system store
+    assert done.returncode == 2 and "certificate-not-trusted" in done.stdout
