@@ -16,6 +16,8 @@ TlsMode = Literal["implicit", "starttls"]
 
 @dataclass(frozen=True)
 class Protocol:
+    """A scheme: its well-known port, implicit TLS or STARTTLS, and the STARTTLS dialect."""
+
     name: str
     default_port: int
     tls: TlsMode

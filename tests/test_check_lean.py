@@ -240,3 +240,28 @@ def test_the_command_hands_an_untrusted_chain_to_the_engine(servers: ServerLoop,
     port = servers.serve(_hold, pki.context(pki.leaf("mail.test")))
     done = run_check(f"smtps://127.0.0.1:{port}", "--servername", "mail.test")  # the system store
     assert done.returncode == 2 and "certificate-not-trusted" in done.stdout
+
+
+def test_an_address_given_instead_of_the_host(servers: ServerLoop, pki: Pki) -> None:
+    """check_certkeeper probes each address of the host (--resolve): the lean path connects to it alike."""
+    from certkeeper.probe import probe_target
+
+    port = servers.serve(_hold, pki.context(pki.leaf("mail.test")))
+    target = parse_target(f"smtps://mail.test:{port}")
+    options = ProbeOptions(ca_file=pki.ca_file, timeout=3.0)
+    for address in ("127.0.0.1", "127.0.0.2"):
+        full = asyncio.run(probe_target(target, options, now=NOW, address=address))
+        same(check_one(target, options, now=NOW, address=address), full)
+
+
+def test_check_certkeeper_of_one_address_loads_no_engine(servers: ServerLoop, pki: Pki) -> None:
+    port = servers.serve(_hold, pki.context(pki.leaf("mail.test")))
+    code = ("import runpy, sys\nsys.argv = ['check_certkeeper', *sys.argv[1:]]\n"
+            "try:\n    runpy.run_module('certkeeper.cli.check_certkeeper', run_name='__main__')\n"
+            "except SystemExit as exc:\n    status = exc.code\n"
+            "print(status, 'OpenSSL' in sys.modules, 'asyncio' in sys.modules, 'cryptography' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code, "-H", "mail.test", "-p", str(port), "-P", "smtps",
+                           "--resolve", "127.0.0.1", "-r", str(pki.ca_file)], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.stdout.splitlines()[0].startswith("SSL_CERT OK"), done.stdout + done.stderr
+    assert done.stdout.splitlines()[-1] == "0 False False False"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -23,7 +24,7 @@ from certkeeper.probe.verdict import Facts, summarize_facts
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 Key = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey
 
-KEYS = {
+KEYS: dict[str, Callable[[], Key]] = {
     "rsa-2048": lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048),
     "rsa-1024": lambda: rsa.generate_private_key(public_exponent=65537, key_size=1024),
     "ecdsa-p256": lambda: ec.generate_private_key(ec.SECP256R1()),
@@ -64,10 +65,10 @@ def make(key: Key, subject: x509.Name, *, sans: list[x509.GeneralName] | None = 
     builder = builder.add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     if issuer_key is not None:
         builder = builder.add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),  # type: ignore[arg-type]
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
             critical=False)
     algorithm = None if isinstance(signer, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey) else hashes.SHA256()
-    return builder.sign(signer, algorithm)  # type: ignore[arg-type]
+    return builder.sign(signer, algorithm)
 
 
 def der_of(certificate: x509.Certificate) -> bytes:

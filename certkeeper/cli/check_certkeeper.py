@@ -143,14 +143,23 @@ def _addresses(host: str, port: int) -> list[str]:
 
 
 def _probe_each(target: Target, options: ProbeOptions, addresses: Sequence[str]) -> list[ProbeResult]:
-    """One probe per address (or one resolving the host itself), concurrently, with one set of trust anchors."""
+    """One probe per address (or one resolving the host itself), concurrently, with one set of trust anchors; one
+    place alone by the lean probe (certkeeper.probe.lean) unless it leaves the endpoint to the engine."""
+    from datetime import UTC, datetime
+
+    from certkeeper.probe import lean
+
+    now = datetime.now(UTC)  # the shell's clock (pki.now_utc would load cryptography)
+    if len(addresses) <= 1 and lean.covers(options, [target]):  # one place: no asyncio, pyOpenSSL, cryptography
+        result = lean.check_one(target, options, now=now, address=addresses[0] if addresses else None)
+        if result is not None:
+            return [result]
     import asyncio
 
-    from certkeeper.pki import now_utc
-    from certkeeper.probe import Prober
+    from certkeeper.probe.engine import Prober
 
     async def run() -> list[ProbeResult]:
-        prober = Prober(options, now=now_utc())
+        prober = Prober(options, now=now)
         places: list[str | None] = list(addresses) or [None]
         return list(await asyncio.gather(*(prober.probe(target, address=a) for a in places)))
 

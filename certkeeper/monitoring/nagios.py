@@ -27,7 +27,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from certkeeper.probe import ProbeOptions, ProbeResult, worst_status
-from certkeeper.probe.judge import problem_message
 from certkeeper.probe.result import (
     CERTIFICATE_EXPIRED,
     CERTIFICATE_EXPIRING,
@@ -41,6 +40,7 @@ from certkeeper.probe.result import (
     KeyTypeChoice,
     OldTlsVersion,
 )
+from certkeeper.probe.verdict import problem_message
 from certkeeper.targets import PROTOCOLS, Target
 
 SHORTNAME = "SSL_CERT"  # check_ssl_cert's, so service output parsers and notification templates still match

@@ -119,6 +119,8 @@ _SMTP_LINE = re.compile(r"^([2-5][0-9][0-9])([ -]|$)(.*)$", re.DOTALL)
 
 @dataclass(frozen=True)
 class SmtpReply:
+    """One whole SMTP reply."""
+
     code: int
     lines: tuple[str, ...]  # the text after "ddd-" / "ddd " of each line
 
@@ -201,6 +203,8 @@ _IMAP_CAPABILITY_CODE = re.compile(r"\[CAPABILITY ([^\]]*)\]", re.IGNORECASE)
 
 @dataclass(frozen=True)
 class ImapResponse:
+    """One IMAP response line."""
+
     tag: str  # "*" for untagged, "+" for continuation
     kind: str  # upper-cased first word after the tag: OK, NO, BAD, BYE, PREAUTH, CAPABILITY, ...
     text: str  # the rest of the line

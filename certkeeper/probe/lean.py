@@ -83,10 +83,12 @@ def covers(options: ProbeOptions, targets: Sequence[Target]) -> bool:
             and not options.crl_files and not options.issuer_roots and options.expected_fingerprints is None)
 
 
-def check_one(target: Target, options: ProbeOptions, *, now: datetime) -> ProbeResult | None:
-    """Probe ``target`` as the engine would; None when the engine must (see the module's docstring)."""
+def check_one(target: Target, options: ProbeOptions, *, now: datetime,
+              address: str | None = None) -> ProbeResult | None:
+    """Probe ``target`` (at ``address`` instead of resolving its host, when given) as the engine would; None when
+    the engine must (see the module's docstring)."""
     try:
-        return _Probe(target, options, now).run()
+        return _Probe(target, options, now, address).run()
     except HandOver:
         return None
     except Exception:  # a bug here must not cost the answer: the engine gives it (tests hold that none happens)
@@ -94,8 +96,9 @@ def check_one(target: Target, options: ProbeOptions, *, now: datetime) -> ProbeR
 
 
 class _Probe:
-    def __init__(self, target: Target, options: ProbeOptions, now: datetime) -> None:
+    def __init__(self, target: Target, options: ProbeOptions, now: datetime, address: str | None) -> None:
         self.target = target
+        self.address = address
         self.options = options
         self.now = now
         self.progress = Progress()
@@ -124,7 +127,7 @@ class _Probe:
                                             self.progress.received))
         except _Failure as failure:
             failures.append(Finding(failure.code, "CRITICAL", failure.message))
-        return assemble(self.target, None, fetches, failures, several_key_types=False,
+        return assemble(self.target, self.address, fetches, failures, several_key_types=False,
                         expected_fingerprints=None, transcript=(), elapsed=time.perf_counter() - started)
 
     def _remaining(self) -> float:
@@ -135,7 +138,7 @@ class _Probe:
 
     def _fetch(self, context: tls.Context) -> tuple[str, str, list[bytes]]:
         target = self.target
-        self.progress.stage = connecting_stage(target, None)
+        self.progress.stage = connecting_stage(target, self.address)
         sock = self._connect()
         try:
             if target.tls == "starttls" and target.dialect is not None:
@@ -177,11 +180,13 @@ class _Probe:
     def _connect(self) -> socket.socket:
         """As asyncio's open_connection: each address in turn, its errors reported as asyncio reports them."""
         target = self.target
+        where = target.address + (f" ({self.address})" if self.address else "")
         try:
             # As bytes (A-labels): a str host makes getaddrinfo load the idna codec, even for an address.
-            addresses = socket.getaddrinfo(encode_host_name(target.host), target.port, type=socket.SOCK_STREAM)
+            addresses = socket.getaddrinfo(encode_host_name(self.address or target.host), target.port,
+                                           type=socket.SOCK_STREAM)
         except OSError as exc:
-            raise _Failure(CONNECTION_FAILED, f"cannot connect to {target.address}: {os_reason(exc)}") from None
+            raise _Failure(CONNECTION_FAILED, f"cannot connect to {where}: {os_reason(exc)}") from None
         errors: list[OSError] = []
         for family, kind, proto, _, address in addresses:
             sock = socket.socket(family, kind, proto)
@@ -200,7 +205,7 @@ class _Probe:
             reason = os_reason(errors[0])
         else:
             reason = f"Multiple exceptions: {', '.join(str(error) for error in errors)}"
-        raise _Failure(CONNECTION_FAILED, f"cannot connect to {target.address}: {reason}")
+        raise _Failure(CONNECTION_FAILED, f"cannot connect to {where}: {reason}")
 
     def _judge(self, ders: list[bytes], code: int | None) -> ChainJudgement:
         try:

@@ -68,6 +68,8 @@ class ProbeOptions:
 
 @dataclass(frozen=True)
 class Finding:
+    """One thing a probe found: a code (RFC 8460 words where one fits), how bad, and what to tell people."""
+
     code: str
     severity: Severity
     message: str
@@ -75,6 +77,8 @@ class Finding:
 
 @dataclass(frozen=True)
 class CertificateSummary:
+    """What the outputs show of one served certificate."""
+
     subject: str
     issuer: str
     serial: str  # lowercase hex
@@ -93,6 +97,8 @@ class CertificateSummary:
 
 @dataclass(frozen=True)
 class ProbeResult:
+    """One endpoint's probe: its status, words and certificates."""
+
     target: Target
     status: Status
     message: str

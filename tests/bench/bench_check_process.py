@@ -55,11 +55,12 @@ def installed_venv(folder: Path) -> Path:
 
 
 def timed(command: list[str], source: str | None = None) -> float:
-    """Seconds of one run; ``source``: a folder holding another ``certkeeper`` package to run instead."""
+    """Seconds of one run; ``source``: a folder holding another ``certkeeper`` package to run instead.  Run in
+    ``/`` (``python -m`` puts the working folder first on the path: this tree's package would shadow SRC)."""
     environment = {**ENVIRONMENT, "PYTHONPATH": source} if source else ENVIRONMENT
     started = time.perf_counter()
     done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False,
-                          env=environment, timeout=60)
+                          env=environment, timeout=60, cwd="/")
     elapsed = time.perf_counter() - started
     if done.returncode != 0:
         msg = f"{command[0]} exited {done.returncode}: {done.stdout}{done.stderr}"
