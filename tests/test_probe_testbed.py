@@ -56,3 +56,22 @@ def test_without_the_test_ca_the_chain_is_not_trusted(request: pytest.FixtureReq
     assert result.status == "CRITICAL"
     assert {f.code for f in result.findings} <= {"certificate-not-trusted", "chain-incomplete"}
     assert result.certificate is not None
+
+
+@pytest.mark.parametrize("name", ["postfix", "dovecot"])
+def test_the_lean_check_agrees_with_the_engine_on_every_listener(request: pytest.FixtureRequest, name: str) -> None:
+    """One ``certkeeper check`` (certkeeper.probe.lean: blocking socket, stdlib ssl) against the real daemons says
+    what the engine says, word for word, STARTTLS listeners included."""
+    import dataclasses
+
+    from certkeeper.probe.lean import check_one
+
+    server = _server(request, name)
+    options = ProbeOptions(ca_file=server.ca_file, servername=getattr(server, "hostname", HOSTNAME), timeout=10)
+    now = datetime.now(UTC)
+    for listener, port in server.ports.items():
+        target = parse_target(f"{SCHEMES[listener]}://127.0.0.1:{port}")
+        lean = check_one(target, options, now=now)
+        assert lean is not None, listener
+        full = probe_sync([target], options, now=now)[0]
+        assert dataclasses.replace(lean, elapsed_ms=0) == dataclasses.replace(full, elapsed_ms=0), listener
