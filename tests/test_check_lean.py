@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from certkeeper.probe import ProbeOptions, ProbeResult, nagios_line, probe_sync, result_to_json
 from certkeeper.probe.lean import check_one, covers
@@ -265,3 +265,47 @@ def test_check_certkeeper_of_one_address_loads_no_engine(servers: ServerLoop, pk
                           timeout=60, check=False)
     assert done.stdout.splitlines()[0].startswith("SSL_CERT OK"), done.stdout + done.stderr
     assert done.stdout.splitlines()[-1] == "0 False False False"
+
+
+def signed_leaf_context(pki: Pki, *, key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | None = None,
+                        sans: bool = True,
+                        chain: bytes = b"") -> ssl.SSLContext:
+    """A leaf for mail.test from the test intermediate, with the key and names given."""
+    key = key or ec.generate_private_key(ec.SECP256R1())
+    builder = (
+        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME,
+                                                                             "mail.test")]))
+        .issuer_name(pki.intermediate.subject).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(NOW - timedelta(days=1))
+        .not_valid_after(NOW + timedelta(days=90))
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(pki.intermediate_key.public_key()),
+                       critical=False)
+    )
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName("mail.test")]), critical=False)
+    certificate = builder.sign(pki.intermediate_key, hashes.SHA256())
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.set_ciphers("ALL:@SECLEVEL=0")
+    _load_pems(context, certificate.public_bytes(serialization.Encoding.PEM)
+               + pki.intermediate.public_bytes(serialization.Encoding.PEM) + chain,
+               key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption()))
+    return context
+
+
+def test_a_served_root_is_ignored_alike(servers: ServerLoop, pki: Pki) -> None:
+    root = pki.ca_file.read_bytes()
+    port = servers.serve(_hold, signed_leaf_context(pki, chain=root))
+    result = same(*both(f"smtps://127.0.0.1:{port}", pki))
+    assert result.status == "OK" and len(result.chain) == 3
+
+
+@pytest.mark.parametrize("leaf", ["rsa-1024", "no SAN"])
+def test_weak_or_nameless_leaves_are_left_to_the_engine(servers: ServerLoop, pki: Pki, leaf: str) -> None:
+    settings: dict[str, object] = {
+        "rsa-1024": {"key": rsa.generate_private_key(public_exponent=65537, key_size=1024)},
+        "no SAN": {"sans": False},
+    }[leaf]  # type: ignore[assignment]
+    port = servers.serve(_hold, signed_leaf_context(pki, **settings))  # type: ignore[arg-type]
+    lean, full = both(f"smtps://127.0.0.1:{port}", pki)
+    assert lean is None and full.status == "CRITICAL"
