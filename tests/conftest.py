@@ -8,11 +8,13 @@ test that reloads, restarts or misconfigures a server takes its own from a ``*_f
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from certkeeper.testbed.bind import Bind
 from certkeeper.testbed.certs import TestCA
@@ -23,6 +25,12 @@ from certkeeper.testbed.postfix import Postfix
 from certkeeper.testbed.server import Server, read_log_tail
 from certkeeper.testbed.smtp_sink import SmtpSink
 from tests.probe_servers import Pki, ServerLoop
+
+# Property tests draw the same examples on every run (derived from each test's name), so the suite gives the same
+# verdict on every machine; `HYPOTHESIS_PROFILE=explore` draws fresh ones, to look for new counterexamples.
+settings.register_profile("suite", derandomize=True, database=None)
+settings.register_profile("explore", max_examples=1000, database=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "suite"))
 
 SINK_USERNAME = "certkeeper"
 SINK_PASSWORD = "alert-password"
