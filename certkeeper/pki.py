@@ -259,6 +259,50 @@ def verify_chain(
     return ChainCheck(True)
 
 
+class ChainVerifier:
+    """:func:`verify_chain` that verifies a leaf's path to a root once per chain, not once per leaf.
+
+    A renewal pass gates a thousand leaves under one intermediate; verifying each path in full checks the
+    intermediate's signature by the root every time (an ECDSA P-384 root: five times the leaf's own check).  Once a
+    leaf has verified in full through ``intermediates`` to ``roots``, a later leaf with the same one intermediate
+    and the same roots is verified with that intermediate as its trust anchor (its signature, the leaf profile,
+    the intermediate's name constraints, the leaf's validity), at a moment when the intermediate and every root are
+    valid.  A root constraining names other than the intermediate does, more than one intermediate, or a chain
+    not verified before takes the full path.  Safe to share between threads.
+    """
+
+    def __init__(self) -> None:
+        # chain (intermediate, *roots) -> the moments it is valid in, when it may anchor a leaf: (start, end)
+        self._verified: dict[tuple[x509.Certificate, ...], tuple[datetime, datetime] | None] = {}
+
+    def verify(self, leaf: x509.Certificate, intermediates: Sequence[x509.Certificate],
+               roots: Sequence[x509.Certificate], *, at: datetime, hostname: str | None = None) -> ChainCheck:
+        chain = (*intermediates, *roots)
+        window = self._verified.get(chain) if len(intermediates) == 1 else None
+        if window is not None and window[0] <= at.astimezone(UTC) <= window[1]:
+            return verify_chain(leaf, (), intermediates, at=at, hostname=hostname)
+        check = verify_chain(leaf, intermediates, roots, at=at, hostname=hostname)
+        if check.valid and len(intermediates) == 1:
+            self._verified[chain] = _anchor_window(chain)
+        return check
+
+
+def _name_constraints(certificate: x509.Certificate) -> x509.NameConstraints | None:
+    try:
+        return certificate.extensions.get_extension_for_class(x509.NameConstraints).value
+    except x509.ExtensionNotFound:
+        return None
+
+
+def _anchor_window(chain: tuple[x509.Certificate, ...]) -> tuple[datetime, datetime] | None:
+    """When verifying under ``chain[0]`` as the anchor judges a leaf as the whole ``chain`` does: while every
+    certificate in it is valid; never when a root constrains names other than the intermediate does."""
+    constraints = _name_constraints(chain[0])
+    if any(_name_constraints(root) not in (None, constraints) for root in chain[1:]):
+        return None
+    return max(c.not_valid_before_utc for c in chain), min(c.not_valid_after_utc for c in chain)
+
+
 # Pure (no certificate library): it lives in the model, for the lean check path; callers keep pki's name.
 names_cover = model.names_cover
 

@@ -202,6 +202,8 @@ class InternalCaIssuer:
         self._signer: _Signer | None = None
         self._index = store.IndexWriter(config.name, config.ca_dir / store.INDEX)
         self._checked_at = -math.inf
+        self._root: tuple[tuple[int, int], x509.Certificate] | None = None  # (file_stamp, root) as last read
+        self._root_checked_at = -math.inf
 
     def _current_signer(self) -> _Signer:
         # System calls are what the CA adds to the cryptography (a stat costs a fifth of a signature on some
@@ -219,7 +221,16 @@ class InternalCaIssuer:
         self._index.close()
 
     def trust_anchors(self) -> Sequence[x509.Certificate]:
-        return [store.load_certificate(self.name, self.config.ca_dir / store.ROOT_CERT, "root certificate")]
+        """The root, read again when its file was replaced (looked at, like the intermediate, at most once per
+        REFRESH_INTERVAL): the install gate asks for it once per certificate."""
+        path = self.config.ca_dir / store.ROOT_CERT
+        with self._mutex:
+            if self._root is None or time.monotonic() - self._root_checked_at >= self.REFRESH_INTERVAL:
+                stamp = store.file_stamp(path)
+                if self._root is None or self._root[0] != stamp or stamp == (0, 0):
+                    self._root = (stamp, store.load_certificate(self.name, path, "root certificate"))
+                self._root_checked_at = time.monotonic()
+            return [self._root[1]]
 
     def issue(self, request: IssueRequest) -> IssuedCertificate:
         def refuse(detail: str) -> IssuanceError:

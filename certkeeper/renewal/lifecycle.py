@@ -27,12 +27,12 @@ import functools
 import hashlib
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from cryptography import x509
 
@@ -104,6 +104,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("certkeeper.renewal.lifecycle")
 
 IssuerSource = Callable[[str], Issuer]
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,7 @@ class Renewer:
         # Installed files hashed once, then only stat-ed while unchanged (a daemon keeps it between passes).
         self.verified = VerifiedFiles(self.settings.state_dir / "verified-files.json")
         self.known_versions = KnownVersions()  # each version.json parsed once while it is unchanged
+        self.chains = pki.ChainVerifier()  # the install gate verifies each intermediate's path to its root once
         # The moment the order budget named to a certificate told to wait (OrderWaiting): not asked again before
         # then (certkeeper.store.budget).  Kept for the process's life: a restarted daemon asks once more.
         self._budget_waits: dict[str, datetime] = {}
@@ -470,13 +472,15 @@ class Renewer:
                         self.bus.publish(PersistRecordExpiring(self.clock(), certificate.name, record_name, until))
                 # Checked at the moment of the check, not the pass's now: a CA may issue with notBefore = the
                 # moment of issue (Pebble does), which is after the pass began.
-                check_pairs(certificate.name, pairs, certificate.domains, roots, now=self.clock())
+                check_pairs(certificate.name, pairs, certificate.domains, roots, now=self.clock(),
+                            chains=self.chains)
                 self._check_mta_sts(certificate, pairs)
                 return pairs
 
             if self.fleet is not None and not dry_run:  # fleet integration: one node orders, the others install
                 pairs = self.fleet.obtain(certificate, work.previous, order)
-                check_pairs(certificate.name, pairs, certificate.domains, roots, now=self.clock())
+                check_pairs(certificate.name, pairs, certificate.domains, roots, now=self.clock(),
+                            chains=self.chains)
                 self._check_mta_sts(certificate, pairs)
             elif not dry_run:  # the order budget of a single host (certkeeper.store.budget)
                 pairs = obtain_within_budget(self.store, self.config.issuers.get(certificate.issuer), certificate,
@@ -554,20 +558,23 @@ class Renewer:
         works = [w for w in works if w.outcome is None]
         if not works:
             return
+        # The reload is owed from before the flip until a verified reload: a crash or a failed hook in between
+        # leaves it recorded, and the next pass reloads (and verifies) without renewing.  One commit for all.
+        owed = self._update_states({w.config.name: {"reload_pending": True} for w in works})
         for work in works:
-            # The reload is owed from before the flip until a verified reload: a crash or a failed hook in
-            # between leaves it recorded, and the next pass reloads (and verifies) without renewing.
-            work.state = self._update_state(work.config.name, reload_pending=True)
-            if not work.reload_only and work.new is not None:
-                try:
-                    work.home.activate(work.new)
-                except VersionWriteFailed as exc:  # a full disk: the old pair stays current, the reload owed
-                    self._fail(work, str(exc), now, reload_pending=True)
-                    continue
-                work.installed = _facts(work.new, key_matches=True)  # check_pairs held it before it was written
-                if work.config.copy_to:
-                    work.home.copy_to(work.new, work.config.copy_to)
-                self.bus.publish(CertificateInstalled(now, work.config.name, work.new.id))
+            work.state = owed[work.config.name]
+        flips = [w for w in works if not w.reload_only and w.new is not None]
+        # Each flip ends with an fsync of its certificate's folder: on the issuing threads, so that they overlap.
+        failures = self._on_threads(flips, self._flip) if len(flips) > 1 else [self._flip(w) for w in flips]
+        for work, failure in zip(flips, failures, strict=True):
+            assert work.new is not None
+            if failure is not None:  # a full disk: the old pair stays current, the reload owed
+                self._fail(work, str(failure), now, reload_pending=True)
+                continue
+            work.installed = _facts(work.new, key_matches=True)  # check_pairs held it before it was written
+            if work.config.copy_to:
+                work.home.copy_to(work.new, work.config.copy_to)
+            self.bus.publish(CertificateInstalled(now, work.config.name, work.new.id))
         works = [w for w in works if w.outcome is None]
         self._reload(works, now)
         results = self._verify(works)
@@ -577,13 +584,30 @@ class Renewer:
                         ", ".join(w.config.name for w in wrong))
             self._reload(wrong, now)
             results.update(self._verify(wrong))
-        for work in works:
-            self._conclude(work, results[work.config.name], now)
+        renewed = [w for w in works if self._conclude(w, results[w.config.name], now)]
+        self._record_renewed(renewed, now)
+
+    def _on_threads(self, works: Sequence[_Work], step: Callable[[_Work], _T]) -> list[_T]:
+        """``step`` for each of ``works`` on ``concurrency`` threads; the results in the order of ``works``."""
+        with ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="install") as pool:
+            return list(pool.map(step, works))
+
+    @staticmethod
+    def _flip(work: _Work) -> VersionWriteFailed | None:
+        """Make the new version current; the failure that left the old one current, if any."""
+        assert work.new is not None
+        try:
+            work.home.activate(work.new)
+        except VersionWriteFailed as exc:
+            return exc
+        return None
 
     def _record_verification(self, certificate: CertificateConfig, version: Version, result: Verification,
                              now: datetime) -> None:
         """A verification is an observation: each endpoint's record says what it served just now, so ``status``
         does not show the previous certificate as stale until the next probe (issue 21.10)."""
+        if not certificate.endpoints:  # nothing was looked at: no record to read or write
+            return
         known = {(r.owner, r.endpoint): r for r in self.store.endpoints() if r.owner == certificate.name}
         first = version.pairs[0]
         for target in certificate.endpoints:
@@ -609,7 +633,9 @@ class Renewer:
                     return str(exc)
         return ""
 
-    def _conclude(self, work: _Work, result: Verification, now: datetime) -> None:
+    def _conclude(self, work: _Work, result: Verification, now: datetime) -> bool:
+        """The outcome of a certificate after its verification; True for a renewal that is left for
+        :meth:`_record_renewed` to record (the pass's renewals in one commit)."""
         name = work.config.name
         assert work.new is not None
         if result.ok:
@@ -617,28 +643,40 @@ class Renewer:
                                                  tuple(s.point.describe() for s in result.seen)))
             if work.hook_error:
                 self._fail(work, work.hook_error, now, reload_pending=True)
-                return
+                return False
             if work.reload_only:
                 work.outcome = Outcome(name, Result.RELOADED, f"endpoints now serve {work.new.id}", work.new.id)
                 work.state = self._update_state(name, reload_pending=False)
-                return
+                return False
             work.outcome = Outcome(name, Result.RENEWED, f"installed and verified {work.new.id}", work.new.id)
             self._record_verification(work.config, work.new, result, now)
             if work.dane is not None:  # served now: a new next key; current + next in DNS, the old key's removed
                 work.dane.after_install(now)
-            self.store.add_renewal(RenewalRecord(name, now, "success", work.new.id,
-                                                 ",".join(p.serial for p in work.new.pairs)))
-            work.state = self._update_state(name, last_attempt_at=now, last_success_at=now, failures=0,
-                                            last_error="", reload_pending=False, ari_start=None, ari_end=None,
-                                            ari_retry_after=None)
-            for removed in work.home.prune(self.settings.keep_versions):
-                log.info("%s: removed old version %s", name, removed)
-            return
+            return True
         seen = "; ".join(s.describe() for s in result.wrong(work.new.fingerprints))
         if work.reload_only or work.previous is None or work.previous.id == work.new.id:
             self._fail(work, f"{work.new.id} is not served: {seen}", now, reload_pending=True)
-            return
+            return False
         self._roll_back(work, seen, now)
+        return False
+
+    def _record_renewed(self, works: Sequence[_Work], now: datetime) -> None:
+        """Each renewal's history row and state (nothing owed, no failures) in one commit, after every file of
+        it is durable and it was verified; then the versions beyond ``keep_versions`` go."""
+        if not works:
+            return
+        renewals = []
+        for work in works:
+            assert work.new is not None
+            renewals.append(RenewalRecord(work.config.name, now, "success", work.new.id,
+                                          ",".join(p.serial for p in work.new.pairs)))
+        success = {"last_attempt_at": now, "last_success_at": now, "failures": 0, "last_error": "",
+                   "reload_pending": False, "ari_start": None, "ari_end": None, "ari_retry_after": None}
+        states = self._update_states({w.config.name: success for w in works}, renewals)
+        for work in works:
+            work.state = states[work.config.name]
+            for removed in work.home.prune(self.settings.keep_versions):
+                log.info("%s: removed old version %s", work.config.name, removed)
 
     def _roll_back(self, work: _Work, seen: str, now: datetime) -> None:
         name = work.config.name
@@ -820,6 +858,21 @@ class Renewer:
 
     def _remember_decision(self, name: str, decision: Decision, *, known: CertState | None = None) -> CertState:
         return self._update_state(name, known=known, next_check_at=decision.renew_at, next_reason=decision.reason)
+
+    def _update_states(self, changes: Mapping[str, Mapping[str, object]],
+                       renewals: Sequence[RenewalRecord] = ()) -> dict[str, CertState]:
+        """:meth:`_update_state` for several certificates (each row read again before it is written), with
+        ``renewals``, in one transaction; the rows after."""
+        after: dict[str, CertState] = {}
+        changed = []
+        for name, fields in changes.items():
+            state = self.store.get_state(name) or CertState(name)
+            after[name] = replace(state, **fields)  # type: ignore[arg-type]
+            if after[name] != state:
+                changed.append(after[name])
+        if changed or renewals:
+            self.store.put_states(changed, renewals)
+        return after
 
     def _update_state(self, name: str, *, known: CertState | None = None, **changes: object) -> CertState:
         """Change some fields of the stored row.  Read again before writing (another process may have changed

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -72,7 +73,11 @@ def make_dirs(path: Path, *, mode: int, gid: int = -1) -> None:
     and a group-readable key behind it unreadable by that group; under umask 000 a 0755 one would be 0777.
     Existing folders are left as they are.
     """
-    missing = [folder for folder in (path, *path.parents) if not folder.exists()]
+    missing = []
+    for folder in (path, *path.parents):  # up to the first folder that exists: its parents exist too
+        if folder.exists():
+            break
+        missing.append(folder)
     for folder in reversed(missing):
         with contextlib.suppress(FileExistsError):  # another process made it first
             folder.mkdir()
@@ -82,9 +87,15 @@ def make_dirs(path: Path, *, mode: int, gid: int = -1) -> None:
 
 
 def set_dir_mode(path: Path, *, mode: int, gid: int = -1) -> None:
-    """Give an existing folder exactly ``mode`` (and group ``gid``)."""
-    path.chmod(mode)
-    if gid >= 0:
+    """Give an existing folder exactly ``mode`` (and group ``gid``).
+
+    Changed only where it differs: a chmod that changes nothing still dirties the inode (its ctime), which the
+    next fsync in that file system then writes to the journal (once per installed version, 1,000 a pass).
+    """
+    status = path.stat()
+    if stat.S_IMODE(status.st_mode) != mode:
+        path.chmod(mode)
+    if gid >= 0 and status.st_gid != gid:
         os.chown(path, -1, gid)
 
 

@@ -148,6 +148,31 @@ def _lock_keys(name: str) -> tuple[int, int]:
     return _LOCK_CLASS, digest
 
 
+
+_PUT_STATE: LiteralString = (
+    "INSERT INTO cert_state VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT (name) DO UPDATE SET "
+    "last_attempt_at = EXCLUDED.last_attempt_at, last_success_at = EXCLUDED.last_success_at, "
+    "failures = EXCLUDED.failures, last_error = EXCLUDED.last_error, "
+    "next_check_at = EXCLUDED.next_check_at, next_reason = EXCLUDED.next_reason, "
+    "ari_start = EXCLUDED.ari_start, ari_end = EXCLUDED.ari_end, "
+    "ari_retry_after = EXCLUDED.ari_retry_after, ari_chosen_at = EXCLUDED.ari_chosen_at, "
+    "reload_pending = EXCLUDED.reload_pending, failed_inputs = EXCLUDED.failed_inputs"
+)
+_ADD_RENEWAL: LiteralString = (
+    "INSERT INTO renewals (name, at, result, version, serial, detail) VALUES (%s,%s,%s,%s,%s,%s)"
+)
+
+
+def _state_row(state: CertState) -> tuple[Any, ...]:
+    return (state.name, state.last_attempt_at, state.last_success_at, state.failures, state.last_error,
+            state.next_check_at, state.next_reason, state.ari_start, state.ari_end, state.ari_retry_after,
+            state.ari_chosen_at, state.reload_pending, state.failed_inputs)
+
+
+def _renewal_row(record: RenewalRecord) -> tuple[Any, ...]:
+    return (record.name, record.at, record.result, record.version, record.serial, record.detail)
+
+
 class PostgresStore:
     """The shared store.  Safe to use from several threads; each lock holds its own connection."""
 
@@ -251,26 +276,21 @@ class PostgresStore:
         return [_state(row) for row in self._query("SELECT * FROM cert_state ORDER BY name")]
 
     def put_state(self, state: CertState) -> None:
-        self._execute(
-            "INSERT INTO cert_state VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT (name) DO UPDATE SET "
-            "last_attempt_at = EXCLUDED.last_attempt_at, last_success_at = EXCLUDED.last_success_at, "
-            "failures = EXCLUDED.failures, last_error = EXCLUDED.last_error, "
-            "next_check_at = EXCLUDED.next_check_at, next_reason = EXCLUDED.next_reason, "
-            "ari_start = EXCLUDED.ari_start, ari_end = EXCLUDED.ari_end, "
-            "ari_retry_after = EXCLUDED.ari_retry_after, ari_chosen_at = EXCLUDED.ari_chosen_at, "
-            "reload_pending = EXCLUDED.reload_pending, failed_inputs = EXCLUDED.failed_inputs",
-            (state.name, state.last_attempt_at, state.last_success_at, state.failures, state.last_error,
-             state.next_check_at, state.next_reason, state.ari_start, state.ari_end, state.ari_retry_after,
-             state.ari_chosen_at, state.reload_pending, state.failed_inputs),
-        )
+        self._execute(_PUT_STATE, _state_row(state))
+
+    def put_states(self, states: Sequence[CertState], renewals: Sequence[RenewalRecord] = ()) -> None:
+        with self._session() as conn, conn.transaction():
+            for state in states:
+                self.queries += 1
+                conn.execute(_PUT_STATE, _state_row(state))
+            for record in renewals:
+                self.queries += 1
+                conn.execute(_ADD_RENEWAL, _renewal_row(record))
 
     # -- history -----------------------------------------------------------------------------------------------
 
     def add_renewal(self, record: RenewalRecord) -> None:
-        self._execute(
-            "INSERT INTO renewals (name, at, result, version, serial, detail) VALUES (%s,%s,%s,%s,%s,%s)",
-            (record.name, record.at, record.result, record.version, record.serial, record.detail),
-        )
+        self._execute(_ADD_RENEWAL, _renewal_row(record))
 
     def renewals(self, name: str | None = None, limit: int = 100) -> list[RenewalRecord]:
         if name:

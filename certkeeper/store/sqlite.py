@@ -195,23 +195,28 @@ class SqliteStore:
         return [_state(row) for row in self._query("SELECT * FROM cert_state ORDER BY name")]
 
     def put_state(self, state: CertState) -> None:
+        self.put_states([state])
+
+    def put_states(self, states: Sequence[CertState], renewals: Sequence[RenewalRecord] = ()) -> None:
         with self._transaction() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO cert_state VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (state.name, _ts(state.last_attempt_at), _ts(state.last_success_at), state.failures,
-                 state.last_error, _ts(state.next_check_at), state.next_reason, _ts(state.ari_start),
-                 _ts(state.ari_end), _ts(state.ari_retry_after), _ts(state.ari_chosen_at),
-                 int(state.reload_pending), state.failed_inputs),
-            )
+            for state in states:
+                db.execute(
+                    "INSERT OR REPLACE INTO cert_state VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (state.name, _ts(state.last_attempt_at), _ts(state.last_success_at), state.failures,
+                     state.last_error, _ts(state.next_check_at), state.next_reason, _ts(state.ari_start),
+                     _ts(state.ari_end), _ts(state.ari_retry_after), _ts(state.ari_chosen_at),
+                     int(state.reload_pending), state.failed_inputs),
+                )
+            for record in renewals:
+                db.execute(
+                    "INSERT INTO renewals (name, at, result, version, serial, detail) VALUES (?,?,?,?,?,?)",
+                    (record.name, _ts(record.at), record.result, record.version, record.serial, record.detail),
+                )
 
     # -- history -----------------------------------------------------------------------------------------------
 
     def add_renewal(self, record: RenewalRecord) -> None:
-        with self._transaction() as db:
-            db.execute(
-                "INSERT INTO renewals (name, at, result, version, serial, detail) VALUES (?,?,?,?,?,?)",
-                (record.name, _ts(record.at), record.result, record.version, record.serial, record.detail),
-            )
+        self.put_states((), [record])
 
     def renewals(self, name: str | None = None, limit: int = 100) -> list[RenewalRecord]:
         where, params = ("WHERE name = ?", [name]) if name else ("", [])

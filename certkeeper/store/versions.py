@@ -30,11 +30,13 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 
@@ -134,11 +136,14 @@ class Ownership:
 
 
 def check_pairs(name: str, pairs: Sequence[KeyPair], domains: Sequence[str],
-                roots: Sequence[x509.Certificate], *, now: datetime) -> None:
+                roots: Sequence[x509.Certificate], *, now: datetime,
+                chains: pki.ChainVerifier | None = None) -> None:
     """The gate before install: key matches, chain verifies, names cover the configuration.
 
-    Raises :class:`InstallRefused`; nothing has been written when it does.
+    Raises :class:`InstallRefused`; nothing has been written when it does.  ``chains`` (kept by a pass) verifies
+    each intermediate's path to the roots once instead of once per pair.
     """
+    verify = chains.verify if chains is not None else pki.verify_chain
     for pair in pairs:
         label = f"{pair.key_type.value} certificate (serial {pki.serial_hex(pair.certificate)})"
         if not pki.key_matches(pair.key, pair.certificate):
@@ -146,7 +151,7 @@ def check_pairs(name: str, pairs: Sequence[KeyPair], domains: Sequence[str],
         missing = pki.names_cover(pki.subject_alternative_names(pair.certificate), domains)
         if missing:
             raise InstallRefused(name, f"the {label} does not cover {', '.join(missing)}")
-        check = pki.verify_chain(pair.certificate, pair.chain, roots, at=now)
+        check = verify(pair.certificate, pair.chain, roots, at=now)
         if not check.valid:
             raise InstallRefused(name, f"the chain of the {label} does not verify: {check.error}")
 
@@ -348,6 +353,14 @@ class CertificateHome:
         meta_path = path / "version.json"
         try:
             meta = json.loads(read_nofollow(meta_path))
+        except (OSError, ValueError) as exc:
+            raise InputError(str(meta_path), f"unreadable version metadata ({exc})") from None
+        return self._version(path, meta)
+
+    def _version(self, path: Path, meta: Any) -> Version:
+        """The :class:`Version` that ``meta`` (the parsed ``version.json`` of the folder ``path``) describes."""
+        meta_path = path / "version.json"
+        try:
             pairs = tuple(
                 InstalledPair(
                     key_type=p["key_type"], serial=p["serial"], fingerprint=p["fingerprint"],
@@ -405,17 +418,20 @@ class CertificateHome:
                 "files": {name: [len(data), hashlib.sha256(data).hexdigest()] for name, data in written.items()},
             })
         meta = {"created_at": now.isoformat(), "issuer": issuer, "domains": list(domains), "pairs": meta_pairs}
-        write_new(incoming / "version.json", json.dumps(meta, indent=2).encode(), mode=0o644)
+        text = json.dumps(meta, indent=2)
+        write_new(incoming / "version.json", text.encode(), mode=0o644)
         fsync_dir(incoming)  # once for every file in it: their names are durable before the folder is renamed
         final = self.versions_dir / version_id
         incoming.rename(final)
         fsync_dir(self.versions_dir)
-        return self._load(final)
+        # What was just written, not read back: the same text parsed as _load parses the file.
+        return self._version(final, json.loads(text))
 
     def activate(self, version: Version) -> None:
         """Point ``current`` at ``version`` with one atomic rename (a folder in its place is removed first)."""
-        if self.current_link.is_dir() and not self.current_link.is_symlink():
-            shutil.rmtree(self.current_link)  # no daemon can be reading a whole pair from it: it was never flipped
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISDIR(self.current_link.lstat().st_mode):  # a folder, not a link to one
+                shutil.rmtree(self.current_link)  # no daemon can be reading a whole pair from it: it was never flipped
         relative = os.path.relpath(version.path, self.root)
         temporary = self.root / f".current-{os.getpid()}-{version.id}"
         with contextlib.suppress(FileNotFoundError):
@@ -431,6 +447,11 @@ class CertificateHome:
 
     def prune(self, keep: int) -> list[str]:
         """Remove all but the newest ``keep`` versions; never the current one."""
+        if keep:
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                # No more folders than are kept (the names alone tell): nothing to read, nothing to remove.
+                if sum(not name.startswith(".") for name in os.listdir(self.versions_dir)) <= keep:  # noqa: PTH208
+                    return []
         current = self.current()
         versions = self.versions()
         removable = [v for v in versions[:-keep] if current is None or v.id != current.id] if keep else []
@@ -515,7 +536,7 @@ class CertificateHome:
     def _new_version_id(self, now: datetime) -> str:
         """Sortable by time; a counter breaks ties within one second."""
         stamp = now.strftime("%Y%m%dT%H%M%SZ")
-        existing = {p.name.removeprefix(_INCOMING) for p in self.versions_dir.iterdir()}
+        existing = {name.removeprefix(_INCOMING) for name in os.listdir(self.versions_dir)}  # noqa: PTH208
         for counter in range(1000):
             candidate = stamp if counter == 0 else f"{stamp}-{counter}"
             if candidate not in existing:
