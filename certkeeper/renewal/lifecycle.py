@@ -149,6 +149,8 @@ class _Work:
     events: list[object] = field(default_factory=list)
     dane: DaneRollover | None = None  # DANE (RFC 7672): the key comes from the TLSA rollover
     next_keys: dict[str, pki.PrivateKey] = field(default_factory=dict)
+    flipped: bool = False  # ``current`` was replaced by ``new`` (or that failed: ``flip_error``)
+    flip_error: VersionWriteFailed | None = None
 
 
 class Renewer:
@@ -504,6 +506,17 @@ class Renewer:
         except Exception as exc:  # a bug or an unexpected library error: fail this certificate, not the pass
             log.exception("%s: unexpected error while issuing", certificate.name)
             self._fail(work, f"unexpected error: {exc!r}", now)
+        if work.new is not None and work.outcome is None:
+            self._flip_early(work)
+
+    def _flip_early(self, work: _Work) -> None:
+        """Phase 4's flip, on the issuing thread as soon as the version is written, so that its fsync overlaps the
+        other certificates' work: the reload owed is recorded first, as there.  A certificate whose hook cannot
+        run is left unflipped, for phase 4 to fail."""
+        if self._unrunnable_hook(work):
+            return
+        work.state = self._update_state(work.config.name, reload_pending=True)
+        work.flip_error, work.flipped = self._flip(work), True
 
     def _check_mta_sts(self, certificate: CertificateConfig, pairs: Sequence[KeyPair]) -> None:
         """The MTA-STS guard, part of the install gate: a pair whose MX-facing names a sender enforcing the
@@ -552,24 +565,29 @@ class Renewer:
 
     def _install_reload_verify(self, works: list[_Work], now: datetime) -> None:
         for work in works:  # a hook that cannot run would leave the flip unreloaded: nothing is flipped for it
-            problem = self._unrunnable_hook(work)
+            problem = "" if work.flipped else self._unrunnable_hook(work)  # a flipped one was checked before
             if problem:
                 self._fail(work, problem, now)
         works = [w for w in works if w.outcome is None]
         if not works:
             return
         # The reload is owed from before the flip until a verified reload: a crash or a failed hook in between
-        # leaves it recorded, and the next pass reloads (and verifies) without renewing.  One commit for all.
-        owed = self._update_states({w.config.name: {"reload_pending": True} for w in works})
+        # leaves it recorded, and the next pass reloads (and verifies) without renewing.  One commit for all those
+        # not flipped on their issuing thread (which recorded it there, before the flip).
+        owed = self._update_states({w.config.name: {"reload_pending": True} for w in works if not w.flipped})
         for work in works:
-            work.state = owed[work.config.name]
-        flips = [w for w in works if not w.reload_only and w.new is not None]
-        # Each flip ends with an fsync of its certificate's folder: on the issuing threads, so that they overlap.
-        failures = self._on_threads(flips, self._flip) if len(flips) > 1 else [self._flip(w) for w in flips]
-        for work, failure in zip(flips, failures, strict=True):
+            work.state = owed.get(work.config.name, work.state)
+        late = [w for w in works if not w.flipped and not w.reload_only and w.new is not None]
+        # Each flip ends with an fsync of its certificate's folder: on threads, so that they overlap.
+        failures = self._on_threads(late, self._flip) if len(late) > 1 else [self._flip(w) for w in late]
+        for work, failure in zip(late, failures, strict=True):
+            work.flip_error, work.flipped = failure, True
+        for work in works:
+            if not work.flipped:
+                continue  # a reload only
             assert work.new is not None
-            if failure is not None:  # a full disk: the old pair stays current, the reload owed
-                self._fail(work, str(failure), now, reload_pending=True)
+            if work.flip_error is not None:  # a full disk: the old pair stays current, the reload owed
+                self._fail(work, str(work.flip_error), now, reload_pending=True)
                 continue
             work.installed = _facts(work.new, key_matches=True)  # check_pairs held it before it was written
             if work.config.copy_to:
