@@ -46,7 +46,7 @@ def write_atomic(path: Path, data: bytes, *, mode: int, gid: int = -1, exclusive
     return True
 
 
-def write_new(path: Path, data: bytes, *, mode: int, gid: int = -1) -> None:
+def write_new(path: Path | str, data: bytes, *, mode: int, gid: int = -1) -> None:
     """Create ``path`` (it must not exist), write ``data``, fsync it; the caller fsyncs the folder once.
 
     For the files of a folder that is itself renamed into place when complete (a version folder): nobody reads

@@ -418,7 +418,7 @@ class CertificateHome:
                 "files": {name: [len(data), hashlib.sha256(data).hexdigest()] for name, data in written.items()},
             })
         meta = {"created_at": now.isoformat(), "issuer": issuer, "domains": list(domains), "pairs": meta_pairs}
-        text = json.dumps(meta, indent=2)
+        text = json.dumps(meta)  # one line: the C encoder (indent= takes the pure-Python one, four times slower)
         write_new(incoming / "version.json", text.encode(), mode=0o644)
         fsync_dir(incoming)  # once for every file in it: their names are durable before the folder is renamed
         final = self.versions_dir / version_id
@@ -513,10 +513,11 @@ class CertificateHome:
             # Key first, then leaf and chain: the order Postfix's smtpd_tls_chain_files and HAProxy read.
             "combined.pem": key_pem + cert_pem + chain_pem,
         }
-        gid = self.ownership.gid
+        gid, key_mode, base = self.ownership.gid, self.ownership.key_mode, str(folder)
         for filename in FILES:
             secret = filename in _SECRET_FILES
-            write_new(folder / filename, contents[filename], mode=self.ownership.key_mode if secret else 0o644,
+            # str paths: no Path built and formatted per file (6,000 a pass of 1,000 new certificates)
+            write_new(f"{base}/{filename}", contents[filename], mode=key_mode if secret else 0o644,
                       gid=gid if secret else -1)
         return contents
 
