@@ -7,6 +7,7 @@ CRLs, ACME account keys, metrics): a reader sees the old file or the new one, ne
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import stat
 import tempfile
@@ -74,7 +75,7 @@ def make_dirs(path: Path, *, mode: int, gid: int = -1) -> None:
     Existing folders are left as they are.
     """
     missing = []
-    for folder in (path, *path.parents):  # up to the first folder that exists: its parents exist too
+    for folder in itertools.chain((path,), path.parents):  # up to the first that exists: its parents exist too
         if folder.exists():
             break
         missing.append(folder)

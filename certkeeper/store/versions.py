@@ -148,10 +148,12 @@ def check_pairs(name: str, pairs: Sequence[KeyPair], domains: Sequence[str],
         label = f"{pair.key_type.value} certificate (serial {pki.serial_hex(pair.certificate)})"
         if not pki.key_matches(pair.key, pair.certificate):
             raise InstallRefused(name, f"the {label} does not match its private key")
-        missing = pki.names_cover(pki.subject_alternative_names(pair.certificate), domains)
+        names = pki.subject_alternative_names(pair.certificate)
+        missing = pki.names_cover(names, domains)
         if missing:
             raise InstallRefused(name, f"the {label} does not cover {', '.join(missing)}")
-        check = verify(pair.certificate, pair.chain, roots, at=now)
+        # The name verify_chain would look up itself when given none (the first SAN), read once here.
+        check = verify(pair.certificate, pair.chain, roots, at=now, hostname=names[0] if names else None)
         if not check.valid:
             raise InstallRefused(name, f"the chain of the {label} does not verify: {check.error}")
 
