@@ -67,8 +67,9 @@ def write_new(path: Path | str, data: bytes, *, mode: int, gid: int = -1) -> Non
         os.close(fd)
 
 
-def make_dirs(path: Path, *, mode: int, gid: int = -1) -> None:
-    """Create ``path`` and missing folders above it with exactly ``mode`` (and group ``gid``), whatever the umask.
+def make_dirs(path: Path, *, mode: int, gid: int = -1) -> bool:
+    """Create ``path`` and missing folders above it with exactly ``mode`` (and group ``gid``), whatever the umask;
+    True when ``path`` itself was made here (and so has them).
 
     ``mkdir(mode=...)`` is masked by the umask: under systemd's ``UMask=0077`` a 0750 folder would come out 0700
     and a group-readable key behind it unreadable by that group; under umask 000 a 0755 one would be 0777.
@@ -79,12 +80,16 @@ def make_dirs(path: Path, *, mode: int, gid: int = -1) -> None:
         if folder.exists():
             break
         missing.append(folder)
+    made = False
     for folder in reversed(missing):
+        made = False
         with contextlib.suppress(FileExistsError):  # another process made it first
             folder.mkdir()
             folder.chmod(mode)
             if gid >= 0:
                 os.chown(folder, -1, gid)
+            made = True
+    return made
 
 
 def set_dir_mode(path: Path, *, mode: int, gid: int = -1) -> None:

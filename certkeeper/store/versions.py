@@ -426,8 +426,7 @@ class CertificateHome:
         final = self.versions_dir / version_id
         incoming.rename(final)
         fsync_dir(self.versions_dir)
-        # What was just written, not read back: the same text parsed as _load parses the file.
-        return self._version(final, json.loads(text))
+        return self._version(final, meta)  # what was just written, not read back (JSON's own types already)
 
     def activate(self, version: Version) -> None:
         """Point ``current`` at ``version`` with one atomic rename (a folder in its place is removed first)."""
@@ -527,11 +526,12 @@ class CertificateHome:
         # certs/ itself only lists names (0755); each certificate's folder carries the restrictive mode.  Modes
         # are set explicitly: under the unit's UMask=0077 a 0750 folder would come out 0700, and the group
         # named by `group` could not reach its key.
-        make_dirs(self.root.parent, mode=0o755)
-        set_dir_mode(self.root.parent, mode=0o755)
+        if not make_dirs(self.root.parent, mode=0o755):  # one made here has its mode already
+            set_dir_mode(self.root.parent, mode=0o755)
+        gid = self.ownership.gid if self.ownership.group else -1
         for folder in (self.root, self.versions_dir):
-            make_dirs(folder, mode=self.ownership.dir_mode)
-            self._set_mode(folder)
+            if not make_dirs(folder, mode=self.ownership.dir_mode, gid=gid):
+                self._set_mode(folder)
 
     def _set_mode(self, path: Path) -> None:
         set_dir_mode(path, mode=self.ownership.dir_mode, gid=self.ownership.gid if self.ownership.group else -1)
