@@ -76,6 +76,17 @@ def test_state_round_trips_every_field(store: Store) -> None:
     assert [s.name for s in store.states()] == ["mail"]
 
 
+def test_put_states_writes_states_and_renewals_together(store: Store) -> None:
+    store.put_state(CertState(name="a", failures=3))
+    states = [CertState(name="a", last_success_at=NOW), CertState(name="b", reload_pending=True)]
+    store.put_states(states, [RenewalRecord("a", NOW, "success", "v1", "01"),
+                              RenewalRecord("b", NOW, "success", "v2", "02")])
+    assert list(store.states()) == states
+    assert [r.version for r in store.renewals()] == ["v2", "v1"]
+    store.put_states([])
+    assert list(store.states()) == states
+
+
 def test_renewal_history_is_newest_first_and_counted(store: Store) -> None:
     for i, result in enumerate(["success", "failure", "success"]):
         store.add_renewal(RenewalRecord("mail", NOW + timedelta(minutes=i), result, version=str(i)))

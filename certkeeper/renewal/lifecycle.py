@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 
@@ -104,7 +104,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("certkeeper.renewal.lifecycle")
 
 IssuerSource = Callable[[str], Issuer]
-_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -577,11 +576,9 @@ class Renewer:
         owed = self._update_states({w.config.name: {"reload_pending": True} for w in works if not w.flipped})
         for work in works:
             work.state = owed.get(work.config.name, work.state)
-        late = [w for w in works if not w.flipped and not w.reload_only and w.new is not None]
-        # Each flip ends with an fsync of its certificate's folder: on threads, so that they overlap.
-        failures = self._on_threads(late, self._flip) if len(late) > 1 else [self._flip(w) for w in late]
-        for work, failure in zip(late, failures, strict=True):
-            work.flip_error, work.flipped = failure, True
+        for work in works:  # not flipped on its issuing thread: its hook could not run then, and can now
+            if not work.flipped and not work.reload_only and work.new is not None:
+                work.flip_error, work.flipped = self._flip(work), True
         for work in works:
             if not work.flipped:
                 continue  # a reload only
@@ -604,11 +601,6 @@ class Renewer:
             results.update(self._verify(wrong))
         renewed = [w for w in works if self._conclude(w, results[w.config.name], now)]
         self._record_renewed(renewed, now)
-
-    def _on_threads(self, works: Sequence[_Work], step: Callable[[_Work], _T]) -> list[_T]:
-        """``step`` for each of ``works`` on ``concurrency`` threads; the results in the order of ``works``."""
-        with ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="install") as pool:
-            return list(pool.map(step, works))
 
     @staticmethod
     def _flip(work: _Work) -> VersionWriteFailed | None:
