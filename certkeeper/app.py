@@ -125,14 +125,16 @@ class App:
 
     def observe_endpoints(self, names: Sequence[str] | None = None) -> list[Observation]:
         """Probe the managed endpoints (and, for a full pass, the ``[[watch]]`` ones); record and publish."""
-        from certkeeper.renewal.observe import Watched, observe, record
-
         items = self.renewer.watched(self.renewer.select(names))
-        if not names:
+        if not names and self.config.watch:
+            from certkeeper.renewal.observe import Watched
+
             items += [Watched(w.name, target, ca_file=w.ca_file, servername=w.servername)
                       for w in self.config.watch for target in w.endpoints]
         if not items:
-            return []
+            return []  # nothing to probe: the prober is not even imported
+        from certkeeper.renewal.observe import observe, record
+
         now = self.clock()
         observations = observe(items, now=now, concurrency=50)
         for event in record(self.store, observations, now=now):

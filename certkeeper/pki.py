@@ -2,6 +2,10 @@
 
 Pure functions over bytes and objects; the only IO is none.  Callers that read files wrap ValueError from
 here into :class:`certkeeper.errors.InputError` naming the file.
+
+``cryptography`` is imported by the functions that use it, not with this module: a ``renew`` with nothing due
+decides from ``version.json`` and never parses a certificate, and importing ``cryptography.x509`` costs about
+as much as the rest of its start (issue 23).  ``tests/test_startup_imports.py`` holds that.
 """
 
 from __future__ import annotations
@@ -12,31 +16,36 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature as InvalidSignatureError
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
-from cryptography.x509.oid import NameOID
-from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
+from functools import cache
+from typing import TYPE_CHECKING, TypeAlias
 
 from certkeeper import model
 from certkeeper.model import KeyType
 
-PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
-PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey | ed448.Ed448PublicKey
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
-_CURVES: dict[KeyType, ec.EllipticCurve] = {KeyType.ECDSA_P256: ec.SECP256R1(), KeyType.ECDSA_P384: ec.SECP384R1()}
+    PrivateKey: TypeAlias = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+    PublicKey: TypeAlias = (ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey
+                            | ed448.Ed448PublicKey)
+
 _RSA_BITS = {KeyType.RSA_2048: 2048, KeyType.RSA_3072: 3072, KeyType.RSA_4096: 4096}
 
 
 def generate_key(key_type: KeyType) -> PrivateKey:
-    if key_type in _CURVES:
-        return ec.generate_private_key(_CURVES[key_type])
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    if key_type == KeyType.ECDSA_P256:
+        return ec.generate_private_key(ec.SECP256R1())
+    if key_type == KeyType.ECDSA_P384:
+        return ec.generate_private_key(ec.SECP384R1())
     return rsa.generate_private_key(public_exponent=65537, key_size=_RSA_BITS[key_type])
 
 
 def key_to_pem(key: PrivateKey, passphrase: bytes | None = None) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     encryption: serialization.KeySerializationEncryption = (
         serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
     )
@@ -45,6 +54,9 @@ def key_to_pem(key: PrivateKey, passphrase: bytes | None = None) -> bytes:
 
 def load_key(pem: bytes, passphrase: bytes | None = None) -> PrivateKey:
     """ValueError (never the key's bytes in the message) when it is not an ECDSA or RSA private key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
     try:
         key = serialization.load_pem_private_key(pem, passphrase)
     except TypeError as exc:
@@ -64,6 +76,8 @@ def key_from_jwk(jwk: dict[str, str]) -> PrivateKey:
 
     Raises ValueError naming what is missing or wrong; the key material never appears in a message.
     """
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
     def number(name: str) -> int:
         text = jwk.get(name)
         if not isinstance(text, str) or not text:
@@ -88,11 +102,15 @@ def key_from_jwk(jwk: dict[str, str]) -> PrivateKey:
 
 
 def cert_to_pem(certificate: x509.Certificate) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return certificate.public_bytes(serialization.Encoding.PEM)
 
 
 def load_certificates(pem: bytes) -> list[x509.Certificate]:
     """Every certificate in a PEM bundle, in order; ValueError if there is none or one is malformed."""
+    from cryptography import x509
+
     if b"-----BEGIN CERTIFICATE-----" not in pem:
         msg = "no PEM certificate found"
         raise ValueError(msg)
@@ -105,6 +123,8 @@ def load_certificates(pem: bytes) -> list[x509.Certificate]:
 
 def key_type_of(key: PublicKey | PrivateKey) -> str:
     """``"ecdsa-p256"``, ``"rsa-2048"``, ... as in the configuration; other keys by their algorithm name."""
+    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+
     if isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
         return {"secp256r1": "ecdsa-p256", "secp384r1": "ecdsa-p384", "secp521r1": "ecdsa-p521"}.get(
             key.curve.name, f"ecdsa-{key.curve.name}")
@@ -118,6 +138,9 @@ def key_type_of(key: PublicKey | PrivateKey) -> str:
 
 
 def public_key_der(key: PrivateKey | PublicKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
     public = key.public_key() if isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) else key
     return public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
@@ -128,6 +151,8 @@ def key_matches(key: PrivateKey, certificate: x509.Certificate) -> bool:
 
 def fingerprint(certificate: x509.Certificate) -> str:
     """SHA-256 of the DER encoding, lowercase hex: how every output and the store name a certificate."""
+    from cryptography.hazmat.primitives import hashes
+
     return certificate.fingerprint(hashes.SHA256()).hex()
 
 
@@ -142,6 +167,8 @@ def serial_hex(certificate: x509.Certificate) -> str:
 
 def subject_alternative_names(certificate: x509.Certificate) -> list[str]:
     """DNS names, then IP addresses, as strings; empty when there is no SAN extension."""
+    from cryptography import x509
+
     try:
         extension = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
@@ -152,6 +179,8 @@ def subject_alternative_names(certificate: x509.Certificate) -> list[str]:
 
 
 def common_name(name: x509.Name) -> str:
+    from cryptography.x509.oid import NameOID
+
     attributes = name.get_attributes_for_oid(NameOID.COMMON_NAME)
     if attributes:
         value = attributes[0].value
@@ -159,19 +188,23 @@ def common_name(name: x509.Name) -> str:
     return name.rfc4514_string()
 
 
-# Go's crypto/x509/pkix attribute names (pkix.Name.String()), which blackbox_exporter puts in its labels.
-_GO_ATTRIBUTE_NAMES = {
-    NameOID.COUNTRY_NAME: "C", NameOID.ORGANIZATION_NAME: "O", NameOID.ORGANIZATIONAL_UNIT_NAME: "OU",
-    NameOID.COMMON_NAME: "CN", NameOID.SERIAL_NUMBER: "SERIALNUMBER", NameOID.LOCALITY_NAME: "L",
-    NameOID.STATE_OR_PROVINCE_NAME: "ST", NameOID.STREET_ADDRESS: "STREET", NameOID.POSTAL_CODE: "POSTALCODE",
-}
+@cache
+def _go_attribute_names() -> dict[x509.ObjectIdentifier, str]:
+    """Go's crypto/x509/pkix attribute names (pkix.Name.String()), which blackbox_exporter puts in its labels."""
+    from cryptography.x509.oid import NameOID
+
+    return {
+        NameOID.COUNTRY_NAME: "C", NameOID.ORGANIZATION_NAME: "O", NameOID.ORGANIZATIONAL_UNIT_NAME: "OU",
+        NameOID.COMMON_NAME: "CN", NameOID.SERIAL_NUMBER: "SERIALNUMBER", NameOID.LOCALITY_NAME: "L",
+        NameOID.STATE_OR_PROVINCE_NAME: "ST", NameOID.STREET_ADDRESS: "STREET", NameOID.POSTAL_CODE: "POSTALCODE",
+    }
 
 
 def distinguished_name(name: x509.Name) -> str:
     """``CN=mail.example.org,O=Example``: RFC 4514 order and escaping with Go's attribute names, so the text
     equals what blackbox_exporter (Go's ``pkix.Name.String()``) writes.  Types Go has no name for appear as
     dotted OIDs (Go would also hex-encode their DER value: a rare case left simpler here)."""
-    overrides = dict(_GO_ATTRIBUTE_NAMES)
+    overrides = dict(_go_attribute_names())
     for attribute in name:
         if attribute.oid not in overrides:
             overrides[attribute.oid] = attribute.oid.dotted_string
@@ -187,16 +220,20 @@ def not_after(certificate: x509.Certificate) -> datetime:
 
 
 def is_self_signed(certificate: x509.Certificate) -> bool:
+    from cryptography.exceptions import InvalidSignature
+
     if certificate.issuer != certificate.subject:
         return False
     try:
         certificate.verify_directly_issued_by(certificate)
-    except (ValueError, TypeError, InvalidSignatureError):
+    except (ValueError, TypeError, InvalidSignature):
         return False
     return True
 
 
 def is_ca(certificate: x509.Certificate) -> bool:
+    from cryptography import x509
+
     try:
         return certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     except x509.ExtensionNotFound:
@@ -205,6 +242,10 @@ def is_ca(certificate: x509.Certificate) -> bool:
 
 def make_csr(key: PrivateKey, domains: Sequence[str]) -> x509.CertificateSigningRequest:
     """A CSR for ``domains`` (the first becomes the CN when it fits, as most CAs still like)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
     builder = x509.CertificateSigningRequestBuilder()
     if len(domains[0]) <= 64:
         builder = builder.subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, domains[0])]))
@@ -240,6 +281,9 @@ def verify_chain(
     With ``hostname=None`` only the chain is judged (the leaf is checked against its own first SAN), so that a
     probe can report "chain valid" and "host name valid" as two separate findings.
     """
+    from cryptography import x509
+    from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
+
     if not roots:
         return ChainCheck(False, "no trust anchors to verify against")
     name = hostname if hostname is not None else next(iter(subject_alternative_names(leaf)), "")
@@ -288,6 +332,8 @@ class ChainVerifier:
 
 
 def _name_constraints(certificate: x509.Certificate) -> x509.NameConstraints | None:
+    from cryptography import x509
+
     try:
         return certificate.extensions.get_extension_for_class(x509.NameConstraints).value
     except x509.ExtensionNotFound:

@@ -129,3 +129,31 @@ def test_renew_json_and_text_output_keep_their_strings(tmp_path: Path) -> None:
     assert row["result"] == "renewed" and set(row) == {"name", "result", "detail", "version"}
     again = run_cli(config, "renew")
     assert again.returncode == 0 and again.stdout.startswith("mail: not-due: renew_before"), again.stdout
+
+
+def test_a_daemon_finding_its_decisions_again_agrees_with_a_fresh_pass(tmp_path: Path) -> None:
+    """Passes of one daemon reuse each unchanged decision (policy.decide_again); a fresh renewer deciding anew at
+    the same moments finds the same decisions, until the renewal point and past it."""
+    config = write_config(tmp_path, "".join(f"""
+        [certificates.c{i}]
+        issuer = "internal"
+        domains = ["c{i}.example.test"]
+        """ for i in range(2)))
+    now = [pki.now_utc()]
+    daemon = build_app(config, clock=lambda: now[0])
+    assert [o.result for o in daemon.renewer.run()] == [Result.RENEWED] * 2
+    quiet = daemon.renewer.run()
+    assert [o.result for o in quiet] == [Result.NOT_DUE] * 2
+    certificates = list(config.certificates.values())
+    start = now[0]
+    for step in (timedelta(0), timedelta(minutes=1), timedelta(hours=13), timedelta(days=20), timedelta(days=59),
+                 timedelta(days=61), timedelta(days=89), timedelta(days=91)):
+        now[0] = start + step
+        if step < timedelta(days=20):
+            assert [o.next_check for o in daemon.renewer.run()] == \
+                [o.next_check for o in build_app(config, store=daemon.store, clock=lambda: now[0]).renewer.run()]
+        fresh = build_app(config, store=daemon.store).renewer
+        assert [daemon.renewer.decide(c, now[0]) for c in certificates] == \
+            [fresh.decide(c, now[0]) for c in certificates]
+    assert all(daemon.renewer.decide(c, now[0]).due for c in certificates)  # expired by then
+    daemon.close()

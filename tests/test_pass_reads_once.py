@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,49 @@ def test_a_garbled_list_of_verified_files_only_costs_one_hash_per_file(installed
     assert [o.result for o in app.run_pass()] == [Result.NOT_DUE] * 2
     assert len(json.loads(remembered.read_text())) == 10  # hashed again and written afresh
     app.close()
+
+
+LEFTOVERS: dict[str, Callable[[CertificateHome], object]] = {
+    "an .incoming folder": lambda home: (home.versions_dir / ".incoming-20260101T000000Z").mkdir(),
+    "a .current link": lambda home: (home.root / ".current-4242-20260101T000000Z").symlink_to("versions/none"),
+}
+
+
+@pytest.mark.usefixtures("trust_at_once")
+@pytest.mark.parametrize("process", ["same daemon", "next renew"])
+@pytest.mark.parametrize("leftover", list(LEFTOVERS))
+def test_a_folder_seen_without_leftovers_is_listed_again_once_an_install_left_one(
+        leftover: str, process: str, installed: Path, tmp_path: Path) -> None:
+    """A pass lists each certificate's two folders only while their identity moved since they were seen clean
+    (``state_dir/clean-folders.json``); what an interrupted install leaves moves it, and is removed."""
+    config = copy_of(installed, tmp_path)
+    app = build_app(config)
+    assert [o.result for o in app.run_pass()] == [Result.NOT_DUE] * 2
+    remembered = json.loads((config.settings.state_dir / "clean-folders.json").read_text())
+    assert sorted(remembered) == [f"certs/{n}/{f}" for n in ("mail", "other") for f in ("", "versions/")]
+    home = CertificateHome(config.settings.state_dir, "mail")
+    LEFTOVERS[leftover](home)
+    assert home.has_leftovers() and home.has_leftovers(app.renewer.clean_folders)
+    if process == "next renew":
+        app.close()
+        app = build_app(config)
+    assert [o.result for o in app.run_pass()] == [Result.NOT_DUE] * 2
+    assert not home.has_leftovers()
+    assert not [p for p in (*home.root.iterdir(), *home.versions_dir.iterdir()) if p.name.startswith(".")]
+    app.close()
+
+
+@pytest.mark.usefixtures("trust_at_once")
+def test_the_remembered_folders_agree_with_listing_them(installed: Path, tmp_path: Path) -> None:
+    config = copy_of(installed, tmp_path)
+    home = CertificateHome(config.settings.state_dir, "mail")
+    clean = VerifiedFiles(tmp_path / "clean.json")
+    moved = tmp_path / "versions-moved"
+    steps: list[Callable[[CertificateHome], object]] = [
+        lambda _: None, *LEFTOVERS.values(), CertificateHome.recover,
+        lambda h: h.versions_dir.rename(moved), lambda h: moved.rename(h.versions_dir),
+    ]
+    for step in steps:
+        step(home)
+        assert home.has_leftovers(clean) == home.has_leftovers()
+        assert home.has_leftovers(clean) == home.has_leftovers()  # the second time from what was remembered

@@ -8,7 +8,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from certkeeper.model import RenewBefore
-from certkeeper.renewal.policy import MIN_RETRY, Decision, History, Installed, Wanted, backoff_delay, decide_renewal
+from certkeeper.renewal.policy import (
+    MIN_RETRY,
+    Decision,
+    History,
+    Installed,
+    Wanted,
+    backoff_delay,
+    decide_again,
+    decide_renewal,
+)
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 HOUR = timedelta(hours=1)
@@ -136,3 +145,23 @@ def test_certificates_issued_together_are_not_renewed_in_the_same_second() -> No
     assert len(moments) == 200
     spread = max(moments) - min(moments)
     assert spread > 6 * HOUR  # up to 2 % of 90 days, capped at 12 h
+
+
+@settings(max_examples=500, deadline=None)
+@given(lifetimes, offsets, offsets, offsets, names, fractions, windows, failures, offsets, st.booleans())
+def test_a_decision_found_again_is_the_one_deciding_again_gives(
+        lifetime: timedelta, start: timedelta, t0: timedelta, step: timedelta, name: str, rb: str,
+        window: tuple[timedelta, int] | None, fails: int, last: timedelta, nothing_installed: bool) -> None:
+    """decide_again (what a daemon's next pass uses while the inputs are unchanged) agrees with decide_renewal
+    whenever it answers; it declines only what it cannot know."""
+    cert = None if nothing_installed else installed(lifetime, start=T0 + start)
+    want, history = wanted(name, rb), history_for(window, fails, last)
+    first, then = decide(T0 + t0, cert, want, history), T0 + t0
+    for later in (then, then + abs(step), then + abs(step) / 7, then + timedelta(seconds=1), then - abs(step)):
+        again = decide_again(first, then, cert, now=later, check_interval=12 * HOUR)
+        if again is not None:
+            assert again == decide(later, cert, want, history)
+    if not first.due and then + abs(step) / 7 < first.renew_at and cert is not None \
+            and (then < cert.not_before) == (then + abs(step) / 7 < cert.not_before) \
+            and (then >= cert.not_after) == (then + abs(step) / 7 >= cert.not_after):
+        assert decide_again(first, then, cert, now=then + abs(step) / 7, check_interval=12 * HOUR) is not None

@@ -11,7 +11,9 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
+from tests.configs import internal_ca_config
 from tests.probe_servers import Pki, ServerLoop, _hold, smtp_server
 
 # Libraries and certkeeper parts that a check never needs: ACME, the scheduler, DNS, the configuration and the
@@ -99,3 +101,25 @@ def test_check_json_is_an_array_with_one_object_per_line() -> None:
     results = json.loads(done.stdout)
     assert [r["status"] for r in results] == ["CRITICAL", "CRITICAL"]
     assert [json.loads(line.rstrip(",")) for line in lines[1:-1]] == results
+
+
+# What a `renew` with nothing due never needs: it decides from each version.json (hashed at install, then trusted
+# by the files' identity), so no certificate is parsed, no issuer built, nothing published or probed.
+NOT_FOR_RENEW_NONE_DUE = ("cryptography", "acme", "josepy", "apscheduler", "dns", "psycopg", "OpenSSL",
+                          "certkeeper.issuers.acme", "certkeeper.issuers.internal_ca", "certkeeper.dane",
+                          "certkeeper.probe", "certkeeper.alerts", "certkeeper.monitoring", "certkeeper.mtasts",
+                          "certkeeper.daemon")
+
+
+def test_renew_with_nothing_due_parses_no_certificate_and_builds_no_issuer(tmp_path: Path) -> None:
+    (tmp_path / "ca.pass").write_text("startup imports\n")
+    config = internal_ca_config(tmp_path, domains=("mail.example.org", "smtp.example.org"),
+                                issuer=f'passphrase_file = "{tmp_path / "ca.pass"}"')
+    for command in (["ca", "init"], ["renew", "--quiet"]):
+        done = subprocess.run([sys.executable, "-m", "certkeeper", "-c", str(config), *command], capture_output=True,
+                              text=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stdout + done.stderr
+    status, modules = modules_after("-c", str(config), "renew", "--quiet")
+    assert status == 0
+    assert "certkeeper.renewal.lifecycle" in modules  # the pass really ran
+    assert [name for name in NOT_FOR_RENEW_NONE_DUE if loaded(modules, name)] == []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -641,14 +642,14 @@ def _parse_watch(index: int, t: Table) -> WatchConfig:
     return watch
 
 
+# One DNS label: 1 to 63 ASCII letters, digits and hyphens, neither first nor last a hyphen.
+_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
 def _is_hostname(name: str) -> bool:
     labels = name.split(".")
     if labels[0] == "*":
         labels = labels[1:]
     if len(labels) < 1 or len(name) > 253:
         return False
-    return all(
-        0 < len(label) <= 63 and label[0] != "-" and label[-1] != "-"
-        and all(c.isalnum() or c == "-" for c in label) and label.isascii()
-        for label in labels
-    )
+    return all(_LABEL.fullmatch(label) for label in labels)

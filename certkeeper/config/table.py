@@ -8,6 +8,7 @@ that every mistake in a file is reported in one go.  :meth:`Table.finish` turns 
 
 from __future__ import annotations
 
+import copy
 import difflib
 from collections.abc import Callable, Iterator, Mapping
 from datetime import timedelta
@@ -25,6 +26,10 @@ def did_you_mean(word: str, candidates: Iterator[str] | Mapping[str, Any] | tupl
 
 
 T = TypeVar("T")
+
+# Schema fragments of the commonest getters (copied by _get when noted): built once, not per key read.
+_STRING_LIST: Mapping[str, Any] = {"type": "array", "items": {"type": "string"}}
+_OBJECT: Mapping[str, Any] = {"type": "object"}
 
 
 class Table:
@@ -57,12 +62,16 @@ class Table:
     def _get(self, key: str, kind: Mapping[str, Any] | None = None) -> Any:
         self.seen.add(key)
         if self.keys is not None:
-            self.keys.setdefault(self._pattern(key), dict(kind or {}))
+            self.keys.setdefault(self._pattern(key), copy.deepcopy(dict(kind or {})))  # fragments may be shared
         return self.data.get(key)
 
     def _typed(self, key: str, kind: type | tuple[type, ...], expected: str, default: Any) -> Any:
-        value = self._get(key, {"type": {str: "string", bool: "boolean", int: "integer"}.get(kind, "string")}
-                          if isinstance(kind, type) else {})
+        if self.keys is None:  # no schema noted: nothing to describe (a pass reads 14 keys of 1,000 tables)
+            self.seen.add(key)
+            value = self.data.get(key)
+        else:
+            value = self._get(key, {"type": {str: "string", bool: "boolean", int: "integer"}.get(kind, "string")}
+                              if isinstance(kind, type) else {})
         if value is None:
             return default
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
@@ -163,7 +172,7 @@ class Table:
             return default
 
     def string_list(self, key: str, default: Any) -> list[str] | None:
-        value = self._get(key, {"type": "array", "items": {"type": "string"}})
+        value = self._get(key, _STRING_LIST)
         if value is None:
             return list(default) if default is not None else None
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -242,7 +251,7 @@ class Table:
         return self.optional_table(key) or self._child({}, self.where(key), self._pattern(key))
 
     def optional_table(self, key: str) -> Table | None:
-        value = self._get(key, {"type": "object"})
+        value = self._get(key, _OBJECT)
         if value is None:
             return None
         if not isinstance(value, dict):

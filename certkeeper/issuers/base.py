@@ -11,13 +11,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol, runtime_checkable
-
-from cryptography import x509
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from certkeeper.config import AcmeIssuerConfig, IssuerConfig
 from certkeeper.model import KeyType
-from certkeeper.pki import PrivateKey
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+    from certkeeper.pki import PrivateKey
 
 
 @dataclass(frozen=True)

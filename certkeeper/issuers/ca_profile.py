@@ -26,13 +26,15 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from certkeeper.pki import PrivateKey, PublicKey
+if TYPE_CHECKING:
+    from certkeeper.pki import PrivateKey, PublicKey
 
 #: How far back ``not_before`` is set, so clocks a few minutes slow still accept a fresh certificate.
 CLOCK_SKEW = timedelta(minutes=5)

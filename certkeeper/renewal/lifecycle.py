@@ -34,8 +34,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cryptography import x509
-
 from certkeeper import pki
 from certkeeper.config import CaIssuerConfig, CertificateConfig, Config
 from certkeeper.config.resolve import resolve_hook
@@ -66,8 +64,6 @@ from certkeeper.events import (
 from certkeeper.issuers.base import Issuer, IssueRequest, LeftoverRemover, RenewalInfoSource, crl_files, root_files
 from certkeeper.issuers.journal import certificates_pending, has_pending
 from certkeeper.model import KeyType
-from certkeeper.renewal.hooks import HookContext, run_hook
-from certkeeper.renewal.observe import Watched
 from certkeeper.renewal.policy import (
     Decision,
     History,
@@ -75,13 +71,13 @@ from certkeeper.renewal.policy import (
     Result,
     Wanted,
     caught_up,
+    decide_again,
     decide_renewal,
     fleet_may_catch_up,
     next_check_with_reload,
     wait_for_budget,
 )
 from certkeeper.store import CertState, EndpointRecord, RenewalRecord, Store
-from certkeeper.store.budget import obtain_within_budget
 from certkeeper.store.versions import (
     CertificateHome,
     InstalledPair,
@@ -94,9 +90,13 @@ from certkeeper.store.versions import (
 )
 
 if TYPE_CHECKING:
+    from cryptography import x509
+
     from certkeeper.config import IssuerConfig
     from certkeeper.dane.observe import DaneWatch
     from certkeeper.dane.rollover import DaneRollover
+    from certkeeper.renewal.hooks import HookContext
+    from certkeeper.renewal.observe import Watched
     from certkeeper.renewal.verify import Verification
     from certkeeper.store.fleet import Fleet
     from certkeeper.targets import Target
@@ -166,14 +166,26 @@ class Renewer:
         self.verified = VerifiedFiles(self.settings.state_dir / "verified-files.json")
         self.known_versions = KnownVersions()  # each version.json parsed once while it is unchanged
         self.chains = pki.ChainVerifier()  # the install gate verifies each intermediate's path to its root once
+        # Certificate folders seen without leftovers of an interrupted install, by identity: stat-ed, not listed.
+        self.clean_folders = VerifiedFiles(self.settings.state_dir / "clean-folders.json")
         # The moment the order budget named to a certificate told to wait (OrderWaiting): not asked again before
         # then (certkeeper.store.budget).  Kept for the process's life: a restarted daemon asks once more.
         self._budget_waits: dict[str, datetime] = {}
+        self._homes: dict[tuple[str, str | None], CertificateHome] = {}
+        self._wants: dict[str, tuple[CertificateConfig, Wanted]] = {}
+        # The last decision from each certificate's facts, wish and history, and when it was made: while those
+        # are the same, the next pass finds the same decision (decide_again) without deciding again.
+        self._decisions: dict[str, tuple[Installed | None, Wanted, History, datetime, Decision]] = {}
 
     # -- public ------------------------------------------------------------------------------------------------
 
     def home(self, certificate: CertificateConfig) -> CertificateHome:
-        return CertificateHome(self.settings.state_dir, certificate.name, Ownership(certificate.group))
+        key = (certificate.name, certificate.group)
+        home = self._homes.get(key)
+        if home is None:  # built once per certificate and process (a daemon's pass asks for 1,000 every wake)
+            home = self._homes[key] = CertificateHome(self.settings.state_dir, certificate.name,
+                                                      Ownership(certificate.group))
+        return home
 
     def select(self, names: Sequence[str] | None) -> list[CertificateConfig]:
         if not names:
@@ -189,8 +201,16 @@ class Renewer:
     def _decide(self, certificate: CertificateConfig, home: CertificateHome, seen: _Seen, state: CertState,
                 now: datetime) -> Decision:
         history = _history(state, inputs_changed=self._inputs_changed(certificate, state))
-        decision = decide_renewal(seen.installed, self._wanted(certificate), history, now=now,
-                                  check_interval=self.settings.check_interval)
+        wanted = self._wanted(certificate)
+        known = self._decisions.get(certificate.name)
+        decision = None
+        if known is not None and known[0] == seen.installed and known[1] is wanted and known[2] == history:
+            decision = decide_again(known[4], known[3], seen.installed, now=now,
+                                    check_interval=self.settings.check_interval)
+        if decision is None:
+            decision = decide_renewal(seen.installed, wanted, history, now=now,
+                                      check_interval=self.settings.check_interval)
+            self._decisions[certificate.name] = (seen.installed, wanted, history, now, decision)
         decision = wait_for_budget(decision, self._budget_waits.get(certificate.name), name=certificate.name, now=now)
         # Fleet integration: another node stored a newer certificate; install it (nothing is ordered).
         if self.fleet is not None and fleet_may_catch_up(decision, history, name=certificate.name, now=now):
@@ -219,15 +239,24 @@ class Renewer:
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 
     def _wanted(self, certificate: CertificateConfig) -> Wanted:
-        return Wanted(certificate.name, certificate.domains, tuple(k.value for k in certificate.key_types),
-                      certificate.renew_before or self.settings.renew_before)
+        known = self._wants.get(certificate.name)
+        if known is not None and known[0] is certificate:  # the same table as parsed: what it asks is the same
+            return known[1]
+        wanted = Wanted(certificate.name, certificate.domains, tuple(k.value for k in certificate.key_types),
+                        certificate.renew_before or self.settings.renew_before)
+        self._wants[certificate.name] = (certificate, wanted)
+        return wanted
 
     def _look(self, certificate: CertificateConfig, home: CertificateHome) -> _Seen:
         """What is installed; an unreadable install is reported and counts as nothing installed."""
-        link = _read_link(home.current_link)
+        link = home.link_text()  # as written (read once): what the re-check under the lock compares with
+        if link is None:
+            return _Seen(link, None, None)
         try:
-            version = home.current(self.known_versions)
-            if version is None:
+            # An unreadable link (``<strerror>``) is read again by current(), which says what is wrong.
+            version = home.current(self.known_versions) if link.startswith("<") else \
+                home.linked_version(link, self.known_versions)
+            if version is None:  # removed since (current() read it again)
                 return _Seen(link, None, None)
             matches = all(_pair_matches(home, version, p, self.verified) for p in version.pairs)
         except CertkeeperError as exc:
@@ -242,6 +271,8 @@ class Renewer:
         for certificate in certificates:
             if not certificate.endpoints:
                 continue
+            from certkeeper.renewal.observe import Watched  # imported only when there are endpoints to probe
+
             current = self.home(certificate).readable_current()
             # Judged against what the certificate chains to: the issuer's roots (internal CA, trust_roots) and
             # the certificate's ca_file; the system store only when neither is there (a public ACME CA).
@@ -300,6 +331,7 @@ class Renewer:
                                                outcomes[c.name].detail) for c in certificates])
         if not dry_run:
             self.verified.save(prune=not names)
+            self.clean_folders.save(prune=not names)
         if not names:
             self.known_versions.forget_untouched()
         return [outcomes[c.name] for c in certificates]
@@ -328,7 +360,7 @@ class Renewer:
         # Lock, then re-check: another certkeeper may have renewed it while we waited.  Only the state row and
         # the current link can have changed; decide again only if one did.
         fresh = self.store.get_state(name) or CertState(name)
-        if fresh != state or _read_link(home.current_link) != seen.link:
+        if fresh != state or home.link_text() != seen.link:
             state, seen = fresh, self._look(certificate, home)
             decision = self._decide(certificate, home, seen, state, now)
         work = _Work(certificate, home, seen.version, state=state, seen=seen, installed=seen.installed,
@@ -365,7 +397,7 @@ class Renewer:
     def _clean_up_idle(self, certificate: CertificateConfig, home: CertificateHome, pending: frozenset[str]) -> None:
         """Clean up for a certificate with nothing due, too: under its lock, and only when something was left
         (``pending``: the certificates with dns-01 values left, listed once at the start of the pass)."""
-        if not (certificate.name in pending or home.has_leftovers()):
+        if not (certificate.name in pending or home.has_leftovers(self.clean_folders)):
             return
         try:
             with self.store.lock(certificate.name, self.settings.lock_timeout.total_seconds()):
@@ -484,6 +516,8 @@ class Renewer:
                             chains=self.chains)
                 self._check_mta_sts(certificate, pairs)
             elif not dry_run:  # the order budget of a single host (certkeeper.store.budget)
+                from certkeeper.store.budget import obtain_within_budget  # only when something is ordered
+
                 pairs = obtain_within_budget(self.store, self.config.issuers.get(certificate.issuer), certificate,
                                              work.previous, order, now)
             else:
@@ -717,6 +751,8 @@ class Renewer:
                 path = resolve_hook(reference, self.settings.hooks_dir, self.config.path,
                                     f"certificates.{work.config.name}.reload")
                 groups[(path, tuple(sorted(work.config.hook_env.items())))].append(work)
+        from certkeeper.renewal.hooks import HookContext  # only when something is reloaded (and run_hook below)
+
         for (hook, env), members in groups.items():
             first = members[0]
             assert first.new is not None
@@ -738,6 +774,8 @@ class Renewer:
                     self._run_hook(hook, context, [work], now)
 
     def _run_hook(self, hook: Path, context: HookContext, members: Sequence[_Work], now: datetime) -> None:
+        from certkeeper.renewal.hooks import run_hook
+
         try:
             run_hook(hook, context, timeout=self.settings.hook_timeout.total_seconds())
         except HookFailed as exc:
@@ -887,8 +925,8 @@ class Renewer:
     def _update_state(self, name: str, *, known: CertState | None = None, **changes: object) -> CertState:
         """Change some fields of the stored row.  Read again before writing (another process may have changed
         other fields), but not when the row as ``known`` in this pass already holds the changes."""
-        if known is not None and replace(known, **changes) == known:  # type: ignore[arg-type]
-            return known
+        if known is not None and all(getattr(known, field) == value for field, value in changes.items()):
+            return known  # the row as known holds the changes already (what replace() and == would find)
         state = self.store.get_state(name) or CertState(name)
         changed = replace(state, **changes)  # type: ignore[arg-type]
         if changed != state:  # a pass with nothing due writes nothing: no commit, no fsync per certificate
@@ -924,16 +962,6 @@ def _facts(version: Version, *, key_matches: bool) -> Installed:
     first = version.pairs[0]
     return Installed(first.fingerprint, version.not_before, version.not_after, version.domains,
                      tuple(p.key_type for p in version.pairs), key_matches)
-
-
-def _read_link(link: Path) -> str | None:
-    """What ``current`` says, as written (None when absent): compared after taking the lock."""
-    try:
-        return str(link.readlink())
-    except FileNotFoundError:
-        return None
-    except OSError as exc:  # not a symbolic link: compared as such; reading the version reports it
-        return f"<{exc.strerror}>"
 
 
 def _pair_matches(home: CertificateHome, version: Version, pair: InstalledPair, verified: VerifiedFiles) -> bool:

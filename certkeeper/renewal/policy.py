@@ -123,6 +123,25 @@ def decide_renewal(installed: Installed | None, wanted: Wanted, history: History
     return Decision(False, reason, renew_at, max(next_check, now + timedelta(seconds=1)))
 
 
+def decide_again(earlier: Decision, decided_at: datetime, installed: Installed | None, *, now: datetime,
+                 check_interval: timedelta) -> Decision | None:
+    """What :func:`decide_renewal` decides at ``now`` from the ``installed``, wanted and history that gave
+    ``earlier`` at ``decided_at``, found without deciding again (a daemon's pass asks for 1,000 every wake); None
+    when it may differ: ``earlier`` was due, ``now`` is not between ``decided_at`` and its renewal point, or the
+    certificate became valid or expired in between.
+
+    The point and its reason depend on ``now`` only through those two bounds and, for a certificate due at once,
+    through ``now`` itself, which a decision not due then lies before (its point is the retry point, later).
+    """
+    if earlier.due or not decided_at <= now < earlier.renew_at:
+        return None
+    if installed is not None and ((decided_at < installed.not_before) != (now < installed.not_before)
+                                  or (decided_at >= installed.not_after) != (now >= installed.not_after)):
+        return None
+    next_check = min(earlier.renew_at, now + check_interval)
+    return Decision(False, earlier.reason, earlier.renew_at, max(next_check, now + timedelta(seconds=1)))
+
+
 def _renewal_point(installed: Installed | None, wanted: Wanted, history: History,
                    now: datetime) -> tuple[datetime, str]:
     if installed is None:

@@ -25,6 +25,7 @@ in place; both have produced key/certificate mismatches in the field.
 from __future__ import annotations
 
 import contextlib
+import functools
 import grp
 import hashlib
 import json
@@ -36,16 +37,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
-
-from cryptography import x509
+from typing import TYPE_CHECKING, Any
 
 from certkeeper import pki
 from certkeeper.config import CopyTarget
 from certkeeper.errors import CertkeeperError, InputError, InstallRefused, UnsafePath, VersionWriteFailed
-from certkeeper.model import KeyType
+from certkeeper.model import KeyType, is_safe_name
 from certkeeper.permissions import check_trusted_dir, read_nofollow
 from certkeeper.store.atomic import fsync_dir, make_dirs, set_dir_mode, write_atomic, write_new
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 FILES = ("privkey.pem", "cert.pem", "chain.pem", "fullchain.pem", "combined.pem")
 _SECRET_FILES = {"privkey.pem", "combined.pem"}
@@ -193,9 +195,11 @@ class VerifiedFiles:
         return path.removeprefix(self._prefix)
 
     def unchanged(self, path: str, digest: str, status: os.stat_result) -> bool:
-        key = self._key(path)
+        key = path.removeprefix(self._prefix)
         self._touched.add(key)
-        return self._entries.get(key) == self._identity(digest, status)
+        entry = self._entries.get(key)
+        return entry is not None and entry == [digest[:16], status.st_dev, status.st_ino, status.st_size,
+                                               status.st_mtime_ns, status.st_ctime_ns]
 
     def record(self, path: str, digest: str, status: os.stat_result) -> None:
         key = self._key(path)
@@ -227,23 +231,24 @@ class KnownVersions:
         self._once: set[str] = set()
         self._touched: set[str] = set()
 
-    def load(self, folder: Path, read: Callable[[Path], Version]) -> Version:
-        key = str(folder)
-        self._touched.add(key)
-        if key not in self._read and key not in self._once:
-            self._once.add(key)  # read once only (a single ``renew``): no stat spent on remembering it
-            return read(folder)
+    def load(self, folder: str, read: Callable[[Path], Version]) -> Version:
+        """The version in ``folder`` (a str: a pass looks up 1,000 of them), read by ``read`` when it is new or
+        its ``version.json`` changed."""
+        self._touched.add(folder)
+        if folder not in self._read and folder not in self._once:
+            self._once.add(folder)  # read once only (a single ``renew``): no stat spent on remembering it
+            return read(Path(folder))
         try:
-            status = os.lstat(f"{key}/version.json")
+            status = os.lstat(f"{folder}/version.json")
         except OSError:
-            return read(folder)  # says what is wrong, in words
+            return read(Path(folder))  # says what is wrong, in words
         identity = (status.st_mode, status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns,
                     status.st_ctime_ns)
-        seen = self._read.get(key)
+        seen = self._read.get(folder)
         if seen is not None and seen[0] == identity:
             return seen[1]
-        version = read(folder)
-        self._read[key] = (identity, version)
+        version = read(Path(folder))
+        self._read[folder] = (identity, version)
         return version
 
     def forget_untouched(self) -> None:
@@ -258,10 +263,25 @@ class CertificateHome:
 
     def __init__(self, state_dir: Path, name: str, ownership: Ownership = Ownership()) -> None:
         self.name = name
-        self.root = state_dir / "certs" / name
-        self.versions_dir = self.root / "versions"
-        self.current_link = self.root / "current"
         self.ownership = ownership
+        # str forms for the calls a pass makes per certificate (a Path costs microseconds to build, 1,000 a pass);
+        # a name certkeeper accepts is one path component (is_safe_name), anything else is joined as a Path
+        base = os.fspath(state_dir)
+        self._root = f"{base}/certs/{name}" if is_safe_name(name) and base != "/" \
+            else os.fspath(state_dir / "certs" / name)
+        self._current_link = f"{self._root}/current"
+
+    @functools.cached_property
+    def root(self) -> Path:
+        return Path(self._root)
+
+    @functools.cached_property
+    def versions_dir(self) -> Path:
+        return self.root / "versions"
+
+    @functools.cached_property
+    def current_link(self) -> Path:
+        return self.root / "current"
 
     # -- reading -----------------------------------------------------------------------------------------------
 
@@ -274,21 +294,41 @@ class CertificateHome:
         is not read again.
         """
         try:
-            target = self.current_link.readlink()
+            target = os.readlink(self._current_link)  # noqa: PTH115 (a str: no Path parsed per certificate)
         except FileNotFoundError:
             return None
         except OSError as exc:  # a file or a folder where the link belongs
             raise InputError(str(self.current_link), f"not a symbolic link to a version ({exc.strerror})") from None
-        parts = target.parts
-        if len(parts) != 2 or parts[0] != "versions" or parts[1].startswith("."):
-            raise InputError(str(self.current_link), f"points to {str(target)!r}, not to a folder in versions/; "
-                             "certkeeper only ever links versions/<version> (restore it with certkeeper rollback)")
+        return self.linked_version(target, known)
+
+    def linked_version(self, target: str, known: KnownVersions | None = None) -> Version:
+        """The version ``current`` names when it reads ``target`` (as :meth:`current` reads it; a pass that has
+        read the link already passes what it read)."""
+        if target.startswith("versions/") and target.count("/") == 1 and target[9:10] not in {"", "."}:
+            folder = f"{self._root}/{target}"  # the form certkeeper writes: no Path parsed per certificate
+        else:
+            parts = Path(target).parts
+            if len(parts) != 2 or parts[0] != "versions" or parts[1].startswith("."):
+                raise InputError(str(self.current_link), f"points to {str(Path(target))!r}, not to a folder in "
+                                 "versions/; certkeeper only ever links versions/<version> (restore it with "
+                                 "certkeeper rollback)")
+            folder = str(self.root / target)
         try:
-            return self._load(self.root / target) if known is None else known.load(self.root / target, self._load)
+            return self._load(Path(folder)) if known is None else known.load(folder, self._load)
         except InputError:
-            if not (self.root / target).is_dir():  # asked only now: a pass reads each version once, not twice
-                raise InputError(str(self.current_link), f"points to {str(target)!r}, which does not exist") from None
+            if not Path(folder).is_dir():  # asked only now: a pass reads each version once, not twice
+                raise InputError(str(self.current_link),
+                                 f"points to {str(Path(target))!r}, which does not exist") from None
             raise
+
+    def link_text(self) -> str | None:
+        """What ``current`` says, as written: None when it is absent, ``<strerror>`` when it is no link."""
+        try:
+            return os.readlink(self._current_link)  # noqa: PTH115 (a str: no Path parsed per certificate)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:  # not a symbolic link: compared as such; reading the version reports it
+            return f"<{exc.strerror}>"
 
     def readable_current(self) -> Version | None:
         """:meth:`current`, or None when what is installed cannot be read (the renewal pass reports it)."""
@@ -304,13 +344,14 @@ class CertificateHome:
         """
         changed = []
         directory = str(pair.directory)
+        unchanged = verified.unchanged if verified is not None else None
         for filename, size, digest in pair.files:
             path = f"{directory}/{filename}"
             try:
                 status = os.stat(path)  # noqa: PTH116 (str paths: no Path built per file, 5,000 a pass)
                 if status.st_size != size:
                     changed.append(path)
-                elif verified is None or not verified.unchanged(path, digest, status):
+                elif unchanged is None or not unchanged(path, digest, status):
                     with open(path, "rb") as file:  # noqa: PTH123 (a str path: 1,000 pairs a pass)
                         if hashlib.sha256(file.read()).hexdigest() != digest:
                             changed.append(path)
@@ -352,7 +393,7 @@ class CertificateHome:
             raise InputError(str(pair.fullchain), str(exc)) from None
 
     def _load(self, path: Path) -> Version:
-        meta_path = path / "version.json"
+        meta_path = f"{path}/version.json"  # a str: a pass reads 1,000 of them
         try:
             meta = json.loads(read_nofollow(meta_path))
         except (OSError, ValueError) as exc:
@@ -361,19 +402,19 @@ class CertificateHome:
 
     def _version(self, path: Path, meta: Any) -> Version:
         """The :class:`Version` that ``meta`` (the parsed ``version.json`` of the folder ``path``) describes."""
-        meta_path = path / "version.json"
+        meta_path = f"{path}/version.json"  # for the messages only
         try:
-            pairs = tuple(
+            pairs = tuple([
                 InstalledPair(
                     key_type=p["key_type"], serial=p["serial"], fingerprint=p["fingerprint"],
                     not_before=datetime.fromisoformat(p["not_before"]),
                     not_after=datetime.fromisoformat(p["not_after"]),
                     directory=path / p["subdir"] if p["subdir"] else path,
-                    files=tuple((str(name), int(size), str(digest)) for name, (size, digest)
-                                in p.get("files", {}).items()),
+                    files=tuple([(str(name), int(size), str(digest)) for name, (size, digest)
+                                 in p.get("files", {}).items()]),
                 )
                 for p in meta["pairs"]
-            )
+            ])
             version = Version(self.name, path.name, path, datetime.fromisoformat(meta["created_at"]),
                               meta["issuer"], tuple(meta["domains"]), pairs)
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -480,12 +521,27 @@ class CertificateHome:
         for kind, destination in targets.items():
             check_trusted_dir(destination.parent, f"copy_to.{kind} folder")
 
-    def has_leftovers(self) -> bool:
-        """Whether :meth:`recover` has anything to remove (cheap: two folder listings, names only)."""
-        for folder, prefix in ((self.versions_dir, _INCOMING), (self.root, ".current-")):
-            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-                if any(name.startswith(prefix) for name in os.listdir(folder)):  # noqa: PTH208 (names only)
-                    return True
+    def has_leftovers(self, clean: VerifiedFiles | None = None) -> bool:
+        """Whether :meth:`recover` has anything to remove (cheap: two folder listings, names only).
+
+        With ``clean``, a folder whose identity (inode, size, mtime, ctime) is as when it last held no leftovers
+        is not listed again: creating, renaming or removing an entry moves a folder's mtime and ctime (an install
+        interrupted at any point left its ``.incoming-*`` folder or ``.current-*`` link by doing so), and, as for
+        files, a folder changed less than :data:`VerifiedFiles.RACY_SECONDS` before its listing is listed again.
+        """
+        for folder, prefix in ((f"{self._root}/versions", _INCOMING), (self._root, ".current-")):
+            key = f"{folder}/"
+            try:
+                status = os.stat(folder) if clean is not None else None  # noqa: PTH116 (a str: 2,000 a pass)
+                if clean is not None and status is not None and clean.unchanged(key, "", status):
+                    continue
+                names = os.listdir(folder)  # noqa: PTH208 (names only)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            if any(name.startswith(prefix) for name in names):
+                return True
+            if clean is not None and status is not None:
+                clean.record(key, "", status)
         return False
 
     def copy_to(self, version: Version, targets: Mapping[CopyTarget, Path]) -> None:
