@@ -13,6 +13,11 @@ import argparse
 import gc
 import importlib
 import importlib.util
+
+# argparse's messages go through gettext, which imports locale on first use: imported with the CLI instead
+# (every command builds a parser), so that a process importing certkeeper before it drops privileges has it
+# (tests/test_packaging.py; cryptography used to bring it in, through email and calendar).
+import locale  # noqa: F401
 import os
 import sys
 from collections.abc import Sequence
