@@ -10,6 +10,8 @@ from datetime import datetime
 
 @dataclass(frozen=True)
 class Event:
+    """Something that happened, at ``at`` (UTC); subclasses are named in the past tense and carry no key material."""
+
     at: datetime
 
     def describe(self) -> str:
@@ -20,6 +22,8 @@ class Event:
 
 @dataclass(frozen=True)
 class CertificateIssued(Event):
+    """The issuer returned a certificate for one key type of ``name``; not yet gated or installed."""
+
     name: str
     key_type: str
     issuer: str
@@ -29,12 +33,16 @@ class CertificateIssued(Event):
 
 @dataclass(frozen=True)
 class CertificateInstalled(Event):
+    """``version`` of ``name`` became ``current`` (the flip); its reload may still be owed."""
+
     name: str
     version: str
 
 
 @dataclass(frozen=True)
 class RenewalFailed(Event):
+    """Renewing ``name`` failed (or was rolled back) with ``error``; it is tried again at ``next_attempt``."""
+
     name: str
     error: str
     next_attempt: datetime | None
@@ -42,6 +50,8 @@ class RenewalFailed(Event):
 
 @dataclass(frozen=True)
 class ReloadHookFailed(Event):
+    """A reload hook of ``name`` failed or timed out; ``error`` is its redacted output or the reason."""
+
     name: str
     hook: str
     error: str
@@ -49,6 +59,8 @@ class ReloadHookFailed(Event):
 
 @dataclass(frozen=True)
 class CertificateVerified(Event):
+    """Every probe point of ``name`` served ``version`` after the reload."""
+
     name: str
     version: str
     endpoints: tuple[str, ...]
@@ -56,6 +68,8 @@ class CertificateVerified(Event):
 
 @dataclass(frozen=True)
 class RolledBack(Event):
+    """``name`` went back from ``from_version`` to ``to_version``, for ``reason``."""
+
     name: str
     from_version: str
     to_version: str
@@ -64,6 +78,8 @@ class RolledBack(Event):
 
 @dataclass(frozen=True)
 class ServedCertificateStale(Event):
+    """An endpoint of ``name`` serves another certificate than the installed one."""
+
     name: str
     endpoint: str
     served_fingerprint: str
@@ -72,6 +88,8 @@ class ServedCertificateStale(Event):
 
 @dataclass(frozen=True)
 class EndpointFailed(Event):
+    """A probe of an endpoint (managed or ``[[watch]]``) failed: ``status`` and ``message`` say how."""
+
     owner: str
     endpoint: str
     status: str
@@ -80,6 +98,8 @@ class EndpointFailed(Event):
 
 @dataclass(frozen=True)
 class EndpointRecovered(Event):
+    """An endpoint that had failed is served well again."""
+
     owner: str
     endpoint: str
     message: str
@@ -87,6 +107,8 @@ class EndpointRecovered(Event):
 
 @dataclass(frozen=True)
 class ConfigReloadRejected(Event):
+    """The daemon kept its configuration: the new one at ``path`` has ``error``."""
+
     path: str
     error: str
 
