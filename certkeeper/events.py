@@ -8,11 +8,29 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class Event:
     """Something that happened, at ``at`` (UTC); subclasses are named in the past tense and carry no key material."""
 
     at: datetime
+
+    # One __eq__, __hash__ and __repr__ for every event, the ones dataclass would write (same class and equal fields;
+    # the hash of the fields; Name(field=value, ...)), instead of three generated per class: the events are many
+    # and every process that publishes one imports them all (issue 23: a third of the module's import time).
+    def _values(self) -> tuple[object, ...]:
+        return tuple(getattr(self, f.name) for f in fields(self))
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, Event)
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__qualname__}({', '.join(f'{f.name}={getattr(self, f.name)!r}' for f in fields(self))})"
 
     def describe(self) -> str:
         """One log line: the event's name and its fields, never key material (events carry none)."""
@@ -20,7 +38,7 @@ class Event:
         return f"{type(self).__name__} " + " ".join(parts)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class CertificateIssued(Event):
     """The issuer returned a certificate for one key type of ``name``; not yet gated or installed."""
 
@@ -31,7 +49,7 @@ class CertificateIssued(Event):
     not_after: datetime
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class CertificateInstalled(Event):
     """``version`` of ``name`` became ``current`` (the flip); its reload may still be owed."""
 
@@ -39,7 +57,7 @@ class CertificateInstalled(Event):
     version: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class RenewalFailed(Event):
     """Renewing ``name`` failed (or was rolled back) with ``error``; it is tried again at ``next_attempt``."""
 
@@ -48,7 +66,7 @@ class RenewalFailed(Event):
     next_attempt: datetime | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class ReloadHookFailed(Event):
     """A reload hook of ``name`` failed or timed out; ``error`` is its redacted output or the reason."""
 
@@ -57,7 +75,7 @@ class ReloadHookFailed(Event):
     error: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class CertificateVerified(Event):
     """Every probe point of ``name`` served ``version`` after the reload."""
 
@@ -66,7 +84,7 @@ class CertificateVerified(Event):
     endpoints: tuple[str, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class RolledBack(Event):
     """``name`` went back from ``from_version`` to ``to_version``, for ``reason``."""
 
@@ -76,7 +94,7 @@ class RolledBack(Event):
     reason: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class ServedCertificateStale(Event):
     """An endpoint of ``name`` serves another certificate than the installed one."""
 
@@ -86,7 +104,7 @@ class ServedCertificateStale(Event):
     expected_fingerprint: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class EndpointFailed(Event):
     """A probe of an endpoint (managed or ``[[watch]]``) failed: ``status`` and ``message`` say how."""
 
@@ -96,7 +114,7 @@ class EndpointFailed(Event):
     message: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class EndpointRecovered(Event):
     """An endpoint that had failed is served well again."""
 
@@ -105,7 +123,7 @@ class EndpointRecovered(Event):
     message: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class ConfigReloadRejected(Event):
     """The daemon kept its configuration: the new one at ``path`` has ``error``."""
 
@@ -113,7 +131,7 @@ class ConfigReloadRejected(Event):
     error: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class AlertMailSent(Event):
     """A digest of alerts was handed to ``relay`` (host:port): ``route`` says which way (``relay ...``,
     ``fallback ...``, or the opt-in unverified one), ``verified`` whether the certificate of the host that took it
@@ -124,7 +142,7 @@ class AlertMailSent(Event):
     verified: bool
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class MetricsEndpointFailed(Event):
     """The daemon could not serve ``metrics_listen`` (a busy port); it keeps renewing without it."""
 
@@ -132,7 +150,7 @@ class MetricsEndpointFailed(Event):
     error: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class TlsaRecordsPublished(Event):
     """DANE (RFC 7672): TLSA records of a certificate were added or removed on the primary."""
 
@@ -141,7 +159,7 @@ class TlsaRecordsPublished(Event):
     removed: tuple[str, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class TlsaUpdateFailed(Event):
     """DANE: TLSA records could not be published, or are not answered by every authoritative server."""
 
@@ -149,7 +167,7 @@ class TlsaUpdateFailed(Event):
     error: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class MtaStsPolicyPublished(Event):
     """MTA-STS (RFC 8461): a new policy text was published for a domain, announced by a new TXT ``id``."""
 
@@ -159,7 +177,7 @@ class MtaStsPolicyPublished(Event):
     reason: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class TlsaPropagationLagging(Event):
     """DANE: published TLSA records are not answered yet by every authoritative server of the zone, or not
     returned DNSSEC-validated (AD) by the validating resolver; the two-TTL wait starts only when they are."""
@@ -169,7 +187,7 @@ class TlsaPropagationLagging(Event):
     reason: str  # each lagging server with why: its serial and the records it misses, or no AD
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class TlsaRecordsRetiring(Event):
     """DANE: records of a key no longer wanted stay published until every address of every MX host has
     presented the new key over the dwell time (``dane.retire_after``)."""
@@ -179,7 +197,7 @@ class TlsaRecordsRetiring(Event):
     reason: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class MtaStsPublishFailed(Event):
     """MTA-STS: the policy file or the TXT records of a domain could not be written."""
 
@@ -187,7 +205,7 @@ class MtaStsPublishFailed(Event):
     error: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class RenewalWaitingForTlsa(Event):
     """DANE: a due renewal waits until the next key's TLSA records have been visible for two TTLs."""
 
@@ -197,7 +215,7 @@ class RenewalWaitingForTlsa(Event):
     until: datetime | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class PersistRecordExpiring(Event):
     """dns-persist-01: a record that still validates ends at its persistUntil sooner than persist_warning."""
 
@@ -206,7 +224,7 @@ class PersistRecordExpiring(Event):
     persist_until: datetime
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class UnsafeKeyRollover(Event):
     """DANE: the key changed before its TLSA records were ready, because expiry came too close."""
 
@@ -214,7 +232,7 @@ class UnsafeKeyRollover(Event):
     reason: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class TlsaMismatchObserved(Event):
     """DANE: an endpoint presented a certificate that no published TLSA record matches (RFC 8460
     ``tlsa-invalid``); DANE-validating senders defer mail to it (RFC 7672 section 2.2)."""
@@ -228,7 +246,7 @@ class TlsaMismatchObserved(Event):
     dnssec_validated: bool
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class TlsaMatchRecovered(Event):
     """DANE: an endpoint that presented a certificate matching no TLSA record matches them again."""
 
@@ -237,7 +255,7 @@ class TlsaMatchRecovered(Event):
     message: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class TlsReportImported(Event):
     """TLS-RPT (RFC 8460): a sender's report was stored (``duplicate``: one with its report-id was already)."""
 
@@ -248,7 +266,7 @@ class TlsReportImported(Event):
     duplicate: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class TlsReportRefused(Event):
     """TLS-RPT: a report (or a whole mail) was not imported: where it came from and why."""
 
@@ -256,7 +274,7 @@ class TlsReportRefused(Event):
     problem: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class TlsFailuresReported(Event):
     """TLS-RPT: senders reported certificate-related failures to one MX above the alert threshold."""
 
