@@ -119,6 +119,11 @@ def decide_renewal(installed: Installed | None, wanted: Wanted, history: History
         reason = f"{reason}; retrying after {history.failures} failure{'s' if history.failures > 1 else ''}"
     if now >= renew_at:
         return Decision(True, reason, renew_at, now + MIN_RETRY)
+    return _not_due(reason, renew_at, now=now, check_interval=check_interval)
+
+
+def _not_due(reason: str, renew_at: datetime, *, now: datetime, check_interval: timedelta) -> Decision:
+    """Not due before ``renew_at``: look again then, or after ``check_interval`` if sooner (always after ``now``)."""
     next_check = min(renew_at, now + check_interval)
     return Decision(False, reason, renew_at, max(next_check, now + timedelta(seconds=1)))
 
@@ -138,8 +143,7 @@ def decide_again(earlier: Decision, decided_at: datetime, installed: Installed |
     if installed is not None and ((decided_at < installed.not_before) != (now < installed.not_before)
                                   or (decided_at >= installed.not_after) != (now >= installed.not_after)):
         return None
-    next_check = min(earlier.renew_at, now + check_interval)
-    return Decision(False, earlier.reason, earlier.renew_at, max(next_check, now + timedelta(seconds=1)))
+    return _not_due(earlier.reason, earlier.renew_at, now=now, check_interval=check_interval)
 
 
 def _renewal_point(installed: Installed | None, wanted: Wanted, history: History,
