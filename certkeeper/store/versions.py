@@ -195,11 +195,9 @@ class VerifiedFiles:
         return path.removeprefix(self._prefix)
 
     def unchanged(self, path: str, digest: str, status: os.stat_result) -> bool:
-        key = path.removeprefix(self._prefix)
+        key = self._key(path)
         self._touched.add(key)
-        entry = self._entries.get(key)
-        return entry is not None and entry == [digest[:16], status.st_dev, status.st_ino, status.st_size,
-                                               status.st_mtime_ns, status.st_ctime_ns]
+        return self._entries.get(key) == self._identity(digest, status)
 
     def record(self, path: str, digest: str, status: os.stat_result) -> None:
         key = self._key(path)
