@@ -91,7 +91,8 @@ def floor_child(directory_url: str, ca_file: str, http_port: int, domains: Seque
     server.server_close()
 
 
-
-
 if __name__ == "__main__":
+    if len(sys.argv) < 5:
+        msg = "usage: python -m tests.bench.acme_floor DIRECTORY CA_FILE HTTP_PORT NAME..."
+        raise SystemExit(msg)
     floor_child(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:])

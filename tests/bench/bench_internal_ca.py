@@ -29,17 +29,20 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # run as a script: this checkout's certkeeper and tests/
 
-from certkeeper import pki
-from certkeeper.config import CaIssuerConfig
-from certkeeper.issuers.base import IssueRequest
-from certkeeper.issuers.internal_ca import InternalCaIssuer, init_ca
-from certkeeper.model import KeyType
-from tests.bench.bench_renew_none_due import ENVIRONMENT, certkeeper_command
-from tests.bench.rounds import interleave, report
+from cryptography import x509  # noqa: E402
+from cryptography.hazmat.primitives import hashes  # noqa: E402
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID  # noqa: E402
+
+from certkeeper import pki  # noqa: E402
+from certkeeper.config import CaIssuerConfig  # noqa: E402
+from certkeeper.issuers.base import IssueRequest  # noqa: E402
+from certkeeper.issuers.internal_ca import InternalCaIssuer, init_ca  # noqa: E402
+from certkeeper.model import KeyType  # noqa: E402
+from tests.bench.bench_renew_none_due import ENVIRONMENT, certkeeper_command  # noqa: E402
+from tests.bench.rounds import interleave, report  # noqa: E402
 
 DOMAINS = ("mail.example.test", "smtp.example.test")
 

@@ -31,11 +31,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from certkeeper.testbed.bind import Bind
-from certkeeper.testbed.install import lego_binary
-from certkeeper.testbed.pebble import Pebble
-from tests.bench.bench_acme_vs_certbot import run_certbot, run_certkeeper
-from tests.bench.rounds import Side, interleave, ratios, report
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # run as a script: this checkout's certkeeper and tests/
+
+from certkeeper.testbed.bind import Bind  # noqa: E402
+from certkeeper.testbed.install import lego_binary  # noqa: E402
+from certkeeper.testbed.pebble import Pebble  # noqa: E402
+from tests.bench.bench_acme_vs_certbot import run_certbot, run_certkeeper  # noqa: E402
+from tests.bench.rounds import Side, interleave, ratios, report  # noqa: E402
 
 
 def run_lego(lego: Path, pebble: Pebble, work: Path, domains: Sequence[str]) -> float:

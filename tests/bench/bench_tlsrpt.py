@@ -15,14 +15,19 @@ import argparse
 import copy
 import json
 import statistics
+import sys
 import time
 import zlib
 from collections.abc import Callable
+from pathlib import Path
 
-from certkeeper.errors import ReportRefused
-from certkeeper.tlsrpt.intake import inflate
-from certkeeper.tlsrpt.report import parse_report
-from tests.tlsrpt_reports import RFC_EXAMPLE, gzip_bomb
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # run as a script: this checkout's certkeeper and tests/
+
+from certkeeper.errors import ReportRefused  # noqa: E402
+from certkeeper.tlsrpt.intake import inflate  # noqa: E402
+from certkeeper.tlsrpt.report import parse_report  # noqa: E402
+from tests.tlsrpt_reports import RFC_EXAMPLE, gzip_bomb  # noqa: E402
 
 
 def big_report(details: int) -> bytes:

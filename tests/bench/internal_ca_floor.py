@@ -103,4 +103,7 @@ def main(ca_dir: Path, passphrase_file: Path, out: Path, count: int, threads: in
 
 
 if __name__ == "__main__":
+    if len(sys.argv) != 6:
+        msg = "usage: python -m tests.bench.internal_ca_floor CA_DIR PASSPHRASE_FILE OUT COUNT THREADS"
+        raise SystemExit(msg)
     main(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
