@@ -25,26 +25,20 @@ import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from certkeeper import pki
-from certkeeper.config import load_config
-from certkeeper.daemon import Daemon
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # run as a script: this checkout's certkeeper and tests/
+
+from certkeeper import pki  # noqa: E402
+from certkeeper.config import load_config  # noqa: E402
+from certkeeper.daemon import Daemon  # noqa: E402
+from tests.bench.bench_renew_none_due import write_certkeeper  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def write_config(directory: Path, count: int) -> Path:
-    passphrase = directory / "ca.pass"
-    passphrase.write_text("benchmark\n")
-    tables = "".join(f'\n[certificates.c{i:03d}]\nissuer = "internal"\ndomains = ["c{i:03d}.example.test"]\n'
-                     for i in range(count))
-    config = directory / "certkeeper.toml"
-    config.write_text(f'[certkeeper]\nstate_dir = "{directory / "state"}"\nconcurrency = 8\n\n'
-                      f'[issuers.internal]\ntype = "ca"\nca_dir = "{directory / "ca"}"\n'
-                      f'passphrase_file = "{passphrase}"\nlifetime = "30d"\n{tables}')
-    command = [sys.executable, "-m", "certkeeper", "-c", str(config)]
-    subprocess.run([*command, "ca", "init"], check=True, capture_output=True)
-    subprocess.run([*command, "renew", "--quiet"], check=True, capture_output=True)
-    return config
+    """``count`` certificates of 30 days, all issued: a daemon with nothing due for days."""
+    return write_certkeeper(directory, count, lifetime="30d")
 
 
 def rss_kib(pid: int | str = "self") -> int:

@@ -50,7 +50,8 @@ def certkeeper_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "certkeeper"]
 
 
-def write_certkeeper(directory: Path, count: int) -> Path:
+def write_certkeeper(directory: Path, count: int, *, lifetime: str = "90d") -> Path:
+    """A config of ``count`` internal-CA certificates in ``directory``, its CA made and every certificate issued."""
     passphrase = directory / "ca.pass"
     passphrase.write_text("benchmark\n")
     tables = "".join(f'\n[certificates.c{i:03d}]\nissuer = "internal"\ndomains = ["c{i:03d}.example.test"]\n'
@@ -58,7 +59,7 @@ def write_certkeeper(directory: Path, count: int) -> Path:
     config = directory / "certkeeper.toml"
     config.write_text(f'[certkeeper]\nstate_dir = "{directory / "state"}"\nconcurrency = 8\n\n'
                       f'[issuers.internal]\ntype = "ca"\nca_dir = "{directory / "ca"}"\n'
-                      f'passphrase_file = "{passphrase}"\nlifetime = "90d"\n{tables}')
+                      f'passphrase_file = "{passphrase}"\nlifetime = "{lifetime}"\n{tables}')
     subprocess.run([*certkeeper_command(), "-c", str(config), "ca", "init"], check=True, capture_output=True)
     subprocess.run([*certkeeper_command(), "-c", str(config), "renew", "--quiet"], check=True, capture_output=True)
     return config
