@@ -9,8 +9,10 @@ in a fresh venv made once per run in the temporary folder (``python -m venv``, `
 tree from the local wheels, the dev venv's site-packages reachable through a ``.pth`` for the dependencies the
 full engine needs); the dev venv's editable ``certkeeper`` (its ``.pth`` files run at every start) is timed too.
 Also timed, for what the remainder is made of: the fresh venv's interpreter alone (``python -c pass``, the floor
-of any Python command) and it importing pyOpenSSL (what the full engine loads).  Each runs once to warm up, then
-all alternately.
+of any Python command), ``python-ssl``: the same interpreter running a bare script of the stdlib ``ssl`` handshake
+with the same verification (the floor of any check written in Python, :data:`PYTHON_SSL`; certkeeper's ratio to
+it is reported as well), and it importing pyOpenSSL (what the full engine loads).  Each runs once to warm up,
+then all alternately.
 """
 
 from __future__ import annotations
@@ -34,6 +36,19 @@ from tests.probe_servers import Pki, ServerLoop, _hold  # noqa: E402
 
 # Byte code is used, as after any install (this machine sets PYTHONDONTWRITEBYTECODE).
 ENVIRONMENT = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+# The Python floor: interpreter, ``import ssl`` and one handshake verifying the chain and the name as s_client
+# does, the peer certificate read and a line printed.  Arguments: CA file, port, server name.
+PYTHON_SSL = """\
+import socket, ssl, sys
+
+ca_file, port, name = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+context = ssl.create_default_context(cafile=ca_file)
+with socket.create_connection(("127.0.0.1", port), timeout=10) as sock, \\
+        context.wrap_socket(sock, server_hostname=name) as connection:
+    certificate = connection.getpeercert()
+print("OK", certificate["notAfter"])
+"""
 
 
 def certkeeper_command() -> list[str]:
@@ -96,21 +111,30 @@ def main() -> int:
             venv = installed_venv(Path(scratch, "venv"))
             check = [str(venv / "bin" / "certkeeper"), *arguments]
             python = [str(venv / "bin" / "python"), "-c", "pass"]
+            floor_script = Path(scratch, "python_ssl.py")
+            floor_script.write_text(PYTHON_SSL, encoding="utf-8")
+            python_ssl = [str(venv / "bin" / "python"), str(floor_script), str(pki.ca_file), str(port), "mail.test"]
             pyopenssl = [str(venv / "bin" / "python"), "-c", "import OpenSSL.SSL"]
-            commands = {"s_client": s_client, "certkeeper": check, "python": python, "+pyOpenSSL": pyopenssl}
+            commands = {"s_client": s_client, "certkeeper": check, "python-ssl": python_ssl, "python": python,
+                        "+pyOpenSSL": pyopenssl}
             if not args.no_dev:
                 commands["dev-editable"] = [*certkeeper_command(), *arguments]
             for command in commands.values():
                 timed(command)  # warm-up: byte code, page cache
             sides = {name: side(command) for name, command in commands.items()}
             if args.base:
-                before = [str(venv / "bin" / "python"), "-m", "certkeeper", *arguments]  # the fresh venv, SRC first
+                # The fresh venv's console script, as the side "certkeeper": SRC comes first on the path.
+                before = check
                 timed(before, args.base)
                 sides["before"] = side(before, args.base)
             times = interleave(args.rounds, sides)
         finally:
             loop.close()
-    report("one check as a process, smtps on 127.0.0.1 (start-up included)", times, baseline="s_client", goal=5)
+    title = "one check as a process, smtps on 127.0.0.1 (start-up included)"
+    report(title, times, baseline="s_client", goal=5)
+    python_sides = {name: seconds for name, seconds in times.items()
+                    if name in ("python-ssl", "certkeeper", "before", "dev-editable")}
+    report(f"{title}, against the Python floor", python_sides, baseline="python-ssl")
     return 0
 
 
