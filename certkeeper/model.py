@@ -7,10 +7,11 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Literal
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (tests/test_startup_imports.py)
 if TYPE_CHECKING:  # fractions brings decimal and numbers: not loaded by ``certkeeper check``, which parses none
     from fractions import Fraction
+    from typing import Literal
 
 
 class KeyType(enum.StrEnum):
@@ -132,7 +133,8 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 # -- MTA-STS (RFC 8461) values the configuration checks and certkeeper.mtasts works with ------------------------
 
-MtaStsMode = Literal["enforce", "testing", "none"]
+if TYPE_CHECKING:
+    MtaStsMode = Literal["enforce", "testing", "none"]
 MTA_STS_MODES: tuple[MtaStsMode, ...] = ("enforce", "testing", "none")
 # RFC 8461 section 3.2: max_age is at most 31557600 seconds (about one year).
 MTA_STS_MAX_AGE_LIMIT = 31_557_600

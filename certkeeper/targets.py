@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Literal
 
-Dialect = Literal["smtp", "imap", "pop3", "sieve"]
-TlsMode = Literal["implicit", "starttls"]
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (tests/test_startup_imports.py)
+if TYPE_CHECKING:
+    from typing import Literal
+
+    Dialect = Literal["smtp", "imap", "pop3", "sieve"]
+    TlsMode = Literal["implicit", "starttls"]
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
-import importlib.util
 
 # argparse's messages go through gettext, which imports locale on first use: imported with the CLI instead
 # (every command builds a parser), so that a process importing certkeeper before it drops privileges has it
@@ -21,10 +20,13 @@ import locale  # noqa: F401
 import os
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
 
 from certkeeper.cli.context import Context
 from certkeeper.errors import EX_SOFTWARE, EX_USAGE, CertkeeperError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (tests/test_startup_imports.py)
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 DESCRIPTION = """\
 certkeeper keeps the TLS certificates of mail servers valid, installed and served.
@@ -134,11 +136,20 @@ def build_parser(command: str | None = None) -> Parser:
 
 
 def _command_modules(command: str | None) -> list[str]:
-    """The module holding ``command`` when there is one (looked up by file name, listing nothing), else all."""
+    """The module holding ``command`` when there is one (imported by its name, listing nothing), else all.
+
+    Imported rather than looked up with ``importlib.util.find_spec``: the parser imports it next anyway, and
+    every command would import ``importlib.util`` for this alone.
+    """
     if command is not None and command.isidentifier():
         for name in (command, f"{command}_cmd"):
-            if importlib.util.find_spec(f"{__name__}.{name}") is not None:
-                return [name]
+            try:
+                importlib.import_module(f"{__name__}.{name}")
+            except ModuleNotFoundError as exc:
+                if exc.name != f"{__name__}.{name}":  # the module exists, and something it imports does not
+                    raise
+                continue
+            return [name]
     import pkgutil
 
     return [info.name for info in pkgutil.iter_modules(__path__)]

@@ -8,13 +8,15 @@ import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from certkeeper.cli import HelpFormatter, configure_logging
 from certkeeper.cli.context import Context
 from certkeeper.targets import STARTTLS_CHOICES, Target, encode_host_name, parse_target
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (tests/test_startup_imports.py)
 if TYPE_CHECKING:
+    from typing import Any
+
     from certkeeper.probe.result import ProbeOptions, ProbeResult
 
 ORDER = 20

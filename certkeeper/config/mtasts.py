@@ -10,13 +10,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from certkeeper.config.table import Table, did_you_mean
 from certkeeper.model import MTA_STS_MAX_AGE_LIMIT as MAX_AGE_LIMIT
 from certkeeper.model import MTA_STS_MODES as MODES
-from certkeeper.model import MtaStsMode as Mode
 from certkeeper.model import mx_pattern_problem as pattern_problem
+
+if TYPE_CHECKING:
+    from certkeeper.model import MtaStsMode as Mode
 
 DEFAULT_MAX_AGE = 604_800  # one week: long enough to protect, short enough to change the MX set within a week
 

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from certkeeper.probe import ProbeOptions, ProbeResult, worst_status
 from certkeeper.probe.result import (
@@ -37,11 +38,12 @@ from certkeeper.probe.result import (
     SELF_SIGNED,
     WEAK_SIGNATURE,
     CertificateSummary,
-    KeyTypeChoice,
-    OldTlsVersion,
 )
 from certkeeper.probe.verdict import problem_message
 from certkeeper.targets import PROTOCOLS, Target
+
+if TYPE_CHECKING:
+    from certkeeper.probe.result import KeyTypeChoice, OldTlsVersion
 
 SHORTNAME = "SSL_CERT"  # check_ssl_cert's, so service output parsers and notification templates still match
 # check_ssl_cert's -P values for mail (and its default, https); it has no "submission": 587 is -P smtp -p 587.

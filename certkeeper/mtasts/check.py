@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from certkeeper.mtasts.fetch import fetch_policy, policy_host
 from certkeeper.mtasts.policy import (
@@ -40,11 +40,12 @@ from certkeeper.probe.result import (
     Finding,
     ProbeOptions,
     ProbeResult,
-    Severity,
-    Status,
     worst_status,
 )
 from certkeeper.targets import Target
+
+if TYPE_CHECKING:
+    from certkeeper.probe.result import Severity, Status
 
 SMTP_PORT = 25
 VALIDATION_FAILURE = "validation-failure"

@@ -11,11 +11,14 @@ import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from certkeeper.model import MTA_STS_MAX_AGE_LIMIT, MTA_STS_MODES, MtaStsMode
+from certkeeper.model import MTA_STS_MAX_AGE_LIMIT, MTA_STS_MODES
 from certkeeper.model import mx_pattern_problem as pattern_problem
 
-Mode = MtaStsMode
+if TYPE_CHECKING:
+    from certkeeper.model import MtaStsMode as Mode
+
 MODES = MTA_STS_MODES
 
 # RFC 8461 section 3.3 lets a sender refuse large policies; 64 KiB is what the common senders accept.

@@ -20,8 +20,8 @@ not load the engine (asyncio, pyOpenSSL, cryptography: ten ``openssl s_client`` 
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (tests/test_startup_imports.py)
 if TYPE_CHECKING:
     from certkeeper.probe.engine import Prober, load_trust_anchors, probe_many, probe_sync, probe_target
     from certkeeper.probe.report import nagios_line, perfdata, result_to_json

@@ -18,10 +18,14 @@ from __future__ import annotations
 import re
 from collections.abc import Generator
 from dataclasses import dataclass
-from typing import Protocol
 
 from certkeeper.probe.result import CONNECTION_FAILED, PROTOCOL_ERROR, STARTTLS_NOT_SUPPORTED
-from certkeeper.targets import Dialect
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (tests/test_startup_imports.py)
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    from certkeeper.targets import Dialect
 
 # A reply longer than this many lines is not a mail server talking (Postfix's EHLO has about 10).
 MAX_REPLY_LINES = 200
@@ -43,25 +47,25 @@ class DialogueError(Exception):
         self.message = message
 
 
-class Conversation(Protocol):
-    """A line-oriented channel to the server; the engine enforces limits and the deadline."""
+if TYPE_CHECKING:  # what the drivers take, for the type checker: no Protocol class is built at run time
+    class Conversation(Protocol):
+        """A line-oriented channel to the server; the engine enforces limits and the deadline."""
 
-    async def read_line(self) -> str:
-        """One line without its CRLF; DialogueError(connection-failed) when the server closes."""
-        ...
+        async def read_line(self) -> str:
+            """One line without its CRLF; DialogueError(connection-failed) when the server closes."""
+            ...
 
-    async def send_line(self, line: str) -> None:
-        ...
+        async def send_line(self, line: str) -> None:
+            ...
 
+    class SyncConversation(Protocol):
+        """:class:`Conversation` for a blocking socket."""
 
-class SyncConversation(Protocol):
-    """:class:`Conversation` for a blocking socket."""
+        def read_line(self) -> str:
+            ...
 
-    def read_line(self) -> str:
-        ...
-
-    def send_line(self, line: str) -> None:
-        ...
+        def send_line(self, line: str) -> None:
+            ...
 
 
 class Progress:

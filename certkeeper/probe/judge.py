@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -41,7 +42,6 @@ from certkeeper.probe.result import (
     WRONG_PURPOSE,
     CertificateSummary,
     Finding,
-    Severity,
 )
 
 # The pure half lives in verdict (shared with the lean path of one check); its names stay importable from here.
@@ -58,6 +58,9 @@ from certkeeper.probe.verdict import (
     thresholds_for,
     whole_days,
 )
+
+if TYPE_CHECKING:
+    from certkeeper.probe.result import Severity
 
 __all__ = ["ChainJudgement", "describe", "hostname_matches", "judge_chain", "problem_message", "purpose_finding",
            "revocation_finding", "stale_finding", "summarize", "thresholds_for", "whole_days"]

@@ -9,10 +9,13 @@ the same number the text says.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
 from certkeeper.probe.result import CertificateSummary, ProbeResult
 from certkeeper.probe.verdict import whole_days
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (tests/test_startup_imports.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def _iso(moment: datetime) -> str:

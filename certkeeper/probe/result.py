@@ -10,14 +10,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
 
 from certkeeper.targets import Target
 
-Status = Literal["OK", "WARNING", "CRITICAL", "UNKNOWN"]
-Severity = Literal["INFO", "WARNING", "CRITICAL", "UNKNOWN"]
-KeyTypeChoice = Literal["rsa", "ecdsa", "all"]
-OldTlsVersion = Literal["TLSv1", "TLSv1.1"]
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (tests/test_startup_imports.py)
+if TYPE_CHECKING:
+    from typing import Literal
+
+    Status = Literal["OK", "WARNING", "CRITICAL", "UNKNOWN"]
+    Severity = Literal["INFO", "WARNING", "CRITICAL", "UNKNOWN"]
+    KeyTypeChoice = Literal["rsa", "ecdsa", "all"]
+    OldTlsVersion = Literal["TLSv1", "TLSv1.1"]
 
 # Nagios plugin exit codes (monitoring-plugins development guidelines, "Plugin Return Codes").
 EXIT_CODES: dict[str, int] = {"OK": 0, "WARNING": 1, "CRITICAL": 2, "UNKNOWN": 3}

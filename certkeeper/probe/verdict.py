@@ -29,10 +29,13 @@ from certkeeper.probe.result import (
     CertificateSummary,
     Finding,
     ProbeResult,
-    Severity,
     worst_status,
 )
 from certkeeper.targets import Target
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (tests/test_startup_imports.py)
+if TYPE_CHECKING:
+    from certkeeper.probe.result import Severity
 
 _DAY = 86400.0
 
