@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from certkeeper.probe.conversation import DialogueError
 from certkeeper.probe.dialects import (
-    DialogueError,
     imap_capabilities,
     negotiate_starttls,
     parse_imap_line,

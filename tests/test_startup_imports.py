@@ -90,6 +90,8 @@ def test_one_check_loads_neither_asyncio_nor_pyopenssl_nor_cryptography(servers:
         assert status == 0  # OK: the chain was read and verified
         assert "certkeeper.probe.lean" in modules
         assert [name for name in NOT_FOR_ONE_CHECK if loaded(modules, name)] == []
+        # The STARTTLS dialogues only for a STARTTLS target: implicit TLS has no dialogue.
+        assert ("certkeeper.probe.dialects" in modules) == (scheme == "smtp")
 
 
 def test_one_check_that_fails_before_tls_loads_no_more(pki: Pki) -> None:

@@ -1,13 +1,14 @@
 """certkeeper's eyes: connect to a mail endpoint, get to TLS, and judge the certificate chain it serves.
 
-- :mod:`~certkeeper.probe.result`   the values: :class:`ProbeOptions`, :class:`ProbeResult`, findings
-- :mod:`~certkeeper.probe.dialects` SMTP/IMAP/POP3/ManageSieve STARTTLS: pure reply parsers + dialogues
-- :mod:`~certkeeper.probe.engine`   asyncio + pyOpenSSL: many endpoints, every option
-- :mod:`~certkeeper.probe.lean`     one endpoint over a blocking socket and the stdlib ``ssl`` (what Nagios runs)
-- :mod:`~certkeeper.probe.judge`    pure: served chain + ``now`` -> summaries and findings (over ``cryptography``)
-- :mod:`~certkeeper.probe.verdict`  the judgements and words both share, with no certificate library
-- :mod:`~certkeeper.probe.der`      the lean path's reader of the served certificates
-- :mod:`~certkeeper.probe.report`   Nagios line, perfdata, JSON
+- :mod:`~certkeeper.probe.result`      the values: :class:`ProbeOptions`, :class:`ProbeResult`, findings
+- :mod:`~certkeeper.probe.dialects`    SMTP/IMAP/POP3/ManageSieve STARTTLS: pure reply parsers + dialogues
+- :mod:`~certkeeper.probe.conversation` the line channel they run over: limits, :class:`Progress`, errors
+- :mod:`~certkeeper.probe.engine`      asyncio + pyOpenSSL: many endpoints, every option
+- :mod:`~certkeeper.probe.lean`        one endpoint over a blocking socket and the stdlib ``ssl`` (what Nagios runs)
+- :mod:`~certkeeper.probe.judge`       pure: served chain + ``now`` -> summaries and findings (over ``cryptography``)
+- :mod:`~certkeeper.probe.verdict`     the judgements and words both share, with no certificate library
+- :mod:`~certkeeper.probe.der`         the lean path's reader of the served certificates
+- :mod:`~certkeeper.probe.report`      Nagios line, perfdata, JSON
 
 Status semantics follow the monitoring-plugins guidelines: an endpoint that cannot be reached, times out,
 lacks or refuses STARTTLS, or fails the handshake is CRITICAL (a mail outage from a client's view); UNKNOWN

@@ -4,11 +4,12 @@ Three layers.  The reply parsers (``parse_*``, :class:`SmtpReplyReader`) are pur
 Hypothesis can throw any junk at them; they raise :class:`DialogueError` and nothing else.  The dialogues
 (:func:`dialogue`) are generators, one state machine per protocol: each step yields a line to send, or
 :data:`READ` to be handed the server's next line, and returns when the TLS handshake may start.  Two drivers
-run them: :func:`negotiate_starttls` over an async :class:`Conversation` (the asyncio engine) and
-:func:`negotiate_starttls_sync` over a blocking :class:`SyncConversation` (``certkeeper check`` of one
-endpoint, :mod:`certkeeper.probe.lean`); both conversations bound line length and total bytes with
-:class:`Progress`, and the target's deadline.  This module never touches a socket, so everything here is
-testable with a list of lines.
+run them: :func:`negotiate_starttls` over an async :class:`~certkeeper.probe.conversation.Conversation` (the
+asyncio engine) and :func:`negotiate_starttls_sync` over a blocking
+:class:`~certkeeper.probe.conversation.SyncConversation` (``certkeeper check`` of one endpoint,
+:mod:`certkeeper.probe.lean`); both conversations bound line length and total bytes with
+:class:`~certkeeper.probe.conversation.Progress`, and the target's deadline.  This module never touches a socket,
+so everything here is testable with a list of lines.
 
 The servers are not ours: every reply may be malformed, multi-line in any order and case, or missing.
 """
@@ -19,96 +20,20 @@ import re
 from collections.abc import Generator
 from dataclasses import dataclass
 
+from certkeeper.probe.conversation import DialogueError
 from certkeeper.probe.result import CONNECTION_FAILED, PROTOCOL_ERROR, STARTTLS_NOT_SUPPORTED
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (tests/test_startup_imports.py)
 if TYPE_CHECKING:
-    from typing import Protocol
-
+    from certkeeper.probe.conversation import Conversation, SyncConversation
     from certkeeper.targets import Dialect
 
 # A reply longer than this many lines is not a mail server talking (Postfix's EHLO has about 10).
 MAX_REPLY_LINES = 200
-MAX_LINE = 8192  # RFC 5321 §4.5.3.1.5 allows 512 per reply line; IMAP lines are longer, junk is longer still
-MAX_DIALOGUE_BYTES = 64 * 1024
-MAX_TRANSCRIPT_LINES = 200
 
 # What a dialogue step yields to be handed the server's next line; any other value is a line to send.
 READ = None
 Dialogue = Generator[str | None, str, None]
-
-
-class DialogueError(Exception):
-    """The dialogue could not reach the TLS handshake.  ``code`` is the finding code to report."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-if TYPE_CHECKING:  # what the drivers take, for the type checker: no Protocol class is built at run time
-    class Conversation(Protocol):
-        """A line-oriented channel to the server; the engine enforces limits and the deadline."""
-
-        async def read_line(self) -> str:
-            """One line without its CRLF; DialogueError(connection-failed) when the server closes."""
-            ...
-
-        async def send_line(self, line: str) -> None:
-            ...
-
-    class SyncConversation(Protocol):
-        """:class:`Conversation` for a blocking socket."""
-
-        def read_line(self) -> str:
-            ...
-
-        def send_line(self, line: str) -> None:
-            ...
-
-
-class Progress:
-    """Where a target's probe is (so a timeout can say what the server failed to do), the bytes received before
-    TLS, and the transcript when one is kept; shared by both conversations, so their limits and words agree."""
-
-    def __init__(self, *, transcript: list[str] | None = None) -> None:
-        self.stage = "connecting"
-        self.received = 0
-        self.transcript = transcript
-        self.last_sent = ""
-
-    def record(self, line: str) -> None:
-        if self.transcript is not None and len(self.transcript) < MAX_TRANSCRIPT_LINES:
-            self.transcript.append(line if len(line) <= 300 else line[:300] + "...")
-
-    def waiting(self, dialect: str) -> None:
-        self.stage = f"waiting for the {dialect} server's " + (
-            f"reply to {self.last_sent}" if self.last_sent else "greeting")
-
-    def closed(self, partial: bytes) -> DialogueError:
-        """The server closed the connection after ``partial`` (bytes of a line never ended)."""
-        said = f" after {partial[:80]!r}" if partial else ""
-        return DialogueError(CONNECTION_FAILED, f"the server closed the connection while {self.stage}{said}")
-
-    def too_long(self, dialect: str) -> DialogueError:
-        return DialogueError(PROTOCOL_ERROR, f"the server sent a line longer than {MAX_LINE} bytes while "
-                                             f"{self.stage}; this is not a {dialect} server")
-
-    def received_line(self, data: bytes, dialect: str) -> str:
-        """One line as read (with its LF), counted against :data:`MAX_DIALOGUE_BYTES` and recorded."""
-        self.received += len(data)
-        if self.received > MAX_DIALOGUE_BYTES:
-            raise DialogueError(PROTOCOL_ERROR, f"the server sent more than {MAX_DIALOGUE_BYTES // 1024} KiB before "
-                                                f"TLS; this is not a {dialect} server")
-        line = data.rstrip(b"\r\n").decode("utf-8", "replace")
-        self.record(f"S: {line}")
-        return line
-
-    def sending(self, line: str) -> bytes:
-        self.last_sent = line[:60]
-        self.record(f"C: {line}")
-        return line.encode("ascii") + b"\r\n"
 
 
 def _shorten(text: str, limit: int = 160) -> str:

@@ -36,7 +36,8 @@ from OpenSSL import SSL, crypto
 
 from certkeeper import tls
 from certkeeper.errors import InputError
-from certkeeper.probe.dialects import MAX_LINE, DialogueError, Progress, negotiate_starttls
+from certkeeper.probe.conversation import MAX_LINE, DialogueError, Progress
+from certkeeper.probe.dialects import negotiate_starttls
 from certkeeper.probe.judge import ChainJudgement, judge_chain
 from certkeeper.probe.result import (
     CONNECTION_FAILED,

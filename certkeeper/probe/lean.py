@@ -29,6 +29,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from certkeeper import tls
+from certkeeper.probe.conversation import MAX_LINE, DialogueError, Progress
 from certkeeper.probe.der import (
     ANY_EXTENDED_KEY_USAGE,
     SERVER_AUTH,
@@ -38,7 +39,6 @@ from certkeeper.probe.der import (
     read_pem_bundle,
     subject_der,
 )
-from certkeeper.probe.dialects import MAX_LINE, DialogueError, Progress, negotiate_starttls_sync
 from certkeeper.probe.result import (
     CERTIFICATE_EXPIRING,
     CHAIN_INCOMPLETE,
@@ -142,6 +142,9 @@ class _Probe:
         sock = self._connect()
         try:
             if target.tls == "starttls" and target.dialect is not None:
+                # Imported for a STARTTLS target only: an implicit-TLS one has no dialogue (probe.conversation).
+                from certkeeper.probe.dialects import negotiate_starttls_sync
+
                 conversation = _SocketConversation(sock, self.progress, target.dialect, self._remaining)
                 try:
                     negotiate_starttls_sync(target.dialect, conversation, ehlo_name=ehlo_name(sock.getsockname()))
