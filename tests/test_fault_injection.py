@@ -117,6 +117,7 @@ class Faults:
 
 
 def kill_many(faults: Faults, kills: int) -> None:
+    print(f"CERTKEEPER_FAULT_SEED={SEED} replays this run")  # shown with a failure, whichever assertion it is
     rng = random.Random(SEED)
     [first] = build_app(faults.config).run_pass()
     assert not first.failed, first.detail

@@ -6,6 +6,7 @@ interpreter and look at ``sys.modules`` afterwards; nothing is timed.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import os
@@ -13,6 +14,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -92,6 +94,29 @@ def test_one_check_loads_neither_asyncio_nor_pyopenssl_nor_cryptography(servers:
         assert [name for name in NOT_FOR_ONE_CHECK if loaded(modules, name)] == []
         # The STARTTLS dialogues only for a STARTTLS target: implicit TLS has no dialogue.
         assert ("certkeeper.probe.dialects" in modules) == (scheme == "smtp")
+        assert untyped_dataclass_annotations(modules) == []
+
+
+def untyped_dataclass_annotations(modules: set[str], package: str = "certkeeper.") -> list[str]:
+    """The fields of the dataclasses in ``modules`` (those in ``package``) annotated ClassVar or InitVar: without
+    typing loaded, as on the path of one check, dataclasses takes such a string annotation for an ordinary field."""
+    found = []
+    for name in sorted(m for m in modules if m.startswith(package)):
+        for value in vars(importlib.import_module(name)).values():
+            if isinstance(value, type) and value.__module__ == name and dataclasses.is_dataclass(value):
+                found += [f"{name}.{value.__qualname__}.{field}" for field, annotation
+                          in value.__annotations__.items() if "ClassVar" in str(annotation)
+                          or "InitVar" in str(annotation)]
+    return found
+
+
+@dataclasses.dataclass
+class _Sample:
+    limit: ClassVar[int] = 3
+
+
+def test_the_dataclass_annotation_guard_finds_a_class_variable() -> None:
+    assert untyped_dataclass_annotations({__name__}, package="tests.") == [f"{__name__}._Sample.limit"]
 
 
 def test_one_check_that_fails_before_tls_loads_no_more(pki: Pki) -> None:
