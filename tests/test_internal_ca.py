@@ -8,7 +8,9 @@ import os
 import stat
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from certkeeper.config import CaIssuerConfig
 from certkeeper.errors import IssuanceError
 from certkeeper.issuers.base import Issuer, IssueRequest, Revoker
 from certkeeper.issuers.ca_profile import CLOCK_SKEW, LeafProfile, build_intermediate, build_leaf, ca_name
+from certkeeper.issuers.ca_store import IndexWriter
 from certkeeper.issuers.internal_ca import (
     InternalCaIssuer,
     ca_status,
@@ -429,3 +432,33 @@ def test_rsa_key_of_the_ca_signs_rsa_leaves_with_key_encipherment_only_for_rsa(s
     leaf = issue(InternalCaIssuer(shared), key_type=KeyType.RSA_2048)
     assert isinstance(leaf.public_key(), rsa.RSAPublicKey)
     assert leaf.extensions.get_extension_for_class(x509.KeyUsage).value.key_encipherment
+
+
+def test_the_index_writer_shared_by_issuing_threads_never_writes_through_a_descriptor_a_reopen_closed(
+        tmp_path: Path) -> None:
+    """The issuer reopens its index (at most once a second) while other threads append to it: every line lands in
+    the index, none is lost to a closed descriptor (EBADF) or written to a file that took the number meanwhile."""
+    path = tmp_path / "index.jsonl"
+    writer = IndexWriter("internal", path)
+    stop = threading.Event()
+
+    def reopening() -> None:
+        while not stop.is_set():
+            writer.reopen()
+
+    def appending(thread: int) -> None:
+        for line in range(300):
+            writer.append(f"{thread} {line}\n".encode())
+            (tmp_path / f"other-{thread}").write_bytes(b"")  # files opened meanwhile, as keys are installed
+
+    reopener = threading.Thread(target=reopening)
+    reopener.start()
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(appending, range(4)))
+    finally:
+        stop.set()
+        reopener.join()
+    writer.close()
+    assert sorted(path.read_text().splitlines()) == sorted(f"{t} {n}" for t in range(4) for n in range(300))
+    assert all((tmp_path / f"other-{t}").read_bytes() == b"" for t in range(4))

@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -242,7 +243,9 @@ def append_record(path: Path, record: dict[str, Any], *, durable: bool) -> None:
 class IndexWriter:
     """An ``O_APPEND`` descriptor on the index kept open between issues: one ``write(2)`` per certificate.
 
-    :meth:`reopen` (called periodically by the issuer) follows a replaced or recreated ``ca_dir``.
+    :meth:`reopen` (called periodically by the issuer) follows a replaced or recreated ``ca_dir``.  Safe to share
+    between threads: a reopen never closes the descriptor under an append in another thread (which would then
+    write to a closed descriptor, or to whatever file took its number meanwhile: a key being installed).
     """
 
     def __init__(self, issuer: str, path: Path) -> None:
@@ -250,9 +253,14 @@ class IndexWriter:
         self.path = path
         self._fd: int | None = None
         self._finalizer: weakref.finalize[[int], IndexWriter] | None = None
+        self._mutex = threading.Lock()
 
     def reopen(self) -> None:
-        self.close()
+        with self._mutex:
+            self._reopen()
+
+    def _reopen(self) -> None:
+        self._close()
         try:
             fd = open_nofollow(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         except OSError as exc:
@@ -262,12 +270,17 @@ class IndexWriter:
 
     def append(self, line: bytes) -> None:
         """Not fsynced, for the reasons given at :func:`append_record`."""
-        if self._fd is None:
-            self.reopen()
-        assert self._fd is not None
-        os.write(self._fd, line)
+        with self._mutex:
+            if self._fd is None:
+                self._reopen()
+            assert self._fd is not None
+            os.write(self._fd, line)
 
     def close(self) -> None:
+        with self._mutex:
+            self._close()
+
+    def _close(self) -> None:
         if self._finalizer is not None:
             self._finalizer()
         self._fd = self._finalizer = None
