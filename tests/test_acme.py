@@ -27,12 +27,14 @@ import dns.message
 import dns.query
 import dns.rdatatype
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from certkeeper import pki
 from certkeeper.config import AcmeIssuerConfig
 from certkeeper.errors import CaUnavailable, IssuanceError
 from certkeeper.issuers.acme import AcmeIssuer
-from certkeeper.issuers.acme_rules import PollPolicy
+from certkeeper.issuers.acme_rules import PollPolicy, ari_certificate_id
 from certkeeper.issuers.base import IssueRequest, RenewalInfoSource, Revoker
 from certkeeper.model import KeyType
 from certkeeper.testbed.bind import Bind
@@ -215,6 +217,32 @@ def test_ari_window_and_replaces_on_renewal(acme_server: Pebble, tmp_path: Path,
     assert "the CA refused an order replacing" in caplog.text
     assert "(alreadyReplaced: certificate with serial" in caplog.text
     assert caplog.text.count("the CA refused an order replacing") == 1
+
+
+def test_an_order_whose_replaces_the_ca_fails_on_is_placed_again_without_it(
+        acme_server: Pebble, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Pebble 2.10 answers 500 "could not find an order for the given certificate" when it looks up the serial a
+    ``replaces`` names and finds none.  It does so for about one in 256 of its own certificates (it keys them by the
+    serial without the zero byte DER puts before a top bit that is set, and RFC 9773's identifier carries it): the
+    suite once failed a renewal so.  Here, on demand, a certificate under Pebble's intermediate (its AKI) with such
+    a serial that Pebble never issued; the issuer orders again without ``replaces``."""
+    issuer = make_issuer(acme_server, tmp_path)
+    first = issuer.issue(request_for("ari-500.example.test")).certificate
+    key = pki.generate_key(KeyType.ECDSA_P256)
+    serial = 0x80 << 48 | secrets.randbits(48)  # 7 bytes, top bit set: DER content octets 00 80 ...
+    never_issued = (
+        x509.CertificateBuilder().subject_name(first.subject).issuer_name(first.issuer).public_key(key.public_key())
+        .serial_number(serial).not_valid_before(pki.not_before(first)).not_valid_after(pki.not_after(first))
+        .add_extension(first.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value, critical=False)
+        .sign(key, hashes.SHA256()))
+    named = ari_certificate_id(never_issued).split(".")[1]
+    assert base64.urlsafe_b64decode(named + "=" * (-len(named) % 4)) == b"\x00" + serial.to_bytes(7, "big")
+    with caplog.at_level(logging.INFO, logger="certkeeper.issuers.acme"):
+        renewed = issuer.issue(request_for("ari-500.example.test", replaces=never_issued))
+    assert renewed.certificate.serial_number not in (first.serial_number, serial)
+    assert "the CA failed an order replacing" in caplog.text
+    assert "could not find an order for the given certificate" in caplog.text
+    assert caplog.text.count("ordering without replaces, once") == 1
 
 
 def test_account_is_registered_again_after_the_ca_forgot_it(own_pebble: PebbleFactory, tmp_path: Path,

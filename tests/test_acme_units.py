@@ -30,6 +30,7 @@ from certkeeper.issuers.acme_rules import (
     next_poll_delay,
     parse_retry_after,
     retry_delay,
+    server_error_may_spare_replaces,
 )
 from certkeeper.issuers.challenges import (
     ChallengeAnswer,
@@ -120,6 +121,13 @@ def test_an_order_refused_for_its_replaces_field_is_placed_again_without_it() ->
         prefix + "unauthorized", "requester account did not request the certificate being replaced by this order")
     assert not may_order_without_replaces(prefix + "unauthorized", "account is deactivated")
     assert not may_order_without_replaces(prefix + "rateLimited", "too many certificates (replacements included)")
+
+
+def test_a_server_error_for_an_order_naming_replaces_allows_it_once_without() -> None:
+    assert server_error_may_spare_replaces(500) and server_error_may_spare_replaces(503)
+    assert not server_error_may_spare_replaces(429)  # a rate limit: an order without replaces is not exempt
+    assert not server_error_may_spare_replaces(None)  # no answer at all: nothing says it was the field
+    assert not server_error_may_spare_replaces(404)
 
 
 def test_ari_certificate_id_is_aki_and_serial_der_base64url() -> None:

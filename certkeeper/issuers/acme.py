@@ -59,6 +59,7 @@ from certkeeper.issuers.acme_rules import (
     next_poll_delay,
     parse_retry_after,
     retry_delay,
+    server_error_may_spare_replaces,
 )
 from certkeeper.issuers.base import IssuedCertificate, IssueRequest, RenewalWindow
 from certkeeper.issuers.caa import CaaVerdict, caa_preflight
@@ -98,22 +99,27 @@ _POLL = PollPolicy()
 
 
 class _Transient(Exception):
-    def __init__(self, reason: str, retry_after: float | None, *, answered: bool = False) -> None:
+    def __init__(self, reason: str, retry_after: float | None, *, status: int | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
-        self.answered = answered  # the CA answered (an HTTP error status), as opposed to no connection
+        self.status = status  # the HTTP error status the CA answered; None: no answer (no connection, a timeout)
 
 
 class _Unreachable(Exception):
     """Retries exhausted; becomes :class:`CaUnavailable` once the issuer and certificate are known."""
 
-    def __init__(self, url: str, reason: str, retry_after: float | None, *, answered: bool = False) -> None:
+    def __init__(self, url: str, reason: str, retry_after: float | None, *, status: int | None = None) -> None:
         super().__init__(f"{url}: {reason}")
         self.url = url
         self.reason = reason
         self.retry_after = retry_after
-        self.answered = answered
+        self.status = status  # as _Transient's
+
+    @property
+    def answered(self) -> bool:
+        """The CA answered (an HTTP error status), as opposed to no connection."""
+        return self.status is not None
 
 
 class _ResilientNetwork(acme_client.ClientNetwork):
@@ -168,7 +174,7 @@ class _ResilientNetwork(acme_client.ClientNetwork):
                 problem = response.json()
                 reason += f" {problem.get('type', '')}: {problem.get('detail', '')}"
             raise _Transient(reason, parse_retry_after(response.headers.get("Retry-After"), pki.now_utc()),
-                             answered=True)
+                             status=response.status_code)
         return response
 
     @classmethod
@@ -193,7 +199,7 @@ class _ResilientNetwork(acme_client.ClientNetwork):
                                     self._rng())
                 if delay is None:
                     raise _Unreachable(url, transient.reason, transient.retry_after,
-                                       answered=transient.answered) from None
+                                       status=transient.status) from None
                 log.info("ACME request to %s failed (%s); retry %d in %.2f s", url, transient.reason, attempt, delay)
                 self._sleep(delay)
 
@@ -621,6 +627,11 @@ class AcmeIssuer:
                 raise
             log.info("certificate %r: the CA refused an order replacing %s (%s: %s); ordering without replaces, "
                      "once", request.certificate, replaces, str(error.typ or "").rsplit(":", 1)[-1], error.detail)
+        except _Unreachable as exc:
+            if replaces is None or not server_error_may_spare_replaces(exc.status):
+                raise
+            log.info("certificate %r: the CA failed an order replacing %s (%s, also when asked again); ordering "
+                     "without replaces, once", request.certificate, replaces, exc.reason)
         return directory.with_account(lambda: self._new_order(directory, request, csr, None))
 
     def _new_order(self, directory: _Directory, request: IssueRequest, csr: bytes,

@@ -119,6 +119,20 @@ def may_order_without_replaces(problem_type: str, detail: str) -> bool:
     return short == "alreadyReplaced" or (short in ("unauthorized", "malformed") and about_replaces)
 
 
+def server_error_may_spare_replaces(status: int | None) -> bool:
+    """After a newOrder carrying ``replaces`` failed with the HTTP ``status`` (retries exhausted), is the same order
+    without it worth one more request?
+
+    A server error (5xx) may be the CA failing on the field it rarely sees: Pebble 2.10 answers 500 "could not find
+    an order for the given certificate" for about one certificate in 256 of its own, whose serial's DER content
+    octets (what RFC 9773 section 4.1 names) start with the zero byte that keeps the number positive, since it
+    looks serials up without that byte.  A CA that is really down fails the second order too, and the failure is
+    reported as before.  Not after 429: a rate limit is not the field's fault, and an order without ``replaces``
+    would not be exempt from it.  Not without an answer (a timeout, no connection): nothing said it was the field.
+    """
+    return status is not None and 500 <= status <= 599
+
+
 def describe_profile_refusal(directory_url: str, profile: str, offered: Iterable[str]) -> str:
     """A profile the CA does not offer, with the ones it does (``meta.profiles``, RFC 8555 profiles extension)."""
     listed = ", ".join(sorted(offered)) or "none"
