@@ -522,10 +522,15 @@ def test_a_node_renewing_a_certificate_another_nodes_acme_account_ordered_gets_i
     fleet = PebbleFleet(tmp_path, postgres_db, pebble_factory(), fleet_lease="30s")
     assert fleet.renew("mx1").returncode == 0
     assert fleet.renew("mx2").returncode == 0  # installs mx1's order
+    [serial] = fleet.serials("mx2")
     renewed = run_cli(fleet.configs["mx2"], "-v", "renew", "--force")
     output = renewed.stdout + renewed.stderr
     assert renewed.returncode == 0, output
-    assert "the CA refused an order replacing" in output and "ordering without replaces" in output
+    # Pebble cannot find one certificate in 256 by its ARI identifier and fails the order instead of refusing it
+    # (tests/test_acme.py::pebble_finds_by_ari); either way the order goes again without replaces.
+    found = int(serial, 16).bit_length() % 8 != 0
+    assert ("the CA refused an order replacing" if found else "the CA failed an order replacing") in output
+    assert "ordering without replaces" in output
     assert fleet.rows("SELECT version, ordered_by FROM fleet_versions ORDER BY version") == [(1, "mx1"), (2, "mx2")]
     assert fleet.orders() == 2 and not fleet.orders_left_unfinished()  # the refused request created no order
     assert fleet.serials("mx2") == (format(fleet.issued()[-1][0], "x"),)
