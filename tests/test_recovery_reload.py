@@ -4,8 +4,10 @@ verified reload."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
+from certkeeper.store.sqlite import SqliteStore
 from certkeeper.store.versions import CertificateHome
 from tests.lifecycle_helpers import hook_runs, hook_script, run_cli, write_config
 
@@ -44,6 +46,7 @@ def test_a_crash_right_after_the_flip_is_reloaded_by_the_next_run(tmp_path: Path
     assert run_cli(config, "renew").returncode == 0
     home = CertificateHome(config.settings.state_dir, "mail")
     before = home.current()
+    assert before is not None
     flag.touch()
     crashed = run_cli(config, "renew", "--force")
     assert crashed.returncode == -9, crashed.stdout + crashed.stderr
@@ -54,5 +57,50 @@ def test_a_crash_right_after_the_flip_is_reloaded_by_the_next_run(tmp_path: Path
     [outcome] = json.loads(after.stdout)
     assert outcome["result"] == "reloaded" and outcome["version"] == flipped.id
     assert hook_runs(tmp_path)[-1] == f"reload mail {flipped.id}"
+    # The renewal the crashed pass could not record is recorded by the pass that reloaded it: its history row,
+    # the last success, and the renewals counter (a store locked past busy_timeout at that record leaves the same).
+    store = SqliteStore(config.settings.state_dir)
+    try:
+        renewals = [(r.result, r.version) for r in store.renewals("mail")]
+        state = store.get_state("mail")
+    finally:
+        store.close()
+    assert renewals == [("success", flipped.id), ("success", before.id)], renewals
+    assert state is not None and not state.reload_pending and state.last_success_at is not None
+    assert state.last_success_at >= flipped.created_at
+    metrics = run_cli(config, "metrics")
+    assert 'certkeeper_renewals_total{name="mail",result="success"} 2' in metrics.stdout, metrics.stdout
     quiet = run_cli(config, "renew", "--json")
     assert json.loads(quiet.stdout)[0]["result"] == "not-due"
+
+
+def test_a_reload_of_a_recorded_version_records_no_second_renewal(tmp_path: Path) -> None:
+    """A hook that failed after the flip owes a reload; a reload owed for a version already recorded (a served
+    key found stale) adds nothing to the history."""
+    flag = tmp_path / "fail-once"
+    hook = hook_script(tmp_path, "reload", f'[ -e {flag} ] && {{ rm {flag}; exit 3; }}\nexit 0')
+    config = write_config(tmp_path, CERTIFICATE.format(hook=hook))
+    assert run_cli(config, "renew").returncode == 0
+    flag.touch()
+    failed = run_cli(config, "renew", "--force")
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    flipped = CertificateHome(config.settings.state_dir, "mail").current()
+    assert flipped is not None
+    reloaded = run_cli(config, "renew", "--json")
+    assert reloaded.returncode == 0 and json.loads(reloaded.stdout)[0]["result"] == "reloaded", reloaded.stdout
+    store = SqliteStore(config.settings.state_dir)
+    try:
+        first = [(r.result, r.version) for r in store.renewals("mail")]
+        state = store.get_state("mail")
+        assert state is not None and not state.reload_pending
+        store.put_state(replace(state, reload_pending=True))  # as a served key found stale leaves it
+    finally:
+        store.close()
+    assert first[0] == ("success", flipped.id) and [r for r, _ in first].count("success") == 2, first
+    again = run_cli(config, "renew", "--json")
+    assert json.loads(again.stdout)[0]["result"] == "reloaded", again.stdout
+    store = SqliteStore(config.settings.state_dir)
+    try:
+        assert [(r.result, r.version) for r in store.renewals("mail")] == first
+    finally:
+        store.close()

@@ -145,6 +145,7 @@ class _Work:
     hook_error: str = ""
     outcome: Outcome | None = None
     reload_only: bool = False
+    unrecorded: bool = False  # a reload only of a version whose install was never recorded (_install_unrecorded)
     events: list[object] = field(default_factory=list)
     dane: DaneRollover | None = None  # DANE (RFC 7672): the key comes from the TLSA rollover
     next_keys: dict[str, pki.PrivateKey] = field(default_factory=dict)
@@ -373,6 +374,7 @@ class Renewer:
         if needs_reload:
             work.reload_only = True
             work.new = work.previous
+            work.unrecorded = _install_unrecorded(state, work.new)
             return work
         return Outcome(name, Result.NOT_DUE, decision.reason, next_check=self._next_check(name, decision, state, now))
 
@@ -690,8 +692,12 @@ class Renewer:
                 return False
             if work.reload_only:
                 work.outcome = Outcome(name, Result.RELOADED, f"endpoints now serve {work.new.id}", work.new.id)
-                work.state = self._update_state(name, reload_pending=False)
-                return False
+                if not work.unrecorded:
+                    work.state = self._update_state(name, reload_pending=False)
+                    return False
+                log.info("%s: recording the renewal to %s, which the pass that installed it could not record",
+                         name, work.new.id)
+                return True  # the renewal's success, as that pass would have recorded it
             work.outcome = Outcome(name, Result.RENEWED, f"installed and verified {work.new.id}", work.new.id)
             self._record_verification(work.config, work.new, result, now)
             if work.dane is not None:  # served now: a new next key; current + next in DNS, the old key's removed
@@ -956,6 +962,15 @@ def _waiting_out(name: str, seen: _Seen, state: CertState, decision: Decision, *
 
 def _history(state: CertState, *, inputs_changed: bool = False) -> History:
     return History(state.failures, state.last_attempt_at, state.ari_start, state.ari_end, inputs_changed)
+
+
+def _install_unrecorded(state: CertState, version: Version | None) -> bool:
+    """Whether ``version`` is owed a reload because the pass that installed it stopped between the flip and the
+    record of its success (killed, or its state store locked past ``busy_timeout``): the reload owed is written
+    before the flip, and a recorded success is never older than the version it installed."""
+    if version is None or not state.reload_pending:
+        return False
+    return state.last_success_at is None or state.last_success_at < version.created_at
 
 
 def _facts(version: Version, *, key_matches: bool) -> Installed:
