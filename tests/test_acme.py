@@ -246,6 +246,8 @@ def test_an_order_whose_replaces_the_ca_fails_on_is_placed_again_without_it(
     assert "the CA failed an order replacing" in caplog.text
     assert "could not find an order for the given certificate" in caplog.text
     assert caplog.text.count("ordering without replaces, once") == 1
+    # Asked once more, not through the whole backoff (about 6 s): Pebble's answer does not change.
+    assert caplog.text.count("order-plz failed (HTTP 500") == 1, caplog.text
 
 
 def test_account_is_registered_again_after_the_ca_forgot_it(own_pebble: PebbleFactory, tmp_path: Path,

@@ -73,6 +73,17 @@ def test_backoff_grows_with_jitter_and_stops_at_the_attempt_and_time_bounds() ->
     assert retry_delay(policy, 1, 9.95, None, jitter=0.5) is None
 
 
+def test_fewer_server_error_attempts_bound_only_server_errors() -> None:
+    """A newOrder naming ``replaces`` asks again once after a 5xx (then orders without it); a rate limit or no
+    answer keeps the whole policy."""
+    policy = RetryPolicy(attempts=5, budget=10.0, server_error_attempts=2)
+    assert retry_delay(policy, 1, 0.0, None, jitter=0.0, status=500) is not None
+    assert retry_delay(policy, 2, 0.0, None, jitter=0.0, status=503) is None
+    assert retry_delay(policy, 2, 0.0, None, jitter=0.0, status=429) is not None
+    assert retry_delay(policy, 2, 0.0, None, jitter=0.0, status=None) is not None
+    assert retry_delay(RetryPolicy(attempts=5), 2, 0.0, None, jitter=0.0, status=500) is not None
+
+
 def test_retry_after_from_the_server_wins_unless_it_exceeds_the_budget() -> None:
     policy = RetryPolicy(attempts=5, budget=10.0)
     assert retry_delay(policy, 1, 0.0, 3.0, jitter=0.0) == 3.0

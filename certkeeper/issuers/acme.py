@@ -30,6 +30,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -50,6 +51,7 @@ from certkeeper.config import AcmeIssuerConfig
 from certkeeper.errors import CaUnavailable, ChallengeFailed, InputError, IssuanceError, UsageError
 from certkeeper.issuers import journal
 from certkeeper.issuers.acme_rules import (
+    REPLACES_SERVER_ERROR_ATTEMPTS,
     PollPolicy,
     RetryPolicy,
     ari_certificate_id,
@@ -144,6 +146,17 @@ class _ResilientNetwork(acme_client.ClientNetwork):
         self._seen_nonces: dict[str, None] = {}
         self.session.trust_env = False
         self._proxies: dict[tuple[str, str | None, int | None], dict[str, str]] = {}
+        self._this_thread = threading.local()  # ``policy``: a policy for this thread's requests (retrying())
+
+    @contextlib.contextmanager
+    def retrying(self, policy: RetryPolicy) -> Iterator[None]:
+        """This thread's requests retried under ``policy`` meanwhile (other threads share the network)."""
+        before = getattr(self._this_thread, "policy", None)
+        self._this_thread.policy = policy
+        try:
+            yield
+        finally:
+            self._this_thread.policy = before
 
     def _proxies_for(self, url: str) -> dict[str, str]:
         parts = urlsplit(url)
@@ -188,6 +201,7 @@ class _ResilientNetwork(acme_client.ClientNetwork):
         return checked
 
     def _with_retries(self, url: str, call: Callable[[], T]) -> T:
+        policy = getattr(self._this_thread, "policy", None) or self.policy
         started = time.monotonic()
         attempt = 0
         while True:
@@ -195,8 +209,8 @@ class _ResilientNetwork(acme_client.ClientNetwork):
                 return call()
             except _Transient as transient:
                 attempt += 1
-                delay = retry_delay(self.policy, attempt, time.monotonic() - started, transient.retry_after,
-                                    self._rng())
+                delay = retry_delay(policy, attempt, time.monotonic() - started, transient.retry_after,
+                                    self._rng(), status=transient.status)
                 if delay is None:
                     raise _Unreachable(url, transient.reason, transient.retry_after,
                                        status=transient.status) from None
@@ -647,7 +661,12 @@ class AcmeIssuer:
             replaces=replaces,
         )
         client = directory.client
-        response = client._post(client.directory["newOrder"], order)
+        net = directory.net
+        # Naming replaces: a server error is asked once more, then the order goes without it (_order).
+        sparing = net.retrying(replace(net.policy, server_error_attempts=REPLACES_SERVER_ERROR_ATTEMPTS)) \
+            if replaces else contextlib.nullcontext()
+        with sparing:
+            response = client._post(client.directory["newOrder"], order)
         body = messages.Order.from_json(response.json())
         authorizations = [client._authzr_from_response(client._post_as_get(url), uri=url)
                           for url in body.authorizations]

@@ -24,6 +24,7 @@ class RetryPolicy:
     cap: float = 10.0
     budget: float = 60.0
     bad_nonce_retries: int = 20  # at a 50 % rejection rate, 21 failures in a row: one in two million
+    server_error_attempts: int | None = None  # fewer attempts after a 5xx (None: ``attempts``)
 
 
 def parse_retry_after(value: str | None, now: datetime) -> float | None:
@@ -41,13 +42,17 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
 
 
 def retry_delay(policy: RetryPolicy, attempt: int, elapsed: float, retry_after: float | None,
-                jitter: float) -> float | None:
-    """Seconds to wait before retry number ``attempt`` (1-based), or None to give up.
+                jitter: float, *, status: int | None = None) -> float | None:
+    """Seconds to wait before retry number ``attempt`` (1-based) after a failure with the HTTP ``status`` (None:
+    no answer), or None to give up.
 
     The server's ``Retry-After`` wins over the backoff; ``jitter`` in [0, 1) spreads the backoff over its upper
     half so that many clients failing together do not come back together.
     """
-    if attempt >= policy.attempts:
+    attempts = policy.attempts
+    if status is not None and 500 <= status <= 599 and policy.server_error_attempts is not None:
+        attempts = min(attempts, policy.server_error_attempts)
+    if attempt >= attempts:
         return None
     if retry_after is not None:
         delay = retry_after
@@ -117,6 +122,11 @@ def may_order_without_replaces(problem_type: str, detail: str) -> bool:
     words = detail.lower()
     about_replaces = any(w in words for w in ("replace", "ari certid", "authority key identifier"))
     return short == "alreadyReplaced" or (short in ("unauthorized", "malformed") and about_replaces)
+
+
+# A newOrder naming ``replaces`` that fails with a server error is asked once more, then placed without it
+# (:func:`server_error_may_spare_replaces`): the other retries would only wait out a CA failing on the field.
+REPLACES_SERVER_ERROR_ATTEMPTS = 2
 
 
 def server_error_may_spare_replaces(status: int | None) -> bool:
