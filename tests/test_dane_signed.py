@@ -367,10 +367,10 @@ def test_each_key_of_a_dual_certificate_retires_once_every_address_serves_its_ne
     postfix.postconf(max_idle="2s")
     port = postfix.ports["smtp"]
     name = f"_{port}._tcp.{host}."
-    # No endpoint to observe: the lagging RSA key would make each pass reload Postfix instead (a served key not
-    # installed is a reload owed), and passes with a reload owed leave the TLSA records alone.
+    # The endpoint is observed: the lagging RSA key makes each pass a reload of Postfix (a served key not installed
+    # is a reload owed), which must not hold back the ECDSA key's retirement.
     config = dane_config(tmp_path, zone, host, postfix, port=port, extra=', retire_after = "3s", retire_probes = 2',
-                         settings='key_types = ["ecdsa-p256", "rsa-2048"]\n', endpoints=False)
+                         settings='key_types = ["ecdsa-p256", "rsa-2048"]\n')
     home = CertificateHome(config.settings.state_dir, "mail")
 
     def serve(ecdsa: Path, rsa: Path) -> None:

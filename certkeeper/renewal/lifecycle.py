@@ -637,6 +637,9 @@ class Renewer:
             results.update(self._verify(wrong))
         renewed = [w for w in works if self._conclude(w, results[w.config.name], now)]
         self._record_renewed(renewed, now)
+        for work in works:
+            if work.reload_only:
+                self._keep_tlsa_in_step(work.config, dry_run=False, now=now, locked=True)
 
     @staticmethod
     def _flip(work: _Work) -> VersionWriteFailed | None:
@@ -847,12 +850,19 @@ class Renewer:
             return work.outcome
         return None
 
-    def _keep_tlsa_in_step(self, certificate: CertificateConfig, *, dry_run: bool, now: datetime) -> None:
-        """Retry a TLSA publication or cleanup that failed, without waiting for the next renewal."""
+    def _keep_tlsa_in_step(self, certificate: CertificateConfig, *, dry_run: bool, now: datetime,
+                           locked: bool = False) -> None:
+        """Retry a TLSA publication or cleanup that failed, and retire the old key's records once every address
+        serves the new key, without waiting for the next renewal.  ``locked``: this pass holds the certificate's
+        lock (a reload only: the retirement judges each key type by what is served, so a reload owed for one key
+        type does not hold back another's)."""
         if dry_run or certificate.dane is None:
             return
         rollover = self._dane_for(certificate, self.home(certificate))
         if rollover is None or not rollover.out_of_step():
+            return
+        if locked:
+            rollover.synchronise(now)
             return
         try:
             with self.store.lock(certificate.name, self.settings.lock_timeout.total_seconds()):
