@@ -4,6 +4,9 @@ verified reload."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -72,6 +75,43 @@ def test_a_crash_right_after_the_flip_is_reloaded_by_the_next_run(tmp_path: Path
     assert 'certkeeper_renewals_total{name="mail",result="success"} 2' in metrics.stdout, metrics.stdout
     quiet = run_cli(config, "renew", "--json")
     assert json.loads(quiet.stdout)[0]["result"] == "not-due"
+
+
+def test_a_store_locked_when_the_renewal_is_recorded_fails_clearly_and_the_next_pass_records_it(
+        tmp_path: Path) -> None:
+    """Another process holds the state store past busy_timeout (30 s) right after the reload: the renewal is
+    installed and served but cannot be recorded.  The run fails naming the store, and the next one records it."""
+    flag, held, pid = tmp_path / "lock-once", tmp_path / "held", tmp_path / "holder.pid"
+    state_db = tmp_path / "state" / "state.db"
+    holder = (f"import os, sqlite3, time; db = sqlite3.connect({str(state_db)!r}, isolation_level=None); "
+              f"db.execute('BEGIN EXCLUSIVE'); open({str(pid)!r}, 'w').write(str(os.getpid())); "
+              f"os.rename({str(pid)!r}, {str(held)!r}); time.sleep(120)")
+    # The hook runs after the flip; the first time, it leaves a process holding the store's write lock.
+    hook = hook_script(tmp_path, "reload", f'[ -e {flag} ] && {{ rm {flag}; setsid {sys.executable} -c "{holder}" '
+                                           f'</dev/null >/dev/null 2>&1 & while [ ! -e {held} ]; do sleep 0.05; done; '
+                                           '}\nexit 0')
+    config = write_config(tmp_path, CERTIFICATE.format(hook=hook))
+    assert run_cli(config, "renew").returncode == 0
+    home = CertificateHome(config.settings.state_dir, "mail")
+    flag.touch()
+    try:
+        locked = run_cli(config, "renew", "--force")
+    finally:
+        if held.exists():
+            os.kill(int(held.read_text()), signal.SIGTERM)
+    assert locked.returncode == 74, locked.stdout + locked.stderr
+    assert f"{state_db}: cannot write the state store: database is locked" in locked.stderr, locked.stderr
+    assert "Traceback" not in locked.stderr, locked.stderr
+    flipped = home.current()
+    assert flipped is not None and hook_runs(tmp_path)[-1] == f"reload mail {flipped.id}"
+    after = run_cli(config, "renew", "--json")
+    assert after.returncode == 0, after.stdout + after.stderr
+    assert json.loads(after.stdout)[0]["result"] == "reloaded"
+    store = SqliteStore(config.settings.state_dir)
+    try:
+        assert store.renewals("mail")[0].result == "success" and store.renewals("mail")[0].version == flipped.id
+    finally:
+        store.close()
 
 
 def test_a_reload_of_a_recorded_version_records_no_second_renewal(tmp_path: Path) -> None:
