@@ -637,9 +637,12 @@ class Renewer:
             results.update(self._verify(wrong))
         renewed = [w for w in works if self._conclude(w, results[w.config.name], now)]
         self._record_renewed(renewed, now)
-        for work in works:
-            if work.reload_only:
-                self._keep_tlsa_in_step(work.config, dry_run=False, now=now, locked=True)
+        for work in works:  # a reload only keeps the TLSA records in step too, under the lock this pass holds:
+            # retirement judges each key type by what every address serves, so one key type lagging (the reload
+            # owed) does not hold back another's
+            rollover = self._tlsa_out_of_step(work.config) if work.reload_only else None
+            if rollover is not None:
+                rollover.synchronise(now)
 
     @staticmethod
     def _flip(work: _Work) -> VersionWriteFailed | None:
@@ -850,25 +853,22 @@ class Renewer:
             return work.outcome
         return None
 
-    def _keep_tlsa_in_step(self, certificate: CertificateConfig, *, dry_run: bool, now: datetime,
-                           locked: bool = False) -> None:
+    def _keep_tlsa_in_step(self, certificate: CertificateConfig, *, dry_run: bool, now: datetime) -> None:
         """Retry a TLSA publication or cleanup that failed, and retire the old key's records once every address
-        serves the new key, without waiting for the next renewal.  ``locked``: this pass holds the certificate's
-        lock (a reload only: the retirement judges each key type by what is served, so a reload owed for one key
-        type does not hold back another's)."""
-        if dry_run or certificate.dane is None:
-            return
-        rollover = self._dane_for(certificate, self.home(certificate))
-        if rollover is None or not rollover.out_of_step():
-            return
-        if locked:
-            rollover.synchronise(now)
+        serves the new key, without waiting for the next renewal (a certificate not due: its lock is taken)."""
+        rollover = None if dry_run else self._tlsa_out_of_step(certificate)
+        if rollover is None:
             return
         try:
             with self.store.lock(certificate.name, self.settings.lock_timeout.total_seconds()):
                 rollover.synchronise(now)
         except LockBusy:
             log.info("%s: TLSA records left for the next pass: another certkeeper holds the lock", certificate.name)
+
+    def _tlsa_out_of_step(self, certificate: CertificateConfig) -> DaneRollover | None:
+        """The certificate's DANE rollover when its TLSA records want a step (a retry, a retirement), else None."""
+        rollover = self._dane_for(certificate, self.home(certificate)) if certificate.dane is not None else None
+        return rollover if rollover is not None and rollover.out_of_step() else None
 
     # -- observation and bookkeeping ---------------------------------------------------------------------------
 
