@@ -27,6 +27,11 @@ class RetryPolicy:
     server_error_attempts: int | None = None  # fewer attempts after a 5xx (None: ``attempts``)
 
 
+def is_server_error(status: int | None) -> bool:
+    """An HTTP 5xx answer (None: no answer at all)."""
+    return status is not None and 500 <= status <= 599
+
+
 def parse_retry_after(value: str | None, now: datetime) -> float | None:
     """Seconds from ``now`` named by a Retry-After header (delay-seconds or HTTP-date, RFC 9110 10.2.3)."""
     if not value:
@@ -50,7 +55,7 @@ def retry_delay(policy: RetryPolicy, attempt: int, elapsed: float, retry_after: 
     half so that many clients failing together do not come back together.
     """
     attempts = policy.attempts
-    if status is not None and 500 <= status <= 599 and policy.server_error_attempts is not None:
+    if is_server_error(status) and policy.server_error_attempts is not None:
         attempts = min(attempts, policy.server_error_attempts)
     if attempt >= attempts:
         return None
@@ -140,7 +145,7 @@ def server_error_may_spare_replaces(status: int | None) -> bool:
     reported as before.  Not after 429: a rate limit is not the field's fault, and an order without ``replaces``
     would not be exempt from it.  Not without an answer (a timeout, no connection): nothing said it was the field.
     """
-    return status is not None and 500 <= status <= 599
+    return is_server_error(status)
 
 
 def describe_profile_refusal(directory_url: str, profile: str, offered: Iterable[str]) -> str:
