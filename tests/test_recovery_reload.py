@@ -10,6 +10,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from certkeeper.config import Config
 from certkeeper.store.sqlite import SqliteStore
 from certkeeper.store.versions import CertificateHome
 from tests.lifecycle_helpers import hook_runs, hook_script, run_cli, write_config
@@ -20,6 +21,15 @@ issuer = "internal"
 domains = ["mail.example.test"]
 reload = ["{hook}"]
 """
+
+
+def recorded(config: Config) -> list[tuple[str, str]]:
+    """The certificate's renewal history as (result, version), newest first."""
+    store = SqliteStore(config.settings.state_dir)
+    try:
+        return [(r.result, r.version) for r in store.renewals("mail")]
+    finally:
+        store.close()
 
 
 def test_a_hook_that_cannot_run_fails_the_renewal_before_the_flip(tmp_path: Path) -> None:
@@ -62,9 +72,9 @@ def test_a_crash_right_after_the_flip_is_reloaded_by_the_next_run(tmp_path: Path
     assert hook_runs(tmp_path)[-1] == f"reload mail {flipped.id}"
     # The renewal the crashed pass could not record is recorded by the pass that reloaded it: its history row,
     # the last success, and the renewals counter (a store locked past busy_timeout at that record leaves the same).
+    renewals = recorded(config)
     store = SqliteStore(config.settings.state_dir)
     try:
-        renewals = [(r.result, r.version) for r in store.renewals("mail")]
         state = store.get_state("mail")
     finally:
         store.close()
@@ -107,11 +117,7 @@ def test_a_store_locked_when_the_renewal_is_recorded_fails_clearly_and_the_next_
     after = run_cli(config, "renew", "--json")
     assert after.returncode == 0, after.stdout + after.stderr
     assert json.loads(after.stdout)[0]["result"] == "reloaded"
-    store = SqliteStore(config.settings.state_dir)
-    try:
-        assert store.renewals("mail")[0].result == "success" and store.renewals("mail")[0].version == flipped.id
-    finally:
-        store.close()
+    assert recorded(config)[0] == ("success", flipped.id), recorded(config)
 
 
 def test_a_reload_of_a_recorded_version_records_no_second_renewal(tmp_path: Path) -> None:
@@ -128,9 +134,9 @@ def test_a_reload_of_a_recorded_version_records_no_second_renewal(tmp_path: Path
     assert flipped is not None
     reloaded = run_cli(config, "renew", "--json")
     assert reloaded.returncode == 0 and json.loads(reloaded.stdout)[0]["result"] == "reloaded", reloaded.stdout
+    first = recorded(config)
     store = SqliteStore(config.settings.state_dir)
     try:
-        first = [(r.result, r.version) for r in store.renewals("mail")]
         state = store.get_state("mail")
         assert state is not None and not state.reload_pending
         store.put_state(replace(state, reload_pending=True))  # as a served key found stale leaves it
@@ -139,8 +145,4 @@ def test_a_reload_of_a_recorded_version_records_no_second_renewal(tmp_path: Path
     assert first[0] == ("success", flipped.id) and [r for r, _ in first].count("success") == 2, first
     again = run_cli(config, "renew", "--json")
     assert json.loads(again.stdout)[0]["result"] == "reloaded", again.stdout
-    store = SqliteStore(config.settings.state_dir)
-    try:
-        assert [(r.result, r.version) for r in store.renewals("mail")] == first
-    finally:
-        store.close()
+    assert recorded(config) == first
