@@ -309,12 +309,15 @@ class EventBus:
                 logging.getLogger("certkeeper.events").exception("subscriber failed on %s", type(event).__name__)
 
 
+_WARNINGS = (RenewalFailed, ReloadHookFailed, RolledBack, ServedCertificateStale, EndpointFailed, ConfigReloadRejected,
+             MetricsEndpointFailed, TlsaUpdateFailed, UnsafeKeyRollover, TlsaMismatchObserved, TlsReportRefused,
+             TlsFailuresReported, TlsaPropagationLagging)
+_log = logging.getLogger("certkeeper")
+
+
 def log_event(event: Event) -> None:
-    """The journald-friendly subscriber: one line per event."""
-    level = logging.WARNING if isinstance(event, RenewalFailed | ReloadHookFailed | RolledBack |
-                                          ServedCertificateStale | EndpointFailed | ConfigReloadRejected |
-                                          MetricsEndpointFailed |
-                                          TlsaUpdateFailed | UnsafeKeyRollover | TlsaMismatchObserved |
-                                          TlsReportRefused | TlsFailuresReported | TlsaPropagationLagging) \
-        else logging.INFO
-    logging.getLogger("certkeeper").log(level, "%s", event.describe())
+    """The journald-friendly subscriber: one line per event, worded only when its level is logged (a ``renew``
+    logs WARNING and up: the line of each of its thousand installs would be built for nothing)."""
+    level = logging.WARNING if isinstance(event, _WARNINGS) else logging.INFO
+    if _log.isEnabledFor(level):
+        _log.log(level, "%s", event.describe())

@@ -7,7 +7,6 @@ CRLs, ACME account keys, metrics): a reader sees the old file or the new one, ne
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import stat
 import tempfile
@@ -73,23 +72,23 @@ def make_dirs(path: Path, *, mode: int, gid: int = -1) -> bool:
 
     ``mkdir(mode=...)`` is masked by the umask: under systemd's ``UMask=0077`` a 0750 folder would come out 0700
     and a group-readable key behind it unreadable by that group; under umask 000 a 0755 one would be 0777.
-    Existing folders are left as they are.
+    Existing folders are left as they are.  Made with ``mode`` (never wider than asked), then given it exactly;
+    asked of the kernel first, so a folder that exists costs one ``mkdir`` and a new one two calls.
     """
-    missing = []
-    for folder in itertools.chain((path,), path.parents):  # up to the first that exists: its parents exist too
-        if folder.exists():
-            break
-        missing.append(folder)
-    made = False
-    for folder in reversed(missing):
-        made = False
-        with contextlib.suppress(FileExistsError):  # another process made it first
-            folder.mkdir()
-            folder.chmod(mode)
-            if gid >= 0:
-                os.chown(folder, -1, gid)
-            made = True
-    return made
+    try:
+        path.mkdir(mode)
+    except FileExistsError:  # there already, or another process made it first
+        return False
+    except FileNotFoundError:  # a folder above is missing: made first, with the same mode
+        make_dirs(path.parent, mode=mode, gid=gid)
+        try:
+            path.mkdir(mode)
+        except FileExistsError:
+            return False
+    path.chmod(mode)
+    if gid >= 0:
+        os.chown(path, -1, gid)
+    return True
 
 
 def set_dir_mode(path: Path, *, mode: int, gid: int = -1) -> None:

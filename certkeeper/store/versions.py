@@ -438,15 +438,15 @@ class CertificateHome:
 
     def _write_version(self, incoming: Path, version_id: str, pairs: Sequence[KeyPair], *, issuer: str,
                        domains: Sequence[str], now: datetime) -> Version:
-        incoming.mkdir()
-        self._set_mode(incoming)
+        incoming.mkdir(self.ownership.dir_mode)  # never wider than its mode, not even for an instant; and
+        self._set_mode(incoming)  # exactly it (a umask narrows it, chmod only then)
         dual = len(pairs) > 1
         meta_pairs = []
         for pair in pairs:
             subdir = pair.key_type.family if dual else ""
             folder = incoming / subdir if subdir else incoming
             if subdir:
-                folder.mkdir()
+                folder.mkdir(self.ownership.dir_mode)
                 self._set_mode(folder)
             written = self._write_pair_files(folder, pair)
             if subdir:
@@ -472,12 +472,16 @@ class CertificateHome:
         with contextlib.suppress(FileNotFoundError):
             if stat.S_ISDIR(self.current_link.lstat().st_mode):  # a folder, not a link to one
                 shutil.rmtree(self.current_link)  # no daemon can be reading a whole pair from it: it was never flipped
-        relative = os.path.relpath(version.path, self.root)
+        # The form linked_version reads without parsing a Path (a version of this home, as write_version makes it).
+        relative = f"versions/{version.id}" if os.fspath(version.path) == f"{self._root}/versions/{version.id}" \
+            else os.path.relpath(version.path, self.root)
         temporary = self.root / f".current-{os.getpid()}-{version.id}"
-        with contextlib.suppress(FileNotFoundError):
-            temporary.unlink()
         try:
-            temporary.symlink_to(relative)
+            try:
+                temporary.symlink_to(relative)
+            except FileExistsError:  # left by a killed process that had this pid: recover() removes such links too
+                temporary.unlink()
+                temporary.symlink_to(relative)
             temporary.replace(self.current_link)
         except OSError as exc:
             with contextlib.suppress(OSError):
