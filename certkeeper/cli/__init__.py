@@ -26,7 +26,7 @@ from certkeeper.errors import EX_SOFTWARE, EX_USAGE, CertkeeperError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (tests/test_startup_imports.py)
 if TYPE_CHECKING:
-    from typing import NoReturn
+    from typing import Any, NoReturn
 
 DESCRIPTION = """\
 certkeeper keeps the TLS certificates of mail servers valid, installed and served.
@@ -53,20 +53,32 @@ class Parser(argparse.ArgumentParser):
 
     usage_status = EX_USAGE
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", PlainHelpFormatter)  # commands' parsers too (add_parser builds these)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         raise SystemExit(self.usage_status)
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """argparse's, reading the terminal width as :func:`shutil.get_terminal_size` does without importing shutil
-    (and the compression modules it loads): argparse builds a formatter for every ``add_argument``, so every
-    command would pay for it, ``certkeeper check`` under Nagios included."""
+class _TerminalWidth(argparse.HelpFormatter):
+    """argparse's formatter, reading the terminal width as :func:`shutil.get_terminal_size` does without importing
+    shutil (and the compression modules it loads): argparse builds a formatter for every ``add_argument``, so every
+    command would pay for it, ``certkeeper check`` under Nagios and ``renew`` from cron included."""
 
     def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
                  width: int | None = None) -> None:
         super().__init__(prog, indent_increment, max_help_position, _columns() - 2 if width is None else width)
+
+
+class PlainHelpFormatter(_TerminalWidth):
+    """The default: descriptions and help re-wrapped to the terminal."""
+
+
+class HelpFormatter(_TerminalWidth, argparse.RawDescriptionHelpFormatter):
+    """Descriptions kept as written (their lists and exit-status tables); help re-wrapped."""
 
 
 def _columns() -> int:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from certkeeper.cli import HelpFormatter
 from certkeeper.cli.context import Context
 from certkeeper.config import CaIssuerConfig, Config
 from certkeeper.errors import UsageError
@@ -29,14 +30,14 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         "ca", help="run the internal certificate authority", parents=[common],
         description="Create and operate the internal CA of an issuer with type = \"ca\": a root, an issuing "
                     "intermediate, revocation and CRLs.", epilog=_ROLLOVER_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     commands = parser.add_subparsers(dest="ca_command", metavar="SUBCOMMAND", required=True)
     issuer_help = "the CA issuer (default: the only issuer with type = \"ca\")"
 
     init = commands.add_parser(
         "init", help="create the root and intermediate CA", parents=[common], epilog=_ROLLOVER_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
         description="Create a root and an intermediate CA under the issuer's ca_dir, keys encrypted with the "
                     "configured passphrase and written 0600.  Refuses to touch an existing CA without --force.",
     )

@@ -8,6 +8,7 @@ import os
 import sys
 from typing import Any
 
+from certkeeper.cli import HelpFormatter
 from certkeeper.cli.context import Context
 
 ORDER = 10
@@ -26,7 +27,7 @@ Logs: one line per event on standard error, with the certificate name; never key
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     parser = subparsers.add_parser("daemon", help="run in the foreground: renew, verify and alert on schedule",
                                    description=DESCRIPTION, parents=[common],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+                                   formatter_class=HelpFormatter)
     parser.set_defaults(handler=run)
 
 

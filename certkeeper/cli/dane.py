@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any
 
+from certkeeper.cli import HelpFormatter
 from certkeeper.cli.context import Context
 from certkeeper.errors import UsageError
 
@@ -26,7 +27,7 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                                    description="Work with the DANE TLSA records of certificates.")
     commands = parser.add_subparsers(dest="dane_command", metavar="SUBCOMMAND", required=True)
     show = commands.add_parser("show", parents=[common], help="print the TLSA records to publish now",
-                               description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+                               description=DESCRIPTION, formatter_class=HelpFormatter)
     show.add_argument("name", metavar="NAME")
     show.set_defaults(handler=run_show)
 

@@ -9,6 +9,7 @@ import sys
 from dataclasses import replace
 from typing import Any
 
+from certkeeper.cli import HelpFormatter
 from certkeeper.cli.context import Context
 
 ORDER = 90
@@ -29,7 +30,7 @@ Exit status 0 when the loop completed, 1 when it did not.
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     parser = subparsers.add_parser("demo", help="the whole loop, live, against local Pebble, Postfix and Dovecot",
                                    description=DESCRIPTION, parents=[common],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+                                   formatter_class=HelpFormatter)
     parser.add_argument("--validity", type=int, metavar="SECONDS",
                         help="lifetime of the certificates Pebble issues (default 60)")
     parser.add_argument("--renew-before", metavar="DURATION", help="renew this long before expiry (default 30s)")

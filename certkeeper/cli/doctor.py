@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from certkeeper.cli import HelpFormatter
 from certkeeper.cli.context import Context
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ its fix.  Exit status: 0 healthy, 1 warnings only, 2 problems.
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     parser = subparsers.add_parser(
         "doctor", help="diagnose the mail daemons' TLS configuration, files and served certificates",
-        parents=[common], description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+        parents=[common], description=DESCRIPTION, formatter_class=HelpFormatter)
     parser.add_argument("--postfix-config", metavar="DIR", type=Path, help="a Postfix instance (postconf -c DIR)")
     parser.add_argument("--dovecot-config", metavar="FILE", type=Path, help="a Dovecot configuration (doveconf -c)")
     parser.add_argument("--exim-config", metavar="FILE", type=Path, help="an Exim configuration (exim -C FILE -bP)")

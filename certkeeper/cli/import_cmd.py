@@ -8,6 +8,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from certkeeper.cli import HelpFormatter
 from certkeeper.cli.context import Context
 
 ORDER = 85
@@ -28,7 +29,7 @@ With --dry-run the TOML is printed and nothing is written. Otherwise it is appen
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     parser = subparsers.add_parser("import", help="take over certificates from another tool (certbot)",
                                    description=DESCRIPTION, parents=[common],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+                                   formatter_class=HelpFormatter)
     parser.add_argument("tool", choices=["certbot"], help="what to import from")
     parser.add_argument("directory", nargs="?", type=Path, help="certbot's directory (default /etc/letsencrypt)")
     parser.add_argument("--dry-run", action="store_true", help="print the TOML, write nothing")

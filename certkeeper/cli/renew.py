@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from certkeeper.cli import HelpFormatter
 from certkeeper.cli.context import Context
 
 ORDER = 20
@@ -24,7 +25,7 @@ Safe to run from cron beside the daemon: both take the same per-certificate lock
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     parser = subparsers.add_parser("renew", help="renew what is due, install, reload, verify; then exit",
                                    description=DESCRIPTION, parents=[common],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+                                   formatter_class=HelpFormatter)
     parser.add_argument("names", nargs="*", metavar="NAME", help="certificates to look at (default: all)")
     parser.add_argument("--force", action="store_true", help="renew even when not due")
     parser.add_argument("--dry-run", action="store_true",

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from certkeeper.cli import HelpFormatter
 from certkeeper.cli.context import Context
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ Exit status: 0 applied and verified (or printed), 1 failed and rolled back.
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     parser = subparsers.add_parser("setup", help="configure Postfix, Dovecot or Exim to serve a certificate",
                                    parents=[common], description=DESCRIPTION,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+                                   formatter_class=HelpFormatter)
     parser.add_argument("daemon", choices=("postfix", "dovecot", "exim"))
     parser.add_argument("--certificate", metavar="NAME", required=True, help="a [certificates.NAME] of certkeeper")
     parser.add_argument("--apply", action="store_true", help="apply, reload and verify (rolled back on failure)")

@@ -8,7 +8,6 @@ all of them in one ``certkeeper config check``.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import tomllib
@@ -313,7 +312,7 @@ def _parse_settings(t: Table) -> Settings:
                     'host:port such as "127.0.0.1:9466" (":9466" is loopback; "0.0.0.0:9466" every address)')
     if settings.database and not settings.database.startswith(("postgresql://", "postgres://")):
         t.error("database", repr(settings.database), 'a PostgreSQL URL such as "postgresql://user@host/db"')
-    if settings.database and importlib.util.find_spec("psycopg") is None:
+    if settings.database and _missing("psycopg"):
         t.error("database", repr(settings.database), "a database certkeeper can reach: psycopg is not installed",
                 "install it: pip install 'certkeeper[postgresql]' (or apt-get install python3-psycopg)")
     if settings.database and not settings.fleet_key_file:
@@ -640,6 +639,12 @@ def _parse_watch(index: int, t: Table) -> WatchConfig:
     )
     t.finish()
     return watch
+
+
+def _missing(module: str) -> bool:
+    import importlib.util  # only for a configuration that names a database (a fleet)
+
+    return importlib.util.find_spec(module) is None
 
 
 # One DNS label: 1 to 63 ASCII letters, digits and hyphens, neither first nor last a hyphen.

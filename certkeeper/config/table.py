@@ -9,7 +9,6 @@ that every mistake in a file is reported in one go.  :meth:`Table.finish` turns 
 from __future__ import annotations
 
 import copy
-import difflib
 from collections.abc import Callable, Iterator, Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -21,6 +20,8 @@ from certkeeper.targets import Target, parse_target
 
 
 def did_you_mean(word: str, candidates: Iterator[str] | Mapping[str, Any] | tuple[str, ...]) -> str:
+    import difflib  # only for a configuration with a mistake in it
+
     close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
     return f'did you mean "{close[0]}"?' if close else ""
 

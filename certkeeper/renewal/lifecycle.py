@@ -28,7 +28,6 @@ import hashlib
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -481,6 +480,8 @@ class Renewer:
     def _issue_all(self, works: Sequence[_Work], *, dry_run: bool, now: datetime) -> None:
         if not works:
             return
+        from concurrent.futures import ThreadPoolExecutor  # a pass with nothing to issue starts no thread
+
         with ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="issue") as pool:
             list(pool.map(lambda w: self._issue(w, dry_run=dry_run, now=now), works))
 

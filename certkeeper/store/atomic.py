@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-import tempfile
 from pathlib import Path
 
 
@@ -22,6 +21,8 @@ def write_atomic(path: Path, data: bytes, *, mode: int, gid: int = -1, exclusive
     create): returns False when ``path`` was already there and was left alone.  Missing folders above it are
     made with ``dir_mode``, whatever the umask.
     """
+    import tempfile  # here: it loads shutil (and zlib, bz2, lzma) and random, which a pass writing nothing never needs
+
     make_dirs(path.parent, mode=dir_mode)
     fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".certkeeper-tmp", dir=path.parent)
     try:

@@ -19,13 +19,16 @@ import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from certkeeper.errors import LockBusy, SchemaTooNew, StoreError, UnsafePath
 from certkeeper.permissions import check_trusted_dir, open_nofollow
 from certkeeper.store.atomic import make_dirs
 from certkeeper.store.base import AlertRecord, CertState, EndpointRecord, HistoryRecord, RenewalRecord, TlsReportRecord
-from certkeeper.store.budget import Bucket, Limit, Waiter, blocked, decide_spend, wait_keys
+
+if TYPE_CHECKING:  # the order budget is imported by the calls that spend or show it: a pass that orders nothing
+    # never loads it (nor the Public Suffix List it reads domains with)
+    from certkeeper.store.budget import Bucket, Limit, Waiter
 
 SCHEMA_VERSION = 5
 
@@ -380,6 +383,8 @@ class SqliteStore:
 
     def spend_budget(self, limits: Sequence[Limit], name: str, count: int, not_after: datetime | None,
                      now: datetime) -> datetime | None:
+        from certkeeper.store.budget import decide_spend, wait_keys
+
         keys = [limit.key for limit in limits]
         marks = ",".join("?" * len(keys))
         try:
@@ -407,6 +412,8 @@ class SqliteStore:
             raise StoreError(msg) from None
 
     def block_budget(self, limits: Sequence[Limit], until: datetime, now: datetime) -> None:
+        from certkeeper.store.budget import blocked
+
         with self._transaction() as db:
             for limit in limits:
                 row = db.execute("SELECT * FROM order_budget WHERE key = ?", (limit.key,)).fetchone()
@@ -447,12 +454,16 @@ class _Cursor:
 
 
 def _bucket(row: tuple[Any, ...]) -> Bucket:
+    from certkeeper.store.budget import Bucket
+
     updated = _dt(row[2])
     assert updated is not None
     return Bucket(row[0], float(row[1]), updated, _dt(row[3]))
 
 
 def _waiter(row: tuple[Any, ...]) -> Waiter:
+    from certkeeper.store.budget import Waiter
+
     since, seen, go_at = _dt(row[4]), _dt(row[5]), _dt(row[6])
     assert since is not None and seen is not None and go_at is not None
     return Waiter(row[0], row[1], int(row[2]), _dt(row[3]), since, seen, go_at)

@@ -30,7 +30,6 @@ import grp
 import hashlib
 import json
 import os
-import shutil
 import stat
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -158,6 +157,14 @@ def check_pairs(name: str, pairs: Sequence[KeyPair], domains: Sequence[str],
         check = verify(pair.certificate, pair.chain, roots, at=now, hostname=names[0] if names else None)
         if not check.valid:
             raise InstallRefused(name, f"the chain of the {label} does not verify: {check.error}")
+
+
+def _remove_tree(path: Path, *, ignore_errors: bool = False) -> None:
+    """:func:`shutil.rmtree`, imported when a folder is removed: shutil loads zlib, bz2 and lzma, and a pass with
+    nothing due removes nothing (``renew`` from cron)."""
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=ignore_errors)
 
 
 class VerifiedFiles:
@@ -433,7 +440,7 @@ class CertificateHome:
         try:
             return self._write_version(incoming, version_id, pairs, issuer=issuer, domains=domains, now=now)
         except OSError as exc:
-            shutil.rmtree(incoming, ignore_errors=True)
+            _remove_tree(incoming, ignore_errors=True)
             raise VersionWriteFailed(incoming, exc.strerror or str(exc)) from None
 
     def _write_version(self, incoming: Path, version_id: str, pairs: Sequence[KeyPair], *, issuer: str,
@@ -471,7 +478,7 @@ class CertificateHome:
         """Point ``current`` at ``version`` with one atomic rename (a folder in its place is removed first)."""
         with contextlib.suppress(FileNotFoundError):
             if stat.S_ISDIR(self.current_link.lstat().st_mode):  # a folder, not a link to one
-                shutil.rmtree(self.current_link)  # no daemon can be reading a whole pair from it: it was never flipped
+                _remove_tree(self.current_link)  # no daemon can be reading a whole pair from it: it was never flipped
         # The form linked_version reads without parsing a Path (a version of this home, as write_version makes it).
         relative = f"versions/{version.id}" if os.fspath(version.path) == f"{self._root}/versions/{version.id}" \
             else os.path.relpath(version.path, self.root)
@@ -500,7 +507,7 @@ class CertificateHome:
         versions = self.versions()
         removable = [v for v in versions[:-keep] if current is None or v.id != current.id] if keep else []
         for version in removable:
-            shutil.rmtree(version.path)
+            _remove_tree(version.path)
         return [v.id for v in removable]
 
     def recover(self) -> list[str]:
@@ -509,7 +516,7 @@ class CertificateHome:
         if self.versions_dir.is_dir():
             for entry in self.versions_dir.iterdir():
                 if entry.name.startswith(_INCOMING):
-                    shutil.rmtree(entry, ignore_errors=True)
+                    _remove_tree(entry, ignore_errors=True)
                     removed.append(entry.name)
         if self.root.is_dir():
             for entry in self.root.iterdir():
