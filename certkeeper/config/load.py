@@ -36,6 +36,7 @@ CHALLENGES: tuple[Challenge, ...] = ("http-01", "dns-01", "dns-account-01", "dns
 DNS_CHALLENGES = frozenset({"dns-01", "dns-account-01", "dns-persist-01"})
 CopyTarget = Literal["fullchain", "privkey", "combined", "cert", "chain"]
 COPY_TARGETS: tuple[CopyTarget, ...] = ("fullchain", "privkey", "combined", "cert", "chain")
+_KEY_TYPES_EXPECTED = "one or two of " + " ".join(k.value for k in KeyType)  # once, not per [certificates.X]
 
 
 @dataclass(frozen=True)
@@ -546,7 +547,7 @@ def _parse_certificate(name: str, t: Table, issuers: Mapping[str, IssuerConfig])
     if len(set(domains)) != len(domains):
         t.error("domains", "a host name listed twice", "each host name once")
     key_types = t.parsed_list("key_types", KeyType, (KeyType.ECDSA_P256,),
-                              "one or two of " + " ".join(k.value for k in KeyType))
+                              _KEY_TYPES_EXPECTED)
     families = [k.family for k in key_types]
     if len(key_types) > 2 or len(set(families)) != len(families):
         t.error("key_types", repr([k.value for k in key_types]),
