@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import socket
 import ssl
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -234,6 +237,47 @@ def test_the_command_prints_what_the_engine_prints(servers: ServerLoop, pki: Pki
     assert one.stdout.rsplit(" time=", 1)[0] == two.stdout.splitlines()[0].rsplit(" time=", 1)[0]
     lean_json = run_check("--json", target, "--servername", "mail.test", "--ca-file", str(pki.ca_file))
     assert lean_json.returncode == 1 and '"status": "WARNING"' in lean_json.stdout
+
+
+def _ends_of_connections(context: ssl.SSLContext, count: int) -> tuple[int, list[str]]:
+    """A blocking TLS server of ``count`` connections that reports how each client ended it after the handshake:
+    "close_notify", or "eof" (OpenSSL 3's "unexpected eof while reading", the line Dovecot and Postfix log)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    ends: list[str] = []
+
+    def serve() -> None:
+        with listener:
+            for _ in range(count):
+                connection, _ = listener.accept()
+                connection.settimeout(5)
+                with context.wrap_socket(connection, server_side=True, suppress_ragged_eofs=False) as tls:
+                    try:
+                        while tls.recv(1024):
+                            pass
+                        ends.append("close_notify")
+                    except ssl.SSLEOFError:
+                        ends.append("eof")
+                    except OSError as exc:
+                        ends.append(repr(exc))
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener.getsockname()[1], ends  # ends: filled by the thread as each connection ends
+
+
+@pytest.mark.parametrize("path", ["lean", "engine"])
+def test_both_paths_end_the_connection_with_close_notify(pki: Pki, path: str) -> None:
+    """The probe says goodbye in TLS (RFC 8446 section 6.1): the server logs a clean end, not an unexpected EOF.
+    The engine sends the alert in the same write as its last handshake flight."""
+    port, ends = _ends_of_connections(pki.context(pki.leaf("mail.test")), 1)
+    options = ProbeOptions(ca_file=pki.ca_file, servername="mail.test", timeout=3.0)
+    target = parse_target(f"smtps://127.0.0.1:{port}")
+    result = (check_one(target, options, now=NOW) if path == "lean"
+              else probe_sync([target], options, now=NOW)[0])
+    assert result is not None and result.status == "OK", result
+    deadline = time.monotonic() + 5
+    while not ends and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert ends == ["close_notify"]
 
 
 def test_the_command_hands_an_untrusted_chain_to_the_engine(servers: ServerLoop, pki: Pki) -> None:

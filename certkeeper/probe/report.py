@@ -9,6 +9,7 @@ the same number the text says.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import lru_cache
 
 from certkeeper.probe.result import CertificateSummary, ProbeResult
 from certkeeper.probe.verdict import whole_days
@@ -18,7 +19,10 @@ if TYPE_CHECKING:
     from typing import Any
 
 
+@lru_cache(maxsize=1024)
 def _iso(moment: datetime) -> str:
+    # Cached: the results of a run share their certificates' dates (one judgement per distinct chain), and
+    # strftime was half of turning a result into JSON.
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

@@ -17,6 +17,7 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 
 from certkeeper.model import SHORT_LIVED_FACTOR, names_cover
 from certkeeper.probe.result import (
@@ -68,8 +69,14 @@ def whole_days(days_left: float) -> int:
 
 def describe(summary: CertificateSummary) -> str:
     """``'mail.example.org' from 'R11' valid until 2027-02-01 (expires in 64 days)``, as the Nagios line says it."""
-    until = summary.not_after.strftime("%Y-%m-%d %H:%M UTC")
+    until = _minute(summary.not_after)
     return f"'{summary.subject}' from '{summary.issuer}' valid until {until} (expires in {_days(summary.days_left)})"
+
+
+@lru_cache(maxsize=1024)
+def _minute(moment: datetime) -> str:
+    # Cached: the results of one run share their certificates (one judgement per distinct chain).
+    return moment.strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _days(days: float) -> str:
@@ -260,6 +267,10 @@ def ehlo_name(sockname: object) -> str:
 
 
 def is_ip(name: str) -> bool:
+    # A host name is refused without ipaddress's three exceptions (3 us, once per probed endpoint): an IPv6
+    # literal has a colon, an IPv4 one only digits and dots.
+    if ":" not in name and not name.replace(".", "").isdigit():
+        return False
     try:
         ipaddress.ip_address(name)
     except ValueError:
