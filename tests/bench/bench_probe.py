@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import resource
 import ssl
 import subprocess
@@ -203,10 +204,13 @@ async def pyopenssl_loop(targets: list[tuple[str, int]], concurrency: int) -> in
 # --- the measurement ---------------------------------------------------------------------------------
 
 
-def run_measured(command: list[str]) -> tuple[float, float, str]:
-    """(seconds, peak RSS MB, stdout) of one client run; the client reports its own ru_maxrss on stderr."""
+def run_measured(command: list[str], source: str | None = None) -> tuple[float, float, str]:
+    """(seconds, peak RSS MB, stdout) of one client run; the client reports its own ru_maxrss on stderr.
+    ``source``: a folder holding another ``certkeeper`` package to run instead (first on the path)."""
+    environment = {**os.environ, "PYTHONPATH": source} if source else None
     started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment,
+                               cwd="/" if source else None)
     stdout, stderr = process.communicate()
     elapsed = time.perf_counter() - started
     peak = 0.0
@@ -241,6 +245,8 @@ def main() -> None:
     parser.add_argument("--floor", choices=("pyopenssl", "ssl"), default="pyopenssl",
                         help="the loop to compare with: pyOpenSSL handshakes (issue 23) or asyncio + ssl (issue 3)")
     parser.add_argument("--json", action="store_true", help="certkeeper check --json instead of Nagios lines")
+    parser.add_argument("--base", metavar="SRC", help="also time the certkeeper package in SRC (e.g. `git archive "
+                        "main certkeeper | tar -x -C SRC`), as the side 'before'")
     parser.add_argument("--raw", metavar="LIST", help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--chain", help=argparse.SUPPRESS)
@@ -286,18 +292,22 @@ def main() -> None:
                   "--floor", args.floor],
             body=f"runpy.run_path({__file__!r}, run_name='__main__')")]
         try:
-            cli_times, raw_times, cli_peaks, raw_peaks = [], [], [], []
+            cli_times: list[float] = []
+            base_times: list[float] = []
+            raw_times, cli_peaks, raw_peaks = [], [], []
             for _ in range(args.rounds):
                 seconds, peak, out = run_measured(raw)
                 raw_times.append(seconds)
                 raw_peaks.append(peak)
-                seconds, peak, out = run_measured(cli)
-                ok = (sum(1 for item in json.loads(out) if item["status"] == "OK") if args.json
-                      else sum(1 for line in out.splitlines() if line.startswith("CERTKEEPER OK - ")))
-                if ok != args.endpoints:
-                    print(f"warning: only {ok} of {args.endpoints} OK lines from the CLI:\n" + out[-1500:])
-                cli_times.append(seconds)
-                cli_peaks.append(peak)
+                for source, times in ((None, cli_times), *(((args.base, base_times),) if args.base else ())):
+                    seconds, peak, out = run_measured(cli, source)
+                    ok = (sum(1 for item in json.loads(out) if item["status"] == "OK") if args.json
+                          else sum(1 for line in out.splitlines() if line.startswith("CERTKEEPER OK - ")))
+                    if ok != args.endpoints:
+                        print(f"warning: only {ok} of {args.endpoints} OK lines from the CLI:\n" + out[-1500:])
+                    times.append(seconds)
+                    if source is None:
+                        cli_peaks.append(peak)
         finally:
             for process in servers:
                 process.terminate()
@@ -311,7 +321,8 @@ def main() -> None:
           f"peak {max(cli_peaks):5.1f} MB   (rounds: {', '.join(f'{t:.2f}' for t in cli_times)})")
     print(f"ratio (certkeeper / raw throughput): {raw_best / cli_best:.2f}  (goal >= 0.70; peak goal < 200 MB)")
     report(f"issue 23, check --file {args.endpoints} endpoints{' --json' if args.json else ''} vs a bare {args.floor} "
-           "handshake loop", {"floor": raw_times, "certkeeper": cli_times}, goal=1.1)
+           "handshake loop", {"floor": raw_times, "certkeeper": cli_times,
+                              **({"before": base_times} if args.base else {})}, goal=1.1)
     print(f"  peak RSS certkeeper {max(cli_peaks):.1f} MB (goal <= 60 MB), floor {max(raw_peaks):.1f} MB")
 
 
