@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, LiteralString
 
@@ -34,7 +34,7 @@ from certkeeper.store.fleet import DOWN_ALERT_KEY, FleetKey, fleet_is_newer, may
 from certkeeper.store.fleet_records import FleetVersion
 from certkeeper.store.postgres import SCHEMA_VERSION, PostgresStore
 from certkeeper.store.sqlite import SqliteStore
-from certkeeper.store.versions import CertificateHome
+from certkeeper.store.versions import CertificateHome, InstalledPair, Version
 from certkeeper.testbed.pebble import Pebble, finds_by_ari
 from tests.fleet_fixtures import Database, postgres_cluster, postgres_db
 from tests.lifecycle_helpers import hook_runs, hook_script, run_cli
@@ -559,6 +559,18 @@ def test_a_fleet_version_is_taken_only_when_it_fits_and_is_newer(fleet: Fleet) -
     assert not fleet_is_newer(replace(head, domains=("other.test",)), None, certificate, now)
     assert not fleet_is_newer(replace(head, key_types=("ecdsa-p256",)), None, certificate, now)
     assert not fleet_is_newer(replace(head, not_after=now), None, certificate, now)
+    # Against what is installed: taken when newer or ordered in the same second (certificates carry whole
+    # seconds: a forced renewal right after a pass), never when older or the same pairs.
+    def installed(not_before: datetime, *fingerprints: str) -> Version:
+        pairs = tuple(InstalledPair(key_type, "01", fingerprint, not_before, head.not_after, Path("/nonexistent"))
+                      for key_type, fingerprint in zip(head.key_types, fingerprints, strict=True))
+        return Version("mail", "20261202T000000Z", Path("/nonexistent"), not_before, "internal", head.domains, pairs)
+
+    second = timedelta(seconds=1)
+    assert fleet_is_newer(head, installed(head.not_before - second, "cc", "dd"), certificate, now)
+    assert fleet_is_newer(head, installed(head.not_before, "cc", "dd"), certificate, now)
+    assert not fleet_is_newer(head, installed(head.not_before + second, "cc", "dd"), certificate, now)
+    assert not fleet_is_newer(head, installed(head.not_before - second, "aa", "bb"), certificate, now)
     assert may_renew_alone(now - timedelta(days=3), now, timedelta(days=3))
     assert not may_renew_alone(now - timedelta(days=2), now, timedelta(days=3))
 

@@ -174,6 +174,9 @@ def fleet_is_newer(head: FleetVersion, current: Version | None, certificate: Cer
 
     Only a version that fits this node's configuration (domains, key types), is still valid at ``now``, and
     is newer than the installed one.  A node that renewed alone (database down) keeps its own newer pair.
+    Certificates carry whole seconds: a version ordered in the same second as the installed one (a forced
+    renewal right after a pass) has the same ``not_before``, and the fleet's head, the newest version the fleet
+    stored, is taken then too (:func:`local_is_newer` never claims such a tie, so the two cannot alternate).
     """
     if sorted(head.domains) != sorted(certificate.domains):
         return False
@@ -183,7 +186,7 @@ def fleet_is_newer(head: FleetVersion, current: Version | None, certificate: Cer
         return False
     if current is None:
         return True
-    return head.fingerprints != current.fingerprints and head.not_before > current.not_before
+    return head.fingerprints != current.fingerprints and head.not_before >= current.not_before
 
 
 def local_is_newer(head: FleetVersion | None, current: Version | None, certificate: CertificateConfig,
