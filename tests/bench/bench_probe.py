@@ -295,11 +295,12 @@ def main() -> None:
             cli_times: list[float] = []
             base_times: list[float] = []
             raw_times, cli_peaks, raw_peaks = [], [], []
+            clients = [(None, cli_times)] + ([(args.base, base_times)] if args.base else [])
             for _ in range(args.rounds):
                 seconds, peak, out = run_measured(raw)
                 raw_times.append(seconds)
                 raw_peaks.append(peak)
-                for source, times in ((None, cli_times), *(((args.base, base_times),) if args.base else ())):
+                for source, times in clients:
                     seconds, peak, out = run_measured(cli, source)
                     ok = (sum(1 for item in json.loads(out) if item["status"] == "OK") if args.json
                           else sum(1 for line in out.splitlines() if line.startswith("CERTKEEPER OK - ")))
