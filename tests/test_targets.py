@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from certkeeper.targets import PROTOCOLS, WELL_KNOWN_PORTS, parse_target
+from certkeeper.targets import PROTOCOLS, WELL_KNOWN_PORTS, Target, is_ip_literal, parse_target
 
 
 @pytest.mark.parametrize(("text", "host", "port", "protocol"), [
@@ -59,3 +61,24 @@ def test_a_well_known_port_always_gets_its_protocol_and_round_trips(port: int, h
     again = parse_target(f"{target.protocol}://{target.host}:{target.port}")
     assert (again.host, again.port, again.protocol) == (target.host, target.port, target.protocol)
     assert PROTOCOLS[target.protocol].tls in ("implicit", "starttls")
+
+
+@pytest.mark.parametrize(("name", "literal"), [
+    ("192.0.2.25", True), ("::1", True), ("2001:db8::25", True), ("fe80::1%eth0", True), ("::ffff:192.0.2.1", True),
+    ("mail.example.org", False), ("mx1", False), ("1.2.3", False), ("192.0.2.256", False), ("2525", False),
+    ("[2001:db8::25]", False), ("192.0.2.25.", False), ("", False), ("1e100.net", False), ("xn--bcher-kva.de", False),
+])
+def test_an_address_literal_is_told_from_a_host_name(name: str, literal: bool) -> None:
+    assert is_ip_literal(name) is literal
+    assert Target(name, name, 25, "smtp").is_ip_literal is literal
+
+
+@given(st.one_of(st.ip_addresses().map(str), st.text(alphabet="0123456789.:abcdef-x", max_size=20)))
+def test_the_shortcut_for_host_names_agrees_with_ipaddress(name: str) -> None:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        expected = False
+    else:
+        expected = True
+    assert is_ip_literal(name) is expected

@@ -18,9 +18,10 @@ ssl_exporter names installed files ``ssl_file_cert_not_after`` with ``file``, ``
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from certkeeper.targets import is_ip_literal
 
 # OpenSSL's protocol names -> Go's (blackbox_exporter's getTLSVersion).
 _TLS_VERSIONS = {"TLSv1": "TLS 1.0", "TLSv1.0": "TLS 1.0", "TLSv1.1": "TLS 1.1", "TLSv1.2": "TLS 1.2",
@@ -33,17 +34,9 @@ def tls_version_label(version: str) -> str:
     return _TLS_VERSIONS.get(version, version)
 
 
-def _is_ip(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
-
-
 def chain_info_labels(certificate: Mapping[str, Any], fallback_fingerprint: str = "") -> dict[str, str]:
     """The labels of ``probe_ssl_last_chain_info`` for the leaf, from its JSON summary."""
-    names = [str(n) for n in certificate.get("subject_alternative_names") or () if not _is_ip(str(n))]
+    names = [str(n) for n in certificate.get("subject_alternative_names") or () if not is_ip_literal(str(n))]
     # Records written before subject_dn existed hold only the common name.
     subject = str(certificate.get("subject_dn") or f"CN={certificate.get('subject', '')}")
     issuer = str(certificate.get("issuer_dn") or f"CN={certificate.get('issuer', '')}")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import hmac
-import ipaddress
 import logging
 import socket
 import threading
@@ -37,6 +36,7 @@ from certkeeper.errors import CertkeeperError, InputError
 from certkeeper.monitoring.blackbox import chain_info_labels, list_label, reason_code, tls_version_label
 from certkeeper.permissions import check_trusted_file
 from certkeeper.store import CertState, EndpointRecord, Store
+from certkeeper.targets import is_ip_literal
 
 if TYPE_CHECKING:
     from certkeeper.mtasts.status import DomainStatus
@@ -217,20 +217,12 @@ def installed_certificates(config: Config) -> list[InstalledCertificate]:
                 found.append(InstalledCertificate(
                     name=name, cn=pki.common_name(certificate.subject),
                     issuer_cn=pki.common_name(certificate.issuer), serial=pki.serial_hex(certificate),
-                    dnsnames=tuple(n for n in names if not _is_ip(n)), not_after=pki.not_after(certificate),
+                    dnsnames=tuple(n for n in names if not is_ip_literal(n)), not_after=pki.not_after(certificate),
                     file=str(file), not_before=pki.not_before(certificate),
-                    ips=tuple(n for n in names if _is_ip(n)), ou=str(units[0].value) if units else ""))
+                    ips=tuple(n for n in names if is_ip_literal(n)), ou=str(units[0].value) if units else ""))
         except (CertkeeperError, OSError) as exc:
             log.warning("metrics: certificate %r left out: %s", name, exc)
     return found
-
-
-def _is_ip(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
 
 
 def render_store_metrics(store: Store, installed: Sequence[InstalledCertificate] = (),

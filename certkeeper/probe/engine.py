@@ -55,11 +55,10 @@ from certkeeper.probe.verdict import (
     assemble,
     connecting_stage,
     ehlo_name,
-    is_ip,
     os_reason,
     timeout_finding,
 )
-from certkeeper.targets import Target, encode_host_name
+from certkeeper.targets import Target, encode_host_name, is_ip_literal
 
 log = logging.getLogger("certkeeper.probe")
 
@@ -280,7 +279,7 @@ class Prober:
                                                            f"{os_reason(exc)}") from None
             progress.stage = "in the TLS handshake" + (f" (offering only {key_type} certificates)" if key_type else "")
             server_name = self.options.servername or target.host
-            send_sni = self.options.sni and not is_ip(server_name)
+            send_sni = self.options.sni and not is_ip_literal(server_name)
             ders, version, cipher = await self._handshake(reader, writer, context or self.contexts[key_type],
                                                           server_name if send_sni else None, progress)
         finally:

@@ -57,13 +57,12 @@ from certkeeper.probe.verdict import (
     connecting_stage,
     date_finding,
     ehlo_name,
-    is_ip,
     name_findings,
     os_reason,
     summarize_facts,
     timeout_finding,
 )
-from certkeeper.targets import Target, encode_host_name
+from certkeeper.targets import Target, encode_host_name, is_ip_literal
 
 
 class HandOver(Exception):  # not an error: the engine takes the endpoint
@@ -160,7 +159,7 @@ class _Probe:
                     raise HandOver(msg)
             self.progress.stage = "in the TLS handshake"
             server_name = self.options.servername or target.host
-            send_sni = self.options.sni and not is_ip(server_name)
+            send_sni = self.options.sni and not is_ip_literal(server_name)
             sock.settimeout(self._remaining())
             try:
                 connection = tls.handshake(sock, context, encode_host_name(server_name) if send_sni else None)

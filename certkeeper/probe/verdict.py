@@ -264,15 +264,3 @@ def ehlo_name(sockname: object) -> str:
         return "[127.0.0.1]"
     host = str(sockname[0])
     return f"[IPv6:{host}]" if ":" in host else f"[{host}]"
-
-
-def is_ip(name: str) -> bool:
-    # A host name is refused without ipaddress's three exceptions (3 us, once per probed endpoint): an IPv6
-    # literal has a colon, an IPv4 one only digits and dots.
-    if ":" not in name and not name.replace(".", "").isdigit():
-        return False
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
