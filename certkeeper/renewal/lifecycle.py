@@ -356,6 +356,11 @@ class Renewer:
             locks.enter_context(self.store.lock(name, self.settings.lock_timeout.total_seconds()))
         except LockBusy as exc:
             return Outcome(name, Result.BUSY, str(exc), next_check=self._next_check(name, decision, state, now))
+        except CertkeeperError as exc:  # its lock cannot be taken (a symbolic link, a folder in the way): this
+            # certificate fails, with the path and the fix; the others go on.  Nothing was tried: no backoff.
+            next_check = self._next_check(name, decision, state, now)
+            self.bus.publish(RenewalFailed(now, name, str(exc), next_check))
+            return Outcome(name, Result.FAILED, str(exc), next_check=next_check)
         self._clean_up(certificate, home)
         # Lock, then re-check: another certkeeper may have renewed it while we waited.  Only the state row and
         # the current link can have changed; decide again only if one did.
@@ -405,6 +410,8 @@ class Renewer:
                 self._clean_up(certificate, home)
         except LockBusy:
             log.info("%s: leftovers stay for the lock holder to clean up", certificate.name)
+        except CertkeeperError as exc:  # its lock cannot be taken: the leftovers wait, the pass goes on
+            log.warning("%s: leftovers stay: %s", certificate.name, exc)
 
     def _next_check(self, name: str, decision: Decision, state: CertState, now: datetime) -> datetime:
         return next_check_with_reload(decision, _history(state), name=name, reload_owed=state.reload_pending,
@@ -865,6 +872,8 @@ class Renewer:
                 rollover.synchronise(now)
         except LockBusy:
             log.info("%s: TLSA records left for the next pass: another certkeeper holds the lock", certificate.name)
+        except CertkeeperError as exc:  # its lock cannot be taken: the records wait, the pass goes on
+            log.warning("%s: TLSA records left for the next pass: %s", certificate.name, exc)
 
     def _tlsa_out_of_step(self, certificate: CertificateConfig) -> DaneRollover | None:
         """The certificate's DANE rollover when its TLSA records want a step (a retry, a retirement), else None."""

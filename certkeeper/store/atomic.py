@@ -7,6 +7,7 @@ CRLs, ACME account keys, metrics): a reader sees the old file or the new one, ne
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 from pathlib import Path
@@ -99,6 +100,9 @@ def set_dir_mode(path: Path, *, mode: int, gid: int = -1) -> None:
     next fsync in that file system then writes to the journal (once per installed version, 1,000 a pass).
     """
     status = path.stat()
+    if not stat.S_ISDIR(status.st_mode):  # a file where the folder belongs: left as it is, and said
+        raise NotADirectoryError(errno.ENOTDIR, "something other than a folder is in the way (move it aside)",
+                                 str(path))
     if stat.S_IMODE(status.st_mode) != mode:
         path.chmod(mode)
     if gid >= 0 and status.st_gid != gid:

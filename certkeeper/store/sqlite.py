@@ -11,15 +11,16 @@ import contextlib
 import errno
 import fcntl
 import json
+import logging
 import os
 import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from certkeeper.errors import LockBusy, SchemaTooNew, StoreError, UnsafePath
 from certkeeper.permissions import check_trusted_dir, open_nofollow
@@ -29,6 +30,9 @@ from certkeeper.store.base import AlertRecord, CertState, EndpointRecord, Histor
 if TYPE_CHECKING:  # the order budget is imported by the calls that spend or show it: a pass that orders nothing
     # never loads it (nor the Public Suffix List it reads domains with)
     from certkeeper.store.budget import Bucket, Limit, Waiter
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SCHEMA_VERSION = 5
 
@@ -108,7 +112,14 @@ def _ts(value: datetime | None) -> str | None:
 
 
 def _dt(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
+    """A moment as :func:`_ts` wrote it; ValueError or TypeError for anything else (a row edited by hand)."""
+    if not value:
+        return None
+    moment = datetime.fromisoformat(value)
+    if moment.tzinfo is None:
+        msg = f"a moment without a UTC offset: {value!r}"
+        raise ValueError(msg)
+    return moment
 
 
 class SqliteStore:
@@ -192,10 +203,25 @@ class SqliteStore:
 
     def get_state(self, name: str) -> CertState | None:
         rows = self._query("SELECT * FROM cert_state WHERE name = ?", (name,))
-        return _state(rows[0]) if rows else None
+        return self._decoded(rows)[0] if rows else None
 
     def states(self) -> list[CertState]:
-        return [_state(row) for row in self._query("SELECT * FROM cert_state ORDER BY name")]
+        return self._decoded(self._query("SELECT * FROM cert_state ORDER BY name"))
+
+    def _decoded(self, rows: list[tuple[Any, ...]]) -> list[CertState]:
+        """The rows as states; a damaged one (edited by hand, a damaged file) salvaged and written back repaired,
+        rather than failing every pass that reads it."""
+        states, repaired = [], []
+        for row in rows:
+            state = _state(row)
+            if state is None:
+                state = _salvaged_state(row, self.path)
+                repaired.append(state)
+            states.append(state)
+        if repaired:
+            with contextlib.suppress(StoreError):  # a read-only state store: salvaged again next time
+                self.put_states(repaired)
+        return states
 
     def put_state(self, state: CertState) -> None:
         self.put_states([state])
@@ -227,7 +253,7 @@ class SqliteStore:
             f"SELECT name, at, result, version, serial, detail FROM renewals {where} ORDER BY id DESC LIMIT ?",
             [*params, limit],
         )
-        return [RenewalRecord(r[0], _dt(r[1]) or datetime.min, r[2], r[3], r[4], r[5]) for r in rows]
+        return self._each("renewals", rows, lambda r: RenewalRecord(r[0], _dt(r[1]) or datetime.min, *r[2:6]))
 
     def renewal_counts(self) -> dict[tuple[str, str], int]:
         rows = self._query("SELECT name, result, COUNT(*) FROM renewals GROUP BY name, result")
@@ -245,17 +271,14 @@ class SqliteStore:
 
     def endpoints(self) -> list[EndpointRecord]:
         rows = self._query("SELECT * FROM endpoints ORDER BY owner, endpoint")
-        return [
-            EndpointRecord(r[0], r[1], _dt(r[2]) or datetime.min, r[3], r[4], r[5], _dt(r[6]), bool(r[7]),
-                           json.loads(r[8]))
-            for r in rows
-        ]
+        return self._each("endpoints", rows, lambda r: EndpointRecord(
+            r[0], r[1], _dt(r[2]) or datetime.min, r[3], r[4], r[5], _dt(r[6]), bool(r[7]), dict(json.loads(r[8]))))
 
     # -- DANE rollover state ------------------------------------------------------------------------------------
 
     def get_dane_state(self, name: str) -> dict[str, Any] | None:
         rows = self._query("SELECT data FROM dane_state WHERE name = ?", (name,))
-        return dict(json.loads(rows[0][0])) if rows else None
+        return dict(json.loads(rows[0][0])) if rows else None  # damaged: ValueError, the rollover starts over
 
     def put_dane_state(self, name: str, data: dict[str, Any]) -> None:
         with self._transaction() as db:
@@ -287,16 +310,14 @@ class SqliteStore:
             "SELECT id, key, created_at, severity, subject, body, attempts, last_error, sent_at "
             "FROM alerts WHERE sent_at IS NULL ORDER BY id"
         )
-        return [AlertRecord(r[0], r[1], _dt(r[2]) or datetime.min, r[3], r[4], r[5], r[6], r[7], _dt(r[8]))
-                for r in rows]
+        return self._each("alerts", rows, _alert)
 
     def recent_alerts(self, limit: int = 200) -> list[AlertRecord]:
         rows = self._query(
             "SELECT id, key, created_at, severity, subject, body, attempts, last_error, sent_at "
             "FROM alerts ORDER BY id DESC LIMIT ?", (limit,)
         )
-        return [AlertRecord(r[0], r[1], _dt(r[2]) or datetime.min, r[3], r[4], r[5], r[6], r[7], _dt(r[8]))
-                for r in rows]
+        return self._each("alerts", rows, _alert)
 
     def mark_alert_attempt(self, ids: Sequence[int], at: datetime, error: str | None) -> None:
         with self._transaction() as db:
@@ -316,7 +337,7 @@ class SqliteStore:
     def history(self, since: datetime | None = None) -> list[HistoryRecord]:
         rows = self._query("SELECT name, at, kind, detail FROM history WHERE at >= ? ORDER BY at, id",
                            (_ts(since) if since else "",))
-        return [HistoryRecord(r[0], _dt(r[1]) or datetime.min, r[2], r[3]) for r in rows]
+        return self._each("history", rows, lambda r: HistoryRecord(r[0], _dt(r[1]) or datetime.min, r[2], r[3]))
 
     # -- TLS reports -------------------------------------------------------------------------------------------
 
@@ -339,8 +360,8 @@ class SqliteStore:
         # ISO 8601 in UTC with one offset format sorts as text in time order.
         rows = self._query("SELECT * FROM tls_reports WHERE end_at >= ? ORDER BY start_at, report_id",
                            (_ts(since) if since else "",))
-        return [TlsReportRecord(r[0], r[1], _dt(r[2]) or datetime.min, _dt(r[3]) or datetime.min,
-                                _dt(r[4]) or datetime.min, r[5], r[6]) for r in rows]
+        return self._each("tls_reports", rows, lambda r: TlsReportRecord(
+            r[0], r[1], _dt(r[2]) or datetime.min, _dt(r[3]) or datetime.min, _dt(r[4]) or datetime.min, r[5], r[6]))
 
     def tls_session_totals(self) -> dict[tuple[str, str, str], int]:
         rows = self._query("SELECT policy_domain, receiving_mx, result, SUM(sessions) FROM tls_sessions "
@@ -349,14 +370,22 @@ class SqliteStore:
 
     def tls_last_reports(self) -> dict[str, datetime]:
         rows = self._query("SELECT organization, MAX(received_at) FROM tls_reports GROUP BY organization")
-        return {r[0]: _dt(r[1]) or datetime.min for r in rows}
+        return dict(self._each("tls_reports", rows, lambda r: (r[0], _dt(r[1]) or datetime.min)))
 
     # -- locks -------------------------------------------------------------------------------------------------
 
     @contextlib.contextmanager
     def lock(self, name: str, wait: float) -> Iterator[None]:
         path = self._lock_dir / f"{name}.lock"
-        fd = open_nofollow(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fd = open_nofollow(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:  # a folder where the lock file belongs, or a file where locks/ does
+            hint = {errno.EISDIR: f" (a folder is in the way: move it aside, mv {path} {path}.moved)",
+                    errno.ENOTDIR: f" ({self._lock_dir} is not a folder: move it aside, "
+                                   f"mv {self._lock_dir} {self._lock_dir}.moved)"}
+            msg = f"{path}: cannot open the lock of {name}: {exc.strerror}" \
+                  f"{hint.get(exc.errno or 0, '') or _space_hint(self._lock_dir)}"
+            raise StoreError(msg) from None
         try:
             deadline = time.monotonic() + wait
             delay = 0.01
@@ -389,10 +418,10 @@ class SqliteStore:
         marks = ",".join("?" * len(keys))
         try:
             with self._transaction() as db:
-                buckets = {r[0]: _bucket(r) for r in db.execute(
-                    f"SELECT * FROM order_budget WHERE key IN ({marks})", keys).fetchall()}
-                waiters = [_waiter(r) for r in db.execute(
-                    f"SELECT * FROM order_waits WHERE key IN ({marks})", keys).fetchall()]
+                buckets = {b.key: b for b in self._each("order_budget", db.execute(
+                    f"SELECT * FROM order_budget WHERE key IN ({marks})", keys).fetchall(), _bucket)}
+                waiters = self._each("order_waits", db.execute(
+                    f"SELECT * FROM order_waits WHERE key IN ({marks})", keys).fetchall(), _waiter)
                 spent, go_at = decide_spend(limits, buckets, waiters, name=name, count=count,
                                          not_after=not_after, now=now)
                 for bucket in spent:
@@ -416,19 +445,31 @@ class SqliteStore:
 
         with self._transaction() as db:
             for limit in limits:
-                row = db.execute("SELECT * FROM order_budget WHERE key = ?", (limit.key,)).fetchone()
-                bucket = blocked(limit.key, _bucket(row) if row else None, until, now)
+                rows = db.execute("SELECT * FROM order_budget WHERE key = ?", (limit.key,)).fetchall()
+                bucket = blocked(limit.key, next(iter(self._each("order_budget", rows, _bucket)), None), until, now)
                 db.execute("INSERT OR REPLACE INTO order_budget VALUES (?,?,?,?)",
                            (bucket.key, bucket.tokens, _ts(bucket.updated_at), _ts(bucket.blocked_until)))
 
     def budget(self) -> tuple[list[Bucket], list[Waiter]]:
-        buckets = [_bucket(r) for r in self._query("SELECT * FROM order_budget ORDER BY key")]
-        waiters = [_waiter(r) for r in self._query("SELECT * FROM order_waits ORDER BY key, not_after, name")]
+        buckets = self._each("order_budget", self._query("SELECT * FROM order_budget ORDER BY key"), _bucket)
+        waiters = self._each("order_waits", self._query("SELECT * FROM order_waits ORDER BY key, not_after, name"),
+                             _waiter)
         return buckets, waiters
 
     def close(self) -> None:
         with self._mutex:
             self._db.close()
+
+    def _each(self, table: str, rows: Iterable[tuple[Any, ...]], decode: Callable[[tuple[Any, ...]], T]) -> list[T]:
+        """Each row decoded; one holding what certkeeper never writes (edited by hand, a damaged file) is left out
+        and said, instead of failing every command that reads the table."""
+        decoded = []
+        for row in rows:
+            try:
+                decoded.append(decode(row))
+            except (TypeError, ValueError) as exc:
+                log.warning("%s: a damaged row of %s left out (%s): %s", self.path, table, exc, _row_key(row))
+        return decoded
 
 
 def _read_holder(fd: int) -> str:
@@ -453,11 +494,22 @@ class _Cursor:
                 self._db.execute(statement)
 
 
+def _row_key(row: tuple[Any, ...]) -> str:
+    """What names a damaged row in a warning: its first column (a name, an id, a key), never the rest."""
+    return repr(row[0])[:200] if row else "()"
+
+
+def _alert(r: tuple[Any, ...]) -> AlertRecord:
+    return AlertRecord(r[0], r[1], _dt(r[2]) or datetime.min, r[3], r[4], r[5], r[6], r[7], _dt(r[8]))
+
+
 def _bucket(row: tuple[Any, ...]) -> Bucket:
     from certkeeper.store.budget import Bucket
 
     updated = _dt(row[2])
-    assert updated is not None
+    if updated is None:
+        msg = "no updated_at"
+        raise ValueError(msg)
     return Bucket(row[0], float(row[1]), updated, _dt(row[3]))
 
 
@@ -465,17 +517,58 @@ def _waiter(row: tuple[Any, ...]) -> Waiter:
     from certkeeper.store.budget import Waiter
 
     since, seen, go_at = _dt(row[4]), _dt(row[5]), _dt(row[6])
-    assert since is not None and seen is not None and go_at is not None
+    if since is None or seen is None or go_at is None:
+        msg = "a moment missing"
+        raise ValueError(msg)
     return Waiter(row[0], row[1], int(row[2]), _dt(row[3]), since, seen, go_at)
 
 
-def _state(row: tuple[Any, ...]) -> CertState:
-    return CertState(
-        name=row[0], last_attempt_at=_dt(row[1]), last_success_at=_dt(row[2]), failures=row[3],
-        last_error=row[4], next_check_at=_dt(row[5]), next_reason=row[6], ari_start=_dt(row[7]),
-        ari_end=_dt(row[8]), ari_retry_after=_dt(row[9]), ari_chosen_at=_dt(row[10]),
-        reload_pending=bool(row[11]), failed_inputs=row[12],
-    )
+def _count(value: object) -> int:
+    if type(value) is not int:  # SQLite keeps whatever a column is given: text where a count belongs
+        raise TypeError(value)
+    return value
+
+
+def _text(value: object) -> str:
+    if type(value) is not str:
+        raise TypeError(value)
+    return value
+
+
+# The columns of cert_state, in order, and how each is read.
+_STATE_COLUMNS: tuple[tuple[str, Callable[[Any], Any]], ...] = (
+    ("name", _text), ("last_attempt_at", _dt), ("last_success_at", _dt), ("failures", _count),
+    ("last_error", _text), ("next_check_at", _dt), ("next_reason", _text), ("ari_start", _dt), ("ari_end", _dt),
+    ("ari_retry_after", _dt), ("ari_chosen_at", _dt), ("reload_pending", bool), ("failed_inputs", _text),
+)
+
+
+def _state(row: tuple[Any, ...]) -> CertState | None:
+    """The state a ``cert_state`` row holds; None when it holds what certkeeper never writes."""
+    name, _, _, failures, last_error, _, next_reason, _, _, _, _, reload_pending, failed_inputs = row
+    if type(name) is not str or type(failures) is not int or type(last_error) is not str or \
+            type(next_reason) is not str or type(failed_inputs) is not str:
+        return None
+    try:  # spelled out: every pass reads every row (1,000 certificates, 1,000 rows)
+        return CertState(name, _dt(row[1]), _dt(row[2]), failures, last_error, _dt(row[5]), next_reason,
+                         _dt(row[7]), _dt(row[8]), _dt(row[9]), _dt(row[10]), bool(reload_pending), failed_inputs)
+    except (TypeError, ValueError):
+        return None
+
+
+def _salvaged_state(row: tuple[Any, ...], path: Path) -> CertState:
+    """A damaged ``cert_state`` row, field by field: what can be read is kept (a reload owed, the backoff), what
+    cannot is taken as unset, and said."""
+    values: dict[str, Any] = {"name": str(row[0])}
+    damaged = []
+    for (field, read), value in zip(_STATE_COLUMNS[1:], row[1:], strict=True):
+        try:
+            values[field] = read(value)
+        except (TypeError, ValueError):
+            damaged.append(f"{field} = {value!r}")
+    log.warning("%s: the state of certificate %r was damaged (%s): taken as unset, and the row written back "
+                "repaired", path, values["name"], ", ".join(damaged))
+    return CertState(**values)
 
 
 def _space_hint(folder: Path) -> str:

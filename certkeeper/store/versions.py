@@ -434,8 +434,11 @@ class CertificateHome:
                       now: datetime) -> Version:
         """Write a complete version folder (not yet current) and return it.  A write that fails (a full disk)
         removes what it wrote, the private key with it, and raises :class:`VersionWriteFailed`."""
-        self._ensure_dirs()
-        version_id = self._new_version_id(now)
+        try:
+            self._ensure_dirs()
+            version_id = self._new_version_id(now)
+        except OSError as exc:  # a file where certs/NAME or its versions/ belongs, a full disk, a refusal
+            raise VersionWriteFailed(Path(exc.filename or self.versions_dir), exc.strerror or str(exc)) from None
         incoming = self.versions_dir / f"{_INCOMING}{version_id}"
         try:
             return self._write_version(incoming, version_id, pairs, issuer=issuer, domains=domains, now=now)
