@@ -147,3 +147,19 @@ def test_damaged_history_and_endpoint_rows_are_left_out_of_status_and_metrics(tm
     shown = {c["name"]: c for c in json.loads(status.stdout)}
     assert set(shown) == {"imap", "mail"}
     assert 'ssl_file_cert_not_after{name="mail",' in metrics.stdout  # the rest is still served
+
+
+def test_a_missing_ca_directory_is_named_not_taken_for_an_empty_one(tmp_path: Path) -> None:
+    config = two_certificates(tmp_path)
+    (tmp_path / "ca").rename(tmp_path / "ca-moved")  # an unmounted volume, a restore not yet done
+
+    revoke = run_cli(config, "ca", "revoke", "mail")
+    crl = run_cli(config, "ca", "crl")
+
+    for result in (revoke, crl):
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert_no_traceback(result)
+    # Not "'mail' is neither a hex serial number nor a certificate name issued by this CA".
+    assert f"internal CA 'internal': the CA directory {tmp_path / 'ca'} does not exist (run `certkeeper ca init`" \
+           in revoke.stderr
+    assert f"intermediate certificate {tmp_path / 'ca' / 'intermediate.pem'} is missing" in crl.stderr

@@ -125,15 +125,31 @@ def file_stamp(path: Path) -> tuple[int, int]:
 
 
 @contextlib.contextmanager
-def locked(ca_dir: Path) -> Iterator[None]:
+def locked(issuer: str, ca_dir: Path) -> Iterator[None]:
     """Hold the CA directory's lock: two ``ca revoke`` runs must not both pick the same CRL number."""
     check_trusted_dir(ca_dir, "ca_dir")
-    fd = open_nofollow(ca_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fd = open_nofollow(ca_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    except (FileNotFoundError, NotADirectoryError):
+        raise _no_ca_dir(issuer, ca_dir) from None
+    except OSError as exc:
+        raise CaError(issuer, f"the lock {ca_dir / LOCK} cannot be opened ({exc.strerror})") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)
+
+
+def require_ca_dir(issuer: str, ca_dir: Path) -> None:
+    """Before reading a missing index as "nothing issued yet": the CA directory itself must be there."""
+    if not ca_dir.is_dir():
+        raise _no_ca_dir(issuer, ca_dir)
+
+
+def _no_ca_dir(issuer: str, ca_dir: Path) -> CaError:
+    return CaError(issuer, f"the CA directory {ca_dir} does not exist (run `certkeeper ca init` if no CA was ever "
+                   "created here)")
 
 
 def read_file(issuer: str, path: Path, what: str) -> bytes:

@@ -149,7 +149,7 @@ def init_intermediate(config: CaIssuerConfig, *, now: datetime, root_key: Path |
     intermediate = build_intermediate(
         key.public_key(), ca_name(config.organization, f"intermediate {now:%Y-%m-%d}"), root, signing_key,
         now=now, lifetime=config.intermediate_lifetime, permitted_domains=config.permitted_domains)
-    with store.locked(ca_dir):
+    with store.locked(config.name, ca_dir):
         old = store.load_certificate(config.name, ca_dir / store.INTERMEDIATE_CERT, "intermediate certificate")
         archive = ca_dir / store.ARCHIVE
         archive.mkdir(mode=0o700, exist_ok=True)
@@ -299,7 +299,7 @@ def revoke_serial(config: CaIssuerConfig, serial: int | str, reason: str = "unsp
             raise CaError(config.name, f"{serial!r} is neither a hex serial number nor a certificate name "
                           "issued by this CA") from None
     index_path = config.ca_dir / store.INDEX
-    with store.locked(config.ca_dir):
+    with store.locked(config.name, config.ca_dir):
         index = store.read_index(config.name, index_path)
         if serial in index.revoked:
             return index.revoked[serial]
@@ -327,6 +327,7 @@ def revoke_certificate_name(config: CaIssuerConfig, name: str, reason: str = "un
 def revoke(config: CaIssuerConfig, serial_or_name: str, reason: str = "unspecified", *,
            now: datetime) -> RevokedEntry:
     """``ca revoke``'s argument: a certificate name known to the index wins, else it is read as a serial."""
+    store.require_ca_dir(config.name, config.ca_dir)
     index = store.read_index(config.name, config.ca_dir / store.INDEX)
     if index.latest_for(serial_or_name) is not None:
         return revoke_certificate_name(config, serial_or_name, reason, now=now)
@@ -336,7 +337,7 @@ def revoke(config: CaIssuerConfig, serial_or_name: str, reason: str = "unspecifi
 def write_crl(config: CaIssuerConfig, now: datetime) -> Path:
     """Sign a CRL of every revoked serial not yet expired; write crl.pem and crl.der; return the PEM's path."""
     signer = _load_signer(config)
-    with store.locked(config.ca_dir):
+    with store.locked(config.name, config.ca_dir):
         index = store.read_index(config.name, config.ca_dir / store.INDEX)
         # RFC 5280 3.3: an entry may leave the CRL once the certificate has expired; that keeps the CRL small.
         revocations = [Revocation(e.serial, e.revoked_at, e.reason) for e in index.revoked.values()
