@@ -106,6 +106,8 @@ MISTAKES = [
      "alerts.smtp_tls_fallback", 'one of "none", "unverified-no-auth"'),
     ("a password in clear", "", "",
      "alerts.smtp_security", "the password would cross the network in clear"),
+    ("acme directory over plain http", "", "",
+     "issuers.le.directory", "found 'http://acme.example/dir', expected an https:// URL"),
     ("missing certificate ca_file", 'domains = ["mail.example.org"]',
      'domains = ["mail.example.org"]\nca_file = "/nonexistent/roots.pem"',
      "certificates.mail.ca_file", "does not exist or is not a file"),
@@ -129,6 +131,7 @@ EXTRA = {
     "mta-sts rua": _MTA + 'rua = ["tls@example.org"]\nwebroot = "/var/www/mta-sts"\n',
     "bad smtp_tls_fallback": '\n[alerts]\nto = ["a@example.org"]\nfrom = "b@example.org"\n'
                              'smtp_tls_fallback = "unverified"\n',
+    "acme directory over plain http": '\n[issuers.le]\ntype = "acme"\ndirectory = "http://acme.example/dir"\n',
     "a password in clear": '\n[alerts]\nto = ["a@example.org"]\nfrom = "b@example.org"\nsmtp_security = "none"\n'
                            'smtp_username = "u"\nsmtp_password_file = "/etc/certkeeper/smtp.pass"\n',
 }

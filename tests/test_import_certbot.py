@@ -139,3 +139,67 @@ def test_a_folder_that_is_not_certbot_s_is_refused_naming_it(tmp_path: Path) -> 
     assert done.returncode == 65
     assert f"{tmp_path / 'nothing'}: no renewal/ folder: not a certbot configuration directory" in done.stderr
     assert not config.exists()
+
+
+def hand_made_certbot(root: Path, private_key_json: str) -> Path:
+    """certbot's layout for one lineage and its account, written by hand (what is tested is what certkeeper reads
+    before it writes anything, which needs no certbot run): live/ links into archive/, a renewal file, an account."""
+    from certkeeper.testbed.certs import TestCA
+
+    letsencrypt = root / "letsencrypt"
+    leaf = TestCA().intermediate().issue(["mail.example.test"])
+    archive, live = letsencrypt / "archive" / "mail", letsencrypt / "live" / "mail"
+    archive.mkdir(parents=True)
+    live.mkdir(parents=True)
+    chain = leaf.fullchain_pem[len(leaf.cert_pem):]
+    for stem, data in {"cert": leaf.cert_pem, "chain": chain, "fullchain": leaf.fullchain_pem,
+                       "privkey": leaf.key_pem}.items():
+        (archive / f"{stem}1.pem").write_bytes(data)
+        (live / f"{stem}.pem").symlink_to(f"../../archive/mail/{stem}1.pem")
+    (letsencrypt / "renewal").mkdir()
+    (letsencrypt / "renewal" / "mail.conf").write_text(
+        f"version = 2.11.0\ncert = {live}/cert.pem\nprivkey = {live}/privkey.pem\nchain = {live}/chain.pem\n"
+        f"fullchain = {live}/fullchain.pem\n\n[renewalparams]\naccount = abc123\nauthenticator = standalone\n"
+        "server = https://127.0.0.1:14000/dir\nkey_type = ecdsa\n")
+    account = letsencrypt / "accounts" / "127.0.0.1:14000" / "dir" / "abc123"
+    account.mkdir(parents=True)
+    (account / "regr.json").write_text('{"body": {}, "uri": "https://127.0.0.1:14000/my-account/1"}')
+    (account / "private_key.json").write_text(private_key_json)
+    return letsencrypt
+
+
+def test_an_account_key_certkeeper_cannot_take_fails_the_import_before_anything_is_written(tmp_path: Path) -> None:
+    config = tmp_path / "certkeeper.toml"
+    original = f'[certkeeper]\nstate_dir = "{tmp_path / "state"}"\n'
+    config.write_text(original)
+    for key, says in (('[1, 2]', "private_key.json holds no JWK object"),
+                      ('{"kty": "oct", "k": "c2VjcmV0"}', "certbot account key: unsupported JWK key type 'oct'")):
+        letsencrypt = hand_made_certbot(tmp_path / key[:2], key)
+        for dry_run in ((), ("--dry-run",)):
+            done = run_certkeeper(config, "import", "certbot", str(letsencrypt), *dry_run)
+            assert done.returncode == 65, done.stdout + done.stderr
+            assert says in done.stderr and "Traceback" not in done.stderr, done.stderr
+            assert done.stdout == ""  # the dry run shows no TOML that the import would not write
+    assert config.read_text() == original  # no [certificates] for a lineage whose account was not taken over
+    assert not (tmp_path / "state" / "certs").exists()
+
+
+def test_an_acme_server_over_plain_http_is_refused_by_the_dry_run_too(tmp_path: Path) -> None:
+    letsencrypt = hand_made_certbot(tmp_path, "{}")
+    renewal = letsencrypt / "renewal" / "mail.conf"
+    renewal.write_text(renewal.read_text().replace("server = https://", "server = http://"))
+    config = tmp_path / "certkeeper.toml"
+    for dry_run in ((), ("--dry-run",)):
+        done = run_certkeeper(config, "import", "certbot", str(letsencrypt), *dry_run)
+        assert done.returncode == 78, done.stdout + done.stderr
+        assert "directory: found 'http://127.0.0.1:14000/dir', expected an https:// URL" in done.stderr
+    assert not config.exists()
+
+
+def test_a_configuration_path_that_is_a_folder_is_named(tmp_path: Path) -> None:
+    config = tmp_path / "certkeeper.toml"
+    config.mkdir()
+    done = run_certkeeper(config, "import", "certbot", str(hand_made_certbot(tmp_path, "{}")), "--dry-run")
+    assert done.returncode == 78
+    assert f"{config}: found a file that cannot be read (Is a directory), expected a readable configuration file" \
+        in done.stderr

@@ -168,6 +168,8 @@ def _account(regr: Path, accounts: Path) -> Account:
         key = json.loads((folder / "private_key.json").read_text())
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise InputError(str(folder), f"cannot read the certbot account ({type(exc).__name__})") from None
+    if not isinstance(key, dict):
+        raise InputError(str(folder), "cannot read the certbot account (private_key.json holds no JWK object)")
     # accounts/<host[:port]>/<path of the directory URL>/<id>/: the server is rebuilt from the folder names
     server = "https://" + "/".join(folder.relative_to(accounts).parts[:-1])
     return Account(server=server, id=folder.name, uri=uri, key=key)
@@ -234,6 +236,17 @@ def _certificate_name(name: str, configured: Mapping[str, Any]) -> str:
     return name
 
 
+def check_importable(state: CertbotState) -> None:
+    """Read first what :func:`apply_import` takes (the account key and the pair of every lineage): one it cannot
+    take fails the import before anything is written, and the dry run with it."""
+    accounts = {(a.server, a.id): a for a in state.accounts}
+    for lineage in state.lineages:
+        account = accounts.get((lineage.server, lineage.account))
+        if account is not None:
+            _account_key(account)
+        _pair(lineage)
+
+
 def apply_import(state: CertbotState, plan: ImportPlan, config: Config, *, now: datetime) -> list[str]:
     """Accounts and first versions into ``config``'s state directory (``config`` already holds the imported
     tables); returns what was done, a line each.  An account already there is kept, never overwritten."""
@@ -261,15 +274,19 @@ def _import_account(state_dir: Path, issuer: str, account: Account) -> str:
     home = account_home(state_dir, issuer, account.server)
     if (home / "account.key").exists():
         return f"{issuer}: an account is configured already at {home}; certbot's account {account.id} was not used"
-    try:
-        key = pki.key_from_jwk(dict(account.key))
-    except ValueError as exc:
-        raise InputError(account.id, f"certbot account key: {exc}") from None
+    key = _account_key(account)
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     write_atomic(home / "account.key", pki.key_to_pem(key), mode=0o600)  # 0600: the CA account's key
     write_atomic(home / "account.json", json.dumps({"directory": account.server, "uri": account.uri}).encode(),
                  mode=0o600)
     return f"{issuer}: took over certbot's account {account.uri}"
+
+
+def _account_key(account: Account) -> pki.PrivateKey:
+    try:
+        return pki.key_from_jwk(dict(account.key))
+    except ValueError as exc:
+        raise InputError(account.id, f"certbot account key: {exc}") from None
 
 
 def _pair(lineage: Lineage) -> KeyPair:

@@ -37,30 +37,41 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, context: Context) -> int:
-    from certkeeper.adopt.certbot import DEFAULT_DIRECTORY, apply_import, plan_import, read_certbot, summary_notes
+    from certkeeper.adopt.certbot import (
+        DEFAULT_DIRECTORY,
+        apply_import,
+        check_importable,
+        plan_import,
+        read_certbot,
+        summary_notes,
+    )
     from certkeeper.config import parse_config
     from certkeeper.errors import ConfigError
     from certkeeper.pki import now_utc
 
     state = read_certbot(args.directory or DEFAULT_DIRECTORY)
     path = context.config_path
-    before = path.read_text() if path.exists() else '[certkeeper]\nstate_dir = "/var/lib/certkeeper"\n'
     try:
+        before = path.read_text() if path.exists() else '[certkeeper]\nstate_dir = "/var/lib/certkeeper"\n'
         existing = tomllib.loads(before)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, "", f"a file that cannot be read ({getattr(exc, 'strerror', None) or exc})",
+                          "a readable configuration file") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, "", f"invalid TOML ({exc})", "valid TOML") from None
     plan = plan_import(state, existing)
+    check_importable(state)
+    text = before.rstrip("\n") + "\n\n# imported from certbot\n" + plan.toml
+    try:  # the whole result must parse before anything is written (and for the dry run to say so)
+        config = parse_config(tomllib.loads(text), path)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, "", f"TOML that does not parse with the imported tables ({exc})",
+                          "certificate and issuer names that are not taken yet") from None
     if args.dry_run:
         print(plan.toml, end="")
         for note in plan.notes:
             print(f"# not mapped: {note}")
         return 0
-    text = before.rstrip("\n") + "\n\n# imported from certbot\n" + plan.toml
-    try:  # the whole result must parse before anything is written
-        config = parse_config(tomllib.loads(text), path)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(path, "", f"TOML that does not parse with the imported tables ({exc})",
-                          "certificate and issuer names that are not taken yet") from None
     from certkeeper.store.atomic import write_atomic
 
     write_atomic(path, text.encode(), mode=0o640)

@@ -384,7 +384,7 @@ def _parse_instant(text: str) -> datetime:
 
 def _parse_acme_issuer(name: str, t: Table) -> AcmeIssuerConfig:
     d = AcmeIssuerConfig(name=name, directory="")
-    directory = t.url("directory", None, required=True) or ""
+    directory = t.url("directory", None, required=True, https_only=True) or ""
     contact = t.string_or_list("contact", ())
     for i, item in enumerate(contact):
         if not item.startswith("mailto:"):
@@ -395,7 +395,7 @@ def _parse_acme_issuer(name: str, t: Table) -> AcmeIssuerConfig:
         name=name,
         directory=directory,
         contact=contact,
-        staging_directory=t.url("staging_directory", None),
+        staging_directory=t.url("staging_directory", None, https_only=True),
         ca_bundle=t.existing_file("ca_bundle", None),
         trust_roots=t.existing_file("trust_roots", None),
         challenge=challenge,

@@ -112,13 +112,15 @@ class Table:
             self.error(key, f'"{path}", which does not exist or is not a file', "an existing file")
         return path
 
-    def url(self, key: str, default: str | None, *, required: bool = False) -> str | None:
+    def url(self, key: str, default: str | None, *, required: bool = False, https_only: bool = False) -> str | None:
+        """A URL; ``https_only`` for one certkeeper signs requests to (an ACME directory: RFC 8555 section 6.1),
+        otherwise http:// too (a CRL distribution point, signed data fetched over plain HTTP by design)."""
         value = self.string(key, default)
         if value is None:
             if required:
                 self.error(key, "nothing", "an https:// URL")
             return None
-        if not value.startswith(("https://", "http://")):
+        if not value.startswith(("https://",) if https_only else ("https://", "http://")):
             self.error(key, repr(value), "an https:// URL")
         return value
 
