@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import stat
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -128,6 +129,43 @@ def test_a_copy_to_folder_nobody_owns_gets_no_copy(tmp_path: Path, nobodys_dir: 
     assert f"copy_to.combined folder {nobodys_dir} belongs to a user other than root" in result.stdout + result.stderr
     assert not (nobodys_dir / "mail.pem").exists()
     assert not (tmp_path / "state" / "certs" / "mail" / "current").exists()  # refused before ordering
+
+
+@pytest.mark.parametrize("kind", ["named pipe", "folder", "folder taking no file"])
+def test_a_copy_to_that_cannot_take_a_file_fails_before_anything_is_ordered(tmp_path: Path, kind: str) -> None:
+    """A ``copy_to`` of /dev/null renamed the key over the device node every program writes to (a named pipe
+    here stands for it: the test must not break the host's /dev/null); /proc takes no file at all."""
+    if kind == "named pipe":
+        destination = tmp_path / "device"
+        os.mkfifo(destination)
+        says = f"copy_to.combined: {destination}: is a named pipe, which certkeeper never replaces (name a file)"
+    elif kind == "folder":
+        destination = tmp_path / "a-folder"
+        destination.mkdir()
+        says = f"copy_to.combined: {destination}: is a folder, which certkeeper never replaces (name a file)"
+    else:
+        destination = Path("/proc/certkeeper-test/mail.pem")
+        says = "copy_to.combined: /proc takes no new file (No such file or directory)"
+    config = write_config(tmp_path, certificate(extra=f'copy_to = {{ combined = "{destination}" }}'))
+
+    result = run_cli(config, "renew")
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert f"mail: failed: certificate 'mail': not installed: {says}" in result.stdout
+    assert not (tmp_path / "state" / "certs" / "mail" / "current").exists()  # refused before ordering
+    assert kind != "named pipe" or stat.S_ISFIFO(destination.lstat().st_mode)
+
+
+def test_metrics_output_to_something_that_is_no_file_is_refused(tmp_path: Path) -> None:
+    config = write_config(tmp_path, certificate())
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    result = run_cli(config, "metrics", "-o", str(pipe))
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert f"{pipe}" in result.stderr and "is a named pipe, which certkeeper never replaces" in result.stderr
+    assert stat.S_ISFIFO(pipe.lstat().st_mode)
 
 
 def test_a_passphrase_file_others_can_write_is_refused(tmp_path: Path) -> None:

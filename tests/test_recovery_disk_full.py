@@ -90,3 +90,35 @@ def test_a_full_state_disk_never_loses_the_installed_pair_and_the_next_run_repai
         # What is served is what status names, and no reload is owed for it: the full disk cost nothing lasting.
         assert (entry["version"], entry["reload_pending"]) == (current.id, False), entry
         assert not list(home.root.glob(".incoming-*"))
+
+
+def test_a_copy_the_full_disk_refuses_is_retried_with_its_reload_once_space_is_back(tmp_path: Path) -> None:
+    reload = tmp_path / "reload.sh"
+    reload.write_text(f"#!/bin/sh\necho reloaded >> {tmp_path / 'reloads'}\n")
+    reload.chmod(0o755)
+    with small_disk(tmp_path / "disk") as disk:
+        copy = disk / "mail.pem"
+        config = write_config(tmp_path, ONE + f'reload = ["{reload}"]\ncopy_to = {{ combined = "{copy}" }}\n')
+        assert run_cli(config, "renew").returncode == 0
+        home = CertificateHome(tmp_path / "state", "mail")
+        first = home.current()
+        assert first is not None and copy.read_bytes() == (first.pairs[0].directory / "combined.pem").read_bytes()
+        filler = fill(disk, 0)  # the copy's folder still takes an empty file (the check before ordering passes)
+
+        full = run_cli(config, "renew", "--force")
+
+        assert full.returncode == 1, full.stdout + full.stderr
+        assert "Traceback" not in full.stdout + full.stderr
+        second = home.current()
+        assert second is not None and second.id != first.id  # installed in the state directory, which had room
+        assert f"mail: failed: {second.id} is installed but not copied ({disk}" in full.stdout
+        assert "No space left on device); the copy and the reload are retried" in full.stdout
+        assert copy.read_bytes() == (first.pairs[0].directory / "combined.pem").read_bytes()  # whole, the old one
+
+        filler.unlink()
+        again = run_cli(config, "renew")
+
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert f"mail: reloaded: endpoints now serve {second.id}" in again.stdout
+        assert copy.read_bytes() == (second.pairs[0].directory / "combined.pem").read_bytes()
+        assert (tmp_path / "reloads").read_text().count("reloaded") == 2  # the first install, the retry

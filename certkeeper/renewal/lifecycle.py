@@ -624,16 +624,21 @@ class Renewer:
             if not work.flipped and not work.reload_only and work.new is not None:
                 work.flip_error, work.flipped = self._flip(work), True
         for work in works:
-            if not work.flipped:
-                continue  # a reload only
             assert work.new is not None
-            if work.flip_error is not None:  # a full disk: the old pair stays current, the reload owed
-                self._fail(work, str(work.flip_error), now, reload_pending=True)
-                continue
-            work.installed = _facts(work.new, key_matches=True)  # check_pairs held it before it was written
-            if work.config.copy_to:
-                work.home.copy_to(work.new, work.config.copy_to)
-            self.bus.publish(CertificateInstalled(now, work.config.name, work.new.id))
+            if work.flipped:  # else a reload only
+                if work.flip_error is not None:  # a full disk: the old pair stays current, the reload owed
+                    self._fail(work, str(work.flip_error), now, reload_pending=True)
+                    continue
+                work.installed = _facts(work.new, key_matches=True)  # check_pairs held it before it was written
+            if work.config.copy_to:  # a reload only copies again: the copy may be what a pass could not make
+                try:
+                    work.home.copy_to(work.new, work.config.copy_to)
+                except (CertkeeperError, OSError) as exc:  # checked before ordering; a full disk, a race since
+                    self._fail(work, f"{work.new.id} is installed but not copied ({_os_error(exc)}); the copy "
+                               "and the reload are retried", now, reload_pending=True)
+                    continue
+            if work.flipped:
+                self.bus.publish(CertificateInstalled(now, work.config.name, work.new.id))
         works = [w for w in works if w.outcome is None]
         self._reload(works, now)
         results = self._verify(works)
@@ -978,6 +983,13 @@ def _waiting_out(name: str, seen: _Seen, state: CertState, decision: Decision, *
         return Outcome(name, Result.FAILED, f"{decision.reason}; last error: {state.last_error or 'unknown'}",
                        next_check=decision.next_check)
     return Outcome(name, Result.NOT_DUE, decision.reason, next_check=decision.next_check)
+
+
+def _os_error(exc: Exception) -> str:
+    """An OSError as "path: reason" (its repr names the errno); anything else as its message."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    return str(exc)
 
 
 def _history(state: CertState, *, inputs_changed: bool = False) -> History:

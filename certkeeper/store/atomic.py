@@ -24,6 +24,7 @@ def write_atomic(path: Path, data: bytes, *, mode: int, gid: int = -1, exclusive
     """
     import tempfile  # here: it loads shutil (and zlib, bz2, lzma) and random, which a pass writing nothing never needs
 
+    refuse_special(path)
     make_dirs(path.parent, mode=dir_mode)
     fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".certkeeper-tmp", dir=path.parent)
     try:
@@ -46,6 +47,25 @@ def write_atomic(path: Path, data: bytes, *, mode: int, gid: int = -1, exclusive
             Path(temporary).unlink()
     fsync_dir(path.parent)
     return True
+
+
+def refuse_special(path: Path) -> None:
+    """Refuse to replace anything but a file: a ``copy_to`` of ``/dev/null`` or ``metrics -o /dev/stdout`` would
+    rename a key over the device node (or the link to it), which every program on the host writes to."""
+    try:
+        status = path.stat()  # through a link: /dev/stdout is one, to a terminal or a pipe
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    if not stat.S_ISREG(status.st_mode):
+        raise FileExistsError(errno.EEXIST, f"is {file_kind(status.st_mode)}, which certkeeper never replaces "
+                              "(name a file)", str(path))
+
+
+def file_kind(mode: int) -> str:
+    """What a ``stat`` mode is, in words: "a folder", "a character device" and so on."""
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symbolic link"))
+    return next((name for test, name in kinds if test(mode)), "not a file")
 
 
 def write_new(path: Path | str, data: bytes, *, mode: int, gid: int = -1) -> None:

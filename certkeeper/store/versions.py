@@ -43,7 +43,7 @@ from certkeeper.config import CopyTarget
 from certkeeper.errors import CertkeeperError, InputError, InstallRefused, UnsafePath, VersionWriteFailed
 from certkeeper.model import KeyType, is_safe_name
 from certkeeper.permissions import check_trusted_dir, read_nofollow
-from certkeeper.store.atomic import fsync_dir, make_dirs, set_dir_mode, write_atomic, write_new
+from certkeeper.store.atomic import fsync_dir, make_dirs, refuse_special, set_dir_mode, write_atomic, write_new
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -157,6 +157,25 @@ def check_pairs(name: str, pairs: Sequence[KeyPair], domains: Sequence[str],
         check = verify(pair.certificate, pair.chain, roots, at=now, hostname=names[0] if names else None)
         if not check.valid:
             raise InstallRefused(name, f"the chain of the {label} does not verify: {check.error}")
+
+
+def _copy_problem(destination: Path) -> str:
+    """Why a copy cannot be written to ``destination`` (its folder probed with a file of its own), or ""."""
+    import tempfile  # only where copy_to is configured
+
+    try:
+        refuse_special(destination)
+    except OSError as exc:
+        return f"{destination}: {exc.strerror}"
+    # The copy's folder, or the nearest one above it that exists (the copy makes the missing ones, 0755).
+    folder = next((p for p in destination.parents if p.exists()), Path("/"))
+    try:
+        probe_fd, probe = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".certkeeper-probe", dir=folder)
+    except OSError as exc:
+        return f"{folder} takes no new file ({exc.strerror})"
+    os.close(probe_fd)
+    Path(probe).unlink()
+    return ""
 
 
 def _remove_tree(path: Path, *, ignore_errors: bool = False) -> None:
@@ -529,9 +548,14 @@ class CertificateHome:
         return removed
 
     def check_copy_targets(self, targets: Mapping[CopyTarget, Path]) -> None:
-        """:class:`UnsafePath` when someone else could change a copy's folder (and so swap the copy for a link)."""
+        """Before ordering, and again before copying: :class:`UnsafePath` when someone else could change a copy's
+        folder (and so swap the copy for a link); :class:`InstallRefused` when the copy cannot be made (its folder
+        missing or taking no new file, a device or a folder where the copy goes): no order is spent on it."""
         for kind, destination in targets.items():
             check_trusted_dir(destination.parent, f"copy_to.{kind} folder")
+            problem = _copy_problem(destination)
+            if problem:
+                raise InstallRefused(self.name, f"copy_to.{kind}: {problem}")
 
     def has_leftovers(self, clean: VerifiedFiles | None = None) -> bool:
         """Whether :meth:`recover` has anything to remove (cheap: two folder listings, names only).
@@ -567,8 +591,11 @@ class CertificateHome:
         for kind, destination in targets.items():
             source = pair.directory / f"{kind}.pem"
             secret = f"{kind}.pem" in _SECRET_FILES
-            write_atomic(destination, read_nofollow(source), mode=self.ownership.key_mode if secret else 0o644,
-                         gid=self.ownership.gid if secret else -1)
+            try:
+                write_atomic(destination, read_nofollow(source), mode=self.ownership.key_mode if secret else 0o644,
+                             gid=self.ownership.gid if secret else -1)
+            except OSError as exc:  # named by the copy it was writing (ENOSPC names no file)
+                raise OSError(exc.errno, exc.strerror, str(destination)) from None
 
     def _write_pair_files(self, folder: Path, pair: KeyPair) -> dict[str, bytes]:
         key_pem = pki.key_to_pem(pair.key)
