@@ -178,3 +178,30 @@ def test_the_root_is_read_again_when_its_file_is_replaced(tmp_path: Path) -> Non
     second = init_ca(config, now=pki.now_utc(), force=True)
     issuer.REFRESH_INTERVAL = 0.0
     assert list(issuer.trust_anchors()) == [second.root] != [first.root]
+
+
+def test_the_files_of_a_version_are_written_together_with_their_modes_and_a_failure_leaves_no_descriptor_open(
+        tmp_path: Path) -> None:
+    """write_new_files starts every file's writeback before the first fsync (one journal commit for a version
+    folder instead of one a file); what it writes and what it refuses are those of one file at a time."""
+    import os
+
+    from certkeeper.store.atomic import write_new_files
+
+    files = [(str(tmp_path / "privkey.pem"), b"key" * 1000, 0o600, -1),
+             (str(tmp_path / "cert.pem"), b"cert", 0o644, -1), (str(tmp_path / "empty"), b"", 0o640, os.getgid())]
+    old = os.umask(0o077)
+    try:
+        write_new_files(files)
+    finally:
+        os.umask(old)
+    for path, data, mode, _gid in files:
+        assert Path(path).read_bytes() == data
+        assert stat.S_IMODE(Path(path).stat().st_mode) == mode  # whatever the umask
+
+    open_before = len(list(Path("/proc/self/fd").iterdir()))
+    clash = [(str(tmp_path / "new.pem"), b"new", 0o644, -1), (str(tmp_path / "cert.pem"), b"other", 0o644, -1)]
+    with pytest.raises(FileExistsError):
+        write_new_files(clash)  # never replaces a file: the version folder is new, a name in it is a bug
+    assert len(list(Path("/proc/self/fd").iterdir())) == open_before
+    assert (tmp_path / "cert.pem").read_bytes() == b"cert"

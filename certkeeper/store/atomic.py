@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import stat
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 
@@ -68,24 +70,61 @@ def file_kind(mode: int) -> str:
     return next((name for test, name in kinds if test(mode)), "not a file")
 
 
-def write_new(path: Path | str, data: bytes, *, mode: int, gid: int = -1) -> None:
-    """Create ``path`` (it must not exist), write ``data``, fsync it; the caller fsyncs the folder once.
+def write_new_files(files: Sequence[tuple[str, bytes, int, int]]) -> None:
+    """Create each ``(path, data, mode, gid)`` (none may exist), write it and fsync it; the caller fsyncs the
+    folder once.
 
     For the files of a folder that is itself renamed into place when complete (a version folder): nobody reads
     them before that rename, so each needs no temporary name, no rename and no fsync of the folder of its own.
-    Like :func:`write_atomic`, the file has its final mode before any byte is written.
+    Like :func:`write_atomic`, each file has its final mode before any byte is written (``gid``: -1 keeps the
+    group).  Every file is fsynced, as one at a time would be; but the writeback of all of them is started
+    before the first fsync (:func:`start_writeback`), so that a journalling file system commits them together:
+    on ext4 the first fsync's journal commit carries every file's blocks and the fsyncs after it find nothing
+    left to do, where six files written and fsynced one by one cost six commits.
     """
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    descriptors: list[int] = []
     try:
-        os.fchmod(fd, mode)
-        if gid >= 0:
-            os.fchown(fd, -1, gid)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
+        for path, data, mode, gid in files:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            descriptors.append(fd)
+            os.fchmod(fd, mode)
+            if gid >= 0:
+                os.fchown(fd, -1, gid)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            start_writeback(fd)
+        for fd in descriptors:
+            os.fsync(fd)
     finally:
-        os.close(fd)
+        for fd in descriptors:
+            os.close(fd)
+
+
+def start_writeback(fd: int) -> None:
+    """Ask the kernel to start writing ``fd``'s dirty pages now, without waiting (Linux's ``sync_file_range``
+    with ``SYNC_FILE_RANGE_WRITE``, as PostgreSQL does before its fsyncs).  Advice only: it makes nothing
+    durable, the fsync that follows does; where the call is missing it is skipped."""
+    call = _sync_file_range()
+    if call is not None:
+        call(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
+
+
+_SYNC_FILE_RANGE_WRITE = 2  # <fcntl.h>
+
+
+@functools.cache
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """libc's ``sync_file_range``, or None (not Linux).  ctypes is loaded only by a pass that writes a version."""
+    import ctypes
+
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
 
 
 def make_dirs(path: Path, *, mode: int, gid: int = -1) -> bool:

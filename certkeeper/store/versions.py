@@ -43,7 +43,7 @@ from certkeeper.config import CopyTarget
 from certkeeper.errors import CertkeeperError, InputError, InstallRefused, UnsafePath, VersionWriteFailed
 from certkeeper.model import KeyType, is_safe_name
 from certkeeper.permissions import check_trusted_dir, read_nofollow
-from certkeeper.store.atomic import fsync_dir, make_dirs, refuse_special, set_dir_mode, write_atomic, write_new
+from certkeeper.store.atomic import fsync_dir, make_dirs, refuse_special, set_dir_mode, write_atomic, write_new_files
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -134,6 +134,21 @@ class Ownership:
     @property
     def dir_mode(self) -> int:
         return 0o750 if self.group else 0o700
+
+
+def _pair_files(pair: KeyPair) -> dict[str, bytes]:
+    """The five files of one installed pair, by name."""
+    key_pem = pki.key_to_pem(pair.key)
+    cert_pem = pki.cert_to_pem(pair.certificate)
+    chain_pem = b"".join(pki.cert_to_pem(c) for c in pair.chain)
+    return {
+        "privkey.pem": key_pem,
+        "cert.pem": cert_pem,
+        "chain.pem": chain_pem,
+        "fullchain.pem": cert_pem + chain_pem,
+        # Key first, then leaf and chain: the order Postfix's smtpd_tls_chain_files and HAProxy read.
+        "combined.pem": key_pem + cert_pem + chain_pem,
+    }
 
 
 def check_pairs(name: str, pairs: Sequence[KeyPair], domains: Sequence[str],
@@ -470,26 +485,29 @@ class CertificateHome:
         incoming.mkdir(self.ownership.dir_mode)  # never wider than its mode, not even for an instant; and
         self._set_mode(incoming)  # exactly it (a umask narrows it, chmod only then)
         dual = len(pairs) > 1
-        meta_pairs = []
+        meta_pairs, files, subdirs = [], [], []
         for pair in pairs:
             subdir = pair.key_type.family if dual else ""
             folder = incoming / subdir if subdir else incoming
             if subdir:
                 folder.mkdir(self.ownership.dir_mode)
                 self._set_mode(folder)
-            written = self._write_pair_files(folder, pair)
-            if subdir:
-                fsync_dir(folder)
+                subdirs.append(folder)
+            contents = _pair_files(pair)
+            files += self._file_entries(folder, contents)
             meta_pairs.append({
                 "key_type": pair.key_type.value, "subdir": subdir,
                 "serial": pki.serial_hex(pair.certificate), "fingerprint": pki.fingerprint(pair.certificate),
                 "not_before": pki.not_before(pair.certificate).isoformat(),
                 "not_after": pki.not_after(pair.certificate).isoformat(),
-                "files": {name: [len(data), hashlib.sha256(data).hexdigest()] for name, data in written.items()},
+                "files": {name: [len(data), hashlib.sha256(data).hexdigest()] for name, data in contents.items()},
             })
         meta = {"created_at": now.isoformat(), "issuer": issuer, "domains": list(domains), "pairs": meta_pairs}
         text = json.dumps(meta)  # one line: the C encoder (indent= takes the pure-Python one, four times slower)
-        write_new(incoming / "version.json", text.encode(), mode=0o644)
+        files.append((f"{incoming}/version.json", text.encode(), 0o644, -1))
+        write_new_files(files)  # every file fsynced, their writeback started together (one journal commit)
+        for folder in subdirs:
+            fsync_dir(folder)
         fsync_dir(incoming)  # once for every file in it: their names are durable before the folder is renamed
         final = self.versions_dir / version_id
         incoming.rename(final)
@@ -597,25 +615,13 @@ class CertificateHome:
             except OSError as exc:  # named by the copy it was writing (ENOSPC names no file)
                 raise OSError(exc.errno, exc.strerror, str(destination)) from None
 
-    def _write_pair_files(self, folder: Path, pair: KeyPair) -> dict[str, bytes]:
-        key_pem = pki.key_to_pem(pair.key)
-        cert_pem = pki.cert_to_pem(pair.certificate)
-        chain_pem = b"".join(pki.cert_to_pem(c) for c in pair.chain)
-        contents = {
-            "privkey.pem": key_pem,
-            "cert.pem": cert_pem,
-            "chain.pem": chain_pem,
-            "fullchain.pem": cert_pem + chain_pem,
-            # Key first, then leaf and chain: the order Postfix's smtpd_tls_chain_files and HAProxy read.
-            "combined.pem": key_pem + cert_pem + chain_pem,
-        }
+    def _file_entries(self, folder: Path, contents: Mapping[str, bytes]) -> list[tuple[str, bytes, int, int]]:
+        """:func:`write_new_files`'s entries for one pair's files in ``folder``: the key and the combined file
+        with the key mode and group, the others world-readable."""
         gid, key_mode, base = self.ownership.gid, self.ownership.key_mode, str(folder)
-        for filename in FILES:
-            secret = filename in _SECRET_FILES
-            # str paths: no Path built and formatted per file (6,000 a pass of 1,000 new certificates)
-            write_new(f"{base}/{filename}", contents[filename], mode=key_mode if secret else 0o644,
-                      gid=gid if secret else -1)
-        return contents
+        # str paths: no Path built and formatted per file (6,000 a pass of 1,000 new certificates)
+        return [(f"{base}/{name}", contents[name], key_mode, gid) if name in _SECRET_FILES
+                else (f"{base}/{name}", contents[name], 0o644, -1) for name in FILES]
 
     def _ensure_dirs(self) -> None:
         # certs/ itself only lists names (0755); each certificate's folder carries the restrictive mode.  Modes
