@@ -278,29 +278,45 @@ def verify_chain(
 ) -> ChainCheck:
     """Path validation (RFC 5280, with the CA/B Forum server profile cryptography implements).
 
-    With ``hostname=None`` only the chain is judged (the leaf is checked against its own first SAN), so that a
-    probe can report "chain valid" and "host name valid" as two separate findings.
+    With ``hostname=None`` only the chain is judged (the leaf is checked against the first of its own SANs the
+    verifier takes), so that a probe can report "chain valid" and "host name valid" as two separate findings.
     """
-    from cryptography import x509
     from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
     if not roots:
         return ChainCheck(False, "no trust anchors to verify against")
-    name = hostname if hostname is not None else next(iter(subject_alternative_names(leaf)), "")
-    if not name:
+    names = [hostname] if hostname is not None else subject_alternative_names(leaf)
+    if not names:
         return ChainCheck(False, "the certificate has no subject alternative name")
+    builder = PolicyBuilder().store(Store(list(roots))).time(at.astimezone(UTC).replace(tzinfo=None))
+    # Judging the chain alone: through the first of the leaf's names that the verifier takes as a host name
+    # (a server's certificate may list "example.com." or "_srv.example" first, which it refuses).
+    verifier = next((v for v in (_server_verifier(builder, name) for name in names) if v is not None), None)
+    if verifier is None:
+        shown = ", ".join(repr(name) for name in names[:3]) + (", ..." if len(names) > 3 else "")
+        what = f"{shown} is" if hostname is not None else f"none of the certificate's names ({shown}) is"
+        return ChainCheck(False, f"{what} an address or a host name path validation can check")
+    try:
+        verifier.verify(leaf, list(intermediates))
+    except VerificationError as exc:
+        return ChainCheck(False, str(exc))
+    return ChainCheck(True)
+
+
+def _server_verifier(builder: x509.verification.PolicyBuilder, name: str) -> x509.verification.ServerVerifier | None:
+    """The verifier of a server named ``name``, or None when ``name`` is neither an address nor a valid DNS name."""
+    from cryptography import x509
+
     subject: x509.verification.Subject
     try:
         subject = x509.IPAddress(ipaddress.ip_address(name))
     except ValueError:
         # A wildcard SAN is checked through a name it covers: the verifier takes host names, not patterns.
         subject = x509.DNSName("wildcard-check." + name[2:] if name.startswith("*.") else name)
-    builder = PolicyBuilder().store(Store(list(roots))).time(at.astimezone(UTC).replace(tzinfo=None))
     try:
-        builder.build_server_verifier(subject).verify(leaf, list(intermediates))
-    except VerificationError as exc:
-        return ChainCheck(False, str(exc))
-    return ChainCheck(True)
+        return builder.build_server_verifier(subject)
+    except ValueError:  # "invalid domain name": a trailing dot, an underscore, a space, a NUL, an empty label
+        return None
 
 
 class ChainVerifier:

@@ -87,10 +87,35 @@ def probe_context(ca_file: Path | None, *, verify: bool) -> ssl.SSLContext:
     return context
 
 
+class UnverifiedChain(Exception):
+    """A probe's handshake stopped at the server's certificate, which did not verify: OpenSSL's reason, and what
+    the server had sent by then (its chain; the protocol version and cipher suite where known: TLS 1.3 agrees on
+    them before the certificate, TLS 1.2 only in the messages after it)."""
+
+    def __init__(self, verify_code: int, chain: list[bytes], version: str, cipher: str) -> None:
+        super().__init__(f"certificate verify failed (OpenSSL code {verify_code})")
+        self.verify_code = verify_code
+        self.chain = chain
+        self.version = version
+        self.cipher = cipher
+
+
 def handshake(sock: socket.socket, context: ssl.SSLContext, server_name: bytes | None) -> ssl.SSLSocket:
     """The client handshake over ``sock`` (its timeout applies), SNI ``server_name`` (already A-labels: passing
-    bytes keeps the ``idna`` codec unloaded); :data:`CertificateVerifyFailed` carries ``verify_code``."""
-    return context.wrap_socket(sock, server_hostname=server_name)  # bytes are accepted: decoded as ASCII
+    bytes keeps the ``idna`` codec unloaded); :class:`UnverifiedChain` when the certificate does not verify."""
+    connection = context.wrap_socket(sock, server_hostname=server_name, do_handshake_on_connect=False)
+    try:
+        connection.do_handshake()
+    except CertificateVerifyFailed as exc:
+        suite = connection.cipher()  # (name, version, bits) once the ServerHello was read; None before
+        failed = UnverifiedChain(exc.verify_code, served_chain(connection), suite[1] if suite else "",
+                                 suite[0] if suite else "")
+        connection.close()
+        raise failed from None
+    except BaseException:
+        connection.close()
+        raise
+    return connection
 
 
 def served_chain(connection: ssl.SSLSocket) -> list[bytes]:

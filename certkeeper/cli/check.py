@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,7 +18,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (tests/te
 if TYPE_CHECKING:
     from typing import Any
 
-    from certkeeper.probe.result import ProbeOptions, ProbeResult
+    from certkeeper.probe.result import ProbeOptions
 
 ORDER = 20
 
@@ -124,17 +125,25 @@ def run_check(args: argparse.Namespace, context: Context) -> int:
         print(f"certkeeper check: {exc}", file=sys.stderr)
         return EXIT_UNKNOWN
 
-    from certkeeper.probe.report import nagios_line, result_to_json
+    from certkeeper.probe.report import nagios_line, plugin_text, result_to_json
 
     now = datetime.now(UTC)  # the shell's clock, as pki.now_utc (not imported: it loads cryptography)
-    results = _lean_results(args, targets, options, now)
+    # One endpoint without --dane: the lean probe (certkeeper.probe.lean: no asyncio, pyOpenSSL or cryptography),
+    # unless it hands the endpoint to the engine, whose deadline then counts from the lean path's start.
+    from certkeeper.probe import lean
+
+    tried = not args.dane and lean.covers(options, targets)
+    begun = time.monotonic()
+    answer = lean.check_one(targets[0], options, now=now) if tried else None
+    results = None if answer is None else [answer]
     if results is None:
         configure_logging(args.verbose)
         from certkeeper.errors import InputError
         from certkeeper.probe.engine import probe_sync
 
         try:
-            results = probe_sync(targets, options, now=now, concurrency=args.concurrency)
+            results = probe_sync(targets, options, now=now, concurrency=args.concurrency,
+                                 begun=begun if tried else None)
             if args.dane:
                 from certkeeper.dane.judge import check_dane
 
@@ -150,22 +159,11 @@ def run_check(args: argparse.Namespace, context: Context) -> int:
         for result in results:
             lines.append(nagios_line(result))
             if args.verbose:
-                lines += [f"  {f.severity} {f.code}: {f.message}" for f in result.findings]
-                lines += [f"  {line}" for line in result.transcript]
+                # Nagios's long output, made of what servers said: worded as the status line is
+                lines += [plugin_text(f"  {f.severity} {f.code}: {f.message}") for f in result.findings]
+                lines += [plugin_text(f"  {line}") for line in result.transcript]
         sys.stdout.write("\n".join(lines) + "\n")
     return max(result.exit_code for result in results)
-
-
-def _lean_results(args: argparse.Namespace, targets: list[Target], options: ProbeOptions,
-                  now: datetime) -> list[ProbeResult] | None:
-    """One endpoint without --dane: the lean probe (:mod:`certkeeper.probe.lean`, no asyncio, pyOpenSSL or
-    cryptography), unless it hands the endpoint to the engine; None then, and for every other run."""
-    from certkeeper.probe import lean
-
-    if args.dane or not lean.covers(options, targets):
-        return None
-    result = lean.check_one(targets[0], options, now=now)
-    return None if result is None else [result]
 
 
 def _write_json_array(objects: Iterable[object]) -> None:
@@ -190,6 +188,7 @@ def _run_mta_sts(args: argparse.Namespace) -> int:
     from certkeeper.mtasts.check import check_domain, nagios_line, report_to_json
     from certkeeper.mtasts.resolve import LookupFailed, Resolver
     from certkeeper.pki import now_utc
+    from certkeeper.probe.report import plugin_text
 
     try:
         resolver = Resolver(args.resolver, timeout=options.timeout)
@@ -219,7 +218,7 @@ def _run_mta_sts(args: argparse.Namespace) -> int:
             lines.append(nagios_line(report))
             if args.verbose:
                 findings = [*report.findings, *(f for mx in report.mx for f in mx.findings)]
-                lines += [f"  {f.severity} {f.code}: {f.message}" for f in findings]
+                lines += [plugin_text(f"  {f.severity} {f.code}: {f.message}") for f in findings]
         sys.stdout.write("\n".join(lines) + "\n")
     return max(report.exit_code for report in reports)
 

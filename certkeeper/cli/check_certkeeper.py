@@ -98,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         target_for,
         worst_result,
     )
+    from certkeeper.probe.report import plugin_text
     from certkeeper.probe.result import refused_versions
 
     options = PluginOptions(
@@ -126,7 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose:
             for result in results:
                 for finding in result.findings:
-                    print(f"  {result.address or target.host} {finding.severity} {finding.code}: {finding.message}")
+                    print(plugin_text(f"  {result.address or target.host} {finding.severity} {finding.code}: "
+                                      f"{finding.message}"))
     return status
 
 

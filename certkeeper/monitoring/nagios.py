@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from certkeeper.probe import ProbeOptions, ProbeResult, worst_status
+from certkeeper.probe.report import plugin_text
 from certkeeper.probe.result import (
     CERTIFICATE_EXPIRED,
     CERTIFICATE_EXPIRING,
@@ -187,6 +188,6 @@ def plugin_output(result: ProbeResult, options: PluginOptions, *, addresses: int
         where = f"[{result.address}] " if addresses > 1 and result.address else ""
         text = f"{SHORTNAME} {status} {who}: {where}{problem_message(findings, leaf)}"
     # A "|" in the text would start the perfdata: servers choose the certificate names we print.
-    text = text.replace("|", "/").replace("\n", " ")
+    text = plugin_text(text)  # servers choose the certificate names and the replies
     return (f"{text}|{data}" if data else text), EXIT_CODES[status]
 

@@ -34,6 +34,7 @@ from certkeeper.mtasts.policy import (
 )
 from certkeeper.mtasts.resolve import LookupFailed, Resolver
 from certkeeper.probe import Prober, result_to_json
+from certkeeper.probe.report import plugin_text
 from certkeeper.probe.result import (
     CERTIFICATE_HOST_MISMATCH,
     CONNECTION_FAILED,
@@ -212,7 +213,7 @@ async def _probe_all(hosts: Sequence[tuple[int, str, list[str]]], options: Probe
 
 
 def nagios_line(report: MtaStsReport) -> str:
-    message = report.message.replace("|", "/").replace("\n", " ")
+    message = plugin_text(report.message)  # a policy server chose some of the words
     return f"CERTKEEPER {report.status} - {report.domain}, mta-sts, {message}"
 
 

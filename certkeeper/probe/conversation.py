@@ -56,7 +56,8 @@ class Progress:
 
     def __init__(self, *, transcript: list[str] | None = None) -> None:
         self.stage = "connecting"
-        self.received = 0
+        self.received = 0  # bytes of the lines received before TLS
+        self.partial = 0  # bytes received of a line not ended yet (a server that never ends its greeting did speak)
         self.transcript = transcript
         self.last_sent = ""
 

@@ -21,6 +21,7 @@ from collections.abc import Generator
 from dataclasses import dataclass
 
 from certkeeper.probe.conversation import DialogueError
+from certkeeper.probe.report import printable
 from certkeeper.probe.result import CONNECTION_FAILED, PROTOCOL_ERROR, STARTTLS_NOT_SUPPORTED
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (tests/test_startup_imports.py)
@@ -37,7 +38,7 @@ Dialogue = Generator[str | None, str, None]
 
 
 def _shorten(text: str, limit: int = 160) -> str:
-    text = "".join(ch if ch.isprintable() else "?" for ch in text)
+    text = printable(text)
     return text if len(text) <= limit else text[:limit] + "..."
 
 
@@ -69,7 +70,8 @@ class SmtpReplyReader:
         """The complete reply once its last line arrives, else None; DialogueError on a malformed line."""
         match = _SMTP_LINE.match(line)
         if not match:
-            raise DialogueError(PROTOCOL_ERROR, f"not an SMTP reply: {_shorten(line)!r}{_wrong_protocol_hint(line)}")
+            msg = "not an SMTP reply"
+            raise _malformed(msg, line, "smtp")
         code, separator, text = match.groups()
         if self._code is not None and code != self._code:
             raise DialogueError(
@@ -111,18 +113,19 @@ def smtp_starttls(ehlo_name: str) -> Dialogue:
     """Greeting, EHLO, STARTTLS; returns when the server said 220 to STARTTLS (RFC 3207 §4)."""
     greeting = yield from _read_smtp_reply()
     if greeting.code != 220:
-        raise DialogueError(PROTOCOL_ERROR, f"the server refused the session: {greeting.code} {greeting.text}")
+        raise DialogueError(PROTOCOL_ERROR,
+                            f"the server refused the session: {greeting.code} {_shorten(greeting.text)}")
     yield f"EHLO {ehlo_name}"
     ehlo = yield from _read_smtp_reply()
     if ehlo.code != 250:
-        raise DialogueError(PROTOCOL_ERROR, f"EHLO was answered {ehlo.code} {ehlo.text}")
+        raise DialogueError(PROTOCOL_ERROR, f"EHLO was answered {ehlo.code} {_shorten(ehlo.text)}")
     if "STARTTLS" not in smtp_extensions(ehlo):
         raise DialogueError(STARTTLS_NOT_SUPPORTED, "the server does not offer STARTTLS in its EHLO reply")
     yield "STARTTLS"
     reply = yield from _read_smtp_reply()
     if reply.code != 220:
         # RFC 3207 §4: 454 "TLS not available due to temporary reason", 501 syntax error.
-        raise DialogueError(STARTTLS_NOT_SUPPORTED, f"STARTTLS was refused: {reply.code} {reply.text}")
+        raise DialogueError(STARTTLS_NOT_SUPPORTED, f"STARTTLS was refused: {reply.code} {_shorten(reply.text)}")
 
 
 # --- IMAP (RFC 9051 / RFC 3501, STARTTLS per RFC 2595 §3.1) ----------------------------------------------
@@ -142,7 +145,8 @@ class ImapResponse:
 def parse_imap_line(line: str) -> ImapResponse:
     parts = line.split(" ", 2)
     if len(parts) < 2 or not parts[0] or not parts[1]:
-        raise DialogueError(PROTOCOL_ERROR, f"not an IMAP response: {_shorten(line)!r}{_wrong_protocol_hint(line)}")
+        msg = "not an IMAP response"
+        raise _malformed(msg, line, "imap")
     return ImapResponse(parts[0], parts[1].upper(), parts[2] if len(parts) > 2 else "")
 
 
@@ -176,7 +180,8 @@ def imap_starttls() -> Dialogue:
     greeting = parse_imap_line((yield READ))
     if greeting.tag != "*" or greeting.kind not in {"OK", "PREAUTH"}:
         said = f"{greeting.tag} {greeting.kind} {greeting.text}"
-        raise DialogueError(PROTOCOL_ERROR, f"unexpected IMAP greeting: {_shorten(said)}{_wrong_protocol_hint(said)}")
+        msg = "unexpected IMAP greeting"
+        raise _malformed(msg, said, "imap", quoted=False)
     if greeting.kind == "PREAUTH":
         # RFC 2595 §3.1 / RFC 9051 §6.2.1: STARTTLS is only valid in the not-authenticated state.
         raise DialogueError(STARTTLS_NOT_SUPPORTED, "the server pre-authenticated the session: no STARTTLS possible")
@@ -204,7 +209,8 @@ def parse_pop3_status(line: str) -> tuple[bool, str]:
         return True, text
     if head.upper() == "-ERR":
         return False, text
-    raise DialogueError(PROTOCOL_ERROR, f"not a POP3 status line: {_shorten(line)!r}{_wrong_protocol_hint(line)}")
+    msg = "not a POP3 status line"
+    raise _malformed(msg, line, "pop3")
 
 
 def pop3_starttls() -> Dialogue:
@@ -246,7 +252,8 @@ def parse_sieve_line(line: str) -> tuple[str, str]:
     quoted = _SIEVE_QUOTED.match(line)
     if quoted:
         return "CAPABILITY", quoted.group(1).upper()
-    raise DialogueError(PROTOCOL_ERROR, f"not a ManageSieve response: {_shorten(line)!r}{_wrong_protocol_hint(line)}")
+    msg = "not a ManageSieve response"
+    raise _malformed(msg, line, "sieve")
 
 
 def _read_sieve_capabilities() -> Generator[str | None, str, tuple[str, str, frozenset[str]]]:
@@ -313,12 +320,23 @@ def negotiate_starttls_sync(dialect: Dialect, conversation: SyncConversation, *,
         return
 
 
-def _wrong_protocol_hint(line: str) -> str:
-    """A hint when the server plainly speaks something else: HTTP, TLS, or another mail protocol."""
+def _malformed(what: str, line: str, own: str, *, quoted: bool = True) -> DialogueError:
+    """``what``, the line as the server sent it (shortened, control characters as "?") and a hint."""
+    shown = repr(_shorten(line)) if quoted else _shorten(line)
+    return DialogueError(PROTOCOL_ERROR, f"{what}: {shown}{_wrong_protocol_hint(line, own)}")
+
+
+def _wrong_protocol_hint(line: str, own: str) -> str:
+    """A hint when the server plainly speaks something else than ``own``: HTTP, TLS, or another mail protocol (a
+    POP3 server's malformed "+OKAY" is not another protocol)."""
     if line.startswith("HTTP/"):
         return " (this is an HTTP server)"
     if line[:1] in {"\x15", "\x16"}:  # TLS record content types: alert, handshake (RFC 8446 §5.1)
         return " (this port speaks TLS right away: try implicit TLS, e.g. smtps:// or imaps://)"
-    if line.startswith(("* OK", "+OK", "220 ", "220-", '"IMPLEMENTATION"')):
+    others = [prefix for protocol, prefixes in _GREETINGS.items() if protocol != own for prefix in prefixes]
+    if line.startswith(tuple(others)):
         return " (another mail protocol answers on this port: check the scheme or --starttls)"
     return ""
+
+
+_GREETINGS = {"imap": ("* OK",), "pop3": ("+OK",), "smtp": ("220 ", "220-"), "sieve": ('"IMPLEMENTATION"',)}

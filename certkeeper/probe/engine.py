@@ -100,6 +100,9 @@ class _StreamConversation:
         self.progress.waiting(self.dialect)
         try:
             data = await self.reader.readuntil(b"\n")
+        except asyncio.CancelledError:  # the deadline: what came of a line never ended (StreamReader's buffer, which
+            self.progress.partial = len(getattr(self.reader, "_buffer", b""))  # it does not show otherwise)
+            raise
         except asyncio.IncompleteReadError as exc:
             raise self.progress.closed(exc.partial) from None
         except asyncio.LimitOverrunError:
@@ -212,13 +215,15 @@ class Prober:
         self.floor_contexts = {version: _version_context(version) for version in options.refuse_tls}
         self._judgements: dict[tuple[tuple[bytes, ...], str], ChainJudgement] = {}
 
-    async def probe(self, target: Target, *, address: str | None = None) -> ProbeResult:
-        started = time.perf_counter()
+    async def probe(self, target: Target, *, address: str | None = None, begun: float | None = None) -> ProbeResult:
+        """``begun``: when the target's deadline began (``time.monotonic()``), if before now: the lean path's
+        attempt (:mod:`certkeeper.probe.lean`) counts against ``--timeout`` too."""
+        started = time.monotonic() if begun is None else begun
         progress = Progress(transcript=[] if self.options.verbose else None)
         fetches: list[Fetch] = []
         failures: list[Finding] = []
         try:
-            async with asyncio.timeout(self.options.timeout):
+            async with asyncio.timeout_at(started + self.options.timeout):  # the loop's clock is monotonic()
                 for key_type in self.key_types:
                     try:
                         fetches.append(await self._fetch(target, address, key_type, progress))
@@ -232,7 +237,8 @@ class Prober:
                 if fetches:
                     failures += await self._check_floor(target, address, progress)
         except TimeoutError:
-            failures.append(timeout_finding(target, self.options.timeout, progress.stage, progress.received))
+            failures.append(timeout_finding(target, self.options.timeout, progress.stage, progress.received,
+                                            progress.partial))
         except _ProbeFailure as failure:
             failures.append(Finding(failure.code, "CRITICAL", failure.message))
         except Exception as exc:  # a bug in certkeeper, not a server problem: UNKNOWN, as plugins do
@@ -240,7 +246,7 @@ class Prober:
             failures.append(Finding(INTERNAL_ERROR, "UNKNOWN", f"internal error: {exc!r}"))
         if not fetches and failures and all(f.severity == "INFO" for f in failures):
             failures = [Finding(TLS_HANDSHAKE_FAILED, "CRITICAL", "; ".join(f.message for f in failures))]
-        return self._result(target, address, fetches, failures, progress, time.perf_counter() - started)
+        return self._result(target, address, fetches, failures, progress, time.monotonic() - started)
 
     async def _check_floor(self, target: Target, address: str | None, progress: Progress) -> list[Finding]:
         """One handshake capped at each refused version (``--require-no-tls1_1``): accepted is CRITICAL."""
@@ -394,9 +400,13 @@ def _openssl_reason(exc: SSL.Error) -> str:
     return str(exc) or type(exc).__name__
 
 
+# The record types of TLS (RFC 8446 section 5.1; heartbeat, RFC 6520): a server sending one speaks TLS, however badly
+_TLS_RECORD_TYPES = {b"\x14", b"\x15", b"\x16", b"\x17", b"\x18"}
+
+
 def _plaintext_hint(first: bytes) -> str:
     """When the 'TLS' server answered in plain text, say which protocol it speaks and what to do."""
-    if not first or first[:1] in {b"\x15", b"\x16"}:
+    if not first or first[:1] in _TLS_RECORD_TYPES:
         return ""
     line = first.split(b"\n", 1)[0].decode("ascii", "replace").strip()
     if first.startswith(b"HTTP/"):
@@ -414,8 +424,9 @@ async def probe_target(target: Target, options: ProbeOptions, *, now: datetime,
 
 
 async def probe_many(targets: Sequence[Target], options: ProbeOptions, *, now: datetime,
-                     concurrency: int = 50) -> list[ProbeResult]:
-    """Probe concurrently, at most ``concurrency`` at a time; results in input order.
+                     concurrency: int = 50, begun: float | None = None) -> list[ProbeResult]:
+    """Probe concurrently, at most ``concurrency`` at a time; results in input order.  ``begun``: as for
+    :meth:`Prober.probe` (for one target the lean path handed over).
 
     ``concurrency`` workers take the targets in turn, so only that many probes exist at once (5,000 targets are
     not 5,000 waiting tasks: a tenth of the peak memory of a large ``check --file``).
@@ -426,13 +437,13 @@ async def probe_many(targets: Sequence[Target], options: ProbeOptions, *, now: d
 
     async def worker() -> None:
         for index, target in queue:  # one thread: next() on the shared iterator never interleaves
-            results[index] = await prober.probe(target)
+            results[index] = await prober.probe(target, begun=begun)
 
     await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, len(targets))))))
     return [result for result in results if result is not None]
 
 
 def probe_sync(targets: Sequence[Target], options: ProbeOptions, *, now: datetime,
-               concurrency: int = 50) -> list[ProbeResult]:
+               concurrency: int = 50, begun: float | None = None) -> list[ProbeResult]:
     """:func:`probe_many` for callers without an event loop (the CLI, the verifier after a reload)."""
-    return asyncio.run(probe_many(targets, options, now=now, concurrency=concurrency))
+    return asyncio.run(probe_many(targets, options, now=now, concurrency=concurrency, begun=begun))

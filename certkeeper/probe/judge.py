@@ -210,14 +210,8 @@ def _trust_finding(
 ) -> Finding | None:
     """Why the chain does not verify, as one finding; None when the dates alone explain it."""
     leaf = certificates[0]
-    if dated:
-        # Dates already have their finding; ask whether the chain would verify when every certificate is
-        # valid, so an expired certificate from a trusted CA is not also called "not trusted".
-        moment = max(s.not_before for s in summaries) + timedelta(seconds=1)
-        if moment < min(s.not_after for s in summaries) and pki.verify_chain(
-            leaf, list(certificates[1:]), roots, at=moment
-        ).valid:
-            return None
+    if dated and _verifies_when_all_valid(certificates, summaries, roots):
+        return None
     root_fingerprints = {pki.fingerprint(root) for root in roots}
     if pki.is_self_signed(leaf) and summaries[0].fingerprint_sha256 not in root_fingerprints:
         return Finding(SELF_SIGNED, "CRITICAL",
@@ -232,6 +226,22 @@ def _trust_finding(
                        f"'{summaries[0].subject}' (or that CA is not in {trust_source}); clients that do not fetch "
                        f"missing intermediates cannot verify it: serve the full chain (fullchain.pem)")
     return Finding(CERTIFICATE_NOT_TRUSTED, "CRITICAL", f"the chain does not verify against {trust_source}: {error}")
+
+
+def _verifies_when_all_valid(certificates: Sequence[x509.Certificate], summaries: Sequence[CertificateSummary],
+                             roots: Sequence[x509.Certificate]) -> bool:
+    """Dates already have their finding: whether the chain would verify at a moment when every certificate is
+    valid, the anchor too, so that an expired certificate from a trusted CA is not also called "not trusted" (a
+    leaf of 1950 under a root made this year: no moment of the served certificates alone is one of the root's)."""
+    issuer = _last_served_issuer(certificates).issuer
+    anchors: list[x509.Certificate | None] = [root for root in roots if root.subject == issuer] or [None]
+    for anchor in anchors:
+        starts = [s.not_before for s in summaries] + ([anchor.not_valid_before_utc] if anchor else [])
+        ends = [s.not_after for s in summaries] + ([anchor.not_valid_after_utc] if anchor else [])
+        moment = max(starts) + timedelta(seconds=1)
+        if moment < min(ends) and pki.verify_chain(certificates[0], list(certificates[1:]), roots, at=moment).valid:
+            return True
+    return False
 
 
 def _last_served_issuer(certificates: Sequence[x509.Certificate]) -> x509.Certificate:

@@ -117,13 +117,21 @@ class _Probe:
             code: int | None = None
             try:
                 version, cipher, ders = self._fetch(verified)
-            except tls.CertificateVerifyFailed as exc:
-                code = exc.verify_code
-                version, cipher, ders = self._fetch(tls.probe_context(None, verify=False))
+            except tls.UnverifiedChain as failed:
+                code = failed.verify_code
+                if failed.version and failed.chain:  # TLS 1.3: all the engine would see, in one handshake
+                    version, cipher, ders = failed.version, failed.cipher, failed.chain
+                else:  # TLS 1.2: the version and suite once more, unverified, within what is left of the deadline
+                    try:
+                        version, cipher, ders = self._fetch(tls.probe_context(None, verify=False))
+                    except TimeoutError:  # a slow server, not a silent one: judged by what it sent, suite unknown
+                        if not failed.chain:
+                            raise
+                        version, cipher, ders = "", "", failed.chain
             fetches.append(Fetch(None, version, cipher, self._judge(ders, code)))
         except TimeoutError:
             failures.append(timeout_finding(self.target, self.options.timeout, self.progress.stage,
-                                            self.progress.received))
+                                            self.progress.received, self.progress.partial))
         except _Failure as failure:
             failures.append(Finding(failure.code, "CRITICAL", failure.message))
         return assemble(self.target, self.address, fetches, failures, several_key_types=False,
@@ -163,7 +171,7 @@ class _Probe:
             sock.settimeout(self._remaining())
             try:
                 connection = tls.handshake(sock, context, encode_host_name(server_name) if send_sni else None)
-            except (tls.CertificateVerifyFailed, TimeoutError):
+            except (tls.UnverifiedChain, TimeoutError):
                 raise
             except OSError as exc:  # tls.TlsError too: the engine words the reasons as pyOpenSSL gives them
                 msg = f"the TLS handshake failed: {exc}"
@@ -323,12 +331,14 @@ class _SocketConversation:
                 raise self.progress.too_long(self.dialect)
             if end >= 0:
                 line, self.buffer = self.buffer[:end + 1], self.buffer[end + 1:]
+                self.progress.partial = len(self.buffer)
                 return self.progress.received_line(line, self.dialect)
             self.sock.settimeout(self.remaining())
             data = self.sock.recv(65536)
             if not data:
                 raise self.progress.closed(self.buffer)
             self.buffer += data
+            self.progress.partial = len(self.buffer)
 
     def send_line(self, line: str) -> None:
         data = self.progress.sending(line)

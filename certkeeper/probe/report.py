@@ -49,10 +49,22 @@ def _perf_value(summary: CertificateSummary) -> str:
     return f"{whole_days(summary.days_left)};{_number(summary.warning_days)};{_number(summary.critical_days)};;"
 
 
+def printable(text: str) -> str:
+    """``text`` with each control or format character (ESC, CR, NUL, a bidirectional override) as "?": servers
+    choose the certificate names and replies we print, and a terminal or a monitoring system would act on them
+    (an ESC sequence retitling the terminal, a CR and a second status line)."""
+    return text if text.isprintable() else "".join(ch if ch.isprintable() else "?" for ch in text)
+
+
+def plugin_text(text: str) -> str:
+    """``text`` for a line of a plugin's output: a "|" would start perfdata (in the status line and in the long
+    output alike), so it is "/"; a line break is a space; control characters are "?" (:func:`printable`)."""
+    return printable(text.replace("|", "/").replace("\n", " "))
+
+
 def nagios_line(result: ProbeResult) -> str:
     """``CERTKEEPER OK - mail.example.org:465, smtps, '...' from 'R11' valid until ... |days_chain_elem1=...``"""
-    # A "|" in the text would start the perfdata for Nagios: servers choose the certificate names we print.
-    message = result.message.replace("|", "/").replace("\n", " ")
+    message = plugin_text(result.message)  # servers choose the certificate names and the replies we print
     line = f"CERTKEEPER {result.status} - {result.target.address}, {result.target.protocol}, {message}"
     data = perfdata(result)
     return f"{line}|{data}" if data else line

@@ -237,10 +237,13 @@ def assemble(target: Target, address: str | None, fetches: Sequence[Fetch], fail
     )
 
 
-def timeout_finding(target: Target, timeout: float, stage: str, received: int) -> Finding:
-    """The deadline passed while ``stage``; a STARTTLS server that never spoke may be an implicit-TLS port."""
+def timeout_finding(target: Target, timeout: float, stage: str, received: int, partial: int = 0) -> Finding:
+    """The deadline passed while ``stage``; a STARTTLS server that never spoke may be an implicit-TLS port.
+    ``received``: bytes of whole lines before TLS; ``partial``: bytes of a line never ended."""
     hint = ""
-    if received == 0 and target.tls == "starttls" and "greeting" in stage:
+    if partial and stage.startswith("waiting for"):
+        hint = f"; the server sent {partial} byte{'s' if partial > 1 else ''} but never ended the line"
+    elif received == 0 and target.tls == "starttls" and "greeting" in stage:
         hint = "; the server never spoke: is this an implicit-TLS port (try smtps://, imaps://, pop3s://)?"
     return Finding(TIMEOUT, "CRITICAL", f"no answer within {timeout:g} s while {stage}{hint}")
 
