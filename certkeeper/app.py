@@ -224,7 +224,7 @@ class App:
         certificates = []
         for certificate in self.config.certificates.values():
             home = self.renewer.home(certificate)
-            current = home.current()
+            current = home.readable_current()  # what cannot be read is the pass's to report (last_error)
             decision = self.renewer.decide(certificate, now)
             state = self.store.get_state(certificate.name)
             fingerprints = current.fingerprints if current else None

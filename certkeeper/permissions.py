@@ -80,16 +80,44 @@ def open_nofollow(path: Path | str, flags: int, mode: int = 0o600) -> int:
         raise
 
 
-def read_nofollow(path: Path | str) -> bytes:
-    """The content of ``path``, refusing a symbolic link (see :func:`open_nofollow`)."""
-    fd = open_nofollow(path, os.O_RDONLY)
+READ_LIMIT = 64 << 20  # more than any key, certificate, version.json or CA file certkeeper writes
+
+
+def read_nofollow(path: Path | str, *, limit: int = READ_LIMIT) -> bytes:
+    """The content of ``path``, refusing a symbolic link (see :func:`open_nofollow`), anything but a regular file
+    and more than ``limit`` bytes, as :class:`OSError` naming ``path``: a named pipe in its place would block the
+    pass forever (opened without waiting for a writer, then refused), a device or a huge file exhaust memory."""
+    return _read_regular(open_nofollow(path, os.O_RDONLY | os.O_NONBLOCK), path, limit)
+
+
+def read_regular(path: Path | str, *, limit: int = READ_LIMIT) -> bytes:
+    """:func:`read_nofollow` for files outside certkeeper's own folders (a mail daemon's certificate and key,
+    which may well be links): links followed, the rest refused alike."""
+    return _read_regular(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), path, limit)
+
+
+def _read_regular(fd: int, path: Path | str, limit: int) -> bytes:
     try:  # os.read on the descriptor: open, read, read, close (a file object would add two fstats, 1,000 a pass)
-        chunks = []
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, f"is {file_kind(mode)}, not a file", str(path))
+        chunks, size = [], 0
         while chunk := os.read(fd, 1 << 16):
+            size += len(chunk)
+            if size > limit:
+                raise OSError(errno.EFBIG, f"is larger than {limit >> 20} MiB, which no key, certificate or "
+                              "state file is", str(path))
             chunks.append(chunk)
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def file_kind(mode: int) -> str:
+    """What a ``stat`` mode is, in words: "a folder", "a character device" and so on."""
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symbolic link"))
+    return next((name for test, name in kinds if test(mode)), "not a file")
 
 
 def _check_chain(leaf: Path, what: str, *, leaf_is_dir: bool) -> None:

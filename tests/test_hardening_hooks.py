@@ -144,3 +144,41 @@ def test_a_printed_key_reaches_neither_status_json_nor_the_store_nor_alert_mail(
     assert "[redacted PRIVATE KEY PEM block]" in stored
     for text in (result.stdout + result.stderr, status.stdout, stored):
         assert not any(line in text for line in body_lines)
+
+
+def _mail_with(hook: Path) -> str:
+    return textwrap.dedent(f"""
+        [certificates.mail]
+        issuer = "internal"
+        domains = ["mail.example.test"]
+        reload = ["{hook}"]
+        """)
+
+
+def test_a_key_a_hook_made_readable_by_all_is_given_its_mode_back_at_once(tmp_path: Path) -> None:
+    """A reload hook running ``chmod 666`` on the key: it stayed 0666 for good (size and hash unchanged)."""
+    hook = script(tmp_path, 'chmod 666 "$CERTKEEPER_PRIVKEY"\n', name="loosen")
+    config = write_config(tmp_path, _mail_with(hook))
+    result = run_cli(config, "renew")
+    assert result.returncode == 0, result.stdout + result.stderr
+    key = tmp_path / "state" / "certs" / "mail" / "current" / "privkey.pem"
+    assert (key.stat().st_mode & 0o777) == 0o600
+    assert f"{key.resolve()} was mode 0666, readable beyond its owner; set back to 0600" in result.stderr
+
+
+def test_a_hook_that_removes_the_installed_files_fails_and_the_next_pass_installs_anew(tmp_path: Path) -> None:
+    """A reload hook deleting the files it was given: "installed and verified", rc 0, with only version.json left."""
+    hook = script(tmp_path, 'rm -f "$CERTKEEPER_CERT_DIR"/*.pem\n', name="remove")
+    config = write_config(tmp_path, _mail_with(hook))
+    result = run_cli(config, "renew")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "mail: failed: after the hooks ran, " in result.stdout
+    assert "privkey.pem was removed; the next pass installs a new pair (a hook must only read the files)" in \
+        result.stdout
+    assert "RenewalFailed name=mail" in result.stderr
+
+    config.path.write_text(config.path.read_text().replace(f'reload = ["{hook}"]', ""))
+    again = run_cli(config, "renew")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "mail: renewed: installed and verified" in again.stdout
+    assert (tmp_path / "state" / "certs" / "mail" / "current" / "privkey.pem").is_file()

@@ -10,6 +10,7 @@ import pwd
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -204,3 +205,35 @@ def test_rows_sealed_before_the_fleet_had_a_salt_still_open() -> None:
     assert salted.open("mail", 1, "ecdsa-p256", sealed, 0) == b"key material"
     with pytest.raises(Exception, match="does not decrypt"):
         salted.open("mail", 1, "ecdsa-p256", sealed, 1)
+
+
+def test_a_copy_to_folder_reached_through_a_link_takes_its_copy_every_time(tmp_path: Path) -> None:
+    """/etc/ssl/private as a link to the real folder: the copy was written, then its folder's fsync refused the
+    link, so every run failed "retried" while config check said OK."""
+    real = tmp_path / "real-private"
+    real.mkdir(mode=0o755)
+    linked = tmp_path / "private"
+    linked.symlink_to(real)
+    config = write_config(tmp_path, certificate(extra=f'copy_to = {{ combined = "{linked}/mail.pem" }}'))
+    for _ in range(2):
+        result = run_cli(config, "renew", "--force")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "mail: renewed: installed and verified" in result.stdout
+    assert (real / "mail.pem").read_bytes() == \
+        (tmp_path / "state" / "certs" / "mail" / "current" / "combined.pem").read_bytes()
+
+
+def test_doctor_refuses_a_named_pipe_as_a_daemons_file_and_takes_a_relative_folder(tmp_path: Path) -> None:
+    """A named pipe named by smtpd_tls_cert_file hung doctor forever; a relative --postfix-config was read from /
+    (the folder postconf runs in)."""
+    postfix = tmp_path / "pf"
+    postfix.mkdir()
+    (postfix / "master.cf").write_text("")
+    pipe = postfix / "cert.pem"
+    os.mkfifo(pipe)
+    (postfix / "main.cf").write_text(f"smtpd_tls_cert_file = {pipe}\nsmtpd_tls_key_file = {pipe}\n")
+    done = subprocess.run([sys.executable, "-m", "certkeeper", "-c", "/nonexistent/certkeeper.toml", "doctor",
+                           "--postfix-config", "pf"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert "Traceback" not in done.stdout + done.stderr
+    assert f"cannot read {pipe}: is a named pipe, not a file" in done.stdout, done.stdout + done.stderr
+    assert done.returncode == 2

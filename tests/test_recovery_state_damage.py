@@ -9,8 +9,11 @@ next run repairs what it can; never "internal error" with a traceback.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 from certkeeper.config import Config
@@ -163,3 +166,108 @@ def test_a_missing_ca_directory_is_named_not_taken_for_an_empty_one(tmp_path: Pa
     assert f"internal CA 'internal': the CA directory {tmp_path / 'ca'} does not exist (run `certkeeper ca init`" \
            in revoke.stderr
     assert f"intermediate certificate {tmp_path / 'ca' / 'intermediate.pem'} is missing" in crl.stderr
+
+
+def run_within(config: Config, seconds: float, *args: str) -> subprocess.CompletedProcess[str]:
+    """run_cli with a short leash: a command that blocks (on a named pipe) fails the test, not the whole run."""
+    return subprocess.run([sys.executable, "-m", "certkeeper", "-c", str(config.path), *args], capture_output=True,
+                          text=True, timeout=seconds)
+
+
+def current_folder(tmp_path: Path, name: str) -> Path:
+    home = tmp_path / "state" / "certs" / name
+    return home / (home / "current").readlink()
+
+
+def test_a_named_pipe_or_absurd_json_as_version_json_costs_that_version_not_the_pass(tmp_path: Path) -> None:
+    """A named pipe where ``version.json`` belongs blocked every command forever (opened to be read); JSON nested
+    100,000 deep was a RecursionError traceback on every run.  Each is that certificate's damage: named, and
+    repaired by a new version, the other certificate untouched."""
+    config = two_certificates(tmp_path)
+    meta = current_folder(tmp_path, "mail") / "version.json"
+    meta.unlink()
+    os.mkfifo(meta)
+    (current_folder(tmp_path, "imap") / "version.json").write_text("[" * 100_000 + "]" * 100_000)
+
+    status = run_within(config, 60, "status", "--json")
+    assert_no_traceback(status)
+    errors = {row["name"]: row["installed_error"] for row in json.loads(status.stdout)}
+    assert errors["mail"].endswith(f"{meta}: unreadable version metadata (is a named pipe, not a file)"), errors
+    assert "unreadable version metadata (maximum recursion depth exceeded" in errors["imap"], errors
+
+    renewed = run_within(config, 120, "renew")
+    assert renewed.returncode == 0, renewed.stdout + renewed.stderr
+    assert_no_traceback(renewed)
+    assert "mail: renewed: installed and verified" in renewed.stdout
+    assert "imap: renewed: installed and verified" in renewed.stdout
+
+
+def test_a_certificate_folder_that_is_a_symlink_is_refused_not_written_through(tmp_path: Path) -> None:
+    """``certs/mail`` as a link to a folder elsewhere: renew wrote versions and ``current`` through it, then
+    stopped the whole pass with an internal error (fsync of a linked folder), and later runs used it."""
+    config = two_certificates(tmp_path)
+    home = tmp_path / "state" / "certs" / "mail"
+    elsewhere = tmp_path / "elsewhere"
+    home.rename(elsewhere)
+    home.symlink_to(elsewhere)
+    before = sorted(p.name for p in (elsewhere / "versions").iterdir())
+
+    result = run_cli(config, "renew", "--force")
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert_no_traceback(result)
+    assert f"mail: failed: {home}: cannot write the new version: is a symbolic link, which certkeeper never " \
+           "follows inside its state directory" in result.stdout
+    assert "imap: renewed: installed and verified" in result.stdout
+    assert sorted(p.name for p in (elsewhere / "versions").iterdir()) == before  # nothing written through it
+
+
+def test_a_version_json_naming_files_outside_its_folder_is_not_believed(tmp_path: Path) -> None:
+    """``"subdir": "/elsewhere"`` made the pass judge copies outside the version while ``current/`` had lost its
+    key: "not-due".  Only a key family's folder is one."""
+    config = two_certificates(tmp_path)
+    folder = current_folder(tmp_path, "mail")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for pem in folder.glob("*.pem"):
+        (elsewhere / pem.name).write_bytes(pem.read_bytes())
+    meta = json.loads((folder / "version.json").read_text())
+    meta["pairs"][0]["subdir"] = str(elsewhere)
+    (folder / "version.json").write_text(json.dumps(meta))
+    (folder / "privkey.pem").unlink()
+
+    result = run_cli(config, "renew")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"a pair's folder is {str(elsewhere)!r}, not one of ecdsa, rsa" in result.stderr
+    assert "mail: renewed: installed and verified" in result.stdout
+    assert (tmp_path / "state" / "certs" / "mail" / "current" / "privkey.pem").is_file()
+
+
+def test_status_shows_a_damaged_certificate_beside_the_others(tmp_path: Path) -> None:
+    """``current`` linked to /etc blanked ``status`` (and ``status --json``) for every certificate; a version
+    holding a link was refused by ``rollback`` even to the good ones; ``--to`` 300 characters long was an
+    ENAMETOOLONG traceback."""
+    config = two_certificates(tmp_path)
+    renewed = run_cli(config, "renew", "--force", "imap")
+    assert renewed.returncode == 0, renewed.stdout + renewed.stderr
+    newest = current_folder(tmp_path, "imap")
+    (newest / "version.json").unlink()
+    (newest / "version.json").symlink_to("/etc/passwd")
+    mail_current = tmp_path / "state" / "certs" / "mail" / "current"
+    mail_current.unlink()
+    mail_current.symlink_to("/etc")
+
+    text = run_cli(config, "status")
+    assert text.returncode == 0, text.stdout + text.stderr
+    assert f"nothing usable installed: {mail_current}: points to '/etc', not to a folder in versions/" in text.stdout
+    assert "imap  [ecdsa-p256]" in text.stdout and "mail  [ecdsa-p256]" in text.stdout
+
+    rollback = run_cli(config, "rollback", "imap")  # to the version before, which is intact
+    assert rollback.returncode == 0, rollback.stdout + rollback.stderr
+    assert "imap: now serving" in rollback.stdout
+
+    long = run_cli(config, "rollback", "imap", "--to", "x" * 300)
+    assert long.returncode != 0
+    assert_no_traceback(long)
+    assert "certificate 'imap' has no version 'xxx" in long.stdout + long.stderr

@@ -20,6 +20,7 @@ import locale  # noqa: F401
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from certkeeper.cli.context import Context
 from certkeeper.errors import EX_SOFTWARE, EX_USAGE, CertkeeperError
@@ -107,6 +108,12 @@ class _Version(argparse.Action):
 
         print(f"certkeeper {certkeeper.__version__}")
         parser.exit()
+
+
+def absolute_path(text: str) -> Path:
+    """An argument naming a file or folder, made absolute: the mail tools certkeeper runs start in ``/``, where a
+    relative ``--postfix-config pf`` would name another folder."""
+    return Path(text).absolute()
 
 
 def configure_logging(verbose: int) -> None:

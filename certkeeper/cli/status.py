@@ -38,7 +38,7 @@ def collect(context: Context, now: datetime) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for certificate in context.config.certificates.values():
         home = app.renewer.home(certificate)
-        current = home.current()
+        current, problem = home.current_or_problem()
         decision = app.renewer.decide(certificate, now)
         state = context.store.get_state(certificate.name)
         last = context.store.renewals(certificate.name, limit=1)
@@ -58,6 +58,7 @@ def collect(context: Context, now: datetime) -> list[dict[str, Any]]:
             "issuer": certificate.issuer,
             "key_types": [k.value for k in certificate.key_types],
             "version": current.id if current else None,
+            "installed_error": problem,  # why nothing usable is installed when something is ("" otherwise)
             "versions": [v.id for v in home.versions()],
             "not_after": current.not_after.isoformat() if current else None,
             "days_left": round((current.not_after - now).total_seconds() / 86400, 2) if current else None,
@@ -128,6 +129,7 @@ def run(args: argparse.Namespace, context: Context) -> int:
         return 0
     for row in rows:
         expiry = (f"expires {row['not_after'][:10]} ({row['days_left']:.0f} days)" if row["not_after"]
+                  else f"nothing usable installed: {row['installed_error']}" if row["installed_error"]
                   else "not installed")
         print(f"{row['name']}  [{', '.join(row['key_types'])}]  {' '.join(row['domains'])}")
         print(f"  issuer {row['issuer']}, {expiry}, version {row['version'] or '-'}")

@@ -422,7 +422,7 @@ class DaneRollover:
                                  tuple(str(line) for line in data.get("lagging", ())), owners)
         except FileNotFoundError:
             return RolloverState()
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
             # Unreadable state costs a republication and two TTLs of waiting, never a premature key change.
             log.warning("%s: unreadable %s (%s); starting the rollover over", self.certificate.name,
                         self.state_file, exc)

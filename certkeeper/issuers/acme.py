@@ -332,7 +332,7 @@ class _Directory:
             if self.net.account is not None:
                 return
             stored = self.home / "account.json"
-            with contextlib.suppress(OSError, ValueError, KeyError):
+            with contextlib.suppress(OSError, ValueError, KeyError, RecursionError):
                 uri = json.loads(read_nofollow(stored))["uri"]
                 self.net.account = messages.RegistrationResource(uri=uri, body=messages.Registration())
                 return
@@ -340,7 +340,7 @@ class _Directory:
 
     def stored_account_uri(self) -> str | None:
         """The account URI stored for this key, without asking the CA (None before the first registration)."""
-        with contextlib.suppress(OSError, ValueError, KeyError):
+        with contextlib.suppress(OSError, ValueError, KeyError, RecursionError):
             return str(json.loads((self.home / "account.json").read_text())["uri"])
         return None
 

@@ -47,7 +47,7 @@ def pending(state_dir: Path, certificate: str) -> list[Entry]:
         return [(str(a), str(b), str(c)) for a, b, c in rows]
     except FileNotFoundError:
         return []
-    except (OSError, ValueError, TypeError) as exc:
+    except (OSError, ValueError, TypeError, RecursionError) as exc:
         raise InputError(str(path), f"unreadable list of published dns-01 values ({exc})") from None
 
 

@@ -24,6 +24,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from certkeeper import pki
+from certkeeper.permissions import read_regular
 from certkeeper.probe.judge import thresholds_for
 
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----.*?-----END \1-----", re.S)
@@ -50,7 +51,7 @@ class FileFacts:
 def read_file(path: Path) -> FileFacts:
     try:
         info = path.stat()
-        data = path.read_bytes()
+        data = read_regular(path)  # a named pipe configured by mistake would hang, a huge file fill memory
     except FileNotFoundError:
         return FileFacts(path, exists=False, error="no such file")
     except OSError as exc:

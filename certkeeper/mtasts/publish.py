@@ -73,7 +73,7 @@ def load_state(state_dir: Path, domain: str) -> PublishState:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         return PublishState()
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise InputError(str(path), f"unreadable MTA-STS state ({exc}); remove it to publish afresh") from None
     try:
         raw = data["publication"]

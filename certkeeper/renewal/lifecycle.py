@@ -26,6 +26,7 @@ import contextlib
 import functools
 import hashlib
 import logging
+import os
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -434,12 +435,16 @@ class Renewer:
         certificate = self.select([name])[0]
         home = self.home(certificate)
         with self.store.lock(name, self.settings.lock_timeout.total_seconds()):
-            current = home.current()
-            versions = home.versions()
+            current, damaged = home.current_or_problem()
+            versions = home.versions()  # the readable ones
             if to is not None:
                 target = home.version(to)
             else:
-                older = [v for v in versions if current is not None and v.id < current.id]
+                if current is not None:
+                    older = [v for v in versions if v.id < current.id]
+                else:  # what current names cannot be read (what rollback is for): the newest that can
+                    named = (home.link_text() or "").rpartition("/")[2] if damaged else ""
+                    older = [v for v in versions if damaged and v.id != named]
                 if not older:
                     msg = (
                         f"certificate {name!r} has no version older than the current one "
@@ -797,6 +802,24 @@ class Renewer:
                     context = HookContext(name=work.config.name, domains=work.config.domains, version=work.new.id,
                                           cert_dir=lineage, extra_env=dict(work.config.hook_env))
                     self._run_hook(hook, context, [work], now)
+        for work in works:  # what the hooks left of the files: one that removes or rewrites them fails it, and
+            if (work.config.reload or work.config.deploy_hooks) and not work.hook_error:  # nothing usable is
+                work.hook_error = self._files_after_hooks(work)  # installed: retried within minutes, not weeks
+                if work.hook_error:
+                    work.installed = None
+
+    def _files_after_hooks(self, work: _Work) -> str:
+        """Why the installed files are not as installed any more ("" when they are), once the hooks ran; a key
+        they made readable by others is given its mode back (:meth:`CertificateHome.changed_files`).  Their
+        hashes are recorded, so the next pass with nothing due does not read them again."""
+        assert work.new is not None
+        for pair in work.new.pairs:
+            changed = work.home.changed_files(pair, self.verified)
+            if changed:
+                state = "differs from what was installed" if os.path.lexists(changed[0]) else "was removed"
+                return (f"after the hooks ran, {changed[0]} {state}; the next pass installs a new pair (a hook must "
+                        "only read the files)")
+        return ""
 
     def _run_hook(self, hook: Path, context: HookContext, members: Sequence[_Work], now: datetime) -> None:
         from certkeeper.renewal.hooks import run_hook

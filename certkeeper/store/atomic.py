@@ -14,6 +14,8 @@ import stat
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from certkeeper.permissions import file_kind
+
 
 def write_atomic(path: Path, data: bytes, *, mode: int, gid: int = -1, exclusive: bool = False,
                  dir_mode: int = 0o755) -> bool:
@@ -47,7 +49,7 @@ def write_atomic(path: Path, data: bytes, *, mode: int, gid: int = -1, exclusive
     finally:
         with contextlib.suppress(FileNotFoundError):
             Path(temporary).unlink()
-    fsync_dir(path.parent)
+    fsync_dir(path.parent, follow=True)  # the folder mkstemp and the rename went to: /etc/ssl/private as a link too
     return True
 
 
@@ -61,13 +63,6 @@ def refuse_special(path: Path) -> None:
     if not stat.S_ISREG(status.st_mode):
         raise FileExistsError(errno.EEXIST, f"is {file_kind(status.st_mode)}, which certkeeper never replaces "
                               "(name a file)", str(path))
-
-
-def file_kind(mode: int) -> str:
-    """What a ``stat`` mode is, in words: "a folder", "a character device" and so on."""
-    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-             (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symbolic link"))
-    return next((name for test, name in kinds if test(mode)), "not a file")
 
 
 def write_new_files(files: Sequence[tuple[str, bytes, int, int]]) -> None:
@@ -168,9 +163,10 @@ def set_dir_mode(path: Path, *, mode: int, gid: int = -1) -> None:
         os.chown(path, -1, gid)
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename in ``path`` durable (the directory entry, not only the file's bytes)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+def fsync_dir(path: Path | str, *, follow: bool = False) -> None:
+    """Make a rename in ``path`` durable (the directory entry, not only the file's bytes); ``path`` itself a
+    symbolic link is refused unless ``follow`` (a folder the rename already went through)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | (0 if follow else os.O_NOFOLLOW))
     try:
         os.fsync(fd)
     finally:

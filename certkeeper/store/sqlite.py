@@ -467,7 +467,7 @@ class SqliteStore:
         for row in rows:
             try:
                 decoded.append(decode(row))
-            except (TypeError, ValueError) as exc:
+            except (TypeError, ValueError, RecursionError) as exc:  # RecursionError: JSON nested absurdly deep
                 log.warning("%s: a damaged row of %s left out (%s): %s", self.path, table, exc, _row_key(row))
         return decoded
 

@@ -25,10 +25,12 @@ in place; both have produced key/certificate mismatches in the field.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import grp
 import hashlib
 import json
+import logging
 import os
 import stat
 import time
@@ -47,6 +49,8 @@ from certkeeper.store.atomic import fsync_dir, make_dirs, refuse_special, set_di
 
 if TYPE_CHECKING:
     from cryptography import x509
+
+log = logging.getLogger(__name__)
 
 FILES = ("privkey.pem", "cert.pem", "chain.pem", "fullchain.pem", "combined.pem")
 _SECRET_FILES = {"privkey.pem", "combined.pem"}
@@ -151,6 +155,34 @@ def _pair_files(pair: KeyPair) -> dict[str, bytes]:
     }
 
 
+def _tighten(path: str, mode: int, key_mode: int) -> None:
+    """A key file someone made readable by others (a hook's ``chmod 644``): given its mode back, and said."""
+    os.chmod(path, key_mode)  # noqa: PTH101 (a str path)
+    log.warning("%s was mode %04o, readable beyond its owner%s; set back to %04o", path, stat.S_IMODE(mode),
+                " and group" if key_mode & 0o070 else "", key_mode)
+
+
+def _subdir(name: object) -> str:
+    """A pair's folder inside its version as ``version.json`` names it: a key family's, nothing else (a path
+    there would have the pass judge files outside the version)."""
+    if name not in _FAMILIES:
+        msg = f"a pair's folder is {name!r}, not one of {', '.join(sorted(_FAMILIES))}"
+        raise ValueError(msg)
+    return str(name)
+
+
+def _file_name(name: object) -> str:
+    if name not in FILES:
+        msg = f"{name!r} is not one of the files of a pair ({', '.join(FILES)})"
+        raise ValueError(msg)
+    return str(name)
+
+
+_FAMILIES = frozenset(key_type.family for key_type in KeyType)
+_LINKED_ROOT = ("is a symbolic link, which certkeeper never follows inside its state directory: move the folder it "
+                "points to here, or set state_dir to where the files should be")
+
+
 def check_pairs(name: str, pairs: Sequence[KeyPair], domains: Sequence[str],
                 roots: Sequence[x509.Certificate], *, now: datetime,
                 chains: pki.ChainVerifier | None = None) -> None:
@@ -225,7 +257,7 @@ class VerifiedFiles:
                 loaded = json.loads(read_nofollow(path))  # in the state dir: never through a link
                 if isinstance(loaded, dict):
                     self._entries = loaded
-            except (OSError, ValueError, UnsafePath):  # a link is replaced, not followed, by the next save
+            except (OSError, ValueError, RecursionError, UnsafePath):  # a link is replaced by the next save
                 pass
 
     @staticmethod
@@ -338,6 +370,8 @@ class CertificateHome:
             return None
         except OSError as exc:  # a file or a folder where the link belongs
             raise InputError(str(self.current_link), f"not a symbolic link to a version ({exc.strerror})") from None
+        if os.path.islink(self._root):  # noqa: PTH114 (a str: 1,000 a pass)
+            raise InputError(self._root, _LINKED_ROOT)
         return self.linked_version(target, known)
 
     def linked_version(self, target: str, known: KnownVersions | None = None) -> Version:
@@ -371,10 +405,15 @@ class CertificateHome:
 
     def readable_current(self) -> Version | None:
         """:meth:`current`, or None when what is installed cannot be read (the renewal pass reports it)."""
+        return self.current_or_problem()[0]
+
+    def current_or_problem(self) -> tuple[Version | None, str]:
+        """:meth:`current`, and why there is none when what is installed cannot be read ("" when it can): a
+        damaged certificate is shown as such beside the others (``status``), not instead of them."""
         try:
-            return self.current()
-        except InputError:
-            return None
+            return self.current(), ""
+        except (InputError, UnsafePath) as exc:
+            return None, str(exc)
 
     def changed_files(self, pair: InstalledPair, verified: VerifiedFiles | None = None) -> list[str]:
         """The pair's files whose size or content differ from what ``version.json`` recorded at install.
@@ -384,10 +423,13 @@ class CertificateHome:
         changed = []
         directory = str(pair.directory)
         unchanged = verified.unchanged if verified is not None else None
+        key_mode = self.ownership.key_mode
         for filename, size, digest in pair.files:
             path = f"{directory}/{filename}"
             try:
                 status = os.stat(path)  # noqa: PTH116 (str paths: no Path built per file, 5,000 a pass)
+                if filename in _SECRET_FILES and stat.S_IMODE(status.st_mode) & ~key_mode:
+                    _tighten(path, status.st_mode, key_mode)
                 if status.st_size != size:
                     changed.append(path)
                 elif unchanged is None or not unchanged(path, digest, status):
@@ -407,13 +449,13 @@ class CertificateHome:
         found = []
         for entry in sorted(self.versions_dir.iterdir()):
             if not entry.name.startswith(".") and (entry / "version.json").is_file():
-                with contextlib.suppress(InputError):
+                with contextlib.suppress(InputError, UnsafePath):  # a link in it: not a version to offer
                     found.append(self._load(entry))
         return found
 
     def version(self, version_id: str) -> Version:
         path = self.versions_dir / version_id
-        if version_id.startswith(".") or "/" in version_id or not (path / "version.json").is_file():
+        if not is_safe_name(version_id) or version_id.startswith(".") or not (path / "version.json").is_file():
             known = ", ".join(v.id for v in self.versions()) or "none"
             msg = f"certificate {self.name!r} has no version {version_id!r} (versions: {known})"
             raise CertkeeperError(msg)
@@ -435,7 +477,9 @@ class CertificateHome:
         meta_path = f"{path}/version.json"  # a str: a pass reads 1,000 of them
         try:
             meta = json.loads(read_nofollow(meta_path))
-        except (OSError, ValueError) as exc:
+        except OSError as exc:  # a named pipe, a huge file: read_nofollow's words
+            raise InputError(str(meta_path), f"unreadable version metadata ({exc.strerror or exc})") from None
+        except (ValueError, RecursionError) as exc:  # not JSON, or JSON nested absurdly deep
             raise InputError(str(meta_path), f"unreadable version metadata ({exc})") from None
         return self._version(path, meta)
 
@@ -448,8 +492,8 @@ class CertificateHome:
                     key_type=p["key_type"], serial=p["serial"], fingerprint=p["fingerprint"],
                     not_before=datetime.fromisoformat(p["not_before"]),
                     not_after=datetime.fromisoformat(p["not_after"]),
-                    directory=path / p["subdir"] if p["subdir"] else path,
-                    files=tuple([(str(name), int(size), str(digest)) for name, (size, digest)
+                    directory=path / _subdir(p["subdir"]) if p["subdir"] else path,
+                    files=tuple([(_file_name(name), int(size), str(digest)) for name, (size, digest)
                                  in p.get("files", {}).items()]),
                 )
                 for p in meta["pairs"]
@@ -624,6 +668,8 @@ class CertificateHome:
                 else (f"{base}/{name}", contents[name], 0o644, -1) for name in FILES]
 
     def _ensure_dirs(self) -> None:
+        if os.path.islink(self._root):  # noqa: PTH114 - written through, it would put keys where nobody checks
+            raise OSError(errno.ELOOP, _LINKED_ROOT, self._root)
         # certs/ itself only lists names (0755); each certificate's folder carries the restrictive mode.  Modes
         # are set explicitly: under the unit's UMask=0077 a 0750 folder would come out 0700, and the group
         # named by `group` could not reach its key.
