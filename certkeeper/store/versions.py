@@ -34,7 +34,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -171,14 +171,17 @@ def _subdir(name: object) -> str:
     return str(name)
 
 
-def _file_name(name: object) -> str:
-    if name not in FILES:
-        msg = f"{name!r} is not one of the files of a pair ({', '.join(FILES)})"
+def _pair_file_entries(files: Mapping[str, Any]) -> Iterable[tuple[str, Any]]:
+    """``version.json``'s files of a pair, each one of the five (a name there is a path the pass judges)."""
+    if not _FILE_NAMES.issuperset(files):
+        strange = next(name for name in files if name not in _FILE_NAMES)
+        msg = f"{strange!r} is not one of the files of a pair ({', '.join(FILES)})"
         raise ValueError(msg)
-    return str(name)
+    return files.items()
 
 
 _FAMILIES = frozenset(key_type.family for key_type in KeyType)
+_FILE_NAMES = frozenset(FILES)
 _LINKED_ROOT = ("is a symbolic link, which certkeeper never follows inside its state directory: move the folder it "
                 "points to here, or set state_dir to where the files should be")
 
@@ -493,8 +496,8 @@ class CertificateHome:
                     not_before=datetime.fromisoformat(p["not_before"]),
                     not_after=datetime.fromisoformat(p["not_after"]),
                     directory=path / _subdir(p["subdir"]) if p["subdir"] else path,
-                    files=tuple([(_file_name(name), int(size), str(digest)) for name, (size, digest)
-                                 in p.get("files", {}).items()]),
+                    files=tuple([(str(name), int(size), str(digest)) for name, (size, digest)
+                                 in _pair_file_entries(p.get("files", {}))]),
                 )
                 for p in meta["pairs"]
             ])
