@@ -124,6 +124,68 @@ class _Unreachable(Exception):
         return self.status is not None
 
 
+MAX_ANSWER_BYTES = 2 << 20  # an ACME answer (a directory, an order, a certificate chain) is kilobytes
+
+
+class _PlainHttp(Exception):
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.url = url
+
+
+class _HttpsOnly(requests.adapters.BaseAdapter):
+    """Mounted on ``http://``: a request there, a redirect included, is refused before anything is sent (RFC 8555
+    section 6.1: ACME is spoken over HTTPS only; a CA redirecting to plain HTTP would get the order in clear)."""
+
+    def send(self, request: requests.PreparedRequest, *_: Any, **__: Any) -> requests.Response:
+        raise _PlainHttp(str(request.url))
+
+    def close(self) -> None:
+        pass
+
+
+def https_session() -> requests.Session:
+    """A requests session that speaks to https:// URLs only and trusts no proxy or CA bundle from the
+    environment (the caller passes ``verify`` and ``proxies``)."""
+    session = requests.Session()
+    session.mount("http://", _HttpsOnly())
+    session.trust_env = False
+    return session
+
+
+def read_bounded(response: requests.Response, url: str, *, seconds: float, limit: int = MAX_ANSWER_BYTES) -> bytes:
+    """The body of a streamed ``response``, within ``seconds`` in all and ``limit`` bytes: a CA (or a policy
+    host) dripping a byte per read, or sending gigabytes, is stopped, not waited for or kept."""
+    deadline = time.monotonic() + seconds
+    raw = response.raw
+    # read1: what one read of the socket brought (urllib3 2); read(n) waits for n bytes, a drip's whole length
+    read = raw.read1 if hasattr(raw, "read1") else raw.read
+    chunks, size, problem = [], 0, ""
+    try:
+        while chunk := read(65536, decode_content=True):
+            size += len(chunk)
+            if size > limit:
+                problem = f"{url} answered with more than {limit >> 20} MiB"
+                break
+            if time.monotonic() > deadline:
+                problem = f"{url} did not finish its answer within {seconds:g} s"
+                break
+            chunks.append(chunk)
+    except BaseException:
+        response.close()  # the connection is closed, not reused
+        raise
+    if problem:
+        response.close()
+        raise _Oversized(problem)
+    response._content_consumed = True  # type: ignore[attr-defined]  # requests.Response.content sets it so
+    response.close()  # read to its end: the connection goes back to the pool for the next request
+    return b"".join(chunks)
+
+
+class _Oversized(Exception):
+    pass
+
+
 class _ResilientNetwork(acme_client.ClientNetwork):
     """The library's JWS/nonce handling, with bounded retries and a thread-safe nonce pool.
 
@@ -145,6 +207,7 @@ class _ResilientNetwork(acme_client.ClientNetwork):
         self._nonce_lock = threading.RLock()
         self._seen_nonces: dict[str, None] = {}
         self.session.trust_env = False
+        self.session.mount("http://", _HttpsOnly())
         self._proxies: dict[tuple[str, str | None, int | None], dict[str, str]] = {}
         self._this_thread = threading.local()  # ``policy``: a policy for this thread's requests (retrying())
 
@@ -167,9 +230,23 @@ class _ResilientNetwork(acme_client.ClientNetwork):
         return found
 
     def _send_request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:
+        """One request as the library's, its answer read within the timeout and :data:`MAX_ANSWER_BYTES`."""
         kwargs.setdefault("proxies", self._proxies_for(url))
+        kwargs["verify"] = self.verify_ssl
+        kwargs.setdefault("headers", {}).setdefault("User-Agent", self.user_agent)
+        kwargs.setdefault("timeout", self._default_timeout)
+        kwargs["stream"] = True  # read below, bounded
+        log.debug("%s %s", method, url)
         try:
-            response: requests.Response = super()._send_request(method, url, *args, **kwargs)
+            response = self.session.request(method, url, *args, **kwargs)
+            response._content = read_bounded(response, url, seconds=self._default_timeout)
+            if "Accept" not in kwargs["headers"]:
+                response.encoding = "utf-8"  # JSON and PEM: not guessed from the bytes (as the library does)
+        except _PlainHttp as exc:
+            raise _Unreachable(url, f"it sent certkeeper to {exc.url}, which is not https:// (ACME is spoken over "
+                                    "HTTPS only, RFC 8555 section 6.1)", None) from None
+        except _Oversized as exc:
+            raise _Unreachable(url, str(exc), None) from None
         except requests.exceptions.SSLError as exc:
             # Not transient: the CA's certificate is not trusted; retrying changes nothing.
             raise _Unreachable(url, f"its TLS certificate was not accepted ({exc.__context__ or exc}); check "
@@ -293,6 +370,29 @@ def _challenge_type(challenge: messages.ChallengeBody) -> str:
     return str(chall.typ)
 
 
+_DIRECTORY_FIELDS = ("newNonce", "newAccount", "newOrder")  # RFC 8555 section 7.1.1: what every order needs
+
+
+def _problem(error: object) -> dict[str, Any]:
+    """An ``error`` member as a problem document (RFC 7807); a CA sending a bare string is read as its detail."""
+    return error if isinstance(error, dict) else {"detail": str(error)}
+
+
+def _suggested_window(info: object) -> tuple[datetime, datetime, str | None]:
+    """RFC 9773 section 4.2's ``suggestedWindow``: two moments with their offset (ValueError otherwise: the pass
+    compares them with its own aware clock), and the ``explanationURL`` if any."""
+    window = info.get("suggestedWindow") if isinstance(info, dict) else None
+    if not isinstance(window, dict) or not all(isinstance(window.get(k), str) for k in ("start", "end")):
+        msg = f"the renewal information is not RFC 9773's (suggestedWindow: {str(window)[:80]!r})"
+        raise ValueError(msg)
+    start, end = (datetime.fromisoformat(window[k].replace("Z", "+00:00")) for k in ("start", "end"))
+    if start.tzinfo is None or end.tzinfo is None:
+        msg = f"the renewal window {window['start']} - {window['end']} has no time zone (RFC 3339 needs one)"
+        raise ValueError(msg)
+    explanation = info.get("explanationURL") if isinstance(info, dict) else None
+    return start, end, explanation if isinstance(explanation, str) else None
+
+
 class _NewOrder(messages.NewOrder):
     """newOrder with ARI's ``replaces`` (RFC 9773 section 5), which the acme library does not know."""
 
@@ -311,8 +411,12 @@ class _Directory:
         self.net = self._network()
         try:
             self.raw = self.net.get(url).json()
-        except ValueError:
+        except (ValueError, RecursionError):
             raise _Unreachable(url, "the answer is not an ACME directory (not JSON)", None) from None
+        missing = [key for key in _DIRECTORY_FIELDS
+                   if not isinstance(self.raw, dict) or not isinstance(self.raw.get(key), str)]
+        if missing:
+            raise _Unreachable(url, f"the answer is not an ACME directory (no {', '.join(missing)})", None)
         # from_json replaces the "meta" object of the dict it is given with a Meta: give it a copy, so that raw
         # stays the JSON the CA sent (meta.profiles then read as "none offered" before this was seen).
         self.client = acme_client.ClientV2(messages.Directory.from_json(copy.deepcopy(self.raw)), self.net)
@@ -472,7 +576,11 @@ class AcmeIssuer:
                      f" replacing {replaces}" if replaces else "")
             self._authorize(directory, order, request.certificate, deadline)
             fullchain = self._finalize(directory, order, request.certificate, deadline)
-        leaf, chain = pki.split_fullchain(fullchain.encode())
+            try:
+                leaf, chain = pki.split_fullchain(fullchain.encode())
+            except ValueError as exc:  # garbage where the certificate chain belongs
+                raise IssuanceError(self.name, request.certificate, f"the CA's certificate download is not a PEM "
+                                    f"certificate chain ({exc})") from None
         return IssuedCertificate(certificate=leaf, chain=tuple(chain), persist_records_expiring=expiring)
 
     def trust_anchors(self) -> Sequence[x509.Certificate]:
@@ -512,11 +620,17 @@ class AcmeIssuer:
         """
         url = self.config.directory
         try:
-            response = requests.get(url, timeout=timeout, headers={"User-Agent": f"certkeeper/{__version__}"},
-                                    verify=str(self.config.ca_bundle) if self.config.ca_bundle else True)
+            with https_session() as session:
+                response = session.get(url, timeout=timeout, headers={"User-Agent": f"certkeeper/{__version__}"},
+                                       verify=str(self.config.ca_bundle) if self.config.ca_bundle else True,
+                                       proxies=requests.utils.get_environ_proxies(url), stream=True)
+                response._content = read_bounded(response, url, seconds=timeout)
             response.raise_for_status()
             meta = response.json().get("meta") or {}
-        except (requests.RequestException, ValueError, AttributeError) as exc:
+        except _PlainHttp as exc:
+            raise CaUnavailable(self.name, "-", f"the CA at {url} sent certkeeper to {exc.url}, which is not "
+                                "https:// (ACME is spoken over HTTPS only)") from None
+        except (requests.RequestException, ValueError, AttributeError, RecursionError, _Oversized) as exc:
             raise CaUnavailable(self.name, "-", f"the CA at {url} could not be reached: {exc}") from None
         profiles = meta.get("profiles") if isinstance(meta, dict) else None
         return {str(k): str(v) for k, v in profiles.items()} if isinstance(profiles, dict) else {}
@@ -568,15 +682,12 @@ class AcmeIssuer:
                 return RenewalWindow(start=pki.not_after(certificate), end=pki.not_after(certificate),
                                      retry_after=now + _ARI_DEFAULT_RETRY)
             response = directory.net.get(f"{base.rstrip('/')}/{certificate_id}")
-            info = response.json()
-            window = info["suggestedWindow"]
+            start, end, explanation = _suggested_window(response.json())
             retry = parse_retry_after(response.headers.get("Retry-After"), now)
             # RFC 9773 section 4.3: honour Retry-After, within sane bounds (a minute, a day).
             retry_after = now + (timedelta(seconds=min(max(retry, 60.0), 86400.0)) if retry is not None
                                  else _ARI_DEFAULT_RETRY)
-            return RenewalWindow(start=datetime.fromisoformat(window["start"].replace("Z", "+00:00")),
-                                 end=datetime.fromisoformat(window["end"].replace("Z", "+00:00")),
-                                 retry_after=retry_after, explanation_url=info.get("explanationURL"))
+            return RenewalWindow(start=start, end=end, retry_after=retry_after, explanation_url=explanation)
 
     # -- Revoker -----------------------------------------------------------------------------------------------
 
@@ -813,8 +924,8 @@ class AcmeIssuer:
                                   answer: ChallengeAnswer, certificate: str) -> None:
         problem: dict[str, Any] = {}
         for item in authorization.get("challenges", []):
-            if item.get("type") == _challenge_type(challenge) and item.get("error"):
-                problem = item["error"]
+            if isinstance(item, dict) and item.get("type") == _challenge_type(challenge) and item.get("error"):
+                problem = _problem(item["error"])
         problem_type = str(problem.get("type", "urn:ietf:params:acme:error:unauthorized"))
         detail = str(problem.get("detail", f"the authorization became {authorization.get('status')}"))
         raise IssuanceError(
@@ -837,7 +948,7 @@ class AcmeIssuer:
                                   lambda b: b.get("status") != "processing",
                                   retry_after=self._retry_after(response), look_now=False)
         if body.get("status") != "valid" or not body.get("certificate"):
-            error = body.get("error") or {}
+            error = _problem(body.get("error") or {})
             raise IssuanceError(self.name, certificate,
                                 f"the order ended {body.get('status')}: {error.get('detail', 'no detail given')}",
                                 problem_type=str(error.get("type", "")))
@@ -889,7 +1000,8 @@ class AcmeIssuer:
             # What the CA answered, when it did (an HTTP 500 is the CA's own trouble, not the network's).
             what = f"answered {exc.reason}, also when asked again" if exc.answered else \
                 f"could not be reached: {exc.reason}"
-            raise CaUnavailable(self.name, certificate, f"the CA at {url} {what}",
+            asked = f" (asked {exc.url})" if exc.url != url else ""  # the request that failed, not the directory
+            raise CaUnavailable(self.name, certificate, f"the CA at {url} {what}{asked}",
                                 retry_after=exc.retry_after) from None
         except messages.Error as error:
             kind = CaUnavailable if error.code in ("rateLimited", "serverInternal") else IssuanceError
@@ -899,5 +1011,6 @@ class AcmeIssuer:
                        identifier=identifier) from None
         except ChallengeFailed as exc:
             raise IssuanceError(self.name, certificate, str(exc)) from None
-        except (acme_errors.Error, ValueError, KeyError) as exc:
+        except (acme_errors.Error, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+            # TypeError, AttributeError: JSON of another shape than RFC 8555's (a list, a string for an object)
             raise IssuanceError(self.name, certificate, f"unexpected answer from the CA at {url}: {exc}") from None
