@@ -111,6 +111,17 @@ def default_resolver() -> str:
     return str(nameservers[0])
 
 
+# What asking a server can raise: dnspython's own errors (malformed wire data is a FormError), the socket's, and
+# EOFError, which dnspython raises when a server closes a TCP connection before its answer is complete.
+_FAILURES = (dns.exception.DNSException, OSError, EOFError)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, EOFError):
+        return "the server closed the TCP connection before its answer was complete"
+    return str(exc) or type(exc).__name__
+
+
 @dataclass(frozen=True)
 class Answer:
     """One server's answer for one name and type.
@@ -143,9 +154,9 @@ def query(address: str, port: int, name: str, rdtype: str, *, recursive: bool = 
     except dns.exception.Timeout:
         msg = f"{address}:{port}"
         raise DnsError(msg, f"the query {name} {rdtype} failed: no answer within {timeout:g} s") from None
-    except (dns.exception.DNSException, OSError) as exc:
+    except _FAILURES as exc:
         msg = f"{address}:{port}"
-        raise DnsError(msg, f"the query {name} {rdtype} failed: {exc}") from None
+        raise DnsError(msg, f"the query {name} {rdtype} failed: {_describe(exc)}") from None
     values: list[str] = []
     for rrset in reply.answer:
         if rrset.rdtype != wanted:
@@ -167,9 +178,9 @@ def find_zone(address: str, port: int, name: str) -> str:
         message.flags &= ~dns.flags.RD
         try:
             reply, _ = dns.query.udp_with_fallback(message, address, port=port, timeout=3)
-        except (dns.exception.DNSException, OSError) as exc:
+        except _FAILURES as exc:
             msg = f"{address}:{port}"
-            raise DnsError(msg, f"the query {candidate} SOA failed: {exc}") from None
+            raise DnsError(msg, f"the query {candidate} SOA failed: {_describe(exc)}") from None
         for section in (reply.answer, reply.authority):
             for rrset in section:
                 if rrset.rdtype == dns.rdatatype.SOA:
@@ -218,9 +229,9 @@ def send_update(address: str, port: int, zone: str, key: TsigKey, *, ttl: int, a
         msg = f"{address}:{port}"
         raise DnsError(msg, f"refused the signature of the update of zone {zone} ({exc}): "
                             f"{_UPDATE_HINTS['NOTAUTH']}") from None
-    except (dns.exception.DNSException, OSError) as exc:
+    except _FAILURES as exc:
         msg = f"{address}:{port}"
-        raise DnsError(msg, f"the dynamic update of zone {zone} failed: {exc}") from None
+        raise DnsError(msg, f"the dynamic update of zone {zone} failed: {_describe(exc)}") from None
     if reply.rcode() != dns.rcode.NOERROR:
         code = dns.rcode.to_text(reply.rcode())
         msg = f"{address}:{port}"

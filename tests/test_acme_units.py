@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import itertools
 import socket
+import struct
 import subprocess
 import threading
+import time
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import dns.message
+import dns.opcode
+import dns.rdatatype
+import dns.rrset
+import dns.tsigkeyring
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -36,6 +44,7 @@ from certkeeper.issuers.challenges import (
     ChallengeAnswer,
     HookDns01,
     Http01Listeners,
+    Rfc2136Dns01,
     StandaloneHttp01,
     WebrootHttp01,
 )
@@ -284,3 +293,74 @@ def test_dns_hook_failure_and_timeout_are_reported(tmp_path: Path) -> None:
     with pytest.raises(ChallengeFailed, match=r"did not finish within 0.3 s"):
         with HookDns01(slow, timeout=0.3).published([ChallengeAnswer("a.example", "t", "k")]):
             pass
+
+
+class BlackholedSecondaries:
+    """A primary on 127.0.0.1 that takes TSIG-signed updates and names ``count`` secondaries (127.0.0.10 up) as
+    the zone's NS hosts, each bound on the same port and never answering.  A Python server: BIND cannot be made
+    to name secondaries that stay silent."""
+
+    def __init__(self, count: int) -> None:
+        self.keyring = dns.tsigkeyring.from_text({"certkeeper.": ("hmac-sha256", "c2VjcmV0c2VjcmV0")})
+        self.port = allocate_port(udp_too=True)
+        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.udp.bind(("127.0.0.1", self.port))
+        self.tcp = socket.create_server(("127.0.0.1", self.port))
+        self.silent = []
+        for index in range(count):
+            silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            silent.bind((f"127.0.0.{10 + index}", self.port))
+            self.silent.append(silent)
+        threading.Thread(target=self._serve_udp, daemon=True).start()
+        threading.Thread(target=self._serve_tcp, daemon=True).start()
+
+    def _answer(self, wire: bytes) -> bytes:
+        query = dns.message.from_wire(wire, keyring=self.keyring)
+        response = dns.message.make_response(query)
+        if query.opcode() != dns.opcode.UPDATE:
+            name, rdtype = query.question[0].name, query.question[0].rdtype
+            if rdtype == dns.rdatatype.NS:
+                response.answer.append(dns.rrset.from_text_list(
+                    name, 60, "IN", "NS", [f"ns{index}.example.test." for index in range(len(self.silent))]))
+            elif rdtype == dns.rdatatype.A:
+                index = int(name.labels[0][2:])
+                response.answer.append(dns.rrset.from_text(name, 60, "IN", "A", f"127.0.0.{10 + index}"))
+        return response.to_wire()
+
+    def _serve_udp(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                wire, peer = self.udp.recvfrom(65535)
+                self.udp.sendto(self._answer(wire), peer)
+
+    def _serve_tcp(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                connection, _ = self.tcp.accept()
+                with connection, connection.makefile("rb") as stream:
+                    (length,) = struct.unpack("!H", stream.read(2))
+                    reply = self._answer(stream.read(length))
+                    connection.sendall(struct.pack("!H", len(reply)) + reply)
+
+    def close(self) -> None:
+        for sock in (self.udp, self.tcp, *self.silent):
+            sock.close()
+
+
+def test_the_propagation_wait_ends_at_dns_timeout_however_many_secondaries_are_silent() -> None:
+    """Five silent secondaries at 3 s a query held a dns_timeout of 2 s for 15 s (20 held 10 s for 60 s) and
+    the message said "after 2 s"; the deadline is looked at before each query, and the message says the truth."""
+    primary = BlackholedSecondaries(5)
+    key = parse_tsig_key('key "certkeeper." { algorithm hmac-sha256; secret "c2VjcmV0c2VjcmV0"; };', "k")
+    responder = Rfc2136Dns01(f"127.0.0.1:{primary.port}", key, zone="example.test.", timeout=2.0)
+    try:
+        started = time.monotonic()
+        with pytest.raises(ChallengeFailed, match=r"after 2\.\d s \(dns_timeout 2 s\) the TXT records for "
+                                                  r"_acme-challenge\.mail\.example\.test\. are still missing on "
+                                                  r"127\.0\.0\.10, 127\.0\.0\.11, 127\.0\.0\.12, 127\.0\.0\.13, "
+                                                  r"127\.0\.0\.14 \(authoritative for example\.test\.\)"), \
+                responder.published([ChallengeAnswer("mail.example.test", "tok", "tok.thumb")]):
+            pass
+        assert time.monotonic() - started < 6.0
+    finally:
+        primary.close()

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import logging
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -486,3 +490,78 @@ def test_watched_endpoint_expiry_is_read_from_the_stored_probe_result(tmp_path: 
     assert "certkeeper check smtp://mx.partner.example:25" in first.body
     assert n.observe_endpoint(record, NOW + timedelta(hours=1)) is None
     assert n.observe_endpoint(EndpointRecord("p", "smtp://x:25", NOW, "UNKNOWN", "connection-failed"), NOW) is None
+
+
+class MisbehavingRelay:
+    """A relay no real server is: it drips its greeting a byte at a time, or answers EHLO with ``ehlo_lines``
+    ``250-`` continuation lines.  Otherwise it accepts the mail, so the old smtplib path delivered through it."""
+
+    def __init__(self, *, drip: float = 0.0, ehlo_lines: int = 0) -> None:
+        self.drip = drip
+        self.ehlo_lines = ehlo_lines
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.closed = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            connection, _ = self.listener.accept()
+            with connection, connection.makefile("rb") as lines:
+                self._speak(connection, lines)
+
+    def _speak(self, connection: socket.socket, lines: Any) -> None:
+        for byte in b"220 drip ESMTP\r\n" if self.drip else ():
+            if self.closed.wait(self.drip):
+                return
+            connection.sendall(bytes([byte]))
+        if not self.drip:
+            connection.sendall(b"220 fake ESMTP\r\n")
+        while line := lines.readline():
+            command = line.strip().upper()
+            if command.startswith(b"EHLO"):
+                connection.sendall(b"250-fake\r\n" * self.ehlo_lines + b"250 8BITMIME\r\n")
+            elif command == b"DATA":
+                connection.sendall(b"354 go\r\n")
+                while lines.readline() not in (b".\r\n", b""):
+                    pass
+                connection.sendall(b"250 queued\r\n")
+            elif command == b"QUIT":
+                connection.sendall(b"221 bye\r\n")
+                return
+            else:
+                connection.sendall(b"250 ok\r\n")
+
+    def stop(self) -> None:
+        self.closed.set()
+        self.listener.close()
+
+
+def test_an_endless_ehlo_answer_is_cut_off_naming_the_relay(tmp_path: Path) -> None:
+    """10,000 ``250-`` lines: smtplib kept every one (an endless answer grew to 16 GB); the reply is capped."""
+    relay = MisbehavingRelay(ehlo_lines=10_000)
+    try:
+        config = AlertsConfig(to=("a@example.org",), sender="c@example.org", smtp_port=relay.port,
+                              smtp_security="none", smtp_timeout=timedelta(seconds=10))
+        with pytest.raises(AlertDeliveryFailed, match=rf"relay 127\.0\.0\.1:{relay.port}: the answer to EHLO went on "
+                                                      r"past 100 lines or 64 KiB"):
+            notifier(tmp_path, config).send_test(NOW)
+    finally:
+        relay.stop()
+
+
+def test_a_relay_dripping_its_greeting_fails_at_smtp_timeout(tmp_path: Path) -> None:
+    """A byte every 0.3 s never trips a per-read timeout of 1 s (the old path delivered after 5 s); the delivery
+    as a whole gets 1 s."""
+    relay = MisbehavingRelay(drip=0.3)
+    try:
+        config = AlertsConfig(to=("a@example.org",), sender="c@example.org", smtp_port=relay.port,
+                              smtp_security="none", smtp_timeout=timedelta(seconds=1))
+        started = time.monotonic()
+        with pytest.raises(AlertDeliveryFailed, match=rf"relay 127\.0\.0\.1:{relay.port}: the delivery did not "
+                                                      r"finish within 1 s \(smtp_timeout\); it stopped at the "
+                                                      r"greeting"):
+            notifier(tmp_path, config).send_test(NOW)
+        assert time.monotonic() - started < 5.0
+    finally:
+        relay.stop()

@@ -3,7 +3,9 @@ failing named with the server asked."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import threading
 
 import pytest
 
@@ -48,3 +50,43 @@ def test_a_name_outside_every_zone_of_the_server_is_named() -> None:
 def test_a_server_name_that_does_not_resolve_is_named() -> None:
     with pytest.raises(DnsError, match=r"DNS server ns\.invalid: cannot resolve the DNS server name"):
         dnsclient.resolve_address("ns.invalid")
+
+
+def test_a_server_that_closes_the_tcp_connection_is_named() -> None:
+    """UDP answers are truncated (TC), and TCP is closed before an answer: dnspython raises EOFError, which
+    escaped as "unexpected error" (exit 70).  A Python server: no real one does this on purpose."""
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", allocate_port(udp_too=True)))
+    port = udp.getsockname()[1]
+    tcp = socket.create_server(("127.0.0.1", port))
+
+    def truncate() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                query, peer = udp.recvfrom(512)
+                udp.sendto(query[:2] + bytes([query[2] | 0x82]) + query[3:12], peer)  # QR and TC, header only
+
+    def hang_up() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                connection, _ = tcp.accept()
+                connection.recv(512)
+                connection.close()
+
+    threading.Thread(target=truncate, daemon=True).start()
+    threading.Thread(target=hang_up, daemon=True).start()
+    closed = "the server closed the TCP connection before its answer was complete"
+    key = parse_tsig_key('key "k." { algorithm hmac-sha256; secret "c2VjcmV0c2VjcmV0"; };', "k")
+    try:
+        with pytest.raises(DnsError, match=rf"DNS server 127\.0\.0\.1:{port}: the query mx\.example\.test TXT "
+                                           rf"failed: {closed}"):
+            dnsclient.query("127.0.0.1", port, "mx.example.test", "TXT")
+        with pytest.raises(DnsError, match=rf"127\.0\.0\.1:{port}: the query example\.test\. SOA failed: {closed}"):
+            dnsclient.find_zone("127.0.0.1", port, "example.test")
+        with pytest.raises(DnsError, match=rf"127\.0\.0\.1:{port}: the dynamic update of zone example\.test "
+                                           rf"failed: {closed}"):
+            dnsclient.send_update("127.0.0.1", port, "example.test", key, ttl=60, add=[("x.example.test", "TXT",
+                                                                                        '"x"')])
+    finally:
+        udp.close()
+        tcp.close()

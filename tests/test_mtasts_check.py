@@ -6,7 +6,11 @@ BIND's A records point to; certkeeper asks that BIND (``--resolver``) and trusts
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +18,9 @@ from typing import Any
 
 import pytest
 
+from certkeeper import tls
 from certkeeper.cli import main
+from certkeeper.mtasts.fetch import fetch_policy
 from certkeeper.mtasts.policy import MAX_POLICY_BYTES, Policy, render_policy, render_txt
 from certkeeper.testbed.bind import Bind
 from certkeeper.testbed.certs import TestCA
@@ -191,3 +197,38 @@ def test_an_unreadable_ca_file_is_unknown(bed: Bed, capsys: pytest.CaptureFixtur
                    "--ca-file", "/nonexistent/ca.pem"])
     assert status == 3
     assert "/nonexistent/ca.pem" in capsys.readouterr().err
+
+
+def test_a_policy_host_dripping_its_body_fails_at_the_timeout(tmp_path: Path) -> None:
+    """A byte of the policy every 0.2 s never trips a per-read timeout of 1 s (a 3 s timeout took 69 s); the
+    fetch as a whole gets 1 s.  A Python server: nginx does not drip."""
+    ca = TestCA("certkeeper MTA-STS drip CA")
+    key_file, chain_file = ca.issue(["mta-sts.drip.example.test"]).write(tmp_path)
+    context = tls.server_context(chain_file, key_file)
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def drip() -> None:
+        with contextlib.suppress(OSError):
+            raw, _ = listener.accept()
+            with context.wrap_socket(raw, server_side=True) as connection:
+                connection.recv(4096)
+                connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n"
+                                   % len(POLICY_TEXT))
+                for byte in POLICY_TEXT.encode():
+                    if stop.wait(0.2):
+                        return
+                    connection.sendall(bytes([byte]))
+
+    threading.Thread(target=drip, daemon=True).start()
+    try:
+        started = time.monotonic()
+        fetched = fetch_policy("drip.example.test", ["127.0.0.1"], ca_file=ca.write_cert(tmp_path / "ca.pem"),
+                               timeout=1.0, port=listener.getsockname()[1])
+        assert time.monotonic() - started < 4.0
+        assert fetched.body is None and fetched.finding is not None
+        assert fetched.finding.message == (f"fetching https://mta-sts.drip.example.test/.well-known/mta-sts.txt from "
+                                           f"127.0.0.1:{listener.getsockname()[1]} did not finish within 1 s")
+    finally:
+        stop.set()
+        listener.close()

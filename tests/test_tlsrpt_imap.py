@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import re
+import socket
 import textwrap
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from certkeeper import tls
 from certkeeper.config import parse_imap_url
 from certkeeper.errors import ReportSourceFailed, StoreError
 from certkeeper.testbed.certs import TestCA
@@ -186,3 +193,85 @@ def test_a_store_error_leaves_the_mail_unseen_for_the_next_pass(report_mailbox: 
 def test_a_missing_password_file_is_named(report_mailbox: ReportMailbox, tmp_path: Path) -> None:
     with pytest.raises(ReportSourceFailed, match=r"cannot read the password file .*/nothing-here: No such file"):
         fetch_reports(parse_imap_url(report_mailbox.imap_url), tmp_path / "nothing-here", Collected())
+
+
+class HostileImaps:
+    """An IMAPS server no real one is (so not Dovecot): it drips its greeting a byte every ``drip`` seconds, or
+    says a mail has ``RFC822.SIZE 100`` and then sends a ``BODY[]`` literal of ``body_size`` bytes."""
+
+    def __init__(self, directory: Path, *, drip: float = 0.0, body_size: int = 100) -> None:
+        ca = TestCA("certkeeper test CA for a hostile IMAPS server")
+        key_file, chain_file = ca.issue(["127.0.0.1"]).write(directory)
+        self.ca_file = ca.write_cert(directory / "ca.pem")
+        self.context = tls.server_context(chain_file, key_file)
+        self.drip = drip
+        self.body_size = body_size
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"imaps://reports@127.0.0.1:{self.listener.getsockname()[1]}/INBOX"
+        self.closed = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            raw, _ = self.listener.accept()
+            with self.context.wrap_socket(raw, server_side=True) as connection, connection.makefile("rb") as lines:
+                self._speak(connection, lines)
+
+    def _speak(self, connection: socket.socket, lines: Any) -> None:
+        for byte in b"* OK IMAP4rev1 drip\r\n" if self.drip else b"":
+            if self.closed.wait(self.drip):
+                return
+            connection.sendall(bytes([byte]))
+        if not self.drip:
+            connection.sendall(b"* OK IMAP4rev1 hostile\r\n")
+        while line := lines.readline():
+            tag, _, command = line.rstrip(b"\r\n").partition(b" ")
+            if command.upper().startswith(b"CAPABILITY"):
+                connection.sendall(b"* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\n")
+            elif b"UID SEARCH" in command.upper():
+                connection.sendall(b"* SEARCH 1\r\n")
+            elif b"RFC822.SIZE" in command.upper():
+                connection.sendall(b"* 1 FETCH (UID 1 RFC822.SIZE 100)\r\n")
+            elif b"BODY.PEEK[]" in command.upper():
+                connection.sendall(b"* 1 FETCH (UID 1 BODY[] {%d}\r\n" % self.body_size)
+                for _ in range(self.body_size // 65536):
+                    connection.sendall(b"A" * 65536)
+                connection.sendall(b"A" * (self.body_size % 65536) + b")\r\n")
+            connection.sendall(tag + b" OK done\r\n")
+
+    def stop(self) -> None:
+        self.closed.set()
+        self.listener.close()
+
+
+def test_a_literal_larger_than_a_report_mail_is_refused_as_it_is_announced(tmp_path: Path) -> None:
+    """RFC822.SIZE 100, then a BODY[] of 11 MB: imaplib read it whole (400 MB took 438 MB) before the cap."""
+    server = HostileImaps(tmp_path, body_size=11 * 1024 * 1024)
+    password = tmp_path / "password"
+    password.write_text("secret")
+    handled: list[int] = []
+    try:
+        with pytest.raises(ReportSourceFailed, match=rf"{re.escape(server.url)}: the server announced a literal of "
+                                                     rf"{11 * 1024 * 1024} bytes in its answer to UID FETCH, more "
+                                                     r"than the 10485760 a report mail may have; not read"):
+            fetch_reports(parse_imap_url(server.url), password, lambda where, data, size: handled.append(size) > 0,
+                          ca_file=server.ca_file)
+        assert handled == []
+    finally:
+        server.stop()
+
+
+def test_an_imaps_server_dripping_its_greeting_fails_at_the_timeout(tmp_path: Path) -> None:
+    """A byte every 0.2 s never trips a per-read timeout of 1 s (the old fetch went on); a command's whole
+    answer, the greeting's too, gets 1 s."""
+    server = HostileImaps(tmp_path, drip=0.2)
+    password = tmp_path / "password"
+    password.write_text("secret")
+    try:
+        started = time.monotonic()
+        with pytest.raises(ReportSourceFailed, match=rf"{re.escape(server.url)}: no complete answer to the "
+                                                     r"greeting within 1 s"):
+            fetch_reports(parse_imap_url(server.url), password, Collected(), ca_file=server.ca_file, timeout=1.0)
+        assert time.monotonic() - started < 4.0
+    finally:
+        server.stop()

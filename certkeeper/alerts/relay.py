@@ -11,19 +11,33 @@ from __future__ import annotations
 import logging
 import smtplib
 import socket
+import sys
+import time
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from certkeeper import tls
 from certkeeper.config import AlertsConfig
 from certkeeper.errors import AlertDeliveryFailed
 from certkeeper.permissions import check_trusted_file
 
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
+
 log = logging.getLogger("certkeeper.alerts.notifier")
 
 #: How :func:`send_message` names the opt-in last route; the notifier raises an alert when a mail went this way.
 UNVERIFIED_ROUTE = "relay without certificate verification and without AUTH"
+
+#: One reply of a relay (EHLO's is the longest, a dozen lines) may have at most this many lines and bytes.
+MAX_REPLY_LINES = 100
+MAX_REPLY_BYTES = 64 * 1024
+
+# Stages a delivery names when it runs out of time; anything else sent with putcmd is an AUTH continuation
+# (base64 credentials), which must never appear in a message.
+_COMMANDS = frozenset({"EHLO", "HELO", "STARTTLS", "AUTH", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QUIT"})
 
 
 @dataclass(frozen=True)
@@ -85,9 +99,9 @@ def _send_via(config: AlertsConfig, route: _Route, password: str | None, message
     context = _tls_context(config.smtp_ca_bundle, verify=route.verify)
     client: smtplib.SMTP
     if config.smtp_security == "tls":
-        client = smtplib.SMTP_SSL(route.host, route.port, timeout=timeout, context=context)
+        client = _BoundedSMTPSSL(route.host, route.port, timeout=timeout, context=context)
     else:
-        client = smtplib.SMTP(route.host, route.port, timeout=timeout)
+        client = _BoundedSMTP(route.host, route.port, timeout=timeout)
     try:
         client.ehlo()
         if config.smtp_security == "starttls":
@@ -110,6 +124,136 @@ def _send_via(config: AlertsConfig, route: _Route, password: str | None, message
             client.quit()
         except (OSError, smtplib.SMTPException):
             client.close()
+
+
+class RelayMisbehaved(smtplib.SMTPException):
+    """The relay's answer broke a bound: a reply too long, or a delivery past ``smtp_timeout``."""
+
+
+class _BoundedSMTP(smtplib.SMTP):
+    """smtplib with one deadline for the whole delivery and a cap on each reply.
+
+    smtplib's timeout is per socket read and its getreply keeps every line: a relay sending ``250-`` lines
+    forever, or one byte at a time, would hold the alert path (and its memory) without end.  Here each read waits
+    only for what is left of ``timeout``, and a reply stops at :data:`MAX_REPLY_LINES` / :data:`MAX_REPLY_BYTES`.
+    """
+
+    def __init__(self, host: str, port: int, *, timeout: float, **kwargs: Any) -> None:
+        self._limit = timeout
+        self._deadline = time.monotonic() + timeout
+        self._stage = "connect"
+        self._buffer = b""
+        self._buffer_of: object = None
+        super().__init__(host, port, timeout=timeout, **kwargs)
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:  # noqa: ARG002 - smtplib's
+        sock = socket.create_connection((host, port), self._remaining(), self.source_address)
+        self._stage = "the greeting"
+        return sock
+
+    def putcmd(self, cmd: str, args: str = "") -> None:
+        if cmd.upper() in _COMMANDS:
+            self._stage = cmd.upper()
+        super().putcmd(cmd, args)
+
+    def send(self, s: ReadableBuffer | str) -> None:
+        if not self.sock:
+            msg = "please run connect() first"
+            raise smtplib.SMTPServerDisconnected(msg)
+        data = s.encode(self.command_encoding) if isinstance(s, str) else s
+        sys.audit("smtplib.send", self, data)
+        self.sock.settimeout(self._remaining())
+        try:
+            self.sock.sendall(data)
+        except TimeoutError:
+            raise self._late() from None
+        except OSError:
+            self.close()
+            msg = "Server not connected"
+            raise smtplib.SMTPServerDisconnected(msg) from None
+
+    def starttls(self, *args: Any, **kwargs: Any) -> tuple[int, bytes]:
+        try:
+            return super().starttls(*args, **kwargs)
+        except TimeoutError:  # the handshake waits on the socket's timeout, the time left at the last read
+            raise self._late() from None
+
+    def getreply(self) -> tuple[int, bytes]:
+        lines: list[bytes] = []
+        size = 0
+        while True:
+            line = self._readline()
+            size += len(line)
+            if len(lines) == MAX_REPLY_LINES or size > MAX_REPLY_BYTES:
+                self.close()
+                msg = (f"the answer to {self._stage} went on past {MAX_REPLY_LINES} lines or "
+                       f"{MAX_REPLY_BYTES // 1024} KiB; not an SMTP relay, or a broken one")
+                raise RelayMisbehaved(msg)
+            lines.append(line[4:].strip(b" \t\r\n"))
+            try:
+                code = int(line[:3])
+            except ValueError:
+                return -1, b"\n".join(lines)  # as smtplib: no continuation read after a broken code
+            if line[3:4] != b"-":
+                return code, b"\n".join(lines)
+
+    def _readline(self) -> bytes:
+        if self._buffer_of is not self.sock:  # STARTTLS replaced the socket: bytes sent before it are dropped
+            self._buffer, self._buffer_of = b"", self.sock
+        while (end := self._buffer.find(b"\n") + 1) == 0:
+            if len(self._buffer) > MAX_REPLY_BYTES:
+                self.close()
+                msg = f"a line of the answer to {self._stage} went on past {MAX_REPLY_BYTES // 1024} KiB"
+                raise RelayMisbehaved(msg)
+            if not self.sock:
+                msg = "Connection unexpectedly closed"
+                raise smtplib.SMTPServerDisconnected(msg)
+            self.sock.settimeout(self._remaining())
+            try:
+                chunk = self.sock.recv(4096)
+            except TimeoutError:
+                raise self._late() from None
+            except OSError as exc:
+                self.close()
+                msg = f"Connection unexpectedly closed: {exc}"
+                raise smtplib.SMTPServerDisconnected(msg) from None
+            if not chunk:
+                self.close()
+                msg = "Connection unexpectedly closed"
+                raise smtplib.SMTPServerDisconnected(msg)
+            self._buffer += chunk
+        line, self._buffer = self._buffer[:end], self._buffer[end:]
+        return line
+
+    def _remaining(self) -> float:
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:  # never settimeout(0): that would make the socket non-blocking
+            raise self._late()
+        return remaining
+
+    def _late(self) -> RelayMisbehaved:
+        self.close()
+        return RelayMisbehaved(f"the delivery did not finish within {self._limit:g} s (smtp_timeout); "
+                               f"it stopped at {self._stage}")
+
+
+class _BoundedSMTPSSL(_BoundedSMTP, smtplib.SMTP_SSL):
+    """Implicit TLS (``smtp_security = "tls"``) with the same bounds; the handshake counts against the deadline."""
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        raw = super()._get_socket(host, port, timeout)
+        try:
+            self._stage = "the TLS handshake"
+            raw.settimeout(self._remaining())
+            secure = self.context.wrap_socket(raw, server_hostname=host)
+        except TimeoutError:
+            raw.close()
+            raise self._late() from None
+        except BaseException:
+            raw.close()
+            raise
+        self._stage = "the greeting"
+        return secure
 
 
 def _authenticate(client: smtplib.SMTP, username: str, password: str) -> None:

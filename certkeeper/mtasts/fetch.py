@@ -2,16 +2,21 @@
 
 Connected to an address the caller resolved (so ``--resolver`` applies to the policy host too), with SNI and
 certificate verification by the name ``mta-sts.<domain>``; no redirects followed; the body read to at most one byte
-more than :data:`~certkeeper.mtasts.policy.MAX_POLICY_BYTES`, so a huge or endless body costs nothing.
+more than :data:`~certkeeper.mtasts.policy.MAX_POLICY_BYTES`, so a huge or endless body costs nothing.  ``timeout``
+bounds the whole fetch from one address (connect, handshake, headers, body), not each read: a server dripping a
+byte at a time holds a check no longer than one that never answers.
 """
 
 from __future__ import annotations
 
 import http.client
+import io
 import socket
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from certkeeper import tls
 from certkeeper.mtasts.policy import (
@@ -22,6 +27,9 @@ from certkeeper.mtasts.policy import (
     WELL_KNOWN_PATH,
     PolicyFinding,
 )
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 HTTPS_PORT = 443
 
@@ -65,9 +73,44 @@ def fetch_policy(domain: str, addresses: Sequence[str], *, ca_file: Path | None,
     return last
 
 
+class _Late(TimeoutError):
+    """The fetch from one address ran past its deadline."""
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The socket as a raw stream whose every read waits only for what is left before ``deadline``.
+
+    http.client reads through ``sock.makefile()``, where the socket's timeout is per read.
+    """
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        super().__init__()
+        self._sock = sock
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        _arm(self._sock, self._deadline)
+        try:
+            return self._sock.recv_into(buffer)
+        except TimeoutError:
+            raise _Late from None
+
+
+def _arm(sock: socket.socket, deadline: float) -> None:
+    """Let the next operation on ``sock`` wait for what is left before ``deadline``; past it, raise."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:  # never settimeout(0): that would make the socket non-blocking
+        raise _Late
+    sock.settimeout(remaining)
+
+
 def _fetch_one(url: str, host: str, address: str, port: int, context: tls.Context,
                timeout: float) -> Fetched:
     where = f"{host} ({address}:{port})"
+    deadline = time.monotonic() + timeout
     try:
         raw = socket.create_connection((address, port), timeout=timeout)
     except OSError as exc:
@@ -75,10 +118,14 @@ def _fetch_one(url: str, host: str, address: str, port: int, context: tls.Contex
                                                                         f"{exc.strerror or exc}"), address,
                        reached=False)
     try:
+        _arm(raw, deadline)  # the handshake waits on it
         with context.wrap_socket(raw, server_hostname=host) as secure:
+            _arm(secure, deadline)
             secure.sendall(f"GET {WELL_KNOWN_PATH} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: certkeeper\r\n"
                         "Accept: text/plain\r\nConnection: close\r\n\r\n".encode("ascii"))
             response = http.client.HTTPResponse(secure)
+            response.fp.close()
+            response.fp = io.BufferedReader(_DeadlineReader(secure, deadline))
             response.begin()
             if response.status != 200:
                 hint = "; senders follow no redirects (RFC 8461 section 3.3)" if 300 <= response.status < 400 else ""
@@ -90,6 +137,10 @@ def _fetch_one(url: str, host: str, address: str, port: int, context: tls.Contex
         return Fetched(url, None, PolicyFinding(
             STS_WEBPKI_INVALID, f"the certificate of {where} does not verify for {host}: {exc.verify_message}"),
             address)
+    except TimeoutError:  # _Late, or the handshake or send running out of what was left
+        return Fetched(url, None, PolicyFinding(STS_POLICY_FETCH_ERROR, f"fetching {url} from {address}:{port} "
+                                                                        f"did not finish within {timeout:g} s"),
+                       address)
     except (tls.TlsError, OSError, http.client.HTTPException) as exc:
         return Fetched(url, None, PolicyFinding(STS_POLICY_FETCH_ERROR, f"fetching {url} from {address}:{port} "
                                                                         f"failed: {exc}"), address)

@@ -14,19 +14,29 @@ import contextlib
 import imaplib
 import logging
 import re
+import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from certkeeper import tls
 from certkeeper.config import ImapMailbox
 from certkeeper.errors import ReportSourceFailed, StoreError
 from certkeeper.tlsrpt.intake import MAX_MAIL_BYTES
 
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
+
 log = logging.getLogger("certkeeper.tlsrpt")
 
 TIMEOUT = 30.0
 MAX_MAILS_PER_FETCH = 500  # a backlog drains over several passes instead of holding one for hours
+MAX_RESPONSE_BYTES = MAX_MAIL_BYTES + 1024 * 1024  # one command's whole answer: one mail and its framing
+MAX_LINE_BYTES = 1_000_000  # imaplib's own cap on one line
+_COMMANDS = frozenset({b"CAPABILITY", b"LOGIN", b"SELECT", b"UID SEARCH", b"UID FETCH", b"UID STORE", b"EXPUNGE",
+                       b"LOGOUT", b"NOOP"})  # named in messages; what follows the name (a password) never is
 
 
 @dataclass(frozen=True)
@@ -49,7 +59,7 @@ def fetch_reports(mailbox: ImapMailbox, password_file: Path, handle: MailHandler
     password = _read_password(mailbox, password_file)
     context = tls.client_context(ca_file)  # verified, host name checked: the password follows the handshake
     try:
-        client = imaplib.IMAP4_SSL(mailbox.host, mailbox.port, ssl_context=context, timeout=timeout)
+        client = _BoundedIMAP4(mailbox.url, mailbox.host, mailbox.port, ssl_context=context, timeout=timeout)
     except tls.CertificateVerifyFailed as exc:
         raise ReportSourceFailed(mailbox.url, f"the server's certificate does not verify ({exc.verify_message}); "
                                  "the password was not sent") from None
@@ -62,8 +72,101 @@ def fetch_reports(mailbox: ImapMailbox, password_file: Path, handle: MailHandler
     except (TimeoutError, OSError) as exc:
         raise ReportSourceFailed(mailbox.url, f"connection lost: {exc}") from None
     finally:
-        with contextlib.suppress(OSError, imaplib.IMAP4.error):
-            client.logout()
+        if not client.broken:
+            with contextlib.suppress(OSError, imaplib.IMAP4.error, ReportSourceFailed):
+                client.logout()
+
+
+class _BoundedIMAP4(imaplib.IMAP4_SSL):
+    """imaplib with a size cap on literals and on each answer, and a deadline for each command.
+
+    imaplib reads a literal (``{N}``) whole before certkeeper sees it, keeps every untagged line, and its timeout
+    is per socket read: a server announcing ``RFC822.SIZE 100`` and then sending 400 MB, or dripping a byte at a
+    time, would hold the fetch and its memory without bound.  A literal over :data:`MAX_MAIL_BYTES` is refused
+    as it is announced, and a command (the greeting, too) has ``timeout`` for its whole answer.
+    """
+
+    def __init__(self, source: str, host: str, port: int, *, ssl_context: tls.Context, timeout: float) -> None:
+        self._source = source
+        self._limit = timeout
+        self._deadline = time.monotonic() + timeout
+        self._stage = "the greeting"
+        self._received = 0
+        self._buffer = b""
+        self.broken = False  # an answer was cut off unread: nothing the server says next can be parsed
+        super().__init__(host, port, ssl_context=ssl_context, timeout=timeout)
+
+    def _create_socket(self, timeout: float | None) -> socket.socket:  # noqa: ARG002 - imaplib's signature
+        raw = socket.create_connection((self.host, self.port), self._remaining())
+        try:
+            raw.settimeout(self._remaining())  # the handshake waits on it: what is left after connecting
+            secure: socket.socket = self.ssl_context.wrap_socket(raw, server_hostname=self.host)
+        except BaseException:
+            raw.close()
+            raise
+        return secure
+
+    def send(self, data: ReadableBuffer) -> None:
+        """A new command: a fresh deadline and byte count for its answer."""
+        words = bytes(data).split(b" ", 3)
+        name = b" ".join(words[1:3]) if len(words) > 2 and words[1].upper() == b"UID" else b"".join(words[1:2])
+        name = name.strip().upper()
+        if name in _COMMANDS:
+            self._stage = name.decode()
+        self._deadline = time.monotonic() + self._limit
+        self._received = 0
+        self.sock.settimeout(self._remaining())
+        super().send(data)
+
+    def readline(self) -> bytes:
+        while (end := self._buffer.find(b"\n") + 1) == 0:
+            if len(self._buffer) > MAX_LINE_BYTES:
+                msg = f"got more than {MAX_LINE_BYTES} bytes"
+                raise self.error(msg)
+            if not self._receive():
+                end = len(self._buffer)
+                break
+        line, self._buffer = self._buffer[:end], self._buffer[end:]
+        return line
+
+    def read(self, size: int) -> bytes:
+        if size > MAX_MAIL_BYTES:
+            msg = (f"the server announced a literal of {size} bytes in its answer to {self._stage}, more than the "
+                   f"{MAX_MAIL_BYTES} a report mail may have; not read")
+            raise self._fail(msg)
+        while len(self._buffer) < size and self._receive():
+            pass
+        data, self._buffer = self._buffer[:size], self._buffer[size:]
+        return data
+
+    def _receive(self) -> bool:
+        """Append what the socket has to the buffer; False at the end of the stream."""
+        self.sock.settimeout(self._remaining())
+        try:
+            chunk = self.sock.recv(65536)
+        except TimeoutError:
+            raise self._late() from None
+        self._received += len(chunk)
+        if self._received > MAX_RESPONSE_BYTES:
+            msg = f"the answer to {self._stage} went on past {MAX_RESPONSE_BYTES} bytes; not read further"
+            raise self._fail(msg)
+        self._buffer += chunk
+        return bool(chunk)
+
+    def _remaining(self) -> float:
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:  # never settimeout(0): that would make the socket non-blocking
+            raise self._late()
+        return remaining
+
+    def _late(self) -> ReportSourceFailed:
+        return self._fail(f"no complete answer to {self._stage} within {self._limit:g} s")
+
+    def _fail(self, detail: str) -> ReportSourceFailed:
+        self.broken = True
+        with contextlib.suppress(OSError, AttributeError):
+            self.shutdown()
+        return ReportSourceFailed(self._source, detail)
 
 
 def _fetch(client: imaplib.IMAP4_SSL, mailbox: ImapMailbox, password: str, handle: MailHandler,
