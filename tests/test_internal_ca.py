@@ -305,6 +305,25 @@ def test_a_torn_last_index_line_is_skipped(shared: CaIssuerConfig) -> None:
     index_path.write_bytes(index_path.read_bytes()[: -len('{"event": "iss')])
 
 
+def test_an_issue_after_a_torn_last_index_line_keeps_its_record_and_the_index_readable(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    init_ca(config, now=pki.now_utc())
+    index_path = config.ca_dir / "index.jsonl"
+    issue(InternalCaIssuer(config), name="first")
+    index_path.write_bytes(index_path.read_bytes()[:50])  # the crash cut the only line short
+    second = issue(InternalCaIssuer(config), name="second")
+    status = ca_status(config, pki.now_utc())
+    assert status.issued == 1
+    revoke(config, "second", now=pki.now_utc())  # found by name: its record survived
+    with index_path.open("a") as handle:
+        handle.write('{"event": "revoked", "ser')  # a revocation cut short, then another one
+    third = issue(InternalCaIssuer(config), name="third")
+    revoke_serial(config, third.serial_number, now=pki.now_utc())
+    assert (ca_status(config, pki.now_utc()).issued, ca_status(config, pki.now_utc()).revoked) == (2, 2)
+    crl = x509.load_pem_x509_crl(write_crl(config, pki.now_utc()).read_bytes())
+    assert {entry.serial_number for entry in crl} == {second.serial_number, third.serial_number}
+
+
 def test_unknown_key_types_are_refused(shared: CaIssuerConfig, tmp_path: Path) -> None:
     issuer = InternalCaIssuer(shared)
     odd = ed25519.Ed25519PrivateKey.generate()

@@ -236,6 +236,21 @@ def revoked_record(entry: RevokedEntry) -> dict[str, Any]:
             "not_after": entry.not_after.isoformat() if entry.not_after else None}
 
 
+#: Written after a torn last line (a power cut or a full disk cut a write short) before the next record, so the
+#: record gets a line of its own and the reader knows the line above is a fragment, not damage to report.
+TORN_MARKER = b'{"event":"torn","note":"the line above was cut short by a crash or a full disk and is ignored"}'
+
+
+def end_torn_line(fd: int) -> None:
+    """If the index on ``fd`` (opened for reading too) does not end with a newline, end the fragment.
+
+    Appending onto a fragment would glue the new record to it and make the whole index unreadable.
+    """
+    size = os.fstat(fd).st_size
+    if size and os.pread(fd, 1, size - 1) != b"\n":
+        os.write(fd, b"\n" + TORN_MARKER + b"\n")
+
+
 def append_record(path: Path, record: dict[str, Any], *, durable: bool) -> None:
     """Append one line with a single ``write(2)`` on an ``O_APPEND`` descriptor.
 
@@ -247,8 +262,9 @@ def append_record(path: Path, record: dict[str, Any], *, durable: bool) -> None:
     certificate itself is kept by the store, and revoking it by certificate works without the index.
     """
     line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
-    fd = open_nofollow(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    fd = open_nofollow(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
     try:
+        end_torn_line(fd)
         os.write(fd, line)
         if durable:
             os.fsync(fd)
@@ -278,7 +294,8 @@ class IndexWriter:
     def _reopen(self) -> None:
         self._close()
         try:
-            fd = open_nofollow(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            fd = open_nofollow(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+            end_torn_line(fd)
         except OSError as exc:
             raise CaError(self.issuer, f"index {self.path} cannot be opened for writing ({exc.strerror})") from None
         self._fd = fd
@@ -290,7 +307,8 @@ class IndexWriter:
             if self._fd is None:
                 self._reopen()
             assert self._fd is not None
-            os.write(self._fd, line)
+            if os.write(self._fd, line) < len(line):  # a full disk: end the fragment before the next record
+                self._reopen()
 
     def close(self) -> None:
         with self._mutex:
@@ -303,7 +321,8 @@ class IndexWriter:
 
 
 def read_index(issuer: str, path: Path) -> Index:
-    """Replay the index.  A last line without its newline is a write cut short by a crash, and is skipped."""
+    """Replay the index.  A last line without its newline is a write cut short by a crash, and is skipped; so is
+    such a fragment that the next writer ended with :data:`TORN_MARKER`."""
     index = Index()
     try:
         data = read_nofollow(path)
@@ -311,9 +330,9 @@ def read_index(issuer: str, path: Path) -> Index:
         return index
     except OSError as exc:
         raise CaError(issuer, f"index {path} cannot be read ({exc.strerror})") from None
-    lines = data.split(b"\n")
-    for number, line in enumerate(lines[:-1], start=1):
-        if not line.strip():
+    lines = data.split(b"\n")[:-1]
+    for number, line in enumerate(lines, start=1):
+        if not line.strip() or line == TORN_MARKER:
             continue
         try:
             record = json.loads(line)
@@ -334,6 +353,8 @@ def read_index(issuer: str, path: Path) -> Index:
                 msg = f"unknown event {record['event']!r}"
                 raise ValueError(msg)  # noqa: TRY301 - reported with the line number like every bad line
         except (ValueError, KeyError, TypeError) as exc:
+            if number < len(lines) and lines[number] == TORN_MARKER:
+                continue
             raise CaError(issuer, f"index {path} is corrupted at line {number} ({exc}); "
                           "fix or remove that line") from None
     return index
