@@ -120,7 +120,12 @@ def _secret_problem(path: Path) -> tuple[str, str, str] | None:
     if not os.access(path, os.R_OK):
         return "a file this user cannot read", "a secret file readable by certkeeper's user", \
             f"chown root {path} (or the service user)"
-    mode = stat.S_IMODE(st.st_mode)
+    return secret_mode_problem(path, st.st_mode)
+
+
+def secret_mode_problem(path: Path, st_mode: int) -> tuple[str, str, str] | None:
+    """(found, expected, hint) when a secret file's mode lets others read it or its group change it."""
+    mode = stat.S_IMODE(st_mode)
     if mode & _SECRET_FORBIDDEN_BITS:
         return f"mode {mode:04o}", "a secret file no wider than 0640", f"chmod 600 {path}"
     return None

@@ -99,6 +99,7 @@ def init_ca(config: CaIssuerConfig, *, now: datetime, force: bool = False,
     root_type, intermediate_type = _key_types(config)
     passphrase = store.read_passphrase(config)
     ca_dir = config.ca_dir
+    store.check_new_ca_dir(config.name, ca_dir)
     present = sorted(p.name for p in ca_dir.iterdir()) if ca_dir.is_dir() else []
     if present and not force:
         found = [name for name in store.CA_FILES if name in present] or present
@@ -393,7 +394,7 @@ def ca_status(config: CaIssuerConfig, now: datetime) -> CaStatus:
     crl_next_update = None
     if (config.ca_dir / store.CRL_DER).exists():
         try:
-            crl = x509.load_der_x509_crl((config.ca_dir / store.CRL_DER).read_bytes())
+            crl = x509.load_der_x509_crl(store.read_file(config.name, config.ca_dir / store.CRL_DER, "CRL"))
         except ValueError:
             raise CaError(config.name, f"CRL {config.ca_dir / store.CRL_DER} is corrupted; run ca crl") from None
         crl_next_update = crl.next_update_utc
