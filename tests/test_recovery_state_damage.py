@@ -163,3 +163,16 @@ def test_a_missing_ca_directory_is_named_not_taken_for_an_empty_one(tmp_path: Pa
     assert f"internal CA 'internal': the CA directory {tmp_path / 'ca'} does not exist (run `certkeeper ca init`" \
            in revoke.stderr
     assert f"intermediate certificate {tmp_path / 'ca' / 'intermediate.pem'} is missing" in crl.stderr
+
+
+def test_a_damaged_schema_version_is_named_with_the_file_by_every_command(tmp_path: Path) -> None:
+    config = two_certificates(tmp_path)
+    database = tmp_path / "state" / "state.db"
+    for value in ("-1", "five", "0"):
+        tamper(tmp_path, "UPDATE meta SET value = ? WHERE key = 'schema_version'", value)
+        for result in (run_cli(config, "status"), run_cli(config, "renew")):
+            assert result.returncode == EX_IOERR, result.stdout + result.stderr
+            assert_no_traceback(result)
+            assert f"{database}: the state store's schema version (meta table, key schema_version) is " \
+                   f"'{value}', which no certkeeper writes; restore state.db from a backup" in result.stderr
+    assert len(versions(tmp_path, "mail")) == 1  # nothing renewed or removed meanwhile
