@@ -43,7 +43,8 @@ def resolve_hook(reference: str, hooks_dir: Path | None, config_file: Path, key_
         path = next((c for c in candidates if c.is_file()), candidates[0])
     if not path.is_file():
         where = ", ".join(str(c.parent) for c in candidates)
-        raise ConfigError(config_file, key_path, f'hook "{reference}", which is not in {where}',
+        found = _not_a_file(path) if reference.startswith("/") else f"which is not in {where}"
+        raise ConfigError(config_file, key_path, f'hook "{reference}", {found}',
                           "a hook name from hooks/ or an absolute path to an executable")
     if not os.access(path, os.X_OK):
         raise ConfigError(config_file, key_path, f'hook "{path}", which is not executable',
@@ -59,6 +60,22 @@ def resolve_hook(reference: str, hooks_dir: Path | None, config_file: Path, key_
                           f"mode {exc.mode & 0o7777:04o})", "a hook only root or the service user can change",
                           exc.fix) from None
     return path
+
+
+def _not_a_file(path: Path) -> str:
+    """What an absolute hook path is instead of a file."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return "which does not exist"
+    except OSError as exc:
+        return f"which cannot be examined ({exc.strerror})"
+    if stat.S_ISLNK(st.st_mode):
+        return f"a symbolic link to {path.readlink()}, which does not exist" if not path.exists() \
+            else f"a symbolic link to {path.readlink()}, which is not a file"
+    if stat.S_ISDIR(st.st_mode):
+        return "which is a folder, not a program"
+    return "which is not a regular file"
 
 
 def check_resolvable(config: Config) -> list[ConfigError]:
