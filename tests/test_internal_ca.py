@@ -384,6 +384,24 @@ def test_a_deeply_nested_index_line_is_reported_as_corrupted(tmp_path: Path) -> 
         ca_status(config, pki.now_utc())
 
 
+def test_status_refuses_an_intermediate_that_cannot_issue(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    init_ca(config, now=pki.now_utc())
+    (tmp_path / "other").mkdir()
+    other = make_config(tmp_path / "other")
+    init_ca(other, now=pki.now_utc())
+    path = config.ca_dir / "intermediate.pem"
+    leaf = issue(InternalCaIssuer(config))
+    for replacement, says in (
+            (leaf, r"\(mail.example.test\) is not a CA certificate and cannot sign"),
+            (pki.load_certificates((config.ca_dir / "root.pem").read_bytes())[0], "is the root certificate itself"),
+            (load_intermediate(other)[0], r"is not signed by the root in .*root.pem")):
+        write_pem(path, replacement)
+        with pytest.raises(IssuanceError, match=rf"intermediate certificate {path} .*{says}; restore it from a "
+                                                r"backup, or run `certkeeper ca init --intermediate-only`"):
+            ca_status(config, pki.now_utc())
+
+
 def test_unknown_key_types_are_refused(shared: CaIssuerConfig, tmp_path: Path) -> None:
     issuer = InternalCaIssuer(shared)
     odd = ed25519.Ed25519PrivateKey.generate()

@@ -385,10 +385,31 @@ class CaStatus:
                 for k, v in asdict(self).items()}
 
 
+def _check_intermediate(config: CaIssuerConfig, root: x509.Certificate, intermediate: x509.Certificate) -> None:
+    """The intermediate can issue: a CA certificate the root signed (not the root itself, not a leaf).
+
+    Its match with intermediate.key is not checked here: the key is encrypted, and status needs no passphrase.
+    """
+    path = config.ca_dir / store.INTERMEDIATE_CERT
+    fix = "restore it from a backup, or run `certkeeper ca init --intermediate-only`"
+    name = pki.common_name(intermediate.subject)
+    if not pki.is_ca(intermediate):
+        raise CaError(config.name, f"intermediate certificate {path} ({name}) is not a CA certificate and cannot "
+                      f"sign; {fix}")
+    if intermediate == root:
+        raise CaError(config.name, f"intermediate certificate {path} is the root certificate itself; {fix}")
+    try:
+        intermediate.verify_directly_issued_by(root)
+    except (ValueError, TypeError, InvalidSignature):
+        raise CaError(config.name, f"intermediate certificate {path} ({name}) is not signed by the root in "
+                      f"{config.ca_dir / store.ROOT_CERT}; {fix}") from None
+
+
 def ca_status(config: CaIssuerConfig, now: datetime) -> CaStatus:
     root = store.load_certificate(config.name, config.ca_dir / store.ROOT_CERT, "root certificate")
     intermediate = store.load_certificate(config.name, config.ca_dir / store.INTERMEDIATE_CERT,
                                           "intermediate certificate")
+    _check_intermediate(config, root, intermediate)
     index = store.read_index(config.name, config.ca_dir / store.INDEX)
     active = sum(1 for e in index.issued if e.not_after > now and e.serial not in index.revoked)
     crl_next_update = None
