@@ -30,6 +30,7 @@ def write_config(tmp_path: Path, certificates: str, *, settings: str = "") -> Co
     """A config with an internal CA issuer named ``internal`` (initialised) and the given certificate tables."""
     passphrase = tmp_path / "ca.pass"
     passphrase.write_text("lifecycle tests\n")
+    passphrase.chmod(0o600)
     path = tmp_path / "certkeeper.toml"
     defaults = {"hook_timeout": '"20s"', "verify_timeout": '"15s"', "lock_timeout": '"1s"'}
     for line in settings.splitlines():

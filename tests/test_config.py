@@ -111,6 +111,30 @@ MISTAKES = [
     ("missing certificate ca_file", 'domains = ["mail.example.org"]',
      'domains = ["mail.example.org"]\nca_file = "/nonexistent/roots.pem"',
      "certificates.mail.ca_file", "does not exist or is not a file"),
+    ("warn_days beyond ten years", "", "", "alerts.warn_days",
+     "found list \\[300000000\\], expected a list of whole numbers from 1 to 3660"),
+    ("watch warn_days beyond ten years", "", "", r"watch\[0\].warn_days", "a list of whole numbers from 1 to 3660"),
+    ("dane ttl beyond 2**31-1", 'domains = ["mail.example.org"]',
+     'domains = ["mail.example.org"]\ndane = { zone = "example.org", ttl = 5000000000 }',
+     "certificates.mail.dane.ttl", "found 5000000000, expected a whole number from 1 to 2147483647"),
+    ("dane unsafe_rollover_days", 'domains = ["mail.example.org"]',
+     'domains = ["mail.example.org"]\ndane = { zone = "example.org", unsafe_rollover_days = 1000000000 }',
+     "certificates.mail.dane.unsafe_rollover_days", "expected a whole number from 0 to 3660"),
+    ("dane port beyond 65535", 'domains = ["mail.example.org"]',
+     'domains = ["mail.example.org"]\ndane = { zone = "example.org", ports = [25, 99999999999] }',
+     "certificates.mail.dane.ports", "expected a list of TCP ports from 1 to 65535"),
+    ("mta-sts ttl", "", "", r"mta_sts.example.org.ttl", "expected a whole number from 1 to 2147483647"),
+    ("an integer beyond 2**31-1", "", "keep_versions = 99999999999999999999",
+     "certkeeper.keep_versions", "expected a whole number from 1 to 2147483647"),
+    ("empty state_dir", 'state_dir = "/tmp/ck"', 'state_dir = ""',
+     "certkeeper.state_dir", 'found an empty string, expected an absolute path, starting with "/"'),
+    ("relative state_dir", 'state_dir = "/tmp/ck"', 'state_dir = "relative/state"',
+     "certkeeper.state_dir", 'found "relative/state", a relative path, expected an absolute path'),
+    ("relative ca_dir", 'ca_dir = "/tmp/ck/ca"', 'ca_dir = "ca"',
+     "issuers.internal.ca_dir", 'found "ca", a relative path'),
+    ("empty passphrase_file", 'ca_dir = "/tmp/ck/ca"', 'ca_dir = "/tmp/ck/ca"\npassphrase_file = ""',
+     "issuers.internal.passphrase_file", "found an empty string, expected an absolute path"),
+    ("relative hooks_dir", "", 'hooks_dir = "hooks"', "certkeeper.hooks_dir", 'found "hooks", a relative path'),
 ]
 
 _MTA = '\n[mta_sts."example.org"]\n'
@@ -132,6 +156,11 @@ EXTRA = {
     "bad smtp_tls_fallback": '\n[alerts]\nto = ["a@example.org"]\nfrom = "b@example.org"\n'
                              'smtp_tls_fallback = "unverified"\n',
     "acme directory over plain http": '\n[issuers.le]\ntype = "acme"\ndirectory = "http://acme.example/dir"\n',
+    "warn_days beyond ten years": '\n[alerts]\nto = ["a@example.org"]\nfrom = "b@example.org"\n'
+                                  'warn_days = [300000000]\n',
+    "watch warn_days beyond ten years": '\n[[watch]]\nendpoints = ["smtp://mx.example.org:25"]\n'
+                                        'warn_days = [14, 4000]\n',
+    "mta-sts ttl": _MTA + 'ttl = 5000000000\nwebroot = "/var/www/mta-sts"\n',
     "a password in clear": '\n[alerts]\nto = ["a@example.org"]\nfrom = "b@example.org"\nsmtp_security = "none"\n'
                            'smtp_username = "u"\nsmtp_password_file = "/etc/certkeeper/smtp.pass"\n',
 }
@@ -164,6 +193,12 @@ def test_several_mistakes_are_reported_together(tmp_path: Path) -> None:
 def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
     path = write(tmp_path, "[certkeeper\n")
     with pytest.raises(ConfigError, match=rf"{path}: found invalid TOML"):
+        load_config(path)
+
+
+def test_toml_nested_too_deeply_names_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "x = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(ConfigError, match=rf"{path}: found TOML nested too deeply to be read"):
         load_config(path)
 
 
@@ -240,7 +275,7 @@ def test_config_check_finds_what_renew_would_not_hooks_groups_and_secret_files(t
     assert result.returncode == 78
     lines = result.stderr
     assert 'certificates.mail.reload: found hook "dovecott", which is not in' in lines
-    assert 'certificates.mail.reload: found hook "/usr/local/bin/nope", which is not in /usr/local/bin' in lines
+    assert 'certificates.mail.reload: found hook "/usr/local/bin/nope", which does not exist' in lines
     assert f'certificates.mail.reload: found hook "{loose_hook}" with mode 0777, writable by others' in lines
     assert 'certificates.mail.group: found group "postfixx", which does not exist on this machine' in lines
     assert f"alerts.smtp_password_file: found {open_secret}: mode 0644, expected a secret file no wider than " \

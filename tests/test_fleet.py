@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import secrets
 import signal
@@ -69,6 +68,7 @@ class Fleet:
         self.key_file.chmod(0o600)
         self.passphrase = tmp_path / "ca.pass"
         self.passphrase.write_text("fleet tests\n")
+        self.passphrase.chmod(0o600)
         self.ca_dir = tmp_path / "ca"
         self.lifetime = lifetime
         self.settings = settings
@@ -268,11 +268,11 @@ def test_killing_the_node_that_orders_hands_the_order_to_another_after_the_lease
     tmp_path: Path, postgres_db: Database
 ) -> None:
     fleet = Fleet(tmp_path, postgres_db, lock_timeout="1s")
-    # mx1 hangs inside the order: its CA passphrase file is a FIFO nobody writes to.
-    fifo = tmp_path / "mx1-passphrase.fifo"
-    os.mkfifo(fifo)
-    fleet.configs["mx1"] = fleet.write("mx1", passphrase=fifo)
-    stuck = fleet.start("mx1", "renew")
+    # mx1 hangs inside the order: its CA never gets the passphrase (a FIFO as passphrase_file is refused now).
+    hang = ("import sys, time\nimport certkeeper.issuers.ca_store as store\n"
+            "store.read_passphrase = lambda config: time.sleep(3600)\nfrom certkeeper.cli import run\nrun()\n")
+    stuck = subprocess.Popen([sys.executable, "-c", hang, "-c", str(fleet.configs["mx1"].path), "renew"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert wait_for(lambda: fleet.rows("SELECT node FROM fleet_leases") == [("mx1",)], 30)
         busy = fleet.renew("mx2")

@@ -57,6 +57,29 @@ def test_a_non_zero_exit_is_a_failure_with_the_hooks_words(tmp_path: Path) -> No
     assert raised.value.exit_status == 1
 
 
+def test_a_hook_whose_interpreter_is_missing_names_the_interpreter_not_the_hook(tmp_path: Path) -> None:
+    crlf = tmp_path / "crlf"
+    crlf.write_bytes(b"#!/bin/sh\r\nexit 0\r\n")
+    crlf.chmod(0o755)
+    with pytest.raises(HookFailed, match=r"could not be started: its interpreter '/bin/sh\\r' \(the #! line\) does "
+                                         r"not exist; the file has Windows line endings \(CRLF\): convert it"):
+        run_hook(crlf, CONTEXT, timeout=10)
+    gone = tmp_path / "gone"
+    gone.write_text("#!/nonexistent/python3 -u\n")
+    gone.chmod(0o755)
+    with pytest.raises(HookFailed, match=r"its interpreter '/nonexistent/python3' \(the #! line\) does not exist$"):
+        run_hook(gone, CONTEXT, timeout=10)
+
+
+def test_an_absolute_hook_path_says_what_is_there_instead_of_a_program(tmp_path: Path) -> None:
+    (tmp_path / "dangling").symlink_to(tmp_path / "missing")
+    (tmp_path / "adir").mkdir()
+    for name, says in (("dangling", f"a symbolic link to {tmp_path / 'missing'}, which does not exist"),
+                       ("adir", "which is a folder, not a program"), ("absent", "which does not exist")):
+        with pytest.raises(ConfigError, match=f'c.toml: reload: found hook "{tmp_path / name}", {says}, expected'):
+            resolve_hook(str(tmp_path / name), None, Path("c.toml"))
+
+
 def test_a_hook_past_its_timeout_is_killed_with_its_children(tmp_path: Path) -> None:
     marker = tmp_path / "child-alive"
     hook = script(tmp_path, f"(sleep 3; touch {marker}) &\necho started\nsleep 30\n")

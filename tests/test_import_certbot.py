@@ -141,19 +141,22 @@ def test_a_folder_that_is_not_certbot_s_is_refused_naming_it(tmp_path: Path) -> 
     assert not config.exists()
 
 
-def hand_made_certbot(root: Path, private_key_json: str) -> Path:
+def hand_made_certbot(root: Path, private_key_json: str, *, key: object = None, ca: bool = False) -> Path:
     """certbot's layout for one lineage and its account, written by hand (what is tested is what certkeeper reads
     before it writes anything, which needs no certbot run): live/ links into archive/, a renewal file, an account."""
-    from certkeeper.testbed.certs import TestCA
+    from certkeeper.testbed.certs import TestCA, key_to_pem
 
     letsencrypt = root / "letsencrypt"
-    leaf = TestCA().intermediate().issue(["mail.example.test"])
+    leaf = TestCA().intermediate().issue(["mail.example.test"], key=key)  # type: ignore[arg-type]
     archive, live = letsencrypt / "archive" / "mail", letsencrypt / "live" / "mail"
     archive.mkdir(parents=True)
     live.mkdir(parents=True)
     chain = leaf.fullchain_pem[len(leaf.cert_pem):]
-    for stem, data in {"cert": leaf.cert_pem, "chain": chain, "fullchain": leaf.fullchain_pem,
-                       "privkey": leaf.key_pem}.items():
+    pem = {"cert": leaf.cert_pem, "chain": chain, "fullchain": leaf.fullchain_pem, "privkey": leaf.key_pem}
+    if ca:  # a CA's certificate and key where the server's belong
+        authority = TestCA("not a server")
+        pem.update(cert=authority.cert_pem, fullchain=authority.cert_pem, privkey=key_to_pem(authority.key))
+    for stem, data in pem.items():
         (archive / f"{stem}1.pem").write_bytes(data)
         (live / f"{stem}.pem").symlink_to(f"../../archive/mail/{stem}1.pem")
     (letsencrypt / "renewal").mkdir()
@@ -203,3 +206,24 @@ def test_a_configuration_path_that_is_a_folder_is_named(tmp_path: Path) -> None:
     assert done.returncode == 78
     assert f"{config}: found a file that cannot be read (Is a directory), expected a readable configuration file" \
         in done.stderr
+
+
+def test_a_lineage_of_an_unsupported_key_type_or_with_a_ca_certificate_is_refused_naming_it(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    config = tmp_path / "certkeeper.toml"
+    cases = (
+        (dict(key=ec.generate_private_key(ec.SECP521R1())), "privkey.pem holds a key of type ecdsa-p521, which "
+         "certkeeper does not issue for; supported key types: ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072, rsa-4096"),
+        (dict(key=rsa.generate_private_key(public_exponent=65537, key_size=1024)),
+         "privkey.pem holds a key of type rsa-1024"),
+        (dict(ca=True), "cert.pem is a CA certificate (basicConstraints CA:TRUE), not a server certificate"),
+    )
+    for i, (how, says) in enumerate(cases):
+        letsencrypt = hand_made_certbot(tmp_path / str(i), "{}", **how)  # type: ignore[arg-type]
+        for dry_run in ((), ("--dry-run",)):
+            done = run_certkeeper(config, "import", "certbot", str(letsencrypt), *dry_run)
+            assert done.returncode == 65, done.stdout + done.stderr
+            assert f"{letsencrypt / 'live' / 'mail'}: lineage mail: {says}" in done.stderr, done.stderr
+            assert "Traceback" not in done.stderr and done.stdout == ""
+    assert not config.exists()

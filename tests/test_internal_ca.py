@@ -45,6 +45,7 @@ PASSPHRASE = "correct horse battery staple"
 def make_config(tmp_path: Path, **changes: object) -> CaIssuerConfig:
     passphrase = tmp_path / "ca.pass"
     passphrase.write_text(PASSPHRASE + "\n")
+    passphrase.chmod(0o600)
     config = CaIssuerConfig(name="internal", ca_dir=tmp_path / "ca", passphrase_file=passphrase,
                             permitted_domains=("example.test",), crl_url="http://crl.example.test/internal.crl")
     return dataclasses.replace(config, **changes)  # type: ignore[arg-type]
@@ -305,6 +306,102 @@ def test_a_torn_last_index_line_is_skipped(shared: CaIssuerConfig) -> None:
     index_path.write_bytes(index_path.read_bytes()[: -len('{"event": "iss')])
 
 
+def test_an_issue_after_a_torn_last_index_line_keeps_its_record_and_the_index_readable(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    init_ca(config, now=pki.now_utc())
+    index_path = config.ca_dir / "index.jsonl"
+    issue(InternalCaIssuer(config), name="first")
+    index_path.write_bytes(index_path.read_bytes()[:50])  # the crash cut the only line short
+    second = issue(InternalCaIssuer(config), name="second")
+    status = ca_status(config, pki.now_utc())
+    assert status.issued == 1
+    revoke(config, "second", now=pki.now_utc())  # found by name: its record survived
+    with index_path.open("a") as handle:
+        handle.write('{"event": "revoked", "ser')  # a revocation cut short, then another one
+    third = issue(InternalCaIssuer(config), name="third")
+    revoke_serial(config, third.serial_number, now=pki.now_utc())
+    assert (ca_status(config, pki.now_utc()).issued, ca_status(config, pki.now_utc()).revoked) == (2, 2)
+    crl = x509.load_pem_x509_crl(write_crl(config, pki.now_utc()).read_bytes())
+    assert {entry.serial_number for entry in crl} == {second.serial_number, third.serial_number}
+
+
+def test_a_fifo_as_the_index_or_the_passphrase_file_is_refused_not_waited_on(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    init_ca(config, now=pki.now_utc())
+    index_path = config.ca_dir / "index.jsonl"
+    index_path.unlink(missing_ok=True)
+    os.mkfifo(index_path, 0o600)
+    with pytest.raises(IssuanceError, match=r"index .*index.jsonl is not a regular file"):
+        ca_status(config, pki.now_utc())
+    with pytest.raises(IssuanceError, match=r"index .*index.jsonl cannot be opened for writing \(not a regular"):
+        issue(InternalCaIssuer(config))
+    index_path.unlink()
+    assert config.passphrase_file is not None
+    config.passphrase_file.unlink()
+    os.mkfifo(config.passphrase_file, 0o600)
+    with pytest.raises(IssuanceError, match=r"passphrase file .*ca.pass is not a regular file"):
+        issue(InternalCaIssuer(config))
+
+
+def test_a_passphrase_file_others_can_read_is_refused_as_config_check_does(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    assert config.passphrase_file is not None
+    config.passphrase_file.chmod(0o644)
+    with pytest.raises(IssuanceError, match=r"passphrase file .*ca.pass has mode 0644, expected a secret file no "
+                                            r"wider than 0640; chmod 600 .*ca.pass"):
+        init_ca(config, now=pki.now_utc())
+    assert not config.ca_dir.exists()
+
+
+def test_init_names_a_ca_dir_that_is_a_file_or_a_link_and_a_passphrase_too_long(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    config.ca_dir.write_text("x\n")
+    with pytest.raises(IssuanceError, match=r"ca_dir .*ca is a file, not a folder"):
+        init_ca(config, now=pki.now_utc())
+    config.ca_dir.unlink()
+    (tmp_path / "real").mkdir(mode=0o700)
+    config.ca_dir.symlink_to(tmp_path / "real")
+    with pytest.raises(IssuanceError, match=r"ca_dir .*ca is a symbolic link \(to .*real\)"):
+        init_ca(config, now=pki.now_utc())
+    config.ca_dir.unlink()
+    assert config.passphrase_file is not None
+    config.passphrase_file.write_text("p" * 1024 + "\n")
+    with pytest.raises(IssuanceError, match=r"the passphrase in the passphrase file .*ca.pass is longer than 1023 "
+                                            r"bytes"):
+        init_ca(config, now=pki.now_utc())
+    config.passphrase_file.write_bytes(b"p" * (1 << 24))  # read no further than the limit
+    with pytest.raises(IssuanceError, match="longer than 1023 bytes"):
+        init_ca(config, now=pki.now_utc())
+    config.passphrase_file.write_text("p" * 1023 + "\r\n")
+    init_ca(config, now=pki.now_utc())
+
+
+def test_a_deeply_nested_index_line_is_reported_as_corrupted(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    init_ca(config, now=pki.now_utc())
+    (config.ca_dir / "index.jsonl").write_text('{"event":' + "[" * 100_000 + "]" * 100_000 + "}\n")
+    with pytest.raises(IssuanceError, match=r"index .*index.jsonl is corrupted at line 1 \(maximum recursion"):
+        ca_status(config, pki.now_utc())
+
+
+def test_status_refuses_an_intermediate_that_cannot_issue(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    init_ca(config, now=pki.now_utc())
+    (tmp_path / "other").mkdir()
+    other = make_config(tmp_path / "other")
+    init_ca(other, now=pki.now_utc())
+    path = config.ca_dir / "intermediate.pem"
+    leaf = issue(InternalCaIssuer(config))
+    for replacement, says in (
+            (leaf, r"\(mail.example.test\) is not a CA certificate and cannot sign"),
+            (pki.load_certificates((config.ca_dir / "root.pem").read_bytes())[0], "is the root certificate itself"),
+            (load_intermediate(other)[0], r"is not signed by the root in .*root.pem")):
+        write_pem(path, replacement)
+        with pytest.raises(IssuanceError, match=rf"intermediate certificate {path} .*{says}; restore it from a "
+                                                r"backup, or run `certkeeper ca init --intermediate-only`"):
+            ca_status(config, pki.now_utc())
+
+
 def test_unknown_key_types_are_refused(shared: CaIssuerConfig, tmp_path: Path) -> None:
     issuer = InternalCaIssuer(shared)
     odd = ed25519.Ed25519PrivateKey.generate()
@@ -382,6 +479,7 @@ def run_cli(config_file: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_cli_init_export_status_revoke_crl(tmp_path: Path) -> None:
     (tmp_path / "ca.pass").write_text(PASSPHRASE + "\n")
+    (tmp_path / "ca.pass").chmod(0o600)
     config_file = internal_ca_config(tmp_path, domains=["mail.example.test"], issuer=f"""
         passphrase_file = "{tmp_path / 'ca.pass'}"
         permitted_domains = ["example.test"]

@@ -25,6 +25,7 @@ def internal_ca(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Issuer,
 
     passphrase = tmp_path / "ca.pass"
     passphrase.write_text("correct horse battery staple\n")
+    passphrase.chmod(0o600)
     config = CaIssuerConfig(name="internal", ca_dir=tmp_path / "ca", passphrase_file=passphrase)
     init_ca(config, now=pki.now_utc())
     issuer = InternalCaIssuer(config)

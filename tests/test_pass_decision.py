@@ -108,6 +108,7 @@ def test_a_failed_renewal_is_looked_at_again_after_its_backoff(tmp_path: Path) -
         reload = ["{hook}"]
         """)
     (tmp_path / "ca.pass").write_text("not the passphrase\n")  # the CA key cannot be opened: issuance fails
+    (tmp_path / "ca.pass").chmod(0o600)
     now = pki.now_utc()
     app = build_app(config, clock=lambda: now)
     [outcome] = app.renewer.run()

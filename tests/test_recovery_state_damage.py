@@ -271,3 +271,16 @@ def test_status_shows_a_damaged_certificate_beside_the_others(tmp_path: Path) ->
     assert long.returncode != 0
     assert_no_traceback(long)
     assert "certificate 'imap' has no version 'xxx" in long.stdout + long.stderr
+
+
+def test_a_damaged_schema_version_is_named_with_the_file_by_every_command(tmp_path: Path) -> None:
+    config = two_certificates(tmp_path)
+    database = tmp_path / "state" / "state.db"
+    for value in ("-1", "five", "0"):
+        tamper(tmp_path, "UPDATE meta SET value = ? WHERE key = 'schema_version'", value)
+        for result in (run_cli(config, "status"), run_cli(config, "renew")):
+            assert result.returncode == EX_IOERR, result.stdout + result.stderr
+            assert_no_traceback(result)
+            assert f"{database}: the state store's schema version (meta table, key schema_version) is " \
+                   f"'{value}', which no certkeeper writes; restore state.db from a backup" in result.stderr
+    assert len(versions(tmp_path, "mail")) == 1  # nothing renewed or removed meanwhile

@@ -177,6 +177,7 @@ NOT_FOR_RENEW_NONE_DUE = ("cryptography", "acme", "josepy", "apscheduler", "dns"
 
 def test_renew_with_nothing_due_parses_no_certificate_and_builds_no_issuer(tmp_path: Path) -> None:
     (tmp_path / "ca.pass").write_text("startup imports\n")
+    (tmp_path / "ca.pass").chmod(0o600)
     config = internal_ca_config(tmp_path, domains=("mail.example.org", "smtp.example.org"),
                                 issuer=f'passphrase_file = "{tmp_path / "ca.pass"}"')
     for command in (["ca", "init"], ["renew", "--quiet"]):

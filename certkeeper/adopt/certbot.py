@@ -136,6 +136,14 @@ def _lineage(path: Path, directory: Path, global_hooks: tuple[str, ...]) -> Line
         key = pki.load_key((live / "privkey.pem").read_bytes())
     except (OSError, ValueError, IndexError) as exc:
         raise InputError(str(live), f"lineage {name}: cannot read cert.pem and privkey.pem ({exc})") from None
+    try:
+        key_type = KeyType(pki.key_type_of(key))
+    except ValueError:
+        raise InputError(str(live), f"lineage {name}: privkey.pem holds a key of type {pki.key_type_of(key)}, which "
+                         f"certkeeper does not issue for; supported key types: {', '.join(KeyType)}") from None
+    if pki.is_ca(certificate):
+        raise InputError(str(live), f"lineage {name}: cert.pem is a CA certificate (basicConstraints CA:TRUE), not "
+                         "a server certificate; certkeeper does not take it over")
     unmapped = [f"{name}: {key} = {params[key]} (run it from a reload or deploy hook of your own)"
                 for key in ("pre_hook", "post_hook") if params.get(key)]
     authenticator = params.get("authenticator", "")
@@ -155,7 +163,7 @@ def _lineage(path: Path, directory: Path, global_hooks: tuple[str, ...]) -> Line
                         f"issuer uses http-01 standalone: set challenge (dns-01 with RFC 2136 or dns_hook) to fit")
     hooks = tuple(h for h in (params.get("renew_hook", ""), *global_hooks) if h)
     return Lineage(name=name, domains=tuple(pki.subject_alternative_names(certificate)) or (name,),
-                   key_type=KeyType(pki.key_type_of(key)), server=params.get("server", ""),
+                   key_type=key_type, server=params.get("server", ""),
                    account=params.get("account", ""), challenge=tuple(challenge),
                    reuse_key=params.get("reuse_key", "False") == "True", deploy_hooks=hooks, live=live,
                    unmapped=tuple(unmapped))

@@ -20,7 +20,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from certkeeper.config.mtasts import MtaStsConfig, parse_mta_sts
-from certkeeper.config.table import Table, did_you_mean
+from certkeeper.config.table import MAX_DAYS, MAX_TTL, Table, did_you_mean
 from certkeeper.config.tlsrpt import TlsrptConfig, parse_tlsrpt
 from certkeeper.errors import ConfigError, ConfigErrors, UsageError
 from certkeeper.model import KeyType, RenewBefore, format_duration, parse_listen
@@ -248,6 +248,8 @@ def load_config(path: Path) -> Config:
         raise ConfigError(path, "", "bytes that are not UTF-8", "a UTF-8 TOML file") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, "", f"invalid TOML ({exc})", "valid TOML") from None
+    except RecursionError:  # [[[[... a hundred thousand deep: tomllib recurses per level
+        raise ConfigError(path, "", "TOML nested too deeply to be read", "a certkeeper configuration file") from None
     return parse_config(data, path)
 
 
@@ -282,7 +284,7 @@ def parse_config(data: Mapping[str, Any], path: Path, *, keys: dict[str, dict[st
 def _parse_settings(t: Table) -> Settings:
     d = Settings()
     settings = Settings(
-        state_dir=t.path("state_dir", None) or d.state_dir,
+        state_dir=t.absolute_path("state_dir", d.state_dir) or d.state_dir,
         check_interval=t.duration("check_interval", d.check_interval, minimum=timedelta(minutes=1)),
         renew_before=t.parsed("renew_before", RenewBefore.parse, d.renew_before,
                               'a fraction of the lifetime such as "1/3", or a duration such as "30d"'),
@@ -291,15 +293,15 @@ def _parse_settings(t: Table) -> Settings:
         hook_timeout=t.duration("hook_timeout", d.hook_timeout, minimum=timedelta(seconds=1)),
         lock_timeout=t.duration("lock_timeout", d.lock_timeout),
         concurrency=t.integer("concurrency", d.concurrency, minimum=1),
-        hooks_dir=t.path("hooks_dir", None),
+        hooks_dir=t.absolute_path("hooks_dir", None),
         metrics_listen=_listen(t, "metrics_listen"),
         metrics_tls_cert_file=t.path("metrics_tls_cert_file", None),
         metrics_tls_key_file=t.path("metrics_tls_key_file", None),
-        metrics_basic_auth_file=t.path("metrics_basic_auth_file", None),
+        metrics_basic_auth_file=t.absolute_path("metrics_basic_auth_file", None),
         database=t.string("database", None),
-        database_password_file=t.path("database_password_file", None),
+        database_password_file=t.absolute_path("database_password_file", None),
         node=t.string("node", "") or "",
-        fleet_key_file=t.path("fleet_key_file", None),
+        fleet_key_file=t.absolute_path("fleet_key_file", None),
         fleet_grace=t.duration("fleet_grace", d.fleet_grace),
         fleet_lease=t.duration("fleet_lease", d.fleet_lease, minimum=timedelta(seconds=1)),
     )
@@ -335,7 +337,7 @@ def _parse_alerts(t: Table) -> AlertsConfig:
             t.error(f"to[{i}]", repr(address), "an email address")
     security = t.choice("smtp_security", ("none", "starttls", "tls"), "starttls")
     default_port = {"none": 25, "starttls": 587, "tls": 465}[security]
-    warn = t.int_list("warn_days", (21, 14, 7, 3, 1))
+    warn = t.int_list("warn_days", (21, 14, 7, 3, 1), maximum=MAX_DAYS)
     alerts = AlertsConfig(
         to=tuple(to or ()),
         sender=sender or "",
@@ -343,7 +345,7 @@ def _parse_alerts(t: Table) -> AlertsConfig:
         smtp_port=t.port("smtp_port", default_port),
         smtp_security=security,
         smtp_username=t.string("smtp_username", None),
-        smtp_password_file=t.path("smtp_password_file", None),
+        smtp_password_file=t.absolute_path("smtp_password_file", None),
         smtp_ca_bundle=t.path("smtp_ca_bundle", None),
         smtp_timeout=t.duration("smtp_timeout", timedelta(seconds=30)),
         smtp_tls_fallback=t.choice("smtp_tls_fallback", ("none", "unverified-no-auth"), "none"),
@@ -403,7 +405,7 @@ def _parse_acme_issuer(name: str, t: Table) -> AcmeIssuerConfig:
         http_address=t.string("http_address", "") or "",
         webroot=t.path("webroot", None),
         dns_server=t.string("dns_server", None),
-        tsig_key_file=t.path("tsig_key_file", None),
+        tsig_key_file=t.absolute_path("tsig_key_file", None),
         dns_zone=t.string("dns_zone", None),
         dns_hook=t.path("dns_hook", None),
         dns_timeout=t.duration("dns_timeout", d.dns_timeout),
@@ -413,7 +415,7 @@ def _parse_acme_issuer(name: str, t: Table) -> AcmeIssuerConfig:
         persist_warning=t.duration("persist_warning", d.persist_warning),
         caa_resolver=_caa_resolver(t, directory),
         eab_kid=t.string("eab_kid", None),
-        eab_hmac_key_file=t.path("eab_hmac_key_file", None),
+        eab_hmac_key_file=t.absolute_path("eab_hmac_key_file", None),
         timeout=t.duration("timeout", d.timeout, minimum=timedelta(seconds=10)),
         orders_per_3h=_budget(t, "orders_per_3h", directory, LETSENCRYPT_ORDERS_PER_3H),
         duplicates_per_week=_budget(t, "duplicates_per_week", directory, LETSENCRYPT_DUPLICATES_PER_WEEK),
@@ -499,10 +501,10 @@ def _budget(t: Table, key: str, directory: str, letsencrypt: int) -> int:
 
 def _parse_ca_issuer(name: str, t: Table) -> CaIssuerConfig:
     d = CaIssuerConfig(name=name, ca_dir=Path())
-    ca_dir = t.path("ca_dir", None)
+    ca_dir = t.absolute_path("ca_dir", None)
     if ca_dir is None:
         t.error("ca_dir", "nothing", 'the directory of the CA, such as "/var/lib/certkeeper/ca"')
-    passphrase_file = t.path("passphrase_file", None)
+    passphrase_file = t.absolute_path("passphrase_file", None)
     passphrase_env = t.string("passphrase_env", None)
     if passphrase_file and passphrase_env:
         t.error("passphrase_env", "both passphrase_file and passphrase_env", "one source of the CA passphrase")
@@ -605,13 +607,13 @@ def _parse_dane(t: Table) -> DaneConfig:
             t.error(f"tlsa[{i}]", repr(record), 'a TLSA usage/selector/matching triple: "3 1 1" or "2 1 1"')
     dane = DaneConfig(
         tlsa=tlsa,
-        ports=tuple(t.int_list("ports", list(d.ports))),
+        ports=tuple(t.int_list("ports", list(d.ports), maximum=65535, expected="a list of TCP ports from 1 to 65535")),
         hosts=tuple(t.string_list("hosts", ()) or ()),
         zone=t.string("zone", None),
         dns_server=t.string("dns_server", None),
-        tsig_key_file=t.path("tsig_key_file", None),
-        ttl=t.integer("ttl", d.ttl, minimum=1),
-        unsafe_rollover_days=t.integer("unsafe_rollover_days", d.unsafe_rollover_days, minimum=0),
+        tsig_key_file=t.absolute_path("tsig_key_file", None),
+        ttl=t.integer("ttl", d.ttl, minimum=1, maximum=MAX_TTL),
+        unsafe_rollover_days=t.integer("unsafe_rollover_days", d.unsafe_rollover_days, minimum=0, maximum=MAX_DAYS),
         resolver=t.string("resolver", None),
         retire_after=t.duration("retire_after", None, minimum=timedelta(seconds=1)),
         retire_probes=t.integer("retire_probes", d.retire_probes, minimum=1),
@@ -630,7 +632,7 @@ def _parse_watch(index: int, t: Table) -> WatchConfig:
     if not endpoints:
         t.error("endpoints", "nothing", 'a list of endpoints such as ["smtp://mx.partner.example:25"]')
     name = t.string("name", None) or (endpoints[0].address if endpoints else f"watch{index}")
-    warn = t.int_list("warn_days", None)
+    warn = t.int_list("warn_days", None, maximum=MAX_DAYS)
     watch = WatchConfig(
         name=name,
         endpoints=endpoints,

@@ -12,7 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from certkeeper.config.table import Table, did_you_mean
+from certkeeper.config.table import MAX_TTL, Table, did_you_mean
 from certkeeper.model import MTA_STS_MAX_AGE_LIMIT as MAX_AGE_LIMIT
 from certkeeper.model import MTA_STS_MODES as MODES
 from certkeeper.model import mx_pattern_problem as pattern_problem
@@ -74,9 +74,9 @@ def parse_mta_sts(domain: str, t: Table, certificates: Mapping[str, Any]) -> Mta
         serve=t.string("serve", None),
         serve_certificate=t.string("certificate", None),
         dns_server=t.string("dns_server", None),
-        tsig_key_file=t.path("tsig_key_file", None),
+        tsig_key_file=t.absolute_path("tsig_key_file", None),
         zone=t.string("zone", None),
-        ttl=t.integer("ttl", 3600, minimum=1),
+        ttl=t.integer("ttl", 3600, minimum=1, maximum=MAX_TTL),
         rua=tuple(t.string_list("rua", ()) or ()),
     )
     _check_serving(t, config, certificates)

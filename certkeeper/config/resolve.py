@@ -43,7 +43,8 @@ def resolve_hook(reference: str, hooks_dir: Path | None, config_file: Path, key_
         path = next((c for c in candidates if c.is_file()), candidates[0])
     if not path.is_file():
         where = ", ".join(str(c.parent) for c in candidates)
-        raise ConfigError(config_file, key_path, f'hook "{reference}", which is not in {where}',
+        found = _not_a_file(path) if reference.startswith("/") else f"which is not in {where}"
+        raise ConfigError(config_file, key_path, f'hook "{reference}", {found}',
                           "a hook name from hooks/ or an absolute path to an executable")
     if not os.access(path, os.X_OK):
         raise ConfigError(config_file, key_path, f'hook "{path}", which is not executable',
@@ -59,6 +60,22 @@ def resolve_hook(reference: str, hooks_dir: Path | None, config_file: Path, key_
                           f"mode {exc.mode & 0o7777:04o})", "a hook only root or the service user can change",
                           exc.fix) from None
     return path
+
+
+def _not_a_file(path: Path) -> str:
+    """What an absolute hook path is instead of a file."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return "which does not exist"
+    except OSError as exc:
+        return f"which cannot be examined ({exc.strerror})"
+    if stat.S_ISLNK(st.st_mode):
+        return f"a symbolic link to {path.readlink()}, which does not exist" if not path.exists() \
+            else f"a symbolic link to {path.readlink()}, which is not a file"
+    if stat.S_ISDIR(st.st_mode):
+        return "which is a folder, not a program"
+    return "which is not a regular file"
 
 
 def check_resolvable(config: Config) -> list[ConfigError]:
@@ -120,7 +137,12 @@ def _secret_problem(path: Path) -> tuple[str, str, str] | None:
     if not os.access(path, os.R_OK):
         return "a file this user cannot read", "a secret file readable by certkeeper's user", \
             f"chown root {path} (or the service user)"
-    mode = stat.S_IMODE(st.st_mode)
+    return secret_mode_problem(path, st.st_mode)
+
+
+def secret_mode_problem(path: Path, st_mode: int) -> tuple[str, str, str] | None:
+    """(found, expected, hint) when a secret file's mode lets others read it or its group change it."""
+    mode = stat.S_IMODE(st_mode)
     if mode & _SECRET_FORBIDDEN_BITS:
         return f"mode {mode:04o}", "a secret file no wider than 0640", f"chmod 600 {path}"
     return None

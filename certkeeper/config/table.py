@@ -28,6 +28,13 @@ def did_you_mean(word: str, candidates: Iterator[str] | Mapping[str, Any] | tupl
 
 T = TypeVar("T")
 
+#: The largest whole number any key takes unless it says less: what SQLite, struct and timedelta all hold.
+MAX_INTEGER = 2**31 - 1
+#: The most days a key counted in days takes (ten years): ``timedelta(days=...)`` and dates stay in range.
+MAX_DAYS = 3660
+#: A DNS TTL is an unsigned 32-bit field whose top bit must be zero (RFC 2181 section 8).
+MAX_TTL = 2**31 - 1
+
 # Schema fragments of the commonest getters (copied by _get when noted): built once, not per key read.
 _STRING_LIST: Mapping[str, Any] = {"type": "array", "items": {"type": "string"}}
 _OBJECT: Mapping[str, Any] = {"type": "object"}
@@ -88,10 +95,14 @@ class Table:
         value: bool = self._typed(key, bool, "true or false", default)
         return value
 
-    def integer(self, key: str, default: int, *, minimum: int | None = None) -> int:
+    def integer(self, key: str, default: int, *, minimum: int | None = None, maximum: int = MAX_INTEGER) -> int:
         value: int = self._typed(key, int, "a whole number", default)
         if minimum is not None and value < minimum:
             self.error(key, str(value), f"a whole number of at least {minimum}")
+            return default
+        if value > maximum:
+            self.error(key, str(value), f"a whole number from {minimum} to {maximum}" if minimum is not None
+                       else f"a whole number of at most {maximum}")
             return default
         return value
 
@@ -105,6 +116,17 @@ class Table:
     def path(self, key: str, default: Path | None) -> Path | None:
         value = self.string(key, None)
         return Path(value) if value else default
+
+    def absolute_path(self, key: str, default: Path | None) -> Path | None:
+        """A folder or secret file certkeeper trusts: never "" (which read as unset) nor relative to the cwd."""
+        value = self.string(key, None)
+        if value is None:
+            return default
+        if not value.startswith("/"):
+            self.error(key, f'"{value}", a relative path' if value else "an empty string",
+                       'an absolute path, starting with "/"')
+            return default
+        return Path(value)
 
     def existing_file(self, key: str, default: Path | None) -> Path | None:
         path = self.path(key, default)
@@ -205,13 +227,13 @@ class Table:
                 result[name] = value
         return result
 
-    def int_list(self, key: str, default: Any) -> list[int]:
-        value = self._get(key, {"type": "array", "items": {"type": "integer", "minimum": 1}})
+    def int_list(self, key: str, default: Any, *, maximum: int, expected: str = "") -> list[int]:
+        value = self._get(key, {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": maximum}})
         if value is None:
             return list(default) if default is not None else []
         if (not isinstance(value, list) or not value
-                or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
-            self.error(key, describe(value), "a list of positive whole numbers")
+                or not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= maximum for v in value)):
+            self.error(key, describe(value), expected or f"a list of whole numbers from 1 to {maximum}")
             return list(default) if default is not None else []
         return value
 

@@ -74,7 +74,7 @@ def parse_tlsrpt(t: Table, certificates: Mapping[str, Any]) -> TlsrptConfig:
             imap = parse_imap_url(imap_text)
         except ValueError as exc:
             t.error("imap", repr(imap_text), str(exc))
-    password_file = t.path("password_file", None)
+    password_file = t.absolute_path("password_file", None)
     if imap is not None and password_file is None:
         t.error("password_file", "nothing", "the file holding the IMAP password when imap is set",
                 "secrets live in files, never in this file")

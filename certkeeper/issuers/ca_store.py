@@ -24,6 +24,7 @@ import fcntl
 import json
 import os
 import shutil
+import stat
 import tempfile
 import threading
 import weakref
@@ -37,8 +38,9 @@ from cryptography import x509
 
 from certkeeper import pki
 from certkeeper.config import CaIssuerConfig
+from certkeeper.config.resolve import secret_mode_problem
 from certkeeper.errors import CaError
-from certkeeper.permissions import check_trusted_dir, check_trusted_file, open_nofollow, read_nofollow
+from certkeeper.permissions import check_trusted_dir, check_trusted_file, open_nofollow
 from certkeeper.store.atomic import fsync_dir, make_dirs, write_atomic
 
 _json_string = json.encoder.encode_basestring_ascii
@@ -58,22 +60,64 @@ LOCK = ".lock"
 CA_FILES = (ROOT_CERT, ROOT_KEY, INTERMEDIATE_CERT, INTERMEDIATE_KEY, INDEX)
 
 
+#: OpenSSL's limit for a PEM passphrase (PEM_BUFSIZE - 1); a longer one cannot encrypt or decrypt a key.
+MAX_PASSPHRASE = 1023
+
+
+class NotRegularFile(OSError):
+    """A CA file or secret that is a FIFO, a device or a folder: reading it could block forever or never end."""
+
+
+def fstat_regular(fd: int) -> os.stat_result:
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise NotRegularFile(0, "not a regular file (a pipe, a device or a folder)")
+    return st
+
+
+def read_regular(path: Path, *, at_most: int | None = None) -> tuple[bytes, os.stat_result]:
+    """The content of ``path`` (its first ``at_most`` bytes) and its ``fstat``, refusing a symbolic link and
+    anything but a regular file.
+
+    O_NONBLOCK makes opening a FIFO return at once instead of waiting for a writer that never comes.
+    """
+    fd = open_nofollow(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        st = fstat_regular(fd)
+        chunks, total = [], 0
+        while (at_most is None or total < at_most) and (chunk := os.read(fd, 1 << 16)):
+            chunks.append(chunk)
+            total += len(chunk)
+        return b"".join(chunks)[:at_most], st
+    finally:
+        os.close(fd)
+
+
 def read_passphrase(config: CaIssuerConfig) -> bytes:
     """The passphrase the CA keys are encrypted with, from ``passphrase_file`` or ``passphrase_env``.
 
     Only a trailing line break is removed (editors add one); other whitespace is part of the passphrase.
+    The file gets the checks ``config check`` makes, so what it calls wrong is not used anyway.
     """
     if config.passphrase_file is not None:
-        check_trusted_file(config.passphrase_file, f"issuers.{config.name}.passphrase_file")
+        path = config.passphrase_file
+        check_trusted_file(path, f"issuers.{config.name}.passphrase_file")
         try:
-            text = read_nofollow(config.passphrase_file)
+            text, st = read_regular(path, at_most=MAX_PASSPHRASE + 3)  # one byte past a passphrase and CRLF
         except FileNotFoundError:
-            raise CaError(config.name, f"passphrase file {config.passphrase_file} does not exist; create it "
+            raise CaError(config.name, f"passphrase file {path} does not exist; create it "
                           f"(mode 0600) or fix issuers.{config.name}.passphrase_file") from None
+        except NotRegularFile as exc:
+            raise CaError(config.name, f"passphrase file {path} is {exc.strerror}; expected a file holding "
+                          f"the passphrase (issuers.{config.name}.passphrase_file)") from None
         except OSError as exc:
-            raise CaError(config.name, f"passphrase file {config.passphrase_file} cannot be read "
-                          f"({exc.strerror})") from None
-        source = f"passphrase file {config.passphrase_file}"
+            raise CaError(config.name, f"passphrase file {path} cannot be read ({exc.strerror})") from None
+        problem = secret_mode_problem(path, st.st_mode)
+        if problem:
+            found, expected, hint = problem
+            raise CaError(config.name, f"passphrase file {path} has {found}, expected {expected}; {hint} "
+                          f"(issuers.{config.name}.passphrase_file)")
+        source = f"passphrase file {path}"
     elif config.passphrase_env is not None:
         value = os.environ.get(config.passphrase_env)
         if value is None:
@@ -86,7 +130,25 @@ def read_passphrase(config: CaIssuerConfig) -> bytes:
     passphrase = text.removesuffix(b"\n").removesuffix(b"\r")
     if not passphrase:
         raise CaError(config.name, f"the {source} is empty")
+    if len(passphrase) > MAX_PASSPHRASE:
+        raise CaError(config.name, f"the passphrase in the {source} is longer than {MAX_PASSPHRASE} bytes, "
+                      "OpenSSL's limit for encrypting a key; choose a shorter one")
     return passphrase
+
+
+def check_new_ca_dir(issuer: str, ca_dir: Path) -> None:
+    """``ca init`` renames a fresh folder onto ``ca_dir``: that needs a folder or nothing there, not a link."""
+    try:
+        st = ca_dir.lstat()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise CaError(issuer, f"ca_dir {ca_dir} cannot be examined ({exc.strerror})") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise CaError(issuer, f"ca_dir {ca_dir} is a symbolic link (to {ca_dir.readlink()}); `ca init` would "
+                      "replace the link, not fill its target: set ca_dir to the folder itself")
+    if not stat.S_ISDIR(st.st_mode):
+        raise CaError(issuer, f"ca_dir {ca_dir} is a file, not a folder; move it away or choose another ca_dir")
 
 
 def create_ca_dir(ca_dir: Path, files: dict[str, tuple[bytes, int]], *, replace_suffix: str | None) -> Path | None:
@@ -155,7 +217,7 @@ def _no_ca_dir(issuer: str, ca_dir: Path) -> CaError:
 def read_file(issuer: str, path: Path, what: str) -> bytes:
     check_trusted_dir(path.parent, "ca_dir")
     try:
-        return read_nofollow(path)
+        return read_regular(path)[0]
     except FileNotFoundError:
         raise CaError(issuer, f"{what} {path} is missing; the CA directory is incomplete "
                       "(run `certkeeper ca init` if no CA was ever created here)") from None
@@ -236,6 +298,26 @@ def revoked_record(entry: RevokedEntry) -> dict[str, Any]:
             "not_after": entry.not_after.isoformat() if entry.not_after else None}
 
 
+#: Written after a torn last line (a power cut or a full disk cut a write short) before the next record, so the
+#: record gets a line of its own and the reader knows the line above is a fragment, not damage to report.
+TORN_MARKER = b'{"event":"torn","note":"the line above was cut short by a crash or a full disk and is ignored"}'
+
+
+def open_index_for_append(path: Path) -> int:
+    """An ``O_APPEND`` descriptor on the index, refusing anything but a regular file (writes to a FIFO would
+    block once its buffer is full); a torn last line is ended first with :data:`TORN_MARKER`, because appending
+    onto the fragment would glue the new record to it and make the whole index unreadable."""
+    fd = open_nofollow(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o600)
+    try:
+        st = fstat_regular(fd)
+        if st.st_size and os.pread(fd, 1, st.st_size - 1) != b"\n":
+            os.write(fd, b"\n" + TORN_MARKER + b"\n")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def append_record(path: Path, record: dict[str, Any], *, durable: bool) -> None:
     """Append one line with a single ``write(2)`` on an ``O_APPEND`` descriptor.
 
@@ -247,7 +329,7 @@ def append_record(path: Path, record: dict[str, Any], *, durable: bool) -> None:
     certificate itself is kept by the store, and revoking it by certificate works without the index.
     """
     line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
-    fd = open_nofollow(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    fd = open_index_for_append(path)
     try:
         os.write(fd, line)
         if durable:
@@ -278,7 +360,7 @@ class IndexWriter:
     def _reopen(self) -> None:
         self._close()
         try:
-            fd = open_nofollow(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            fd = open_index_for_append(self.path)
         except OSError as exc:
             raise CaError(self.issuer, f"index {self.path} cannot be opened for writing ({exc.strerror})") from None
         self._fd = fd
@@ -290,7 +372,8 @@ class IndexWriter:
             if self._fd is None:
                 self._reopen()
             assert self._fd is not None
-            os.write(self._fd, line)
+            if os.write(self._fd, line) < len(line):  # a full disk: end the fragment before the next record
+                self._reopen()
 
     def close(self) -> None:
         with self._mutex:
@@ -303,17 +386,20 @@ class IndexWriter:
 
 
 def read_index(issuer: str, path: Path) -> Index:
-    """Replay the index.  A last line without its newline is a write cut short by a crash, and is skipped."""
+    """Replay the index.  A last line without its newline is a write cut short by a crash, and is skipped; so is
+    such a fragment that the next writer ended with :data:`TORN_MARKER`."""
     index = Index()
     try:
-        data = read_nofollow(path)
+        data = read_regular(path)[0]
     except FileNotFoundError:
         return index
+    except NotRegularFile as exc:
+        raise CaError(issuer, f"index {path} is {exc.strerror}; expected the CA's index file") from None
     except OSError as exc:
         raise CaError(issuer, f"index {path} cannot be read ({exc.strerror})") from None
-    lines = data.split(b"\n")
-    for number, line in enumerate(lines[:-1], start=1):
-        if not line.strip():
+    lines = data.split(b"\n")[:-1]
+    for number, line in enumerate(lines, start=1):
+        if not line.strip() or line == TORN_MARKER:
             continue
         try:
             record = json.loads(line)
@@ -333,7 +419,9 @@ def read_index(issuer: str, path: Path) -> Index:
             else:
                 msg = f"unknown event {record['event']!r}"
                 raise ValueError(msg)  # noqa: TRY301 - reported with the line number like every bad line
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:  # RecursionError: [[[[... nested too deep
+            if number < len(lines) and lines[number] == TORN_MARKER:
+                continue
             raise CaError(issuer, f"index {path} is corrupted at line {number} ({exc}); "
                           "fix or remove that line") from None
     return index
@@ -341,8 +429,10 @@ def read_index(issuer: str, path: Path) -> Index:
 
 def read_crl_number(issuer: str, path: Path) -> int:
     try:
-        return int(read_nofollow(path).decode().strip())
+        return int(read_regular(path, at_most=64)[0].decode().strip())
     except FileNotFoundError:
         return 0
+    except OSError as exc:
+        raise CaError(issuer, f"CRL number file {path} cannot be read ({exc.strerror})") from None
     except ValueError:
         raise CaError(issuer, f"CRL number file {path} is corrupted (not a number)") from None

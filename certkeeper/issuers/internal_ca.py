@@ -99,6 +99,7 @@ def init_ca(config: CaIssuerConfig, *, now: datetime, force: bool = False,
     root_type, intermediate_type = _key_types(config)
     passphrase = store.read_passphrase(config)
     ca_dir = config.ca_dir
+    store.check_new_ca_dir(config.name, ca_dir)
     present = sorted(p.name for p in ca_dir.iterdir()) if ca_dir.is_dir() else []
     if present and not force:
         found = [name for name in store.CA_FILES if name in present] or present
@@ -384,16 +385,37 @@ class CaStatus:
                 for k, v in asdict(self).items()}
 
 
+def _check_intermediate(config: CaIssuerConfig, root: x509.Certificate, intermediate: x509.Certificate) -> None:
+    """The intermediate can issue: a CA certificate the root signed (not the root itself, not a leaf).
+
+    Its match with intermediate.key is not checked here: the key is encrypted, and status needs no passphrase.
+    """
+    path = config.ca_dir / store.INTERMEDIATE_CERT
+    fix = "restore it from a backup, or run `certkeeper ca init --intermediate-only`"
+    name = pki.common_name(intermediate.subject)
+    if not pki.is_ca(intermediate):
+        raise CaError(config.name, f"intermediate certificate {path} ({name}) is not a CA certificate and cannot "
+                      f"sign; {fix}")
+    if intermediate == root:
+        raise CaError(config.name, f"intermediate certificate {path} is the root certificate itself; {fix}")
+    try:
+        intermediate.verify_directly_issued_by(root)
+    except (ValueError, TypeError, InvalidSignature):
+        raise CaError(config.name, f"intermediate certificate {path} ({name}) is not signed by the root in "
+                      f"{config.ca_dir / store.ROOT_CERT}; {fix}") from None
+
+
 def ca_status(config: CaIssuerConfig, now: datetime) -> CaStatus:
     root = store.load_certificate(config.name, config.ca_dir / store.ROOT_CERT, "root certificate")
     intermediate = store.load_certificate(config.name, config.ca_dir / store.INTERMEDIATE_CERT,
                                           "intermediate certificate")
+    _check_intermediate(config, root, intermediate)
     index = store.read_index(config.name, config.ca_dir / store.INDEX)
     active = sum(1 for e in index.issued if e.not_after > now and e.serial not in index.revoked)
     crl_next_update = None
     if (config.ca_dir / store.CRL_DER).exists():
         try:
-            crl = x509.load_der_x509_crl((config.ca_dir / store.CRL_DER).read_bytes())
+            crl = x509.load_der_x509_crl(store.read_file(config.name, config.ca_dir / store.CRL_DER, "CRL"))
         except ValueError:
             raise CaError(config.name, f"CRL {config.ca_dir / store.CRL_DER} is corrupted; run ca crl") from None
         crl_next_update = crl.next_update_utc

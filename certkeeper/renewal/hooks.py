@@ -7,6 +7,7 @@ captured (the last 64 KiB) and logged, a non-zero exit or a timeout is a failure
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -66,7 +67,7 @@ def run_hook(hook: Path, context: HookContext, *, timeout: float, args: Sequence
         finished = run_program([str(hook), *args], env=context.environment(), timeout=timeout, limit=_MAX_OUTPUT,
                                merge_stderr=True)
     except OSError as exc:
-        raise HookFailed(str(hook), exit_status=None, output=str(exc)) from None
+        raise HookFailed(str(hook), exit_status=None, output=_start_failure(hook, exc)) from None
     output = redact(_text(finished.stdout))  # before it reaches the log, the store, status and alert mails
     if finished.timed_out:
         log.warning("hook %s timed out after %g s: %s", hook, timeout, output.strip()[-500:])
@@ -76,6 +77,25 @@ def run_hook(hook: Path, context: HookContext, *, timeout: float, args: Sequence
     if finished.returncode != 0:
         raise HookFailed(str(hook), exit_status=finished.returncode, output=output)
     return HookRun(hook, output)
+
+
+def _start_failure(hook: Path, exc: OSError) -> str:
+    """Why the hook did not start.  exec(2) says ENOENT for a missing #! interpreter too, naming the hook, which
+    exists: name the interpreter instead (a CRLF script's is "/bin/sh\\r")."""
+    if exc.errno != errno.ENOENT or not hook.is_file():
+        return str(exc)
+    try:
+        with hook.open("rb") as handle:
+            first = handle.readline(256)
+    except OSError:
+        return str(exc)
+    if not first.startswith(b"#!"):
+        return str(exc)
+    interpreter = first[2:].rstrip(b"\n").strip(b" \t").split(b" ")[0]
+    said = f"its interpreter {interpreter.decode(errors='replace')!r} (the #! line) does not exist"
+    if interpreter.endswith(b"\r"):
+        said += f"; the file has Windows line endings (CRLF): convert it, e.g. with dos2unix {hook}"
+    return said
 
 
 def _text(data: bytes | str | None) -> str:

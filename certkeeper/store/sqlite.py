@@ -159,12 +159,25 @@ class SqliteStore:
         with self._transaction() as db:
             db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
             row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            current = int(row[0]) if row else 0
+            current = self._schema_version(row[0]) if row else 0
             if current > SCHEMA_VERSION:
                 raise SchemaTooNew(self.location, current, SCHEMA_VERSION)
             for version in range(current + 1, SCHEMA_VERSION + 1):
                 db.executescript_safe(_MIGRATIONS[version])
             db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    def _schema_version(self, text: object) -> int:
+        """The version a certkeeper wrote: a whole number of at least 1 (0 means a new, empty store)."""
+        try:
+            version = int(str(text).strip())
+        except ValueError:
+            version = 0
+        if version < 1:
+            msg = (f"{self.path}: the state store's schema version (meta table, key schema_version) is {text!r}, "
+                   f"which no certkeeper writes; restore state.db from a backup, or set it to the version it has "
+                   f"({SCHEMA_VERSION} if this certkeeper last opened it)")
+            raise StoreError(msg)
+        return version
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[_Cursor]:

@@ -183,6 +183,7 @@ def main() -> None:
         key_file.write_text("benchmark fleet key, not a secret\n")
         key_file.chmod(0o600)
         (base / "ca.pass").write_text("unused\n")
+        (base / "ca.pass").chmod(0o600)
         tables = "".join(
             f'\n[certificates.{n}]\nissuer = "sim"\ndomains = ["{n}.example.test"]\nkey_types = ["ecdsa-p256"]\n'
             for n in names

@@ -74,6 +74,7 @@ def issue_loop(count: int = 1000) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         passphrase = Path(tmp) / "ca.pass"
         passphrase.write_text("benchmark passphrase\n")
+        passphrase.chmod(0o600)
         config = CaIssuerConfig(name="bench", ca_dir=Path(tmp) / "ca", passphrase_file=passphrase,
                                 permitted_domains=("example.test",))
         init_ca(config, now=pki.now_utc())
@@ -129,6 +130,7 @@ def renew_rounds(count: int, rounds: int, before: str | None = None) -> dict[str
     with tempfile.TemporaryDirectory(prefix="bench-ca-") as tmp:
         root = Path(tmp)
         (root / "ca.pass").write_text("benchmark passphrase\n")
+        (root / "ca.pass").chmod(0o600)
         subprocess.run([*certkeeper_command(), "-c", str(write_config(root, root / "init", 1)), "ca", "init"],
                        check=True, capture_output=True, env=ENVIRONMENT)
 

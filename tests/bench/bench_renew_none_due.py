@@ -54,6 +54,7 @@ def write_certkeeper(directory: Path, count: int, *, lifetime: str = "90d") -> P
     """A config of ``count`` internal-CA certificates in ``directory``, its CA made and every certificate issued."""
     passphrase = directory / "ca.pass"
     passphrase.write_text("benchmark\n")
+    passphrase.chmod(0o600)
     tables = "".join(f'\n[certificates.c{i:03d}]\nissuer = "internal"\ndomains = ["c{i:03d}.example.test"]\n'
                      for i in range(count))
     config = directory / "certkeeper.toml"
