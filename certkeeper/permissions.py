@@ -83,32 +83,53 @@ def open_nofollow(path: Path | str, flags: int, mode: int = 0o600) -> int:
 READ_LIMIT = 64 << 20  # more than any key, certificate, version.json or CA file certkeeper writes
 
 
-def read_nofollow(path: Path | str, *, limit: int = READ_LIMIT) -> bytes:
+class NotRegularFile(OSError):
+    """A file certkeeper reads that is a named pipe, a device or a folder: reading it could block forever or never
+    end.  Its ``strerror`` says what it is ("is a named pipe, not a file")."""
+
+
+def read_nofollow(path: Path | str, *, limit: int | None = READ_LIMIT) -> bytes:
     """The content of ``path``, refusing a symbolic link (see :func:`open_nofollow`), anything but a regular file
-    and more than ``limit`` bytes, as :class:`OSError` naming ``path``: a named pipe in its place would block the
-    pass forever (opened without waiting for a writer, then refused), a device or a huge file exhaust memory."""
-    return _read_regular(open_nofollow(path, os.O_RDONLY | os.O_NONBLOCK), path, limit)
+    (:class:`NotRegularFile`) and more than ``limit`` bytes, as :class:`OSError` naming ``path``: a named pipe in
+    its place would block the pass forever (opened without waiting for a writer, then refused), a device or a
+    huge file exhaust memory."""
+    return read_nofollow_status(path, limit=limit)[0]
+
+
+def read_nofollow_status(path: Path | str, *, limit: int | None = READ_LIMIT,
+                         at_most: int | None = None) -> tuple[bytes, os.stat_result]:
+    """:func:`read_nofollow`, with the file's ``fstat`` (its mode, as it was opened); ``at_most``: only that many
+    bytes are read, the rest left for the caller to call too long (a passphrase)."""
+    return _read_regular(open_nofollow(path, os.O_RDONLY | os.O_NONBLOCK), path, limit, at_most)
 
 
 def read_regular(path: Path | str, *, limit: int = READ_LIMIT) -> bytes:
     """:func:`read_nofollow` for files outside certkeeper's own folders (a mail daemon's certificate and key,
     which may well be links): links followed, the rest refused alike."""
-    return _read_regular(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), path, limit)
+    return _read_regular(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), path, limit, None)[0]
 
 
-def _read_regular(fd: int, path: Path | str, limit: int) -> bytes:
+def fstat_regular(fd: int, path: Path | str) -> os.stat_result:
+    """``fstat(fd)``, refusing anything but a regular file (:class:`NotRegularFile`)."""
+    status = os.fstat(fd)
+    if not stat.S_ISREG(status.st_mode):
+        raise NotRegularFile(errno.EINVAL, f"is {file_kind(status.st_mode)}, not a file", str(path))
+    return status
+
+
+def _read_regular(fd: int, path: Path | str, limit: int | None,
+                  at_most: int | None) -> tuple[bytes, os.stat_result]:
     try:  # os.read on the descriptor: open, read, read, close (a file object would add two fstats, 1,000 a pass)
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise OSError(errno.EINVAL, f"is {file_kind(mode)}, not a file", str(path))
+        status = fstat_regular(fd, path)
         chunks, size = [], 0
-        while chunk := os.read(fd, 1 << 16):
+        while (at_most is None or size < at_most) and (chunk := os.read(fd, 1 << 16)):
             size += len(chunk)
-            if size > limit:
+            if limit is not None and size > limit:
                 raise OSError(errno.EFBIG, f"is larger than {limit >> 20} MiB, which no key, certificate or "
                               "state file is", str(path))
             chunks.append(chunk)
-        return b"".join(chunks)
+        data = b"".join(chunks)
+        return (data if at_most is None else data[:at_most]), status
     finally:
         os.close(fd)
 

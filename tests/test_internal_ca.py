@@ -331,15 +331,15 @@ def test_a_fifo_as_the_index_or_the_passphrase_file_is_refused_not_waited_on(tmp
     index_path = config.ca_dir / "index.jsonl"
     index_path.unlink(missing_ok=True)
     os.mkfifo(index_path, 0o600)
-    with pytest.raises(IssuanceError, match=r"index .*index.jsonl is not a regular file"):
+    with pytest.raises(IssuanceError, match=r"index .*index.jsonl is a named pipe, not a file; expected"):
         ca_status(config, pki.now_utc())
-    with pytest.raises(IssuanceError, match=r"index .*index.jsonl cannot be opened for writing \(not a regular"):
+    with pytest.raises(IssuanceError, match=r"index .*index.jsonl cannot be opened for writing \(is a named pipe, not a file"):
         issue(InternalCaIssuer(config))
     index_path.unlink()
     assert config.passphrase_file is not None
     config.passphrase_file.unlink()
     os.mkfifo(config.passphrase_file, 0o600)
-    with pytest.raises(IssuanceError, match=r"passphrase file .*ca.pass is not a regular file"):
+    with pytest.raises(IssuanceError, match=r"passphrase file .*ca.pass is a named pipe, not a file; expected"):
         issue(InternalCaIssuer(config))
 
 

@@ -40,7 +40,15 @@ from certkeeper import pki
 from certkeeper.config import CaIssuerConfig
 from certkeeper.config.resolve import secret_mode_problem
 from certkeeper.errors import CaError
-from certkeeper.permissions import check_trusted_dir, check_trusted_file, open_nofollow
+from certkeeper.permissions import (
+    NotRegularFile,
+    check_trusted_dir,
+    check_trusted_file,
+    fstat_regular,
+    open_nofollow,
+    read_nofollow,
+    read_nofollow_status,
+)
 from certkeeper.store.atomic import fsync_dir, make_dirs, write_atomic
 
 _json_string = json.encoder.encode_basestring_ascii
@@ -64,35 +72,6 @@ CA_FILES = (ROOT_CERT, ROOT_KEY, INTERMEDIATE_CERT, INTERMEDIATE_KEY, INDEX)
 MAX_PASSPHRASE = 1023
 
 
-class NotRegularFile(OSError):
-    """A CA file or secret that is a FIFO, a device or a folder: reading it could block forever or never end."""
-
-
-def fstat_regular(fd: int) -> os.stat_result:
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        raise NotRegularFile(0, "not a regular file (a pipe, a device or a folder)")
-    return st
-
-
-def read_regular(path: Path, *, at_most: int | None = None) -> tuple[bytes, os.stat_result]:
-    """The content of ``path`` (its first ``at_most`` bytes) and its ``fstat``, refusing a symbolic link and
-    anything but a regular file.
-
-    O_NONBLOCK makes opening a FIFO return at once instead of waiting for a writer that never comes.
-    """
-    fd = open_nofollow(path, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        st = fstat_regular(fd)
-        chunks, total = [], 0
-        while (at_most is None or total < at_most) and (chunk := os.read(fd, 1 << 16)):
-            chunks.append(chunk)
-            total += len(chunk)
-        return b"".join(chunks)[:at_most], st
-    finally:
-        os.close(fd)
-
-
 def read_passphrase(config: CaIssuerConfig) -> bytes:
     """The passphrase the CA keys are encrypted with, from ``passphrase_file`` or ``passphrase_env``.
 
@@ -103,12 +82,12 @@ def read_passphrase(config: CaIssuerConfig) -> bytes:
         path = config.passphrase_file
         check_trusted_file(path, f"issuers.{config.name}.passphrase_file")
         try:
-            text, st = read_regular(path, at_most=MAX_PASSPHRASE + 3)  # one byte past a passphrase and CRLF
+            text, st = read_nofollow_status(path, at_most=MAX_PASSPHRASE + 3)  # a byte past the limit and CRLF
         except FileNotFoundError:
             raise CaError(config.name, f"passphrase file {path} does not exist; create it "
                           f"(mode 0600) or fix issuers.{config.name}.passphrase_file") from None
         except NotRegularFile as exc:
-            raise CaError(config.name, f"passphrase file {path} is {exc.strerror}; expected a file holding "
+            raise CaError(config.name, f"passphrase file {path} {exc.strerror}; expected a file holding "
                           f"the passphrase (issuers.{config.name}.passphrase_file)") from None
         except OSError as exc:
             raise CaError(config.name, f"passphrase file {path} cannot be read ({exc.strerror})") from None
@@ -217,7 +196,7 @@ def _no_ca_dir(issuer: str, ca_dir: Path) -> CaError:
 def read_file(issuer: str, path: Path, what: str) -> bytes:
     check_trusted_dir(path.parent, "ca_dir")
     try:
-        return read_regular(path)[0]
+        return read_nofollow(path)
     except FileNotFoundError:
         raise CaError(issuer, f"{what} {path} is missing; the CA directory is incomplete "
                       "(run `certkeeper ca init` if no CA was ever created here)") from None
@@ -309,7 +288,7 @@ def open_index_for_append(path: Path) -> int:
     onto the fragment would glue the new record to it and make the whole index unreadable."""
     fd = open_nofollow(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o600)
     try:
-        st = fstat_regular(fd)
+        st = fstat_regular(fd, path)
         if st.st_size and os.pread(fd, 1, st.st_size - 1) != b"\n":
             os.write(fd, b"\n" + TORN_MARKER + b"\n")
     except BaseException:
@@ -390,11 +369,11 @@ def read_index(issuer: str, path: Path) -> Index:
     such a fragment that the next writer ended with :data:`TORN_MARKER`."""
     index = Index()
     try:
-        data = read_regular(path)[0]
+        data = read_nofollow(path, limit=None)  # an index grows with every certificate: no size a CA outgrows
     except FileNotFoundError:
         return index
     except NotRegularFile as exc:
-        raise CaError(issuer, f"index {path} is {exc.strerror}; expected the CA's index file") from None
+        raise CaError(issuer, f"index {path} {exc.strerror}; expected the CA's index file") from None
     except OSError as exc:
         raise CaError(issuer, f"index {path} cannot be read ({exc.strerror})") from None
     lines = data.split(b"\n")[:-1]
@@ -429,7 +408,7 @@ def read_index(issuer: str, path: Path) -> Index:
 
 def read_crl_number(issuer: str, path: Path) -> int:
     try:
-        return int(read_regular(path, at_most=64)[0].decode().strip())
+        return int(read_nofollow_status(path, at_most=64)[0].decode().strip())
     except FileNotFoundError:
         return 0
     except OSError as exc:
