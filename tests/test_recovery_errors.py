@@ -41,7 +41,7 @@ def test_a_certificate_without_a_subject_cn_is_named_by_its_first_san() -> None:
 
 
 def test_a_ca_answering_http_500_is_reported_with_what_it_answered(tmp_path: Path) -> None:
-    """A stand-in for a CA in trouble (Pebble cannot be made to answer 500 on demand): a loopback HTTP server
+    """A stand-in for a CA in trouble (Pebble cannot be made to answer 500 on demand): a loopback HTTPS server
     answering every request with an RFC 7807 problem and status 500."""
     import http.server
     import threading
@@ -66,12 +66,22 @@ def test_a_ca_answering_http_500_is_reported_with_what_it_answered(tmp_path: Pat
         def log_message(self, format: str, *args: object) -> None:
             pass
 
+    import ssl
+
+    from certkeeper.testbed.certs import TestCA
+
+    ca = TestCA("broken CA's TLS")
+    key, chain = ca.issue(["127.0.0.1"]).write(tmp_path, "broken")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(chain, key)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Broken)
+    server.socket = context.wrap_socket(server.socket, server_side=True)  # ACME is HTTPS only
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/dir"
-        config = AcmeIssuerConfig(name="broken", directory=url, timeout=timedelta(seconds=2))
+        url = f"https://127.0.0.1:{server.server_address[1]}/dir"
+        config = AcmeIssuerConfig(name="broken", directory=url, timeout=timedelta(seconds=2),
+                                  ca_bundle=ca.write_cert(tmp_path / "broken-ca.pem"))
         with pytest.raises(CaUnavailable, match=r"answered HTTP 500 urn:ietf:params:acme:error:serverInternal: "
                                                 r"database is on fire, also when asked again"):
             AcmeIssuer(config, tmp_path).issue(request_for("mail.example.test"))
