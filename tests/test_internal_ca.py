@@ -333,7 +333,8 @@ def test_a_fifo_as_the_index_or_the_passphrase_file_is_refused_not_waited_on(tmp
     os.mkfifo(index_path, 0o600)
     with pytest.raises(IssuanceError, match=r"index .*index.jsonl is a named pipe, not a file; expected"):
         ca_status(config, pki.now_utc())
-    with pytest.raises(IssuanceError, match=r"index .*index.jsonl cannot be opened for writing \(is a named pipe, not a file"):
+    with pytest.raises(IssuanceError,
+                       match=r"index .*index.jsonl cannot be opened for writing \(is a named pipe, not a file"):
         issue(InternalCaIssuer(config))
     index_path.unlink()
     assert config.passphrase_file is not None

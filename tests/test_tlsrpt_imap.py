@@ -250,12 +250,16 @@ def test_a_literal_larger_than_a_report_mail_is_refused_as_it_is_announced(tmp_p
     password = tmp_path / "password"
     password.write_text("secret")
     handled: list[int] = []
+
+    def handle(where: str, data: bytes | None, size: int) -> bool:
+        handled.append(size)
+        return True
+
     try:
         with pytest.raises(ReportSourceFailed, match=rf"{re.escape(server.url)}: the server announced a literal of "
                                                      rf"{11 * 1024 * 1024} bytes in its answer to UID FETCH, more "
                                                      r"than the 10485760 a report mail may have; not read"):
-            fetch_reports(parse_imap_url(server.url), password, lambda where, data, size: handled.append(size) > 0,
-                          ca_file=server.ca_file)
+            fetch_reports(parse_imap_url(server.url), password, handle, ca_file=server.ca_file)
         assert handled == []
     finally:
         server.stop()
