@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -23,6 +22,7 @@ from certkeeper.events import (
 from certkeeper.issuers.base import Issuer
 from certkeeper.renewal.lifecycle import Outcome, Renewer
 from certkeeper.store import EndpointRecord, HistoryRecord, Store
+from certkeeper.values import mutable
 
 if TYPE_CHECKING:
     from certkeeper.alerts.notifier import Notifier
@@ -73,10 +73,9 @@ def check_caa(config: Config, *, resolver: str | None = None,
     skips issuers without ``caa_resolver`` (``doctor``: no resolver asked unless the configuration says so).
     For ``doctor`` and ``check --caa``; the order itself runs the same check (:class:`AcmeIssuer`).
     """
-    from dataclasses import replace
-
     from certkeeper.config import AcmeIssuerConfig
     from certkeeper.issuers.acme import AcmeIssuer
+    from certkeeper.values import replace
 
     found: list[tuple[str, CaaVerdict]] = []
     for certificate in config.certificates.values():
@@ -110,7 +109,7 @@ class Issuers:
             return self._built[name]
 
 
-@dataclass
+@mutable
 class App:
     config: Config
     store: Store

@@ -15,7 +15,6 @@ import base64
 import re
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import dns.exception
 import dns.flags
@@ -29,12 +28,13 @@ import dns.tsig
 import dns.update
 
 from certkeeper.errors import DnsError, InputError
+from certkeeper.values import frozen
 
 # (owner name, record type, RDATA in master-file syntax), as RFC 2136 updates add and delete them.
 Record = tuple[str, str, str]
 
 
-@dataclass(frozen=True)
+@frozen
 class TsigKey:
     """A TSIG key (RFC 8945) as ``tsig-keygen`` writes it; the secret is decoded."""
 
@@ -122,7 +122,7 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-@dataclass(frozen=True)
+@frozen
 class Answer:
     """One server's answer for one name and type.
 

@@ -4,33 +4,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, fields
 from datetime import datetime
 
+from certkeeper.values import fields, frozen
 
-@dataclass(frozen=True, eq=False, repr=False)
+
+@frozen
 class Event:
     """Something that happened, at ``at`` (UTC); subclasses are named in the past tense and carry no key material."""
 
     at: datetime
-
-    # One __eq__, __hash__ and __repr__ for every event, the ones dataclass would write (same class and equal fields;
-    # the hash of the fields; Name(field=value, ...)), instead of three generated per class: the events are many
-    # and every process that publishes one imports them all (issue 23: a third of the module's import time).
-    def _values(self) -> tuple[object, ...]:
-        return tuple(getattr(self, f.name) for f in fields(self))
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        assert isinstance(other, Event)
-        return self._values() == other._values()
-
-    def __hash__(self) -> int:
-        return hash(self._values())
-
-    def __repr__(self) -> str:
-        return f"{type(self).__qualname__}({', '.join(f'{f.name}={getattr(self, f.name)!r}' for f in fields(self))})"
 
     def describe(self) -> str:
         """One log line: the event's name and its fields, never key material (events carry none)."""
@@ -38,7 +21,7 @@ class Event:
         return f"{type(self).__name__} " + " ".join(parts)
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@frozen
 class CertificateIssued(Event):
     """The issuer returned a certificate for one key type of ``name``; not yet gated or installed."""
 
@@ -49,7 +32,7 @@ class CertificateIssued(Event):
     not_after: datetime
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@frozen
 class CertificateInstalled(Event):
     """``version`` of ``name`` became ``current`` (the flip); its reload may still be owed."""
 
@@ -57,7 +40,7 @@ class CertificateInstalled(Event):
     version: str
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@frozen
 class RenewalFailed(Event):
     """Renewing ``name`` failed (or was rolled back) with ``error``; it is tried again at ``next_attempt``."""
 
@@ -66,7 +49,7 @@ class RenewalFailed(Event):
     next_attempt: datetime | None
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@frozen
 class ReloadHookFailed(Event):
     """A reload hook of ``name`` failed or timed out; ``error`` is its redacted output or the reason."""
 
@@ -75,7 +58,7 @@ class ReloadHookFailed(Event):
     error: str
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@frozen
 class CertificateVerified(Event):
     """Every probe point of ``name`` served ``version`` after the reload."""
 
@@ -84,7 +67,7 @@ class CertificateVerified(Event):
     endpoints: tuple[str, ...]
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@frozen
 class RolledBack(Event):
     """``name`` went back from ``from_version`` to ``to_version``, for ``reason``."""
 
@@ -94,7 +77,7 @@ class RolledBack(Event):
     reason: str
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@frozen
 class ServedCertificateStale(Event):
     """An endpoint of ``name`` serves another certificate than the installed one."""
 
@@ -104,7 +87,7 @@ class ServedCertificateStale(Event):
     expected_fingerprint: str
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@frozen
 class EndpointFailed(Event):
     """A probe of an endpoint (managed or ``[[watch]]``) failed: ``status`` and ``message`` say how."""
 
@@ -114,7 +97,7 @@ class EndpointFailed(Event):
     message: str
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@frozen
 class EndpointRecovered(Event):
     """An endpoint that had failed is served well again."""
 
@@ -123,7 +106,7 @@ class EndpointRecovered(Event):
     message: str
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@frozen
 class ConfigReloadRejected(Event):
     """The daemon kept its configuration: the new one at ``path`` has ``error``."""
 
@@ -131,7 +114,7 @@ class ConfigReloadRejected(Event):
     error: str
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@frozen
 class AlertMailSent(Event):
     """A digest of alerts was handed to ``relay`` (host:port): ``route`` says which way (``relay ...``,
     ``fallback ...``, or the opt-in unverified one), ``verified`` whether the certificate of the host that took it
@@ -142,7 +125,7 @@ class AlertMailSent(Event):
     verified: bool
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@frozen
 class MetricsEndpointFailed(Event):
     """The daemon could not serve ``metrics_listen`` (a busy port); it keeps renewing without it."""
 
@@ -150,7 +133,7 @@ class MetricsEndpointFailed(Event):
     error: str
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@frozen
 class TlsaRecordsPublished(Event):
     """DANE (RFC 7672): TLSA records of a certificate were added or removed on the primary."""
 
@@ -159,7 +142,7 @@ class TlsaRecordsPublished(Event):
     removed: tuple[str, ...]
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@frozen
 class TlsaUpdateFailed(Event):
     """DANE: TLSA records could not be published, or are not answered by every authoritative server."""
 
@@ -167,7 +150,7 @@ class TlsaUpdateFailed(Event):
     error: str
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@frozen
 class MtaStsPolicyPublished(Event):
     """MTA-STS (RFC 8461): a new policy text was published for a domain, announced by a new TXT ``id``."""
 
@@ -177,7 +160,7 @@ class MtaStsPolicyPublished(Event):
     reason: str
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@frozen
 class TlsaPropagationLagging(Event):
     """DANE: published TLSA records are not answered yet by every authoritative server of the zone, or not
     returned DNSSEC-validated (AD) by the validating resolver; the two-TTL wait starts only when they are."""
@@ -187,7 +170,7 @@ class TlsaPropagationLagging(Event):
     reason: str  # each lagging server with why: its serial and the records it misses, or no AD
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@frozen
 class TlsaRecordsRetiring(Event):
     """DANE: records of a key no longer wanted stay published until every address of every MX host has
     presented the new key over the dwell time (``dane.retire_after``)."""
@@ -197,7 +180,7 @@ class TlsaRecordsRetiring(Event):
     reason: str
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@frozen
 class MtaStsPublishFailed(Event):
     """MTA-STS: the policy file or the TXT records of a domain could not be written."""
 
@@ -205,7 +188,7 @@ class MtaStsPublishFailed(Event):
     error: str
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@frozen
 class RenewalWaitingForTlsa(Event):
     """DANE: a due renewal waits until the next key's TLSA records have been visible for two TTLs."""
 
@@ -215,7 +198,7 @@ class RenewalWaitingForTlsa(Event):
     until: datetime | None
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@frozen
 class PersistRecordExpiring(Event):
     """dns-persist-01: a record that still validates ends at its persistUntil sooner than persist_warning."""
 
@@ -224,7 +207,7 @@ class PersistRecordExpiring(Event):
     persist_until: datetime
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@frozen
 class UnsafeKeyRollover(Event):
     """DANE: the key changed before its TLSA records were ready, because expiry came too close."""
 
@@ -232,7 +215,7 @@ class UnsafeKeyRollover(Event):
     reason: str
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@frozen
 class TlsaMismatchObserved(Event):
     """DANE: an endpoint presented a certificate that no published TLSA record matches (RFC 8460
     ``tlsa-invalid``); DANE-validating senders defer mail to it (RFC 7672 section 2.2)."""
@@ -246,7 +229,7 @@ class TlsaMismatchObserved(Event):
     dnssec_validated: bool
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@frozen
 class TlsaMatchRecovered(Event):
     """DANE: an endpoint that presented a certificate matching no TLSA record matches them again."""
 
@@ -255,7 +238,7 @@ class TlsaMatchRecovered(Event):
     message: str
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@frozen
 class TlsReportImported(Event):
     """TLS-RPT (RFC 8460): a sender's report was stored (``duplicate``: one with its report-id was already)."""
 
@@ -266,7 +249,7 @@ class TlsReportImported(Event):
     duplicate: bool = False
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@frozen
 class TlsReportRefused(Event):
     """TLS-RPT: a report (or a whole mail) was not imported: where it came from and why."""
 
@@ -274,7 +257,7 @@ class TlsReportRefused(Event):
     problem: str
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@frozen
 class TlsFailuresReported(Event):
     """TLS-RPT: senders reported certificate-related failures to one MX above the alert threshold."""
 

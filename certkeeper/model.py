@@ -5,8 +5,9 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import timedelta
+
+from certkeeper.values import frozen
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (tests/test_startup_imports.py)
 if TYPE_CHECKING:  # fractions brings decimal and numbers: not loaded by ``certkeeper check``, which parses none
@@ -59,7 +60,7 @@ def format_duration(value: timedelta) -> str:
     return f"{seconds:g}s"
 
 
-@dataclass(frozen=True)
+@frozen
 class RenewBefore:
     """When to renew: a fraction of the lifetime left (``"1/3"``) or a fixed time before expiry (``"30d"``).
 

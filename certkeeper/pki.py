@@ -14,13 +14,13 @@ import base64
 import hashlib
 import ipaddress
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 from typing import TYPE_CHECKING, TypeAlias
 
 from certkeeper import model
 from certkeeper.model import KeyType
+from certkeeper.values import frozen
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -260,7 +260,7 @@ def split_fullchain(pem: bytes) -> tuple[x509.Certificate, list[x509.Certificate
     return certificates[0], certificates[1:]
 
 
-@dataclass(frozen=True)
+@frozen
 class ChainCheck:
     """Outcome of verifying a leaf and its intermediates against trust anchors at a moment."""
 

@@ -24,8 +24,9 @@ import signal
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import IO, Literal
+
+from certkeeper.values import frozen
 
 _DRAIN_SECONDS = 0.5
 _CHUNK = 65536
@@ -43,7 +44,7 @@ _SECRET_VALUE = re.compile(
     r"""|"d"\s*:\s*)("[^"\n]{8,}"|'[^'\n]{8,}'|[A-Za-z0-9+/_=.-]{16,})""")
 
 
-@dataclass(frozen=True)
+@frozen
 class Finished:
     """How a program ended.  ``returncode`` is None when it was killed at the deadline (``timed_out``)."""
 

@@ -25,13 +25,14 @@ Pure: :func:`parse_suffix_list` takes the file's text; reading it is :func:`load
 from __future__ import annotations
 
 import unicodedata
-from dataclasses import dataclass, field
 from pathlib import Path
+
+from certkeeper.values import field, frozen
 
 SYSTEM_LIST = Path("/usr/share/publicsuffix/public_suffix_list.dat")  # Debian's publicsuffix package
 
 
-@dataclass(frozen=True)
+@frozen
 class SuffixList:
     """The rules, each as its labels joined in A-label form: plain rules, the parents of wildcard rules
     (``*.ck`` is kept as ``ck``), and exception rules (``!www.ck`` as ``www.ck``)."""

@@ -7,7 +7,8 @@ and how to get to TLS (implicit, or which STARTTLS dialect).
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+
+from certkeeper.values import frozen
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (tests/test_startup_imports.py)
 if TYPE_CHECKING:
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
     TlsMode = Literal["implicit", "starttls"]
 
 
-@dataclass(frozen=True)
+@frozen
 class Protocol:
     """A scheme: its well-known port, implicit TLS or STARTTLS, and the STARTTLS dialect."""
 
@@ -55,7 +56,7 @@ WELL_KNOWN_PORTS: dict[int, str] = {
 STARTTLS_CHOICES = ("auto", "smtp", "imap", "pop3", "sieve", "none")
 
 
-@dataclass(frozen=True)
+@frozen
 class Target:
     """One endpoint to probe.  ``text`` is what the user wrote, kept for messages and JSON output."""
 

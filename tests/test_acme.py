@@ -17,7 +17,6 @@ import time
 import urllib.error
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
@@ -39,6 +38,7 @@ from certkeeper.issuers.base import IssueRequest, RenewalInfoSource, Revoker
 from certkeeper.model import KeyType
 from certkeeper.testbed.bind import Bind
 from certkeeper.testbed.pebble import Pebble, finds_by_ari
+from certkeeper.values import replace
 
 pytestmark = [pytest.mark.testbed, pytest.mark.slow]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
-from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from certkeeper.issuers.base import IssueRequest
 from certkeeper.model import KeyType
 from certkeeper.testbed.bind import Bind
 from certkeeper.testbed.pebble import Pebble
+from certkeeper.values import replace
 
 pytestmark = [pytest.mark.testbed]
 

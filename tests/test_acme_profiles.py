@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from certkeeper.issuers.base import IssueRequest
 from certkeeper.model import KeyType
 from certkeeper.testbed.bind import Bind
 from certkeeper.testbed.pebble import TODAYS_PROFILES, Pebble
+from certkeeper.values import replace
 
 pytestmark = [pytest.mark.testbed]
 

@@ -3,7 +3,6 @@ nodes on Pebble: tests/test_fleet_budget.py)."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from certkeeper.store.budget import (
     registered_domains,
 )
 from certkeeper.store.versions import Version
+from certkeeper.values import replace
 from tests.configs import acme_issuer_config
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
-from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from certkeeper.issuers.caa import judge_caa, parse_caa, relevant_caa
 from certkeeper.model import KeyType
 from certkeeper.testbed.bind import Bind
 from certkeeper.testbed.pebble import Pebble
+from certkeeper.values import replace
 from tests.configs import acme_issuer_config
 
 CA = ("pebble.letsencrypt.org",)

@@ -5,7 +5,6 @@ field for field, or the lean path hands the endpoint to the engine (None) where 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import socket
 import ssl
 import subprocess
@@ -21,6 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from certkeeper import values
 from certkeeper.probe import ProbeOptions, ProbeResult, nagios_line, probe_sync, result_to_json
 from certkeeper.probe.lean import check_one, covers
 from certkeeper.targets import parse_target
@@ -50,7 +50,7 @@ def both(text: str, pki: Pki, **options: object) -> tuple[ProbeResult | None, Pr
 def same(lean: ProbeResult | None, full: ProbeResult) -> ProbeResult:
     """The two agree in everything but the time taken; the lean result."""
     assert lean is not None, "the lean path handed the endpoint over"
-    lean, full = dataclasses.replace(lean, elapsed_ms=0), dataclasses.replace(full, elapsed_ms=0)
+    lean, full = values.replace(lean, elapsed_ms=0), values.replace(full, elapsed_ms=0)
     assert lean == full
     assert result_to_json(lean) == result_to_json(full)
     assert nagios_line(lean) == nagios_line(full)

@@ -12,7 +12,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,7 @@ from certkeeper.testbed.bind import Bind
 from certkeeper.testbed.certs import TestCA
 from certkeeper.testbed.pebble import Pebble
 from certkeeper.testbed.postfix import Postfix
+from certkeeper.values import replace
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 NAME = "_25._tcp.mx.example.org."

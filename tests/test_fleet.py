@@ -18,7 +18,6 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, LiteralString
@@ -35,6 +34,7 @@ from certkeeper.store.postgres import SCHEMA_VERSION, PostgresStore
 from certkeeper.store.sqlite import SqliteStore
 from certkeeper.store.versions import CertificateHome, InstalledPair, Version
 from certkeeper.testbed.pebble import Pebble, finds_by_ari
+from certkeeper.values import replace
 from tests.fleet_fixtures import Database, postgres_cluster, postgres_db
 from tests.lifecycle_helpers import hook_runs, hook_script, run_cli
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import stat
@@ -19,7 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from certkeeper import pki
+from certkeeper import pki, values
 from certkeeper.config import CaIssuerConfig
 from certkeeper.errors import IssuanceError
 from certkeeper.issuers.base import Issuer, IssueRequest, Revoker
@@ -48,7 +47,7 @@ def make_config(tmp_path: Path, **changes: object) -> CaIssuerConfig:
     passphrase.chmod(0o600)
     config = CaIssuerConfig(name="internal", ca_dir=tmp_path / "ca", passphrase_file=passphrase,
                             permitted_domains=("example.test",), crl_url="http://crl.example.test/internal.crl")
-    return dataclasses.replace(config, **changes)  # type: ignore[arg-type]
+    return values.replace(config, **changes)
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +107,7 @@ def test_chain_verifies_with_cryptography_and_openssl(tmp_path: Path, ca_key_typ
 
 def test_leaf_carries_the_mail_server_profile(shared: CaIssuerConfig) -> None:
     now = pki.now_utc().replace(microsecond=0) + timedelta(days=1)
-    issuer = InternalCaIssuer(dataclasses.replace(shared, lifetime=timedelta(days=30)), clock=lambda: now)
+    issuer = InternalCaIssuer(values.replace(shared, lifetime=timedelta(days=30)), clock=lambda: now)
     for key_type, key_encipherment in ((KeyType.ECDSA_P256, False), (KeyType.RSA_2048, True)):
         leaf = issue(issuer, key_type=key_type)
         extensions = leaf.extensions
@@ -139,7 +138,7 @@ def test_serials_are_random_and_distinct(shared: CaIssuerConfig) -> None:
 
 
 def test_client_auth_only_when_configured(shared: CaIssuerConfig) -> None:
-    leaf = issue(InternalCaIssuer(dataclasses.replace(shared, client_auth=True)))
+    leaf = issue(InternalCaIssuer(values.replace(shared, client_auth=True)))
     assert set(leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == {
         ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
 
@@ -265,17 +264,17 @@ def test_wrong_or_missing_passphrase_is_a_clear_error(tmp_path: Path, monkeypatc
     with pytest.raises(IssuanceError, match=r"internal CA 'internal': cannot decrypt intermediate key .*"
                                             r"intermediate.key: wrong passphrase"):
         issue(InternalCaIssuer(config))
-    missing = dataclasses.replace(config, passphrase_file=tmp_path / "nope")
+    missing = values.replace(config, passphrase_file=tmp_path / "nope")
     with pytest.raises(IssuanceError, match=r"passphrase file .*nope does not exist"):
         issue(InternalCaIssuer(missing))
-    from_env = dataclasses.replace(config, passphrase_file=None, passphrase_env="CK_TEST_CA_PASS")
+    from_env = values.replace(config, passphrase_file=None, passphrase_env="CK_TEST_CA_PASS")
     monkeypatch.delenv("CK_TEST_CA_PASS", raising=False)
     with pytest.raises(IssuanceError, match="environment variable CK_TEST_CA_PASS .* is not set"):
         issue(InternalCaIssuer(from_env))
     monkeypatch.setenv("CK_TEST_CA_PASS", PASSPHRASE)
     issue(InternalCaIssuer(from_env))
     with pytest.raises(IssuanceError, match="no passphrase configured"):
-        init_ca(dataclasses.replace(config, passphrase_file=None, ca_dir=tmp_path / "other"), now=pki.now_utc())
+        init_ca(values.replace(config, passphrase_file=None, ca_dir=tmp_path / "other"), now=pki.now_utc())
 
 
 def test_a_corrupted_ca_directory_names_the_file(tmp_path: Path) -> None:

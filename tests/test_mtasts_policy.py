@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from certkeeper.mtasts.publish import PublishState
 from certkeeper.mtasts.rollout import Publication, decide_publication, next_publication
 from certkeeper.mtasts.status import domain_status
 from certkeeper.targets import parse_target
+from certkeeper.values import replace
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 WEEK = 604800

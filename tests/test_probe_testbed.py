@@ -62,8 +62,7 @@ def test_without_the_test_ca_the_chain_is_not_trusted(request: pytest.FixtureReq
 def test_the_lean_check_agrees_with_the_engine_on_every_listener(request: pytest.FixtureRequest, name: str) -> None:
     """One ``certkeeper check`` (certkeeper.probe.lean: blocking socket, stdlib ssl) against the real daemons says
     what the engine says, word for word, STARTTLS listeners included."""
-    import dataclasses
-
+    from certkeeper import values
     from certkeeper.probe.lean import check_one
 
     server = _server(request, name)
@@ -74,4 +73,4 @@ def test_the_lean_check_agrees_with_the_engine_on_every_listener(request: pytest
         lean = check_one(target, options, now=now)
         assert lean is not None, listener
         full = probe_sync([target], options, now=now)[0]
-        assert dataclasses.replace(lean, elapsed_ms=0) == dataclasses.replace(full, elapsed_ms=0), listener
+        assert values.replace(lean, elapsed_ms=0) == values.replace(full, elapsed_ms=0), listener

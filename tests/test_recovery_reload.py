@@ -7,12 +7,12 @@ import json
 import os
 import signal
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 from certkeeper.config import Config
 from certkeeper.store.sqlite import SqliteStore
 from certkeeper.store.versions import CertificateHome
+from certkeeper.values import replace
 from tests.lifecycle_helpers import hook_runs, hook_script, run_cli, write_config
 
 CERTIFICATE = """

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from certkeeper import values
 from certkeeper.config import Config
 from certkeeper.store.sqlite import SqliteStore
 from certkeeper.testbed.dovecot import Dovecot
@@ -62,6 +62,6 @@ def owe_a_reload(config: Config) -> None:
     try:
         state = store.get_state("mail")
         assert state is not None
-        store.put_state(dataclasses.replace(state, reload_pending=True))
+        store.put_state(values.replace(state, reload_pending=True))
     finally:
         store.close()

@@ -6,7 +6,6 @@ interpreter and look at ``sys.modules`` afterwards; nothing is timed.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import json
 import os
@@ -14,7 +13,6 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import ClassVar
 
 import pytest
 
@@ -30,11 +28,11 @@ NOT_FOR_CHECK = ("acme", "josepy", "apscheduler", "dns", "psycopg", "tomllib", "
 # One endpoint (what Nagios runs) takes the lean path: none of the engine's libraries either (issue 23: importing
 # them costs ten times the handshake), nor logging, which only the engine's runs set up.  Nor typing (3 ms): the
 # modules on this path import it only for the type checker, under ``TYPE_CHECKING = False`` (which mypy reads as
-# typing's); so the dataclasses there must not use ClassVar or InitVar, which dataclasses recognizes in a string
-# annotation only when typing is loaded.  Nor importlib.util: the CLI imports the command's module by its name.
+# typing's).  Nor dataclasses, with the inspect, ast and dis it brings: the value classes are certkeeper.values'.
+# Nor importlib.util: the CLI imports the command's module by its name.
 NOT_FOR_ONE_CHECK = (*NOT_FOR_CHECK, "asyncio", "OpenSSL", "cryptography", "certkeeper.probe.engine",
                      "certkeeper.probe.judge", "certkeeper.pki", "logging", "encodings.idna", "typing",
-                     "importlib.util")
+                     "importlib.util", "dataclasses", "inspect")
 
 # As the ``certkeeper`` console script runs the command (``python -m`` would load runpy, and importlib.util with
 # it); what the interpreter loaded before the command started (site, the venv's .pth files) is not the command's.
@@ -94,29 +92,6 @@ def test_one_check_loads_neither_asyncio_nor_pyopenssl_nor_cryptography(servers:
         assert [name for name in NOT_FOR_ONE_CHECK if loaded(modules, name)] == []
         # The STARTTLS dialogues only for a STARTTLS target: implicit TLS has no dialogue.
         assert ("certkeeper.probe.dialects" in modules) == (scheme == "smtp")
-        assert untyped_dataclass_annotations(modules) == []
-
-
-def untyped_dataclass_annotations(modules: set[str], package: str = "certkeeper.") -> list[str]:
-    """The fields of the dataclasses in ``modules`` (those in ``package``) annotated ClassVar or InitVar: without
-    typing loaded, as on the path of one check, dataclasses takes such a string annotation for an ordinary field."""
-    found = []
-    for name in sorted(m for m in modules if m.startswith(package)):
-        for value in vars(importlib.import_module(name)).values():
-            if isinstance(value, type) and value.__module__ == name and dataclasses.is_dataclass(value):
-                found += [f"{name}.{value.__qualname__}.{field}" for field, annotation
-                          in value.__annotations__.items() if "ClassVar" in str(annotation)
-                          or "InitVar" in str(annotation)]
-    return found
-
-
-@dataclasses.dataclass
-class _Sample:
-    limit: ClassVar[int] = 3
-
-
-def test_the_dataclass_annotation_guard_finds_a_class_variable() -> None:
-    assert untyped_dataclass_annotations({__name__}, package="tests.") == [f"{__name__}._Sample.limit"]
 
 
 def test_one_check_that_fails_before_tls_loads_no_more(pki: Pki) -> None:
@@ -168,8 +143,9 @@ def test_check_json_is_an_array_with_one_object_per_line() -> None:
 # ordered (the order budget and the Public Suffix List), issued on threads, removed or rewritten (shutil and
 # tempfile, which bring zlib, bz2, lzma and random; argparse loads shutil for every parser unless the formatter
 # reads the terminal width itself), and the configuration has no mistake to suggest a spelling for (difflib).
-NOT_FOR_RENEW_NONE_DUE = ("cryptography", "acme", "josepy", "apscheduler", "dns", "psycopg", "OpenSSL",
-                          "certkeeper.issuers.acme", "certkeeper.issuers.internal_ca", "certkeeper.dane",
+# Nor dataclasses and inspect: some sixty value classes are made at start, by certkeeper.values.
+NOT_FOR_RENEW_NONE_DUE = ("dataclasses", "inspect", "cryptography", "acme", "josepy", "apscheduler", "dns", "psycopg",
+                          "OpenSSL", "certkeeper.issuers.acme", "certkeeper.issuers.internal_ca", "certkeeper.dane",
                           "certkeeper.probe", "certkeeper.alerts", "certkeeper.monitoring", "certkeeper.mtasts",
                           "certkeeper.daemon", "certkeeper.store.budget", "certkeeper.public_suffix",
                           "concurrent.futures", "shutil", "tempfile", "bz2", "lzma", "difflib", "importlib.util")

@@ -6,7 +6,6 @@ import json
 import multiprocessing
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from certkeeper.store import (
 from certkeeper.store.budget import Limit
 from certkeeper.store.sqlite import SCHEMA_VERSION as SQLITE_SCHEMA
 from certkeeper.store.sqlite import SqliteStore
+from certkeeper.values import replace
 from tests.fleet_fixtures import Database, postgres_cluster, postgres_db
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from certkeeper.issuers.acme import account_home
 from certkeeper.model import KeyType, is_safe_name
 from certkeeper.store.atomic import write_atomic
 from certkeeper.store.versions import CertificateHome, KeyPair, Ownership
+from certkeeper.values import field, frozen
 
 DEFAULT_DIRECTORY = Path("/etc/letsencrypt")
 _KNOWN_SERVERS = {
@@ -43,7 +43,7 @@ _KNOWN_SERVERS = {
 }
 
 
-@dataclass(frozen=True)
+@frozen
 class Lineage:
     """One certbot lineage as certkeeper will manage it."""
 
@@ -59,7 +59,7 @@ class Lineage:
     unmapped: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@frozen
 class Account:
     server: str
     id: str
@@ -67,14 +67,14 @@ class Account:
     key: Mapping[str, str] = field(repr=False)  # the JWK; never printed
 
 
-@dataclass(frozen=True)
+@frozen
 class CertbotState:
     directory: Path
     lineages: tuple[Lineage, ...]
     accounts: tuple[Account, ...]
 
 
-@dataclass(frozen=True)
+@frozen
 class ImportPlan:
     """What the import adds: TOML to append, and which issuer each lineage and account belongs to."""
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -50,9 +49,10 @@ from certkeeper.events import (
     TlsFailuresReported,
     UnsafeKeyRollover,
 )
+from certkeeper.values import frozen
 
 
-@dataclass(frozen=True)
+@frozen
 class Alert:
     """One alert mail's content: ``subject`` without prefix and severity; ``facts`` as (label, value) rows."""
 
@@ -65,7 +65,7 @@ class Alert:
     next_step: str = ""
 
 
-@dataclass(frozen=True)
+@frozen
 class AlertAction:
     """What an event does to the alert queue: forget these key prefixes, then queue ``recovered`` if that ended
     something and ``recovered`` is set, else ``alert``."""

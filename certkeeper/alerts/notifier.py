@@ -21,7 +21,6 @@ import json
 import logging
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
@@ -40,13 +39,14 @@ from certkeeper.events import (
     EventBus,
 )
 from certkeeper.store import AlertRecord, EndpointRecord, Store
+from certkeeper.values import field, frozen, mutable
 
 log = logging.getLogger("certkeeper.alerts.notifier")
 
 SUBJECT_PREFIX = "[certkeeper]"
 
 
-@dataclass(frozen=True)
+@frozen
 class AlertContent:
     """What one alert says, stored as JSON in the alert's body so the digest can render text and HTML."""
 
@@ -70,7 +70,7 @@ class AlertContent:
             return cls(body)
 
 
-@dataclass(frozen=True)
+@frozen
 class DeliveryReport:
     """What :meth:`Notifier.deliver` did: ``sent`` alerts through ``route``, or ``error`` (they stay pending)."""
 
@@ -80,7 +80,7 @@ class DeliveryReport:
     error: str = ""
 
 
-@dataclass
+@mutable
 class Notifier:
     """Turns events and observations into alerts, and alerts into digest mails."""
 

@@ -13,7 +13,6 @@ import smtplib
 import socket
 import sys
 import time
-from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +21,7 @@ from certkeeper import tls
 from certkeeper.config import AlertsConfig
 from certkeeper.errors import AlertDeliveryFailed
 from certkeeper.permissions import check_trusted_file
+from certkeeper.values import frozen
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
@@ -40,7 +40,7 @@ MAX_REPLY_BYTES = 64 * 1024
 _COMMANDS = frozenset({"EHLO", "HELO", "STARTTLS", "AUTH", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QUIT"})
 
 
-@dataclass(frozen=True)
+@frozen
 class _Route:
     name: str
     host: str

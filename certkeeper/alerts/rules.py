@@ -19,10 +19,10 @@ from __future__ import annotations
 import enum
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from certkeeper.model import SHORT_LIVED_FACTOR
+from certkeeper.values import frozen
 
 DEFAULT_WARN_DAYS: tuple[int, ...] = (21, 14, 7, 3, 1)
 # Thresholds of this many (nominal) days or fewer are CRITICAL: at that point a failed renewal leaves no
@@ -49,7 +49,7 @@ def worst_severity(severities: Sequence[str]) -> Severity:
     return max(known, key=lambda s: s.rank, default=Severity.INFO)
 
 
-@dataclass(frozen=True)
+@frozen
 class Threshold:
     """One warning threshold of one certificate: ``days`` as configured, ``before`` as applied."""
 
@@ -72,7 +72,7 @@ def effective_thresholds(warn_days: Sequence[int], lifetime: timedelta) -> tuple
     return tuple(Threshold(d, lifetime * d / (SHORT_LIVED_FACTOR * largest)) for d in days)
 
 
-@dataclass(frozen=True)
+@frozen
 class ExpiryAlert:
     """An expiry alert owed for a certificate: the tightest threshold crossed, or ``expired``."""
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Mapping
-from dataclasses import fields, is_dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from certkeeper.cli.context import Context
 from certkeeper.config import AcmeIssuerConfig, Config, ImapMailbox
 from certkeeper.model import KeyType, RenewBefore, format_duration
 from certkeeper.targets import Target
+from certkeeper.values import fields, is_value
 
 ORDER = 90
 
@@ -130,7 +130,7 @@ _MASKED = {"database"}
 def _plain(value: Any) -> Any:
     if isinstance(value, ImapMailbox):
         return value.url
-    if is_dataclass(value) and not isinstance(value, type):
+    if is_value(value) and not isinstance(value, type):
         out = {}
         for f in fields(value):
             key = "from" if f.name == "sender" else f.name

@@ -6,11 +6,11 @@ import argparse
 import importlib.util
 import os
 import sys
-from dataclasses import replace
 from typing import Any
 
 from certkeeper.cli import HelpFormatter
 from certkeeper.cli.context import Context
+from certkeeper.values import replace
 
 ORDER = 90
 

@@ -119,12 +119,11 @@ def _check_mta_sts(args: argparse.Namespace, context: Context, now: Any) -> list
 
 def _with_caa(report: Report, context: Context) -> Report:
     """The CAA pre-flight of the managed ACME certificates whose issuer sets caa_resolver, as ``check --caa``."""
-    from dataclasses import replace
-
     from certkeeper.app import check_caa
     from certkeeper.errors import CertkeeperError
     from certkeeper.mailserver.doctor import Section
     from certkeeper.mailserver.rules import Diagnosis
+    from certkeeper.values import replace
 
     if not context.config_path.is_file():
         return report
@@ -144,7 +143,7 @@ def _with_caa(report: Report, context: Context) -> Report:
 
 
 def _with(inputs: Inputs, **changes: Any) -> Inputs:
-    from dataclasses import replace
+    from certkeeper.values import replace
 
     return replace(inputs, **changes)
 

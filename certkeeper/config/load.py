@@ -12,7 +12,6 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from pathlib import Path
@@ -25,6 +24,7 @@ from certkeeper.config.tlsrpt import TlsrptConfig, parse_tlsrpt
 from certkeeper.errors import ConfigError, ConfigErrors, UsageError
 from certkeeper.model import KeyType, RenewBefore, format_duration, parse_listen
 from certkeeper.targets import Target
+from certkeeper.values import field, frozen
 
 DEFAULT_CONFIG_PATH = Path("/etc/certkeeper/certkeeper.toml")
 CONFIG_ENV = "CERTKEEPER_CONFIG"
@@ -39,7 +39,7 @@ COPY_TARGETS: tuple[CopyTarget, ...] = ("fullchain", "privkey", "combined", "cer
 _KEY_TYPES_EXPECTED = "one or two of " + " ".join(k.value for k in KeyType)  # once, not per [certificates.X]
 
 
-@dataclass(frozen=True)
+@frozen
 class Settings:
     """``[certkeeper]``: where state lives and how often things are looked at."""
 
@@ -64,7 +64,7 @@ class Settings:
     fleet_lease: timedelta = timedelta(minutes=10)
 
 
-@dataclass(frozen=True)
+@frozen
 class AlertsConfig:
     """``[alerts]``: who is told, through which relay."""
 
@@ -85,7 +85,7 @@ class AlertsConfig:
     digest: Literal["immediate", "daily"] = "immediate"
 
 
-@dataclass(frozen=True)
+@frozen
 class AcmeIssuerConfig:
     """``[issuers.NAME]`` with ``type = "acme"``: an RFC 8555 CA."""
 
@@ -119,7 +119,7 @@ class AcmeIssuerConfig:
     type: Literal["acme"] = "acme"
 
 
-@dataclass(frozen=True)
+@frozen
 class CaIssuerConfig:
     """``[issuers.NAME]`` with ``type = "ca"``: certkeeper's own certificate authority."""
 
@@ -142,7 +142,7 @@ class CaIssuerConfig:
 IssuerConfig = AcmeIssuerConfig | CaIssuerConfig
 
 
-@dataclass(frozen=True)
+@frozen
 class DaneConfig:
     """``dane = {...}`` on a certificate: TLSA records kept in step with the key (RFC 7672)."""
 
@@ -160,7 +160,7 @@ class DaneConfig:
     issuers: tuple[Path, ...] = ()  # PEM files of the CAs that may sign the next certificate (2 x y records)
 
 
-@dataclass(frozen=True)
+@frozen
 class CertificateConfig:
     """``[certificates.NAME]``: one managed certificate (one per key type)."""
 
@@ -181,7 +181,7 @@ class CertificateConfig:
     ca_file: Path | None = None  # trusted with the issuer's roots when judging what the endpoints serve
 
 
-@dataclass(frozen=True)
+@frozen
 class WatchConfig:
     """``[[watch]]``: endpoints certkeeper only watches and alerts on (partners' MX, the relay)."""
 
@@ -192,7 +192,7 @@ class WatchConfig:
     warn_days: tuple[int, ...] | None = None
 
 
-@dataclass(frozen=True)
+@frozen
 class Config:
     path: Path
     settings: Settings

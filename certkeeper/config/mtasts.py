@@ -7,7 +7,6 @@ mistake located, collected rather than raised.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,6 +15,7 @@ from certkeeper.config.table import MAX_TTL, Table, did_you_mean
 from certkeeper.model import MTA_STS_MAX_AGE_LIMIT as MAX_AGE_LIMIT
 from certkeeper.model import MTA_STS_MODES as MODES
 from certkeeper.model import mx_pattern_problem as pattern_problem
+from certkeeper.values import frozen
 
 if TYPE_CHECKING:
     from certkeeper.model import MtaStsMode as Mode
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 DEFAULT_MAX_AGE = 604_800  # one week: long enough to protect, short enough to change the MX set within a week
 
 
-@dataclass(frozen=True)
+@frozen
 class MtaStsConfig:
     """One ``[mta_sts.<domain>]`` table."""
 

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from certkeeper.config.table import Table, did_you_mean
+from certkeeper.values import frozen
 
 
-@dataclass(frozen=True)
+@frozen
 class ImapMailbox:
     """``imaps://user@host[:port]/MAILBOX``: where report mails arrive (RFC 8460 section 5.3)."""
 
@@ -51,7 +51,7 @@ def parse_imap_url(url: str) -> ImapMailbox:
     return ImapMailbox(unquote(parts.username), parts.hostname, port, unquote(parts.path.lstrip("/")) or "INBOX")
 
 
-@dataclass(frozen=True)
+@frozen
 class TlsrptConfig:
     """``[tlsrpt]``: TLS reports (RFC 8460) fetched over IMAPS and/or POSTed to an HTTPS endpoint."""
 

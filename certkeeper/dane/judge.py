@@ -14,7 +14,6 @@ Two callers, one verdict (:func:`judge_tlsa`, pure): the daemon's observation of
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -24,6 +23,7 @@ from certkeeper.errors import TlsaDnsError
 from certkeeper.probe.engine import probe_sync
 from certkeeper.probe.judge import problem_message
 from certkeeper.probe.result import Finding, ProbeOptions, ProbeResult, worst_status
+from certkeeper.values import frozen, replace
 
 # RFC 8460 section 4.3.2 result types where one fits; the others name what certkeeper could not judge.
 TLSA_VALID = "tlsa-valid"
@@ -37,7 +37,7 @@ WITH_SNI = "with SNI"
 WITHOUT_SNI = "without SNI"
 
 
-@dataclass(frozen=True)
+@frozen
 class PresentedChain:
     """A presented leaf and the CA certificates sent above it; ``above`` is None when the probe kept only the
     leaf (the second key type of a dual-certificate server), so DANE-TA records cannot be judged for it."""
@@ -46,7 +46,7 @@ class PresentedChain:
     above: tuple[Presented, ...] | None
 
 
-@dataclass(frozen=True)
+@frozen
 class ServedView:
     """What the handshakes of one kind presented: one chain per key type."""
 
@@ -54,7 +54,7 @@ class ServedView:
     chains: tuple[PresentedChain, ...]
 
 
-@dataclass(frozen=True)
+@frozen
 class LookupResult:
     """One TLSA name's answer, or the error of asking for it."""
 
@@ -66,7 +66,7 @@ class LookupResult:
     rcode: str = "NOERROR"
 
 
-@dataclass(frozen=True)
+@frozen
 class Mismatch:
     """A presented leaf that no record at ``name`` matches, and on which handshakes it was presented."""
 
@@ -76,7 +76,7 @@ class Mismatch:
     published: tuple[str, ...]  # the RDATA at ``name``
 
 
-@dataclass(frozen=True)
+@frozen
 class DaneOutcome:
     """The DANE verdict on one endpoint, as stored in its ``details["dane"]``."""
 

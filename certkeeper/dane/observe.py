@@ -21,7 +21,6 @@ this module says what to look up for an endpoint (:func:`dane_watch_for`) and wh
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -29,12 +28,13 @@ from certkeeper.config import CertificateConfig, IssuerConfig
 from certkeeper.dane.records import record_names
 from certkeeper.events import Event, TlsaMatchRecovered, TlsaMismatchObserved
 from certkeeper.targets import Target
+from certkeeper.values import frozen
 
 if TYPE_CHECKING:  # the judge brings the probe and dnspython: a pass without DANE endpoints loads neither
     from certkeeper.dane.judge import DaneOutcome
 
 
-@dataclass(frozen=True)
+@frozen
 class DaneWatch:
     """What to look up for one endpoint: its TLSA names, where to ask, and whether to probe without SNI too."""
 

@@ -14,14 +14,14 @@ primary that has not signed the new records yet, or signed them wrongly, serves 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 
 from certkeeper import dnsclient
 from certkeeper.dane.records import TlsaRecord
 from certkeeper.errors import DnsError
+from certkeeper.values import field, frozen
 
 
-@dataclass(frozen=True)
+@frozen
 class ServerAnswer:
     """What one authoritative address answered: its SOA serial and the TLSA RRset at each name asked."""
 
@@ -31,7 +31,7 @@ class ServerAnswer:
     error: str = ""
 
 
-@dataclass(frozen=True)
+@frozen
 class ResolverAnswer:
     """The validating resolver's answer for one TLSA name."""
 
@@ -43,7 +43,7 @@ class ResolverAnswer:
     error: str = ""
 
 
-@dataclass(frozen=True)
+@frozen
 class Visibility:
     """Which wanted records every server (and the resolver) answers, and who lags, in words."""
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 from certkeeper import dnsclient
@@ -22,9 +21,10 @@ from certkeeper.dane.records import TlsaRecord, absolute
 from certkeeper.dnsclient import parse_server, parse_tsig_key
 from certkeeper.errors import DnsError, InputError, TlsaDnsError
 from certkeeper.issuers.challenges import read_secret_file
+from certkeeper.values import frozen
 
 
-@dataclass(frozen=True)
+@frozen
 class DnsSettings:
     """Where TLSA records are updated: the primary, its TSIG key file and (optionally) the zone."""
 
@@ -159,7 +159,7 @@ def _text(record: TlsaRecord) -> dnsclient.Record:
 # -- lookups through a resolver (certkeeper check --dane) ------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@frozen
 class TlsaAnswer:
     """A resolver's answer for one TLSA name: the records, and whether it validated them (the AD bit)."""
 

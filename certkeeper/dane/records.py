@@ -28,12 +28,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+
+from certkeeper.values import field, frozen
 
 # RFC 6698 section 2.1.1 (RFC 7218 acronyms).  SMTP uses only DANE-TA and DANE-EE: RFC 7672 section 3.1.3 makes
 # the PKIX usages (0, 1) "unusable" for SMTP, since MTAs have no agreed set of public CAs.
@@ -49,7 +50,7 @@ MATCH_SHA512 = 2
 Phase = Literal["unpublished", "cleanup", "next-published", "ready", "stable"]
 
 
-@dataclass(frozen=True)
+@frozen
 class TlsaParameters:
     """A usage/selector/matching-type triple as configured: ``"3 1 1"``."""
 
@@ -77,7 +78,7 @@ class TlsaParameters:
         return f"{self.usage} {self.selector} {self.matching_type}"
 
 
-@dataclass(frozen=True, order=True)
+@frozen(order=True)
 class TlsaRecord:
     """One TLSA resource record: owner name (absolute, trailing dot) and RDATA (RFC 6698 section 2.1)."""
 
@@ -145,7 +146,7 @@ def certificate_spki_der(certificate: x509.Certificate) -> bytes:
                                                  serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-@dataclass(frozen=True)
+@frozen
 class EndEntity:
     """A key of the certificate, with its certificate when it has one (the next key has none yet)."""
 
@@ -206,7 +207,7 @@ def issuing_cas(chain: Iterable[x509.Certificate]) -> list[x509.Certificate]:
 # -- the retirement of records no longer wanted (decided in certkeeper.dane.retire) --------------------------
 
 
-@dataclass(frozen=True, order=True)
+@frozen(order=True)
 class ProbePoint:
     """One place a sender may reach: an address of an MX host on a DANE port, with or without SNI."""
 
@@ -231,7 +232,7 @@ class ProbePoint:
         return cls(host, address, int(port), sni == "1")
 
 
-@dataclass(frozen=True)
+@frozen
 class Streak:
     """Consecutive probes of one point that presented no retiring key, and when the first of them ran."""
 
@@ -239,7 +240,7 @@ class Streak:
     first_at: datetime
 
 
-@dataclass(frozen=True)
+@frozen
 class Retirement:
     """Records still published for keys no longer wanted, since when, and the probe streaks since then."""
 
@@ -251,7 +252,7 @@ class Retirement:
     key: str = ""
 
 
-@dataclass(frozen=True)
+@frozen
 class RolloverState:
     """What was published, since when each record has been answered by every authoritative server (and the
     validating resolver), the retirement of records no longer wanted, and who lagged at the last look."""
@@ -268,7 +269,7 @@ class RolloverState:
         return frozenset(r for retirement in self.retirements for r in retirement.records)
 
 
-@dataclass(frozen=True)
+@frozen
 class RolloverStep:
     """Where a rollover stands at ``now`` and what to do: ``publish``, ``confirm`` (ask the authoritative
     servers), ``wait`` (until ``until``) or ``none``.  ``retiring``: records no longer wanted that stay published
@@ -364,7 +365,7 @@ def rollover_ready_at(state: RolloverState, needed: frozenset[TlsaRecord], ttl: 
     return max(m for m in seen if m is not None) + timedelta(seconds=2 * ttl)
 
 
-@dataclass(frozen=True)
+@frozen
 class Gate:
     """Whether a due renewal may go ahead now; with ``unsafe`` it goes ahead although DNS is not ready."""
 
@@ -395,7 +396,7 @@ def gate_renewal(step: RolloverStep, *, now: datetime, not_after: datetime | Non
 # -- judging what a server presents (certkeeper check --dane) --------------------------------------------------
 
 
-@dataclass(frozen=True)
+@frozen
 class Presented:
     """One certificate a server presented, as the SHA-256 digests TLSA records name."""
 
@@ -403,7 +404,7 @@ class Presented:
     sha256: str  # of the whole certificate (DER)
 
 
-@dataclass(frozen=True)
+@frozen
 class TlsaMatch:
     matched: tuple[TlsaRecord, ...]
     unchecked: tuple[TlsaRecord, ...]  # matching types other than SHA-256, which the probe does not keep

@@ -17,15 +17,15 @@ server processes' lifetime).  A probe that fails, or presents a retiring key, st
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from certkeeper.dane.records import ProbePoint, Retirement, Streak, TlsaRecord
+from certkeeper.values import frozen, replace
 
 DEFAULT_RETIRE_PROBES = 3
 
 
-@dataclass(frozen=True)
+@frozen
 class RetireStep:
     """``done``: remove ``records`` now.  Otherwise probe again at ``probe_at``; ``waiting_for`` names the
     points not yet proven (their labels, with what is missing)."""

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -65,6 +64,7 @@ from certkeeper.model import KeyType
 from certkeeper.store.atomic import make_dirs, write_atomic
 from certkeeper.store.base import Store
 from certkeeper.store.versions import CertificateHome, Version
+from certkeeper.values import field, frozen, replace
 
 log = logging.getLogger("certkeeper.dane.records")
 
@@ -76,7 +76,7 @@ def _servers(lagging: tuple[str, ...]) -> tuple[str, ...]:
     return lagging_servers(lagging)
 
 
-@dataclass(frozen=True)
+@frozen
 class RecordSets:
     """The records of one moment: ``desired`` to publish, ``needed`` by the next certificate, ``current`` matched
     by the certificate installed now."""

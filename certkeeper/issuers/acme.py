@@ -30,7 +30,6 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -85,6 +84,7 @@ from certkeeper.issuers.persist import (
 )
 from certkeeper.permissions import read_nofollow
 from certkeeper.store.atomic import write_atomic
+from certkeeper.values import replace
 
 log = logging.getLogger("certkeeper.issuers.acme")
 T = TypeVar("T")

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 
 from cryptography import x509
 
+from certkeeper.values import frozen
 
-@dataclass(frozen=True)
+
+@frozen
 class RetryPolicy:
     """Bounds of the retries of one request: attempts, backoff, and total seconds (``budget``)."""
 
@@ -68,7 +69,7 @@ def retry_delay(policy: RetryPolicy, attempt: int, elapsed: float, retry_after: 
     return delay
 
 
-@dataclass(frozen=True)
+@frozen
 class PollPolicy:
     """How often a pending authorization or order is looked at when the CA names no ``Retry-After``.
 

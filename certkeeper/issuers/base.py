@@ -8,13 +8,13 @@ separate protocols checked with ``isinstance``, as certmagic does with ``Revoker
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from certkeeper.config import AcmeIssuerConfig, IssuerConfig
 from certkeeper.model import KeyType
+from certkeeper.values import frozen
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from certkeeper.pki import PrivateKey
 
 
-@dataclass(frozen=True)
+@frozen
 class IssueRequest:
     """Certify ``key`` for ``domains``.  The key is made (or reused) by the caller, never by the issuer."""
 
@@ -34,7 +34,7 @@ class IssueRequest:
     dry_run: bool = False
 
 
-@dataclass(frozen=True)
+@frozen
 class IssuedCertificate:
     """A leaf and the intermediates that lead to a trust anchor, leaf excluded, in order."""
 
@@ -45,7 +45,7 @@ class IssuedCertificate:
     persist_records_expiring: tuple[tuple[str, datetime], ...] = ()
 
 
-@dataclass(frozen=True)
+@frozen
 class RenewalWindow:
     """The CA's suggested renewal window (RFC 9773 ARI), and when to ask again."""
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -32,6 +31,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from certkeeper.values import frozen
 
 if TYPE_CHECKING:
     from certkeeper.pki import PrivateKey, PublicKey
@@ -156,7 +157,7 @@ def name_problems(domains: Sequence[str], permitted_domains: Sequence[str]) -> l
     return problems
 
 
-@dataclass(frozen=True)
+@frozen
 class LeafProfile:
     """What every leaf from one intermediate shares, built once so that each issue only adds its own parts.
 
@@ -215,7 +216,7 @@ def build_leaf(profile: LeafProfile, signing_key: PrivateKey, public_key: Public
     )
 
 
-@dataclass(frozen=True)
+@frozen
 class Revocation:
     serial: int
     revoked_at: datetime

@@ -29,7 +29,6 @@ import tempfile
 import threading
 import weakref
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -50,6 +49,7 @@ from certkeeper.permissions import (
     read_nofollow_status,
 )
 from certkeeper.store.atomic import fsync_dir, make_dirs, write_atomic
+from certkeeper.values import field, frozen, mutable
 
 _json_string = json.encoder.encode_basestring_ascii
 
@@ -227,7 +227,7 @@ def load_private_key(issuer: str, path: Path, passphrase: bytes, what: str) -> p
         raise CaError(issuer, f"cannot decrypt {what} {path}: wrong passphrase, or the file is damaged") from None
 
 
-@dataclass(frozen=True)
+@frozen
 class IssuedEntry:
     serial: int
     certificate: str
@@ -236,7 +236,7 @@ class IssuedEntry:
     issued_at: datetime
 
 
-@dataclass(frozen=True)
+@frozen
 class RevokedEntry:
     serial: int
     reason: str
@@ -245,7 +245,7 @@ class RevokedEntry:
     not_after: datetime | None = None
 
 
-@dataclass
+@mutable
 class Index:
     """The index replayed: issued serials in issuance order, and revocations by serial."""
 

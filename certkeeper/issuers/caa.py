@@ -18,16 +18,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 from certkeeper.errors import DnsError
+from certkeeper.values import frozen
 
 log = logging.getLogger("certkeeper.issuers.caa")
 
 KNOWN_TAGS = frozenset({"issue", "issuewild", "iodef", "issuemail", "contactemail", "contactphone"})
 
 
-@dataclass(frozen=True)
+@frozen
 class CaaRecord:
     """One CAA record: ``flags tag "value"`` (RFC 8659 section 4.1)."""
 
@@ -64,7 +64,7 @@ def parse_caa(text: str) -> CaaRecord | None:
     return CaaRecord(int(parts[0]), parts[1].lower(), value)
 
 
-@dataclass(frozen=True)
+@frozen
 class CaaVerdict:
     """The relevant set for ``identifier`` (found at ``owner``) and, when it forbids, why and what to do."""
 

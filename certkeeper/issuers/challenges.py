@@ -31,7 +31,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -39,6 +38,7 @@ from certkeeper.errors import ChallengeFailed, DnsError, InputError
 from certkeeper.permissions import check_trusted_file
 from certkeeper.process import redact, run_program
 from certkeeper.store.atomic import make_dirs
+from certkeeper.values import frozen
 
 if TYPE_CHECKING:
     from certkeeper.dnsclient import TsigKey
@@ -48,7 +48,7 @@ log = logging.getLogger("certkeeper.issuers.challenges")
 WELL_KNOWN = "/.well-known/acme-challenge/"
 
 
-@dataclass(frozen=True)
+@frozen
 class ChallengeAnswer:
     """What the CA will look for about one identifier: the token and the key authorization (RFC 8555 8.1)."""
 
@@ -216,7 +216,7 @@ class Http01Listeners:
 PROCESS_LISTENERS = Http01Listeners()
 
 
-@dataclass(frozen=True)
+@frozen
 class StandaloneHttp01:
     address: str
     port: int
@@ -231,7 +231,7 @@ class StandaloneHttp01:
 # -- http-01, webroot -----------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@frozen
 class WebrootHttp01:
     root: Path
     challenge_type: ClassVar[str] = "http-01"
@@ -464,7 +464,7 @@ def _quoted_txt(value: str) -> str:
 _HOOK_ENVIRONMENT = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8"}
 
 
-@dataclass(frozen=True)
+@frozen
 class HookDns01:
     """``program present FQDN VALUE`` before validation, ``program cleanup FQDN VALUE`` after (no shell).
 

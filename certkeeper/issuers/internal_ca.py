@@ -31,7 +31,6 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -59,6 +58,7 @@ from certkeeper.issuers.ca_profile import (
 from certkeeper.issuers.ca_store import IssuedEntry, RevokedEntry
 from certkeeper.model import KeyType
 from certkeeper.store.atomic import write_atomic
+from certkeeper.values import fields, frozen
 
 __all__ = ["REASONS", "CaError", "CaInitResult", "CaStatus", "InternalCaIssuer", "ca_status", "export_bundle",
            "init_ca", "init_intermediate", "revoke", "revoke_certificate_name", "revoke_serial", "write_crl"]
@@ -71,7 +71,7 @@ _LEAF_KEY_TYPES = frozenset(t.value for t in KeyType)
 CA_KEY_TYPES = {"ecdsa": (KeyType.ECDSA_P384, KeyType.ECDSA_P256), "rsa": (KeyType.RSA_4096, KeyType.RSA_3072)}
 
 
-@dataclass(frozen=True)
+@frozen
 class CaInitResult:
     ca_dir: Path
     root: x509.Certificate
@@ -164,7 +164,7 @@ def init_intermediate(config: CaIssuerConfig, *, now: datetime, root_key: Path |
     return CaInitResult(ca_dir, root, intermediate, root_key_path)
 
 
-@dataclass(frozen=True)
+@frozen
 class _Signer:
     intermediate: x509.Certificate
     key: pki.PrivateKey
@@ -361,7 +361,7 @@ def export_bundle(config: CaIssuerConfig, include_intermediate: bool) -> bytes:
     return bundle
 
 
-@dataclass(frozen=True)
+@frozen
 class CaStatus:
     """The CA at a glance, needing no passphrase: what ``ca status`` prints and what expiry alerts read."""
 
@@ -382,7 +382,7 @@ class CaStatus:
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v.isoformat() if isinstance(v, datetime) else str(v) if isinstance(v, Path) else v
-                for k, v in asdict(self).items()}
+                for k, v in ((f.name, getattr(self, f.name)) for f in fields(self))}
 
 
 def _check_intermediate(config: CaIssuerConfig, root: x509.Certificate, intermediate: x509.Certificate) -> None:

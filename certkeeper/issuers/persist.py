@@ -14,11 +14,12 @@ wildcard name, and ``persistUntil`` (if any) is not past.  Tags are case-insensi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from certkeeper.values import frozen
 
-@dataclass(frozen=True)
+
+@frozen
 class PersistRecord:
     """One issue-value as parsed: the issuer's domain name and the parameters certkeeper judges."""
 

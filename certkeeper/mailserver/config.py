@@ -21,13 +21,13 @@ import logging
 import re
 import socket
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
 from certkeeper.errors import MailToolFailed
 from certkeeper.process import run_program
 from certkeeper.targets import Target
+from certkeeper.values import field, frozen
 
 log = logging.getLogger("certkeeper.mailserver")
 
@@ -41,7 +41,7 @@ _MAX_TOOL_OUTPUT = 32 * 2**20  # a full `postconf` is about 100 KiB; anything ne
 _WELL_KNOWN = {"smtp": 25, "submission": 587, "submissions": 465, "smtps": 465}
 
 
-@dataclass(frozen=True)
+@frozen
 class ToolOutput:
     returncode: int
     stdout: str
@@ -75,7 +75,7 @@ def _checked(command: Sequence[str], timeout: float) -> ToolOutput:
 # -- Postfix -------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@frozen
 class MasterService:
     """One ``master.cf`` entry: ``name`` is ``[host:]port`` for inet services."""
 
@@ -85,7 +85,7 @@ class MasterService:
     options: Mapping[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@frozen
 class PostfixConfig:
     config_dir: Path
     explicit: Mapping[str, str]  # postconf -n: what the administrator set
@@ -192,7 +192,7 @@ def postfix_port(name: str) -> tuple[str | None, int | None]:
 # -- Dovecot -------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@frozen
 class Section:
     """A doveconf block (``service imap-login {``); the root has an empty kind."""
 
@@ -205,7 +205,7 @@ class Section:
         return [s for s in self.sections if s.kind == kind]
 
 
-@dataclass(frozen=True)
+@frozen
 class DovecotConfig:
     config_file: Path
     root: Section
@@ -268,7 +268,7 @@ def dovecot_file(value: str) -> Path | None:
 # -- Listeners and the files they serve ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@frozen
 class TlsFiles:
     """Where a daemon takes one certificate (or an SNI entry's) from.
 
@@ -284,7 +284,7 @@ class TlsFiles:
     server_name: str | None = None
 
 
-@dataclass(frozen=True)
+@frozen
 class Listener:
     daemon: str  # "postfix" | "dovecot" | "exim"
     service: str  # master.cf name, "imap-login/imaps", "exim:465"

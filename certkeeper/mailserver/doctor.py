@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -57,6 +56,7 @@ from certkeeper.mailserver.tlsfiles import (
 )
 from certkeeper.mtasts.check import MtaStsReport
 from certkeeper.probe.result import ProbeResult
+from certkeeper.values import field, frozen
 
 # Findings the file checks already make when the served certificate is the one on disk.
 _FILE_LEVEL_CODES = {"certificate-host-mismatch", "certificate-expired", "certificate-expiring",
@@ -66,7 +66,7 @@ _MANAGED_PATH = re.compile(r"/certs/(?P<name>[^/]+)/(?:current|versions/(?P<vers
 
 
 
-@dataclass(frozen=True)
+@frozen
 class Inputs:
     postfix: PostfixConfig | None = None
     dovecot: DovecotConfig | None = None
@@ -78,13 +78,13 @@ class Inputs:
     probed: bool = False
 
 
-@dataclass(frozen=True)
+@frozen
 class Section:
     title: str
     facts: tuple[str, ...]
 
 
-@dataclass(frozen=True)
+@frozen
 class Report:
     sections: tuple[Section, ...]
     diagnoses: tuple[Diagnosis, ...]

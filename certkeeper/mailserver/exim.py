@@ -22,7 +22,6 @@ import re
 import signal
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from certkeeper.errors import MailToolFailed
@@ -35,6 +34,7 @@ from certkeeper.mailserver.config import (
     postfix_port,
     run_tool,
 )
+from certkeeper.values import frozen
 
 EXIM = "exim"
 EXIM_USER = "Debian-exim"  # Debian's; the daemon reads its key as this user when it runs without root
@@ -46,7 +46,7 @@ EXIM_OPTIONS = ("tls_certificate", "tls_privatekey", "tls_advertise_hosts", "tls
                 "exim_path")
 
 
-@dataclass(frozen=True)
+@frozen
 class EximConfig:
     """``exim -bP`` of the TLS and listener options; ``config_file`` None: Exim's compiled-in default."""
 
@@ -256,7 +256,7 @@ def replace_option(text: str, name: str, value: str) -> str:
     return pattern.sub(lambda _: f"{name} = {value}", head, count=1) + text[len(head):]
 
 
-@dataclass(frozen=True)
+@frozen
 class EximPlan:
     """What setup exim writes: the macros file, and the main file's new text when it changes."""
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from certkeeper.mailserver import exim
 from certkeeper.mailserver.config import DEFAULT_POSTFIX_DIR, DovecotConfig, PostfixConfig, TlsFiles
 from certkeeper.mailserver.exim import EximConfig
 from certkeeper.mailserver.tlsfiles import Issue
+from certkeeper.values import field, frozen
 
 _KEY_SETTING = {"smtpd_tls_cert_file": "smtpd_tls_key_file", "smtpd_tls_eccert_file": "smtpd_tls_eckey_file",
                 "smtpd_tls_dcert_file": "smtpd_tls_dkey_file", "ssl_cert": "ssl_key", "ssl_alt_cert": "ssl_alt_key",
@@ -24,7 +24,7 @@ _KEY_SETTING = {"smtpd_tls_cert_file": "smtpd_tls_key_file", "smtpd_tls_eccert_f
 INDEXED_MAPS = {"hash": ".db", "btree": ".db", "lmdb": ".lmdb", "cdb": ".cdb", "dbm": ".pag", "sdbm": ".pag"}
 
 
-@dataclass(frozen=True)
+@frozen
 class ManagedCertificate:
     """What certkeeper has installed for one certificate: enough to tell managed files from stale copies."""
 
@@ -38,7 +38,7 @@ class ManagedCertificate:
     pairs: int = 1
 
 
-@dataclass(frozen=True)
+@frozen
 class Fixer:
     """Builds fix lines in one daemon's own words (``postconf -c DIR``, a Dovecot snippet)."""
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -31,12 +30,13 @@ from certkeeper.mailserver.config import (
 from certkeeper.mailserver.exim import EximConfig
 from certkeeper.mailserver.fixes import INDEXED_MAPS, Fixer, fixer_for
 from certkeeper.mailserver.tlsfiles import FileFacts
+from certkeeper.values import frozen
 
 Severity = Literal["problem", "warning", "note"]
 VERSIONS = ("SSLv2", "SSLv3", "TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
 FLOOR = "TLSv1.2"
 
-@dataclass(frozen=True)
+@frozen
 class Diagnosis:
     """One finding of doctor: where (a report section), what, how bad, and the exact fix."""
 

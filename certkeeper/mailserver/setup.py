@@ -22,7 +22,6 @@ import shutil
 import socket
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -52,6 +51,7 @@ from certkeeper.mailserver.exim import (
     signal_reload,
 )
 from certkeeper.probe import ProbeOptions, probe_sync
+from certkeeper.values import field, frozen, mutable
 
 log = logging.getLogger("certkeeper.setup")
 
@@ -65,7 +65,7 @@ _OBSOLETE_MAIN = ("smtpd_tls_cert_file", "smtpd_tls_key_file", "smtpd_tls_eccert
 _SERVICE_FILE_OPTIONS = ("smtpd_tls_chain_files", *_OBSOLETE_MAIN[:6])
 
 
-@dataclass(frozen=True)
+@frozen
 class CertificateFiles:
     """The ``current`` folders of a managed certificate: one, or ``ecdsa/`` and ``rsa/`` for two key types."""
 
@@ -75,7 +75,7 @@ class CertificateFiles:
     domains: tuple[str, ...]
 
 
-@dataclass(frozen=True)
+@frozen
 class Plan:
     """What setup would do: commands to run (argv lists) or a file to write, and how to describe it."""
 
@@ -199,7 +199,7 @@ def certkeeper_snippet(files: CertificateFiles, daemon: str, endpoints: Sequence
            f"endpoints = [{urls}]   # add to the existing list\n"
 
 
-@dataclass
+@mutable
 class Outcome:
     ok: bool = False
     rolled_back: bool = False

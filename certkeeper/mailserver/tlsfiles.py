@@ -15,7 +15,6 @@ import pwd
 import re
 import stat
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
@@ -26,12 +25,13 @@ from cryptography.exceptions import InvalidSignature
 from certkeeper import pki
 from certkeeper.permissions import read_regular
 from certkeeper.probe.judge import thresholds_for
+from certkeeper.values import field, frozen
 
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----.*?-----END \1-----", re.S)
 _DAY = 86400.0
 
 
-@dataclass(frozen=True)
+@frozen
 class FileFacts:
     """What ``stat`` and ``read`` said about one file; ``data`` holds key material and is never printed."""
 
@@ -74,7 +74,7 @@ def _group(gid: int) -> str:
         return str(gid)
 
 
-@dataclass(frozen=True)
+@frozen
 class Issue:
     """One thing wrong with a pair; ``severity`` is "problem" or "warning"."""
 
@@ -84,7 +84,7 @@ class Issue:
     path: Path | None = None
 
 
-@dataclass(frozen=True)
+@frozen
 class Pair:
     """A key and the certificate chain it serves, as a daemon reads them (the same file may hold both)."""
 

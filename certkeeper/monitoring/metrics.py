@@ -22,7 +22,6 @@ import logging
 import socket
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -37,6 +36,7 @@ from certkeeper.monitoring.blackbox import chain_info_labels, list_label, reason
 from certkeeper.permissions import check_trusted_file
 from certkeeper.store import CertState, EndpointRecord, Store
 from certkeeper.targets import is_ip_literal
+from certkeeper.values import frozen
 
 if TYPE_CHECKING:
     from certkeeper.mtasts.status import DomainStatus
@@ -47,7 +47,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _SUCCESS_STATUSES = frozenset({"OK", "WARNING"})
 
 
-@dataclass(frozen=True)
+@frozen
 class InstalledCertificate:
     """The facts of one installed certificate (one per key type), as the lifecycle read them from disk."""
 
@@ -278,7 +278,7 @@ CONNECTION_TIMEOUT = 10.0
 MAX_CONNECTIONS = 32
 
 
-@dataclass(frozen=True)
+@frozen
 class ListenerSecurity:
     """Optional TLS and basic auth for the listener, from files (as node_exporter's ``--web.config.file``)."""
 

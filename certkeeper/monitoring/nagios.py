@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -42,6 +41,7 @@ from certkeeper.probe.result import (
 )
 from certkeeper.probe.verdict import problem_message
 from certkeeper.targets import PROTOCOLS, Target
+from certkeeper.values import frozen
 
 if TYPE_CHECKING:
     from certkeeper.probe.result import KeyTypeChoice, OldTlsVersion
@@ -67,7 +67,7 @@ IGNORES: dict[str, frozenset[str]] = {
 }
 
 
-@dataclass(frozen=True)
+@frozen
 class PluginOptions:
     """check_ssl_cert's options as ``check_certkeeper`` understands them."""
 

@@ -13,9 +13,10 @@ into the page.  The listener's basic auth (``metrics_basic_auth_file``) guards i
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from html import escape
+
+from certkeeper.values import frozen
 
 CONTENT_TYPE = "text/html; charset=utf-8"
 # Inline styles only; the SVG is inline markup; nothing else loads.
@@ -24,7 +25,7 @@ CONTENT_SECURITY_POLICY = "default-src 'none'; style-src 'unsafe-inline'; img-sr
 _WIDTH, _ROW, _LEFT, _RIGHT = 900, 22, 190, 20
 
 
-@dataclass(frozen=True)
+@frozen
 class EndpointView:
     endpoint: str
     served: str  # "current", "stale", "unreachable", or "watched" for [[watch]] endpoints
@@ -34,7 +35,7 @@ class EndpointView:
     probed_at: datetime
 
 
-@dataclass(frozen=True)
+@frozen
 class VersionSpan:
     id: str
     not_before: datetime
@@ -42,7 +43,7 @@ class VersionSpan:
     current: bool
 
 
-@dataclass(frozen=True)
+@frozen
 class Mark:
     """A moment on the timeline: ``kind`` is ``renewal-success``, ``renewal-failure``, ``renewal-rollback`` (or
     another renewal result) or ``alert``."""
@@ -52,7 +53,7 @@ class Mark:
     text: str
 
 
-@dataclass(frozen=True)
+@frozen
 class CertificateView:
     name: str
     domains: tuple[str, ...]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +43,7 @@ from certkeeper.probe.result import (
     worst_status,
 )
 from certkeeper.targets import Target
+from certkeeper.values import field, frozen, replace
 
 if TYPE_CHECKING:
     from certkeeper.probe.result import Severity, Status
@@ -52,7 +52,7 @@ SMTP_PORT = 25
 VALIDATION_FAILURE = "validation-failure"
 
 
-@dataclass(frozen=True)
+@frozen
 class MxReport:
     """One MX host: its preference, the pattern it matched (None: none), each address's probe, the findings."""
 
@@ -70,7 +70,7 @@ class MxReport:
             for p in self.probes for f in p.findings)
 
 
-@dataclass(frozen=True)
+@frozen
 class MtaStsReport:
     domain: str
     status: Status

@@ -14,7 +14,6 @@ import io
 import socket
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,6 +26,7 @@ from certkeeper.mtasts.policy import (
     WELL_KNOWN_PATH,
     PolicyFinding,
 )
+from certkeeper.values import frozen
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 HTTPS_PORT = 443
 
 
-@dataclass(frozen=True)
+@frozen
 class Fetched:
     """The policy body, or why there is none (an RFC 8460 word in ``finding``); the address that answered."""
 

@@ -11,11 +11,11 @@ Pure: configuration values and the published policy in, a reason (or None) out.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 from certkeeper.config import CertificateConfig, MtaStsConfig
 from certkeeper.mtasts.policy import Policy, name_fits_patterns
 from certkeeper.pki import names_cover
+from certkeeper.values import frozen
 
 SMTP_PORT = 25
 
@@ -46,7 +46,7 @@ def wanted_policy(mta: MtaStsConfig, certificates: Mapping[str, CertificateConfi
     return Policy(mta.mode, mta.max_age, patterns)
 
 
-@dataclass(frozen=True)
+@frozen
 class GuardRefusal:
     """Why a new certificate may not be installed: the name, the domain and the published patterns."""
 

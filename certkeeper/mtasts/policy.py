@@ -10,11 +10,11 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from certkeeper.model import MTA_STS_MAX_AGE_LIMIT, MTA_STS_MODES
 from certkeeper.model import mx_pattern_problem as pattern_problem
+from certkeeper.values import field, frozen, mutable
 
 if TYPE_CHECKING:
     from certkeeper.model import MtaStsMode as Mode
@@ -36,7 +36,7 @@ _TXT_ID = re.compile(r"[A-Za-z0-9]{1,32}\Z")
 _TXT_FIELD_VALUE = re.compile(r"[\x21-\x3a\x3c\x3e-\x7e]+\Z")
 
 
-@dataclass(frozen=True)
+@frozen
 class Policy:
     """One MTA-STS policy: mode, the MX host patterns, how long senders may cache it."""
 
@@ -46,7 +46,7 @@ class Policy:
     extensions: tuple[tuple[str, str], ...] = ()
 
 
-@dataclass(frozen=True)
+@frozen
 class PolicyFinding:
     """A problem with a policy or TXT record: the RFC 8460 word, the line (None: the whole text), what is wrong."""
 
@@ -58,7 +58,7 @@ class PolicyFinding:
         return f"line {self.line}: {self.message}" if self.line is not None else self.message
 
 
-@dataclass(frozen=True)
+@frozen
 class ParsedPolicy:
     """What :func:`parse_policy` made of a policy file: the policy when it is usable, and every finding."""
 
@@ -70,7 +70,7 @@ class ParsedPolicy:
         return self.policy is not None and not self.findings
 
 
-@dataclass(frozen=True)
+@frozen
 class TxtRecord:
     """The ``_mta-sts.<domain>`` TXT record: ``v=STSv1; id=...`` (RFC 8461 section 3.1)."""
 
@@ -85,7 +85,7 @@ def _invalid(message: str, line: int | None = None) -> PolicyFinding:
 # -- the policy file (RFC 8461 section 3.2) -------------------------------------------------------------------
 
 
-@dataclass
+@mutable
 class _Lines:
     """What the lines of a policy file held, as they were read."""
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -25,11 +24,12 @@ from certkeeper.errors import DnsError, InputError, MtaStsPublishError
 from certkeeper.mtasts.policy import MODES, WELL_KNOWN_PATH, Policy, policy_id, render_policy, render_tlsrpt, render_txt
 from certkeeper.mtasts.rollout import Publication, PublishDecision, decide_publication, next_publication
 from certkeeper.store.atomic import write_atomic
+from certkeeper.values import frozen
 
 log = logging.getLogger("certkeeper.mtasts")
 
 
-@dataclass(frozen=True)
+@frozen
 class DnsTarget:
     """Where the TXT records are updated: the primary, its TSIG key file, optionally the zone."""
 
@@ -39,7 +39,7 @@ class DnsTarget:
     ttl: int = 3600
 
 
-@dataclass(frozen=True)
+@frozen
 class PublishState:
     """``<domain>.json``: the publication, and what DNS was last told (None: never, or no DNS settings)."""
 
@@ -52,7 +52,7 @@ class PublishState:
         return policy_id(render_policy(self.publication.policy)) if self.publication else None
 
 
-@dataclass(frozen=True)
+@frozen
 class Published:
     """One domain's pass: the decision, the id now announced, and what changed."""
 

@@ -13,13 +13,13 @@ Pure: the published state and ``now`` come in, the policy to publish goes out.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from certkeeper.mtasts.policy import Policy, policy_diff
+from certkeeper.values import frozen, replace
 
 
-@dataclass(frozen=True)
+@frozen
 class Publication:
     """What is published for a domain: the policy, since when this text, and since when this ``mx`` set."""
 
@@ -28,7 +28,7 @@ class Publication:
     mx_since: datetime
 
 
-@dataclass(frozen=True)
+@frozen
 class PublishDecision:
     """The policy to publish now and why; ``narrow_at`` is when a pending narrowing becomes due (else None)."""
 

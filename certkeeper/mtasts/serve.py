@@ -17,7 +17,6 @@ import os
 import socket
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -26,13 +25,14 @@ from certkeeper import tls
 from certkeeper.config import Config
 from certkeeper.errors import CertkeeperError
 from certkeeper.mtasts.policy import WELL_KNOWN_PATH
+from certkeeper.values import frozen
 
 log = logging.getLogger("certkeeper.mtasts")
 
 HANDSHAKE_TIMEOUT = 10.0
 
 
-@dataclass(frozen=True)
+@frozen
 class Site:
     """What one policy host serves right now: the policy text (None: nothing published yet) and its key pair."""
 

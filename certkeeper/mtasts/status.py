@@ -8,7 +8,6 @@ hosts really serve is ``certkeeper check --mta-sts``'s job.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 
 from certkeeper.config import CertificateConfig, Config, MtaStsConfig
@@ -17,9 +16,10 @@ from certkeeper.mtasts.guard import mx_certificates, mx_names
 from certkeeper.mtasts.policy import name_fits_patterns, policy_id, render_policy
 from certkeeper.mtasts.publish import PublishState
 from certkeeper.pki import names_cover
+from certkeeper.values import frozen
 
 
-@dataclass(frozen=True)
+@frozen
 class DomainStatus:
     domain: str
     policy_id: str | None  # None: nothing published yet

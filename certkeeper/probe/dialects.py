@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Generator
-from dataclasses import dataclass
 
 from certkeeper.probe.conversation import DialogueError
 from certkeeper.probe.report import printable
 from certkeeper.probe.result import CONNECTION_FAILED, PROTOCOL_ERROR, STARTTLS_NOT_SUPPORTED
+from certkeeper.values import frozen
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (tests/test_startup_imports.py)
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ def _shorten(text: str, limit: int = 160) -> str:
 _SMTP_LINE = re.compile(r"^([2-5][0-9][0-9])([ -]|$)(.*)$", re.DOTALL)
 
 
-@dataclass(frozen=True)
+@frozen
 class SmtpReply:
     """One whole SMTP reply."""
 
@@ -133,7 +133,7 @@ def smtp_starttls(ehlo_name: str) -> Dialogue:
 _IMAP_CAPABILITY_CODE = re.compile(r"\[CAPABILITY ([^\]]*)\]", re.IGNORECASE)
 
 
-@dataclass(frozen=True)
+@frozen
 class ImapResponse:
     """One IMAP response line."""
 

@@ -28,7 +28,6 @@ import threading
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -59,6 +58,7 @@ from certkeeper.probe.verdict import (
     timeout_finding,
 )
 from certkeeper.targets import Target, encode_host_name, is_ip_literal
+from certkeeper.values import mutable
 
 log = logging.getLogger("certkeeper.probe")
 
@@ -87,7 +87,7 @@ class _ProbeFailure(Exception):
         self.message = message
 
 
-@dataclass
+@mutable
 class _StreamConversation:
     """:class:`certkeeper.probe.dialects.Conversation` over an asyncio stream, with the byte limits."""
 

@@ -7,11 +7,11 @@ exactly when a certificate is invalid is the failure operators complain about mo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from certkeeper.targets import Target
+from certkeeper.values import frozen
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (tests/test_startup_imports.py)
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ SERVED_CERTIFICATE_STALE = "served-certificate-stale"
 INTERNAL_ERROR = "internal-error"
 
 
-@dataclass(frozen=True)
+@frozen
 class ProbeOptions:
     """How to probe; one value for a whole run, so TLS contexts and trust anchors are built once."""
 
@@ -69,7 +69,7 @@ class ProbeOptions:
     refuse_tls: tuple[OldTlsVersion, ...] = ()  # CRITICAL when the server accepts one of these
 
 
-@dataclass(frozen=True)
+@frozen
 class Finding:
     """One thing a probe found: a code (RFC 8460 words where one fits), how bad, and what to tell people."""
 
@@ -78,7 +78,7 @@ class Finding:
     message: str
 
 
-@dataclass(frozen=True)
+@frozen
 class CertificateSummary:
     """What the outputs show of one served certificate."""
 
@@ -98,7 +98,7 @@ class CertificateSummary:
     issuer_dn: str = ""
 
 
-@dataclass(frozen=True)
+@frozen
 class ProbeResult:
     """One endpoint's probe: its status, words and certificates."""
 

@@ -15,7 +15,6 @@ import math
 import os
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 
@@ -33,6 +32,7 @@ from certkeeper.probe.result import (
     worst_status,
 )
 from certkeeper.targets import Target
+from certkeeper.values import frozen
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (tests/test_startup_imports.py)
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 _DAY = 86400.0
 
 
-@dataclass(frozen=True)
+@frozen
 class ChainJudgement:
     """Everything that depends on the served certificates only; cached per distinct chain and name."""
 
@@ -143,7 +143,7 @@ def problem_message(findings: Sequence[Finding], leaf: CertificateSummary | None
     return "no certificate received"
 
 
-@dataclass(frozen=True)
+@frozen
 class Facts:
     """What a summary needs of a certificate, read by ``cryptography`` (the engine) or the DER reader (lean)."""
 
@@ -194,7 +194,7 @@ def name_findings(summary: CertificateSummary, hostname: str) -> tuple[bool, Fin
     return False, Finding(CERTIFICATE_HOST_MISMATCH, "CRITICAL", f"the certificate names {names}, not {hostname!r}")
 
 
-@dataclass(frozen=True)
+@frozen
 class Fetch:
     """One handshake's outcome: the key type asked for, the version and cipher agreed, the judged chain."""
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 import errno
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from certkeeper.errors import HookFailed
 from certkeeper.process import redact, run_program
+from certkeeper.values import frozen
 
 log = logging.getLogger("certkeeper.renewal.hooks")
 
@@ -23,7 +23,7 @@ _SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _MAX_OUTPUT = 64 * 1024
 
 
-@dataclass(frozen=True)
+@frozen
 class HookContext:
     """The certificate a hook runs for; becomes the hook's environment."""
 
@@ -54,7 +54,7 @@ class HookContext:
         return env
 
 
-@dataclass(frozen=True)
+@frozen
 class HookRun:
     hook: Path
     output: str

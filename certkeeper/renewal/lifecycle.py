@@ -29,7 +29,6 @@ import logging
 import os
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -88,6 +87,7 @@ from certkeeper.store.versions import (
     Version,
     check_pairs,
 )
+from certkeeper.values import field, frozen, mutable, replace
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -106,7 +106,7 @@ log = logging.getLogger("certkeeper.renewal.lifecycle")
 IssuerSource = Callable[[str], Issuer]
 
 
-@dataclass(frozen=True)
+@frozen
 class Outcome:
     """What a pass did with one certificate.  ``failed`` outcomes make ``certkeeper renew`` exit non-zero."""
 
@@ -121,7 +121,7 @@ class Outcome:
         return self.result.failed
 
 
-@dataclass(frozen=True)
+@frozen
 class _Seen:
     """What is installed, read once: the ``current`` link as written, its version, and the decision's facts."""
 
@@ -130,7 +130,7 @@ class _Seen:
     installed: Installed | None
 
 
-@dataclass
+@mutable
 class _Work:
     """A certificate going through the pass."""
 
@@ -969,7 +969,7 @@ class Renewer:
         changed = []
         for name, fields in changes.items():
             state = self.store.get_state(name) or CertState(name)
-            after[name] = replace(state, **fields)  # type: ignore[arg-type]
+            after[name] = replace(state, **fields)
             if after[name] != state:
                 changed.append(after[name])
         if changed or renewals:
@@ -982,7 +982,7 @@ class Renewer:
         if known is not None and all(getattr(known, field) == value for field, value in changes.items()):
             return known  # the row as known holds the changes already (what replace() and == would find)
         state = self.store.get_state(name) or CertState(name)
-        changed = replace(state, **changes)  # type: ignore[arg-type]
+        changed = replace(state, **changes)
         if changed != state:  # a pass with nothing due writes nothing: no commit, no fsync per certificate
             self.store.put_state(changed)
         return changed

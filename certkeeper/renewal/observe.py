@@ -10,7 +10,6 @@ observation of every endpoint for ``status``, metrics and the next comparison.  
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from certkeeper.events import EndpointFailed, EndpointRecovered, Event, ServedCertificateStale
 from certkeeper.store import EndpointRecord, Store
 from certkeeper.targets import Target
+from certkeeper.values import frozen, replace
 
 if TYPE_CHECKING:
     from certkeeper.dane.judge import DaneOutcome, LookupResult
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from certkeeper.probe import ProbeResult
 
 
-@dataclass(frozen=True)
+@frozen
 class Watched:
     """One endpoint to look at, and what it should serve when certkeeper manages its certificate."""
 
@@ -40,7 +40,7 @@ class Watched:
     dane: DaneWatch | None = None  # TLSA records to judge the served certificate against (certkeeper.dane.observe)
 
 
-@dataclass(frozen=True)
+@frozen
 class Observation:
     watched: Watched
     result: ProbeResult

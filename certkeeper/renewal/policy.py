@@ -29,11 +29,11 @@ renewal point).  What a pass did with a certificate is a :class:`Result`.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
 from certkeeper.model import RenewBefore
+from certkeeper.values import frozen, replace
 
 MIN_RETRY = timedelta(minutes=10)
 MAX_RETRY = timedelta(hours=12)
@@ -64,7 +64,7 @@ class Result(StrEnum):
         return self in {Result.FAILED, Result.ROLLED_BACK, Result.BUSY}
 
 
-@dataclass(frozen=True)
+@frozen
 class Installed:
     """What is installed now, as plain values (the first key type's certificate when there are two)."""
 
@@ -80,7 +80,7 @@ class Installed:
         return max(self.not_after - self.not_before, timedelta(seconds=1))
 
 
-@dataclass(frozen=True)
+@frozen
 class Wanted:
     """What the configuration asks for."""
 
@@ -90,7 +90,7 @@ class Wanted:
     renew_before: RenewBefore
 
 
-@dataclass(frozen=True)
+@frozen
 class History:
     """What happened before: failures in a row and the CA's renewal window, if it gave one."""
 
@@ -101,7 +101,7 @@ class History:
     inputs_changed: bool = False  # the configuration or the issuer changed after the last attempt
 
 
-@dataclass(frozen=True)
+@frozen
 class Decision:
     due: bool
     reason: str

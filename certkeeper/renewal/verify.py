@@ -10,11 +10,11 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
 from certkeeper.targets import Target
+from certkeeper.values import frozen
 
 if TYPE_CHECKING:
     from certkeeper.probe import ProbeResult
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 POLL_INTERVAL = 0.5
 
 
-@dataclass(frozen=True)
+@frozen
 class ProbePoint:
     """One place a client may land: an endpoint, one of its addresses, with or without SNI."""
 
@@ -37,7 +37,7 @@ class ProbePoint:
         return where + ("" if self.sni else " without SNI")
 
 
-@dataclass(frozen=True)
+@frozen
 class Seen:
     """What one probe point served."""
 
@@ -98,7 +98,7 @@ async def look(points: Sequence[ProbePoint], *, dual: bool, timeout: float, now:
     return list(await asyncio.gather(*(one(p) for p in points)))
 
 
-@dataclass(frozen=True)
+@frozen
 class Verification:
     ok: bool
     seen: tuple[Seen, ...]

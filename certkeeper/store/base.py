@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
+
+from certkeeper.values import field, frozen
 
 if TYPE_CHECKING:
     from certkeeper.store.budget import Bucket, Limit, Waiter
 
 
-@dataclass(frozen=True)
+@frozen
 class CertState:
     """What certkeeper decided and observed about one managed certificate."""
 
@@ -33,7 +34,7 @@ class CertState:
     failed_inputs: str = ""
 
 
-@dataclass(frozen=True)
+@frozen
 class RenewalRecord:
     """One renewal attempt's outcome: ``result`` is ``success``, ``failure``, ``rollback`` or ``dry-run``."""
 
@@ -45,7 +46,7 @@ class RenewalRecord:
     detail: str = ""
 
 
-@dataclass(frozen=True)
+@frozen
 class EndpointRecord:
     """The last probe of an endpoint, for status, metrics and recovery alerts."""
 
@@ -60,7 +61,7 @@ class EndpointRecord:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@frozen
 class AlertRecord:
     """An alert owed to people: stays ``pending`` until a relay accepted it."""
 
@@ -75,7 +76,7 @@ class AlertRecord:
     sent_at: datetime | None = None
 
 
-@dataclass(frozen=True)
+@frozen
 class TlsSessionCount:
     """Sessions of one report for one policy domain, receiving MX (``""``: not named) and result (``success``,
     a result type, or ``failure`` for failures reported without details), by reporting organization."""
@@ -87,7 +88,7 @@ class TlsSessionCount:
     sessions: int
 
 
-@dataclass(frozen=True)
+@frozen
 class TlsReportRecord:
     """A TLS report (RFC 8460) as stored: ``document`` is its JSON (:func:`certkeeper.tlsrpt.report.to_document`);
     ``source`` says how it came (``imaps://reports@mail.example.org/INBOX UID 12``, ``POST / from 192.0.2.1``)."""
@@ -103,7 +104,7 @@ class TlsReportRecord:
     sessions: tuple[TlsSessionCount, ...] = ()
 
 
-@dataclass(frozen=True)
+@frozen
 class HistoryRecord:
     """Something certkeeper did other than a renewal attempt, for correlating what senders report (``kind``:
     ``dane-publish``, TLSA records of certificate ``name`` added or removed; ``mta-sts-policy``, a new MTA-STS

@@ -46,7 +46,6 @@ from __future__ import annotations
 import functools
 import ipaddress
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Protocol, TypeVar
 from urllib.parse import urlsplit
@@ -54,6 +53,7 @@ from urllib.parse import urlsplit
 from certkeeper.config import AcmeIssuerConfig, CertificateConfig, IssuerConfig
 from certkeeper.errors import IssuanceError, OrderWaiting
 from certkeeper.public_suffix import SuffixList, ascii_name, load_suffix_list, registered_domain
+from certkeeper.values import frozen
 
 if TYPE_CHECKING:
     from certkeeper.store.versions import Version
@@ -69,7 +69,7 @@ RATE_LIMITED_PAUSE = timedelta(hours=1)  # a rateLimited problem without Retry-A
 WAIT_FORGOTTEN_AFTER = timedelta(hours=1)
 
 
-@dataclass(frozen=True)
+@frozen
 class Limit:
     """``capacity`` tokens, refilled evenly over ``period``; capacity 0 means no limit (a 429 still blocks).
     ``exempt``: the order spends nothing here (a renewal on the issuer's bucket), only a 429's block holds it."""
@@ -80,7 +80,7 @@ class Limit:
     exempt: bool = False
 
 
-@dataclass(frozen=True)
+@frozen
 class Bucket:
     """A bucket's row: its tokens at ``updated_at``, and a CA's Retry-After block."""
 
@@ -90,7 +90,7 @@ class Bucket:
     blocked_until: datetime | None = None
 
 
-@dataclass(frozen=True)
+@frozen
 class Waiter:
     """A renewal waiting for a bucket: which certificate, how many tokens it needs, its installed expiry."""
 
@@ -284,7 +284,7 @@ def obtain_within_budget(ledger: BudgetLedger, issuer: IssuerConfig | None, cert
         raise
 
 
-@dataclass(frozen=True)
+@frozen
 class BucketReport:
     """One bucket as ``certkeeper db status`` shows it: orders used in the window and the next free slot."""
 

@@ -65,7 +65,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -84,6 +83,7 @@ from certkeeper.store import Store
 from certkeeper.store.budget import obtain_within_budget, record_rate_limit, spend_or_wait
 from certkeeper.store.fleet_records import FleetDatabase, FleetPair, FleetVersion, LeaseHolder, NodeResult
 from certkeeper.store.versions import CertificateHome, InstalledPair, KeyPair, Version
+from certkeeper.values import frozen
 
 log = logging.getLogger("certkeeper.store.fleet")
 
@@ -208,7 +208,7 @@ def may_renew_alone(down_since: datetime, now: datetime, grace: timedelta) -> bo
     return now - down_since >= grace
 
 
-@dataclass(frozen=True)
+@frozen
 class PassResult:
     """What one pass left on this node for one certificate, as :meth:`Fleet.record_pass` reports it."""
 

@@ -8,15 +8,16 @@ imported (and type-checked) without psycopg, which is an optional dependency.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
+
+from certkeeper.values import frozen
 
 if TYPE_CHECKING:
     from certkeeper.store.budget import Bucket, Limit, Waiter
 
 
-@dataclass(frozen=True)
+@frozen
 class FleetPair:
     """One key type of a fleet version: the chain in PEM, the private key sealed with the fleet key."""
 
@@ -28,7 +29,7 @@ class FleetPair:
     key_version: int = 0  # which fleet_keys salt sealed it; 0: HKDF without salt (stored before schema 2)
 
 
-@dataclass(frozen=True)
+@frozen
 class FleetVersion:
     """One issuance shared by the fleet: ``version`` counts 1, 2, 3 per certificate name.
 
@@ -49,7 +50,7 @@ class FleetVersion:
     pairs: tuple[FleetPair, ...] = ()
 
 
-@dataclass(frozen=True)
+@frozen
 class LeaseHolder:
     """Who holds a certificate's ordering lease, and until when (by the database's clock)."""
 
@@ -57,7 +58,7 @@ class LeaseHolder:
     expires_at: datetime
 
 
-@dataclass(frozen=True)
+@frozen
 class NodeResult:
     """A node's latest state for one certificate: what it serves and how its last pass went."""
 

@@ -35,7 +35,6 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,6 +45,7 @@ from certkeeper.errors import CertkeeperError, InputError, InstallRefused, Unsaf
 from certkeeper.model import KeyType, is_safe_name
 from certkeeper.permissions import check_trusted_dir, read_nofollow
 from certkeeper.store.atomic import fsync_dir, make_dirs, refuse_special, set_dir_mode, write_atomic, write_new_files
+from certkeeper.values import frozen
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -57,7 +57,7 @@ _SECRET_FILES = {"privkey.pem", "combined.pem"}
 _INCOMING = ".incoming-"
 
 
-@dataclass(frozen=True)
+@frozen
 class KeyPair:
     """One key type's issued material, ready to install."""
 
@@ -67,7 +67,7 @@ class KeyPair:
     chain: tuple[x509.Certificate, ...]
 
 
-@dataclass(frozen=True)
+@frozen
 class InstalledPair:
     """What ``version.json`` says about one key type of an installed version."""
 
@@ -88,7 +88,7 @@ class InstalledPair:
         return self.directory / "privkey.pem"
 
 
-@dataclass(frozen=True)
+@frozen
 class Version:
     name: str
     id: str
@@ -111,7 +111,7 @@ class Version:
         return max(p.not_before for p in self.pairs)
 
 
-@dataclass(frozen=True)
+@frozen
 class Ownership:
     """Who may read the key: root only (0600), or root and ``group`` (0640)."""
 

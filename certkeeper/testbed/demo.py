@@ -25,7 +25,6 @@ import sys
 import tempfile
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TextIO
@@ -49,6 +48,7 @@ from certkeeper.testbed.pebble import Pebble
 from certkeeper.testbed.postfix import Postfix
 from certkeeper.testbed.server import make_traversable
 from certkeeper.testbed.smtp_sink import SmtpSink
+from certkeeper.values import field, frozen, mutable
 
 # The daemon's log format outside journald (certkeeper/cli/daemon_cmd.py): time, level, message.
 _LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (?P<level>[A-Z]+) (?P<message>.*)$")
@@ -56,7 +56,7 @@ _EVENT = re.compile(r"^(?P<event>[A-Z][A-Za-z]+) (?P<fields>\w+=.*)$")
 _FIELD = re.compile(r"(\w+)=(.*?)(?= \w+=|$)")
 
 
-@dataclass(frozen=True)
+@frozen
 class DemoSettings:
     """How long certificates live and when the demo counts as done.
 
@@ -72,7 +72,7 @@ class DemoSettings:
     keep: bool = False
 
 
-@dataclass
+@mutable
 class DemoSummary:
     renewals: int = 0
     renewed_before_expiry: int = 0

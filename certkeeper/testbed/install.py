@@ -35,8 +35,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
+
+from certkeeper.values import frozen
 
 DEBIAN_PACKAGES = (
     "postfix",
@@ -78,7 +79,7 @@ TESTING_SOURCE = (
 )
 
 
-@dataclass(frozen=True)
+@frozen
 class TestingPackage:
     """One package taken from Debian testing: its name, the version series wanted, its binary."""
 

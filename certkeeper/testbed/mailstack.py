@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from certkeeper import pki
@@ -18,6 +17,7 @@ from certkeeper.testbed.dovecot import Dovecot
 from certkeeper.testbed.pebble import Pebble
 from certkeeper.testbed.postfix import Postfix
 from certkeeper.testbed.smtp_sink import SmtpSink
+from certkeeper.values import frozen
 
 CERTIFICATE = "mail"
 DOMAINS = ("mail.example.test", "smtp.example.test")
@@ -25,7 +25,7 @@ ALERT_TO = "postmaster@example.test"
 ALERT_FROM = "certkeeper@mail.example.test"
 
 
-@dataclass(frozen=True)
+@frozen
 class Listener:
     """One port a mail client connects to, and what to call it in the narration."""
 

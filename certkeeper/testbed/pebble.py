@@ -28,16 +28,16 @@ import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 from certkeeper.testbed.bind import Bind
 from certkeeper.testbed.certs import TestCA
 from certkeeper.testbed.install import pebble_binary
 from certkeeper.testbed.server import LOOPBACK, Server, allocate_port, spawn, terminate, wait_until
+from certkeeper.values import frozen
 
 
-@dataclass(frozen=True)
+@frozen
 class Profile:
     """One of Pebble's certificate profiles: what its directory says of it and the lifetime it issues."""
 

@@ -16,7 +16,6 @@ import email.policy
 import ssl
 import threading
 import time
-from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -25,9 +24,10 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from certkeeper.testbed.server import LOOPBACK, Server, allocate_port
+from certkeeper.values import frozen
 
 
-@dataclass(frozen=True)
+@frozen
 class Delivery:
     """One accepted message with what the envelope and the session said about it."""
 

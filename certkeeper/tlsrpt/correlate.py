@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from certkeeper.tlsrpt.report import CERTIFICATE_RESULTS, TlsReport
+from certkeeper.values import frozen
 
 LOOKBACK = timedelta(days=1)
 NOTHING_EXPLAINS = "nothing certkeeper did explains this"
@@ -32,7 +32,7 @@ MTA_STS_POLICY = "mta-sts-policy"  # the history kind of an MtaStsPolicyPublishe
 _KINDS = {"success": "install", "rollback": "rollback", "failure": "failure"}
 
 
-@dataclass(frozen=True)
+@frozen
 class CertkeeperAction:
     """One entry of certkeeper's history: an ``install``, a ``rollback``, a ``failure`` or a ``dane-publish`` of a
     certificate, or an ``mta-sts-policy`` published for a policy domain (``certificate`` empty)."""
@@ -70,7 +70,7 @@ def actions_from_history(renewals: Iterable[tuple[str, datetime, str, str, str]]
                       else CertkeeperAction(at, name, kind, "", detail) for name, at, kind, detail in others]
 
 
-@dataclass(frozen=True)
+@frozen
 class FailureGroup:
     """Sessions that failed one way against one receiving MX, over every report considered."""
 
@@ -84,7 +84,7 @@ class FailureGroup:
     report_ids: tuple[str, ...]
 
 
-@dataclass(frozen=True)
+@frozen
 class Correlation:
     group: FailureGroup
     certificates: tuple[str, ...]

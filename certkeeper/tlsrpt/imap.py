@@ -17,7 +17,6 @@ import re
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,6 +24,7 @@ from certkeeper import tls
 from certkeeper.config import ImapMailbox
 from certkeeper.errors import ReportSourceFailed, StoreError
 from certkeeper.tlsrpt.intake import MAX_MAIL_BYTES
+from certkeeper.values import frozen
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
@@ -39,7 +39,7 @@ _COMMANDS = frozenset({b"CAPABILITY", b"LOGIN", b"SELECT", b"UID SEARCH", b"UID 
                        b"LOGOUT", b"NOOP"})  # named in messages; what follows the name (a password) never is
 
 
-@dataclass(frozen=True)
+@frozen
 class Fetched:
     """What one fetch did: mails read, marked seen, deleted."""
 

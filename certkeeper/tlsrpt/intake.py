@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 from email import policy
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
 
 from certkeeper.errors import ReportRefused
 from certkeeper.tlsrpt.report import MAX_JSON_BYTES, TlsReport, parse_report
+from certkeeper.values import frozen
 
 MAX_COMPRESSED_BYTES = 5 * 1024 * 1024
 MAX_MAIL_BYTES = 10 * 1024 * 1024
@@ -28,7 +28,7 @@ MAX_MULTIPART_DEPTH = 8  # RFC 8460's multipart/report holds its parts one level
 MEDIA_TYPES = (GZIP_TYPE, JSON_TYPE)
 
 
-@dataclass(frozen=True)
+@frozen
 class Intake:
     """What one delivery (a mail, a POST) held: the reports parsed and the ones refused, each with its reason."""
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from certkeeper.errors import ReportRefused
+from certkeeper.values import frozen
 
 # A real daily report of a large sender is a few hundred kilobytes of JSON; 20 MiB leaves room and bounds memory.
 MAX_JSON_BYTES = 20 * 1024 * 1024
@@ -39,7 +39,7 @@ CERTIFICATE_RESULTS = frozenset({
 _TOKEN = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 
 
-@dataclass(frozen=True)
+@frozen
 class FailureDetail:
     """One ``failure-details`` entry: sessions that failed one way against one receiving MX."""
 
@@ -53,7 +53,7 @@ class FailureDetail:
     additional_information: str = ""
 
 
-@dataclass(frozen=True)
+@frozen
 class PolicyResult:
     """One ``policies`` entry: the policy the sender applied and how its sessions went."""
 
@@ -66,7 +66,7 @@ class PolicyResult:
     failures: tuple[FailureDetail, ...]
 
 
-@dataclass(frozen=True)
+@frozen
 class TlsReport:
     """A whole report (RFC 8460 section 4.4)."""
 

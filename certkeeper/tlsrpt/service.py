@@ -12,7 +12,6 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +24,7 @@ from certkeeper.tlsrpt.correlate import LOOKBACK, actions_from_history, correlat
 from certkeeper.tlsrpt.intake import read_mail
 from certkeeper.tlsrpt.report import TlsReport, to_document
 from certkeeper.tlsrpt.summary import session_counts, stored_reports
+from certkeeper.values import field, mutable
 
 if TYPE_CHECKING:
     from certkeeper.tlsrpt.http import ReportEndpoint
@@ -37,7 +37,7 @@ ALERT_HORIZON = timedelta(days=3)
 HISTORY_LIMIT = 1000
 
 
-@dataclass
+@mutable
 class Tlsrpt:
     config: TlsrptConfig
     store: Store

@@ -11,18 +11,18 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from certkeeper.store import Store, TlsSessionCount
 from certkeeper.tlsrpt.report import TlsReport, parse_document
+from certkeeper.values import frozen
 
 SUCCESS = "success"
 UNDETAILED_FAILURE = "failure"
 
 
-@dataclass(frozen=True)
+@frozen
 class StoredReport:
     """A report as the store gives it back: parsed, with when and how it arrived."""
 
