@@ -12,13 +12,13 @@ import logging
 import smtplib
 import socket
 import sys
-import time
 from email.message import EmailMessage
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from certkeeper import tls
 from certkeeper.config import AlertsConfig
+from certkeeper.deadline import Deadline
 from certkeeper.errors import AlertDeliveryFailed
 from certkeeper.permissions import check_trusted_file
 from certkeeper.values import frozen
@@ -140,14 +140,14 @@ class _BoundedSMTP(smtplib.SMTP):
 
     def __init__(self, host: str, port: int, *, timeout: float, **kwargs: Any) -> None:
         self._limit = timeout
-        self._deadline = time.monotonic() + timeout
+        self._deadline = Deadline(timeout)
         self._stage = "connect"
         self._buffer = b""
         self._buffer_of: object = None
         super().__init__(host, port, timeout=timeout, **kwargs)
 
     def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:  # noqa: ARG002 - smtplib's
-        sock = socket.create_connection((host, port), self._remaining(), self.source_address)
+        sock = socket.create_connection((host, port), self._deadline.remaining(self._late), self.source_address)
         self._stage = "the greeting"
         return sock
 
@@ -162,7 +162,7 @@ class _BoundedSMTP(smtplib.SMTP):
             raise smtplib.SMTPServerDisconnected(msg)
         data = s.encode(self.command_encoding) if isinstance(s, str) else s
         sys.audit("smtplib.send", self, data)
-        self.sock.settimeout(self._remaining())
+        self._deadline.arm(self.sock, self._late)
         try:
             self.sock.sendall(data)
         except TimeoutError:
@@ -208,7 +208,7 @@ class _BoundedSMTP(smtplib.SMTP):
             if not self.sock:
                 msg = "Connection unexpectedly closed"
                 raise smtplib.SMTPServerDisconnected(msg)
-            self.sock.settimeout(self._remaining())
+            self._deadline.arm(self.sock, self._late)
             try:
                 chunk = self.sock.recv(4096)
             except TimeoutError:
@@ -225,12 +225,6 @@ class _BoundedSMTP(smtplib.SMTP):
         line, self._buffer = self._buffer[:end], self._buffer[end:]
         return line
 
-    def _remaining(self) -> float:
-        remaining = self._deadline - time.monotonic()
-        if remaining <= 0:  # never settimeout(0): that would make the socket non-blocking
-            raise self._late()
-        return remaining
-
     def _late(self) -> RelayMisbehaved:
         self.close()
         return RelayMisbehaved(f"the delivery did not finish within {self._limit:g} s (smtp_timeout); "
@@ -244,7 +238,7 @@ class _BoundedSMTPSSL(_BoundedSMTP, smtplib.SMTP_SSL):
         raw = super()._get_socket(host, port, timeout)
         try:
             self._stage = "the TLS handshake"
-            raw.settimeout(self._remaining())
+            self._deadline.arm(raw, self._late)
             secure = self.context.wrap_socket(raw, server_hostname=host)
         except TimeoutError:
             raw.close()

@@ -27,7 +27,7 @@ from certkeeper.errors import EX_SOFTWARE, EX_USAGE, CertkeeperError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (tests/test_startup_imports.py)
 if TYPE_CHECKING:
-    from typing import Any, NoReturn
+    from typing import Any, Literal, NoReturn
 
 DESCRIPTION = """\
 certkeeper keeps the TLS certificates of mail servers valid, installed and served.
@@ -114,6 +114,17 @@ def absolute_path(text: str) -> Path:
     """An argument naming a file or folder, made absolute: the mail tools certkeeper runs start in ``/``, where a
     relative ``--postfix-config pf`` would name another folder."""
     return Path(text).absolute()
+
+
+_MAIL_CONFIG_METAVARS = {"postfix": "DIR", "dovecot": "FILE", "exim": "FILE"}
+
+
+def add_mail_config_argument(parser: argparse.ArgumentParser, daemon: Literal["postfix", "dovecot", "exim"],
+                             help: str) -> None:
+    """``--postfix-config DIR``, ``--dovecot-config FILE`` or ``--exim-config FILE``, read with
+    :func:`absolute_path`, as doctor and setup take them.  One option a call: each command keeps its own help
+    and its own order."""
+    parser.add_argument(f"--{daemon}-config", metavar=_MAIL_CONFIG_METAVARS[daemon], type=absolute_path, help=help)
 
 
 def configure_logging(verbose: int) -> None:

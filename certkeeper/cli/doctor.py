@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from certkeeper.cli import HelpFormatter, absolute_path
+from certkeeper.cli import HelpFormatter, add_mail_config_argument
 from certkeeper.cli.context import Context
 
 if TYPE_CHECKING:
@@ -42,12 +42,9 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     parser = subparsers.add_parser(
         "doctor", help="diagnose the mail daemons' TLS configuration, files and served certificates",
         parents=[common], description=DESCRIPTION, formatter_class=HelpFormatter)
-    parser.add_argument("--postfix-config", metavar="DIR", type=absolute_path,
-                        help="a Postfix instance (postconf -c DIR)")
-    parser.add_argument("--dovecot-config", metavar="FILE", type=absolute_path,
-                        help="a Dovecot configuration (doveconf -c)")
-    parser.add_argument("--exim-config", metavar="FILE", type=absolute_path,
-                        help="an Exim configuration (exim -C FILE -bP)")
+    add_mail_config_argument(parser, "postfix", "a Postfix instance (postconf -c DIR)")
+    add_mail_config_argument(parser, "dovecot", "a Dovecot configuration (doveconf -c)")
+    add_mail_config_argument(parser, "exim", "an Exim configuration (exim -C FILE -bP)")
     parser.add_argument("--exim", metavar="PATH", default="exim", help="the exim binary (default: exim on PATH)")
     parser.add_argument("--ca-file", metavar="PEM", type=Path,
                         help="trust anchors for chain checks (default: the system store)")

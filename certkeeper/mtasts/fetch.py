@@ -12,12 +12,12 @@ from __future__ import annotations
 import http.client
 import io
 import socket
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from certkeeper import tls
+from certkeeper.deadline import Deadline
 from certkeeper.mtasts.policy import (
     MAX_POLICY_BYTES,
     STS_POLICY_FETCH_ERROR,
@@ -78,12 +78,12 @@ class _Late(TimeoutError):
 
 
 class _DeadlineReader(io.RawIOBase):
-    """The socket as a raw stream whose every read waits only for what is left before ``deadline``.
+    """The socket as a raw stream whose every read waits only for what is left of ``deadline``.
 
     http.client reads through ``sock.makefile()``, where the socket's timeout is per read.
     """
 
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
+    def __init__(self, sock: socket.socket, deadline: Deadline) -> None:
         super().__init__()
         self._sock = sock
         self._deadline = deadline
@@ -92,25 +92,17 @@ class _DeadlineReader(io.RawIOBase):
         return True
 
     def readinto(self, buffer: WriteableBuffer) -> int:
-        _arm(self._sock, self._deadline)
+        self._deadline.arm(self._sock, _Late)
         try:
             return self._sock.recv_into(buffer)
         except TimeoutError:
             raise _Late from None
 
 
-def _arm(sock: socket.socket, deadline: float) -> None:
-    """Let the next operation on ``sock`` wait for what is left before ``deadline``; past it, raise."""
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:  # never settimeout(0): that would make the socket non-blocking
-        raise _Late
-    sock.settimeout(remaining)
-
-
 def _fetch_one(url: str, host: str, address: str, port: int, context: tls.Context,
                timeout: float) -> Fetched:
     where = f"{host} ({address}:{port})"
-    deadline = time.monotonic() + timeout
+    deadline = Deadline(timeout)
     try:
         raw = socket.create_connection((address, port), timeout=timeout)
     except OSError as exc:
@@ -118,9 +110,9 @@ def _fetch_one(url: str, host: str, address: str, port: int, context: tls.Contex
                                                                         f"{exc.strerror or exc}"), address,
                        reached=False)
     try:
-        _arm(raw, deadline)  # the handshake waits on it
+        deadline.arm(raw, _Late)  # the handshake waits on it
         with context.wrap_socket(raw, server_hostname=host) as secure:
-            _arm(secure, deadline)
+            deadline.arm(secure, _Late)
             secure.sendall(f"GET {WELL_KNOWN_PATH} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: certkeeper\r\n"
                         "Accept: text/plain\r\nConnection: close\r\n\r\n".encode("ascii"))
             response = http.client.HTTPResponse(secure)

@@ -24,11 +24,12 @@ from __future__ import annotations
 import hashlib
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from certkeeper import tls
+from certkeeper.deadline import Deadline
 from certkeeper.probe.conversation import MAX_LINE, DialogueError, Progress
 from certkeeper.probe.der import (
     ANY_EXTENDED_KEY_USAGE,
@@ -101,7 +102,7 @@ class _Probe:
         self.options = options
         self.now = now
         self.progress = Progress()
-        self.deadline = 0.0
+        self.deadline = Deadline(0.0)  # passed: run() starts the real one
 
     def run(self) -> ProbeResult:
         try:
@@ -110,7 +111,7 @@ class _Probe:
             msg = f"the CA file cannot be loaded ({exc})"
             raise HandOver(msg) from None
         started = time.perf_counter()
-        self.deadline = started + self.options.timeout
+        self.deadline = Deadline(self.options.timeout)
         fetches: list[Fetch] = []
         failures: list[Finding] = []
         try:
@@ -137,12 +138,6 @@ class _Probe:
         return assemble(self.target, self.address, fetches, failures, several_key_types=False,
                         expected_fingerprints=None, transcript=(), elapsed=time.perf_counter() - started)
 
-    def _remaining(self) -> float:
-        left = self.deadline - time.perf_counter()
-        if left <= 0:
-            raise TimeoutError
-        return left
-
     def _fetch(self, context: tls.Context) -> tuple[str, str, list[bytes]]:
         target = self.target
         self.progress.stage = connecting_stage(target, self.address)
@@ -152,7 +147,7 @@ class _Probe:
                 # Imported for a STARTTLS target only: an implicit-TLS one has no dialogue (probe.conversation).
                 from certkeeper.probe.dialects import negotiate_starttls_sync
 
-                conversation = _SocketConversation(sock, self.progress, target.dialect, self._remaining)
+                conversation = _SocketConversation(sock, self.progress, target.dialect, self.deadline)
                 try:
                     negotiate_starttls_sync(target.dialect, conversation, ehlo_name=ehlo_name(sock.getsockname()))
                 except DialogueError as exc:
@@ -168,7 +163,7 @@ class _Probe:
             self.progress.stage = "in the TLS handshake"
             server_name = self.options.servername or target.host
             send_sni = self.options.sni and not is_ip_literal(server_name)
-            sock.settimeout(self._remaining())
+            self.deadline.arm(sock)
             try:
                 connection = tls.handshake(sock, context, encode_host_name(server_name) if send_sni else None)
             except (tls.UnverifiedChain, TimeoutError):
@@ -201,7 +196,7 @@ class _Probe:
         for family, kind, proto, _, address in addresses:
             sock = socket.socket(family, kind, proto)
             try:
-                sock.settimeout(self._remaining())
+                self.deadline.arm(sock)
                 sock.connect(address)
             except TimeoutError:
                 sock.close()
@@ -316,11 +311,11 @@ class _SocketConversation:
     """:class:`certkeeper.probe.dialects.SyncConversation` over a blocking socket: lines as asyncio's
     ``StreamReader.readuntil`` with the engine's limit gives them, under the target's deadline."""
 
-    def __init__(self, sock: socket.socket, progress: Progress, dialect: str, remaining: Callable[[], float]) -> None:
+    def __init__(self, sock: socket.socket, progress: Progress, dialect: str, deadline: Deadline) -> None:
         self.sock = sock
         self.progress = progress
         self.dialect = dialect
-        self.remaining = remaining
+        self.deadline = deadline
         self.buffer = b""
 
     def read_line(self) -> str:
@@ -333,7 +328,7 @@ class _SocketConversation:
                 line, self.buffer = self.buffer[:end + 1], self.buffer[end + 1:]
                 self.progress.partial = len(self.buffer)
                 return self.progress.received_line(line, self.dialect)
-            self.sock.settimeout(self.remaining())
+            self.deadline.arm(self.sock)
             data = self.sock.recv(65536)
             if not data:
                 raise self.progress.closed(self.buffer)
@@ -342,5 +337,5 @@ class _SocketConversation:
 
     def send_line(self, line: str) -> None:
         data = self.progress.sending(line)
-        self.sock.settimeout(self.remaining())
+        self.deadline.arm(self.sock)
         self.sock.sendall(data)

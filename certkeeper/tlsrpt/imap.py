@@ -15,13 +15,13 @@ import imaplib
 import logging
 import re
 import socket
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from certkeeper import tls
 from certkeeper.config import ImapMailbox
+from certkeeper.deadline import Deadline
 from certkeeper.errors import ReportSourceFailed, StoreError
 from certkeeper.tlsrpt.intake import MAX_MAIL_BYTES
 from certkeeper.values import frozen
@@ -89,7 +89,7 @@ class _BoundedIMAP4(imaplib.IMAP4_SSL):
     def __init__(self, source: str, host: str, port: int, *, ssl_context: tls.Context, timeout: float) -> None:
         self._source = source
         self._limit = timeout
-        self._deadline = time.monotonic() + timeout
+        self._deadline = Deadline(timeout)
         self._stage = "the greeting"
         self._received = 0
         self._buffer = b""
@@ -97,9 +97,9 @@ class _BoundedIMAP4(imaplib.IMAP4_SSL):
         super().__init__(host, port, ssl_context=ssl_context, timeout=timeout)
 
     def _create_socket(self, timeout: float | None) -> socket.socket:  # noqa: ARG002 - imaplib's signature
-        raw = socket.create_connection((self.host, self.port), self._remaining())
+        raw = socket.create_connection((self.host, self.port), self._deadline.remaining(self._late))
         try:
-            raw.settimeout(self._remaining())  # the handshake waits on it: what is left after connecting
+            self._deadline.arm(raw, self._late)  # the handshake waits on it: what is left after connecting
             secure: socket.socket = self.ssl_context.wrap_socket(raw, server_hostname=self.host)
         except BaseException:
             raw.close()
@@ -113,9 +113,9 @@ class _BoundedIMAP4(imaplib.IMAP4_SSL):
         name = name.strip().upper()
         if name in _COMMANDS:
             self._stage = name.decode()
-        self._deadline = time.monotonic() + self._limit
+        self._deadline = Deadline(self._limit)
         self._received = 0
-        self.sock.settimeout(self._remaining())
+        self._deadline.arm(self.sock, self._late)
         super().send(data)
 
     def readline(self) -> bytes:
@@ -141,7 +141,7 @@ class _BoundedIMAP4(imaplib.IMAP4_SSL):
 
     def _receive(self) -> bool:
         """Append what the socket has to the buffer; False at the end of the stream."""
-        self.sock.settimeout(self._remaining())
+        self._deadline.arm(self.sock, self._late)
         try:
             chunk = self.sock.recv(65536)
         except TimeoutError:
@@ -152,12 +152,6 @@ class _BoundedIMAP4(imaplib.IMAP4_SSL):
             raise self._fail(msg)
         self._buffer += chunk
         return bool(chunk)
-
-    def _remaining(self) -> float:
-        remaining = self._deadline - time.monotonic()
-        if remaining <= 0:  # never settimeout(0): that would make the socket non-blocking
-            raise self._late()
-        return remaining
 
     def _late(self) -> ReportSourceFailed:
         return self._fail(f"no complete answer to {self._stage} within {self._limit:g} s")
