@@ -38,7 +38,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from pathlib import Path
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (tests/test_startup_imports.py)
+if TYPE_CHECKING:
+    from pathlib import Path
 
 EX_USAGE = 64
 EX_DATAERR = 65
@@ -80,6 +83,8 @@ class ConfigError(CertkeeperError):
         expected: str,
         hint: str = "",
     ) -> None:
+        from pathlib import Path  # not with the module: one check never needs pathlib (issue 23)
+
         self.file = Path(file)
         self.key_path = key_path
         self.found = found
@@ -159,6 +164,8 @@ class UnsafePath(CertkeeperError):
     exit_code = EX_NOPERM
 
     def __init__(self, what: str, path: Path | str, owner: str, mode: int, problem: str, fix: str) -> None:
+        from pathlib import Path
+
         self.what = what
         self.path = Path(path)
         self.owner = owner

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import socket
 import ssl
-from pathlib import Path
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (tests/test_startup_imports.py)
+if TYPE_CHECKING:
+    from pathlib import Path
 
 # Raised by a handshake whose peer certificate does not verify.
 CertificateVerifyFailed = ssl.SSLCertVerificationError
@@ -20,7 +23,7 @@ TlsError = ssl.SSLError
 TlsSocket = ssl.SSLSocket
 
 
-def client_context(ca_file: Path | None = None, *, verify: bool = True) -> ssl.SSLContext:
+def client_context(ca_file: Path | str | None = None, *, verify: bool = True) -> ssl.SSLContext:
     """A client context trusting ``ca_file`` (default: the system store), host names checked; or, with
     ``verify=False``, one that checks nothing (callers must not send credentials over it)."""
     if not verify:
@@ -47,6 +50,8 @@ def server_context(certificate_chain: Path, private_key: Path) -> ssl.SSLContext
 
 def system_bundle() -> Path | None:
     """The system's CA bundle file, as OpenSSL is configured to find it."""
+    from pathlib import Path  # not with the module: one check never needs pathlib (issue 23)
+
     cafile = ssl.get_default_verify_paths().cafile
     return Path(cafile) if cafile else None
 
@@ -67,7 +72,7 @@ VERIFY_UNABLE_TO_GET_ISSUER_CERT_LOCALLY = 20
 _PROBE_CIPHERS = "ALL:!aNULL:!eNULL:@SECLEVEL=0"
 
 
-def probe_context(ca_file: Path | None, *, verify: bool) -> ssl.SSLContext:
+def probe_context(ca_file: Path | str | None, *, verify: bool) -> ssl.SSLContext:
     """A context for looking at a server's chain: with ``verify``, OpenSSL verifies it against ``ca_file`` (default:
     the system store) during the handshake, as a mail client would, host name left to the caller (judged from the
     certificate's names, so a wrong name does not hide the chain's own state); without, it checks nothing.

@@ -20,13 +20,13 @@ import locale  # noqa: F401
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from certkeeper.cli.context import Context
 from certkeeper.errors import EX_SOFTWARE, EX_USAGE, CertkeeperError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (tests/test_startup_imports.py)
 if TYPE_CHECKING:
+    from pathlib import Path
     from typing import Any, Literal, NoReturn
 
 DESCRIPTION = """\
@@ -113,6 +113,8 @@ class _Version(argparse.Action):
 def absolute_path(text: str) -> Path:
     """An argument naming a file or folder, made absolute: the mail tools certkeeper runs start in ``/``, where a
     relative ``--postfix-config pf`` would name another folder."""
+    from pathlib import Path  # not with the CLI: one check never needs pathlib (issue 23)
+
     return Path(text).absolute()
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (tests/test_startup_imports.py)
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from certkeeper.config import Config
     from certkeeper.store import Store
 

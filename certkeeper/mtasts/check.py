@@ -145,7 +145,7 @@ def summarize(report: MtaStsReport) -> MtaStsReport:
     return replace(report, status=status, message=message)
 
 
-def check_domain(domain: str, *, resolver: Resolver, ca_file: Path | None, timeout: float, now: datetime,
+def check_domain(domain: str, *, resolver: Resolver, ca_file: Path | str | None, timeout: float, now: datetime,
                  warning_days: float = 21, critical_days: float = 7) -> MtaStsReport:
     """Every step of the module docstring against the live DNS and servers; findings, never exceptions."""
     domain = domain.rstrip(".").lower()

@@ -53,7 +53,7 @@ def policy_url(domain: str) -> str:
     return f"https://{policy_host(domain)}{WELL_KNOWN_PATH}"
 
 
-def fetch_policy(domain: str, addresses: Sequence[str], *, ca_file: Path | None, timeout: float,
+def fetch_policy(domain: str, addresses: Sequence[str], *, ca_file: Path | str | None, timeout: float,
                  port: int = HTTPS_PORT) -> Fetched:
     """Try each address in turn; the first that answers (well or badly over verified TLS) decides."""
     url = policy_url(domain)

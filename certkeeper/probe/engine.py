@@ -114,7 +114,7 @@ class _StreamConversation:
         await self.writer.drain()
 
 
-def load_trust_anchors(ca_file: Path | None,
+def load_trust_anchors(ca_file: Path | str | None,
                        issuer_roots: Sequence[Path] = ()) -> tuple[list[x509.Certificate], str]:
     """The roots to verify against and how to name them in messages; InputError for an unreadable ``--ca-file``.
 
@@ -136,7 +136,7 @@ def load_trust_anchors(ca_file: Path | None,
         return roots, " and ".join(names)
     if ca_file is not None:
         try:
-            return _load_pem_bundle(ca_file), str(ca_file)
+            return _load_pem_bundle(Path(ca_file)), str(ca_file)
         except OSError as exc:
             raise InputError(str(ca_file), f"cannot read the CA file: {os_reason(exc)}") from None
         except ValueError as exc:

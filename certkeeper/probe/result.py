@@ -8,13 +8,13 @@ exactly when a certificate is invalid is the failure operators complain about mo
 from __future__ import annotations
 
 from datetime import datetime
-from pathlib import Path
 
 from certkeeper.targets import Target
 from certkeeper.values import frozen
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (tests/test_startup_imports.py)
 if TYPE_CHECKING:
+    from pathlib import Path
     from typing import Literal
 
     Status = Literal["OK", "WARNING", "CRITICAL", "UNKNOWN"]
@@ -56,7 +56,7 @@ class ProbeOptions:
     timeout: float = 10.0  # deadline for the whole target (connect, dialogue, every handshake), not per read
     servername: str | None = None  # SNI and the name to verify; None -> the target's host
     sni: bool = True  # False: send no SNI, as sending MTAs on port 25 may
-    ca_file: Path | None = None  # trust anchors; None -> the system store
+    ca_file: Path | str | None = None  # trust anchors (check's --ca-file as given); None -> the system store
     crl_files: tuple[Path, ...] = ()  # CRLs to look the served leaf up in (an internal CA's crl.pem)
     issuer_roots: tuple[Path, ...] = ()  # managed endpoints: the issuer's roots, trusted with ca_file instead of
     #                                      the system store (an internal CA, an ACME issuer's trust_roots)
