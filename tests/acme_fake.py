@@ -112,6 +112,19 @@ class FakeAcme:
         except OSError:  # the client gave up, as it should
             pass
 
+    @staticmethod
+    def _drip_headers(handler: BaseHTTPRequestHandler) -> None:
+        """The status line, then a header a byte every half second (30 s): each read answers well within any
+        timeout, and the answer never gets past its headers."""
+        try:
+            handler.wfile.write(b"HTTP/1.1 200 OK\r\nX-Padding: ")
+            for _ in range(60):
+                handler.wfile.write(b"a")
+                handler.wfile.flush()
+                time.sleep(0.5)
+        except OSError:  # the client gave up, as it should
+            pass
+
     def _directory(self) -> dict[str, Any]:
         base = self._base()
         directory: dict[str, Any] = {"newNonce": f"{base}/nonce", "newAccount": f"{base}/acct",
@@ -132,6 +145,8 @@ class FakeAcme:
                                                                            "/dir"),))
             if mode == "dir-list":
                 return self._send(handler, 200, [1, 2, 3])
+            if mode == "dir-header-drip":
+                return self._drip_headers(handler)
             if mode == "dir-huge":
                 return self._send(handler, 200, b'{"pad": "' + b"A" * (3 << 20) + b'"}')
             return self._send(handler, 200, self._directory())

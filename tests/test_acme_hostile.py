@@ -98,6 +98,17 @@ def test_a_retry_after_of_other_digits_is_no_delay() -> None:
     assert parse_retry_after("120", now_utc()) == 120.0
 
 
+@pytest.mark.parametrize("fake", ["dir-header-drip"], indirect=True)
+def test_a_ca_dripping_its_headers_is_given_up_at_the_timeout(tmp_path: Path, fake: FakeAcme) -> None:
+    """The status line, then a header a byte every half second: requests reads headers with its timeout per read,
+    so the request lasted as long as the CA liked; the whole answer now has the issuer's timeout (10 s)."""
+    started = time.monotonic()
+    stdout, status = renew_from(tmp_path, fake, timeout="10s")
+    assert status == 1, stdout
+    assert "/dir did not finish its answer within 10 s" in stdout, stdout
+    assert time.monotonic() - started < 25  # 30 s of dripping, cut at 10 s (and the process's start)
+
+
 @pytest.mark.parametrize("fake", ["cert-drip"], indirect=True)
 def test_a_ca_dripping_its_answer_is_given_up_at_the_timeout(tmp_path: Path, fake: FakeAcme) -> None:
     """A byte every half second: requests' timeout is per read, so the download took as long as the CA liked

@@ -24,6 +24,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import http.client
+import io
 import json
 import logging
 import random
@@ -37,6 +39,7 @@ from urllib.parse import urlsplit
 
 import josepy as jose
 import requests
+import urllib3
 from acme import challenges, messages
 from acme import client as acme_client
 from acme import errors as acme_errors
@@ -47,6 +50,7 @@ from josepy.util import ComparableRSAKey
 
 from certkeeper import __version__, pki
 from certkeeper.config import AcmeIssuerConfig
+from certkeeper.deadline import Deadline
 from certkeeper.errors import CaUnavailable, ChallengeFailed, InputError, IssuanceError, UsageError
 from certkeeper.issuers import journal
 from certkeeper.issuers.acme_rules import (
@@ -144,13 +148,100 @@ class _HttpsOnly(requests.adapters.BaseAdapter):
         pass
 
 
-def https_session() -> requests.Session:
-    """A requests session that speaks to https:// URLs only and trusts no proxy or CA bundle from the
-    environment (the caller passes ``verify`` and ``proxies``)."""
-    session = requests.Session()
+class _LateAnswer(Exception):
+    """An answer begun but not finished within the timeout: its status line and headers too, byte by byte."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(seconds)
+        self.seconds = seconds
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The socket of one answer, every read waiting only for what is left of the request's timeout.
+
+    requests' timeout is per read: a CA sending its status line and headers a byte at a time, each within it, held
+    a request for as long as it liked (http.client reads up to 100 header lines of 64 KiB each).  An answer that
+    has begun and is not finished in time is :class:`_LateAnswer`; silence from the start stays requests' own
+    ``ReadTimeout``, retried as before.
+    """
+
+    def __init__(self, raw: Any, sock: Any, seconds: float) -> None:
+        super().__init__()
+        self._raw = raw  # the socket's own reader: it keeps the socket open when the connection closes it first
+        self._sock = sock
+        self._seconds = seconds
+        self._deadline = Deadline(seconds)
+        self._received = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int | None:
+        try:
+            self._deadline.arm(self._sock)
+            count: int | None = self._raw.readinto(buffer)
+        except TimeoutError:
+            if self._received:
+                raise _LateAnswer(self._seconds) from None
+            raise
+        self._received += count or 0
+        return count
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+class _DeadlineResponse(http.client.HTTPResponse):
+    """http.client's response, read through a :class:`_DeadlineReader` (urllib3 has set the socket's timeout, the
+    request's, before it is made)."""
+
+    def __init__(self, sock: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(sock, *args, **kwargs)
+        seconds = sock.gettimeout()
+        if seconds is not None:
+            self.fp = io.BufferedReader(_DeadlineReader(self.fp.detach(), sock, seconds))
+
+
+class _DeadlineConnection(urllib3.connection.HTTPSConnection):
+    response_class = _DeadlineResponse
+
+
+class _DeadlinePool(urllib3.connectionpool.HTTPSConnectionPool):
+    ConnectionCls = _DeadlineConnection
+
+
+class _HttpsWithDeadline(requests.adapters.HTTPAdapter):
+    """Mounted on ``https://``: each answer within the request's timeout in all (:class:`_DeadlineReader`)."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        _with_deadline(self.poolmanager)
+
+    def proxy_manager_for(self, proxy: str, **kwargs: Any) -> urllib3.PoolManager:
+        manager: urllib3.PoolManager = super().proxy_manager_for(proxy, **kwargs)
+        return _with_deadline(manager)
+
+
+def _with_deadline(manager: urllib3.PoolManager) -> urllib3.PoolManager:
+    pools = manager.pool_classes_by_scheme
+    if pools.get("https") is urllib3.connectionpool.HTTPSConnectionPool:  # not a SOCKS proxy's pools
+        manager.pool_classes_by_scheme = {**pools, "https": _DeadlinePool}
+    return manager
+
+
+def guard_session(session: requests.Session) -> requests.Session:
+    """``session`` speaking to https:// URLs only, each answer within its timeout in all, trusting no proxy or
+    CA bundle from the environment (the caller passes ``verify`` and ``proxies``)."""
     session.mount("http://", _HttpsOnly())
+    session.mount("https://", _HttpsWithDeadline())
     session.trust_env = False
     return session
+
+
+def https_session() -> requests.Session:
+    """A new session, :func:`guard_session`'s."""
+    return guard_session(requests.Session())
 
 
 def read_bounded(response: requests.Response, url: str, *, seconds: float, limit: int = MAX_ANSWER_BYTES) -> bytes:
@@ -206,8 +297,7 @@ class _ResilientNetwork(acme_client.ClientNetwork):
         self._rng = rng
         self._nonce_lock = threading.RLock()
         self._seen_nonces: dict[str, None] = {}
-        self.session.trust_env = False
-        self.session.mount("http://", _HttpsOnly())
+        guard_session(self.session)
         self._proxies: dict[tuple[str, str | None, int | None], dict[str, str]] = {}
         self._this_thread = threading.local()  # ``policy``: a policy for this thread's requests (retrying())
 
@@ -247,6 +337,8 @@ class _ResilientNetwork(acme_client.ClientNetwork):
                                     "HTTPS only, RFC 8555 section 6.1)", None) from None
         except _Oversized as exc:
             raise _Unreachable(url, str(exc), None) from None
+        except _LateAnswer as exc:
+            raise _Unreachable(url, f"{url} did not finish its answer within {exc.seconds:g} s", None) from None
         except requests.exceptions.SSLError as exc:
             # Not transient: the CA's certificate is not trusted; retrying changes nothing.
             raise _Unreachable(url, f"its TLS certificate was not accepted ({exc.__context__ or exc}); check "
@@ -630,6 +722,9 @@ class AcmeIssuer:
         except _PlainHttp as exc:
             raise CaUnavailable(self.name, "-", f"the CA at {url} sent certkeeper to {exc.url}, which is not "
                                 "https:// (ACME is spoken over HTTPS only)") from None
+        except _LateAnswer as exc:
+            raise CaUnavailable(self.name, "-", f"the CA at {url} did not finish its answer within "
+                                f"{exc.seconds:g} s") from None
         except (requests.RequestException, ValueError, AttributeError, RecursionError, _Oversized) as exc:
             raise CaUnavailable(self.name, "-", f"the CA at {url} could not be reached: {exc}") from None
         profiles = meta.get("profiles") if isinstance(meta, dict) else None
