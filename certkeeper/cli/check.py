@@ -11,13 +11,14 @@ from datetime import UTC, datetime
 
 from certkeeper.cli import HelpFormatter, configure_logging
 from certkeeper.cli.context import Context
+from certkeeper.errors import InputError
 from certkeeper.targets import STARTTLS_CHOICES, Target, encode_host_name, parse_target
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (tests/test_startup_imports.py)
 if TYPE_CHECKING:
     from typing import Any
 
-    from certkeeper.probe.result import ProbeOptions
+    from certkeeper.probe.result import ProbeOptions, ProbeResult
 
 ORDER = 20
 
@@ -125,45 +126,54 @@ def run_check(args: argparse.Namespace, context: Context) -> int:
         print(f"certkeeper check: {exc}", file=sys.stderr)
         return EXIT_UNKNOWN
 
-    from certkeeper.probe.report import nagios_line, plugin_text, result_to_json
-
     now = datetime.now(UTC)  # the shell's clock, as pki.now_utc (not imported: it loads cryptography)
-    # One endpoint without --dane: the lean probe (certkeeper.probe.lean: no asyncio, pyOpenSSL or cryptography),
-    # unless it hands the endpoint to the engine, whose deadline then counts from the lean path's start.
+    try:
+        results = _probe(targets, options, args, now=now)
+    except InputError as exc:  # an unreadable --ca-file is a bad argument: UNKNOWN
+        print(f"certkeeper check: {exc}", file=sys.stderr)
+        return EXIT_UNKNOWN
+    _print(results, args)
+    return max(result.exit_code for result in results)
+
+
+def _probe(targets: list[Target], options: ProbeOptions, args: argparse.Namespace, *,
+           now: datetime) -> list[ProbeResult]:
+    """One endpoint without --dane: the lean probe (certkeeper.probe.lean: no asyncio, pyOpenSSL or
+    cryptography), unless it hands the endpoint to the engine, whose deadline then counts from the lean path's
+    start.  Anything else: the engine, and the DANE judge with --dane."""
     from certkeeper.probe import lean
 
     tried = not args.dane and lean.covers(options, targets)
     begun = time.monotonic()
     answer = lean.check_one(targets[0], options, now=now) if tried else None
-    results = None if answer is None else [answer]
-    if results is None:
-        configure_logging(args.verbose)
-        from certkeeper.errors import InputError
-        from certkeeper.probe.engine import probe_sync
+    if answer is not None:
+        return [answer]
+    configure_logging(args.verbose)
+    from certkeeper.probe.engine import probe_sync
 
-        try:
-            results = probe_sync(targets, options, now=now, concurrency=args.concurrency,
-                                 begun=begun if tried else None)
-            if args.dane:
-                from certkeeper.dane.judge import check_dane
+    results = probe_sync(targets, options, now=now, concurrency=args.concurrency, begun=begun if tried else None)
+    if args.dane:
+        from certkeeper.dane.judge import check_dane
 
-                results = check_dane(results, options, now=now, resolver=args.resolver,
-                                     concurrency=args.concurrency)
-        except InputError as exc:  # an unreadable --ca-file is a bad argument: UNKNOWN
-            print(f"certkeeper check: {exc}", file=sys.stderr)
-            return EXIT_UNKNOWN
+        results = check_dane(results, options, now=now, resolver=args.resolver, concurrency=args.concurrency)
+    return results
+
+
+def _print(results: list[ProbeResult], args: argparse.Namespace) -> None:
+    """Nagios lines (with -v, each target's findings and transcript as its long output), or --json's array."""
+    from certkeeper.probe.report import nagios_line, plugin_text, result_to_json
+
     if args.json:
         _write_json_array(result_to_json(result) for result in results)
-    else:
-        lines = []
-        for result in results:
-            lines.append(nagios_line(result))
-            if args.verbose:
-                # Nagios's long output, made of what servers said: worded as the status line is
-                lines += [plugin_text(f"  {f.severity} {f.code}: {f.message}") for f in result.findings]
-                lines += [plugin_text(f"  {line}") for line in result.transcript]
-        sys.stdout.write("\n".join(lines) + "\n")
-    return max(result.exit_code for result in results)
+        return
+    lines = []
+    for result in results:
+        lines.append(nagios_line(result))
+        if args.verbose:
+            # Nagios's long output, made of what servers said: worded as the status line is
+            lines += [plugin_text(f"  {f.severity} {f.code}: {f.message}") for f in result.findings]
+            lines += [plugin_text(f"  {line}") for line in result.transcript]
+    sys.stdout.write("\n".join(lines) + "\n")
 
 
 def _write_json_array(objects: Iterable[object]) -> None:
@@ -184,7 +194,6 @@ def _run_mta_sts(args: argparse.Namespace) -> int:
     except _BadArguments as exc:
         print(f"certkeeper check: {exc}", file=sys.stderr)
         return EXIT_UNKNOWN
-    from certkeeper.errors import InputError
     from certkeeper.mtasts.check import check_domain, nagios_line, report_to_json
     from certkeeper.mtasts.resolve import LookupFailed, Resolver
     from certkeeper.pki import now_utc
