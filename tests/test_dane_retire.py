@@ -3,12 +3,17 @@ after every address served the new key), and when published records count as vis
 
 from __future__ import annotations
 
+import base64
+import socket
+import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from hypothesis import given
 from hypothesis import strategies as st
 
 from certkeeper.dane.propagation import ResolverAnswer, ServerAnswer, judge_visibility
+from certkeeper.dane.publish import DnsSettings, TlsaPublisher
 from certkeeper.dane.records import ProbePoint, Retirement, TlsaRecord
 from certkeeper.dane.retire import (
     begin_retirement,
@@ -134,3 +139,22 @@ def test_a_server_that_cannot_be_asked_hides_every_record() -> None:
     seen = judge_visibility(frozenset({NEXT}), [server("ns1.", 8, NEXT), ServerAnswer("ns2.", None, error="timeout")],
                             None)
     assert seen.visible == frozenset() and seen.lagging == ("ns2.: timeout",)
+
+
+def test_a_server_that_never_answers_holds_the_wait_no_longer_than_its_timeout(tmp_path: Path) -> None:
+    """The wait's deadline was looked at only between sweeps, and each query waited its own 3 s: a primary or
+    secondary that never answers (what a stopped or firewalled BIND does on the wire; a bound socket that reads
+    and never replies stands for it) held ``wait_visible(timeout=0.5)`` for a whole sweep of 3 s queries."""
+    key = tmp_path / "tsig.key"
+    secret = base64.b64encode(b"k" * 32).decode()
+    key.write_text(f'key "ck" {{\n    algorithm hmac-sha256;\n    secret "{secret}";\n}};\n')
+    key.chmod(0o600)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        publisher = TlsaPublisher(DnsSettings(address, key, "example.test."), ttl=30, timeout=10)
+        started = time.monotonic()
+        seen = publisher.wait_visible([NEXT], timeout=0.5)
+        waited = time.monotonic() - started
+    assert seen.visible == frozenset() and seen.lagging and address in seen.lagging[0], seen
+    assert waited < 2.0, waited  # 3 s and more before

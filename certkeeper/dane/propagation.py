@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from certkeeper import dnsclient
 from certkeeper.dane.records import TlsaRecord
+from certkeeper.deadline import Deadline
 from certkeeper.errors import DnsError
 from certkeeper.values import field, frozen
 
@@ -102,38 +103,55 @@ def judge_visibility(wanted: frozenset[TlsaRecord], servers: Sequence[ServerAnsw
 # -- the shell: asking each authoritative address and the resolver --------------------------------------------
 
 
-def authoritative_answers(primary: str, port: int, zone: str, names: Iterable[str]) -> list[ServerAnswer]:
+QUERY_TIMEOUT = 3.0  # seconds for one query, as dnsclient's own
+
+
+def _query_timeout(deadline: Deadline | None, server: str) -> float:
+    """One query's timeout: :data:`QUERY_TIMEOUT`, or what is left of ``deadline`` when that is less (a server
+    that does not answer costs the whole sweep no more than its time); DnsError once none is left."""
+    if deadline is None:
+        return QUERY_TIMEOUT
+    return min(QUERY_TIMEOUT, deadline.remaining(lambda: DnsError(server, "not asked: the time to wait had passed")))
+
+
+def authoritative_answers(primary: str, port: int, zone: str, names: Iterable[str], *,
+                          deadline: Deadline | None = None) -> list[ServerAnswer]:
     """Each name server of ``zone`` (its NS set, asked of the primary), at every IPv4 and IPv6 address, asked
-    directly for its SOA serial and the TLSA RRset of each of ``names``.  No NS set: the primary alone.
+    directly for its SOA serial and the TLSA RRset of each of ``names``.  No NS set: the primary alone.  With
+    ``deadline``, every query waits only for what is left of it.
 
     Every address is asked on ``port``, the primary's (see :class:`certkeeper.issuers.challenges.Rfc2136Dns01`:
     a test bed or a hidden primary on a high port answers for every name there)."""
     wanted = sorted(set(names))
+    where = f"{primary}:{port}"
     try:
-        hosts = sorted(set(dnsclient.query(primary, port, zone, "NS").values))
+        hosts = sorted(set(dnsclient.query(primary, port, zone, "NS", timeout=_query_timeout(deadline, where)).values))
     except DnsError as exc:
         return [ServerAnswer(_label("primary", primary, port), None, error=str(exc))]
     servers: list[tuple[str, str]] = []
     for host in hosts:
         for rdtype in ("A", "AAAA"):
             try:
-                servers += [(host, address) for address in dnsclient.query(primary, port, host, rdtype).values]
+                found = dnsclient.query(primary, port, host, rdtype, timeout=_query_timeout(deadline, where))
+                servers += [(host, address) for address in found.values]
             except DnsError:
                 continue
     if not servers:
         servers = [("primary", primary)]
-    return [_ask_server(host, address, port, zone, wanted) for host, address in dict.fromkeys(servers)]
+    return [_ask_server(host, address, port, zone, wanted, deadline) for host, address in dict.fromkeys(servers)]
 
 
-def _ask_server(host: str, address: str, port: int, zone: str, names: Sequence[str]) -> ServerAnswer:
+def _ask_server(host: str, address: str, port: int, zone: str, names: Sequence[str],
+                deadline: Deadline | None) -> ServerAnswer:
     label = _label(host, address, port)
     try:
-        soa = dnsclient.query(address, port, zone, "SOA")
+        soa = dnsclient.query(address, port, zone, "SOA", timeout=_query_timeout(deadline, label))
         if soa.rcode != "NOERROR" or not soa.values:
             return ServerAnswer(label, None, error=f"no authoritative answer for {zone} ({soa.rcode})")
         serial = int(soa.values[0].split()[2])  # MNAME RNAME SERIAL ... (RFC 1035 section 3.3.13)
         rrsets = {name: frozenset(TlsaRecord.from_text(name, value)
-                                  for value in dnsclient.query(address, port, name, "TLSA").values)
+                                  for value in dnsclient.query(address, port, name, "TLSA",
+                                                               timeout=_query_timeout(deadline, label)).values)
                   for name in names}
     except (DnsError, ValueError, IndexError) as exc:
         return ServerAnswer(label, None, error=str(exc))
@@ -144,14 +162,17 @@ def _label(host: str, address: str, port: int) -> str:
     return f"{host} [{address}]:{port}" if ":" in address else f"{host} {address}:{port}"
 
 
-def resolver_answers(resolver: str, names: Iterable[str], *, timeout: float) -> list[ResolverAnswer]:
+def resolver_answers(resolver: str, names: Iterable[str], *, timeout: float,
+                     deadline: Deadline | None = None) -> list[ResolverAnswer]:
     """The validating resolver's answer for each TLSA name, RD and AD set: its AD bit says whether it validated
-    the answer (RFC 6840 section 5.7), which RFC 7672 section 2.2 requires before a sender uses the records."""
+    the answer (RFC 6840 section 5.7), which RFC 7672 section 2.2 requires before a sender uses the records.
+    ``timeout`` per query, and no more than what is left of ``deadline``."""
     host, port = dnsclient.parse_server(resolver)
     answers = []
     for name in sorted(set(names)):
         try:
-            answer = dnsclient.query(host, port, name, "TLSA", recursive=True, timeout=timeout)
+            left = timeout if deadline is None else min(timeout, _query_timeout(deadline, resolver))
+            answer = dnsclient.query(host, port, name, "TLSA", recursive=True, timeout=left)
         except DnsError as exc:
             answers.append(ResolverAnswer(name, frozenset(), False, "", resolver, str(exc)))
             continue

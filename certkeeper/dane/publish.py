@@ -18,6 +18,7 @@ from certkeeper import dnsclient
 from certkeeper.config import AcmeIssuerConfig, DaneConfig, IssuerConfig
 from certkeeper.dane.propagation import Visibility, authoritative_answers, judge_visibility, resolver_answers
 from certkeeper.dane.records import TlsaRecord, absolute
+from certkeeper.deadline import Deadline
 from certkeeper.dnsclient import parse_server, parse_tsig_key
 from certkeeper.errors import DnsError, InputError, TlsaDnsError
 from certkeeper.issuers.challenges import read_secret_file
@@ -83,9 +84,11 @@ class TlsaPublisher:
                 msg = f"TLSA update of {zone} ({self.host}:{self.port}): {exc.detail}"
                 raise TlsaDnsError(msg) from None
 
-    def visibility(self, records: Iterable[TlsaRecord], *, resolver: str | None = None) -> Visibility:
+    def visibility(self, records: Iterable[TlsaRecord], *, resolver: str | None = None,
+                   deadline: Deadline | None = None) -> Visibility:
         """Which of ``records`` every authoritative server of their zone answers now (each NS, every address,
-        its SOA serial compared), and, with ``resolver``, the validating resolver returns with AD."""
+        its SOA serial compared), and, with ``resolver``, the validating resolver returns with AD.  With
+        ``deadline``, no query waits past it (a server not asked in time counts as not answering)."""
         address = self._address()
         wanted = frozenset(records)
         by_zone: dict[str, set[TlsaRecord]] = defaultdict(set)
@@ -95,8 +98,9 @@ class TlsaPublisher:
         lagging: list[str] = []
         for zone, members in by_zone.items():
             names = {r.name for r in members}
-            servers = authoritative_answers(address, self.port, zone, names)
-            answers = resolver_answers(resolver, names, timeout=min(self.timeout, 5.0)) if resolver else None
+            servers = authoritative_answers(address, self.port, zone, names, deadline=deadline)
+            answers = resolver_answers(resolver, names, timeout=min(self.timeout, 5.0), deadline=deadline) \
+                if resolver else None
             judged = judge_visibility(frozenset(members), servers, answers)
             visible |= judged.visible
             lagging += judged.lagging
@@ -108,12 +112,15 @@ class TlsaPublisher:
 
     def wait_visible(self, records: Iterable[TlsaRecord], *, resolver: str | None = None,
                      timeout: float | None = None) -> Visibility:
-        """:meth:`visibility`, asked again with backoff until all are visible or ``timeout`` has passed."""
+        """:meth:`visibility`, asked again with backoff until all are visible or ``timeout`` has passed; no query
+        waits past it either, so a server that does not answer holds the wait no longer than ``timeout``."""
         wanted = frozenset(records)
-        deadline = self._clock() + (self.timeout if timeout is None else timeout)
+        seconds = self.timeout if timeout is None else timeout
+        deadline = self._clock() + seconds
+        queries = Deadline(seconds)  # the queries' own waits are real seconds, whatever ``clock`` says
         delay = 0.05
         while True:
-            seen = self.visibility(wanted, resolver=resolver)
+            seen = self.visibility(wanted, resolver=resolver, deadline=queries)
             if seen.visible == wanted or self._clock() + delay > deadline:
                 return seen
             self._sleep(delay)
