@@ -172,7 +172,7 @@ def _init(cls: type, every: tuple[Field, ...], frozen: bool) -> Callable[..., No
     scope: dict[str, Any] = {"_MISSING": MISSING}
     parameters, body = [], []
     for f in every:
-        target = f"_d[{f.name!r}]" if frozen else f"self.{f.name}"
+        target = f"_fields_of_self[{f.name!r}]" if frozen else f"self.{f.name}"
         if f.default_factory is not MISSING:
             scope[f"_factory_{f.name}"] = f.default_factory
             parameters.append(f"{f.name}=_MISSING")
@@ -188,7 +188,7 @@ def _init(cls: type, every: tuple[Field, ...], frozen: bool) -> Callable[..., No
                 parameters.append(f.name)
             body.append(f"{target} = {f.name}")
     if frozen and body:
-        body.insert(0, "_d = self.__dict__")  # a frozen value's fields are written past its __setattr__
+        body.insert(0, "_fields_of_self = self.__dict__")  # a frozen value's fields are written past __setattr__
     if hasattr(cls, "__post_init__"):
         body.append("self.__post_init__()")
     source = f"def __init__(self, {', '.join(parameters)}):\n " + "\n ".join(body or ["pass"])
