@@ -25,7 +25,6 @@ import contextlib
 import copy
 import hashlib
 import http.client
-import io
 import json
 import logging
 import random
@@ -50,7 +49,7 @@ from josepy.util import ComparableRSAKey
 
 from certkeeper import __version__, pki
 from certkeeper.config import AcmeIssuerConfig
-from certkeeper.deadline import Deadline
+from certkeeper.deadline import Deadline, read_within
 from certkeeper.errors import CaUnavailable, ChallengeFailed, InputError, IssuanceError, UsageError
 from certkeeper.issuers import journal
 from certkeeper.issuers.acme_rules import (
@@ -156,8 +155,9 @@ class _LateAnswer(Exception):
         self.seconds = seconds
 
 
-class _DeadlineReader(io.RawIOBase):
-    """The socket of one answer, every read waiting only for what is left of the request's timeout.
+class _DeadlineResponse(http.client.HTTPResponse):
+    """http.client's response, read within the request's timeout in all (urllib3 has set it on the socket before
+    the response is made).
 
     requests' timeout is per read: a CA sending its status line and headers a byte at a time, each within it, held
     a request for as long as it liked (http.client reads up to 100 header lines of 64 KiB each).  An answer that
@@ -165,42 +165,12 @@ class _DeadlineReader(io.RawIOBase):
     ``ReadTimeout``, retried as before.
     """
 
-    def __init__(self, raw: Any, sock: Any, seconds: float) -> None:
-        super().__init__()
-        self._raw = raw  # the socket's own reader: it keeps the socket open when the connection closes it first
-        self._sock = sock
-        self._seconds = seconds
-        self._deadline = Deadline(seconds)
-        self._received = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int | None:
-        try:
-            self._deadline.arm(self._sock)
-            count: int | None = self._raw.readinto(buffer)
-        except TimeoutError:
-            if self._received:
-                raise _LateAnswer(self._seconds) from None
-            raise
-        self._received += count or 0
-        return count
-
-    def close(self) -> None:
-        self._raw.close()
-        super().close()
-
-
-class _DeadlineResponse(http.client.HTTPResponse):
-    """http.client's response, read through a :class:`_DeadlineReader` (urllib3 has set the socket's timeout, the
-    request's, before it is made)."""
-
     def __init__(self, sock: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(sock, *args, **kwargs)
         seconds = sock.gettimeout()
         if seconds is not None:
-            self.fp = io.BufferedReader(_DeadlineReader(self.fp.detach(), sock, seconds))
+            read_within(self, sock, Deadline(seconds),
+                        lambda received: _LateAnswer(seconds) if received else TimeoutError("timed out"))
 
 
 class _DeadlineConnection(urllib3.connection.HTTPSConnection):
@@ -212,7 +182,7 @@ class _DeadlinePool(urllib3.connectionpool.HTTPSConnectionPool):
 
 
 class _HttpsWithDeadline(requests.adapters.HTTPAdapter):
-    """Mounted on ``https://``: each answer within the request's timeout in all (:class:`_DeadlineReader`)."""
+    """Mounted on ``https://``: each answer within the request's timeout in all (:class:`_DeadlineResponse`)."""
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)

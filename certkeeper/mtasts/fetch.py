@@ -10,14 +10,12 @@ byte at a time holds a check no longer than one that never answers.
 from __future__ import annotations
 
 import http.client
-import io
 import socket
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from certkeeper import tls
-from certkeeper.deadline import Deadline
+from certkeeper.deadline import Deadline, read_within
 from certkeeper.mtasts.policy import (
     MAX_POLICY_BYTES,
     STS_POLICY_FETCH_ERROR,
@@ -27,9 +25,6 @@ from certkeeper.mtasts.policy import (
     PolicyFinding,
 )
 from certkeeper.values import frozen
-
-if TYPE_CHECKING:
-    from _typeshed import WriteableBuffer
 
 HTTPS_PORT = 443
 
@@ -77,28 +72,6 @@ class _Late(TimeoutError):
     """The fetch from one address ran past its deadline."""
 
 
-class _DeadlineReader(io.RawIOBase):
-    """The socket as a raw stream whose every read waits only for what is left of ``deadline``.
-
-    http.client reads through ``sock.makefile()``, where the socket's timeout is per read.
-    """
-
-    def __init__(self, sock: socket.socket, deadline: Deadline) -> None:
-        super().__init__()
-        self._sock = sock
-        self._deadline = deadline
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: WriteableBuffer) -> int:
-        self._deadline.arm(self._sock, _Late)
-        try:
-            return self._sock.recv_into(buffer)
-        except TimeoutError:
-            raise _Late from None
-
-
 def _fetch_one(url: str, host: str, address: str, port: int, context: tls.Context,
                timeout: float) -> Fetched:
     where = f"{host} ({address}:{port})"
@@ -116,8 +89,7 @@ def _fetch_one(url: str, host: str, address: str, port: int, context: tls.Contex
             secure.sendall(f"GET {WELL_KNOWN_PATH} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: certkeeper\r\n"
                         "Accept: text/plain\r\nConnection: close\r\n\r\n".encode("ascii"))
             response = http.client.HTTPResponse(secure)
-            response.fp.close()
-            response.fp = io.BufferedReader(_DeadlineReader(secure, deadline))
+            read_within(response, secure, deadline, lambda _: _Late())  # the socket timeout is per read
             response.begin()
             if response.status != 200:
                 hint = "; senders follow no redirects (RFC 8461 section 3.3)" if 300 <= response.status < 400 else ""
