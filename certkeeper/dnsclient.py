@@ -139,8 +139,11 @@ class Answer:
     server: str
 
 
+QUERY_TIMEOUT = 3.0  # seconds one query waits for its answer, unless told otherwise
+
+
 def query(address: str, port: int, name: str, rdtype: str, *, recursive: bool = False,
-          timeout: float = 3.0) -> Answer:
+          timeout: float = QUERY_TIMEOUT) -> Answer:
     """Ask one server.  Not recursive: the server's own data (RD clear), as asked of authoritative servers.
     Recursive: RD and AD set, as asked of a (validating) resolver."""
     wanted = dns.rdatatype.from_text(rdtype)

@@ -103,15 +103,13 @@ def judge_visibility(wanted: frozenset[TlsaRecord], servers: Sequence[ServerAnsw
 # -- the shell: asking each authoritative address and the resolver --------------------------------------------
 
 
-QUERY_TIMEOUT = 3.0  # seconds for one query, as dnsclient's own
-
-
 def _query_timeout(deadline: Deadline | None, server: str) -> float:
-    """One query's timeout: :data:`QUERY_TIMEOUT`, or what is left of ``deadline`` when that is less (a server
+    """One query's timeout: :data:`dnsclient.QUERY_TIMEOUT`, or what is left of ``deadline`` when that is less (a server
     that does not answer costs the whole sweep no more than its time); DnsError once none is left."""
     if deadline is None:
-        return QUERY_TIMEOUT
-    return min(QUERY_TIMEOUT, deadline.remaining(lambda: DnsError(server, "not asked: the time to wait had passed")))
+        return dnsclient.QUERY_TIMEOUT
+    left = deadline.remaining(lambda: DnsError(server, "not asked: the time to wait had passed"))
+    return min(dnsclient.QUERY_TIMEOUT, left)
 
 
 def authoritative_answers(primary: str, port: int, zone: str, names: Iterable[str], *,
