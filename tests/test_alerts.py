@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import email.utils
 import logging
 import shutil
@@ -10,7 +9,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -38,6 +36,7 @@ from certkeeper.store.sqlite import SqliteStore
 from certkeeper.testbed.server import allocate_port
 from certkeeper.testbed.smtp_sink import SmtpSink
 from tests.configs import internal_ca_config
+from tests.hostile_peer import HostilePeer
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 USER, PASSWORD = "certkeeper", "s3cret pass"
@@ -492,31 +491,18 @@ def test_watched_endpoint_expiry_is_read_from_the_stored_probe_result(tmp_path: 
     assert n.observe_endpoint(EndpointRecord("p", "smtp://x:25", NOW, "UNKNOWN", "connection-failed"), NOW) is None
 
 
-class MisbehavingRelay:
+class MisbehavingRelay(HostilePeer):
     """A relay no real server is: it drips its greeting a byte at a time, or answers EHLO with ``ehlo_lines``
     ``250-`` continuation lines.  Otherwise it accepts the mail, so the old smtplib path delivered through it."""
 
     def __init__(self, *, drip: float = 0.0, ehlo_lines: int = 0) -> None:
         self.drip = drip
         self.ehlo_lines = ehlo_lines
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.closed = threading.Event()
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__()
 
-    def _serve(self) -> None:
-        with contextlib.suppress(OSError):
-            connection, _ = self.listener.accept()
-            with connection, connection.makefile("rb") as lines:
-                self._speak(connection, lines)
-
-    def _speak(self, connection: socket.socket, lines: Any) -> None:
-        for byte in b"220 drip ESMTP\r\n" if self.drip else ():
-            if self.closed.wait(self.drip):
-                return
-            connection.sendall(bytes([byte]))
-        if not self.drip:
-            connection.sendall(b"220 fake ESMTP\r\n")
+    def speak(self, connection: socket.socket, lines: Any) -> None:
+        if not self.greet(connection, b"220 drip ESMTP\r\n" if self.drip else b"220 fake ESMTP\r\n", self.drip):
+            return
         while line := lines.readline():
             command = line.strip().upper()
             if command.startswith(b"EHLO"):
@@ -531,10 +517,6 @@ class MisbehavingRelay:
                 return
             else:
                 connection.sendall(b"250 ok\r\n")
-
-    def stop(self) -> None:
-        self.closed.set()
-        self.listener.close()
 
 
 def test_an_endless_ehlo_answer_is_cut_off_naming_the_relay(tmp_path: Path) -> None:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import re
 import socket
 import textwrap
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from certkeeper.testbed.certs import TestCA
 from certkeeper.tlsrpt.imap import fetch_reports
 from certkeeper.tlsrpt.intake import read_mail
 from certkeeper.tlsrpt.report import TlsReport
+from tests.hostile_peer import HostilePeer
 from tests.lifecycle_helpers import run_cli, write_config
 from tests.tlsrpt_fixtures import ReportMailbox, report_mailbox
 from tests.tlsrpt_reports import report, report_mail
@@ -195,7 +194,7 @@ def test_a_missing_password_file_is_named(report_mailbox: ReportMailbox, tmp_pat
         fetch_reports(parse_imap_url(report_mailbox.imap_url), tmp_path / "nothing-here", Collected())
 
 
-class HostileImaps:
+class HostileImaps(HostilePeer):
     """An IMAPS server no real one is (so not Dovecot): it drips its greeting a byte every ``drip`` seconds, or
     says a mail has ``RFC822.SIZE 100`` and then sends a ``BODY[]`` literal of ``body_size`` bytes."""
 
@@ -203,27 +202,15 @@ class HostileImaps:
         ca = TestCA("certkeeper test CA for a hostile IMAPS server")
         key_file, chain_file = ca.issue(["127.0.0.1"]).write(directory)
         self.ca_file = ca.write_cert(directory / "ca.pem")
-        self.context = tls.server_context(chain_file, key_file)
         self.drip = drip
         self.body_size = body_size
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"imaps://reports@127.0.0.1:{self.listener.getsockname()[1]}/INBOX"
-        self.closed = threading.Event()
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__(tls.server_context(chain_file, key_file))
+        self.url = f"imaps://reports@127.0.0.1:{self.port}/INBOX"
 
-    def _serve(self) -> None:
-        with contextlib.suppress(OSError):
-            raw, _ = self.listener.accept()
-            with self.context.wrap_socket(raw, server_side=True) as connection, connection.makefile("rb") as lines:
-                self._speak(connection, lines)
-
-    def _speak(self, connection: socket.socket, lines: Any) -> None:
-        for byte in b"* OK IMAP4rev1 drip\r\n" if self.drip else b"":
-            if self.closed.wait(self.drip):
-                return
-            connection.sendall(bytes([byte]))
-        if not self.drip:
-            connection.sendall(b"* OK IMAP4rev1 hostile\r\n")
+    def speak(self, connection: socket.socket, lines: Any) -> None:
+        if not self.greet(connection, b"* OK IMAP4rev1 drip\r\n" if self.drip else b"* OK IMAP4rev1 hostile\r\n",
+                          self.drip):
+            return
         while line := lines.readline():
             tag, _, command = line.rstrip(b"\r\n").partition(b" ")
             if command.upper().startswith(b"CAPABILITY"):
@@ -238,10 +225,6 @@ class HostileImaps:
                     connection.sendall(b"A" * 65536)
                 connection.sendall(b"A" * (self.body_size % 65536) + b")\r\n")
             connection.sendall(tag + b" OK done\r\n")
-
-    def stop(self) -> None:
-        self.closed.set()
-        self.listener.close()
 
 
 def test_a_literal_larger_than_a_report_mail_is_refused_as_it_is_announced(tmp_path: Path) -> None:
