@@ -210,6 +210,15 @@ def test_an_unreadable_ca_file_is_left_to_the_engine(pki: Pki, tmp_path: Path) -
     assert lean is None
 
 
+def test_a_ca_file_that_names_nothing_or_no_file_is_a_bad_argument(tmp_path: Path) -> None:
+    """--ca-file is kept as the str given (no pathlib for one check): "" is nothing, not the current folder."""
+    empty = run_check("smtps://127.0.0.1:1", "--ca-file", "")
+    assert empty.returncode == 3 and "--ca-file must name a PEM file of trust anchors" in empty.stderr, empty
+    missing = run_check("smtps://127.0.0.1:1", "--ca-file", str(tmp_path / "missing.pem"))
+    assert missing.returncode == 3, missing
+    assert f"{tmp_path / 'missing.pem'}: cannot read the CA file: No such file or directory" in missing.stderr
+
+
 def test_what_the_lean_path_covers() -> None:
     one = [parse_target("smtps://mail.test")]
     assert covers(ProbeOptions(), one)

@@ -322,6 +322,9 @@ def _options(args: argparse.Namespace) -> ProbeOptions:
     if args.concurrency < 1:
         msg = "--concurrency must be at least 1"
         raise _BadArguments(msg)
+    if args.ca_file == "":  # as a str, nothing is no file (a Path made it ".", the current folder)
+        msg = "--ca-file must name a PEM file of trust anchors"
+        raise _BadArguments(msg)
     if args.servername is not None:
         _check_servername(args.servername)
     return ProbeOptions(
