@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from certkeeper.cli import build_parser
 from certkeeper.cli.docs_cmd import commands
+from certkeeper.cli.parser import build_parser
 
 
 def generated(kind: str) -> str:

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from certkeeper.cli import HelpFormatter
 from certkeeper.cli.context import Context
+from certkeeper.cli.parser import HelpFormatter
 from certkeeper.config import CaIssuerConfig, Config
 from certkeeper.errors import UsageError
 

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from types import SimpleNamespace
 
-from certkeeper.cli import HelpFormatter, configure_logging
+from certkeeper.cli import configure_logging
 from certkeeper.cli.context import Context
 from certkeeper.errors import InputError
 from certkeeper.targets import STARTTLS_CHOICES, Target, encode_host_name, parse_target
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (tests/test_startup_imports.py)
 if TYPE_CHECKING:
-    from typing import Any
+    import argparse
+    from typing import Any, TypeAlias
+
+    Arguments: TypeAlias = argparse.Namespace | SimpleNamespace  # argparse's, or parse_quickly's
 
     from certkeeper.probe.result import ProbeOptions, ProbeResult
 
@@ -51,14 +54,18 @@ invalid arguments or an internal error.  -v adds the protocol dialogue and the c
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    import argparse
+
+    from certkeeper.cli.parser import HelpFormatter
+
     parser = subparsers.add_parser(
         "check", help="probe mail TLS endpoints (Nagios plugin output)", parents=[common],
         description=DESCRIPTION, formatter_class=HelpFormatter,
     )
     parser.add_argument("targets", nargs="*", metavar="TARGET", help="host:port or URL (smtps://host, ...)")
-    parser.add_argument("--file", metavar="LIST", action="append", default=[],
+    parser.add_argument("--file", metavar="LIST", action="append",
                         help="read targets from LIST, one per line, '#' starts a comment; '-' is stdin")
-    parser.add_argument("--starttls", choices=STARTTLS_CHOICES, default="auto",
+    parser.add_argument("--starttls", choices=STARTTLS_CHOICES,
                         help="protocol for bare host:port targets on non-standard ports (none = implicit TLS)")
     names = parser.add_mutually_exclusive_group()
     names.add_argument("--servername", metavar="NAME", help="name to send as SNI and to verify (default: the host)")
@@ -66,8 +73,8 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                        help="send no SNI, as many sending MTAs on port 25 do (the host name is still verified)")
     # As given (a str): one check takes no pathlib (issue 23); the engine makes it a Path.
     parser.add_argument("--ca-file", metavar="PEM", help="trust anchors (default: the system store)")
-    parser.add_argument("--warning", metavar="DAYS", type=float, default=21.0, help="WARNING threshold (21)")
-    parser.add_argument("--critical", metavar="DAYS", type=float, default=7.0, help="CRITICAL threshold (7)")
+    parser.add_argument("--warning", metavar="DAYS", type=float, help="WARNING threshold (21)")
+    parser.add_argument("--critical", metavar="DAYS", type=float, help="CRITICAL threshold (7)")
     parser.add_argument("--require-no-tls1", action="store_true", help="CRITICAL if the server accepts TLS 1.0")
     parser.add_argument("--require-no-tls1_1", action="store_true", help="CRITICAL if the server accepts TLS 1.1")
     parser.add_argument("--no-scale", action="store_true",
@@ -78,9 +85,9 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                         help="fetch the RSA or the ECDSA certificate of a dual-certificate server (offering only "
                              "that authentication in TLS 1.2), or both and judge both (default: what the "
                              "server picks)")
-    parser.add_argument("--timeout", metavar="SECONDS", type=float, default=10.0,
+    parser.add_argument("--timeout", metavar="SECONDS", type=float,
                         help="deadline for each whole target: connect, dialogue and handshakes (10)")
-    parser.add_argument("--concurrency", metavar="N", type=int, default=50, help="targets probed at once (50)")
+    parser.add_argument("--concurrency", metavar="N", type=int, help="targets probed at once (50)")
     parser.add_argument("--json", action="store_true", help="print a JSON array, one object per target")
     parser.add_argument("--dane", action="store_true",
                         help="look up the TLSA records of _PORT._tcp.HOST (RFC 7672) and report whether the served "
@@ -89,7 +96,7 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--resolver", metavar="HOST[:PORT]",
                         help="the DNS resolver for --dane, --mta-sts and --caa (default: the first nameserver in "
                              "/etc/resolv.conf; for --caa the issuer's caa_resolver first)")
-    parser.add_argument("--mta-sts", metavar="DOMAIN", action="append", default=[], dest="mta_sts",
+    parser.add_argument("--mta-sts", metavar="DOMAIN", action="append", dest="mta_sts",
                         help="check DOMAIN's MTA-STS (RFC 8461) as a sender would: the _mta-sts TXT record, the "
                              "policy over HTTPS from mta-sts.DOMAIN (certificate verified for that name, --ca-file "
                              "applies), its syntax, and every MX host on port 25 with STARTTLS against the policy's "
@@ -99,16 +106,86 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                         help="instead of probing: the CAA pre-flight (RFC 8659, RFC 8657) of every ACME certificate "
                              "of the configuration, as an order runs it; CRITICAL when a record forbids the CA, "
                              "this account or this challenge")
-    # own_logging: the lean path of one endpoint logs nothing, and logging is imported only for the full engine.
-    parser.set_defaults(handler=run_check, usage_status=EXIT_UNKNOWN, own_logging=True)
+    parser.set_defaults(**_defaults())
     parser.usage_status = EXIT_UNKNOWN
+
+
+def _defaults() -> dict[str, object]:
+    """What a line that names nothing gives, for both readers of the line: argparse (set on its parser, so these
+    are the defaults its help and parsing use) and :func:`parse_quickly`.  ``own_logging``: the lean path of one
+    endpoint logs nothing, and logging is imported only for the full engine."""
+    return {"targets": [], "file": [], "starttls": "auto", "servername": None, "no_sni": False, "ca_file": None,
+            "warning": 21.0, "critical": 7.0, "require_no_tls1": False, "require_no_tls1_1": False,
+            "no_scale": False, "short_warning": None, "key_type": None, "timeout": 10.0, "concurrency": 50,
+            "json": False, "dane": False, "resolver": None, "mta_sts": [], "caa": False,
+            "handler": run_check, "usage_status": EXIT_UNKNOWN, "own_logging": True}
+
+
+# What parse_quickly reads: each option by its whole name, as argparse reads it (argparse also takes any
+# unambiguous prefix, and words it parse_quickly leaves to it).  Options that take a value: (dest, conversion,
+# the values allowed or None); a list dest collects every value given.
+_VALUED: dict[str, tuple[str, Any, tuple[str, ...] | None]] = {
+    "-c": ("config", str, None), "--config": ("config", str, None),
+    "--file": ("file", str, None), "--starttls": ("starttls", str, STARTTLS_CHOICES),
+    "--servername": ("servername", str, None), "--ca-file": ("ca_file", str, None),
+    "--warning": ("warning", float, None), "--critical": ("critical", float, None),
+    "-w": ("short_warning", str, None), "--key-type": ("key_type", str, ("rsa", "ecdsa", "all")),
+    "--timeout": ("timeout", float, None), "--concurrency": ("concurrency", int, None),
+    "--resolver": ("resolver", str, None), "--mta-sts": ("mta_sts", str, None),
+}
+_FLAGS = {"--no-sni": "no_sni", "--require-no-tls1": "require_no_tls1", "--require-no-tls1_1": "require_no_tls1_1",
+          "--no-scale": "no_scale", "--json": "json", "--dane": "dane", "--caa": "caa"}
+
+
+def parse_quickly(words: list[str]) -> SimpleNamespace | None:
+    """The words after ``check``, read as argparse reads them, when they are the plain form monitoring systems
+    write (whole option names, ``--option value`` or ``--option=value``, ``-v``/``-vv``, the targets in one run);
+    None for anything else (help, a prefix of an option, a value that is not one, a usage error), which argparse
+    then reads and words.  ``tests/test_check_arguments.py`` holds both readers to the same namespace."""
+    values: dict[str, Any] = {**_defaults(), "command": "check", "config": None, "verbose": 0}
+    targets_ended = False
+    line = iter(words)
+    for word in line:
+        if not word.startswith("-") and word:
+            if targets_ended and values["targets"]:  # a second run of targets: argparse's "unrecognized"
+                return None
+            values["targets"].append(word)
+            continue
+        targets_ended = True
+        if word in _FLAGS:
+            values[_FLAGS[word]] = True
+            continue
+        if word == "--verbose" or (word[:2] == "-v" and word.strip("v") == "-"):
+            values["verbose"] += 1 if word == "--verbose" else len(word) - 1
+            continue
+        name, equals, value = word.partition("=")
+        if name not in _VALUED or (equals and not name.startswith("--")):
+            return None
+        if not equals:
+            value = next(line, "")
+            if not value or value.startswith("-"):
+                return None
+        dest, convert, allowed = _VALUED[name]
+        if allowed is not None and value not in allowed:
+            return None
+        try:
+            converted = convert(value)
+        except ValueError:
+            return None
+        if isinstance(values[dest], list):
+            values[dest].append(converted)
+        else:
+            values[dest] = converted
+    if values["servername"] is not None and values["no_sni"]:  # argparse's "not allowed with"
+        return None
+    return SimpleNamespace(**values)
 
 
 class _BadArguments(Exception):
     pass
 
 
-def run_check(args: argparse.Namespace, context: Context) -> int:
+def run_check(args: Arguments, context: Context) -> int:
     if args.caa or args.mta_sts:
         configure_logging(args.verbose)
     if args.caa:
@@ -136,7 +213,7 @@ def run_check(args: argparse.Namespace, context: Context) -> int:
     return max(result.exit_code for result in results)
 
 
-def _probe(targets: list[Target], options: ProbeOptions, args: argparse.Namespace, *,
+def _probe(targets: list[Target], options: ProbeOptions, args: Arguments, *,
            now: datetime) -> list[ProbeResult]:
     """One endpoint without --dane: the lean probe (certkeeper.probe.lean: no asyncio, pyOpenSSL or
     cryptography), unless it hands the endpoint to the engine, whose deadline then counts from the lean path's
@@ -159,7 +236,7 @@ def _probe(targets: list[Target], options: ProbeOptions, args: argparse.Namespac
     return results
 
 
-def _print(results: list[ProbeResult], args: argparse.Namespace) -> None:
+def _print(results: list[ProbeResult], args: Arguments) -> None:
     """Nagios lines (with -v, each target's findings and transcript as its long output), or --json's array."""
     from certkeeper.probe.report import nagios_line, plugin_text, result_to_json
 
@@ -188,7 +265,7 @@ def _write_json_array(objects: Iterable[object]) -> None:
     sys.stdout.write("[\n]\n" if separator == "[\n" else "\n]\n")
 
 
-def _run_mta_sts(args: argparse.Namespace) -> int:
+def _run_mta_sts(args: Arguments) -> int:
     try:
         options = _options(args)
     except _BadArguments as exc:
@@ -232,7 +309,7 @@ def _run_mta_sts(args: argparse.Namespace) -> int:
     return max(report.exit_code for report in reports)
 
 
-def _run_caa(args: argparse.Namespace, context: Context) -> int:
+def _run_caa(args: Arguments, context: Context) -> int:
     from certkeeper.app import check_caa
 
     verdicts = check_caa(context.config, resolver=args.resolver)
@@ -250,7 +327,7 @@ def _run_caa(args: argparse.Namespace, context: Context) -> int:
 _DAYS = re.compile(r"[0-9]+(\.[0-9]+)?")
 
 
-def _misplaced_days(args: argparse.Namespace) -> None:
+def _misplaced_days(args: Arguments) -> None:
     """``-c 90`` / ``-w 30`` written as for check_ssl_cert: an error, never a configuration path read as "90"."""
     config = getattr(args, "config", None)
     if config is not None and _DAYS.fullmatch(config):
@@ -263,7 +340,7 @@ def _misplaced_days(args: argparse.Namespace) -> None:
         raise _BadArguments(msg)
 
 
-def _targets(args: argparse.Namespace) -> list[Target]:
+def _targets(args: Arguments) -> list[Target]:
     texts = [(text, "command line") for text in args.targets]
     for name in args.file:
         texts += _read_list(name)
@@ -310,7 +387,7 @@ def _check_servername(name: str) -> None:
         raise _BadArguments(msg)
 
 
-def _options(args: argparse.Namespace) -> ProbeOptions:
+def _options(args: Arguments) -> ProbeOptions:
     from certkeeper.probe.result import ProbeOptions, refused_versions
 
     if args.warning < 0 or args.critical < 0 or args.critical > args.warning:

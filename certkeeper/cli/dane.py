@@ -6,8 +6,8 @@ import argparse
 import sys
 from typing import Any
 
-from certkeeper.cli import HelpFormatter
 from certkeeper.cli.context import Context
+from certkeeper.cli.parser import HelpFormatter
 from certkeeper.errors import UsageError
 
 ORDER = 45

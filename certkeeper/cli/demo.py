@@ -8,8 +8,8 @@ import os
 import sys
 from typing import Any
 
-from certkeeper.cli import HelpFormatter
 from certkeeper.cli.context import Context
+from certkeeper.cli.parser import HelpFormatter
 from certkeeper.values import replace
 
 ORDER = 90

@@ -26,7 +26,7 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, context: Context) -> int:
     from certkeeper import __version__
-    from certkeeper.cli import build_parser
+    from certkeeper.cli.parser import build_parser
 
     parser = build_parser(None)
     print(man_page(parser, __version__) if args.kind == "man" else bash_completion(parser), end="")

@@ -8,8 +8,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from certkeeper.cli import HelpFormatter
 from certkeeper.cli.context import Context
+from certkeeper.cli.parser import HelpFormatter
 
 ORDER = 85
 

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from certkeeper.cli import HelpFormatter, add_mail_config_argument
 from certkeeper.cli.context import Context
+from certkeeper.cli.parser import HelpFormatter, add_mail_config_argument
 
 if TYPE_CHECKING:
     from certkeeper.mailserver.setup import CertificateFiles
