@@ -37,6 +37,23 @@ SINK_PASSWORD = "alert-password"
 # Servers a test made through a factory, so a failure report can show their logs too.
 _MADE_SERVERS = pytest.StashKey[list[Server]]()
 
+
+
+@pytest.fixture(scope="session", autouse=True)
+def config_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The cache of configurations read (certkeeper.config.cache) in the run's own folder, not /var/cache: every
+    test and every certkeeper process a test starts reads its configurations through it, as a host does."""
+    folder = tmp_path_factory.mktemp("config-cache")
+    folder.chmod(0o700)
+    before = os.environ.get("CERTKEEPER_CACHE_DIR")
+    os.environ["CERTKEEPER_CACHE_DIR"] = str(folder)
+    yield folder
+    if before is None:
+        del os.environ["CERTKEEPER_CACHE_DIR"]
+    else:
+        os.environ["CERTKEEPER_CACHE_DIR"] = before
+
+
 # --- the test bed: session-wide servers -------------------------------------------------
 
 

@@ -89,8 +89,8 @@ def test_a_state_folder_the_user_may_not_write_says_who_runs_and_who_owns(public
                                       f'state_dir = "{tmp_path / "locked" / "state"}"')
     config.write_text(text)
     config.chmod(0o644)
-    code = ("import os, sys; import certkeeper.cli, certkeeper.cli.parser, certkeeper.cli.status, certkeeper.app, "
-            "certkeeper.store.sqlite; "
+    code = ("import os, sys, tomllib; import certkeeper.cli, certkeeper.cli.parser, certkeeper.cli.status, "
+            "certkeeper.app, certkeeper.store.sqlite; "
             "os.setgroups([]); os.setgid(65534); os.setuid(65534); "
             f"sys.exit(certkeeper.cli.main(['-c', {str(config)!r}, 'status']))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")

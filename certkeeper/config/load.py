@@ -1,6 +1,7 @@
 """The configuration file: TOML in, frozen types out, every mistake located.
 
-Parsed once (:func:`load_config`) into :class:`Config`; nothing else in certkeeper reads TOML.  Every error
+Parsed once (:func:`load_config`) into :class:`Config`; nothing else in certkeeper reads TOML (tomllib's answer for
+an unchanged file is kept between runs: :mod:`certkeeper.config.cache`).  Every error
 names the file, the key path (``certificates.mail.issuer``), what was found and what was expected, with a
 "did you mean" for near-miss keys.  Errors are collected, not raised one at a time, so an administrator sees
 all of them in one ``certkeeper config check``.
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from certkeeper.config.cache import cached_toml
 from certkeeper.config.mtasts import MtaStsConfig, parse_mta_sts
 from certkeeper.config.table import MAX_DAYS, MAX_TTL, Table, did_you_mean
 from certkeeper.config.tlsrpt import TlsrptConfig, parse_tlsrpt
@@ -242,15 +243,20 @@ def load_config(path: Path) -> Config:
     except OSError as exc:
         raise ConfigError(path, "", f"a file that cannot be read ({exc.strerror})",
                           "a readable configuration file") from None
+    return parse_config(cached_toml(path, raw, lambda raw: _read_toml(path, raw)), path)
+
+
+def _read_toml(path: Path, raw: bytes) -> dict[str, Any]:
+    import tomllib  # only when the file is not in the cache (certkeeper.config.cache)
+
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
+        return tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise ConfigError(path, "", "bytes that are not UTF-8", "a UTF-8 TOML file") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, "", f"invalid TOML ({exc})", "valid TOML") from None
     except RecursionError:  # [[[[... a hundred thousand deep: tomllib recurses per level
         raise ConfigError(path, "", "TOML nested too deeply to be read", "a certkeeper configuration file") from None
-    return parse_config(data, path)
 
 
 def parse_config(data: Mapping[str, Any], path: Path, *, keys: dict[str, dict[str, Any]] | None = None) -> Config:
