@@ -65,6 +65,7 @@ class KeyPair:
     key: pki.PrivateKey
     certificate: x509.Certificate
     chain: tuple[x509.Certificate, ...]
+    signed_here: bool = False  # IssuedCertificate.signed_here: made in this process by the internal CA
 
 
 @frozen
@@ -192,7 +193,10 @@ def check_pairs(name: str, pairs: Sequence[KeyPair], domains: Sequence[str],
     """The gate before install: key matches, chain verifies, names cover the configuration.
 
     Raises :class:`InstallRefused`; nothing has been written when it does.  ``chains`` (kept by a pass) verifies
-    each intermediate's path to the roots once instead of once per pair.
+    each intermediate's path to the roots once instead of once per pair; a pair signed in this process
+    (:attr:`KeyPair.signed_here`) under an intermediate whose path it verified, valid now, is not verified again:
+    its signature is that intermediate's key, which the issuer checked, and its names were held to that
+    intermediate's constraints before signing.  Anything else (an ACME chain, a fleet's copy) is verified in full.
     """
     verify = chains.verify if chains is not None else pki.verify_chain
     for pair in pairs:
@@ -203,6 +207,9 @@ def check_pairs(name: str, pairs: Sequence[KeyPair], domains: Sequence[str],
         missing = pki.names_cover(names, domains)
         if missing:
             raise InstallRefused(name, f"the {label} does not cover {', '.join(missing)}")
+        if pair.signed_here and chains is not None and chains.anchors(pair.chain, roots, at=now) \
+                and pki.not_before(pair.certificate) <= now <= pki.not_after(pair.certificate):
+            continue
         # The name verify_chain would look up itself when given none (the first SAN), read once here.
         check = verify(pair.certificate, pair.chain, roots, at=now, hostname=names[0] if names else None)
         if not check.valid:
