@@ -338,14 +338,20 @@ class ChainVerifier:
 
     def verify(self, leaf: x509.Certificate, intermediates: Sequence[x509.Certificate],
                roots: Sequence[x509.Certificate], *, at: datetime, hostname: str | None = None) -> ChainCheck:
-        chain = (*intermediates, *roots)
-        window = self._verified.get(chain) if len(intermediates) == 1 else None
-        if window is not None and window[0] <= at.astimezone(UTC) <= window[1]:
+        if self.anchors(intermediates, roots, at=at):
             return verify_chain(leaf, (), intermediates, at=at, hostname=hostname)
         check = verify_chain(leaf, intermediates, roots, at=at, hostname=hostname)
         if check.valid and len(intermediates) == 1:
+            chain = (*intermediates, *roots)
             self._verified[chain] = _anchor_window(chain)
         return check
+
+    def anchors(self, intermediates: Sequence[x509.Certificate], roots: Sequence[x509.Certificate], *,
+                at: datetime) -> bool:
+        """Whether ``intermediates`` (one) may stand for the whole path to ``roots`` at ``at``: a leaf under it
+        verified in full before, and every certificate of the path is valid then."""
+        window = self._verified.get((*intermediates, *roots)) if len(intermediates) == 1 else None
+        return window is not None and window[0] <= at.astimezone(UTC) <= window[1]
 
 
 def _name_constraints(certificate: x509.Certificate) -> x509.NameConstraints | None:

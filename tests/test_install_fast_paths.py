@@ -1,6 +1,7 @@
 """The install side's shortcuts agree with the full paths they stand in for (issue 23: renew of 1,000 internal-CA
-certificates): the gate's chain verification under an already verified intermediate, the version returned by a
-write, the pass's state rows in one commit, modes left alone when already right, the cached CA root."""
+certificates): the gate's chain verification under an already verified intermediate, a leaf signed in this
+process not verified again, the version returned by a write, the pass's state rows in one commit, modes left
+alone when already right, the cached CA root."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from certkeeper import pki
 from certkeeper.config import CaIssuerConfig
 from certkeeper.issuers.base import IssueRequest
-from certkeeper.issuers.ca_profile import build_leaf
+from certkeeper.issuers.ca_profile import _HOST_NAME, build_leaf, name_problems
 from certkeeper.issuers.internal_ca import InternalCaIssuer, init_ca
 from certkeeper.model import KeyType
 from certkeeper.store import CertState, RenewalRecord
@@ -23,6 +26,7 @@ from certkeeper.store.atomic import set_dir_mode
 from certkeeper.store.sqlite import SqliteStore
 from certkeeper.store.versions import CertificateHome, KeyPair, check_pairs
 from certkeeper.testbed.certs import TestCA
+from certkeeper.values import replace
 
 DOMAINS = ("mail.example.test", "smtp.example.test")
 
@@ -43,7 +47,7 @@ def ca_issuer(tmp_path_factory: pytest.TempPathFactory) -> InternalCaIssuer:
 def issued(issuer: InternalCaIssuer, names: tuple[str, ...] = DOMAINS) -> KeyPair:
     key = pki.generate_key(KeyType.ECDSA_P256)
     result = issuer.issue(IssueRequest("mail", names, key, KeyType.ECDSA_P256))
-    return KeyPair(KeyType.ECDSA_P256, key, result.certificate, tuple(result.chain))
+    return KeyPair(KeyType.ECDSA_P256, key, result.certificate, tuple(result.chain), result.signed_here)
 
 
 def both(chains: pki.ChainVerifier, leaf: x509.Certificate, intermediates: tuple[x509.Certificate, ...],
@@ -114,6 +118,78 @@ def test_the_gate_with_a_chain_verifier_refuses_what_the_gate_refuses(ca_issuer:
     for verifier in (chains, None):
         with pytest.raises(Exception, match="does not verify"):
             check_pairs("mail", [forged], DOMAINS, roots, now=now, chains=verifier)
+
+
+def test_a_leaf_signed_here_is_verified_once_per_chain_and_anything_else_every_time(
+        ca_issuer: InternalCaIssuer) -> None:
+    """The internal CA's leaves say they were signed in this process (IssuedCertificate.signed_here): the gate
+    verifies their chain's path to the roots once, then checks only the key, the names and the validity; a pair
+    that says so under a chain not verified yet, or that does not say so, is verified in full."""
+    roots = list(ca_issuer.trust_anchors())
+    chains = pki.ChainVerifier()
+    now = pki.now_utc()
+    first = issued(ca_issuer)
+    assert first.signed_here and not chains.anchors(first.chain, roots, at=now)
+    stranger = TestCA("another root").issue(list(DOMAINS))
+    claims = KeyPair(first.key_type, stranger.key, stranger.certificate, first.chain, signed_here=True)
+    with pytest.raises(Exception, match="does not verify"):  # before any chain was verified: in full
+        check_pairs("mail", [claims], DOMAINS, roots, now=now, chains=chains)
+    check_pairs("mail", [first], DOMAINS, roots, now=now, chains=chains)  # in full, and remembered
+    assert chains.anchors(first.chain, roots, at=now)
+    check_pairs("mail", [issued(ca_issuer)], DOMAINS, roots, now=now, chains=chains)
+    with pytest.raises(Exception, match="does not verify"):  # not signed here: in full, every time
+        check_pairs("mail", [KeyPair(first.key_type, stranger.key, stranger.certificate, first.chain)], DOMAINS,
+                    roots, now=now, chains=chains)
+    with pytest.raises(Exception, match="does not verify"):  # signed here, but not valid at that moment
+        check_pairs("mail", [issued(ca_issuer)], DOMAINS, roots, now=now + timedelta(days=400), chains=chains)
+    with pytest.raises(Exception, match="does not match its private key"):
+        check_pairs("mail", [replace(first, key=pki.generate_key(KeyType.ECDSA_P256))], DOMAINS, roots, now=now,
+                    chains=chains)
+    with pytest.raises(Exception, match="does not cover"):
+        check_pairs("mail", [first], ("imap.example.test",), roots, now=now, chains=chains)
+
+
+def test_the_internal_ca_says_signed_here_only_under_the_name_constraints_it_enforces(tmp_path: Path) -> None:
+    """``permitted_domains`` changed after ``ca init``: the issuer's name check is not the intermediate's any more,
+    so its leaves are verified in full by the gate (which refuses a name the intermediate does not permit)."""
+    passphrase = tmp_path / "ca.pass"
+    passphrase.write_text("constraints\n")
+    passphrase.chmod(0o600)
+    made = CaIssuerConfig(name="internal", ca_dir=tmp_path / "ca", passphrase_file=passphrase,
+                          permitted_domains=("example.test",))
+    init_ca(made, now=pki.now_utc())
+    assert issued(InternalCaIssuer(made)).signed_here
+    widened = replace(made, permitted_domains=("example.test", "other.test"))
+    pair = issued(InternalCaIssuer(widened), ("mail.other.test",))
+    assert not pair.signed_here
+    roots = list(InternalCaIssuer(widened).trust_anchors())
+    with pytest.raises(Exception, match="does not verify"):
+        check_pairs("mail", [pair], ("mail.other.test",), roots, now=pki.now_utc(), chains=pki.ChainVerifier())
+    unconstrained = tmp_path / "plain"
+    init_ca(replace(made, ca_dir=unconstrained, permitted_domains=()), now=pki.now_utc())
+    assert issued(InternalCaIssuer(replace(made, ca_dir=unconstrained))).signed_here  # the stricter check holds
+
+
+NAMES = ["example.test", "*.example.test", "mail.example.test", "Mail.Example.TEST", "*.EXAMPLE.test",
+         "xn--bcher-kva.example.test", "a--b.example.test", "9a.example.test", "0.0.example.test",
+         "a.b.c.d.e.example.test", "x" * 63 + ".example.test", "x" * 63 + "." + "y" * 63 + "." + "z" * 63
+         + ".example.test"]
+
+
+@settings(max_examples=60)
+@given(st.lists(st.sampled_from(NAMES) | st.from_regex(_HOST_NAME, fullmatch=True).map(lambda n: n + ".example.test"),
+                min_size=1, max_size=3))
+def test_a_name_the_internal_ca_lets_through_is_one_path_validation_accepts(ca_issuer: InternalCaIssuer,
+                                                                            names: list[str]) -> None:
+    """What lets the gate skip the signature of a leaf signed here: every name name_problems accepts under
+    permitted_domains is accepted by path validation under the intermediate those constraints were written to."""
+    if name_problems(names, ca_issuer.config.permitted_domains):
+        return
+    pair = issued(ca_issuer, tuple(names))
+    first = pki.subject_alternative_names(pair.certificate)[0]
+    check = pki.verify_chain(pair.certificate, pair.chain, list(ca_issuer.trust_anchors()), at=pki.now_utc(),
+                             hostname=first)
+    assert check.valid, check.error
 
 
 def test_a_written_version_is_what_reading_it_back_gives(tmp_path: Path, ca_issuer: InternalCaIssuer) -> None:

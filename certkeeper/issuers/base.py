@@ -43,6 +43,10 @@ class IssuedCertificate:
     # dns-persist-01 records that validated this order but whose persistUntil is closer than persist_warning:
     # (record name, persistUntil). The lifecycle turns each into a PersistRecordExpiring event.
     persist_records_expiring: tuple[tuple[str, datetime], ...] = ()
+    # Signed in this process, for the request's key and names, by the key of ``chain[0]`` (checked against it), the
+    # names held to that intermediate's own name constraints: the internal CA.  The install gate then verifies
+    # the chain's path to the roots once, not each leaf's signature.  Never set for what came over a network.
+    signed_here: bool = False
 
 
 @frozen

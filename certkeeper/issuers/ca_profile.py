@@ -157,6 +157,17 @@ def name_problems(domains: Sequence[str], permitted_domains: Sequence[str]) -> l
     return problems
 
 
+def enforces_name_constraints(intermediate: x509.Certificate, permitted_domains: Sequence[str]) -> bool:
+    """Whether :func:`name_problems` with ``permitted_domains`` holds names to all the name constraints
+    ``intermediate`` carries: it has none, or exactly those ``ca init`` writes for that list.  Not when the
+    configuration's list changed after the intermediate was made; only path validation then judges the names."""
+    try:
+        carried = intermediate.extensions.get_extension_for_class(x509.NameConstraints).value
+    except x509.ExtensionNotFound:
+        return True
+    return bool(permitted_domains) and carried == _name_constraints(permitted_domains)
+
+
 @frozen
 class LeafProfile:
     """What every leaf from one intermediate shares, built once so that each issue only adds its own parts.

@@ -53,6 +53,7 @@ from certkeeper.issuers.ca_profile import (
     build_leaf,
     build_root,
     ca_name,
+    enforces_name_constraints,
     name_problems,
 )
 from certkeeper.issuers.ca_store import IssuedEntry, RevokedEntry
@@ -170,6 +171,7 @@ class _Signer:
     key: pki.PrivateKey
     profile: LeafProfile
     stamp: tuple[int, int]
+    signs_here: bool  # IssuedCertificate.signed_here: name_problems holds names to the intermediate's constraints
 
 
 def _load_signer(config: CaIssuerConfig) -> _Signer:
@@ -182,7 +184,7 @@ def _load_signer(config: CaIssuerConfig) -> _Signer:
         raise CaError(config.name, f"intermediate key {key_path} does not belong to {path} (a rollover in "
                       "progress? try again; otherwise restore both from the same backup)")
     profile = LeafProfile.for_intermediate(intermediate, client_auth=config.client_auth, crl_url=config.crl_url)
-    return _Signer(intermediate, key, profile, stamp)
+    return _Signer(intermediate, key, profile, stamp, enforces_name_constraints(intermediate, config.permitted_domains))
 
 
 class InternalCaIssuer:
@@ -224,9 +226,9 @@ class InternalCaIssuer:
     def trust_anchors(self) -> Sequence[x509.Certificate]:
         """The root, read again when its file was replaced (looked at, like the intermediate, at most once per
         REFRESH_INTERVAL): the install gate asks for it once per certificate."""
-        path = self.config.ca_dir / store.ROOT_CERT
         with self._mutex:
             if self._root is None or time.monotonic() - self._root_checked_at >= self.REFRESH_INTERVAL:
+                path = self.config.ca_dir / store.ROOT_CERT
                 stamp = store.file_stamp(path)
                 if self._root is None or self._root[0] != stamp or stamp == (0, 0):
                     self._root = (stamp, store.load_certificate(self.name, path, "root certificate"))
@@ -268,7 +270,7 @@ class InternalCaIssuer:
         entry = IssuedEntry(certificate.serial_number, request.certificate, tuple(request.domains),
                             certificate.not_valid_after_utc, now)
         self._index.append(store.issued_line(entry))
-        return IssuedCertificate(certificate, (signer.intermediate,))
+        return IssuedCertificate(certificate, (signer.intermediate,), signed_here=signer.signs_here)
 
     def revoke(self, certificate: x509.Certificate, reason: str) -> None:
         """Record a revocation of ``certificate`` (issued by this intermediate) and publish a fresh CRL."""

@@ -512,7 +512,7 @@ class Renewer:
                     key, replaces = self._key_for(work, key_type.value, issuer.name)
                     issued = issuer.issue(IssueRequest(certificate.name, certificate.domains, key, key_type,
                                                        replaces=replaces, dry_run=dry_run))
-                    pairs.append(KeyPair(key_type, key, issued.certificate, issued.chain))
+                    pairs.append(KeyPair(key_type, key, issued.certificate, issued.chain, issued.signed_here))
                     self.bus.publish(CertificateIssued(now, certificate.name, key_type.value, issuer.name,
                                                        pki.serial_hex(issued.certificate),
                                                        pki.not_after(issued.certificate)))

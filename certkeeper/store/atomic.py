@@ -122,7 +122,7 @@ def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
     return function
 
 
-def make_dirs(path: Path, *, mode: int, gid: int = -1) -> bool:
+def make_dirs(path: Path | str, *, mode: int, gid: int = -1) -> bool:
     """Create ``path`` and missing folders above it with exactly ``mode`` (and group ``gid``), whatever the umask;
     True when ``path`` itself was made here (and so has them).
 
@@ -132,33 +132,33 @@ def make_dirs(path: Path, *, mode: int, gid: int = -1) -> bool:
     asked of the kernel first, so a folder that exists costs one ``mkdir`` and a new one two calls.
     """
     try:
-        path.mkdir(mode)
+        os.mkdir(path, mode)  # noqa: PTH102 (a str or a Path: a version folder's are str, 1,000 a pass)
     except FileExistsError:  # there already, or another process made it first
         return False
     except FileNotFoundError:  # a folder above is missing: made first, with the same mode
-        make_dirs(path.parent, mode=mode, gid=gid)
+        make_dirs(Path(path).parent, mode=mode, gid=gid)
         try:
-            path.mkdir(mode)
+            os.mkdir(path, mode)  # noqa: PTH102
         except FileExistsError:
             return False
-    path.chmod(mode)
+    os.chmod(path, mode)  # noqa: PTH101
     if gid >= 0:
         os.chown(path, -1, gid)
     return True
 
 
-def set_dir_mode(path: Path, *, mode: int, gid: int = -1) -> None:
+def set_dir_mode(path: Path | str, *, mode: int, gid: int = -1) -> None:
     """Give an existing folder exactly ``mode`` (and group ``gid``).
 
     Changed only where it differs: a chmod that changes nothing still dirties the inode (its ctime), which the
     next fsync in that file system then writes to the journal (once per installed version, 1,000 a pass).
     """
-    status = path.stat()
+    status = os.stat(path)  # noqa: PTH116 (a str or a Path, as for make_dirs)
     if not stat.S_ISDIR(status.st_mode):  # a file where the folder belongs: left as it is, and said
         raise NotADirectoryError(errno.ENOTDIR, "something other than a folder is in the way (move it aside)",
                                  str(path))
     if stat.S_IMODE(status.st_mode) != mode:
-        path.chmod(mode)
+        os.chmod(path, mode)  # noqa: PTH101
     if gid >= 0 and status.st_gid != gid:
         os.chown(path, -1, gid)
 

@@ -65,6 +65,7 @@ class KeyPair:
     key: pki.PrivateKey
     certificate: x509.Certificate
     chain: tuple[x509.Certificate, ...]
+    signed_here: bool = False  # IssuedCertificate.signed_here: made in this process by the internal CA
 
 
 @frozen
@@ -192,7 +193,10 @@ def check_pairs(name: str, pairs: Sequence[KeyPair], domains: Sequence[str],
     """The gate before install: key matches, chain verifies, names cover the configuration.
 
     Raises :class:`InstallRefused`; nothing has been written when it does.  ``chains`` (kept by a pass) verifies
-    each intermediate's path to the roots once instead of once per pair.
+    each intermediate's path to the roots once instead of once per pair; a pair signed in this process
+    (:attr:`KeyPair.signed_here`) under an intermediate whose path it verified, valid now, is not verified again:
+    its signature is that intermediate's key, which the issuer checked, and its names were held to that
+    intermediate's constraints before signing.  Anything else (an ACME chain, a fleet's copy) is verified in full.
     """
     verify = chains.verify if chains is not None else pki.verify_chain
     for pair in pairs:
@@ -203,6 +207,9 @@ def check_pairs(name: str, pairs: Sequence[KeyPair], domains: Sequence[str],
         missing = pki.names_cover(names, domains)
         if missing:
             raise InstallRefused(name, f"the {label} does not cover {', '.join(missing)}")
+        if pair.signed_here and chains is not None and chains.anchors(pair.chain, roots, at=now) \
+                and pki.not_before(pair.certificate) <= now <= pki.not_after(pair.certificate):
+            continue
         # The name verify_chain would look up itself when given none (the first SAN), read once here.
         check = verify(pair.certificate, pair.chain, roots, at=now, hostname=names[0] if names else None)
         if not check.valid:
@@ -228,7 +235,7 @@ def _copy_problem(destination: Path) -> str:
     return ""
 
 
-def _remove_tree(path: Path, *, ignore_errors: bool = False) -> None:
+def _remove_tree(path: Path | str, *, ignore_errors: bool = False) -> None:
     """:func:`shutil.rmtree`, imported when a folder is removed: shutil loads zlib, bz2 and lzma, and a pass with
     nothing due removes nothing (``renew`` from cron)."""
     import shutil
@@ -516,28 +523,28 @@ class CertificateHome:
         """Write a complete version folder (not yet current) and return it.  A write that fails (a full disk)
         removes what it wrote, the private key with it, and raises :class:`VersionWriteFailed`."""
         try:
-            self._ensure_dirs()
-            version_id = self._new_version_id(now)
+            version_id = self._new_version_id(now, fresh=self._ensure_dirs())
         except OSError as exc:  # a file where certs/NAME or its versions/ belongs, a full disk, a refusal
             raise VersionWriteFailed(Path(exc.filename or self.versions_dir), exc.strerror or str(exc)) from None
-        incoming = self.versions_dir / f"{_INCOMING}{version_id}"
+        # str paths down to the Version returned: a pass of 1,000 new certificates builds no Path per file or folder
+        incoming = f"{self._root}/versions/{_INCOMING}{version_id}"
         try:
             return self._write_version(incoming, version_id, pairs, issuer=issuer, domains=domains, now=now)
         except OSError as exc:
             _remove_tree(incoming, ignore_errors=True)
-            raise VersionWriteFailed(incoming, exc.strerror or str(exc)) from None
+            raise VersionWriteFailed(Path(incoming), exc.strerror or str(exc)) from None
 
-    def _write_version(self, incoming: Path, version_id: str, pairs: Sequence[KeyPair], *, issuer: str,
+    def _write_version(self, incoming: str, version_id: str, pairs: Sequence[KeyPair], *, issuer: str,
                        domains: Sequence[str], now: datetime) -> Version:
-        incoming.mkdir(self.ownership.dir_mode)  # never wider than its mode, not even for an instant; and
-        self._set_mode(incoming)  # exactly it (a umask narrows it, chmod only then)
+        os.mkdir(incoming, self.ownership.dir_mode)  # noqa: PTH102 - never wider than its mode, not even for an instant;
+        self._set_mode(incoming)  # and exactly it (a umask narrows it, chmod only then)
         dual = len(pairs) > 1
         meta_pairs, files, subdirs = [], [], []
         for pair in pairs:
             subdir = pair.key_type.family if dual else ""
-            folder = incoming / subdir if subdir else incoming
+            folder = f"{incoming}/{subdir}" if subdir else incoming
             if subdir:
-                folder.mkdir(self.ownership.dir_mode)
+                os.mkdir(folder, self.ownership.dir_mode)  # noqa: PTH102
                 self._set_mode(folder)
                 subdirs.append(folder)
             contents = _pair_files(pair)
@@ -556,32 +563,32 @@ class CertificateHome:
         for folder in subdirs:
             fsync_dir(folder)
         fsync_dir(incoming)  # once for every file in it: their names are durable before the folder is renamed
-        final = self.versions_dir / version_id
-        incoming.rename(final)
-        fsync_dir(self.versions_dir)
-        return self._version(final, meta)  # what was just written, not read back (JSON's own types already)
+        final = f"{self._root}/versions/{version_id}"
+        os.rename(incoming, final)  # noqa: PTH104
+        fsync_dir(f"{self._root}/versions")
+        return self._version(Path(final), meta)  # what was just written, not read back (JSON's own types already)
 
     def activate(self, version: Version) -> None:
         """Point ``current`` at ``version`` with one atomic rename (a folder in its place is removed first)."""
         with contextlib.suppress(FileNotFoundError):
-            if stat.S_ISDIR(self.current_link.lstat().st_mode):  # a folder, not a link to one
+            if stat.S_ISDIR(os.lstat(self._current_link).st_mode):  # a folder, not a link to one
                 _remove_tree(self.current_link)  # no daemon can be reading a whole pair from it: it was never flipped
         # The form linked_version reads without parsing a Path (a version of this home, as write_version makes it).
         relative = f"versions/{version.id}" if os.fspath(version.path) == f"{self._root}/versions/{version.id}" \
             else os.path.relpath(version.path, self.root)
-        temporary = self.root / f".current-{os.getpid()}-{version.id}"
+        temporary = f"{self._root}/.current-{os.getpid()}-{version.id}"
         try:
             try:
-                temporary.symlink_to(relative)
+                os.symlink(relative, temporary)  # noqa: PTH211 (str paths, as in write_version)
             except FileExistsError:  # left by a killed process that had this pid: recover() removes such links too
-                temporary.unlink()
-                temporary.symlink_to(relative)
-            temporary.replace(self.current_link)
+                os.unlink(temporary)  # noqa: PTH108
+                os.symlink(relative, temporary)  # noqa: PTH211
+            os.replace(temporary, self._current_link)  # noqa: PTH105
         except OSError as exc:
             with contextlib.suppress(OSError):
-                temporary.unlink()
+                os.unlink(temporary)  # noqa: PTH108
             raise VersionWriteFailed(self.current_link, exc.strerror or str(exc)) from None
-        fsync_dir(self.root)
+        fsync_dir(self._root)
 
     def prune(self, keep: int) -> list[str]:
         """Remove all but the newest ``keep`` versions; never the current one."""
@@ -662,33 +669,39 @@ class CertificateHome:
             except OSError as exc:  # named by the copy it was writing (ENOSPC names no file)
                 raise OSError(exc.errno, exc.strerror, str(destination)) from None
 
-    def _file_entries(self, folder: Path, contents: Mapping[str, bytes]) -> list[tuple[str, bytes, int, int]]:
+    def _file_entries(self, folder: str, contents: Mapping[str, bytes]) -> list[tuple[str, bytes, int, int]]:
         """:func:`write_new_files`'s entries for one pair's files in ``folder``: the key and the combined file
         with the key mode and group, the others world-readable."""
-        gid, key_mode, base = self.ownership.gid, self.ownership.key_mode, str(folder)
-        # str paths: no Path built and formatted per file (6,000 a pass of 1,000 new certificates)
-        return [(f"{base}/{name}", contents[name], key_mode, gid) if name in _SECRET_FILES
-                else (f"{base}/{name}", contents[name], 0o644, -1) for name in FILES]
+        gid, key_mode = self.ownership.gid, self.ownership.key_mode
+        return [(f"{folder}/{name}", contents[name], key_mode, gid) if name in _SECRET_FILES
+                else (f"{folder}/{name}", contents[name], 0o644, -1) for name in FILES]
 
-    def _ensure_dirs(self) -> None:
+    def _ensure_dirs(self) -> bool:
+        """The certificate's folders, with their modes; True when ``versions/`` was made now (so is empty)."""
         if os.path.islink(self._root):  # noqa: PTH114 - written through, it would put keys where nobody checks
             raise OSError(errno.ELOOP, _LINKED_ROOT, self._root)
         # certs/ itself only lists names (0755); each certificate's folder carries the restrictive mode.  Modes
         # are set explicitly: under the unit's UMask=0077 a 0750 folder would come out 0700, and the group
         # named by `group` could not reach its key.
-        if not make_dirs(self.root.parent, mode=0o755):  # one made here has its mode already
-            set_dir_mode(self.root.parent, mode=0o755)
+        certs = os.path.dirname(self._root)  # noqa: PTH120 (a str: no Path per certificate)
+        if not make_dirs(certs, mode=0o755):  # one made here has its mode already
+            set_dir_mode(certs, mode=0o755)
         gid = self.ownership.gid if self.ownership.group else -1
-        for folder in (self.root, self.versions_dir):
-            if not make_dirs(folder, mode=self.ownership.dir_mode, gid=gid):
+        made = False
+        for folder in (self._root, f"{self._root}/versions"):
+            made = make_dirs(folder, mode=self.ownership.dir_mode, gid=gid)
+            if not made:
                 self._set_mode(folder)
+        return made
 
-    def _set_mode(self, path: Path) -> None:
+    def _set_mode(self, path: Path | str) -> None:
         set_dir_mode(path, mode=self.ownership.dir_mode, gid=self.ownership.gid if self.ownership.group else -1)
 
-    def _new_version_id(self, now: datetime) -> str:
-        """Sortable by time; a counter breaks ties within one second."""
+    def _new_version_id(self, now: datetime, *, fresh: bool = False) -> str:
+        """Sortable by time; a counter breaks ties within one second.  ``fresh``: versions/ was just made, empty."""
         stamp = now.strftime("%Y%m%dT%H%M%SZ")
+        if fresh:
+            return stamp
         existing = {name.removeprefix(_INCOMING) for name in os.listdir(self.versions_dir)}  # noqa: PTH208
         for counter in range(1000):
             candidate = stamp if counter == 0 else f"{stamp}-{counter}"
