@@ -31,7 +31,7 @@ NOT_FOR_CHECK = ("acme", "josepy", "apscheduler", "dns", "psycopg", "tomllib", "
 # typing's).  Nor dataclasses, with the inspect, ast and dis it brings: the value classes are certkeeper.values'.
 # Nor importlib.util: the CLI imports the command's module by its name.  Nor pathlib (with urllib.parse and
 # fnmatch, 1.7 ms): --ca-file stays the str it was given.  Nor argparse, with gettext and locale, and the parser
-# it builds (5 ms): the line is read by certkeeper.cli.check.parse_quickly.
+# it builds (5 ms): the line is read by certkeeper.cli.quick.
 NOT_FOR_ONE_CHECK = (*NOT_FOR_CHECK, "asyncio", "OpenSSL", "cryptography", "certkeeper.probe.engine",
                      "certkeeper.probe.judge", "certkeeper.pki", "logging", "encodings.idna", "typing",
                      "importlib.util", "dataclasses", "inspect", "pathlib", "argparse", "gettext", "locale",
@@ -148,13 +148,14 @@ def test_check_json_is_an_array_with_one_object_per_line() -> None:
 # tempfile, which bring zlib, bz2, lzma and random; argparse loads shutil for every parser unless the formatter
 # reads the terminal width itself), and the configuration has no mistake to suggest a spelling for (difflib).
 # Nor dataclasses and inspect: some sixty value classes are made at start, by certkeeper.values.  Nor tomllib: the
-# configuration, unchanged since the run before, is what that run read (certkeeper.config.cache).
-NOT_FOR_RENEW_NONE_DUE = ("tomllib", "dataclasses", "inspect", "cryptography", "acme", "josepy", "apscheduler", "dns",
-                          "psycopg", "OpenSSL", "certkeeper.issuers.acme", "certkeeper.issuers.internal_ca",
-                          "certkeeper.dane", "certkeeper.probe", "certkeeper.alerts", "certkeeper.monitoring",
-                          "certkeeper.mtasts", "certkeeper.daemon", "certkeeper.store.budget",
-                          "certkeeper.public_suffix", "concurrent.futures", "shutil", "tempfile", "bz2", "lzma",
-                          "difflib", "importlib.util")
+# configuration, unchanged since the run before, is what that run read (certkeeper.config.cache).  Nor argparse
+# with gettext and locale: cron's line is read by certkeeper.cli.quick.
+NOT_FOR_RENEW_NONE_DUE = ("argparse", "gettext", "locale", "certkeeper.cli.parser", "tomllib", "dataclasses",
+                          "inspect", "cryptography", "acme", "josepy", "apscheduler", "dns", "psycopg", "OpenSSL",
+                          "certkeeper.issuers.acme", "certkeeper.issuers.internal_ca", "certkeeper.dane",
+                          "certkeeper.probe", "certkeeper.alerts", "certkeeper.monitoring", "certkeeper.mtasts",
+                          "certkeeper.daemon", "certkeeper.store.budget", "certkeeper.public_suffix",
+                          "concurrent.futures", "shutil", "tempfile", "bz2", "lzma", "difflib", "importlib.util")
 
 
 def test_renew_with_nothing_due_parses_no_certificate_and_builds_no_issuer(tmp_path: Path) -> None:

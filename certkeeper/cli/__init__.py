@@ -1,7 +1,7 @@
 """The command line.  Errors become exit codes here, and only here.
 
-:func:`main` parses the line (:mod:`certkeeper.cli.parser`, or for the common form of one check
-:func:`certkeeper.cli.check.parse_quickly`, without argparse) and runs the command's handler with a
+:func:`main` parses the line (:mod:`certkeeper.cli.parser`, or for the plain line of ``check`` and ``renew``
+:mod:`certkeeper.cli.quick`, without argparse) and runs the command's handler with a
 :class:`~certkeeper.cli.context.Context`, which loads the configuration and the store on first use.
 """
 
@@ -29,18 +29,11 @@ def configure_logging(verbose: int) -> None:
                         stream=sys.stderr)
 
 
-def _parse_quickly(arguments: list[str]) -> SimpleNamespace | None:
-    """The line of one check as monitoring systems write it, read without argparse; None: argparse reads it."""
-    if arguments[:1] != ["check"]:
-        return None
-    from certkeeper.cli.check import parse_quickly
-
-    return parse_quickly(arguments[1:])
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else list(argv)
-    args: Namespace | SimpleNamespace | None = _parse_quickly(arguments)
+    from certkeeper.cli.quick import read_line
+
+    args: Namespace | SimpleNamespace | None = read_line(arguments)
     if args is None:
         from certkeeper.cli.parser import build_parser, command_word
 

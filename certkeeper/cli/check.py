@@ -7,19 +7,20 @@ import sys
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from types import SimpleNamespace
 
 from certkeeper.cli import configure_logging
 from certkeeper.cli.context import Context
+from certkeeper.cli.quick import QuickLine
 from certkeeper.errors import InputError
 from certkeeper.targets import STARTTLS_CHOICES, Target, encode_host_name, parse_target
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (tests/test_startup_imports.py)
 if TYPE_CHECKING:
     import argparse
+    from types import SimpleNamespace
     from typing import Any, TypeAlias
 
-    Arguments: TypeAlias = argparse.Namespace | SimpleNamespace  # argparse's, or parse_quickly's
+    Arguments: TypeAlias = argparse.Namespace | SimpleNamespace  # argparse's, or certkeeper.cli.quick's
 
     from certkeeper.probe.result import ProbeOptions, ProbeResult
 
@@ -112,7 +113,7 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
 
 def _defaults() -> dict[str, object]:
     """What a line that names nothing gives, for both readers of the line: argparse (set on its parser, so these
-    are the defaults its help and parsing use) and :func:`parse_quickly`.  ``own_logging``: the lean path of one
+    are the defaults its help and parsing use) and :data:`QUICK`.  ``own_logging``: the lean path of one
     endpoint logs nothing, and logging is imported only for the full engine."""
     return {"targets": [], "file": [], "starttls": "auto", "servername": None, "no_sni": False, "ca_file": None,
             "warning": 21.0, "critical": 7.0, "require_no_tls1": False, "require_no_tls1_1": False,
@@ -121,64 +122,21 @@ def _defaults() -> dict[str, object]:
             "handler": run_check, "usage_status": EXIT_UNKNOWN, "own_logging": True}
 
 
-# What parse_quickly reads: each option by its whole name, as argparse reads it (argparse also takes any
-# unambiguous prefix, and words it parse_quickly leaves to it).  Options that take a value: (dest, conversion,
-# the values allowed or None); a list dest collects every value given.
-_VALUED: dict[str, tuple[str, Any, tuple[str, ...] | None]] = {
-    "-c": ("config", str, None), "--config": ("config", str, None),
-    "--file": ("file", str, None), "--starttls": ("starttls", str, STARTTLS_CHOICES),
-    "--servername": ("servername", str, None), "--ca-file": ("ca_file", str, None),
-    "--warning": ("warning", float, None), "--critical": ("critical", float, None),
-    "-w": ("short_warning", str, None), "--key-type": ("key_type", str, ("rsa", "ecdsa", "all")),
-    "--timeout": ("timeout", float, None), "--concurrency": ("concurrency", int, None),
-    "--resolver": ("resolver", str, None), "--mta-sts": ("mta_sts", str, None),
-}
-_FLAGS = {"--no-sni": "no_sni", "--require-no-tls1": "require_no_tls1", "--require-no-tls1_1": "require_no_tls1_1",
-          "--no-scale": "no_scale", "--json": "json", "--dane": "dane", "--caa": "caa"}
-
-
-def parse_quickly(words: list[str]) -> SimpleNamespace | None:
-    """The words after ``check``, read as argparse reads them, when they are the plain form monitoring systems
-    write (whole option names, ``--option value`` or ``--option=value``, ``-v``/``-vv``, the targets in one run);
-    None for anything else (help, a prefix of an option, a value that is not one, a usage error), which argparse
-    then reads and words.  ``tests/test_check_arguments.py`` holds both readers to the same namespace."""
-    values: dict[str, Any] = {**_defaults(), "command": "check", "config": None, "verbose": 0}
-    targets_ended = False
-    line = iter(words)
-    for word in line:
-        if not word.startswith("-") and word:
-            if targets_ended and values["targets"]:  # a second run of targets: argparse's "unrecognized"
-                return None
-            values["targets"].append(word)
-            continue
-        targets_ended = True
-        if word in _FLAGS:
-            values[_FLAGS[word]] = True
-            continue
-        if word == "--verbose" or (word[:2] == "-v" and word.strip("v") == "-"):
-            values["verbose"] += 1 if word == "--verbose" else len(word) - 1
-            continue
-        name, equals, value = word.partition("=")
-        if name not in _VALUED or (equals and not name.startswith("--")):
-            return None
-        if not equals:
-            value = next(line, "")
-            if not value or value.startswith("-"):
-                return None
-        dest, convert, allowed = _VALUED[name]
-        if allowed is not None and value not in allowed:
-            return None
-        try:
-            converted = convert(value)
-        except ValueError:
-            return None
-        if isinstance(values[dest], list):
-            values[dest].append(converted)
-        else:
-            values[dest] = converted
-    if values["servername"] is not None and values["no_sni"]:  # argparse's "not allowed with"
-        return None
-    return SimpleNamespace(**values)
+# The line as monitoring systems write it, read without argparse (certkeeper.cli.quick): each option of register's
+# parser by its whole name, but -h and the common -c and -v, which the quick reader knows itself.
+QUICK = QuickLine(
+    positional="targets",
+    valued={"--file": ("file", str, None), "--starttls": ("starttls", str, STARTTLS_CHOICES),
+            "--servername": ("servername", str, None), "--ca-file": ("ca_file", str, None),
+            "--warning": ("warning", float, None), "--critical": ("critical", float, None),
+            "-w": ("short_warning", str, None), "--key-type": ("key_type", str, ("rsa", "ecdsa", "all")),
+            "--timeout": ("timeout", float, None), "--concurrency": ("concurrency", int, None),
+            "--resolver": ("resolver", str, None), "--mta-sts": ("mta_sts", str, None)},
+    flags={"--no-sni": "no_sni", "--require-no-tls1": "require_no_tls1", "--require-no-tls1_1": "require_no_tls1_1",
+           "--no-scale": "no_scale", "--json": "json", "--dane": "dane", "--caa": "caa"},
+    defaults=_defaults,
+    exclusive=(("servername", "no_sni"),),
+)
 
 
 class _BadArguments(Exception):

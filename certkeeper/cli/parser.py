@@ -5,8 +5,8 @@ Each command lives in a module of this package exposing ``ORDER`` (its place in 
 ``register(subparsers, common)``, which adds its parser (with ``parents=[common]``, so ``-c`` and ``-v`` work
 after the command name too) and sets ``handler``.  Modules are found by listing the package, and they import
 heavy libraries (acme, the probe, the daemon) inside their handlers, so ``certkeeper renew`` with nothing due
-starts fast.  One check does not come here at all when its line is one :func:`certkeeper.cli.check.parse_quickly`
-reads (what a monitoring system runs: argparse, its parsers and gettext are 5 ms of a 40 ms process).
+starts fast.  The plain line of ``check`` and ``renew`` does not come here at all (:mod:`certkeeper.cli.quick`: what
+monitoring systems and cron run; argparse, its parsers and gettext are 5 ms of a 40 ms check).
 """
 
 from __future__ import annotations

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
 import json
-from typing import Any
 
 from certkeeper.cli.context import Context
-from certkeeper.cli.parser import HelpFormatter
+from certkeeper.cli.quick import QuickLine
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    import argparse
+    from types import SimpleNamespace
+    from typing import Any
 
 ORDER = 20
 
@@ -23,6 +27,8 @@ Safe to run from cron beside the daemon: both take the same per-certificate lock
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    from certkeeper.cli.parser import HelpFormatter
+
     parser = subparsers.add_parser("renew", help="renew what is due, install, reload, verify; then exit",
                                    description=DESCRIPTION, parents=[common],
                                    formatter_class=HelpFormatter)
@@ -32,10 +38,23 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                         help="issue against the issuer's staging directory, check the result, install nothing")
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing when nothing was due")
     parser.add_argument("--json", action="store_true", help="print the outcome of each certificate as JSON")
-    parser.set_defaults(handler=run)
+    parser.set_defaults(**_defaults())
 
 
-def run(args: argparse.Namespace, context: Context) -> int:
+def _defaults() -> dict[str, object]:
+    """What a line naming nothing gives, to argparse (set on its parser) and to :data:`QUICK`."""
+    return {"names": [], "force": False, "dry_run": False, "quiet": False, "json": False, "handler": run}
+
+
+# The line cron runs, read without argparse (certkeeper.cli.quick): every option of register's parser.
+QUICK = QuickLine(
+    positional="names", valued={},
+    flags={"--force": "force", "--dry-run": "dry_run", "-q": "quiet", "--quiet": "quiet", "--json": "json"},
+    defaults=_defaults,
+)
+
+
+def run(args: argparse.Namespace | SimpleNamespace, context: Context) -> int:
     from certkeeper.app import build_app
     from certkeeper.renewal.policy import Result
 
