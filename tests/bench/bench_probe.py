@@ -286,7 +286,8 @@ def main() -> None:
         cli = [sys.executable, "-c", PEAK_WRAPPER.format(
             argv=["certkeeper", "check", "--file", str(listing), "--ca-file", str(ca), "--servername", NAME,
                   "--concurrency", str(args.concurrency), "--timeout", "30", *(["--json"] if args.json else [])],
-            body="from certkeeper.cli import main; code = main()\n    sys.stdout.flush()")]
+            # run(), as the console script: its garbage collector settings are part of what a user runs.
+            body="from certkeeper.cli import run\n    run()")]
         raw = [sys.executable, "-c", PEAK_WRAPPER.format(
             argv=[__file__, "--raw", str(listing), "--ca", str(ca), "--concurrency", str(args.concurrency),
                   "--floor", args.floor],
