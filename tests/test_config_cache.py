@@ -98,6 +98,19 @@ def test_a_damaged_entry_is_a_miss_and_is_written_again(tmp_path: Path, folder: 
     assert len(reads) == 3  # the entry written after the tear is whole
 
 
+def test_a_temporary_entry_left_by_a_killed_run_does_not_stop_the_next_one(tmp_path: Path, folder: Path,
+                                                                          reads: list[str]) -> None:
+    config = internal_ca_config(tmp_path)
+    expected = load_config(config)
+    [entry] = entries(folder)
+    entry.unlink()
+    (folder / f".{entry.name}.{os.getpid()}").write_bytes(b"half an entry")  # this pid's, as after a kill
+    assert load_config(config) == expected
+    assert load_config(config) == expected
+    assert len(reads) == 2  # the second run took what the first one wrote, over the leftover
+    assert entries(folder) == [entry]
+
+
 def planted(config: Path, folder: Path) -> Path:
     """An entry for ``config``'s exact bytes that says something else (another state_dir), made as certkeeper makes
     its own: what someone able to write the folder could leave there."""

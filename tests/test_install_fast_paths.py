@@ -31,17 +31,21 @@ from certkeeper.values import replace
 DOMAINS = ("mail.example.test", "smtp.example.test")
 
 
-@pytest.fixture(scope="module")
-def ca_issuer(tmp_path_factory: pytest.TempPathFactory) -> InternalCaIssuer:
-    """certkeeper's own CA: an ECDSA P-384 root and a P-256 intermediate, both constraining names to example.test."""
-    root = tmp_path_factory.mktemp("fast-ca")
-    passphrase = root / "ca.pass"
+def made_ca(folder: Path) -> CaIssuerConfig:
+    """certkeeper's own CA in ``folder``: an ECDSA P-384 root and a P-256 intermediate, both constraining names to
+    example.test."""
+    passphrase = folder / "ca.pass"
     passphrase.write_text("fast paths\n")
     passphrase.chmod(0o600)
-    config = CaIssuerConfig(name="internal", ca_dir=root / "ca", passphrase_file=passphrase,
+    config = CaIssuerConfig(name="internal", ca_dir=folder / "ca", passphrase_file=passphrase,
                             permitted_domains=("example.test",))
     init_ca(config, now=pki.now_utc())
-    return InternalCaIssuer(config)
+    return config
+
+
+@pytest.fixture(scope="module")
+def ca_issuer(tmp_path_factory: pytest.TempPathFactory) -> InternalCaIssuer:
+    return InternalCaIssuer(made_ca(tmp_path_factory.mktemp("fast-ca")))
 
 
 def issued(issuer: InternalCaIssuer, names: tuple[str, ...] = DOMAINS) -> KeyPair:
@@ -152,12 +156,7 @@ def test_a_leaf_signed_here_is_verified_once_per_chain_and_anything_else_every_t
 def test_the_internal_ca_says_signed_here_only_under_the_name_constraints_it_enforces(tmp_path: Path) -> None:
     """``permitted_domains`` changed after ``ca init``: the issuer's name check is not the intermediate's any more,
     so its leaves are verified in full by the gate (which refuses a name the intermediate does not permit)."""
-    passphrase = tmp_path / "ca.pass"
-    passphrase.write_text("constraints\n")
-    passphrase.chmod(0o600)
-    made = CaIssuerConfig(name="internal", ca_dir=tmp_path / "ca", passphrase_file=passphrase,
-                          permitted_domains=("example.test",))
-    init_ca(made, now=pki.now_utc())
+    made = made_ca(tmp_path)
     assert issued(InternalCaIssuer(made)).signed_here
     widened = replace(made, permitted_domains=("example.test", "other.test"))
     pair = issued(InternalCaIssuer(widened), ("mail.other.test",))

@@ -47,6 +47,7 @@ PLAIN_LINES = (
     ["check", "imaps://mail.test:993", "--warning", "30", "--critical", "14", "--timeout", "5"],
     ["check", "mail.test:587", "--starttls", "smtp", "--no-sni", "--json"],
     ["check", "--warning=30", "--critical=7", "pop3s://mail.test", "-v"],
+    ["check", "--json", "smtps://a.test", "imaps://b.test"],
     ["check", "sieve://mail.test:4190", "--require-no-tls1", "--require-no-tls1_1", "--key-type", "all",
      "--no-scale"],
     ["-c", "/etc/certkeeper/certkeeper.toml", "renew", "--quiet"],

@@ -53,11 +53,11 @@ class QuickLine:
         line = iter(words)
         for word in line:
             if word and not word.startswith("-"):
-                if ended and positionals:  # a second run: argparse's "unrecognized arguments"
+                if ended:  # a second run: argparse's "unrecognized arguments"
                     return None
                 positionals.append(word)
                 continue
-            ended = True
+            ended = bool(positionals)  # an option after the run of positional arguments ends it
             if word in self.flags:
                 values[self.flags[word]] = True
                 continue

@@ -138,9 +138,13 @@ def _write(folder_fd: int, name: str, key: bytes, data: dict[str, Any]) -> None:
     except ValueError:  # a TOML date or time: not something marshal holds
         return
     temporary = f".{name}.{os.getpid()}"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                     dir_fd=folder_fd)
+        try:
+            fd = os.open(temporary, flags, 0o600, dir_fd=folder_fd)
+        except FileExistsError:  # left by a killed process that had this pid
+            os.unlink(temporary, dir_fd=folder_fd)
+            fd = os.open(temporary, flags, 0o600, dir_fd=folder_fd)
     except OSError:
         return
     try:
