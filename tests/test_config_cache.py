@@ -4,6 +4,8 @@ and never taken from a place or a file someone else could have written."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -109,6 +111,22 @@ def test_a_temporary_entry_left_by_a_killed_run_does_not_stop_the_next_one(tmp_p
     assert load_config(config) == expected
     assert len(reads) == 2  # the second run took what the first one wrote, over the leftover
     assert entries(folder) == [entry]
+
+
+def test_a_named_pipe_in_an_entrys_place_is_a_miss_not_a_wait(tmp_path: Path, folder: Path) -> None:
+    """Opened as a file, a FIFO would wait for a writer for ever: the run is a child, so that a wait fails the
+    test instead of holding the suite."""
+    config = internal_ca_config(tmp_path)
+    load_config(config)
+    [entry] = entries(folder)
+    entry.unlink()
+    os.mkfifo(entry)
+    code = ("import sys; from pathlib import Path; from certkeeper.config import load_config; "
+            "print(load_config(Path(sys.argv[1])).certificates['mail'].domains)")
+    done = subprocess.run([sys.executable, "-c", code, str(config)], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "('mail.example.org',)"
 
 
 def planted(config: Path, folder: Path) -> Path:

@@ -29,6 +29,8 @@ import stat
 import sys
 from pathlib import Path
 
+from certkeeper.permissions import fstat_regular
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -105,17 +107,16 @@ def _make_folder(folder: Path) -> bool:
 
 
 def _read(folder_fd: int, name: str, key: bytes) -> dict[str, Any] | None:
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder_fd)
+    try:  # O_NONBLOCK: a named pipe in the entry's place is opened without waiting for a writer, then refused
+        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder_fd)
     except OSError:
         return None
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or \
-                info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) or info.st_size > 8 << 20:
+        info = fstat_regular(fd, name)
+        if info.st_uid != os.geteuid() or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) or info.st_size > 8 << 20:
             return None
         blob = os.read(fd, info.st_size + 1)
-    except OSError:
+    except OSError:  # not a regular file (NotRegularFile), or unreadable
         return None
     finally:
         os.close(fd)
