@@ -16,9 +16,9 @@ from certkeeper.errors import EX_SOFTWARE, EX_USAGE, CertkeeperError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (tests/test_startup_imports.py)
 if TYPE_CHECKING:
-    from argparse import Namespace
-    from types import SimpleNamespace
     from typing import NoReturn
+
+    from certkeeper.cli.quick import Arguments
 
 
 def configure_logging(verbose: int) -> None:
@@ -33,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else list(argv)
     from certkeeper.cli.quick import read_line
 
-    args: Namespace | SimpleNamespace | None = read_line(arguments)
+    args: Arguments | None = read_line(arguments)
     if args is None:
         from certkeeper.cli.parser import build_parser, command_word
 

@@ -17,11 +17,9 @@ from certkeeper.targets import STARTTLS_CHOICES, Target, encode_host_name, parse
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (tests/test_startup_imports.py)
 if TYPE_CHECKING:
     import argparse
-    from types import SimpleNamespace
-    from typing import Any, TypeAlias
+    from typing import Any
 
-    Arguments: TypeAlias = argparse.Namespace | SimpleNamespace  # argparse's, or certkeeper.cli.quick's
-
+    from certkeeper.cli.quick import Arguments
     from certkeeper.probe.result import ProbeOptions, ProbeResult
 
 ORDER = 20

@@ -19,8 +19,14 @@ from certkeeper.values import frozen
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (tests/test_startup_imports.py)
 if TYPE_CHECKING:
+    import argparse
     from collections.abc import Callable, Iterator, Mapping, Sequence
-    from typing import Any
+    from typing import Any, TypeAlias
+
+    # An option taking a value: (dest, conversion, the values allowed or None).
+    Option: TypeAlias = tuple[str, Callable[[str], object], tuple[str, ...] | None]
+    # What a command's handler is given: argparse's namespace, or read_line's.
+    Arguments: TypeAlias = argparse.Namespace | SimpleNamespace
 
 # The commands that have a QUICK, by module: importing any other command's module to look would cost what
 # argparse costs.
@@ -31,14 +37,14 @@ COMMANDS = {"check": "certkeeper.cli.check", "renew": "certkeeper.cli.renew"}
 class QuickLine:
     """One command's options as its argparse parser declares them (each by its whole name).
 
-    ``valued``: option -> (dest, conversion, the values allowed or None); a dest whose default is a list collects
-    every value given (``action="append"``).  ``flags``: option -> dest, set True.  ``positional``: the dest of
-    the command's ``nargs="*"`` argument.  ``exclusive``: dests argparse refuses together.  ``defaults``: every
-    dest and its default, which the command's ``register`` also sets on its parser (one list for both).
+    ``valued``: option -> ``Option``, a dest whose default is a list collecting every value given
+    (``action="append"``).  ``flags``: option -> dest, set True.  ``positional``: the dest of the command's
+    ``nargs="*"`` argument.  ``exclusive``: dests argparse refuses together.  ``defaults``: every dest and its
+    default, which the command's ``register`` also sets on its parser (one list for both).
     """
 
     positional: str
-    valued: Mapping[str, tuple[str, Callable[[str], object], tuple[str, ...] | None]]
+    valued: Mapping[str, Option]
     flags: Mapping[str, str]
     defaults: Callable[[], dict[str, Any]]
     exclusive: tuple[tuple[str, str], ...] = ()
@@ -66,7 +72,7 @@ class QuickLine:
                 sub_verbose += count  # after the command's name it replaces the count before it, as in argparse
                 values["verbose"] = sub_verbose
                 continue
-            taken = _value(word, line, {**self.valued, **_CONFIG})
+            taken = _value(word, line, self.valued, _CONFIG)
             if taken is None:
                 return None
             dest, value = taken
@@ -79,8 +85,7 @@ class QuickLine:
         return values
 
 
-_CONFIG: Mapping[str, tuple[str, Callable[[str], object], tuple[str, ...] | None]] = {
-    "-c": ("config", str, None), "--config": ("config", str, None)}
+_CONFIG: Mapping[str, Option] = {"-c": ("config", str, None), "--config": ("config", str, None)}
 
 
 def _verbosity(word: str) -> int:
@@ -89,17 +94,18 @@ def _verbosity(word: str) -> int:
     return len(word) - 1 if word[:2] == "-v" and word.strip("v") == "-" else 0
 
 
-def _value(word: str, line: Iterator[str],
-           valued: Mapping[str, tuple[str, Callable[[str], object], tuple[str, ...] | None]]) -> tuple[str, Any] | None:
-    """(dest, value) of the option ``word`` (its value in it after "=", or the next word), or None."""
+def _value(word: str, line: Iterator[str], *tables: Mapping[str, Option]) -> tuple[str, Any] | None:
+    """(dest, value) of the option ``word`` of one of ``tables`` (its value in it after "=", or the next word), or
+    None."""
     name, equals, value = word.partition("=")
-    if name not in valued or (equals and not name.startswith("--")):
+    option = next((table[name] for table in tables if name in table), None)
+    if option is None or (equals and not name.startswith("--")):
         return None
     if not equals:
         value = next(line, "")
         if not value or value.startswith("-"):
             return None
-    dest, convert, allowed = valued[name]
+    dest, convert, allowed = option
     if allowed is not None and value not in allowed:
         return None
     try:

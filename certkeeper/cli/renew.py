@@ -10,8 +10,9 @@ from certkeeper.cli.quick import QuickLine
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
     import argparse
-    from types import SimpleNamespace
     from typing import Any
+
+    from certkeeper.cli.quick import Arguments
 
 ORDER = 20
 
@@ -54,7 +55,7 @@ QUICK = QuickLine(
 )
 
 
-def run(args: argparse.Namespace | SimpleNamespace, context: Context) -> int:
+def run(args: Arguments, context: Context) -> int:
     from certkeeper.app import build_app
     from certkeeper.renewal.policy import Result
 

@@ -243,7 +243,7 @@ def load_config(path: Path) -> Config:
     except OSError as exc:
         raise ConfigError(path, "", f"a file that cannot be read ({exc.strerror})",
                           "a readable configuration file") from None
-    return parse_config(cached_toml(path, raw, lambda raw: _read_toml(path, raw)), path)
+    return parse_config(cached_toml(path, raw, lambda text: _read_toml(path, text)), path)
 
 
 def _read_toml(path: Path, raw: bytes) -> dict[str, Any]:
