@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import multiprocessing.queues
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -236,6 +237,33 @@ def test_a_version_1_store_is_migrated_keeping_its_history(tmp_path: Path) -> No
     assert [r.result for r in store.renewals("mail")] == ["success"]
     assert store.add_tls_report(tls_report("after-migration", NOW))
     store.close()
+
+
+def _open_at(directory: Path, moment: float, answers: multiprocessing.queues.Queue[str]) -> None:
+    while time.time() < moment:
+        pass
+    try:
+        SqliteStore(directory).close()
+        answers.put("opened")
+    except Exception as exc:  # the answer the test shows
+        answers.put(repr(exc))
+
+
+def test_a_new_sqlite_store_opens_for_every_process_starting_at_once(tmp_path: Path) -> None:
+    """``renew --force mail & renew --force other`` on a new state directory: switching the new file to WAL had
+    failed at once with "database is locked" in one of them (SQLite does not wait there); six processes opening a
+    new store at the same moment, ten times, all open it."""
+    context = multiprocessing.get_context("fork")
+    answers = context.Queue()
+    for attempt in range(10):
+        moment = time.time() + 0.15
+        processes = [context.Process(target=_open_at, args=(tmp_path / f"state-{attempt}", moment, answers))
+                     for _ in range(6)]
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join(60)
+        assert sorted(answers.get(timeout=5) for _ in processes) == ["opened"] * 6
 
 
 def test_a_newer_postgres_schema_is_refused(postgres_db: Database) -> None:

@@ -122,6 +122,30 @@ def _dt(value: str | None) -> datetime | None:
     return moment
 
 
+BUSY_SECONDS = 30  # how long a writer waits for another process's transaction
+
+
+def _enter_wal(db: sqlite3.Connection) -> None:
+    """``PRAGMA journal_mode=WAL``, tried again while another process has the file open.
+
+    Switching a new database to WAL turns the statement's read transaction into a write one, and SQLite does not
+    wait for that (its busy handler could deadlock there): two processes opening a new state store at the same
+    moment (``renew --force mail & renew --force other``) had one fail at once with "database is locked".
+    """
+    deadline = time.monotonic() + BUSY_SECONDS
+    pause = 0.002
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_BUSY or time.monotonic() + pause > deadline:
+                raise
+        else:
+            return
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
+
+
 class SqliteStore:
     """The default store.  Safe to share between threads of one process and between processes."""
 
@@ -143,10 +167,11 @@ class SqliteStore:
                 raise UnsafePath(what, self.path, "-", self.path.lstat().st_mode,
                                  "is a symbolic link, which certkeeper never follows inside its state directory",
                                  f"remove it (rm {self.path}) and find out who created it")
-            self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db = sqlite3.connect(self.path, timeout=BUSY_SECONDS, check_same_thread=False,
+                                       isolation_level=None)
+            _enter_wal(self._db)
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA busy_timeout=30000")
+            self._db.execute(f"PRAGMA busy_timeout={BUSY_SECONDS * 1000}")
             self._migrate()
         except sqlite3.Error as exc:
             msg = f"{self.path}: cannot open the state store: {exc}{_space_hint(self.path.parent)}"
