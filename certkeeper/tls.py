@@ -1,6 +1,6 @@
 """TLS for certkeeper's own connections and listeners: the only importer of :mod:`ssl`.
 
-The probe's handshakes with other people's servers use pyOpenSSL (:mod:`certkeeper.probe.engine`), which shows
+The probe's handshakes with other people's servers use pyOpenSSL (:mod:`certkeeper.probe.wire`), which shows
 what a server presents even when it does not verify; ``certkeeper check`` of one endpoint uses the stdlib here
 instead (:mod:`certkeeper.probe.lean`, the functions at the end).  Everything certkeeper itself talks to (the
 alert relay, HTTPS fetches, its own HTTPS listeners) gets its context here, verified unless a caller says

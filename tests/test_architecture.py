@@ -17,7 +17,7 @@ HOMES = {
     "apscheduler": {"daemon.py"},
     "smtplib": {"alerts/relay.py"},
     "psycopg": {"store/postgres.py"},
-    "OpenSSL": {"probe/engine.py"},
+    "OpenSSL": {"probe/wire.py"},
     "dns": {"dnsclient.py"},
     "subprocess": {"process.py"},
     "ssl": {"tls.py"},

@@ -211,14 +211,23 @@ def _print(results: list[ProbeResult], args: Arguments) -> None:
 
 def _write_json_array(objects: Iterable[object]) -> None:
     """A JSON array with one object per line: what ``json.dump(indent=2)`` held, written by the C encoder (the
-    indenting one is pure Python: a tenth of a 5,000-endpoint run) line by line, and one line per target."""
+    indenting one is pure Python: a tenth of a 5,000-endpoint run), one line per target, in writes of about
+    64 KiB (an unbuffered stdout, ``PYTHONUNBUFFERED``, would otherwise make a system call of every line)."""
     import json
 
+    chunk: list[str] = []
+    size = 0
     separator = "[\n"
     for item in objects:
-        sys.stdout.write(separator + json.dumps(item))
+        line = separator + json.dumps(item)
         separator = ",\n"
-    sys.stdout.write("[\n]\n" if separator == "[\n" else "\n]\n")
+        chunk.append(line)
+        size += len(line)
+        if size >= 65536:
+            sys.stdout.write("".join(chunk))
+            chunk, size = [], 0
+    chunk.append("[\n]\n" if separator == "[\n" else "\n]\n")
+    sys.stdout.write("".join(chunk))
 
 
 def _run_mta_sts(args: Arguments) -> int:

@@ -3,7 +3,8 @@
 - :mod:`~certkeeper.probe.result`      the values: :class:`ProbeOptions`, :class:`ProbeResult`, findings
 - :mod:`~certkeeper.probe.dialects`    SMTP/IMAP/POP3/ManageSieve STARTTLS: pure reply parsers + dialogues
 - :mod:`~certkeeper.probe.conversation` the line channel they run over: limits, :class:`Progress`, errors
-- :mod:`~certkeeper.probe.engine`      asyncio + pyOpenSSL: many endpoints, every option
+- :mod:`~certkeeper.probe.engine`      asyncio: many endpoints, every option, one deadline per target
+- :mod:`~certkeeper.probe.wire`        one connection on event-loop callbacks: connect, dialogue, pyOpenSSL handshake
 - :mod:`~certkeeper.probe.lean`        one endpoint over a blocking socket and the stdlib ``ssl`` (what Nagios runs)
 - :mod:`~certkeeper.probe.judge`       pure: served chain + ``now`` -> summaries and findings (over ``cryptography``)
 - :mod:`~certkeeper.probe.verdict`     the judgements and words both share, with no certificate library

@@ -1,29 +1,20 @@
-"""The probe's IO: asyncio connections, the STARTTLS dialogue over them, and the TLS handshake.
+"""The probe's run: the trust anchors, the TLS contexts, one deadline per target over its fetches, the judgement
+of each served chain (once per distinct chain), and many targets at a bounded concurrency.
 
-This is the only module of certkeeper that opens sockets or touches a TLS library (``ssl`` for the default
-trust-store location, pyOpenSSL for the handshake).
-
-Why pyOpenSSL, driven through memory BIOs
-    Judging a server means seeing the chain *it sent*, including broken ones: Python 3.11's ``ssl`` hands out
-    only the leaf (``get_unverified_chain()`` arrives in 3.13).  ``OpenSSL.SSL.Connection`` created without a
-    socket works on two memory BIOs; the engine pumps bytes between them and an asyncio stream.  So the
-    plaintext dialogue and the handshake share one non-blocking connection, no thread is needed per
-    handshake, and ``get_peer_cert_chain()`` gives the whole served chain.  Verification is deliberately off in
-    OpenSSL (``VERIFY_NONE``) so broken chains still complete the handshake; the chain is then judged with
-    ``cryptography`` (:mod:`certkeeper.probe.judge`), once per distinct chain.
+Each fetch is one connection, a :class:`certkeeper.probe.wire.Wire` driven by the event loop's callbacks (the
+socket, the STARTTLS dialogue and the pyOpenSSL handshake are there).  The chain it returns is judged with
+``cryptography`` (:mod:`certkeeper.probe.judge`).
 
 Limits against hostile servers
-    One deadline per target (``asyncio.timeout``) covers connect, dialogue and every handshake; lines are at
-    most :data:`MAX_LINE` bytes, the dialogue at most :data:`MAX_DIALOGUE_BYTES`, the handshake at most
-    :data:`MAX_HANDSHAKE_BYTES` (OpenSSL itself refuses a certificate list over 100 KiB).  Every failure
-    becomes a finding; only a bug in certkeeper yields UNKNOWN.
+    One deadline per target (``asyncio.timeout``) covers resolving, connecting, the dialogue and every handshake;
+    the byte limits are the wire's.  Every failure becomes a finding; only a bug in certkeeper yields UNKNOWN.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import socket
 import threading
 import time
 import warnings
@@ -32,12 +23,10 @@ from datetime import datetime
 from pathlib import Path
 
 from cryptography import x509
-from OpenSSL import SSL, crypto
 
 from certkeeper import tls
 from certkeeper.errors import InputError
-from certkeeper.probe.conversation import MAX_LINE, DialogueError, Progress
-from certkeeper.probe.dialects import negotiate_starttls
+from certkeeper.probe.conversation import Progress
 from certkeeper.probe.judge import ChainJudgement, judge_chain
 from certkeeper.probe.result import (
     CONNECTION_FAILED,
@@ -53,66 +42,19 @@ from certkeeper.probe.verdict import (
     Fetch,
     assemble,
     connecting_stage,
-    ehlo_name,
     os_reason,
     timeout_finding,
 )
+from certkeeper.probe.wire import Context, ProbeFailure, Wire, client_context, numeric_addresses, version_context
 from certkeeper.targets import Target, encode_host_name, is_ip_literal
-from certkeeper.values import mutable
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from certkeeper.probe.wire import Address
 
 log = logging.getLogger("certkeeper.probe")
 
-MAX_HANDSHAKE_BYTES = 1024 * 1024
-_BIO_READ = 65536
 SYSTEM_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
-
-# Cipher strings for --key-type: in TLS 1.2 the cipher suite names the server's authentication, so offering
-# only aRSA (or aECDSA) suites makes a dual-certificate server present that certificate.  SECLEVEL=0 lets the
-# probe see (and report) weak servers instead of failing to talk to them; nothing secret is ever sent.  PSK and
-# SRP suites are left out of the list: a client without a pre-shared key or SRP login never offers them (OpenSSL
-# drops them from the ClientHello), yet it weighs each of them again for every connection (54 of 128 suites).
-_CIPHERS: dict[str | None, bytes] = {
-    None: b"ALL:!aNULL:!eNULL:!PSK:!SRP:@SECLEVEL=0",
-    "rsa": b"aRSA:!aNULL:!eNULL:!PSK:!SRP:@SECLEVEL=0",
-    "ecdsa": b"aECDSA:!aNULL:!eNULL:!PSK:!SRP:@SECLEVEL=0",
-}
-
-
-class _ProbeFailure(Exception):
-    """The probe could not get a certificate; becomes a CRITICAL finding with ``code``."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-@mutable
-class _StreamConversation:
-    """:class:`certkeeper.probe.dialects.Conversation` over an asyncio stream, with the byte limits."""
-
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-    progress: Progress
-    dialect: str
-
-    async def read_line(self) -> str:
-        self.progress.waiting(self.dialect)
-        try:
-            data = await self.reader.readuntil(b"\n")
-        except asyncio.CancelledError:  # the deadline: what came of a line never ended (StreamReader's buffer, which
-            self.progress.partial = len(getattr(self.reader, "_buffer", b""))  # it does not show otherwise)
-            raise
-        except asyncio.IncompleteReadError as exc:
-            raise self.progress.closed(exc.partial) from None
-        except asyncio.LimitOverrunError:
-            raise self.progress.too_long(self.dialect) from None
-        return self.progress.received_line(data, self.dialect)
-
-    async def send_line(self, line: str) -> None:
-        self.writer.write(self.progress.sending(line))
-        await self.writer.drain()
-
 
 def load_trust_anchors(ca_file: Path | str | None,
                        issuer_roots: Sequence[Path] = ()) -> tuple[list[x509.Certificate], str]:
@@ -177,27 +119,6 @@ def _load_pem_bundle(path: Path) -> list[x509.Certificate]:
         return x509.load_pem_x509_certificates(path.read_bytes())
 
 
-def _tls_context(key_type: str | None) -> SSL.Context:
-    context = SSL.Context(SSL.TLS_CLIENT_METHOD)
-    context.set_verify(SSL.VERIFY_NONE)  # judged afterwards with cryptography, so broken chains are still seen
-    context.set_min_proto_version(SSL.TLS1_VERSION)
-    if key_type is not None:
-        context.set_max_proto_version(SSL.TLS1_2_VERSION)  # TLS 1.3 suites do not name the key type
-    context.set_cipher_list(_CIPHERS[key_type])
-    return context
-
-
-_VERSIONS = {"TLSv1": SSL.TLS1_VERSION, "TLSv1.1": SSL.TLS1_1_VERSION}
-
-
-def _version_context(version: str) -> SSL.Context:
-    """A context offering ``version`` only (SECLEVEL=0: OpenSSL 3 refuses TLS 1.0/1.1 otherwise)."""
-    context = _tls_context(None)
-    context.set_min_proto_version(_VERSIONS[version])
-    context.set_max_proto_version(_VERSIONS[version])
-    return context
-
-
 class Prober:
     """One probing run: the TLS contexts, the trust anchors and the per-chain judgement cache, shared by all
     targets.  ``now`` is fixed for the run, which is what makes a judgement cacheable."""
@@ -211,8 +132,8 @@ class Prober:
             ["rsa", "ecdsa"] if options.key_type == "all" else [options.key_type]
         )
         self.key_types = key_types
-        self.contexts = {key_type: _tls_context(key_type) for key_type in key_types}
-        self.floor_contexts = {version: _version_context(version) for version in options.refuse_tls}
+        self.contexts = {key_type: client_context(key_type) for key_type in key_types}
+        self.floor_contexts = {version: version_context(version) for version in options.refuse_tls}
         self._judgements: dict[tuple[tuple[bytes, ...], str], ChainJudgement] = {}
 
     async def probe(self, target: Target, *, address: str | None = None, begun: float | None = None) -> ProbeResult:
@@ -227,7 +148,7 @@ class Prober:
                 for key_type in self.key_types:
                     try:
                         fetches.append(await self._fetch(target, address, key_type, progress))
-                    except _ProbeFailure as failure:
+                    except ProbeFailure as failure:
                         if len(self.key_types) > 1 and failure.code == TLS_HANDSHAKE_FAILED:
                             # With --key-type all a server without one of the two certificates is normal.
                             failures.append(Finding(TLS_HANDSHAKE_FAILED, "INFO",
@@ -239,7 +160,7 @@ class Prober:
         except TimeoutError:
             failures.append(timeout_finding(target, self.options.timeout, progress.stage, progress.received,
                                             progress.partial))
-        except _ProbeFailure as failure:
+        except ProbeFailure as failure:
             failures.append(Finding(failure.code, "CRITICAL", failure.message))
         except Exception as exc:  # a bug in certkeeper, not a server problem: UNKNOWN, as plugins do
             log.error("internal error probing %s: %r", target.text, exc, exc_info=log.isEnabledFor(logging.DEBUG))
@@ -254,7 +175,7 @@ class Prober:
         for version, context in self.floor_contexts.items():
             try:
                 await self._fetch(target, address, None, progress, context=context)
-            except _ProbeFailure as failure:
+            except ProbeFailure as failure:
                 if failure.code != TLS_HANDSHAKE_FAILED:
                     raise
                 continue
@@ -264,81 +185,27 @@ class Prober:
         return findings
 
     async def _fetch(self, target: Target, address: str | None, key_type: str | None,
-                     progress: Progress, *, context: SSL.Context | None = None) -> Fetch:
+                     progress: Progress, *, context: Context | None = None) -> Fetch:
         host = address or target.host
         progress.stage = connecting_stage(target, address)
-        try:
-            reader, writer = await asyncio.open_connection(host, target.port, limit=MAX_LINE)
-        except OSError as exc:
-            raise _ProbeFailure(CONNECTION_FAILED, f"cannot connect to {target.address}"
-                                f"{f' ({address})' if address else ''}: {os_reason(exc)}") from None
-        try:
-            if target.tls == "starttls" and target.dialect is not None:
-                conversation = _StreamConversation(reader, writer, progress, target.dialect)
-                try:
-                    await negotiate_starttls(target.dialect, conversation,
-                                             ehlo_name=ehlo_name(writer.get_extra_info("sockname")))
-                except DialogueError as exc:
-                    raise _ProbeFailure(exc.code, exc.message) from None
-                except OSError as exc:
-                    raise _ProbeFailure(CONNECTION_FAILED, f"the connection failed while {progress.stage}: "
-                                                           f"{os_reason(exc)}") from None
-            progress.stage = "in the TLS handshake" + (f" (offering only {key_type} certificates)" if key_type else "")
-            server_name = self.options.servername or target.host
-            send_sni = self.options.sni and not is_ip_literal(server_name)
-            ders, version, cipher = await self._handshake(reader, writer, context or self.contexts[key_type],
-                                                          server_name if send_sni else None, progress)
-        finally:
-            writer.close()
-        return Fetch(key_type, version, cipher, self._judge(ders, self.options.servername or target.host))
-
-    async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, context: SSL.Context,
-                         server_name: str | None, progress: Progress) -> tuple[tuple[bytes, ...], str, str]:
-        connection = SSL.Connection(context, None)
-        connection.set_connect_state()
-        if server_name:
-            connection.set_tlsext_host_name(encode_host_name(server_name))  # RFC 6066 §3: never for IP literals
-        received = 0
-        first = b""
-        while True:
+        where = f"{target.address}{f' ({address})' if address else ''}"
+        addresses: Sequence[Address] | None = numeric_addresses(host, target.port)
+        if addresses is None:
             try:
-                connection.do_handshake()
-                done = True
-            except SSL.WantReadError:
-                done = False
-            except SSL.Error as exc:
-                raise _ProbeFailure(TLS_HANDSHAKE_FAILED, f"the TLS handshake failed: {_openssl_reason(exc)}"
-                                                          f"{_plaintext_hint(first)}") from None
-            if done:
-                _queue_close_notify(connection)  # behind our last flight: one write carries both
-            outgoing = _drain(connection)
-            try:
-                if outgoing:
-                    writer.write(outgoing)
-                    await writer.drain()
-                if done:
-                    break
-                data = await reader.read(65536)
+                addresses = await asyncio.get_running_loop().getaddrinfo(host, target.port, type=socket.SOCK_STREAM)
             except OSError as exc:
-                raise _ProbeFailure(TLS_HANDSHAKE_FAILED, f"the connection failed in the TLS handshake: "
-                                                          f"{os_reason(exc)}{_plaintext_hint(first)}") from None
-            if not data:
-                raise _ProbeFailure(TLS_HANDSHAKE_FAILED, "the server closed the connection in the TLS handshake"
-                                                          f"{_plaintext_hint(first)}")
-            first = first or data[:64]
-            received += len(data)
-            if received > MAX_HANDSHAKE_BYTES:
-                raise _ProbeFailure(TLS_HANDSHAKE_FAILED, f"the server sent more than {MAX_HANDSHAKE_BYTES // 1024} "
-                                                          "KiB without completing the TLS handshake")
-            connection.bio_write(data)
-        chain = connection.get_peer_cert_chain() or []
-        ders = tuple(crypto.dump_certificate(crypto.FILETYPE_ASN1, certificate) for certificate in chain)
-        version = connection.get_protocol_version_name()
-        cipher = connection.get_cipher_name() or ""
-        progress.record(f"TLS: {version} {cipher}, {len(ders)} certificate(s)")
-        if not ders:
-            raise _ProbeFailure(PROTOCOL_ERROR, "the server completed the handshake without a certificate")
-        return ders, version, cipher
+                raise ProbeFailure(CONNECTION_FAILED, f"cannot connect to {where}: {os_reason(exc)}") from None
+        server_name = self.options.servername or target.host
+        send_sni = self.options.sni and not is_ip_literal(server_name)
+        wire = Wire(asyncio.get_running_loop(), addresses, where=where,
+                    dialect=target.dialect if target.tls == "starttls" else None,
+                    context=context or self.contexts[key_type], key_type=key_type,
+                    server_name=encode_host_name(server_name) if send_sni else None, progress=progress)
+        try:
+            ders, version, cipher = await wire.done
+        finally:
+            wire.close()  # cancelled by the deadline: the socket is closed here
+        return Fetch(key_type, version, cipher, self._judge(ders, server_name))
 
     def _judge(self, ders: tuple[bytes, ...], hostname: str) -> ChainJudgement:
         key = (ders, hostname.lower())
@@ -347,7 +214,7 @@ class Prober:
             try:
                 certificates = [x509.load_der_x509_certificate(der) for der in ders]
             except ValueError as exc:
-                raise _ProbeFailure(PROTOCOL_ERROR, f"the server sent a malformed certificate ({exc})") from None
+                raise ProbeFailure(PROTOCOL_ERROR, f"the server sent a malformed certificate ({exc})") from None
             judgement = judge_chain(certificates, hostname=hostname, roots=self.roots,
                                     trust_source=self.trust_source, now=self.now,
                                     warning_days=self.options.warning_days, critical_days=self.options.critical_days,
@@ -365,56 +232,6 @@ class Prober:
         return assemble(target, address, fetches, failures, several_key_types=len(self.key_types) > 1,
                         expected_fingerprints=self.options.expected_fingerprints,
                         transcript=progress.transcript or (), elapsed=elapsed)
-
-
-def _queue_close_notify(connection: SSL.Connection) -> None:
-    """The close_notify alert (RFC 8446 §6.1) into the outgoing BIO, so the server logs a clean end of the
-    connection, not an unexpected EOF; the probe has what it came for once the handshake is done."""
-    with contextlib.suppress(SSL.Error):
-        connection.shutdown()
-
-
-def _drain(connection: SSL.Connection) -> bytes:
-    """What OpenSSL wrote to its outgoing memory BIO.  A memory BIO hands out all it holds up to the size asked
-    for, so a short read has emptied it: no further read (and WantReadError) to find that out."""
-    chunks = []
-    while True:
-        try:
-            chunk = connection.bio_read(_BIO_READ)
-        except SSL.WantReadError:
-            break
-        chunks.append(chunk)
-        if len(chunk) < _BIO_READ:
-            break
-    return b"".join(chunks)
-
-
-def _openssl_reason(exc: SSL.Error) -> str:
-    """OpenSSL's error queue as words: ``[('SSL routines', '', 'wrong version number')]`` -> the reasons."""
-    if isinstance(exc, SSL.SysCallError):
-        return "the connection was reset" if exc.args and exc.args[0] != -1 else "unexpected end of the connection"
-    if exc.args and isinstance(exc.args[0], list):
-        reasons = [str(entry[-1]) for entry in exc.args[0] if isinstance(entry, tuple) and entry]
-        if reasons:
-            return "; ".join(dict.fromkeys(reasons))
-    return str(exc) or type(exc).__name__
-
-
-# The record types of TLS (RFC 8446 section 5.1; heartbeat, RFC 6520): a server sending one speaks TLS, however badly
-_TLS_RECORD_TYPES = {b"\x14", b"\x15", b"\x16", b"\x17", b"\x18"}
-
-
-def _plaintext_hint(first: bytes) -> str:
-    """When the 'TLS' server answered in plain text, say which protocol it speaks and what to do."""
-    if not first or first[:1] in _TLS_RECORD_TYPES:
-        return ""
-    line = first.split(b"\n", 1)[0].decode("ascii", "replace").strip()
-    if first.startswith(b"HTTP/"):
-        return f" (the server speaks HTTP: {line!r})"
-    if first.startswith((b"220", b"* OK", b"+OK", b'"IMPLEMENTATION"')):
-        return (f" (the server answered in plain text, {line!r}: this port uses STARTTLS; "
-                "try smtp://, imap://, pop3://, sieve:// or --starttls)")
-    return f" (the server answered with non-TLS data {first[:16]!r})"
 
 
 async def probe_target(target: Target, options: ProbeOptions, *, now: datetime,

@@ -54,6 +54,7 @@ from certkeeper.probe.verdict import (
     ChainJudgement,
     Fetch,
     assemble,
+    connect_reason,
     connecting_stage,
     date_finding,
     ehlo_name,
@@ -205,11 +206,7 @@ class _Probe:
                 errors.append(exc)
                 continue
             return sock
-        if len(errors) == 1 or len({str(error) for error in errors}) == 1:
-            reason = os_reason(errors[0])
-        else:
-            reason = f"Multiple exceptions: {', '.join(str(error) for error in errors)}"
-        raise _Failure(CONNECTION_FAILED, f"cannot connect to {where}: {reason}")
+        raise _Failure(CONNECTION_FAILED, f"cannot connect to {where}: {connect_reason(errors)}")
 
     def _judge(self, ders: list[bytes], code: int | None) -> ChainJudgement:
         try:
@@ -308,8 +305,9 @@ def _last_served_issuer(certificates: list[Certificate]) -> Certificate:
 
 
 class _SocketConversation:
-    """:class:`certkeeper.probe.dialects.SyncConversation` over a blocking socket: lines as asyncio's
-    ``StreamReader.readuntil`` with the engine's limit gives them, under the target's deadline."""
+    """:class:`certkeeper.probe.dialects.SyncConversation` over a blocking socket: lines as the engine's
+    :mod:`~certkeeper.probe.wire` takes them (``StreamReader.readuntil``'s rule with :data:`MAX_LINE`), under the
+    target's deadline."""
 
     def __init__(self, sock: socket.socket, progress: Progress, dialect: str, deadline: Deadline) -> None:
         self.sock = sock

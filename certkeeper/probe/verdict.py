@@ -261,6 +261,15 @@ def os_reason(exc: OSError) -> str:
     return str(exc) or type(exc).__name__
 
 
+def connect_reason(errors: Sequence[OSError]) -> str:
+    """Why no address of an endpoint took the connection, as asyncio's ``create_connection`` words it."""
+    if not errors:
+        return "no address to connect to"
+    if len(errors) == 1 or len({str(error) for error in errors}) == 1:
+        return os_reason(errors[0])
+    return f"Multiple exceptions: {', '.join(str(error) for error in errors)}"
+
+
 def ehlo_name(sockname: object) -> str:
     """Our own address (a socket's name) as an RFC 5321 §4.1.3 address literal: always valid, reveals nothing."""
     if not sockname or not isinstance(sockname, tuple):

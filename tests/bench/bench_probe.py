@@ -201,6 +201,120 @@ async def pyopenssl_loop(targets: list[tuple[str, int]], concurrency: int) -> in
     return sum(results)
 
 
+class _CallbackRun:
+    """The floor's work (the same pyOpenSSL handshakes, the served chain as DER) on event-loop callbacks over
+    non-blocking sockets, as certkeeper.probe.wire does it: no stream, task or future per read."""
+
+    def __init__(self, targets: list[tuple[str, int]]) -> None:
+        from OpenSSL import SSL
+
+        self.context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        self.context.set_verify(SSL.VERIFY_NONE)
+        self.loop = asyncio.new_event_loop()
+        self.finished = self.loop.create_future()
+        self.queue = iter(targets)
+        self.active = self.served = 0
+
+    def run(self, concurrency: int) -> int:
+        for _ in range(concurrency):
+            if not self.start():
+                break
+        if self.active:
+            self.loop.run_until_complete(self.finished)
+        self.loop.close()
+        return self.served
+
+    def start(self) -> bool:
+        for scheme, port in self.queue:
+            self.active += 1
+            _CallbackConnection(self, scheme, port)
+            return True
+        return False
+
+    def done(self, *, served: bool) -> None:
+        self.served += served
+        self.active -= 1
+        if not self.start() and not self.active:
+            self.finished.set_result(None)
+
+
+class _CallbackConnection:
+    def __init__(self, run: _CallbackRun, scheme: str, port: int) -> None:
+        import errno
+        import socket
+
+        from OpenSSL import SSL
+
+        self.run, self.loop, self.scheme, self.buffer, self.step = run, run.loop, scheme, b"", 0
+        self.tls: SSL.Connection | None = None
+        self.sock = socket.socket()
+        self.sock.setblocking(False)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.sock.connect_ex((HOST, port)) == errno.EINPROGRESS:
+            self.loop.add_writer(self.sock.fileno(), self.connected)
+        else:
+            self.connected()
+
+    def connected(self) -> None:
+        import socket
+
+        self.loop.remove_writer(self.sock.fileno())
+        if self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+            self.finish(served=False)
+            return
+        self.loop.add_reader(self.sock.fileno(), self.readable)
+        if self.scheme == "smtps":
+            self.start_tls()
+
+    def readable(self) -> None:
+        data = self.sock.recv(65536)
+        if not data:
+            self.finish(served=False)
+        elif self.tls is not None:
+            self.tls.bio_write(data)
+            self.pump()
+        else:
+            self.buffer += data
+            while b"\n" in self.buffer and self.tls is None:
+                line, self.buffer = self.buffer.split(b"\n", 1)
+                if self.step == 0 and line.startswith(b"220 "):
+                    self.sock.send(b"EHLO [127.0.0.1]\r\n")
+                    self.step = 1
+                elif self.step == 1 and line.startswith(b"250 "):
+                    self.sock.send(b"STARTTLS\r\n")
+                    self.step = 2
+                elif self.step == 2:
+                    self.start_tls()
+
+    def start_tls(self) -> None:
+        from OpenSSL import SSL
+
+        self.tls = SSL.Connection(self.run.context, None)
+        self.tls.set_connect_state()
+        self.tls.set_tlsext_host_name(NAME.encode())
+        self.pump()
+
+    def pump(self) -> None:
+        from OpenSSL import SSL, crypto
+
+        assert self.tls is not None
+        try:
+            self.tls.do_handshake()
+            done = True
+        except SSL.WantReadError:
+            done = False
+        with contextlib.suppress(SSL.WantReadError):
+            self.sock.send(self.tls.bio_read(65536))
+        if done:
+            chain = self.tls.get_peer_cert_chain() or []
+            self.finish(served=bool([crypto.dump_certificate(crypto.FILETYPE_ASN1, c) for c in chain]))
+
+    def finish(self, *, served: bool) -> None:
+        self.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+        self.run.done(served=served)
+
+
 # --- the measurement ---------------------------------------------------------------------------------
 
 
@@ -242,8 +356,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--serve", choices=("implicit", "smtp"), help=argparse.SUPPRESS)
-    parser.add_argument("--floor", choices=("pyopenssl", "ssl"), default="pyopenssl",
-                        help="the loop to compare with: pyOpenSSL handshakes (issue 23) or asyncio + ssl (issue 3)")
+    parser.add_argument("--floor", choices=("pyopenssl", "callbacks", "ssl"), default="pyopenssl",
+                        help="the loop to compare with: pyOpenSSL handshakes over asyncio streams (issue 23), the "
+                        "same on event-loop callbacks (as certkeeper's wire), or asyncio + ssl (issue 3)")
     parser.add_argument("--json", action="store_true", help="certkeeper check --json instead of Nagios lines")
     parser.add_argument("--base", metavar="SRC", help="also time the certkeeper package in SRC (e.g. `git archive "
                         "main certkeeper | tar -x -C SRC`), as the side 'before'")
@@ -262,8 +377,11 @@ def main() -> None:
         for line in Path(args.raw).read_text().splitlines():
             scheme, rest = line.split("://")
             targets.append((scheme, int(rest.rsplit(":", 1)[1])))
-        done = asyncio.run(pyopenssl_loop(targets, args.concurrency) if args.floor == "pyopenssl"
-                           else raw_loop(targets, args.ca, args.concurrency))
+        if args.floor == "callbacks":
+            done = _CallbackRun(targets).run(args.concurrency)
+        else:
+            done = asyncio.run(pyopenssl_loop(targets, args.concurrency) if args.floor == "pyopenssl"
+                               else raw_loop(targets, args.ca, args.concurrency))
         print(f"{done} handshakes")
         sys.exit(0 if done == len(targets) else 1)
 
