@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from OpenSSL import SSL, crypto
 
@@ -151,22 +151,29 @@ class Wire:
             except OSError as exc:
                 self._errors.append(exc)
                 continue
-            sock.setblocking(False)
-            if family in (socket.AF_INET, socket.AF_INET6):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as asyncio's transports
+            try:
+                sock.setblocking(False)
+                if family in (socket.AF_INET, socket.AF_INET6):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as asyncio's transports
+                code = sock.connect_ex(address)
+            except OSError as exc:  # most failures are connect_ex's number; a few are raised
+                sock.close()
+                self._errors.append(exc)
+                continue
             self._sock = sock
-            code = sock.connect_ex(address)
             if code in (errno.EINPROGRESS, errno.EAGAIN):
-                self._loop.add_writer(sock.fileno(), self._connected, address)
+                self._loop.add_writer(sock.fileno(), self._guarded, self._on_connected, address, None)
             else:
-                self._connected(address, code)
+                self._guarded(self._on_connected, address, code)
             return
         self._fail(CONNECTION_FAILED, f"cannot connect to {self._where}: {connect_reason(self._errors)}")
 
-    def _connected(self, address: object, code: int | None = None) -> None:
+    def _guarded(self, callback: Callable[..., None], *args: object) -> None:
+        """Run one of the event loop's callbacks: a bug in certkeeper ends the fetch, and the caller reports it
+        (UNKNOWN), instead of the loop logging it and the fetch waiting for its deadline."""
         try:
-            self._on_connected(address, code)
-        except Exception as exc:  # a bug in certkeeper: the caller reports it, rather than wait for the deadline
+            callback(*args)
+        except Exception as exc:
             self._end(exc)
 
     def _on_connected(self, address: object, code: int | None) -> None:
@@ -182,7 +189,7 @@ class Wire:
             sock.close()
             self._connect_next()
             return
-        self._loop.add_reader(sock.fileno(), self._readable)
+        self._loop.add_reader(sock.fileno(), self._guarded, self._on_readable)
         if self._dialect is None:
             self._start_tls()
             return
@@ -300,12 +307,6 @@ class Wire:
 
     # --- the socket ------------------------------------------------------------------------------------
 
-    def _readable(self) -> None:
-        try:
-            self._on_readable()
-        except Exception as exc:  # a bug in certkeeper (see _connected)
-            self._end(exc)
-
     def _on_readable(self) -> None:
         sock = self._sock
         if sock is None:
@@ -346,14 +347,8 @@ class Wire:
             return False
         if sent < len(data):
             self._pending = data[sent:]
-            self._loop.add_writer(sock.fileno(), self._writable)
+            self._loop.add_writer(sock.fileno(), self._guarded, self._on_writable)
         return True
-
-    def _writable(self) -> None:
-        try:
-            self._on_writable()
-        except Exception as exc:  # a bug in certkeeper (see _connected)
-            self._end(exc)
 
     def _on_writable(self) -> None:
         sock = self._sock
