@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 
 import pytest
@@ -12,7 +11,7 @@ from hypothesis import strategies as st
 from certkeeper.probe.conversation import DialogueError
 from certkeeper.probe.dialects import (
     imap_capabilities,
-    negotiate_starttls,
+    negotiate_starttls_sync,
     parse_imap_line,
     parse_pop3_status,
     parse_sieve_line,
@@ -23,25 +22,25 @@ from certkeeper.probe.judge import thresholds_for
 
 
 class Script:
-    """A Conversation that replays server lines and records what the client sent."""
+    """A SyncConversation that replays server lines and records what the client sent."""
 
     def __init__(self, lines: list[str]) -> None:
         self.lines = list(lines)
         self.sent: list[str] = []
 
-    async def read_line(self) -> str:
+    def read_line(self) -> str:
         if not self.lines:
             msg = "connection-failed"
             raise DialogueError(msg, "closed")
         return self.lines.pop(0)
 
-    async def send_line(self, line: str) -> None:
+    def send_line(self, line: str) -> None:
         self.sent.append(line)
 
 
 def negotiate(dialect: str, lines: list[str]) -> Script:
     script = Script(lines)
-    asyncio.run(negotiate_starttls(dialect, script, ehlo_name="[127.0.0.1]"))  # type: ignore[arg-type]
+    negotiate_starttls_sync(dialect, script, ehlo_name="[127.0.0.1]")  # type: ignore[arg-type]
     return script
 
 

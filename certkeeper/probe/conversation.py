@@ -1,5 +1,5 @@
 """The channel the STARTTLS dialogues of :mod:`certkeeper.probe.dialects` run over, as both drivers have it: the
-line limits, :class:`DialogueError`, the conversations' interface and :class:`Progress` (the stage, the bytes
+line limits, :class:`DialogueError`, the blocking conversation's interface and :class:`Progress` (the stage, the bytes
 received before TLS, the transcript).
 
 Apart from the dialogues because a probe needs it for every target, and the dialogues (their reply parsers,
@@ -29,21 +29,12 @@ class DialogueError(Exception):
         self.message = message
 
 
-if TYPE_CHECKING:  # what the drivers take, for the type checker: no Protocol class is built at run time
-    class Conversation(Protocol):
-        """A line-oriented channel to the server; the engine enforces limits and the deadline."""
-
-        async def read_line(self) -> str:
-            """One line without its CRLF; DialogueError(connection-failed) when the server closes."""
-            ...
-
-        async def send_line(self, line: str) -> None:
-            ...
-
+if TYPE_CHECKING:  # what the blocking driver takes, for the type checker: no Protocol class is built at run time
     class SyncConversation(Protocol):
-        """:class:`Conversation` for a blocking socket."""
+        """A line-oriented channel to the server over a blocking socket; it enforces the limits and the deadline."""
 
         def read_line(self) -> str:
+            """One line without its CRLF; DialogueError(connection-failed) when the server closes."""
             ...
 
         def send_line(self, line: str) -> None:
@@ -52,7 +43,7 @@ if TYPE_CHECKING:  # what the drivers take, for the type checker: no Protocol cl
 
 class Progress:
     """Where a target's probe is (so a timeout can say what the server failed to do), the bytes received before
-    TLS, and the transcript when one is kept; shared by both conversations, so their limits and words agree."""
+    TLS, and the transcript when one is kept; shared by both drivers, so their limits and words agree."""
 
     def __init__(self, *, transcript: list[str] | None = None) -> None:
         self.stage = "connecting"

@@ -4,10 +4,10 @@ Three layers.  The reply parsers (``parse_*``, :class:`SmtpReplyReader`) are pur
 Hypothesis can throw any junk at them; they raise :class:`DialogueError` and nothing else.  The dialogues
 (:func:`dialogue`) are generators, one state machine per protocol: each step yields a line to send, or
 :data:`READ` to be handed the server's next line, and returns when the TLS handshake may start.  Two drivers
-run them: :func:`negotiate_starttls` over an async :class:`~certkeeper.probe.conversation.Conversation` (the
-asyncio engine) and :func:`negotiate_starttls_sync` over a blocking
+run them: the engine's :class:`~certkeeper.probe.wire.Wire`, which feeds each line as it arrives in an event-loop
+callback, and :func:`negotiate_starttls_sync` over a blocking
 :class:`~certkeeper.probe.conversation.SyncConversation` (``certkeeper check`` of one endpoint,
-:mod:`certkeeper.probe.lean`); both conversations bound line length and total bytes with
+:mod:`certkeeper.probe.lean`); both bound line length and total bytes with
 :class:`~certkeeper.probe.conversation.Progress`, and the target's deadline.  This module never touches a socket,
 so everything here is testable with a list of lines.
 
@@ -26,7 +26,7 @@ from certkeeper.values import frozen
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (tests/test_startup_imports.py)
 if TYPE_CHECKING:
-    from certkeeper.probe.conversation import Conversation, SyncConversation
+    from certkeeper.probe.conversation import SyncConversation
     from certkeeper.targets import Dialect
 
 # A reply longer than this many lines is not a mail server talking (Postfix's EHLO has about 10).
@@ -288,21 +288,6 @@ def dialogue(dialect: Dialect, *, ehlo_name: str) -> Dialogue:
     if dialect == "pop3":
         return pop3_starttls()
     return sieve_starttls()
-
-
-async def negotiate_starttls(dialect: Dialect, conversation: Conversation, *, ehlo_name: str) -> None:
-    """Run the dialect's dialogue over an async conversation."""
-    steps = dialogue(dialect, ehlo_name=ehlo_name)
-    try:
-        step = next(steps)
-        while True:
-            if step is READ:
-                step = steps.send(await conversation.read_line())
-            else:
-                await conversation.send_line(step)
-                step = steps.send("")
-    except StopIteration:
-        return
 
 
 def negotiate_starttls_sync(dialect: Dialect, conversation: SyncConversation, *, ehlo_name: str) -> None:
