@@ -64,6 +64,9 @@ def test_nothing_goes_to_plain_http_whatever_the_directory_says(tmp_path: Path, 
     ("cert-huge", "answered with more than 2 MiB"),
     ("final-error-string", "the order ended invalid: boom"),
     ("order-500", "(asked https://127.0.0.1:"),
+    # newNonce asked for ever (the pass never ended): a nonce that is not base64url, or the same one again
+    ("nonce-not-base64", "answered with a nonce certkeeper cannot sign with: 'not*base64' is not base64url"),
+    ("nonce-repeated", "answered with a nonce certkeeper cannot sign with: 'c2FtZS1ub25jZQ' was given before"),
 ], indirect=["fake"])
 def test_an_answer_of_another_shape_is_named_not_an_internal_error(tmp_path: Path, fake: FakeAcme, says: str) -> None:
     stdout, status = renew_from(tmp_path, fake)

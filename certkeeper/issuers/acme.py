@@ -111,6 +111,19 @@ class _Transient(Exception):
         self.status = status  # the HTTP error status the CA answered; None: no answer (no connection, a timeout)
 
 
+class UnusableNonce(acme_errors.NonceError):
+    """The CA's newNonce answered with a Replay-Nonce no request can be signed with (not base64url, or one it
+    gave before)."""
+
+    def __init__(self, url: str, problem: str) -> None:
+        super().__init__(url, problem)
+        self.url = url
+        self.problem = problem
+
+    def __str__(self) -> str:
+        return f"its newNonce ({self.url}) answered with a nonce certkeeper cannot sign with: {self.problem}"
+
+
 class _Unreachable(Exception):
     """Retries exhausted; becomes :class:`CaUnavailable` once the issuer and certificate are known."""
 
@@ -313,9 +326,9 @@ class _ResilientNetwork(acme_client.ClientNetwork):
             msg = f"{type(exc).__name__}: {exc}"
             raise _Transient(msg, None) from None
         if self.REPLAY_NONCE_HEADER in response.headers:
-            # Every response carries a fresh nonce, errors too (RFC 8555 section 6.5): keep it.
-            with contextlib.suppress(acme_errors.BadNonce):
-                self._add_nonce(response)
+            # Every response carries a fresh nonce, errors too (RFC 8555 section 6.5): keep it, or remember for
+            # _get_nonce why it could not be kept.
+            self._this_thread.nonce_problem = self._keep_nonce(response)
         if response.status_code in _TRANSIENT_STATUSES:
             reason = f"HTTP {response.status_code}"
             with contextlib.suppress(ValueError):
@@ -388,8 +401,23 @@ class _ResilientNetwork(acme_client.ClientNetwork):
                 del self._seen_nonces[next(iter(self._seen_nonces))]
             super()._add_nonce(response)
 
+    def _keep_nonce(self, response: requests.Response) -> str:
+        """Pool the nonce of an answer just received; why it cannot be used, or "" when it was pooled."""
+        nonce = response.headers[self.REPLAY_NONCE_HEADER]
+        shown = repr(nonce[:64]) + ("..." if len(nonce) > 64 else "")
+        with self._nonce_lock:
+            if nonce in self._seen_nonces:  # a new answer with a nonce given before: the CA repeats itself
+                return f"{shown} was given before (a nonce is good for one request, RFC 8555 section 6.5)"
+            try:
+                self._add_nonce(response)
+            except acme_errors.BadNonce as exc:
+                return f"{shown} is not base64url (RFC 8555 section 6.5.1: {exc.error})"
+        return ""
+
     def _get_nonce(self, url: str, new_nonce_url: str | None) -> str:
-        # The library checks for an empty pool, then pops: two threads can both pass the check.
+        # The library checks for an empty pool, then pops: two threads can both pass the check, and another
+        # thread may take the nonce this one asked for (then it asks again).  An answer whose own nonce cannot
+        # be used ends the request: asking again would loop for as long as the CA answers so.
         while True:
             with self._nonce_lock:
                 if self._nonces:
@@ -399,6 +427,9 @@ class _ResilientNetwork(acme_client.ClientNetwork):
             self._check_response(response, content_type=None)
             if self.REPLAY_NONCE_HEADER not in response.headers:
                 raise acme_errors.MissingNonce(response)
+            problem = getattr(self._this_thread, "nonce_problem", "")
+            if problem:
+                raise UnusableNonce(new_nonce_url or url, problem)
 
 
 # -- account and order ----------------------------------------------------------------------------------------
