@@ -50,6 +50,31 @@ def test_a_hook_that_cannot_run_fails_the_renewal_before_the_flip(tmp_path: Path
     assert current is not None and hook_runs(tmp_path)[-1] == f"reload mail {current.id}"
 
 
+def test_an_order_that_fails_owes_no_reload(tmp_path: Path) -> None:
+    """The pass records the reload owed for every certificate it is about to issue, in one commit before the
+    first order; one whose order fails is flipped to nothing new and owes nothing: the next pass reloads nothing
+    and does not report it reloaded."""
+    hook = hook_script(tmp_path, "reload")
+    config = write_config(tmp_path, CERTIFICATE.format(hook=hook))
+    assert run_cli(config, "renew").returncode == 0
+    runs = hook_runs(tmp_path)
+    passphrase = tmp_path / "ca.pass"
+    passphrase.write_text("not the passphrase\n")  # the intermediate key no longer opens: the order fails
+    failed = run_cli(config, "renew", "--force")
+    assert failed.returncode == 1 and "mail: failed: " in failed.stdout, failed.stdout + failed.stderr
+    store = SqliteStore(config.settings.state_dir)
+    try:
+        state = store.get_state("mail")
+    finally:
+        store.close()
+    assert state is not None and state.failures == 1 and not state.reload_pending
+    passphrase.write_text("lifecycle tests\n")
+    after = run_cli(config, "renew", "--json")
+    assert after.returncode == 0, after.stdout + after.stderr
+    assert json.loads(after.stdout)[0]["result"] == "not-due"
+    assert hook_runs(tmp_path) == runs  # no reload of what was served all along
+
+
 def test_a_crash_right_after_the_flip_is_reloaded_by_the_next_run(tmp_path: Path) -> None:
     flag = tmp_path / "crash-once"
     # The hook runs right after the flip; it SIGKILLs certkeeper (its parent) the first time: a real crash at

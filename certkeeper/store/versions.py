@@ -595,7 +595,7 @@ class CertificateHome:
         if keep:
             with contextlib.suppress(FileNotFoundError, NotADirectoryError):
                 # No more folders than are kept (the names alone tell): nothing to read, nothing to remove.
-                if sum(not name.startswith(".") for name in os.listdir(self.versions_dir)) <= keep:  # noqa: PTH208
+                if sum(not name.startswith(".") for name in os.listdir(f"{self._root}/versions")) <= keep:  # noqa: PTH208
                     return []
         current = self.current()
         versions = self.versions()
@@ -607,16 +607,18 @@ class CertificateHome:
     def recover(self) -> list[str]:
         """Remove folders left by an interrupted install and a dangling temporary link; report what went."""
         removed = []
-        if self.versions_dir.is_dir():
-            for entry in self.versions_dir.iterdir():
-                if entry.name.startswith(_INCOMING):
-                    _remove_tree(entry, ignore_errors=True)
-                    removed.append(entry.name)
-        if self.root.is_dir():
-            for entry in self.root.iterdir():
-                if entry.name.startswith(".current-"):
-                    entry.unlink()
-                    removed.append(entry.name)
+        for folder, prefix in ((f"{self._root}/versions", _INCOMING), (self._root, ".current-")):
+            try:
+                names = os.listdir(folder)  # noqa: PTH208 (a str: no Path per certificate, 1,000 a pass)
+            except (FileNotFoundError, NotADirectoryError):  # a certificate never installed has neither
+                continue
+            for name in names:
+                if name.startswith(prefix):
+                    if prefix == _INCOMING:
+                        _remove_tree(f"{folder}/{name}", ignore_errors=True)
+                    else:
+                        os.unlink(f"{folder}/{name}")  # noqa: PTH108
+                    removed.append(name)
         return removed
 
     def check_copy_targets(self, targets: Mapping[CopyTarget, Path]) -> None:
