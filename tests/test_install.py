@@ -122,6 +122,7 @@ def test_two_key_types_get_one_subfolder_each(tmp_path: Path, intermediate: Test
         key = pki.load_key((current / family / "privkey.pem").read_bytes())
         assert pki.key_matches(key, cert) and pki.key_type_of(key) == kind.value
     assert {p.key_type for p in version.pairs} == {"ecdsa-p256", "rsa-2048"}
+    assert home.current() == version  # what write_version returned is what its version.json reads as
 
 
 def test_prune_keeps_the_newest_and_never_current(tmp_path: Path, intermediate: TestCA) -> None:

@@ -539,7 +539,8 @@ class CertificateHome:
         os.mkdir(incoming, self.ownership.dir_mode)  # noqa: PTH102 - never wider than its mode, not even for an instant;
         self._set_mode(incoming)  # and exactly it (a umask narrows it, chmod only then)
         dual = len(pairs) > 1
-        meta_pairs, files, subdirs = [], [], []
+        final = Path(f"{self._root}/versions/{version_id}")
+        meta_pairs, files, subdirs, installed = [], [], [], []
         for pair in pairs:
             subdir = pair.key_type.family if dual else ""
             folder = f"{incoming}/{subdir}" if subdir else incoming
@@ -549,12 +550,18 @@ class CertificateHome:
                 subdirs.append(folder)
             contents = _pair_files(pair)
             files += self._file_entries(folder, contents)
+            digests = {name: (len(data), hashlib.sha256(data).hexdigest()) for name, data in contents.items()}
+            facts = InstalledPair(key_type=pair.key_type.value, serial=pki.serial_hex(pair.certificate),
+                                  fingerprint=pki.fingerprint(pair.certificate),
+                                  not_before=pki.not_before(pair.certificate),
+                                  not_after=pki.not_after(pair.certificate),
+                                  directory=final / subdir if subdir else final,
+                                  files=tuple([(name, size, digest) for name, (size, digest) in digests.items()]))
+            installed.append(facts)
             meta_pairs.append({
-                "key_type": pair.key_type.value, "subdir": subdir,
-                "serial": pki.serial_hex(pair.certificate), "fingerprint": pki.fingerprint(pair.certificate),
-                "not_before": pki.not_before(pair.certificate).isoformat(),
-                "not_after": pki.not_after(pair.certificate).isoformat(),
-                "files": {name: [len(data), hashlib.sha256(data).hexdigest()] for name, data in contents.items()},
+                "key_type": facts.key_type, "subdir": subdir, "serial": facts.serial, "fingerprint": facts.fingerprint,
+                "not_before": facts.not_before.isoformat(), "not_after": facts.not_after.isoformat(),
+                "files": {name: list(entry) for name, entry in digests.items()},
             })
         meta = {"created_at": now.isoformat(), "issuer": issuer, "domains": list(domains), "pairs": meta_pairs}
         text = json.dumps(meta)  # one line: the C encoder (indent= takes the pure-Python one, four times slower)
@@ -563,10 +570,11 @@ class CertificateHome:
         for folder in subdirs:
             fsync_dir(folder)
         fsync_dir(incoming)  # once for every file in it: their names are durable before the folder is renamed
-        final = f"{self._root}/versions/{version_id}"
         os.rename(incoming, final)  # noqa: PTH104
         fsync_dir(f"{self._root}/versions")
-        return self._version(Path(final), meta)  # what was just written, not read back (JSON's own types already)
+        # What was just written, not read back: what _load would make of it, the same field for field (a test
+        # holds the two equal)
+        return Version(self.name, version_id, final, now, issuer, tuple(domains), tuple(installed))
 
     def activate(self, version: Version) -> None:
         """Point ``current`` at ``version`` with one atomic rename (a folder in its place is removed first)."""
