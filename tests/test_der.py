@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from certkeeper import pki
-from certkeeper.probe.der import Certificate, DerError, read_pem_bundle, subject_der
+from certkeeper.probe.der import Certificate, DerError, read_pem_bundle, sha256_hex, subject_der
 from certkeeper.probe.judge import summarize
 from certkeeper.probe.verdict import Facts, summarize_facts
 
@@ -168,3 +168,16 @@ def test_any_bytes_give_a_certificate_or_a_der_error(junk: bytes, where: int, va
     for data in (junk, GOOD[:where] + bytes([value]) + GOOD[where + 1:], GOOD[:where]):
         with contextlib.suppress(DerError):
             Certificate(data)
+
+
+def test_the_fingerprint_is_sha256_with_or_without_hashlib_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A `check` of one endpoint hashes with the interpreter's own SHA-256 (hashlib not imported: 3 ms); a process
+    that has hashlib with OpenSSL's; the same digest either way."""
+    import hashlib
+    import sys
+
+    data = bytes(range(256)) * 5
+    expected = hashlib.sha256(data).hexdigest()
+    assert sha256_hex(data) == expected
+    monkeypatch.delitem(sys.modules, "hashlib")
+    assert sha256_hex(data) == expected

@@ -31,11 +31,12 @@ NOT_FOR_CHECK = ("acme", "josepy", "apscheduler", "dns", "psycopg", "tomllib", "
 # typing's).  Nor dataclasses, with the inspect, ast and dis it brings: the value classes are certkeeper.values'.
 # Nor importlib.util: the CLI imports the command's module by its name.  Nor pathlib (with urllib.parse and
 # fnmatch, 1.7 ms): --ca-file stays the str it was given.  Nor argparse, with gettext and locale, and the parser
-# it builds (5 ms): the line is read by certkeeper.cli.quick.
+# it builds (5 ms): the line is read by certkeeper.cli.quick.  Nor hashlib, whose _hashlib sets up OpenSSL's list
+# of digests (3 ms) before the one SHA-256 the fingerprints need: certkeeper.probe.der takes the interpreter's.
 NOT_FOR_ONE_CHECK = (*NOT_FOR_CHECK, "asyncio", "OpenSSL", "cryptography", "certkeeper.probe.engine",
                      "certkeeper.probe.judge", "certkeeper.pki", "logging", "encodings.idna", "typing",
                      "importlib.util", "dataclasses", "inspect", "pathlib", "argparse", "gettext", "locale",
-                     "certkeeper.cli.parser")
+                     "certkeeper.cli.parser", "hashlib", "_hashlib")
 
 # As the ``certkeeper`` console script runs the command (``python -m`` would load runpy, and importlib.util with
 # it); what the interpreter loaded before the command started (site, the venv's .pth files) is not the command's.

@@ -12,11 +12,31 @@ engine, so the two paths never word a certificate differently.
 from __future__ import annotations
 
 import binascii
-import hashlib
 import ipaddress
+import sys
 from datetime import UTC, datetime
 
 from certkeeper.probe.verdict import Facts
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (tests/test_startup_imports.py)
+if TYPE_CHECKING:
+    from hashlib import sha256 as _own_sha256
+else:
+    try:
+        from _sha256 import sha256 as _own_sha256  # Python 3.11 (3.12 names it _sha2)
+    except ImportError:  # pragma: no cover - another Python
+        from hashlib import sha256 as _own_sha256
+
+
+def sha256_hex(data: bytes) -> str:
+    """SHA-256 of ``data``, lowercase hex: how certkeeper names a certificate (its DER) and a key (its SPKI).
+
+    OpenSSL's (hashlib's) once something has imported hashlib, as the engine's libraries do: a fourth of the time
+    for a certificate.  Else the interpreter's own: importing hashlib sets up OpenSSL's whole list of digests
+    first, 3 ms of a `check` process of 35 that hashes three certificates.
+    """
+    loaded = sys.modules.get("hashlib")
+    return (loaded.sha256 if loaded is not None else _own_sha256)(data).hexdigest()
 
 
 class DerError(ValueError):
@@ -347,7 +367,7 @@ class Certificate:
 
     @property
     def fingerprint(self) -> str:
-        return hashlib.sha256(self.der).hexdigest()
+        return sha256_hex(self.der)
 
     def self_issued(self) -> bool:
         """Subject and issuer are the same name and, when both key identifiers are there, the same key: what
@@ -367,7 +387,7 @@ class Certificate:
             names=tuple(self.names),
             fingerprint=self.fingerprint,
             key_type=self.key_type,
-            spki_sha256=hashlib.sha256(self.spki).hexdigest(),
+            spki_sha256=sha256_hex(self.spki),
             subject_dn=self.subject.distinguished_name(),
             issuer_dn=self.issuer.distinguished_name(),
         )

@@ -21,7 +21,6 @@ What it leaves to the engine
 
 from __future__ import annotations
 
-import hashlib
 import socket
 import time
 from collections.abc import Sequence
@@ -37,6 +36,7 @@ from certkeeper.probe.der import (
     Certificate,
     DerError,
     read_pem_bundle,
+    sha256_hex,
     subject_der,
 )
 from certkeeper.probe.result import (
@@ -289,7 +289,7 @@ class _Probe:
         except (OSError, DerError) as exc:
             msg = f"the trust anchors cannot be read here ({exc})"
             raise HandOver(msg) from None
-        return ({hashlib.sha256(der).hexdigest() for der in ders}, subjects,
+        return ({sha256_hex(der) for der in ders}, subjects,
                 str(ca_file) if ca_file is not None else "the system trust store")
 
 
