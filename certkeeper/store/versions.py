@@ -612,10 +612,15 @@ class CertificateHome:
             _remove_tree(version.path)
         return [v.id for v in removable]
 
+    def _leftover_places(self) -> tuple[tuple[str, str], ...]:
+        """Where an interrupted install leaves something, and the name prefix it has there: ``.incoming-*``
+        folders in ``versions/``, ``.current-*`` links beside ``current``."""
+        return (f"{self._root}/versions", _INCOMING), (self._root, ".current-")
+
     def recover(self) -> list[str]:
         """Remove folders left by an interrupted install and a dangling temporary link; report what went."""
         removed = []
-        for folder, prefix in ((f"{self._root}/versions", _INCOMING), (self._root, ".current-")):
+        for folder, prefix in self._leftover_places():
             try:
                 names = os.listdir(folder)  # noqa: PTH208 (a str: no Path per certificate, 1,000 a pass)
             except (FileNotFoundError, NotADirectoryError):  # a certificate never installed has neither
@@ -647,7 +652,7 @@ class CertificateHome:
         interrupted at any point left its ``.incoming-*`` folder or ``.current-*`` link by doing so), and, as for
         files, a folder changed less than :data:`VerifiedFiles.RACY_SECONDS` before its listing is listed again.
         """
-        for folder, prefix in ((f"{self._root}/versions", _INCOMING), (self._root, ".current-")):
+        for folder, prefix in self._leftover_places():
             key = f"{folder}/"
             try:
                 status = os.stat(folder) if clean is not None else None  # noqa: PTH116 (a str: 2,000 a pass)
